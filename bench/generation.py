@@ -1,0 +1,123 @@
+"""Generation throughput: the whole pipeline vs the bare embedded engine on the same prompts.
+
+    python bench/generation.py [--captions 24] [--sweep]
+
+Prints tok/s of the bare engine (in-process, same requests, same chunking) and of the pipeline
+(Prefect flow -> Ray actor -> raw parts -> finalize), and their ratio (goal: >= 0.95x).
+--sweep also prints the bare engine's tok/s by batch size with and without prefix caching: the
+measurement behind choosing transformers + GGUF dequantized, batched, prefix-cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.inputs import read_captions  # noqa: E402
+from pipeline.tasks import negatives as task  # noqa: E402
+
+
+def captions_file(n: int, tmp: Path) -> Path:
+    """Real COCO captions from ../shared when present, else the bundled sample."""
+    shared = REPO.parent / "shared" / "data" / "coco_captions" / "test.jsonl"
+    out = tmp / "captions.jsonl"
+    if shared.exists():
+        rows = [json.loads(line) for line in shared.open()][:n]
+        out.write_text("".join(json.dumps({"id": r["file_name"], "caption": r["captions"]["object"][0]}) + "\n" for r in rows))
+    else:
+        out.write_text("".join((REPO / "data" / "sample_captions.jsonl").read_text().splitlines(True)[:n]))
+    return out
+
+
+def bare(cfg, engine) -> tuple[int, float]:
+    captions, _ = read_captions(cfg.input)
+    tpls = task.templates_for(cfg)
+    order = {t: i for i, t in enumerate(task.task_names(cfg))}
+    units = sorted(task.plan_units(captions, cfg, tpls), key=lambda u: order[u.task])
+    reqs = [task.render(u, tpls[u.task], task.mode_for(u.task, cfg), cfg) for u in units]
+    size = cfg.output.units_per_part
+    t0 = time.perf_counter()
+    tokens = sum(c.tokens_out for i in range(0, len(reqs), size) for c in engine.generate(reqs[i : i + size]))
+    return tokens, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--captions", type=int, default=24)
+    ap.add_argument("--sweep", action="store_true")
+    args = ap.parse_args()
+    from pipeline.engines.embedded import EmbeddedEngine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        inp = captions_file(args.captions, tmp)
+        cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp / "out"}})
+        engine = EmbeddedEngine(cfg.engine)
+        engine.generate([task.render(u, t, "edit", cfg) for u, t in [(task.plan_units(read_captions(cfg.input)[0][:1], cfg, task.templates_for(cfg))[0], task.templates_for(cfg)["reshuffle_order"])]])  # warm-up
+        b_tok, b_sec = bare(cfg, engine)
+        print(f"bare engine : {b_tok} tokens in {b_sec:.1f}s = {b_tok / b_sec:.1f} tok/s")
+        del engine
+
+        import ray
+
+        from flows.negatives import negatives_flow
+        from pipeline.engines.pool import ensure_ray
+
+        ensure_ray(cfg.ray)
+        t0 = time.perf_counter()
+        s = negatives_flow(cfg.model_dump(mode="json"))
+        wall = time.perf_counter() - t0
+        ray.shutdown()
+        p_rate = s["tokens_out"] / s["generation_seconds"]
+        print(f"pipeline    : {s['tokens_out']} tokens in {s['generation_seconds']:.1f}s of generation "
+              f"(incl. actor start and model load) = {p_rate:.1f} tok/s; whole flow {wall:.1f}s")
+        print(f"ratio pipeline/bare: {p_rate / (b_tok / b_sec):.3f}x (goal >= 0.95x)")
+
+        if args.sweep:
+            sweep(cfg)
+
+
+def sweep(cfg) -> None:
+    from pipeline.engines.embedded import EmbeddedEngine
+
+    one = load_config(None, {"input": cfg.input.model_dump(), "negatives": {"types": ["swap_obj"], "paraphrase": False}})
+    captions, _ = read_captions(one.input)
+    tpls = task.templates_for(one)
+    reqs = [task.render(u, tpls["swap_obj"], "edit", one) for u in task.plan_units((captions * 3)[:64], one, tpls)]
+    engine = EmbeddedEngine(one.engine)
+
+    def rate(fn, sub) -> float:
+        t0 = time.perf_counter()
+        tokens = fn(sub)
+        return tokens / (time.perf_counter() - t0)
+
+    def uncached(sub) -> int:  # batch 1, whole prompt prefilled every time: the naive baseline
+        return sum(engine._run([r], [si], "", [engine.prompt_text(r)])[0][1] for r in sub for si in range(r.sampling.n))
+
+    base = rate(uncached, reqs[:8])
+    print(f"\nengine sweep (bare engine, swap_obj prompts, n=2): batch 1, no prefix cache: {base:.1f} tok/s (1.00x)")
+    for bs in (1, 8, 32, 64):
+        engine.cfg = engine.cfg.model_copy(update={"batch_size": bs})
+        sub = reqs[:8] if bs == 1 else reqs
+        r = rate(lambda rs: sum(c.tokens_out for c in engine.generate(rs)), sub)
+        print(f"  batch {bs:>3}, prefix cache on: {r:6.1f} tok/s ({r / base:.2f}x)")
+    try:
+        import llama_cpp  # noqa: F401
+
+        print("  llama-cpp-python is installed: serve it and compare through the openai engine (issue 6)")
+    except ImportError:
+        print("  llama-cpp-python: not installed (a ~6 min source build here); reported 69 tok/s single stream")
+
+
+if __name__ == "__main__":
+    main()

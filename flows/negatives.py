@@ -1,0 +1,47 @@
+"""Typed negative captions: plan -> generate parts on Ray engine actors -> finalize shards and card."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from prefect import flow, runtime, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipeline.config import RunConfig
+from pipeline.engines.pool import EnginePool
+from pipeline.run import negatives as steps
+from pipeline.run.store import RunStore
+
+
+@task(cache_policy=NO_CACHE)
+def plan(cfg: RunConfig, store: RunStore) -> steps.Plan:
+    return steps.plan(cfg, store)
+
+
+@task(cache_policy=NO_CACHE)
+def generate_part(pool: EnginePool, index: int, units: list, cfg: RunConfig, store: RunStore):
+    return steps.generate_part(pool, index, units, cfg, store)
+
+
+@task(cache_policy=NO_CACHE)
+def finalize(cfg: RunConfig, store: RunStore, the_plan: steps.Plan, seconds: float) -> steps.Summary:
+    generated = sum(len(chunk) for chunk in the_plan.pending)
+    return steps.finalize(cfg, store, the_plan, generated, seconds, str(runtime.flow_run.id))
+
+
+@flow(name="contrastgen-negatives", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False)
+def negatives_flow(config: dict[str, Any]) -> dict[str, Any]:
+    cfg = RunConfig.model_validate(config)
+    with RunStore(cfg.output.dir) as store:
+        the_plan = plan(cfg, store)
+        start = time.perf_counter()
+        if the_plan.pending:
+            pool = EnginePool(cfg.engine, cfg.ray)
+            parts = [generate_part.submit(pool, i, chunk, cfg, store) for i, chunk in enumerate(the_plan.pending)]
+            wait(parts)
+            [p.result() for p in parts]  # re-raise the first failure
+        return asdict(finalize(cfg, store, the_plan, time.perf_counter() - start))

@@ -1,0 +1,207 @@
+"""The embedded CPU engine: SmolLM2-135M-Instruct (GGUF, dequantized by transformers), batched.
+
+Chosen by measurement (bench/generation.py --sweep): transformers with the GGUF dequantized scales
+with batch size, while llama-cpp-python is faster single-stream but needs a long source build.
+
+Sampling uses one ``torch.Generator`` per request (seeded with the request's seed, like vLLM's
+per-request ``SamplingParams.seed``), so a unit's output does not depend on which batch it landed in.
+transformers' ``generate`` has a single RNG per call, so :class:`PerRowSampler` draws each row's token
+with its own generator and hands ``generate`` a one-hot score row; ``generate`` then runs greedy.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, LogitsProcessor, StoppingCriteria
+
+from pipeline.config import EngineConfig
+from pipeline.records import Completion, GenerationRequest
+
+
+class PerRowSampler(LogitsProcessor):
+    """Temperature + top-p sampling with one generator per batch row."""
+
+    def __init__(self, generators: list[torch.Generator], temperatures: torch.Tensor, top_ps: torch.Tensor):
+        self.generators, self.temperatures, self.top_ps = generators, temperatures, top_ps
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float()  # (B, V)
+        greedy = self.temperatures <= 0  # (B,)
+        logits = scores / self.temperatures.clamp_min(1e-5)[:, None]  # (B, V)
+        probs = logits.softmax(-1)
+        sorted_p, order = probs.sort(-1, descending=True)  # (B, V)
+        # Drop tokens once the mass *before* them already reaches top_p (keeps at least one token).
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_ps[:, None]
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        picks = torch.empty(scores.shape[0], dtype=torch.long)
+        for i, gen in enumerate(self.generators):
+            picks[i] = order[i, torch.multinomial(sorted_p[i], 1, generator=gen)[0]]
+        picks = torch.where(greedy, scores.argmax(-1), picks)
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(scores.shape[0]), picks] = 0.0
+        return out
+
+
+class StopAtNewline(StoppingCriteria):
+    """Per-row stop once a row emits a token containing a newline.
+
+    Every task asks for one line ending in end-of-turn; a row that starts a second line is rejected
+    as ``multi_line`` by the parser whatever follows, so decoding the rest would only cost time.
+    """
+
+    def __init__(self, newline_ids: torch.Tensor):
+        self.newline_ids = newline_ids
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.isin(input_ids[:, -1], self.newline_ids)  # (B,)
+
+
+def dequantized_cache(path: Path) -> Path:
+    """Folder holding the GGUF dequantized to safetensors, made once (dequantizing costs ~16 s a load).
+
+    Keyed by file name, size and mtime; built in a temp folder and renamed, so a half-written cache is
+    never used. Location: $CONTRASTGEN_CACHE or ~/.cache/contrastgen.
+    """
+    root = Path(os.environ.get("CONTRASTGEN_CACHE", Path.home() / ".cache" / "contrastgen")) / "models"
+    stat = path.stat()
+    target = root / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    if (target / "config.json").exists():
+        return target
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tmp = root / f".{target.name}.tmp-{os.getpid()}"
+    tok.save_pretrained(tmp)
+    model.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load(path: Path, device: str):
+    folder = dequantized_cache(path) if path.suffix == ".gguf" else path
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok, model.to(device).eval()
+
+
+class EmbeddedEngine:
+    name = "embedded"
+
+    def __init__(self, cfg: EngineConfig):
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        path = cfg.resolved_model_path()
+        self.model_id = cfg.model_id()
+        self.tokenizer, self.model = _load(path, cfg.device)
+        self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if self.eos_id is None or self.eos_id == self.tokenizer.unk_token_id:
+            self.eos_id = self.tokenizer.eos_token_id
+        self._prefixes: dict[str, tuple[torch.Tensor, DynamicCache]] = {}
+        vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        self.newline_ids = torch.tensor(
+            [i for i, t in enumerate(vocab) if t is not None and "\n" in self.tokenizer.convert_tokens_to_string([t])]
+        )
+
+    def prompt_text(self, req: GenerationRequest) -> str:
+        return self._chat(req.messages, generation_prompt=True)
+
+    def _chat(self, messages, generation_prompt: bool) -> str:
+        msgs = [{"role": r, "content": c} for r, c in messages]
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def _split(self, req: GenerationRequest) -> tuple[str, str]:
+        """(shared prefix, per-request suffix): the prefix is every turn before the last user turn."""
+        full = self.prompt_text(req)
+        prefix = self._chat(req.messages[:-1], generation_prompt=False) if len(req.messages) > 1 else ""
+        return (prefix, full[len(prefix):]) if full.startswith(prefix) else ("", full)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
+        # Rows: n samples per request (sample i uses seed + i); grouped by shared prefix so its KV cache
+        # is computed once (prefix caching, as vLLM does); sorted by suffix length to limit padding.
+        rows = [(qi, si, *self._split(q)) for qi, q in enumerate(requests) for si in range(q.sampling.n)]
+        rows.sort(key=lambda r: (r[2], len(r[3])))
+        outs: dict[tuple[int, int], tuple[str, int, str]] = {}
+        tokens_in = [0] * len(requests)
+        latency = [0.0] * len(requests)
+        for prefix, group in itertools.groupby(rows, key=lambda r: r[2]):  # a batch never mixes prefixes
+            group = list(group)
+            for b in range(0, len(group), self.cfg.batch_size):
+                part = group[b : b + self.cfg.batch_size]
+                t0 = time.perf_counter()
+                results = self._run([requests[qi] for qi, *_ in part], [si for _, si, *_ in part], prefix, [r[3] for r in part])
+                dt = time.perf_counter() - t0
+                for (qi, si, *_), out in zip(part, results):
+                    outs[(qi, si)] = out[:3]
+                    tokens_in[qi] += out[3] if si == 0 else 0
+                    latency[qi] = max(latency[qi], dt)
+        return [
+            Completion(
+                key=q.key, texts=tuple(outs[(qi, si)][0] for si in range(q.sampling.n)), tokens_in=tokens_in[qi],
+                tokens_out=sum(outs[(qi, si)][1] for si in range(q.sampling.n)), latency_s=round(latency[qi], 4),
+                finish_reasons=tuple(outs[(qi, si)][2] for si in range(q.sampling.n)),
+            )
+            for qi, q in enumerate(requests)
+        ]
+
+    def _prefix_cache(self, prefix: str):
+        """KV cache of a shared prefix, computed once and kept (few templates, so few prefixes)."""
+        if prefix not in self._prefixes:
+            ids = self.tokenizer(prefix, return_tensors="pt", add_special_tokens=False).input_ids.to(self.cfg.device)
+            cache = DynamicCache(config=self.model.config)
+            self.model(ids, past_key_values=cache, use_cache=True)
+            if len(self._prefixes) >= 32:
+                self._prefixes.pop(next(iter(self._prefixes)))
+            self._prefixes[prefix] = (ids, cache)
+        return self._prefixes[prefix]
+
+    @torch.inference_mode()
+    def _run(self, reqs: list[GenerationRequest], sample_idx: list[int], prefix: str, suffixes: list[str]):
+        dev, batch = self.cfg.device, len(reqs)
+        enc = self.tokenizer(suffixes, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        ids, mask, kwargs = enc["input_ids"], enc["attention_mask"], {}
+        if prefix:
+            pids, pcache = self._prefix_cache(prefix)
+            cache = copy.deepcopy(pcache)
+            cache.batch_repeat_interleave(batch)
+            # Padding sits between prefix and suffix; generate() derives positions from the mask.
+            ids = torch.cat([pids.expand(batch, -1), ids], 1)  # (B, P + S)
+            mask = torch.cat([torch.ones(batch, pids.shape[1], dtype=mask.dtype, device=dev), mask], 1)
+            kwargs["past_key_values"] = cache
+        gens = [torch.Generator().manual_seed(r.sampling.seed + si) for r, si in zip(reqs, sample_idx)]
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max(r.sampling.max_tokens for r in reqs),
+            do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.tokenizer.pad_token_id,
+            logits_processor=[PerRowSampler(gens, torch.tensor([r.sampling.temperature for r in reqs]),
+                                            torch.tensor([r.sampling.top_p for r in reqs]))],
+            stopping_criteria=[StopAtNewline(self.newline_ids)],
+            **kwargs,
+        )
+        new = out[:, ids.shape[1] :]
+        n_in = mask.sum(-1).tolist()
+        results = []
+        newline = set(self.newline_ids.tolist())
+        for i, r in enumerate(reqs):
+            toks = new[i].tolist()[: r.sampling.max_tokens]
+            end = next((j for j, t in enumerate(toks) if t == self.eos_id or t in newline), None)
+            reason = "length" if end is None else "stop" if toks[end] == self.eos_id else "newline"
+            kept = toks if end is None else toks[: end + (reason == "newline")]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            results.append((text, len(kept) + (reason == "stop"), reason, int(n_in[i])))
+        return results
+
+
+def default_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)

@@ -1,0 +1,34 @@
+"""Errors a user can act on: each says what was expected, what came, and how to fix it."""
+
+from __future__ import annotations
+
+
+class ContrastgenError(ValueError):
+    """Base class of every error contrastgen raises on purpose."""
+
+
+class ConfigError(ContrastgenError):
+    """The run configuration is invalid; lists every problem at once."""
+
+
+class InputFileError(ContrastgenError):
+    """An input file cannot be read at all (not a row-level problem: those become rejected rows)."""
+
+    def __init__(self, path: object, message: str, line: int | None = None, field: str | None = None):
+        where = f"{path}" + (f", line {line}" if line is not None else "") + (
+            f", field '{field}'" if field else ""
+        )
+        super().__init__(f"{where}: {message}")
+        self.path, self.line, self.field = path, line, field
+
+
+class RunLockedError(ContrastgenError):
+    """Another contrastgen run holds the output directory."""
+
+
+class TemplateError(ContrastgenError):
+    """A prompt template file is malformed."""
+
+
+class DatasetError(ContrastgenError):
+    """A directory is not a (complete) contrastgen dataset."""

@@ -1,0 +1,1 @@
+"""Filters: one pure, vectorised function each (arrays in, scores or mask out)."""

@@ -1,0 +1,1 @@
+"""Run orchestration pieces that flows wire together: lock, resumable store, steps."""

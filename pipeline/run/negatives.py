@@ -1,0 +1,146 @@
+"""The steps of a negatives run; ``flows/negatives.py`` wires them into a Prefect flow.
+
+load_inputs -> plan (skip units already in raw parts) -> generate_part (one per chunk of pending units,
+on the Ray engine pool) -> finalize (parse, validate, score, split, write shards, card, manifest).
+Finalize reads only raw parts, so it is deterministic and makes no LLM call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pipeline.config import RunConfig
+from pipeline.engines.pool import EnginePool
+from pipeline.errors import ContrastgenError, InputFileError
+from pipeline.filters.surface import surface_similarity
+from pipeline.inputs import read_captions
+from pipeline.records import CaptionRecord, NegativeRow, Provenance, RawResult, Rejection, Unit
+from pipeline.run.store import RunStore
+from pipeline.shards.card import write_card_and_manifest
+from pipeline.shards.schema import negatives_table, rejected_table
+from pipeline.shards.writer import ShardInfo, ShardWriter
+from pipeline.tasks import negatives as task
+from pipeline import __version__
+
+
+@dataclass(frozen=True)
+class Plan:
+    captions: list[CaptionRecord]
+    input_rejects: list[Rejection]
+    units: list[Unit]
+    pending: list[list[Unit]]  # chunks of units still to generate, one raw part each
+    reused: int
+
+
+@dataclass
+class Summary:
+    out: str
+    inputs: int
+    input_rejected: int
+    units: int
+    generated: int
+    reused: int
+    kept: int
+    rejected: int
+    positives: int
+    splits: dict[str, int] = field(default_factory=dict)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    generation_seconds: float = 0.0
+    tokens_out: int = 0
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Cheap checks before Ray and Prefect start: the input exists, every template loads, the model is found."""
+    if cfg.input.path is None or cfg.output.dir is None:
+        missing = [n for n, v in (("input.path (--input)", cfg.input.path), ("output.dir (--out)", cfg.output.dir)) if v is None]
+        raise ContrastgenError(f"expected {' and '.join(missing)}, got none. Fix: pass the flag or set it in --config")
+    if not Path(cfg.input.path).exists():
+        raise InputFileError(cfg.input.path, "file not found. Fix: check --input")
+    task.templates_for(cfg)
+    cfg.engine.resolved_model_path()
+
+
+def plan(cfg: RunConfig, store: RunStore) -> Plan:
+    captions, rejects = read_captions(cfg.input)
+    templates = task.templates_for(cfg)
+    units = task.plan_units(captions, cfg, templates)
+    done = store.completed_keys()
+    # Task-major chunks: a part holds one template's units, so the engine batches them off one cached prefix.
+    order = {t: i for i, t in enumerate(task.task_names(cfg))}
+    pending = sorted((u for u in units if u.key not in done), key=lambda u: order[u.task])
+    size = cfg.output.units_per_part
+    return Plan(captions, rejects, units, [pending[i : i + size] for i in range(0, len(pending), size)], len(units) - len(pending))
+
+
+def generate_part(pool: EnginePool, index: int, units: list[Unit], cfg: RunConfig, store: RunStore) -> ShardInfo:
+    """Generate one chunk of units on the pool and commit it as one atomic raw part."""
+    templates = task.templates_for(cfg)
+    requests = [task.render(u, templates[u.task], task.mode_for(u.task, cfg), cfg) for u in units]
+    completions = pool.generate(index, requests)
+    results = []
+    for u, c in zip(units, completions, strict=True):
+        if c.key != u.key:
+            raise RuntimeError(f"engine returned completion {c.key} for unit {u.key}: order must be kept")
+        s = cfg.sampling
+        prov = Provenance(
+            engine=pool.engine_name, model=pool.model_id, prompt_sha=u.prompt_sha, mode=task.mode_for(u.task, cfg),
+            temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=u.seed,
+            tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_s=c.latency_s,
+        )
+        reasons = c.finish_reasons or ("stop",) * len(c.texts)
+        results.append(RawResult(u.key, u.source.id, u.source.caption, u.source.image_ref, u.task, c.texts, reasons, prov, __version__))
+    return store.write_part(results)
+
+
+def split_of(source_id: str, test_fraction: float) -> str:
+    """Deterministic split by a hash of the source caption id (all of a caption's rows share it)."""
+    bucket = int(hashlib.sha256(source_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if bucket < test_fraction else "train"
+
+
+def _write_split(root: Path, subdir: str, split: str, table, rows_per_shard: int) -> list[ShardInfo]:
+    with ShardWriter(root, split, rows_per_shard, table.num_rows, subdir=subdir) as w:
+        w.write(table)
+    return w.finalize()
+
+
+def finalize(cfg: RunConfig, store: RunStore, the_plan: Plan, generated: int, seconds: float, run_id: str | None) -> Summary:
+    root = store.root
+    templates = task.templates_for(cfg)
+    raws: list[RawResult] = store.read_raw({u.key for u in the_plan.units})
+    missing = len(the_plan.units) - len(raws)
+    if missing:
+        raise RuntimeError(f"{root}: {missing} planned units have no raw result; rerun the same command to resume")
+    rows, gen_rejects = task.assemble(raws, templates)
+    sims = surface_similarity([r.caption for r in rows], [r.negative for r in rows])
+    rows = sorted((replace(r, surface_sim=float(s)) for r, s in zip(rows, sims)), key=lambda r: r.id)
+    by_split: dict[str, list[NegativeRow]] = {"train": [], "test": []}
+    for r in rows:
+        by_split[split_of(r.source_id, cfg.output.test_fraction)].append(r)
+    rejects = the_plan.input_rejects + sorted(gen_rejects, key=lambda r: r.unit_key or "")
+    shards: list[ShardInfo] = []
+    for split, split_rows in by_split.items():
+        shards += _write_split(root, "data", split, negatives_table(split_rows), cfg.output.rows_per_shard)
+    shards += _write_split(root, "rejected", "rejected", rejected_table(rejects), cfg.output.rows_per_shard)
+    keep = {root / s.path for s in shards}
+    for sub in ("data", "rejected"):  # shards of an earlier finalize with another shard count
+        for stale in (root / sub).glob("*.arrow"):
+            if stale not in keep:
+                stale.unlink()
+    summary = Summary(
+        out=str(root), inputs=len(the_plan.captions) + len(the_plan.input_rejects),
+        input_rejected=len(the_plan.input_rejects), units=len(the_plan.units), generated=generated,
+        reused=the_plan.reused, kept=len(rows), rejected=len(gen_rejects),
+        positives=sum(1 for r in raws if r.task == task.PARAPHRASE) - sum(1 for r in gen_rejects if r.task == task.PARAPHRASE),
+        splits={k: len(v) for k, v in by_split.items()},
+        rejected_by_reason=dict(sorted(Counter(r.reason for r in rejects).items())),
+        generation_seconds=round(seconds, 3), tokens_out=sum(r.provenance.tokens_out for r in raws),
+    )
+    write_card_and_manifest(cfg, store, summary, rows, raws, rejects, shards, templates, run_id)
+    return summary
+
+

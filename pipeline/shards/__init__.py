@@ -1,0 +1,1 @@
+"""Arrow shards, manifest and dataset card: the output contract."""

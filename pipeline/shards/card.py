@@ -1,0 +1,164 @@
+"""Dataset card (README.md with Hugging Face YAML front matter) and manifest.json.
+
+The card body renders from ``card_template.md`` with a typed :class:`CardParams`; the front matter is
+dumped from a dict by PyYAML (never templated), so captions cannot break its structure.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import yaml
+
+from pipeline import __version__
+from pipeline.shards.schema import NEGATIVES_SCHEMA, REJECTED_SCHEMA
+from pipeline.shards.writer import ShardInfo, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from pipeline.config import RunConfig
+    from pipeline.records import NegativeRow, RawResult, Rejection
+    from pipeline.run.negatives import Summary
+    from pipeline.run.store import RunStore
+    from pipeline.tasks.templates import Template
+
+_TEMPLATE = Path(__file__).with_name("card_template.md")
+_DTYPES = {"string": "string", "float": "float32", "int32": "int32", "int64": "int64"}
+
+
+@dataclass(frozen=True)
+class TypeStats:
+    task: str
+    units: int
+    kept: int
+    yield_: float
+    train: int
+    test: int
+    reasons: str
+
+
+@dataclass(frozen=True)
+class CardParams:
+    pretty_name: str
+    version: str
+    root: str
+    run_id: str | None
+    summary: Any
+    per_type: list[TypeStats]
+    samples: list[Any]
+    no_positive: int
+    engine: str
+    model: str
+    mode: str
+    cfg: Any
+    prompts: dict[str, str]
+    config_yaml: str
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def _features(schema) -> list[dict[str, str]]:
+    return [{"name": f.name, "dtype": _DTYPES.get(str(f.type), str(f.type))} for f in schema]
+
+
+def per_type_stats(raws: list[RawResult], rows: list[NegativeRow], rejects: list[Rejection], test_ids: set[str]) -> list[TypeStats]:
+    units = Counter(r.task for r in raws)
+    kept = Counter(r.neg_type for r in rows)
+    test = Counter(r.neg_type for r in rows if r.id in test_ids)
+    reasons: dict[str, Counter] = defaultdict(Counter)
+    for r in rejects:
+        if r.stage == "generation":
+            reasons[r.task][r.reason] += 1
+    out = []
+    for t in units:
+        k = kept[t] if t != "paraphrase" else units[t] - sum(reasons[t].values())
+        top = ", ".join(f"{reason} {n}" for reason, n in reasons[t].most_common(3))
+        out.append(TypeStats(t, units[t], k, k / units[t] if units[t] else 0.0, k - test[t] if t != "paraphrase" else 0, test[t], top))
+    return out
+
+
+def _split_info(split: str, shards: list[ShardInfo]) -> dict[str, Any]:
+    mine = [s for s in shards if s.split == split]
+    return {"name": split, "num_bytes": sum(s.num_bytes for s in mine), "num_examples": sum(s.rows for s in mine)}
+
+
+def front_matter(cfg: RunConfig, summary: Summary, shards: list[ShardInfo]) -> dict[str, Any]:
+    return {
+        "configs": [
+            {"config_name": "default", "default": True, "data_files": [
+                {"split": "train", "path": "data/train-*.arrow"}, {"split": "test", "path": "data/test-*.arrow"}]},
+            {"config_name": "rejected", "data_files": [{"split": "rejected", "path": "rejected/rejected-*.arrow"}]},
+        ],
+        "dataset_info": [
+            {"config_name": "default", "features": _features(NEGATIVES_SCHEMA),
+             "splits": [_split_info(s, shards) for s in summary.splits]},
+            {"config_name": "rejected", "features": _features(REJECTED_SCHEMA),
+             "splits": [_split_info("rejected", shards)]},
+        ],
+        "license": cfg.output.license,
+        "size_categories": [_size_category(summary.kept)],
+        "task_categories": ["sentence-similarity", "feature-extraction"],
+        "tags": ["contrastgen", "synthetic", "hard-negatives", "compositionality"],
+        "source_datasets": [f"extended|{Path(cfg.input.path).name}" if cfg.input.path else "original"],
+        "pretty_name": f"contrastgen negatives: {Path(cfg.input.path or 'input').stem}",
+    }
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "contrastgen": __version__}
+    for pkg in ("torch", "transformers", "ray", "prefect", "pyarrow", "datasets", "rapidfuzz", "pydantic"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:200]
+
+
+def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, shards, templates: dict[str, Template], run_id):
+    root = store.root
+    from pipeline.run.negatives import split_of  # local: avoids an import cycle
+
+    test_ids = {r.id for r in rows if split_of(r.source_id, cfg.output.test_fraction) == "test"}
+    stats = per_type_stats(raws, rows, rejects, test_ids)
+    samples, seen = [], Counter()
+    for r in rows:
+        if seen[r.neg_type] < 2:
+            samples.append(r)
+            seen[r.neg_type] += 1
+    cfg_json = cfg.model_dump(mode="json")
+    engine = raws[0].provenance.engine if raws else cfg.engine.kind
+    params = CardParams(
+        pretty_name=front_matter(cfg, summary, shards)["pretty_name"], version=__version__, root=str(root),
+        run_id=run_id, summary=summary, per_type=stats, samples=samples[:16],
+        no_positive=sum(1 for r in rows if r.positive is None), engine=engine, model=cfg.engine.model_id(),
+        mode=cfg.negatives.mode, cfg=cfg, prompts={t: tpl.sha256 for t, tpl in templates.items()},
+        config_yaml=yaml.safe_dump(cfg_json, sort_keys=False),
+    )
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env.filters["cell"] = _cell
+    body = env.from_string(_TEMPLATE.read_text(encoding="utf-8")).render(p=params)
+    card = "---\n" + yaml.safe_dump(front_matter(cfg, summary, shards), sort_keys=False) + "---\n\n" + body
+    manifest = {
+        "format": "contrastgen.negatives/1", "contrastgen_version": __version__, "run_id": run_id,
+        "config": cfg_json, "versions": versions(),
+        "prompts": {t: {"sha256": tpl.sha256, "file": tpl.path.name} for t, tpl in templates.items()},
+        "shards": [asdict(s) for s in shards], "raw_parts": [asdict(s) for s in store.part_infos()],
+        "counts": asdict(summary), "per_type": [asdict(s) for s in stats],
+    }
+    write_bytes_atomic(root / "README.md", card.encode("utf-8"))
+    write_bytes_atomic(root / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -1,0 +1,70 @@
+"""Explicit Arrow schemas of everything contrastgen writes; records become Arrow only here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pyarrow as pa
+
+from pipeline.records import NegativeRow, Provenance, RawResult, Rejection
+
+PROVENANCE_FIELDS = [
+    pa.field("engine", pa.string()), pa.field("model", pa.string()), pa.field("prompt_sha", pa.string()),
+    pa.field("mode", pa.string()), pa.field("temperature", pa.float32()), pa.field("top_p", pa.float32()),
+    pa.field("max_tokens", pa.int32()), pa.field("seed", pa.int64()), pa.field("tokens_in", pa.int32()),
+    pa.field("tokens_out", pa.int32()), pa.field("latency_s", pa.float32()),
+]
+
+# Ordered so that select_columns(["caption", "positive", "negative"]) feeds sentence-transformers.
+NEGATIVES_SCHEMA = pa.schema([
+    pa.field("caption", pa.string()), pa.field("positive", pa.string()), pa.field("negative", pa.string()),
+    pa.field("neg_type", pa.string()), pa.field("id", pa.string()), pa.field("source_id", pa.string()),
+    pa.field("image_ref", pa.string()), pa.field("surface_sim", pa.float32()), pa.field("edit", pa.string()),
+    pa.field("positive_prompt_sha", pa.string()), *PROVENANCE_FIELDS,
+])
+
+REJECTED_SCHEMA = pa.schema([
+    pa.field("stage", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string()),
+    pa.field("raw", pa.string()), pa.field("source_id", pa.string()), pa.field("task", pa.string()),
+    pa.field("file", pa.string()), pa.field("line", pa.int64()), pa.field("field", pa.string()),
+    pa.field("unit_key", pa.string()), pa.field("prompt_sha", pa.string()), pa.field("model", pa.string()),
+    pa.field("seed", pa.int64()),
+])
+
+RAW_SCHEMA = pa.schema([
+    pa.field("unit_key", pa.string()), pa.field("source_id", pa.string()), pa.field("caption", pa.string()),
+    pa.field("image_ref", pa.string()), pa.field("task", pa.string()), pa.field("texts", pa.list_(pa.string())),
+    pa.field("finish_reasons", pa.list_(pa.string())),
+    pa.field("code_version", pa.string()), *PROVENANCE_FIELDS,
+])
+
+
+def negatives_table(rows: list[NegativeRow]) -> pa.Table:
+    dicts = []
+    for r in rows:
+        d = asdict(r)
+        d.update(d.pop("provenance"))
+        dicts.append(d)
+    return pa.Table.from_pylist(dicts, schema=NEGATIVES_SCHEMA)
+
+
+def rejected_table(rows: list[Rejection]) -> pa.Table:
+    return pa.Table.from_pylist([asdict(r) for r in rows], schema=REJECTED_SCHEMA)
+
+
+def raw_table(rows: list[RawResult]) -> pa.Table:
+    dicts = []
+    for r in rows:
+        d = asdict(r)
+        d.update(d.pop("provenance"))
+        dicts.append(d)
+    return pa.Table.from_pylist(dicts, schema=RAW_SCHEMA)
+
+
+def raw_results(table: pa.Table) -> list[RawResult]:
+    prov_names = [f.name for f in PROVENANCE_FIELDS]
+    out = []
+    for d in table.to_pylist():
+        prov = Provenance(**{k: d.pop(k) for k in prov_names})
+        out.append(RawResult(**{**d, "texts": tuple(d["texts"]), "finish_reasons": tuple(d["finish_reasons"])}, provenance=prov))
+    return out

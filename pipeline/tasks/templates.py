@@ -1,0 +1,86 @@
+"""Prompt templates are data files under ``prompts/``; this module loads, hashes and renders them.
+
+Rendering never evaluates anything: the caption is placed into the single ``{caption}`` slot of the
+user message by plain string splitting, so a caption that contains braces, template syntax or
+instructions ("ignore the above ...") stays inert text inside its slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from pipeline.errors import TemplateError
+
+SLOT = "{caption}"
+EditFormat = Literal["swap", "replace", "rewrite"]
+
+
+@dataclass(frozen=True)
+class Example:
+    caption: str
+    answer: str  # in the template's edit format (or a full sentence for rewrite templates)
+
+
+@dataclass(frozen=True)
+class Template:
+    task: str
+    edit_format: EditFormat
+    system_edit: str | None
+    system_rewrite: str
+    user: str
+    examples: tuple[Example, ...]
+    sha256: str
+    path: Path
+
+    def render_user(self, caption: str) -> str:
+        before, after = self.user.split(SLOT, 1)
+        return before + caption + after
+
+
+def load_template(path: Path) -> Template:
+    """Load one template file, checking every field; errors name the file and field."""
+    try:
+        raw = path.read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise TemplateError(f"{path}: expected a UTF-8 YAML template, could not read it: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TemplateError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+    fmt = data.get("edit_format")
+    if fmt not in ("swap", "replace", "rewrite"):
+        raise TemplateError(f"{path}: field 'edit_format' must be swap, replace or rewrite, got {fmt!r}")
+    for name in ("task", "system_rewrite", "user") + (("system_edit",) if fmt != "rewrite" else ()):
+        if not isinstance(data.get(name), str) or not data[name].strip():
+            raise TemplateError(f"{path}: field '{name}' must be a non-empty string")
+    if data["user"].count(SLOT) != 1:
+        raise TemplateError(f"{path}: field 'user' must contain the slot {SLOT} exactly once")
+    key = "answer" if fmt == "rewrite" else "edit"
+    examples = []
+    for i, ex in enumerate(data.get("examples") or []):
+        if not isinstance(ex, dict) or not isinstance(ex.get("caption"), str) or not isinstance(ex.get(key), str):
+            raise TemplateError(f"{path}: examples[{i}] needs string fields 'caption' and '{key}'")
+        examples.append(Example(ex["caption"].strip(), ex[key].strip()))
+    return Template(
+        task=data["task"], edit_format=fmt, system_edit=data.get("system_edit"),
+        system_rewrite=data["system_rewrite"], user=data["user"], examples=tuple(examples),
+        sha256=hashlib.sha256(raw).hexdigest(), path=path,
+    )
+
+
+def load_templates(folder: Path, tasks: list[str]) -> dict[str, Template]:
+    """Load ``folder/<task>.yaml`` for each task; a missing file is a clear error."""
+    out = {}
+    for task in tasks:
+        path = Path(folder) / f"{task}.yaml"
+        if not path.exists():
+            raise TemplateError(f"{path}: expected a template for task '{task}', found no file")
+        tpl = load_template(path)
+        if tpl.task != task:
+            raise TemplateError(f"{path}: field 'task' says {tpl.task!r}, expected {task!r}")
+        out[task] = tpl
+    return out

@@ -1,0 +1,61 @@
+"""Session fixtures: real Ray, real Prefect (test harness), the real embedded model loaded once."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def coco_captions(n: int, offset: int = 0) -> list[dict]:
+    """Real COCO-train captions from ../shared (first caption of each image)."""
+    path = SHARED / "coco_captions" / "test.jsonl"
+    assert path.exists(), f"expected the shared seed data at {path}; tests read real COCO captions from there"
+    rows = []
+    with path.open() as fh:
+        for line in fh:
+            r = json.loads(line)
+            rows.append({"id": r["file_name"].rsplit("_", 1)[-1].split(".")[0], "caption": r["captions"]["object"][0],
+                         "image": r["file_name"]})
+    return rows[offset : offset + n]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from pipeline.config import RayConfig
+    from pipeline.engines.pool import ensure_ray
+
+    ensure_ray(RayConfig())
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_session():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def embedded_engine():
+    from pipeline.config import EngineConfig
+    from pipeline.engines.embedded import EmbeddedEngine
+
+    return EmbeddedEngine(EngineConfig(batch_size=8))

@@ -1,0 +1,37 @@
+import pytest
+
+from pipeline.errors import RunLockedError
+from pipeline.records import Provenance, RawResult
+from pipeline.run.store import RunStore
+
+
+def _raw(key):
+    p = Provenance("embedded", "m", "sha", "edit", 0.7, 0.95, 40, 1, 10, 5, 0.1)
+    return RawResult(key, "s", "A cap.", None, "swap_obj", ("a <-> b",), ("stop",), p, "0")
+
+
+def test_second_run_on_same_dir_fails_at_once(tmp_path):
+    with RunStore(tmp_path):
+        with pytest.raises(RunLockedError, match="another contrastgen run"):
+            RunStore(tmp_path).__enter__()
+    with RunStore(tmp_path):  # released on exit
+        pass
+
+
+def test_parts_are_content_addressed_and_resume_reads_keys(tmp_path):
+    with RunStore(tmp_path) as store:
+        a = store.write_part([_raw("k2"), _raw("k1")])
+        b = store.write_part([_raw("k1"), _raw("k2")])
+        assert a == b  # same units -> same name and bytes
+        store.write_part([_raw("k3")])
+        assert store.completed_keys() == {"k1", "k2", "k3"}
+        assert [r.unit_key for r in store.read_raw({"k1", "k3"})] == ["k1", "k3"]
+        assert len(store.parts()) == 2
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path):
+    (tmp_path / "raw").mkdir()
+    stale = tmp_path / "raw" / ".part-x.arrow.tmp-123"
+    stale.write_bytes(b"partial")
+    with RunStore(tmp_path) as store:
+        assert not stale.exists() and store.completed_keys() == set()

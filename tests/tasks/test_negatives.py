@@ -1,0 +1,57 @@
+from pipeline.config import load_config
+from pipeline.records import CaptionRecord, Provenance, RawResult, Rejection
+from pipeline.tasks import negatives as task
+from pipeline.tasks.edits import Candidate
+
+CFG = load_config(None, {"negatives": {"types": ["swap_obj", "replace_obj"]}})
+TPLS = task.templates_for(CFG)
+CAPS = [CaptionRecord("1", "A cat sleeps on top of a suitcase."), CaptionRecord("2", "A dog runs on the beach.")]
+
+
+def _raw(unit, texts, mode="edit"):
+    p = Provenance("embedded", "m", unit.prompt_sha, mode, 0.7, 0.95, 40, unit.seed, 10, 5, 0.1)
+    return RawResult(unit.key, unit.source.id, unit.source.caption, None, unit.task, tuple(texts), ("stop",) * len(texts), p, "0")
+
+
+def test_one_unit_per_caption_and_task_with_stable_keys():
+    units = task.plan_units(CAPS, CFG, TPLS)
+    assert [(u.source.id, u.task) for u in units] == [
+        ("1", "swap_obj"), ("1", "replace_obj"), ("1", "paraphrase"), ("2", "swap_obj"), ("2", "replace_obj"), ("2", "paraphrase")]
+    assert len({u.key for u in units}) == 6
+    assert [u.key for u in task.plan_units(CAPS, CFG, TPLS)] == [u.key for u in units]
+
+
+def test_key_changes_with_seed_sampling_caption_and_template():
+    base = task.plan_units(CAPS[:1], CFG, TPLS)[0].key
+    other_seed = load_config(None, {"negatives": {"types": ["swap_obj", "replace_obj"]}, "sampling": {"seed": 1}})
+    other_temp = load_config(None, {"negatives": {"types": ["swap_obj", "replace_obj"]}, "sampling": {"temperature": 0.1}})
+    assert task.plan_units(CAPS[:1], other_seed, TPLS)[0].key != base
+    assert task.plan_units(CAPS[:1], other_temp, TPLS)[0].key != base
+    assert task.plan_units([CaptionRecord("1", "A cat naps.")], CFG, TPLS)[0].key != base
+    tpl = TPLS["swap_obj"]
+    changed = {**TPLS, "swap_obj": type(tpl)(**{**tpl.__dict__, "sha256": "0" * 64})}
+    assert task.plan_units(CAPS[:1], CFG, changed)[0].key != base
+
+
+def test_first_valid_sample_wins_and_rejection_keeps_raw_text():
+    unit = task.plan_units(CAPS[:1], CFG, TPLS)[0]
+    ok = task.parse_unit(_raw(unit, ["dog <-> cat", "cat <-> suitcase"]), TPLS["swap_obj"])
+    assert ok == Candidate("A suitcase sleeps on top of a cat.", "cat <-> suitcase")
+    bad = task.parse_unit(_raw(unit, ["dog <-> cat", "nonsense"]), TPLS["swap_obj"])
+    assert isinstance(bad, Rejection) and bad.reason == "span_not_found" and "dog <-> cat" in bad.raw
+    assert bad.unit_key == unit.key and bad.prompt_sha == unit.prompt_sha
+
+
+def test_type_mismatch_is_rejected_never_relabelled():
+    unit = task.plan_units(CAPS[:1], CFG, TPLS)[0]  # swap_obj, but the model rewrote a word
+    out = task.parse_unit(_raw(unit, ["A dog sleeps on top of a suitcase."], mode="rewrite"), TPLS["swap_obj"])
+    assert isinstance(out, Rejection) and out.reason == "type_mismatch" and out.task == "swap_obj"
+
+
+def test_assemble_pairs_negatives_with_their_paraphrase():
+    units = task.plan_units(CAPS[:1], CFG, TPLS)
+    answers = {"swap_obj": ["cat <-> suitcase"], "replace_obj": ["sandwich -> hat"], "paraphrase": ["On a suitcase, a cat is asleep."]}
+    rows, rejects = task.assemble([_raw(u, answers[u.task], "rewrite" if u.task == "paraphrase" else "edit") for u in units], TPLS)
+    assert [r.neg_type for r in rows] == ["swap_obj"]
+    assert rows[0].positive == "On a suitcase, a cat is asleep."
+    assert [(r.task, r.reason) for r in rejects] == [("replace_obj", "span_not_found")]
