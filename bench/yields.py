@@ -46,6 +46,11 @@ def yields(engine, inp: Path, mode: str) -> tuple[dict[str, float], Counter]:
     return {t: kept[t] / total[t] for t in total}, reasons
 
 
+def top_reasons(reasons: Counter, task_name: str) -> str:
+    mine = [(reason, n) for (t, reason), n in reasons.most_common() if t == task_name]
+    return ", ".join(f"{reason} {n}" for reason, n in mine[:3])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--captions", type=int, default=40)
@@ -63,8 +68,8 @@ def main() -> None:
     print(f"\n{'type':<16}{'edit':>8}{'rewrite':>9}{'edit/rewrite':>14}   top edit rejections | top rewrite rejections")
     for t in (n.value for n in NegType):
         e, r = results["edit"][0][t], results["rewrite"][0][t]
-        top = lambda mode: ", ".join(f"{k[1]} {v}" for k, v in results[mode][1].most_common() if k[0] == t][:3]  # noqa: E731
-        print(f"{t:<16}{e:>8.1%}{r:>9.1%}{(e / r if r else float('inf')):>14.2f}   {top('edit')} | {top('rewrite')}")
+        print(f"{t:<16}{e:>8.1%}{r:>9.1%}{(e / r if r else float('inf')):>14.2f}   "
+              f"{top_reasons(results['edit'][1], t)} | {top_reasons(results['rewrite'][1], t)}")
     e_all = sum(results["edit"][0].values()) / len(NegType)
     r_all = sum(results["rewrite"][0].values()) / len(NegType)
     print(f"{'mean':<16}{e_all:>8.1%}{r_all:>9.1%}{(e_all / r_all if r_all else float('inf')):>14.2f}")

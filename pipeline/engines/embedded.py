@@ -78,7 +78,14 @@ def dequantized_cache(path: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     tmp = root / f".{target.name}.tmp-{os.getpid()}"
     tok.save_pretrained(tmp)
-    model.save_pretrained(tmp)
+    # transformers refuses to save a model still marked as GGUF-quantized, yet its weights are plain
+    # float32 after dequantizing: copy them into a fresh model built from the same config and save that.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(tmp)
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished first; its copy is identical

@@ -8,7 +8,6 @@ because of invalid ones. A file that cannot be read at all raises :class:`InputF
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path

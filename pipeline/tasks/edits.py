@@ -32,6 +32,24 @@ class Failure:
     detail: str = ""
 
 
+_ARTICLE = re.compile(r"\b([Aa]n?)(\s+)([A-Za-z])")
+
+
+def fix_articles(text: str) -> str:
+    """Make a/an agree with the next word after an edit moved words around ("an branch" -> "a branch").
+
+    A spelling heuristic (vowel letter), which is what a caption edit needs; the structural check
+    treats a/an as one word, so this never changes a negative's shape.
+    """
+
+    def repl(m: re.Match) -> str:
+        want = "an" if m.group(3).lower() in "aeiou" else "a"
+        art = want.capitalize() if m.group(1)[0].isupper() else want
+        return art + m.group(2) + m.group(3)
+
+    return _ARTICLE.sub(repl, text)
+
+
 def _clean(span: str) -> str:
     return span.strip().strip(_QUOTES).strip().rstrip(".").strip()
 
@@ -114,4 +132,4 @@ def parse_answer(caption: str, text: str, edit_format: str, finish_reason: str =
     if isinstance(result, Failure):
         return result
     sep = " <-> " if edit_format == "swap" else " -> "
-    return Candidate(result, f"{a}{sep}{b}")
+    return Candidate(fix_articles(result), f"{a}{sep}{b}")

@@ -21,8 +21,8 @@ _WORD = re.compile(r"[\w'-]+")
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased word tokens, punctuation dropped."""
-    return _WORD.findall(text.lower())
+    """Lower-cased word tokens, punctuation dropped, "an" read as "a" (article agreement is not an edit)."""
+    return ["a" if w == "an" else w for w in _WORD.findall(text.lower())]
 
 
 def is_permutation(src: list[str], dst: list[str]) -> bool:

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.config import load_config
-from pipeline.records import CaptionRecord, GenerationRequest, Sampling
+from pipeline.records import CaptionRecord, GenerationRequest
 from pipeline.tasks import negatives as task
 
 pytestmark = pytest.mark.integration

@@ -40,6 +40,13 @@ def test_swap_applies_and_fixes_sentence_case():
     assert isinstance(out, Candidate) and out.text == "Cat chase a dogs."
 
 
+def test_articles_agree_after_an_edit():
+    out = parse_answer("An owl perches on a branch at night.", "owl <-> branch", "swap")
+    assert isinstance(out, Candidate) and out.text == "A branch perches on an owl at night."
+    out = parse_answer("A dog sleeps on a couch.", "dog -> old dog", "replace")
+    assert isinstance(out, Candidate) and out.text == "An old dog sleeps on a couch."
+
+
 def test_replace_strips_quotes_and_keeps_rest():
     out = parse_answer(CAP, '"suitcase" -> "basket"', "replace")
     assert out == Candidate("A cat sleeps on top of a basket.", "suitcase -> basket")

@@ -42,6 +42,11 @@ def test_two_separate_replacements_are_not_one_span():
     assert not is_replace_span(words("a red car near a blue house"), words("a green car near a white house"))
 
 
+def test_article_agreement_does_not_change_shape():
+    assert check_shapes("insertion", ["A dog sleeps."], ["An old dog sleeps."]) == [True]
+    assert check_shapes("permutation", ["An owl on a branch."], ["A branch on an owl."]) == [True]
+
+
 def test_mismatched_type_detected_on_sentences():
     src = ["A dog sleeps on a red couch."] * 3
     cands = ["A couch sleeps on a red dog.", "A cat sleeps on a red couch.", "A small dog sleeps on a red couch."]
