@@ -12,6 +12,7 @@ with its own generator and hands ``generate`` a one-hot score row; ``generate`` 
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import os
 import shutil
@@ -117,6 +118,9 @@ class EmbeddedEngine:
         if self.eos_id is None or self.eos_id == self.tokenizer.unk_token_id:
             self.eos_id = self.tokenizer.eos_token_id
         self._prefixes: dict[str, tuple[torch.Tensor, DynamicCache]] = {}
+        # transformers 5.x renamed `past_key_values` to `cache` (the old name warns, then goes in 6.0).
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         self.newline_ids = torch.tensor(
             [i for i, t in enumerate(vocab) if t is not None and "\n" in self.tokenizer.convert_tokens_to_string([t])]
@@ -168,7 +172,7 @@ class EmbeddedEngine:
         if prefix not in self._prefixes:
             ids = self.tokenizer(prefix, return_tensors="pt", add_special_tokens=False).input_ids.to(self.cfg.device)
             cache = DynamicCache(config=self.model.config)
-            self.model(ids, past_key_values=cache, use_cache=True)
+            self.model(ids, use_cache=True, **{self._cache_kw: cache})
             if len(self._prefixes) >= 32:
                 self._prefixes.pop(next(iter(self._prefixes)))
             self._prefixes[prefix] = (ids, cache)
@@ -186,7 +190,7 @@ class EmbeddedEngine:
             # Padding sits between prefix and suffix; generate() derives positions from the mask.
             ids = torch.cat([pids.expand(batch, -1), ids], 1)  # (B, P + S)
             mask = torch.cat([torch.ones(batch, pids.shape[1], dtype=mask.dtype, device=dev), mask], 1)
-            kwargs["past_key_values"] = cache
+            kwargs[self._cache_kw] = cache
         gens = [torch.Generator().manual_seed(r.sampling.seed + si) for r, si in zip(reqs, sample_idx)]
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max(r.sampling.max_tokens for r in reqs),
