@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from typing import Any
 
@@ -28,9 +27,8 @@ def generate_part(pool: EnginePool, index: int, units: list, cfg: RunConfig, sto
 
 
 @task(cache_policy=NO_CACHE)
-def finalize(cfg: RunConfig, store: RunStore, the_plan: steps.Plan, seconds: float) -> steps.Summary:
-    generated = sum(len(chunk) for chunk in the_plan.pending)
-    return steps.finalize(cfg, store, the_plan, generated, seconds, str(runtime.flow_run.id))
+def finalize(cfg: RunConfig, store: RunStore, the_plan: steps.Plan, timing: steps.Timing) -> steps.Summary:
+    return steps.finalize(cfg, store, the_plan, timing, str(runtime.flow_run.id))
 
 
 @flow(name="contrastgen-negatives", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False)
@@ -38,10 +36,12 @@ def negatives_flow(config: dict[str, Any]) -> dict[str, Any]:
     cfg = RunConfig.model_validate(config)
     with RunStore(cfg.output.dir) as store:
         the_plan = plan(cfg, store)
-        start = time.perf_counter()
+        timing = steps.Timing()
         if the_plan.pending:
-            pool = EnginePool(cfg.engine, cfg.ray)
-            parts = [generate_part.submit(pool, i, chunk, cfg, store) for i, chunk in enumerate(the_plan.pending)]
-            wait(parts)
-            [p.result() for p in parts]  # re-raise the first failure
-        return asdict(finalize(cfg, store, the_plan, time.perf_counter() - start))
+            with timing.measure("startup_seconds"):
+                pool = EnginePool(cfg.engine, cfg.ray)
+            with timing.measure("generation_seconds"):
+                parts = [generate_part.submit(pool, i, chunk, cfg, store) for i, chunk in enumerate(the_plan.pending)]
+                wait(parts)
+                [p.result() for p in parts]  # re-raise the first failure
+        return asdict(finalize(cfg, store, the_plan, timing))

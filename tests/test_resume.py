@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import load_config
-from pipeline.tasks import negatives as task
 from pipeline.inputs import read_captions
+from pipeline.tasks import negatives as task
 from tests.conftest import coco_captions, write_jsonl
 
 pytestmark = pytest.mark.integration

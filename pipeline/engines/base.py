@@ -16,6 +16,10 @@ class Engine(Protocol):
         """One completion per request, in request order, with ``request.sampling.n`` texts each."""
         ...
 
+    def warmup(self) -> None:
+        """Pay one-time start-up costs (first forward pass) before real work is timed."""
+        ...
+
 
 def _embedded(cfg: EngineConfig) -> Engine:
     from pipeline.engines.embedded import EmbeddedEngine

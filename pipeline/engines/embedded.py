@@ -20,10 +20,16 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, LogitsProcessor, StoppingCriteria
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    LogitsProcessor,
+    StoppingCriteria,
+)
 
 from pipeline.config import EngineConfig
-from pipeline.records import Completion, GenerationRequest
+from pipeline.records import Completion, GenerationRequest, Sampling
 
 
 class PerRowSampler(LogitsProcessor):
@@ -125,6 +131,11 @@ class EmbeddedEngine:
         self.newline_ids = torch.tensor(
             [i for i, t in enumerate(vocab) if t is not None and "\n" in self.tokenizer.convert_tokens_to_string([t])]
         )
+
+    def warmup(self) -> None:
+        """One tiny generation: the first forward pass in a process pays one-time kernel set-up."""
+        msgs = (("user", "Hi"),)
+        self.generate([GenerationRequest("warmup", msgs, Sampling(0.0, 1.0, 2, 1, 0))])
 
     def prompt_text(self, req: GenerationRequest) -> str:
         return self._chat(req.messages, generation_prompt=True)

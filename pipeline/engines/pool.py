@@ -29,6 +29,7 @@ class EngineActor:
 
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers; we size threads explicitly
         self.engine = build_engine(EngineConfig.model_validate_json(engine_json))
+        self.engine.warmup()
 
     def identity(self) -> tuple[str, str]:
         return self.engine.name, self.engine.model_id

@@ -8,23 +8,31 @@ Finalize reads only raw parts, so it is deterministic and makes no LLM call.
 from __future__ import annotations
 
 import hashlib
-
+import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pipeline import __version__
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
 from pipeline.errors import ContrastgenError, InputFileError
 from pipeline.filters.surface import surface_similarity
 from pipeline.inputs import read_captions
-from pipeline.records import CaptionRecord, NegativeRow, Provenance, RawResult, Rejection, Unit
+from pipeline.records import (
+    CaptionRecord,
+    NegativeRow,
+    Provenance,
+    RawResult,
+    Rejection,
+    Unit,
+)
 from pipeline.run.store import RunStore
 from pipeline.shards.card import write_card_and_manifest
 from pipeline.shards.schema import negatives_table, rejected_table
 from pipeline.shards.writer import ShardInfo, ShardWriter
 from pipeline.tasks import negatives as task
-from pipeline import __version__
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,22 @@ class Plan:
     units: list[Unit]
     pending: list[list[Unit]]  # chunks of units still to generate, one raw part each
     reused: int
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of a run's phases: engine start (actors up, model loaded) and generation."""
+
+    startup_seconds: float = 0.0
+    generation_seconds: float = 0.0
+
+    @contextmanager
+    def measure(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, phase, round(getattr(self, phase) + time.perf_counter() - start, 3))
 
 
 @dataclass
@@ -49,6 +73,7 @@ class Summary:
     positives: int
     splits: dict[str, int] = field(default_factory=dict)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    startup_seconds: float = 0.0
     generation_seconds: float = 0.0
     tokens_out: int = 0
 
@@ -108,7 +133,7 @@ def _write_split(root: Path, subdir: str, split: str, table, rows_per_shard: int
     return w.finalize()
 
 
-def finalize(cfg: RunConfig, store: RunStore, the_plan: Plan, generated: int, seconds: float, run_id: str | None) -> Summary:
+def finalize(cfg: RunConfig, store: RunStore, the_plan: Plan, timing: Timing, run_id: str | None) -> Summary:
     root = store.root
     templates = task.templates_for(cfg)
     raws: list[RawResult] = store.read_raw({u.key for u in the_plan.units})
@@ -133,12 +158,14 @@ def finalize(cfg: RunConfig, store: RunStore, the_plan: Plan, generated: int, se
                 stale.unlink()
     summary = Summary(
         out=str(root), inputs=len(the_plan.captions) + len(the_plan.input_rejects),
-        input_rejected=len(the_plan.input_rejects), units=len(the_plan.units), generated=generated,
+        input_rejected=len(the_plan.input_rejects), units=len(the_plan.units),
+        generated=sum(len(chunk) for chunk in the_plan.pending),
         reused=the_plan.reused, kept=len(rows), rejected=len(gen_rejects),
         positives=sum(1 for r in raws if r.task == task.PARAPHRASE) - sum(1 for r in gen_rejects if r.task == task.PARAPHRASE),
         splits={k: len(v) for k, v in by_split.items()},
         rejected_by_reason=dict(sorted(Counter(r.reason for r in rejects).items())),
-        generation_seconds=round(seconds, 3), tokens_out=sum(r.provenance.tokens_out for r in raws),
+        startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
+        tokens_out=sum(r.provenance.tokens_out for r in raws),
     )
     write_card_and_manifest(cfg, store, summary, rows, raws, rejects, shards, templates, run_id)
     return summary

@@ -15,9 +15,21 @@ import json
 from pipeline import __version__
 from pipeline.config import NegType, RunConfig
 from pipeline.records import (
-    CaptionRecord, GenerationRequest, NegativeRow, RawResult, Rejection, Sampling, Unit,
+    CaptionRecord,
+    GenerationRequest,
+    NegativeRow,
+    RawResult,
+    Rejection,
+    Sampling,
+    Unit,
 )
-from pipeline.tasks.edits import Candidate, Failure, apply_replace, apply_swap, parse_answer
+from pipeline.tasks.edits import (
+    Candidate,
+    Failure,
+    apply_replace,
+    apply_swap,
+    parse_answer,
+)
 from pipeline.tasks.structure import Shape, check_shapes
 from pipeline.tasks.templates import Template, load_templates
 

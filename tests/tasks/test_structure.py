@@ -1,7 +1,13 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.tasks.structure import check_shapes, is_insertion, is_permutation, is_replace_span, words
+from pipeline.tasks.structure import (
+    check_shapes,
+    is_insertion,
+    is_permutation,
+    is_replace_span,
+    words,
+)
 
 WORD = st.text(alphabet="abcdefghij", min_size=1, max_size=5)
 SENT = st.lists(WORD, min_size=2, max_size=12, unique=True)
