@@ -5,6 +5,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,15 @@ def test_cli_reports_errors_clearly(tmp_path):
     res = subprocess.run([cli, "generate", "negatives", "--input", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "o")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "file not found" in res.stderr and "x.jsonl" in res.stderr
+
+
+def test_second_cli_run_on_a_locked_dir_fails_at_once(tmp_path):
+    from pipeline.run.store import RunStore
+
+    cli = str(Path(sys.executable).parent / "contrastgen")
+    with RunStore(tmp_path / "o"):  # a run in progress
+        t0 = time.perf_counter()
+        res = subprocess.run([cli, "generate", "negatives", "--input", str(REPO / "data" / "sample_captions.jsonl"),
+                              "--out", str(tmp_path / "o")], capture_output=True, text=True)
+        assert time.perf_counter() - t0 < 20  # no Ray, no Prefect, no model start-up first
+    assert res.returncode == 2 and "another contrastgen run" in res.stderr

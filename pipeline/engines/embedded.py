@@ -223,7 +223,3 @@ class EmbeddedEngine:
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
             results.append((text, len(kept) + (reason == "stop"), reason, int(n_in[i])))
         return results
-
-
-def default_threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)

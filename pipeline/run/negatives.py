@@ -87,6 +87,7 @@ def preflight(cfg: RunConfig) -> None:
         raise InputFileError(cfg.input.path, "file not found. Fix: check --input")
     task.templates_for(cfg)
     cfg.engine.resolved_model_path()
+    RunStore(cfg.output.dir).ensure_free()
 
 
 def plan(cfg: RunConfig, store: RunStore) -> Plan:

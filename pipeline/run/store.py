@@ -27,9 +27,7 @@ class RunStore:
         self.raw_dir = self.root / "raw"
         self._lock_fd: int | None = None
 
-    def __enter__(self) -> RunStore:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.raw_dir.mkdir(exist_ok=True)
+    def _lock(self) -> int:
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -39,7 +37,19 @@ class RunStore:
                 f"{self.root}: another contrastgen run is writing this directory (lock {self.root / '.lock'} "
                 "is held). Fix: wait for it to finish, or choose another --out."
             ) from None
-        self._lock_fd = fd
+        return fd
+
+    def ensure_free(self) -> None:
+        """Fail at once when another run holds the directory (before any slow start-up)."""
+        if (self.root / ".lock").exists():
+            fd = self._lock()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> RunStore:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.raw_dir.mkdir(exist_ok=True)
+        self._lock_fd = self._lock()
         for stale in self.raw_dir.glob(".*.tmp-*"):  # temp files of a killed run; never complete
             stale.unlink()
         return self

@@ -16,6 +16,10 @@ def test_second_run_on_same_dir_fails_at_once(tmp_path):
             RunStore(tmp_path).__enter__()
     with RunStore(tmp_path):  # released on exit
         pass
+    RunStore(tmp_path).ensure_free()  # a probe that leaves the lock free
+    with RunStore(tmp_path):
+        with pytest.raises(RunLockedError):
+            RunStore(tmp_path).ensure_free()
 
 
 def test_parts_are_content_addressed_and_resume_reads_keys(tmp_path):
