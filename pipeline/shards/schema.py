@@ -39,13 +39,18 @@ RAW_SCHEMA = pa.schema([
 ])
 
 
-def negatives_table(rows: list[NegativeRow]) -> pa.Table:
+def _flat(records) -> list[dict]:
+    """Dataclass records as dicts with their ``provenance`` sub-record spread into top-level columns."""
     dicts = []
-    for r in rows:
+    for r in records:
         d = asdict(r)
         d.update(d.pop("provenance"))
         dicts.append(d)
-    return pa.Table.from_pylist(dicts, schema=NEGATIVES_SCHEMA)
+    return dicts
+
+
+def negatives_table(rows: list[NegativeRow]) -> pa.Table:
+    return pa.Table.from_pylist(_flat(rows), schema=NEGATIVES_SCHEMA)
 
 
 def rejected_table(rows: list[Rejection]) -> pa.Table:
@@ -53,12 +58,7 @@ def rejected_table(rows: list[Rejection]) -> pa.Table:
 
 
 def raw_table(rows: list[RawResult]) -> pa.Table:
-    dicts = []
-    for r in rows:
-        d = asdict(r)
-        d.update(d.pop("provenance"))
-        dicts.append(d)
-    return pa.Table.from_pylist(dicts, schema=RAW_SCHEMA)
+    return pa.Table.from_pylist(_flat(rows), schema=RAW_SCHEMA)
 
 
 def raw_results(table: pa.Table) -> list[RawResult]:
