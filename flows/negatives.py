@@ -22,8 +22,8 @@ def plan(cfg: RunConfig, store: RunStore) -> steps.Plan:
 
 
 @task(cache_policy=NO_CACHE)
-def generate_part(pool: EnginePool, index: int, units: list, cfg: RunConfig, store: RunStore):
-    return steps.generate_part(pool, index, units, cfg, store)
+def generate_part(pool: EnginePool, index: int, units: list, templates: dict, cfg: RunConfig, store: RunStore):
+    return steps.generate_part(pool, index, units, templates, cfg, store)
 
 
 @task(cache_policy=NO_CACHE)
@@ -41,7 +41,8 @@ def negatives_flow(config: dict[str, Any]) -> dict[str, Any]:
             with timing.measure("startup_seconds"):
                 pool = EnginePool(cfg.engine, cfg.ray)
             with timing.measure("generation_seconds"):
-                parts = [generate_part.submit(pool, i, chunk, cfg, store) for i, chunk in enumerate(the_plan.pending)]
+                parts = [generate_part.submit(pool, i, chunk, the_plan.templates, cfg, store)
+                         for i, chunk in enumerate(the_plan.pending)]
                 wait(parts)
                 [p.result() for p in parts]  # re-raise the first failure
         return asdict(finalize(cfg, store, the_plan, timing))

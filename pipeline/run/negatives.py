@@ -33,6 +33,7 @@ from pipeline.shards.card import write_card_and_manifest
 from pipeline.shards.schema import negatives_table, rejected_table
 from pipeline.shards.writer import ShardInfo, ShardWriter
 from pipeline.tasks import negatives as task
+from pipeline.tasks.templates import Template
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Plan:
     units: list[Unit]
     pending: list[list[Unit]]  # chunks of units still to generate, one raw part each
     reused: int
+    templates: dict[str, Template]  # loaded once: the text hashed into unit keys is the text rendered
 
 
 @dataclass
@@ -99,12 +101,13 @@ def plan(cfg: RunConfig, store: RunStore) -> Plan:
     order = {t: i for i, t in enumerate(task.task_names(cfg))}
     pending = sorted((u for u in units if u.key not in done), key=lambda u: order[u.task])
     size = cfg.output.units_per_part
-    return Plan(captions, rejects, units, [pending[i : i + size] for i in range(0, len(pending), size)], len(units) - len(pending))
+    chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
+    return Plan(captions, rejects, units, chunks, len(units) - len(pending), templates)
 
 
-def generate_part(pool: EnginePool, index: int, units: list[Unit], cfg: RunConfig, store: RunStore) -> ShardInfo:
+def generate_part(pool: EnginePool, index: int, units: list[Unit], templates: dict[str, Template], cfg: RunConfig,
+                  store: RunStore) -> ShardInfo:
     """Generate one chunk of units on the pool and commit it as one atomic raw part."""
-    templates = task.templates_for(cfg)
     requests = [task.render(u, templates[u.task], task.mode_for(u.task, cfg), cfg) for u in units]
     completions = pool.generate(index, requests)
     results = []
@@ -136,7 +139,7 @@ def _write_split(root: Path, subdir: str, split: str, table, rows_per_shard: int
 
 def finalize(cfg: RunConfig, store: RunStore, the_plan: Plan, timing: Timing, run_id: str | None) -> Summary:
     root = store.root
-    templates = task.templates_for(cfg)
+    templates = the_plan.templates
     raws: list[RawResult] = store.read_raw({u.key for u in the_plan.units})
     missing = len(the_plan.units) - len(raws)
     if missing:

@@ -142,8 +142,9 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
             seen[r.neg_type] += 1
     cfg_json = cfg.model_dump(mode="json")
     engine = raws[0].provenance.engine if raws else cfg.engine.kind
+    front = front_matter(cfg, summary, shards)
     params = CardParams(
-        pretty_name=front_matter(cfg, summary, shards)["pretty_name"], version=__version__, root=str(root),
+        pretty_name=front["pretty_name"], version=__version__, root=str(root),
         run_id=run_id, summary=summary, per_type=stats, samples=samples[:16],
         no_positive=sum(1 for r in rows if r.positive is None), engine=engine, model=cfg.engine.model_id(),
         mode=cfg.negatives.mode, cfg=cfg, prompts={t: tpl.sha256 for t, tpl in templates.items()},
@@ -152,7 +153,7 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.filters["cell"] = _cell
     body = env.from_string(_TEMPLATE.read_text(encoding="utf-8")).render(p=params)
-    card = "---\n" + yaml.safe_dump(front_matter(cfg, summary, shards), sort_keys=False) + "---\n\n" + body
+    card = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body
     manifest = {
         "format": "contrastgen.negatives/1", "contrastgen_version": __version__, "run_id": run_id,
         "config": cfg_json, "versions": versions(),
