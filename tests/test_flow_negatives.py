@@ -114,3 +114,20 @@ def test_second_concurrent_run_fails_at_once(run):
         with pytest.raises(RunLockedError, match="another contrastgen run"):
             negatives_flow(cfg.model_dump(mode="json"))
         assert time.perf_counter() - t0 < 30
+
+
+def test_inspect_json_reports_what_the_card_says(run):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg, s = run
+    cli = str(Path(sys.executable).parent / "contrastgen")
+    res = subprocess.run([cli, "inspect", str(cfg.output.dir), "--json"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["counts"]["kept"] == s["kept"] and info["counts"]["rejected_by_reason"] == s["rejected_by_reason"]
+    per_type = {t["task"]: t for t in info["per_type"]}
+    assert set(per_type) == set(task.task_names(cfg))
+    assert sum(t["kept"] for name, t in per_type.items() if name != "paraphrase") == s["kept"]
+    assert info["samples"] and {"caption", "positive", "negative", "neg_type"} <= set(info["samples"][0])
