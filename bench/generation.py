@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.inputs import read_captions  # noqa: E402
+from pipeline.run.negatives import chunk_units  # noqa: E402
 from pipeline.tasks import negatives as task  # noqa: E402
 
 
@@ -42,12 +43,10 @@ def captions_file(n: int, tmp: Path) -> Path:
 def bare(cfg, engine) -> tuple[int, float]:
     captions, _ = read_captions(cfg.input)
     tpls = task.templates_for(cfg)
-    order = {t: i for i, t in enumerate(task.task_names(cfg))}
-    units = sorted(task.plan_units(captions, cfg, tpls), key=lambda u: order[u.task])
-    reqs = [task.render(u, tpls[u.task], task.mode_for(u.task, cfg), cfg) for u in units]
-    size = cfg.output.units_per_part
+    chunks = chunk_units(task.plan_units(captions, cfg, tpls), cfg)  # the pipeline's own parts
+    reqs = [[task.render(u, tpls[u.task], task.mode_for(u.task, cfg), cfg) for u in chunk] for chunk in chunks]
     t0 = time.perf_counter()
-    tokens = sum(c.tokens_out for i in range(0, len(reqs), size) for c in engine.generate(reqs[i : i + size]))
+    tokens = sum(c.tokens_out for part in reqs for c in engine.generate(part))
     return tokens, time.perf_counter() - t0
 
 

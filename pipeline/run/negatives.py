@@ -92,17 +92,22 @@ def preflight(cfg: RunConfig) -> None:
     RunStore(cfg.output.dir).ensure_free()
 
 
+def chunk_units(units: list[Unit], cfg: RunConfig) -> list[list[Unit]]:
+    """Task-major chunks of ``units_per_part``: a part holds one template's units where possible, so the
+    engine batches them off one cached prefix. bench/generation.py uses this too, for a like-for-like baseline."""
+    order = {t: i for i, t in enumerate(task.task_names(cfg))}
+    ordered = sorted(units, key=lambda u: order[u.task])
+    size = cfg.output.units_per_part
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
 def plan(cfg: RunConfig, store: RunStore) -> Plan:
     captions, rejects = read_captions(cfg.input)
     templates = task.templates_for(cfg)
     units = task.plan_units(captions, cfg, templates)
     done = store.completed_keys()
-    # Task-major chunks: a part holds one template's units, so the engine batches them off one cached prefix.
-    order = {t: i for i, t in enumerate(task.task_names(cfg))}
-    pending = sorted((u for u in units if u.key not in done), key=lambda u: order[u.task])
-    size = cfg.output.units_per_part
-    chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
-    return Plan(captions, rejects, units, chunks, len(units) - len(pending), templates)
+    pending = [u for u in units if u.key not in done]
+    return Plan(captions, rejects, units, chunk_units(pending, cfg), len(units) - len(pending), templates)
 
 
 def generate_part(pool: EnginePool, index: int, units: list[Unit], templates: dict[str, Template], cfg: RunConfig,
