@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
+DEMO_MODEL ?= demo_model
 
 .PHONY: demo test venv bench clean
 
@@ -23,12 +24,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/contrastgen generate negatives --input data/sample_captions.jsonl --out $(DEMO_OUT)
 	$(BIN)/contrastgen inspect $(DEMO_OUT)
+	$(BIN)/contrastgen train $(DEMO_OUT) --out $(DEMO_MODEL)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/trainer.py --data $(DEMO_OUT)
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) $(DEMO_MODEL) .pytest_cache

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.config import NegType, load_config
 from pipeline.errors import ContrastgenError
+from pipeline.train.config import LossName
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +35,57 @@ def _parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="show what a dataset's card says")
     ins.add_argument("dir", type=Path)
     ins.add_argument("--json", action="store_true")
+    tr = sub.add_parser("train", help="train an encoder on the train split of contrastgen datasets")
+    tr.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="contrastgen dataset folders")
+    tr.add_argument("--out", type=Path, help="output sentence-transformers model folder")
+    tr.add_argument("--base", type=Path, help="base sentence-transformers model folder (default: bundled all-MiniLM-L6-v2)")
+    tr.add_argument("--loss", nargs="+", metavar="NAME[=WEIGHT]",
+                    help=f"losses to combine (weight 1 unless given): {', '.join(n.value for n in LossName)}")
+    tr.add_argument("--batch-size", type=int, help="anchors per batch (global)")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--grad-cache", type=int, metavar="CHUNK", help="GradCache with CHUNK texts per forward")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--config", type=Path, help="YAML train config (flags and CONTRASTGEN_TRAIN_* env override it)")
+    tr.add_argument("--json", action="store_true", help="print one JSON summary object")
+    ev = sub.add_parser("evaluate", help="score a model on a dataset's held-out test split")
+    ev.add_argument("model", type=Path, metavar="MODEL_DIR")
+    ev.add_argument("dir", type=Path, metavar="DIR")
+    ev.add_argument("--json", action="store_true")
     return p
+
+
+def _loss_weights(specs: list[str] | None) -> dict[str, float] | None:
+    """--loss names the whole combination: unnamed losses get weight 0 (settings sources deep-merge
+    mappings, so a weight from the YAML file would otherwise survive)."""
+    if not specs:
+        return None
+    out = {n.value: 0.0 for n in LossName}
+    for spec in specs:
+        name, _, weight = spec.partition("=")
+        try:
+            out[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ContrastgenError(f"--loss {spec}: expected NAME or NAME=WEIGHT with a number, got {weight!r}") from None
+    return out
+
+
+def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    flags = {
+        ("data", "dirs"): a.dirs, ("model", "out"): a.out, ("model", "base"): a.base,
+        ("loss", "weights"): _loss_weights(a.loss), ("optim", "batch_size"): a.batch_size,
+        ("optim", "epochs"): a.epochs, ("optim", "lr"): a.lr, ("optim", "grad_cache_chunk"): a.grad_cache,
+        ("optim", "seed"): a.seed,
+    }
+    return _nest(flags)
+
+
+def _nest(flags: dict[tuple[str, str], Any]) -> dict[str, Any]:
+    out: dict[str, dict[str, Any]] = {}
+    for (section, key), value in flags.items():
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    return out
 
 
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
@@ -43,11 +94,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
         ("engine", "kind"): a.engine, ("negatives", "types"): a.types, ("negatives", "mode"): a.mode,
         ("sampling", "seed"): a.seed, ("ray", "workers"): a.workers, ("ray", "address"): a.ray_address,
     }
-    out: dict[str, dict[str, Any]] = {}
-    for (section, key), value in flags.items():
-        if value is not None:
-            out.setdefault(section, {})[key] = value
-    return out
+    return _nest(flags)
 
 
 def _generate_negatives(a: argparse.Namespace) -> int:
@@ -81,18 +128,55 @@ def _generate_negatives(a: argparse.Namespace) -> int:
     return 0
 
 
+def _train(a: argparse.Namespace) -> int:
+    from pipeline.train.config import load_train_config
+    from pipeline.train.report import print_train_summary, train_summary_dict
+    from pipeline.train.run import run_train
+
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger("contrastgen").addHandler(handler)
+    logging.getLogger("contrastgen").setLevel(logging.WARNING if a.json else logging.INFO)
+    summary = run_train(load_train_config(a.config, _train_overrides(a)))
+    if summary.after:  # rank 0 of a multi-process run, or the only process
+        if a.json:
+            print(json.dumps(train_summary_dict(summary)))
+        else:
+            print_train_summary(summary)
+    return 0
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    from pipeline.train.report import print_eval
+    from pipeline.train.run import run_evaluate
+
+    report = run_evaluate(a.model, a.dir)
+    if a.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print_eval(report, f"{a.model} on {a.dir} (test split)")
+    return 0
+
+
+def _inspect(a: argparse.Namespace) -> int:
+    from pipeline.report import inspect_summary, print_report
+
+    if a.json:
+        print(json.dumps(inspect_summary(a.dir), ensure_ascii=False))
+    else:
+        print_report(a.dir)
+    return 0
+
+
+COMMANDS = {"generate": _generate_negatives, "inspect": _inspect, "train": _train, "evaluate": _evaluate}
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        if a.command == "generate":
-            return _generate_negatives(a)
-        from pipeline.report import inspect_summary, print_report
-
-        if a.json:
-            print(json.dumps(inspect_summary(a.dir), ensure_ascii=False))
-        else:
-            print_report(a.dir)
-        return 0
+        return COMMANDS[a.command](a)
     except ContrastgenError as exc:
         print(f"contrastgen: error: {exc}", file=sys.stderr)
         return 2

