@@ -26,6 +26,7 @@ def main(model_dir: str, out: str, chunk: str) -> None:
     if rank == 0:
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         torch.save({"loss": total, "grads": grads}, out)
+    ddp.finish()  # leaving without it can abort at exit ("terminate called without an active exception")
 
 
 if __name__ == "__main__":
