@@ -6,6 +6,7 @@ GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under 
 3. re-embed chunk by chunk with a graph, the RNG state replayed (same dropout masks), and push the cached
    embedding gradients through. Peak memory is one chunk's activations, whatever the batch size, and
    loss and gradients equal the uncached computation (tests/train/test_encode.py checks both).
+Both steps embed texts sorted by length, so each forward pads to similar lengths (less wasted compute).
 """
 
 from __future__ import annotations
@@ -25,8 +26,19 @@ def embed(model: SentenceTransformer, texts: list[str]) -> torch.Tensor:
     return model(batch_to_device(prepare(texts), model.device))["sentence_embedding"]
 
 
+PLAIN_CHUNK = 64  # texts per forward in the uncached step; the graph of all chunks is kept
+
+
 def _chunks(texts: list[str], size: int) -> list[list[str]]:
     return [texts[i : i + size] for i in range(0, len(texts), size)]
+
+
+def _by_length(texts: list[str]) -> tuple[list[str], torch.Tensor]:
+    """Texts sorted by length (each chunk then pads to a similar length) and the permutation back."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    inverse = torch.empty(len(texts), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(texts))
+    return [texts[i] for i in order], inverse
 
 
 def _rng_state(device: torch.device) -> tuple:
@@ -47,8 +59,9 @@ def embed_frozen(model: SentenceTransformer, texts: list[str], chunk: int) -> to
 
 
 def plain_step(model: SentenceTransformer, texts: list[str], loss_of_flat: LossOfFlat, chunk: int | None = None):
-    """Embed with a graph (in chunks of ``chunk`` if given), compute the loss, backpropagate."""
-    flat = torch.cat([embed(model, c) for c in _chunks(texts, chunk or len(texts))])  # [N, D]
+    """Embed with a graph, length-sorted chunks of ``chunk`` texts, compute the loss, backpropagate."""
+    ordered, inverse = _by_length(texts)
+    flat = torch.cat([embed(model, c) for c in _chunks(ordered, chunk or PLAIN_CHUNK)])[inverse]  # [N, D]
     loss, logs = loss_of_flat(flat)
     loss.backward()
     return loss.detach(), logs
@@ -56,17 +69,18 @@ def plain_step(model: SentenceTransformer, texts: list[str], loss_of_flat: LossO
 
 def cached_step(model: SentenceTransformer, texts: list[str], loss_of_flat: LossOfFlat, chunk: int):
     """GradCache: the same loss and gradients as :func:`plain_step`, with one chunk's activations in memory."""
-    parts = _chunks(texts, chunk)
+    ordered, inverse = _by_length(texts)
+    parts = _chunks(ordered, chunk)
     states, cached = [], []
     with torch.no_grad():
         for part in parts:
             states.append(_rng_state(model.device))
             cached.append(embed(model, part))
-    flat = torch.cat(cached).requires_grad_()  # [N, D], a leaf
-    loss, logs = loss_of_flat(flat)
+    leaf = torch.cat(cached).requires_grad_()  # [N, D] in length order, a leaf
+    loss, logs = loss_of_flat(leaf[inverse])
     loss.backward()
     end_state = _rng_state(model.device)
-    for part, state, grad in zip(parts, states, flat.grad.split([len(p) for p in parts])):
+    for part, state, grad in zip(parts, states, leaf.grad.split([len(p) for p in parts])):
         _set_rng_state(state, model.device)
         embed(model, part).backward(grad)  # [n, D] . [n, D]: pushes d loss / d embedding into the weights
     _set_rng_state(end_state, model.device)
