@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -132,8 +133,6 @@ def _train(a: argparse.Namespace) -> int:
     from pipeline.train.config import load_train_config
     from pipeline.train.report import print_train_summary, train_summary_dict
     from pipeline.train.run import run_train
-
-    import logging
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
