@@ -150,12 +150,21 @@ class YamlSource(PydanticBaseSettingsSource):
         return data
 
 
-class RunConfig(BaseSettings):
+class Settings(BaseSettings):
+    """The one precedence of every contrastgen config (run, train), written once here."""
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        # Later in the tuple = lower priority: CLI (init) > env > YAML file > defaults.
+        return (init_settings, env_settings, YamlSource(settings_cls))
+
+
+class RunConfig(Settings):
     """Everything a negatives run needs; saved resolved into the manifest and card."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CONTRASTGEN_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="CONTRASTGEN_")
 
     input: InputConfig = Field(default_factory=InputConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -164,18 +173,13 @@ class RunConfig(BaseSettings):
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
-        # Later in the tuple = lower priority: CLI (init) > env > YAML file > defaults.
-        return (init_settings, env_settings, YamlSource(settings_cls))
-
 
 def load_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Resolve the run config with the one precedence; raise ConfigError listing every problem."""
     return resolve(RunConfig, config_file, overrides)
 
 
-def resolve(cls: type[BaseSettings], config_file: Path | None, overrides: dict[str, Any] | None):
+def resolve(cls: type[Settings], config_file: Path | None, overrides: dict[str, Any] | None):
     """Build settings ``cls`` from defaults < YAML file < environment < ``overrides`` (the CLI)."""
     token = _yaml_file.set(config_file)
     try:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from pipeline.config import Section, YamlSource, resolve
+from pipeline.config import Section, Settings, resolve
 from pipeline.errors import ConfigError
 
 
@@ -101,22 +101,16 @@ class EvalSection(Section):
     batch_size: int = Field(64, gt=0, description="Texts per encode call during evaluation.")
 
 
-class TrainConfig(BaseSettings):
+class TrainConfig(Settings):
     """Everything `contrastgen train` needs; saved resolved into the model card and train manifest."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CONTRASTGEN_TRAIN_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="CONTRASTGEN_TRAIN_")
 
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     loss: LossSection = Field(default_factory=LossSection)
     eval: EvalSection = Field(default_factory=EvalSection)
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
-        return (init_settings, env_settings, YamlSource(settings_cls))
 
     def uses_teacher(self) -> bool:
         w = self.loss.weights
