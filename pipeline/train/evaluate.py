@@ -25,6 +25,8 @@ import torch
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
 
+from pipeline.errors import DatasetError
+
 RETENTION_PAIRS = Path(__file__).with_name("retention_pairs.jsonl")
 
 
@@ -97,7 +99,8 @@ def evaluate_table(model: SentenceTransformer, table: pa.Table, batch_size: int 
     rows = [r for r in table.select(["caption", "positive", "negative", "neg_type"]).to_pylist()]
     scored = [r for r in rows if r["positive"] is not None]
     if not scored:
-        raise ValueError("evaluation: expected test rows with a paraphrase positive, found none")
+        raise DatasetError(f"evaluation: expected rows with a paraphrase positive, found none of {len(rows)}. "
+                           "Fix: generate with paraphrases on (negatives.paraphrase) or more captions")
     emb = encode_unique(model, [t for r in scored for t in (r["caption"], r["positive"], r["negative"])], batch_size)
     c = torch.stack([emb[r["caption"]] for r in scored])  # [R, D]
     p = torch.stack([emb[r["positive"]] for r in scored])  # [R, D]

@@ -92,3 +92,11 @@ def test_validation_split_is_deterministic_and_disjoint():
     assert len(train) + len(val) == 200 and 5 < len(val) < 40
     assert not {g.anchor for g in train} & {g.anchor for g in val}
     assert split_groups(groups, 0.1) == (train, val)
+
+
+def test_a_test_split_without_positives_cannot_be_scored(tmp_path):
+    from pipeline.train.evaluate import evaluate_table
+
+    root = write_dataset(tmp_path / "ds", {"test": [ROWS[3]]})
+    with pytest.raises(DatasetError, match="expected rows with a paraphrase positive, found none of 1"):
+        evaluate_table(None, read_split(root, "test"))
