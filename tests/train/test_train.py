@@ -141,3 +141,18 @@ def test_train_cli_errors_are_clear(tmp_path, capsys):
     assert "loss.weights.nope" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path), str(tmp_path)]) == 2
     assert "expected a sentence-transformers model folder" in capsys.readouterr().err
+
+
+def test_two_datasets_train_together_and_are_each_evaluated(dataset, tiny_model, tmp_path):
+    import shutil
+
+    second = tmp_path / "second"
+    shutil.copytree(dataset, second, ignore=shutil.ignore_patterns(".lock"))
+    cfg = load_train_config(None, {"data": {"dirs": [dataset, second]}, "model": {"out": tmp_path / "m", "base": tiny_model},
+                                   "optim": {"epochs": 1, "batch_size": 4}})
+    s = run_train(cfg)
+    assert list(s.before) == [str(dataset), str(second)] == list(s.after)
+    one = groups_from_table(read_split(dataset, "train"), 8)[0]
+    assert len(s.data.train) + len(s.data.val) == 2 * len(one)  # same captions twice, never twice in a batch
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert f"### `{dataset}`" in card and f"### `{second}`" in card
