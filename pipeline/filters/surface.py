@@ -1,18 +1,58 @@
-"""Surface similarity (rapidfuzz) between anchors and candidates, vectorised over pairs."""
+"""Surface similarity (rapidfuzz) between anchors and candidates, vectorised over pairs.
+
+Scorers, all scaled to [0, 1]: ``ratio`` (character Indel similarity), ``token_sort_ratio`` (words
+sorted first: a swap scores 1), ``token_set_ratio`` (shared word set), ``word_levenshtein``
+(normalised Levenshtein over word sequences: one word replaced in six scores 5/6).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal
+
 import numpy as np
 from rapidfuzz import fuzz, process
+from rapidfuzz.distance import Levenshtein
+
+Scorer = Literal["ratio", "token_sort_ratio", "token_set_ratio", "word_levenshtein"]
+
+# name -> (rapidfuzz scorer, processor, divisor to reach [0, 1])
+SCORERS: dict[str, tuple[Callable, Callable | None, float]] = {
+    "ratio": (fuzz.ratio, None, 100.0),
+    "token_sort_ratio": (fuzz.token_sort_ratio, None, 100.0),
+    "token_set_ratio": (fuzz.token_set_ratio, None, 100.0),
+    "word_levenshtein": (Levenshtein.normalized_similarity, str.split, 1.0),
+}
+
+
+def surface_scores(anchors: list[str], candidates: list[str], scorer: Scorer = "ratio") -> np.ndarray:
+    """Score of each (anchor, candidate) pair with ``scorer``, in [0, 1]; shape (N,).
+
+    >>> surface_scores(["a red car"], ["a car red"], "token_sort_ratio").tolist()
+    [1.0]
+    """
+    if len(anchors) != len(candidates):
+        raise ValueError(f"surface_scores: expected as many candidates as anchors, got {len(candidates)} and {len(anchors)}")
+    if not anchors:
+        return np.zeros(0, dtype=np.float32)
+    fn, processor, divisor = SCORERS[scorer]
+    scores = process.cpdist(anchors, candidates, scorer=fn, processor=processor, dtype=np.float32, workers=-1)  # (N,)
+    return np.round(scores / divisor, 4)
 
 
 def surface_similarity(anchors: list[str], candidates: list[str]) -> np.ndarray:
-    """``fuzz.ratio`` of each (anchor, candidate) pair, scaled to [0, 1]; shape (N,).
+    """``fuzz.ratio`` of each (anchor, candidate) pair, scaled to [0, 1]; shape (N,) (the ``surface_sim`` column).
 
     >>> surface_similarity(["a red car"], ["a red car"]).tolist()
     [1.0]
     """
-    if not anchors:
-        return np.zeros(0, dtype=np.float32)
-    scores = process.cpdist(anchors, candidates, scorer=fuzz.ratio, dtype=np.float32, workers=-1)  # (N,)
-    return np.round(scores / 100.0, 4)
+    return surface_scores(anchors, candidates, "ratio")
+
+
+def in_band(scores: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Mask of scores inside [low, high] (a negative must stay close; a paraphrase must move away).
+
+    >>> in_band(np.array([0.2, 0.5, 0.9]), 0.4, 0.8).tolist()
+    [False, True, False]
+    """
+    return (scores >= low) & (scores <= high)
