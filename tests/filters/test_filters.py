@@ -91,7 +91,7 @@ def test_surface_features_shape_and_label_check():
         propensity_weights(f, np.array([1, 1]))
 
 
-@pytest.mark.parametrize("name", ["surface", "dedup", "propensity"])
+@pytest.mark.parametrize("name", ["surface", "dedup", "propensity", "semantic"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib
