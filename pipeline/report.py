@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.errors import DatasetError
-
-
-def load_manifest(root: Path) -> dict[str, Any]:
-    path = Path(root) / "manifest.json"
-    if not path.exists():
-        raise DatasetError(f"{root}: expected a contrastgen dataset (manifest.json), found none. "
-                           "Fix: point at the --out folder of a finished `contrastgen generate` run")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: expected JSON, got an unreadable file ({exc})") from exc
+from pipeline.shards.card import load_manifest
+from pipeline.shards.writer import read_stream
 
 
 def sample_rows(root: Path, manifest: dict[str, Any], k: int = 5) -> list[dict[str, Any]]:
     for shard in manifest["shards"]:
         if shard["split"] == "train" and shard["rows"]:
-            with pa.memory_map(str(Path(root) / shard["path"])) as src:
-                table = pa.ipc.open_stream(src).read_all()
+            table = read_stream(Path(root) / shard["path"])
             return table.select(["neg_type", "caption", "positive", "negative"]).slice(0, k).to_pylist()
     return []
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.shards.writer import write_atomic
+from pipeline.shards.writer import read_stream, write_atomic
 
 
 def cosine_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -71,8 +71,7 @@ class EmbeddingCache:
         self.vectors: dict[str, np.ndarray] = {}
         self.misses = 0
         for part in sorted(self.dir.glob("part-*.arrow")):
-            with pa.memory_map(str(part)) as src:
-                table = pa.ipc.open_stream(src).read_all()
+            table = read_stream(part)
             for key, vec in zip(table["key"].to_pylist(), table["vector"].to_numpy(zero_copy_only=False)):
                 self.vectors[key] = np.asarray(vec, dtype=np.float32)
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline.errors import RunLockedError
 from pipeline.records import RawResult
 from pipeline.shards.schema import RAW_SCHEMA, raw_results, raw_table
-from pipeline.shards.writer import ShardInfo, sha256_file, write_atomic
+from pipeline.shards.writer import ShardInfo, read_stream, sha256_file, write_atomic
 
 
 class RunStore:
@@ -64,8 +64,7 @@ class RunStore:
         return sorted(self.raw_dir.glob("part-*.arrow"))
 
     def _read(self, path: Path) -> pa.Table:
-        with pa.memory_map(str(path)) as src:
-            table = pa.ipc.open_stream(src).read_all()
+        table = read_stream(path)
         if table.schema != RAW_SCHEMA:
             raise ValueError(f"{path}: expected the raw-part schema of this contrastgen version, found {table.schema}")
         return table

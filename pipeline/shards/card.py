@@ -18,6 +18,7 @@ import jinja2
 import yaml
 
 from pipeline import __version__
+from pipeline.errors import DatasetError
 from pipeline.shards.schema import NEGATIVES_SCHEMA, REJECTED_SCHEMA
 from pipeline.shards.writer import ShardInfo, write_bytes_atomic
 
@@ -113,6 +114,22 @@ def front_matter(cfg: RunConfig, summary: Summary, shards: list[ShardInfo]) -> d
         "source_datasets": [f"extended|{Path(cfg.input.path).name}" if cfg.input.path else "original"],
         "pretty_name": f"contrastgen negatives: {Path(cfg.input.path or 'input').stem}",
     }
+
+
+def load_manifest(root: Path) -> dict[str, Any]:
+    """The manifest of a dataset folder, or a DatasetError that says what was found and the fix."""
+    root = Path(root)
+    path = root / "manifest.json"
+    if not root.is_dir() or not path.is_file():
+        raise DatasetError(
+            f"{root}: expected a contrastgen dataset folder (with manifest.json, written by "
+            f"`contrastgen generate negatives`), found {'no folder' if not root.is_dir() else 'no manifest.json'}. "
+            "Fix: pass the --out folder of a finished generate run."
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: expected JSON, got an unreadable file ({exc})") from exc
 
 
 def versions() -> dict[str, str]:

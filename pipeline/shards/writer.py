@@ -42,6 +42,12 @@ def write_atomic(path: Path, table: pa.Table) -> None:
     os.replace(tmp, path)
 
 
+def read_stream(path: Path) -> pa.Table:
+    """Read an Arrow IPC stream file (a shard, a raw part) memory-mapped."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_stream(source).read_all()
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as fh:

@@ -7,7 +7,7 @@ is dumped from a dict by PyYAML.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +15,10 @@ import jinja2
 import yaml
 
 from pipeline import __version__
-from pipeline.shards.card import versions
+from pipeline.shards.card import load_manifest, versions
 from pipeline.shards.writer import write_bytes_atomic
 from pipeline.train.config import BUNDLED_ENCODER_ID, LossName, TrainConfig
+from pipeline.train.report import train_summary_dict
 
 if TYPE_CHECKING:
     from pipeline.train.run import TrainSummary
@@ -62,7 +63,7 @@ def _base_license(base: Path) -> str | None:
 
 
 def _dataset_meta(d: str) -> dict[str, Any]:
-    meta = json.loads((Path(d) / "manifest.json").read_text(encoding="utf-8"))
+    meta = load_manifest(Path(d))
     return {"dir": d, "train_rows": meta.get("counts", {}).get("splits", {}).get("train"),
             "pretty_name": Path(meta.get("config", {}).get("input", {}).get("path") or "").name}
 
@@ -96,9 +97,5 @@ def write_model_card(cfg: TrainConfig, s: TrainSummary) -> None:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     body = env.from_string(_TEMPLATE.read_text(encoding="utf-8")).render(p=params)
     write_bytes_atomic(out / "README.md", ("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body).encode("utf-8"))
-    record = {
-        "format": "contrastgen.model/1", "config": cfg_json, "versions": versions(),
-        "train": {k: v for k, v in asdict(s.result).items()}, "examples_per_s": s.result.examples_per_s,
-        "before": {d: r.to_dict() for d, r in s.before.items()}, "after": {d: r.to_dict() for d, r in s.after.items()},
-    }
+    record = {"format": "contrastgen.model/1", "config": cfg_json, "versions": versions(), **train_summary_dict(s)}
     write_bytes_atomic(out / "contrastgen_train.json", (json.dumps(record, indent=2) + "\n").encode("utf-8"))

@@ -7,7 +7,6 @@ their texts, about 300 bytes a row for captions, so ten million rows need a few 
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import DatasetError
+from pipeline.shards.card import load_manifest
+from pipeline.shards.writer import read_stream
 
 FORMAT = "contrastgen.negatives/1"
 REQUIRED = ("caption", "positive", "negative", "neg_type", "source_id")
@@ -35,19 +36,9 @@ class Group:
 
 def shard_paths(root: Path, split: str) -> list[Path]:
     """The complete shards of ``split`` listed in ``root/manifest.json``; a clear error otherwise."""
-    manifest = root / "manifest.json"
-    if not root.is_dir() or not manifest.is_file():
-        raise DatasetError(
-            f"{root}: expected a contrastgen dataset folder (with manifest.json, written by "
-            f"`contrastgen generate negatives`), found {'no folder' if not root.is_dir() else 'no manifest.json'}. "
-            "Fix: pass the --out folder of a finished generate run."
-        )
-    try:
-        meta = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{manifest}: expected JSON, got an unreadable file ({exc})") from exc
+    meta = load_manifest(root)
     if meta.get("format") != FORMAT:
-        raise DatasetError(f"{manifest}: expected format {FORMAT!r}, found {meta.get('format')!r}")
+        raise DatasetError(f"{root / 'manifest.json'}: expected format {FORMAT!r}, found {meta.get('format')!r}")
     paths = [root / s["path"] for s in meta.get("shards", []) if s.get("split") == split]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -59,8 +50,7 @@ def read_split(root: Path, split: str) -> pa.Table:
     """Memory-mapped ``split`` of one dataset; checks the columns and that the split has rows."""
     tables = []
     for path in shard_paths(root, split):
-        with pa.memory_map(str(path)) as source:
-            table = pa.ipc.open_stream(source).read_all()
+        table = read_stream(path)
         missing = [c for c in REQUIRED if c not in table.column_names]
         if missing:
             raise DatasetError(
@@ -82,7 +72,7 @@ def _weights(table: pa.Table) -> np.ndarray:
     return pc.fill_null(table["weight"], 1.0).to_numpy(zero_copy_only=False).astype(np.float32)
 
 
-def groups_from_table(table: pa.Table, max_negatives: int, key_prefix: str = "") -> tuple[list[Group], int]:
+def groups_from_table(table: pa.Table, max_negatives: int) -> tuple[list[Group], int]:
     """Group rows by caption id; rows without a positive cannot form a pair and are counted, not used."""
     has_pos = pc.is_valid(table["positive"])
     skipped = table.num_rows - pc.sum(has_pos).as_py() if table.num_rows else 0

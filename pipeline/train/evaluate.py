@@ -96,7 +96,7 @@ def _align_uniform(captions: torch.Tensor, positives: torch.Tensor) -> tuple[flo
 
 def evaluate_table(model: SentenceTransformer, table: pa.Table, batch_size: int = 64) -> EvalReport:
     """Score ``model`` on a negatives table (a test split)."""
-    rows = [r for r in table.select(["caption", "positive", "negative", "neg_type"]).to_pylist()]
+    rows = table.select(["caption", "positive", "negative", "neg_type"]).to_pylist()
     scored = [r for r in rows if r["positive"] is not None]
     if not scored:
         raise DatasetError(f"evaluation: expected rows with a paraphrase positive, found none of {len(rows)}. "
