@@ -29,9 +29,9 @@ from pipeline.train.config import TrainConfig, bundled_encoder  # noqa: E402
 from pipeline.train.data import Group, groups_from_table, read_split  # noqa: E402
 
 
-def triplet_groups(data: Path, n: int) -> list[Group]:
-    """n anchor groups with one negative each, repeated with a numbered suffix when the data is smaller."""
-    groups, _ = groups_from_table(read_split(data, "train"), max_negatives=1)
+def repeated_groups(data: Path, n: int, max_negatives: int) -> list[Group]:
+    """n anchor groups of the train split; beyond the data's own, its groups again with a numbered suffix."""
+    groups, _ = groups_from_table(read_split(data, "train"), max_negatives=max_negatives)
     out = []
     for i in range(n):
         g = groups[i % len(groups)]
@@ -85,9 +85,7 @@ def one_step_peak(data: Path, batch: int, chunk: int | None) -> float:
 
     cfg = TrainConfig(optim={"batch_size": batch, "grad_cache_chunk": chunk}, loss={"weights": {"mnrl": 1.0}})
     model = load_encoder(bundled_encoder(), "cpu", cfg.model.max_seq_length).train()
-    groups, _ = groups_from_table(read_split(data, "train"), max_negatives=8)
-    big = [Group(g.anchor + f" ({i})", g.positive + f" ({i})", tuple(x + f" ({i})" for x in g.negatives), g.neg_types, g.weights)
-           for i in range(batch // len(groups) + 1) for g in groups][:batch]
+    big = repeated_groups(data, batch, max_negatives=8)
     trainer = Trainer(cfg, model)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     trainer.step(big)
@@ -109,7 +107,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--skip-memory", action="store_true")
     a = ap.parse_args()
-    groups = triplet_groups(a.data, a.batch_size * a.steps)
+    groups = repeated_groups(a.data, a.batch_size * a.steps, max_negatives=1)
     with tempfile.TemporaryDirectory() as tmp:
         st_rate = sentence_transformers_trainer(groups, a.batch_size, a.steps, Path(tmp))
     our_rate = ours(groups, a.batch_size, a.steps)
