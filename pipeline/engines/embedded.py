@@ -100,7 +100,8 @@ def dequantized_cache(path: Path) -> Path:
     return target
 
 
-def _load(path: Path, device: str):
+def load_causal_lm(path: Path, device: str):
+    """(tokenizer, model) of a .gguf file (dequantized once, cached) or a transformers folder, in eval mode."""
     folder = dequantized_cache(path) if path.suffix == ".gguf" else path
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -119,7 +120,7 @@ class EmbeddedEngine:
         self.cfg = cfg
         path = cfg.resolved_model_path()
         self.model_id = cfg.model_id()
-        self.tokenizer, self.model = _load(path, cfg.device)
+        self.tokenizer, self.model = load_causal_lm(path, cfg.device)
         self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         if self.eos_id is None or self.eos_id == self.tokenizer.unk_token_id:
             self.eos_id = self.tokenizer.eos_token_id

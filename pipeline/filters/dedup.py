@@ -17,12 +17,18 @@ _PUNCT = re.compile(r"[^\w\s]")
 _SPACE = re.compile(r"\s+")
 
 
+# ASCII characters the slow path drops (not \w, not whitespace), deleted by bytes.translate (a C table).
+_ASCII_DROP = bytes(c for c in range(128) if not chr(c).isalnum() and not chr(c).isspace() and chr(c) != "_")
+
+
 def normalise(text: str) -> str:
     """Lower case, NFKC, punctuation dropped, whitespace collapsed.
 
     >>> normalise("  A Dog,  on a   SOFA! ")
     'a dog on a sofa'
     """
+    if text.isascii():  # fast path, same result: NFKC changes no ASCII text
+        return b" ".join(text.lower().encode("ascii").translate(None, _ASCII_DROP).split()).decode("ascii")
     text = unicodedata.normalize("NFKC", text).lower()
     return _SPACE.sub(" ", _PUNCT.sub("", text)).strip()
 
@@ -45,18 +51,26 @@ def exact_duplicates(texts: list[str]) -> np.ndarray:
 def near_duplicates(texts: list[str], groups: list[str], threshold: float) -> np.ndarray:
     """True where a text is within ``threshold`` (0-1 ``ratio``) of an earlier text of the same group.
 
+    All within-group pairs (i < j) are scored in one ``cpdist`` call (one call per group costs more in
+    thread start-up than in scoring).
+
     >>> near_duplicates(["a big red car", "a big red cars", "a blue car"], ["g", "g", "g"], 0.95).tolist()
     [False, True, False]
     """
-    out = np.zeros(len(texts), dtype=bool)
     by_group: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
         by_group.setdefault(g, []).append(i)
+    first, later = [], []
     for rows in by_group.values():
-        if len(rows) < 2:
-            continue
-        norm = [normalise(texts[i]) for i in rows]
-        sim = process.cdist(norm, norm, scorer=fuzz.ratio, dtype=np.float32, workers=-1) / 100.0  # (n, n)
-        earlier = np.tril(sim >= threshold, k=-1)  # row j is a near-dup of some earlier i < j
-        out[np.array(rows)[earlier.any(axis=1)]] = True
+        for a in range(len(rows)):
+            for b in range(a + 1, len(rows)):
+                first.append(rows[a])
+                later.append(rows[b])
+    out = np.zeros(len(texts), dtype=bool)
+    if not first:
+        return out
+    norm = [normalise(t) for t in texts]
+    sim = process.cpdist([norm[i] for i in first], [norm[j] for j in later], scorer=fuzz.ratio, dtype=np.float32,
+                         workers=-1) / 100.0  # (P,) one score per within-group pair
+    out[np.asarray(later)[sim >= threshold]] = True
     return out

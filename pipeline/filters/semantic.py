@@ -1,4 +1,4 @@
-"""Semantic similarity with an embedding model, embeddings cached on disk by content hash, and the
+"""Semantic similarity (cosine of embeddings; :mod:`pipeline.filters.cache` keeps them on disk) and the
 hard-negative knobs of sentence-transformers' ``mine_hard_negatives`` applied to given negatives.
 
 Knobs (each off when None), for a negative n of anchor a with positive p, cosine s:
@@ -12,13 +12,7 @@ them hard), so the margins are off by default and only the false-negative guard 
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
-import pyarrow as pa
-
-from pipeline.shards.writer import read_stream, write_atomic
 
 
 def cosine_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -55,42 +49,3 @@ def semantic_reasons(s_neg: np.ndarray, s_pos: np.ndarray | None, *, false_negat
         if failed is not None:
             out[(out == "") & failed] = reason
     return out
-
-
-class EmbeddingCache:
-    """Embeddings of one model, cached under ``root/<model fingerprint>/`` by sha256 of the text.
-
-    Each :meth:`embed` call that computes something writes one atomic Arrow part, so a killed run keeps
-    what it finished and a rerun with the same texts computes nothing.
-    """
-
-    def __init__(self, root: Path, model, model_id: str):
-        self.model = model
-        self.dir = Path(root) / hashlib.sha256(model_id.encode()).hexdigest()[:16]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.vectors: dict[str, np.ndarray] = {}
-        self.misses = 0
-        for part in sorted(self.dir.glob("part-*.arrow")):
-            table = read_stream(part)
-            for key, vec in zip(table["key"].to_pylist(), table["vector"].to_numpy(zero_copy_only=False)):
-                self.vectors[key] = np.asarray(vec, dtype=np.float32)
-
-    @staticmethod
-    def key(text: str) -> str:
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-    def embed(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        """[N, D] normalised embeddings; only texts not cached are encoded (and then cached)."""
-        keys = [self.key(t) for t in texts]
-        todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in self.vectors))
-        if todo:
-            new = self.model.encode(todo, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                                    show_progress_bar=False).astype(np.float32)
-            new_keys = [self.key(t) for t in todo]
-            table = pa.table({"key": new_keys, "vector": pa.array(list(new), type=pa.list_(pa.float32(), new.shape[1]))})
-            write_atomic(self.dir / f"part-{hashlib.sha256(''.join(new_keys).encode()).hexdigest()[:20]}.arrow", table)
-            self.vectors.update(zip(new_keys, new))
-            self.misses += len(todo)
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([self.vectors[k] for k in keys])

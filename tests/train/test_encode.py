@@ -44,8 +44,9 @@ def _run(tiny_model, chunk: int | None, train_mode: bool, seed: int = 3):
 def test_grad_cache_matches_plain_forward_and_gradients(tiny_model, chunk):
     loss, terms, grads = _run(tiny_model, None, train_mode=False)
     c_loss, c_terms, c_grads = _run(tiny_model, chunk, train_mode=False)
-    assert c_loss == pytest.approx(loss, abs=1e-6)
-    assert c_terms == pytest.approx(terms, abs=1e-6)
+    # float32: a text embedded alone (chunk 1, no padding) may differ from its padded batch by a few ULPs
+    assert c_loss == pytest.approx(loss, rel=2e-6, abs=1e-6)
+    assert c_terms == pytest.approx(terms, rel=2e-6, abs=1e-6)
     assert grads.keys() == c_grads.keys() and len(grads) > 10
     for name in grads:
         torch.testing.assert_close(c_grads[name], grads[name], atol=1e-6, rtol=1e-4, msg=name)

@@ -1,0 +1,77 @@
+"""Per-text vectors (sentence embeddings, LM scores) cached on disk by content hash.
+
+One folder per scorer (``root/<sha of scorer id>/``); each :meth:`TextCache.get` that computes something
+writes one atomic Arrow part, so a killed run keeps what it finished and a rerun with the same texts
+computes nothing. The scorer is a plain callable ``texts -> [N, D] array``; it is only called (and so
+its model only loaded, when the caller makes it lazy) for texts not cached yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.shards.writer import read_stream, write_atomic
+
+
+def default_cache_root() -> Path:
+    """$CONTRASTGEN_CACHE or ~/.cache/contrastgen (the same root as the dequantized model cache)."""
+    return Path(os.environ.get("CONTRASTGEN_CACHE", Path.home() / ".cache" / "contrastgen"))
+
+
+class TextCache:
+    """Vectors of one scorer by sha256 of the text.
+
+    >>> import tempfile
+    >>> c = TextCache(Path(tempfile.mkdtemp()), lambda ts: np.array([[len(t)] for t in ts], float), "len")
+    >>> c.get(["ab", "abc", "ab"]).ravel().tolist(), c.misses
+    ([2.0, 3.0, 2.0], 2)
+    """
+
+    def __init__(self, root: Path, encode: Callable[[list[str]], np.ndarray], scorer_id: str):
+        self.encode = encode
+        self.dir = Path(root) / hashlib.sha256(scorer_id.encode()).hexdigest()[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._row: dict[str, int] = {}  # sha256 of a text -> its row in the matrix
+        self._blocks: list[np.ndarray] = []  # one (n, D) block per part; concatenated lazily
+        self._matrix: np.ndarray | None = None
+        self.misses = 0
+        for part in sorted(self.dir.glob("part-*.arrow")):
+            table = read_stream(part)
+            values = table["vector"].combine_chunks()
+            self._add(table["key"].to_pylist(), values.flatten().to_numpy().reshape(len(table), -1))
+
+    def _add(self, keys: list[str], block: np.ndarray) -> None:
+        fresh = [i for i, k in enumerate(keys) if k not in self._row]
+        for i in fresh:
+            self._row[keys[i]] = len(self._row)
+        if fresh:
+            self._blocks.append(np.asarray(block[fresh], dtype=np.float32))
+            self._matrix = None
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def get(self, texts: list[str]) -> np.ndarray:
+        """[N, D] float32 vectors; only texts not cached are computed (and then cached)."""
+        keys = [self.key(t) for t in texts]
+        todo = dict.fromkeys(k for k in keys if k not in self._row)
+        if todo:
+            by_key = dict(zip(keys, texts))
+            new = np.asarray(self.encode([by_key[k] for k in todo]), dtype=np.float32).reshape(len(todo), -1)
+            new_keys = list(todo)
+            table = pa.table({"key": new_keys, "vector": pa.array(list(new), type=pa.list_(pa.float32(), new.shape[1]))})
+            write_atomic(self.dir / f"part-{hashlib.sha256(''.join(new_keys).encode()).hexdigest()[:20]}.arrow", table)
+            self._add(new_keys, new)
+            self.misses += len(todo)
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        if self._matrix is None:
+            self._matrix = np.concatenate(self._blocks)  # (cached texts, D)
+        return self._matrix[np.fromiter((self._row[k] for k in keys), dtype=np.int64, count=len(keys))]

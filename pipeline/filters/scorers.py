@@ -1,0 +1,59 @@
+"""The models behind the filter stage's per-text scores, each loaded only when a text is not cached yet."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import FilterConfig, bundled_encoder
+from pipeline.filters.blind import lm_mean_logprob
+from pipeline.filters.cache import TextCache, default_cache_root
+
+
+def fingerprint(path: Path) -> str:
+    """Identity of a model file or folder for cache keys: its name plus every file's relative name and size."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    listing = "\n".join(f"{p.relative_to(path.parent)}:{p.stat().st_size}" for p in files)
+    return f"{path.name}-{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
+
+
+class TextScorers:
+    """``embed(texts)`` -> [N, D] unit vectors and ``lm(texts)`` -> (N,) mean token log-probs, cached on disk."""
+
+    def __init__(self, cfg: FilterConfig, lm_path: Path, cache_root: Path | None = None):
+        root = Path(cache_root or cfg.semantic.cache_dir or default_cache_root() / "scores")
+        self.encoder_path = Path(cfg.semantic.model or bundled_encoder())
+        self.lm_path = Path(cfg.blind.lm_model or lm_path)
+        self.cfg = cfg
+        self.embeddings = TextCache(root, self._encode, f"embed:{fingerprint(self.encoder_path)}")
+        self.loglik = TextCache(root, self._loglik, f"lm_mean_logprob:{fingerprint(self.lm_path)}")
+
+    @functools.cached_property
+    def _encoder(self):
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(str(self.encoder_path), device="cpu")
+
+    @functools.cached_property
+    def _lm(self):
+        from pipeline.engines.embedded import load_causal_lm
+
+        return load_causal_lm(self.lm_path, "cpu")
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return self._encoder.encode(texts, batch_size=self.cfg.semantic.batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
+
+    def _loglik(self, texts: list[str]) -> np.ndarray:
+        tok, model = self._lm
+        return lm_mean_logprob(texts, model, tok, self.cfg.blind.lm_batch_size)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.embeddings.get(texts)
+
+    def lm(self, texts: list[str]) -> np.ndarray:
+        return self.loglik.get(texts)[:, 0]
