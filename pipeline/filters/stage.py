@@ -1,0 +1,270 @@
+"""The filter stage: every data kind hands it :class:`Pairs` and gets back which rows to keep, why the others
+were dropped (filter, reason, the score that dropped them), the score columns, the funnel and the report.
+
+Order (a row's drop reason is the first rule it fails): positives (surface band, meaning kept), then
+negatives: dedup -> surface band -> semantic rules -> blind balancing (on the rows still alive) ->
+propensity weights (on the kept rows). Each rule is one pure function from ``pipeline/filters``; this
+module only applies them and counts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.config import FilterConfig
+from pipeline.filters.blind import balance_mask, bigram_logprob, pick_rate
+from pipeline.filters.dedup import exact_duplicates, near_duplicates
+from pipeline.filters.propensity import (
+    propensity_weights,
+    surface_features,
+    weighted_auc,
+)
+from pipeline.filters.semantic import cosine_rows, semantic_reasons
+from pipeline.filters.surface import in_band, surface_scores, surface_similarity
+
+
+class Scorers(Protocol):
+    def embed(self, texts: list[str]) -> np.ndarray: ...  # [N, D] unit vectors
+    def lm(self, texts: list[str]) -> np.ndarray: ...  # (N,) mean token log-prob
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """One row per (anchor, negative); ``positives[i]`` is the anchor's positive or None; ``groups`` ties the
+    rows of one anchor; ``strata`` is the negative type (blind balancing is per stratum); ``splits`` is the
+    split each row will be written to (blind balancing applies to the configured splits)."""
+
+    ids: list[str]
+    anchors: list[str]
+    positives: list[str | None]
+    negatives: list[str]
+    groups: list[str]
+    strata: list[str]
+    splits: list[str]
+
+
+@dataclass(frozen=True)
+class Drop:
+    filter: str
+    reason: str
+    score: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class FunnelStep:
+    filter: str
+    rows_in: int
+    dropped: dict[str, int]
+    rows_out: int
+
+
+@dataclass
+class StageResult:
+    keep: np.ndarray  # (N,) bool
+    drop_filter: np.ndarray  # (N,) object: the filter that dropped the row, "" when kept
+    drop_reason: np.ndarray  # (N,) object: its rule, "" when kept
+    drop_score: np.ndarray  # (N,) float: the score that dropped it
+    positive_drops: dict[str, Drop]  # group -> why its positive was dropped
+    surface_sim: np.ndarray  # (N,) rapidfuzz ratio, anchor vs negative
+    semantic_sim: np.ndarray  # (N,) cosine, anchor vs negative
+    propensity: np.ndarray  # (N,) P(positive | pair features), NaN where not kept
+    weight: np.ndarray  # (N,) inverse-propensity weight of the negative, 1 where not computed
+    funnel: list[FunnelStep]
+    report: dict = field(default_factory=dict)
+    histograms: dict = field(default_factory=dict)  # name -> {label: scores array} for the card's plots
+    gaps: np.ndarray | None = None  # (N, S) blind score gaps, when blind balancing ran
+    gap_names: tuple[str, ...] = ()
+
+    def drop(self, i: int) -> Drop | None:
+        """Why row ``i`` was dropped (None when kept); blind drops carry every scorer's gap as detail."""
+        if self.keep[i]:
+            return None
+        detail = ""
+        if self.drop_filter[i] == "blind" and self.gaps is not None:
+            detail = ", ".join(f"{nm} gap {g:+.3f}" for nm, g in zip(self.gap_names, self.gaps[i]))
+        return Drop(str(self.drop_filter[i]), str(self.drop_reason[i]), float(self.drop_score[i]), detail)
+
+
+class _Why:
+    """The first filter, rule and score that dropped each row, filled step by step."""
+
+    def __init__(self, n: int):
+        self.filter = np.full(n, "", dtype=object)
+        self.reason = np.full(n, "", dtype=object)
+        self.score = np.full(n, np.nan, dtype=np.float32)
+        self.funnel: list[FunnelStep] = []
+
+    def step(self, name: str, reasons: np.ndarray, scores: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """Drop alive rows whose ``reasons`` entry is non-empty; record them; return the new alive mask."""
+        hit = alive & (reasons != "")
+        self.filter[hit], self.reason[hit], self.score[hit] = name, reasons[hit], scores[hit]
+        names, counts = np.unique(reasons[hit].astype(str), return_counts=True)
+        dropped = {str(k): int(c) for k, c in zip(names, counts)}
+        self.funnel.append(FunnelStep(name, int(alive.sum()), dropped, int((alive & ~hit).sum())))
+        return alive & ~hit
+
+
+class _Texts:
+    """Every distinct text of the pairs, with the row of each anchor and negative; embedded once."""
+
+    def __init__(self, p: Pairs, scorers: Scorers):
+        self.scorers = scorers
+        self.row = {t: i for i, t in enumerate(dict.fromkeys([*p.anchors, *p.negatives, *(x for x in p.positives if x is not None)]))}
+        self.anchor = self.rows(p.anchors)  # (N,)
+        self.negative = self.rows(p.negatives)  # (N,)
+        self.matrix = scorers.embed(list(self.row)) if self.row else np.zeros((0, 1), np.float32)  # (U, D)
+
+    def rows(self, texts: list[str]) -> np.ndarray:
+        return np.fromiter((self.row[t] for t in texts), dtype=np.int64, count=len(texts))
+
+    def cos(self, a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """Row-wise cosine of the texts at rows ``a`` and ``b``; shape (len(a),). Chunked: gathered rows stay in cache."""
+        out = np.zeros(len(a), dtype=np.float32)
+        for i in range(0, len(a), chunk):
+            out[i : i + chunk] = cosine_rows(self.matrix[a[i : i + chunk]], self.matrix[b[i : i + chunk]])
+        return out
+
+    def lm_gap(self) -> np.ndarray:
+        """(N,) LM score of each anchor minus that of its negative (only anchors and negatives are scored)."""
+        used = np.unique(np.concatenate([self.anchor, self.negative]))
+        texts = list(self.row)
+        score = np.zeros(len(texts), dtype=np.float64)
+        score[used] = self.scorers.lm([texts[i] for i in used])
+        return score[self.anchor] - score[self.negative]
+
+
+def _positives(p: Pairs, cfg: FilterConfig, texts: _Texts, funnel: list[FunnelStep]):
+    """Positive of each group, its scores, and the drops of positives that fail the surface band or lose meaning."""
+    first = {g: i for i, g in reversed(list(enumerate(p.groups))) if p.positives[i] is not None}
+    groups = sorted(first)
+    anchors = [p.anchors[first[g]] for g in groups]
+    positives = [p.positives[first[g]] for g in groups]
+    surf = surface_scores(anchors, positives, cfg.surface.scorer)  # (G,)
+    sem = texts.cos(texts.rows(anchors), texts.rows(positives))  # (G,)
+    reasons = np.full(len(groups), "", dtype=object)
+    if cfg.surface.enabled:
+        reasons[~in_band(surf, cfg.surface.positive.low, cfg.surface.positive.high)] = "positive_out_of_band"
+    if cfg.semantic.enabled and cfg.semantic.positive_min is not None:
+        reasons[(reasons == "") & (sem < cfg.semantic.positive_min)] = "positive_meaning_lost"
+    drops = {}
+    for g, r, s1, s2 in zip(groups, reasons, surf, sem):
+        if r:
+            drops[g] = Drop("surface" if r == "positive_out_of_band" else "semantic", r, float(s1 if r == "positive_out_of_band" else s2))
+    funnel.append(FunnelStep("positives", len(groups), dict(sorted(Counter(d.reason for d in drops.values()).items())), len(groups) - len(drops)))
+    kept = {g: (float(s1), float(s2)) for g, s1, s2 in zip(groups, surf, sem) if g not in drops}
+    return kept, drops
+
+
+def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
+    n = len(p.ids)
+    why = _Why(n)
+    texts = _Texts(p, scorers)
+    pos_scores, positive_drops = _positives(p, cfg, texts, why.funnel)
+    surface_sim = surface_similarity(p.anchors, p.negatives)  # (N,) the column
+    band_scores = surface_sim if cfg.surface.scorer == "ratio" else surface_scores(p.anchors, p.negatives, cfg.surface.scorer)
+    semantic_sim = texts.cos(texts.anchor, texts.negative)  # (N,)
+    s_pos = np.array([pos_scores.get(g, (np.nan, np.nan))[1] for g in p.groups], dtype=np.float64)  # (N,)
+    alive = np.ones(n, dtype=bool)
+
+    if cfg.dedup.enabled:
+        pair_text = [f"{a}\t{b}" for a, b in zip(p.anchors, p.negatives)]
+        reasons = np.where(exact_duplicates(pair_text), "exact_duplicate", "").astype(object)
+        if cfg.dedup.near_threshold is not None:
+            idx = np.flatnonzero(reasons == "")
+            near = near_duplicates([p.negatives[i] for i in idx], [p.groups[i] for i in idx], cfg.dedup.near_threshold)
+            reasons[idx[near]] = "near_duplicate"
+        alive = why.step("dedup", reasons, np.where(reasons != "", 1.0, 0.0), alive)
+    if cfg.surface.enabled:
+        bad = ~in_band(band_scores, cfg.surface.negative.low, cfg.surface.negative.high)
+        alive = why.step("surface", np.where(bad, "negative_out_of_band", "").astype(object), band_scores, alive)
+    if cfg.semantic.enabled:
+        s = cfg.semantic
+        reasons = semantic_reasons(semantic_sim, s_pos, false_negative=s.false_negative, max_score=s.max_score,
+                                   min_score=s.min_score, absolute_margin=s.absolute_margin, relative_margin=s.relative_margin)
+        exempt = np.isin(np.asarray(p.strata), s.false_negative_exempt) & (reasons == "false_negative")
+        if exempt.any():  # those rows still face the rules after the guard
+            reasons[exempt] = semantic_reasons(semantic_sim[exempt], s_pos[exempt], false_negative=None, max_score=s.max_score,
+                                               min_score=s.min_score, absolute_margin=s.absolute_margin,
+                                               relative_margin=s.relative_margin)
+        alive = why.step("semantic", reasons, semantic_sim, alive)
+    report: dict = {"thresholds": cfg.model_dump(mode="json")}
+    blind_hist: dict = {}
+    gaps, names = None, ()
+    if cfg.blind.enabled:
+        gaps = blind_gaps(p, cfg, texts)  # (N, S)
+        names = tuple(s.value for s in cfg.blind.scorers)
+        split_arr, strata_arr = np.asarray(p.splits), np.asarray(p.strata)
+        balanced = np.isin(split_arr, cfg.blind.splits)  # (N,) rows of the splits being balanced
+        keep = alive.copy()
+        idx = np.flatnonzero(alive & balanced)
+        strata = [f"{p.splits[i]}/{p.strata[i]}" if cfg.blind.per_type else p.splits[i] for i in idx]
+        keep[idx] = balance_mask(gaps[idx], strata, [p.ids[i] for i in idx], cfg.blind.bins, cfg.blind.max_rate)
+        before = alive.copy()
+        alive = why.step("blind", np.where(alive & ~keep, "blind_balance", "").astype(object), gaps[:, 0], alive)
+        report["blind"] = _rates(gaps, names, before & balanced, alive & balanced)
+        report["blind_by_split"] = {sp: _rates(gaps, names, before & (split_arr == sp), alive & (split_arr == sp))
+                                    for sp in sorted(set(p.splits))}
+        report["blind_by_type"] = {t: _rates(gaps, names, before & balanced & (strata_arr == t), alive & balanced & (strata_arr == t))
+                                   for t in sorted(set(p.strata))}
+        blind_hist = {f"blind_gap_{nm}": {"entering balancing": gaps[before & balanced, j], "kept": gaps[alive & balanced, j]}
+                      for j, nm in enumerate(names)}
+    propensity = np.full(n, np.nan, dtype=np.float32)
+    weight = np.ones(n, dtype=np.float32)
+    if cfg.propensity.enabled:
+        report["propensity"] = _propensity(p, cfg, alive, pos_scores, semantic_sim, propensity, weight)
+    histograms = {
+        "surface_sim": {"positive": np.array([s for s, _ in pos_scores.values()]), "negative kept": surface_sim[alive],
+                        "negative dropped": surface_sim[~alive]},
+        "semantic_sim": {"positive": np.array([s for _, s in pos_scores.values()]), "negative kept": semantic_sim[alive],
+                         "negative dropped": semantic_sim[~alive]},
+        **blind_hist,
+    }
+    return StageResult(alive, why.filter, why.reason, why.score, positive_drops, surface_sim, semantic_sim, propensity,
+                       weight, why.funnel, report, histograms, gaps, names)
+
+
+def _rates(gaps: np.ndarray, names: list[str], before: np.ndarray, after: np.ndarray) -> dict:
+    """Per blind scorer: how often it picks the anchor among the rows entering balancing and the rows kept."""
+    return {nm: {"before": pick_rate(gaps[before, j]), "after": pick_rate(gaps[after, j]), "rows_before": int(before.sum()),
+                 "rows_after": int(after.sum())} for j, nm in enumerate(names)}
+
+
+def blind_gaps(p: Pairs, cfg: FilterConfig, texts: _Texts) -> np.ndarray:
+    """(N, S) score(anchor) - score(negative) for each configured blind scorer."""
+    cols = []
+    for s in cfg.blind.scorers:
+        if s.value == "lm_loglik":
+            cols.append(texts.lm_gap())
+        else:
+            a, b = bigram_logprob(p.anchors, p.negatives, p.groups)
+            cols.append(a - b)
+    return np.column_stack(cols).astype(np.float64) if cols else np.zeros((len(p.ids), 0))
+
+
+def _propensity(p: Pairs, cfg: FilterConfig, alive: np.ndarray, pos_scores: dict, semantic_sim: np.ndarray,
+                propensity: np.ndarray, weight: np.ndarray) -> dict:
+    """Fit on kept negatives (label 0) and kept positives (label 1); fill the negatives' columns in place."""
+    idx = np.flatnonzero(alive)
+    groups = sorted(g for g in pos_scores if g in {p.groups[i] for i in idx})
+    first = {g: i for i, g in reversed(list(enumerate(p.groups)))}
+    anchors = [p.anchors[i] for i in idx] + [p.anchors[first[g]] for g in groups]
+    cands = [p.negatives[i] for i in idx] + [p.positives[first[g]] for g in groups]
+    sem = np.concatenate([semantic_sim[idx], [pos_scores[g][1] for g in groups]]).astype(np.float32)
+    labels = np.array([0] * len(idx) + [1] * len(groups))
+    if len(groups) == 0 or len(idx) == 0:
+        return {"pairs": len(labels), "note": "no positive or no negative kept: weights left at 1"}
+    feats = np.column_stack([surface_features(anchors, cands), sem])  # (M, 5)
+    prop, w = propensity_weights(feats, labels, clip=cfg.propensity.clip, folds=cfg.propensity.folds)
+    propensity[idx], weight[idx] = prop[: len(idx)], w[: len(idx)]
+    surf = feats[:, 0]
+    return {
+        "pairs": int(len(labels)), "positives": len(groups), "negatives": int(len(idx)),
+        "auc_surface_before": weighted_auc(surf, labels), "auc_surface_after": weighted_auc(surf, labels, w),
+        "auc_semantic_before": weighted_auc(sem, labels), "auc_semantic_after": weighted_auc(sem, labels, w),
+        "weight_min": float(w.min()), "weight_max": float(w.max()),
+    }
