@@ -32,6 +32,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/trainer.py --data $(DEMO_OUT)
+	$(BIN)/python bench/filters.py --data $(DEMO_OUT)
 
 clean:
 	rm -rf $(DEMO_OUT) $(DEMO_MODEL) .pytest_cache

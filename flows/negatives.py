@@ -28,7 +28,7 @@ def generate_part(pool: EnginePool, index: int, units: list, templates: dict, cf
 
 @task(cache_policy=NO_CACHE)
 def finalize(cfg: RunConfig, store: RunStore, the_plan: steps.Plan, timing: steps.Timing) -> steps.Summary:
-    return steps.finalize(cfg, store, the_plan, timing, str(runtime.flow_run.id))
+    return steps.finalize(cfg, store, the_plan.inventory(), timing, str(runtime.flow_run.id))
 
 
 @flow(name="contrastgen-negatives", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False)

@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     neg.add_argument("--ray-address", help="join a Ray cluster (auto, ray://host:port); default: local Ray")
     neg.add_argument("--config", type=Path, help="YAML run config (flags and CONTRASTGEN_* env override it)")
     neg.add_argument("--json", action="store_true", help="print one JSON summary object")
+    flt = sub.add_parser("filter", help="rerun the filter stage on a dataset's raw generations (no LLM call)")
+    flt.add_argument("dir", type=Path, metavar="DIR", help="a finished contrastgen dataset")
+    flt.add_argument("--out", type=Path, required=True, metavar="DIR2", help="new dataset folder (DIR is not changed)")
+    flt.add_argument("--config", type=Path, help="YAML with `filters:` (and `output:`) over DIR's saved config")
+    flt.add_argument("--json", action="store_true", help="print one JSON summary object")
     ins = sub.add_parser("inspect", help="show what a dataset's card says")
     ins.add_argument("dir", type=Path)
     ins.add_argument("--json", action="store_true")
@@ -125,7 +130,22 @@ def _generate_negatives(a: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(f"wrote {summary['kept']} negatives ({summary['splits']}) to {summary['out']}; "
-              f"generated {summary['generated']} units, reused {summary['reused']}, rejected {summary['rejected']}")
+              f"generated {summary['generated']} units, reused {summary['reused']}, rejected {summary['rejected']}, "
+              f"filtered {summary['filtered']}")
+    return 0
+
+
+def _filter(a: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pipeline.run.refilter import refilter
+
+    summary = asdict(refilter(a.dir, a.out, a.config))
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {summary['kept']} negatives ({summary['splits']}) to {summary['out']}; "
+              f"filters dropped {summary['filtered']} rows; no LLM call")
     return 0
 
 
@@ -169,7 +189,7 @@ def _inspect(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": _generate_negatives, "inspect": _inspect, "train": _train, "evaluate": _evaluate}
+COMMANDS = {"generate": _generate_negatives, "filter": _filter, "inspect": _inspect, "train": _train, "evaluate": _evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,8 @@ class CaptionRecord:
 class Rejection:
     """A row that did not make it, with a reason code; written to ``rejected/``.
 
-    ``stage`` is ``input`` (bad input row) or ``generation`` (output failed validation).
+    ``stage`` is ``input`` (bad input row), ``generation`` (output failed validation) or ``filter`` (a valid
+    row the filter stage dropped: ``filter`` names the filter, ``score`` the score that dropped it).
     """
 
     stage: str
@@ -39,6 +40,8 @@ class Rejection:
     prompt_sha: str | None = None
     model: str | None = None
     seed: int | None = None
+    filter: str | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -127,3 +130,6 @@ class NegativeRow:
     edit: str
     positive_prompt_sha: str | None
     provenance: Provenance = field(repr=False)
+    semantic_sim: float = float("nan")  # cosine of caption and negative embeddings
+    propensity: float = float("nan")  # P(positive | surface and semantic features of the pair), cross-fitted
+    weight: float = 1.0  # inverse-propensity weight of the negative, self-normalised (the trainer reads it)

@@ -22,7 +22,56 @@ def sample_rows(root: Path, manifest: dict[str, Any], k: int = 5) -> list[dict[s
 
 def inspect_summary(root: Path) -> dict[str, Any]:
     m = load_manifest(root)
-    return {"counts": m["counts"], "per_type": m["per_type"], "samples": sample_rows(root, m), "run_id": m.get("run_id")}
+    return {"counts": m["counts"], "per_type": m["per_type"], "samples": sample_rows(root, m), "run_id": m.get("run_id"),
+            "filters": m.get("filters", {}), "scores": score_summary(root, m)}
+
+
+def score_summary(root: Path, manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """min / mean / max of each filter score column over the kept rows (train and test)."""
+    tables = [read_stream(Path(root) / s["path"]) for s in manifest["shards"] if s["split"] in ("train", "test") and s["rows"]]
+    out = {}
+    for col in ("surface_sim", "semantic_sim", "propensity", "weight"):
+        values = [v for t in tables if col in t.column_names for v in t[col].to_pylist() if v is not None and v == v]
+        if values:
+            out[col] = {"min": min(values), "mean": sum(values) / len(values), "max": max(values), "rows": len(values)}
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def print_filters(info: dict[str, Any], console: Console) -> None:
+    f = info["filters"]
+    if not f:
+        return
+    funnel = Table(title="Filter funnel")
+    for col in ("filter", "rows in", "dropped", "rows out", "dropped by reason"):
+        funnel.add_column(col)
+    for step in f["funnel"]:
+        reasons = ", ".join(f"{r} {n}" for r, n in step["dropped"].items())
+        funnel.add_row(step["filter"], str(step["rows_in"]), str(step["rows_in"] - step["rows_out"]), str(step["rows_out"]), reasons)
+    console.print(funnel)
+    report = f["report"]
+    checks = Table(title="Bias checks (goal after: 50% / 0.5)")
+    for col in ("check", "before", "after"):
+        checks.add_column(col)
+    balanced = report.get("thresholds", {}).get("blind", {}).get("splits", [])
+    for split, rates in report.get("blind_by_split", {}).items():
+        for name, r in rates.items():
+            label = f"blind {name} picks the caption ({split}{', balanced' if split in balanced else ''})"
+            checks.add_row(label, _pct(r["before"]), _pct(r["after"]))
+    prop = report.get("propensity", {})
+    for key, label in (("surface", "AUC surface_sim pos vs neg"), ("semantic", "AUC semantic_sim pos vs neg")):
+        if f"auc_{key}_before" in prop:
+            checks.add_row(label, f"{prop[f'auc_{key}_before']:.3f}", f"{prop[f'auc_{key}_after']:.3f}")
+    console.print(checks)
+    scores = Table(title="Score columns (kept rows)")
+    for col in ("column", "min", "mean", "max"):
+        scores.add_column(col)
+    for col, st in info["scores"].items():
+        scores.add_row(col, f"{st['min']:.3f}", f"{st['mean']:.3f}", f"{st['max']:.3f}")
+    console.print(scores)
 
 
 def print_report(root: Path, console: Console | None = None) -> None:
@@ -34,8 +83,8 @@ def print_report(root: Path, console: Console | None = None) -> None:
     funnel.add_column("count", justify="right")
     for label, key in (("input rows", "inputs"), ("input rows rejected", "input_rejected"), ("units", "units"),
                        ("generated (last run)", "generated"), ("reused", "reused"), ("positives kept", "positives"),
-                       ("negatives kept", "kept"), ("outputs rejected", "rejected")):
-        funnel.add_row(label, str(c[key]))
+                       ("negatives kept", "kept"), ("outputs rejected", "rejected"), ("dropped by filters", "filtered")):
+        funnel.add_row(label, str(c.get(key, 0)))
     for split, n in c["splits"].items():
         funnel.add_row(f"rows in {split}", str(n))
     console.print(funnel)
@@ -51,6 +100,7 @@ def print_report(root: Path, console: Console | None = None) -> None:
     for reason, n in c["rejected_by_reason"].items():
         reasons.add_row(reason, str(n))
     console.print(reasons)
+    print_filters(info, console)
     samples = Table(title="Sample rows (train)")
     for col in ("neg_type", "caption", "positive", "negative"):
         samples.add_column(col, overflow="fold")

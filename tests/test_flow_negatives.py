@@ -26,11 +26,13 @@ def test_funnel_accounts_for_every_unit(run):
     cfg, s = run
     assert (s["inputs"], s["input_rejected"], s["units"]) == (11, 1, 90)
     assert (s["generated"], s["reused"]) == (90, 0)
-    assert s["kept"] + s["rejected"] + s["positives"] == s["units"]
+    assert s["kept"] + s["rejected"] + s["filtered"] + s["positives"] == s["units"]
     # Golden counts for seed 0, SmolLM2-135M Q4_1, torch 2.13 CPU: a change means generation, parsing or
     # validation behaviour changed. Re-pin deliberately, with the reason in the commit message.
-    assert (s["kept"], s["rejected"], s["positives"]) == (40, 41, 9), s
-    assert s["splits"] == {"train": 32, "test": 8}
+    # Default filters drop 7 valid negatives: 3 exact and 1 near duplicate, 3 false negatives (replace types);
+    # blind balancing is measured, not applied, by default.
+    assert (s["kept"], s["rejected"], s["positives"], s["filtered"]) == (33, 41, 9, 7), s
+    assert s["splits"] == {"train": 26, "test": 7}
 
 
 def test_loads_with_datasets_both_ways_and_rows_are_valid(run):
@@ -48,7 +50,8 @@ def test_loads_with_datasets_both_ways_and_rows_are_valid(run):
         assert r["prompt_sha"] == tpls[r["neg_type"]].sha256
         assert r["engine"] == "embedded" and r["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
         assert r["tokens_out"] > 0 and r["tokens_in"] > 0 and r["seed"] is not None and r["temperature"] == pytest.approx(0.7)
-        assert 0.0 < r["surface_sim"] < 1.0
+        assert 0.0 < r["surface_sim"] < 1.0 and -1.0 <= r["semantic_sim"] < 1.0
+        assert r["weight"] > 0 and 0.0 < r["propensity"] < 1.0
         assert check_shapes(task.SHAPES[r["neg_type"]], [r["caption"]], [r["negative"]]) == [True]
     ids = {r["source_id"]: split for split in ("train", "test") for r in ds[split]}
     for split in ("train", "test"):
@@ -60,7 +63,7 @@ def test_rejected_config_card_and_manifest_agree(run):
     cfg, s = run
     root = cfg.output.dir
     rej = datasets.load_dataset(str(root), "rejected")["rejected"]
-    assert rej.num_rows == s["rejected"] + s["input_rejected"]
+    assert rej.num_rows == s["rejected"] + s["input_rejected"] + s["filtered"]
     assert {"stage", "reason", "raw"} <= set(rej.column_names)
     assert all(r["reason"] for r in rej) and any(r["reason"] == "empty_caption" and r["line"] == 11 for r in rej)
     front = yaml.safe_load((root / "README.md").read_text().split("---\n")[1])
@@ -74,6 +77,16 @@ def test_rejected_config_card_and_manifest_agree(run):
     assert set(manifest["prompts"]) == set(task.task_names(cfg))
     body = (root / "README.md").read_text()
     assert "## Per type" in body and "swap_obj" in body
+    filtered = [r for r in rej if r["stage"] == "filter"]
+    assert len(filtered) == s["filtered"] and all(r["filter"] and r["score"] is not None and r["raw"] for r in filtered)
+    funnel = manifest["filters"]["funnel"]
+    negative_steps = [f for f in funnel if f["filter"] != "positives"]
+    assert negative_steps[-1]["rows_out"] == s["kept"]
+    assert sum(f["rows_in"] - f["rows_out"] for f in funnel) == s["filtered"]
+    for plot in manifest["filters"]["plots"]:
+        assert (root / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({plot})" in body
+    assert {"plots/surface_sim.png", "plots/semantic_sim.png"} <= set(manifest["filters"]["plots"])
+    assert "## Filters" in body and "AUC before weighting" in body and "`lm_loglik`" in body
 
 
 def test_rerun_is_a_noop_with_zero_llm_calls(run, monkeypatch):
@@ -119,3 +132,80 @@ def test_inspect_json_reports_what_the_card_says(run):
     assert set(per_type) == set(task.task_names(cfg))
     assert sum(t["kept"] for name, t in per_type.items() if name != "paraphrase") == s["kept"]
     assert info["samples"] and {"caption", "positive", "negative", "neg_type"} <= set(info["samples"][0])
+    assert info["filters"]["funnel"] and set(info["scores"]) == {"surface_sim", "semantic_sim", "propensity", "weight"}
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_filter_reruns_filters_on_raw_generations_without_llm(run, tmp_path, capsys):
+    from pipeline.cli import main
+
+    cfg, s = run
+    src = cfg.output.dir
+    before = _tree(src)
+    loose = tmp_path / "loose.yaml"
+    loose.write_text("filters:\n  negatives:\n    blind: {enabled: false}\n    dedup: {enabled: false}\n"
+                     "    semantic: {enabled: false}\n    surface: {negative: {low: 0.0}, positive: {high: 1.0}}\n")
+    assert main(["filter", str(src), "--out", str(tmp_path / "loose"), "--config", str(loose), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert _tree(src) == before  # DIR untouched
+    assert (out["generated"], out["reused"], out["units"], out["inputs"]) == (0, s["units"], s["units"], s["inputs"])
+    assert out["kept"] > s["kept"] and out["kept"] + out["rejected"] + out["filtered"] + out["positives"] == out["units"]
+    assert out["rejected"] == s["rejected"] and out["input_rejected"] == s["input_rejected"]
+    manifest = json.loads((tmp_path / "loose" / "manifest.json").read_text())
+    assert manifest["config"]["filters"]["negatives"]["blind"]["enabled"] is False
+    assert manifest["config"]["sampling"] == json.loads((src / "manifest.json").read_text())["config"]["sampling"]
+    assert [p["sha256"] for p in manifest["raw_parts"]] == [p["sha256"] for p in json.loads((src / "manifest.json").read_text())["raw_parts"]]
+    assert [f["filter"] for f in manifest["filters"]["funnel"]] == ["positives", "surface"]
+    assert (out["kept"], out["filtered"], out["positives"]) == (40, 0, 9)  # nothing dropped: every valid row back
+    assert manifest["filters"]["report"]["propensity"]["negatives"] == 40
+    # the same filters as the source reproduce the source's rows exactly
+    assert main(["filter", str(src), "--out", str(tmp_path / "same"), "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert (same["kept"], same["filtered"], same["splits"]) == (s["kept"], s["filtered"], s["splits"])
+    train = sorted((tmp_path / "same" / "data").glob("train-*.arrow"))
+    assert [sha256_file(p) for p in train] == [sha256_file(p) for p in sorted((src / "data").glob("train-*.arrow"))]
+
+
+def test_filter_with_blind_balancing_on_the_test_split(run, tmp_path, capsys):
+    """The default blind setting (balance the test split) on real generated rows: train rows are kept as
+    they were, test rows are dropped only as `blind_balance`, and the card reports the rates."""
+    import datasets
+
+    from pipeline.cli import main
+
+    cfg, s = run
+    conf = tmp_path / "blind.yaml"
+    conf.write_text("filters:\n  negatives:\n    blind: {splits: [test]}\n")
+    assert main(["filter", str(cfg.output.dir), "--out", str(tmp_path / "b"), "--config", str(conf), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["splits"]["train"] == s["splits"]["train"] and out["splits"]["test"] <= s["splits"]["test"]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    report = manifest["filters"]["report"]
+    test_rates = report["blind_by_split"]["test"]["lm_loglik"]
+    assert test_rates["rows_before"] == s["splits"]["test"] and test_rates["rows_after"] == out["splits"]["test"]
+    if test_rates["rows_after"]:
+        assert 0.46 <= test_rates["after"] <= 0.54
+    train_rates = report["blind_by_split"]["train"]["lm_loglik"]
+    assert train_rates["before"] == train_rates["after"]  # measured, not balanced
+    rej = datasets.load_dataset(str(tmp_path / "b"), "rejected")["rejected"]
+    blind = [r for r in rej if r["filter"] == "blind"]
+    assert len(blind) == s["splits"]["test"] - out["splits"]["test"] and all(r["reason"] == "blind_balance" for r in blind)
+    assert all("lm_loglik gap" in r["detail"] for r in blind)
+    body = (tmp_path / "b" / "README.md").read_text()
+    assert "| test | yes | `lm_loglik` |" in body and "| train | no | `lm_loglik` |" in body
+
+
+def test_filter_refuses_generation_settings_and_its_own_dir(run, tmp_path, capsys):
+    from pipeline.cli import main
+
+    cfg, _ = run
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling: {temperature: 1.0}\nfilters: {negatives: {blind: {bins: 2}}}\n")
+    assert main(["filter", str(cfg.output.dir), "--out", str(tmp_path / "x"), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "expected only the sections ['filters', 'output']" in err and "['sampling']" in err and str(bad) in err
+    assert main(["filter", str(cfg.output.dir), "--out", str(cfg.output.dir)]) == 2
+    assert "expected a new folder, got DIR itself" in capsys.readouterr().err

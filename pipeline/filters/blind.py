@@ -77,23 +77,27 @@ def bigram_logprob(anchors: list[str], candidates: list[str], groups: list[str],
     fit_tok = fit[text_of]
     ukeys, inv = np.unique(keys[fit_tok], return_inverse=True)
     tok_fold = fold_u[text_of][fit_tok]
-    pair_counts = np.zeros((len(ukeys), folds))  # (U, F)
-    np.add.at(pair_counts, (inv, tok_fold), 1)
-    ctx_counts = np.zeros((v, folds))  # (V, F)
-    np.add.at(ctx_counts, (prev[fit_tok], tok_fold), 1)
+    pair_counts = np.bincount(inv * folds + tok_fold, minlength=len(ukeys) * folds).reshape(len(ukeys), folds)  # (U, F)
+    ctx_counts = np.bincount(prev[fit_tok] * folds + tok_fold, minlength=v * folds).reshape(v, folds)  # (V, F)
+
+    pair_total, ctx_total = pair_counts.sum(1), ctx_counts.sum(1)  # (U,), (V,) every fold
 
     def score(texts: list[str], text_folds: np.ndarray) -> np.ndarray:
-        rows = np.array([where[t] for t in texts])
+        rows = np.fromiter(map(where.__getitem__, texts), dtype=np.int64, count=len(texts))
         f_of_text = np.full(len(uniq), -1)
         f_of_text[rows] = text_folds  # a text shared by rows of one group has one fold
-        tok = np.flatnonzero(np.isin(text_of, rows))  # tokens of these texts
-        f = f_of_text[text_of[tok]]
-        pos = np.minimum(np.searchsorted(ukeys, keys[tok]), max(len(ukeys) - 1, 0))
-        hit = (ukeys[pos] == keys[tok]) if len(ukeys) else np.zeros(len(tok), bool)
-        c = np.where(hit, pair_counts[pos].sum(1) - pair_counts[pos, f], 0) if len(ukeys) else np.zeros(len(tok))
-        ctx = ctx_counts[prev[tok]].sum(1) - ctx_counts[prev[tok], f]
+        chosen = np.zeros(len(uniq), dtype=bool)
+        chosen[rows] = True
+        tok = np.flatnonzero(chosen[text_of])  # tokens of these texts
+        f, kt, pt = f_of_text[text_of[tok]], keys[tok], prev[tok]
+        c = np.zeros(len(tok))
+        if len(ukeys):
+            pos = np.minimum(np.searchsorted(ukeys, kt), len(ukeys) - 1)
+            c = np.where(ukeys[pos] == kt, pair_total[pos] - pair_counts[pos, f], 0)  # count outside the fold
+        ctx = ctx_total[pt] - ctx_counts[pt, f]
         logp = np.log((c + k) / (ctx + k * v))  # (tokens,)
-        per_text = np.bincount(text_of[tok], weights=logp, minlength=len(uniq)) / np.maximum(np.bincount(text_of[tok], minlength=len(uniq)), 1)
+        sums = np.bincount(text_of[tok], weights=logp, minlength=len(uniq))
+        per_text = sums / np.maximum(np.bincount(text_of[tok], minlength=len(uniq)), 1)
         return per_text[rows].astype(np.float32)
 
     return score(list(anchors), row_fold), score(list(candidates), row_fold)

@@ -58,9 +58,12 @@ class TextCache:
     def key(text: str) -> str:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    def get(self, texts: list[str]) -> np.ndarray:
-        """[N, D] float32 vectors; only texts not cached are computed (and then cached)."""
-        keys = [self.key(t) for t in texts]
+    def get(self, texts: list[str], keys: list[str] | None = None) -> np.ndarray:
+        """[N, D] float32 vectors; only texts not cached are computed (and then cached).
+
+        ``keys``: the texts' :meth:`key` when the caller already has them (one text, one sha256).
+        """
+        keys = [self.key(t) for t in texts] if keys is None else keys
         todo = dict.fromkeys(k for k in keys if k not in self._row)
         if todo:
             by_key = dict(zip(keys, texts))

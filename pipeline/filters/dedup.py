@@ -33,29 +33,38 @@ def normalise(text: str) -> str:
     return _SPACE.sub(" ", _PUNCT.sub("", text)).strip()
 
 
+def repeated(keys: list[str]) -> np.ndarray:
+    """True where a key repeats an earlier one.
+
+    >>> repeated(["a", "b", "a"]).tolist()
+    [False, False, True]
+    """
+    seen: set[str] = set()
+    out = np.zeros(len(keys), dtype=bool)
+    for i, k in enumerate(keys):
+        out[i] = k in seen
+        seen.add(k)
+    return out
+
+
 def exact_duplicates(texts: list[str]) -> np.ndarray:
     """True where a text repeats an earlier one after :func:`normalise`.
 
     >>> exact_duplicates(["A dog.", "a dog", "a cat"]).tolist()
     [False, True, False]
     """
-    seen: set[str] = set()
-    out = np.zeros(len(texts), dtype=bool)
-    for i, t in enumerate(texts):
-        key = normalise(t)
-        out[i] = key in seen
-        seen.add(key)
-    return out
+    return repeated([normalise(t) for t in texts])
 
 
-def near_duplicates(texts: list[str], groups: list[str], threshold: float) -> np.ndarray:
-    """True where a text is within ``threshold`` (0-1 ``ratio``) of an earlier text of the same group.
+def near_duplicate_scores(norm: list[str], groups: list[str]) -> np.ndarray:
+    """Highest rapidfuzz ``ratio`` (0-1) of each text (already :func:`normalise`-d) to an earlier text of its
+    group; 0 for the first.
 
     All within-group pairs (i < j) are scored in one ``cpdist`` call (one call per group costs more in
     thread start-up than in scoring).
 
-    >>> near_duplicates(["a big red car", "a big red cars", "a blue car"], ["g", "g", "g"], 0.95).tolist()
-    [False, True, False]
+    >>> [round(float(x), 2) for x in near_duplicate_scores(["a big red car", "a big red cars", "a blue car"], ["g"] * 3)]
+    [0.0, 0.96, 0.7]
     """
     by_group: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
@@ -66,11 +75,19 @@ def near_duplicates(texts: list[str], groups: list[str], threshold: float) -> np
             for b in range(a + 1, len(rows)):
                 first.append(rows[a])
                 later.append(rows[b])
-    out = np.zeros(len(texts), dtype=bool)
+    out = np.zeros(len(norm), dtype=np.float32)
     if not first:
         return out
-    norm = [normalise(t) for t in texts]
     sim = process.cpdist([norm[i] for i in first], [norm[j] for j in later], scorer=fuzz.ratio, dtype=np.float32,
                          workers=-1) / 100.0  # (P,) one score per within-group pair
-    out[np.asarray(later)[sim >= threshold]] = True
+    np.maximum.at(out, np.asarray(later), sim)
     return out
+
+
+def near_duplicates(texts: list[str], groups: list[str], threshold: float) -> np.ndarray:
+    """True where a text is within ``threshold`` (0-1 ``ratio``) of an earlier text of the same group.
+
+    >>> near_duplicates(["a big red car", "a big red cars", "a blue car"], ["g", "g", "g"], 0.95).tolist()
+    [False, True, False]
+    """
+    return near_duplicate_scores([normalise(t) for t in texts], groups) >= threshold

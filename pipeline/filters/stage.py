@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.config import FilterConfig
 from pipeline.filters.blind import balance_mask, bigram_logprob, pick_rate
-from pipeline.filters.dedup import exact_duplicates, near_duplicates
+from pipeline.filters.dedup import near_duplicate_scores, normalise, repeated
 from pipeline.filters.propensity import (
     propensity_weights,
     surface_features,
@@ -156,7 +156,8 @@ def _positives(p: Pairs, cfg: FilterConfig, texts: _Texts, funnel: list[FunnelSt
         if r:
             drops[g] = Drop("surface" if r == "positive_out_of_band" else "semantic", r, float(s1 if r == "positive_out_of_band" else s2))
     funnel.append(FunnelStep("positives", len(groups), dict(sorted(Counter(d.reason for d in drops.values()).items())), len(groups) - len(drops)))
-    kept = {g: (float(s1), float(s2)) for g, s1, s2 in zip(groups, surf, sem) if g not in drops}
+    ratio = surf if cfg.surface.scorer == "ratio" else surface_similarity(anchors, positives)  # (G,) as the column
+    kept = {g: (float(r), float(s2)) for g, r, s2 in zip(groups, ratio, sem) if g not in drops}  # (ratio, cosine)
     return kept, drops
 
 
@@ -172,13 +173,16 @@ def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
     alive = np.ones(n, dtype=bool)
 
     if cfg.dedup.enabled:
-        pair_text = [f"{a}\t{b}" for a, b in zip(p.anchors, p.negatives)]
-        reasons = np.where(exact_duplicates(pair_text), "exact_duplicate", "").astype(object)
+        norm = {t: normalise(t) for t in texts.row}  # each distinct text once
+        reasons = np.where(repeated([f"{norm[a]}\t{norm[b]}" for a, b in zip(p.anchors, p.negatives)]),
+                           "exact_duplicate", "").astype(object)
+        scores = np.where(reasons != "", 1.0, 0.0)  # an exact duplicate scores 1; a near one its ratio
         if cfg.dedup.near_threshold is not None:
             idx = np.flatnonzero(reasons == "")
-            near = near_duplicates([p.negatives[i] for i in idx], [p.groups[i] for i in idx], cfg.dedup.near_threshold)
-            reasons[idx[near]] = "near_duplicate"
-        alive = why.step("dedup", reasons, np.where(reasons != "", 1.0, 0.0), alive)
+            near = near_duplicate_scores([norm[p.negatives[i]] for i in idx], [p.groups[i] for i in idx])
+            hit = near >= cfg.dedup.near_threshold
+            reasons[idx[hit]], scores[idx[hit]] = "near_duplicate", near[hit]
+        alive = why.step("dedup", reasons, scores, alive)
     if cfg.surface.enabled:
         bad = ~in_band(band_scores, cfg.surface.negative.low, cfg.surface.negative.high)
         alive = why.step("surface", np.where(bad, "negative_out_of_band", "").astype(object), band_scores, alive)
@@ -216,7 +220,7 @@ def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
     propensity = np.full(n, np.nan, dtype=np.float32)
     weight = np.ones(n, dtype=np.float32)
     if cfg.propensity.enabled:
-        report["propensity"] = _propensity(p, cfg, alive, pos_scores, semantic_sim, propensity, weight)
+        report["propensity"] = _propensity(p, cfg, alive, pos_scores, surface_sim, semantic_sim, propensity, weight)
     histograms = {
         "surface_sim": {"positive": np.array([s for s, _ in pos_scores.values()]), "negative kept": surface_sim[alive],
                         "negative dropped": surface_sim[~alive]},
@@ -246,11 +250,12 @@ def blind_gaps(p: Pairs, cfg: FilterConfig, texts: _Texts) -> np.ndarray:
     return np.column_stack(cols).astype(np.float64) if cols else np.zeros((len(p.ids), 0))
 
 
-def _propensity(p: Pairs, cfg: FilterConfig, alive: np.ndarray, pos_scores: dict, semantic_sim: np.ndarray,
-                propensity: np.ndarray, weight: np.ndarray) -> dict:
+def _propensity(p: Pairs, cfg: FilterConfig, alive: np.ndarray, pos_scores: dict, surface_sim: np.ndarray,
+                semantic_sim: np.ndarray, propensity: np.ndarray, weight: np.ndarray) -> dict:
     """Fit on kept negatives (label 0) and kept positives (label 1); fill the negatives' columns in place."""
     idx = np.flatnonzero(alive)
-    groups = sorted(g for g in pos_scores if g in {p.groups[i] for i in idx})
+    alive_groups = {p.groups[i] for i in idx}
+    groups = sorted(g for g in pos_scores if g in alive_groups)
     first = {g: i for i, g in reversed(list(enumerate(p.groups)))}
     anchors = [p.anchors[i] for i in idx] + [p.anchors[first[g]] for g in groups]
     cands = [p.negatives[i] for i in idx] + [p.positives[first[g]] for g in groups]
@@ -258,7 +263,8 @@ def _propensity(p: Pairs, cfg: FilterConfig, alive: np.ndarray, pos_scores: dict
     labels = np.array([0] * len(idx) + [1] * len(groups))
     if len(groups) == 0 or len(idx) == 0:
         return {"pairs": len(labels), "note": "no positive or no negative kept: weights left at 1"}
-    feats = np.column_stack([surface_features(anchors, cands), sem])  # (M, 5)
+    ratio = np.concatenate([surface_sim[idx], [pos_scores[g][0] for g in groups]]).astype(np.float32)
+    feats = np.column_stack([surface_features(anchors, cands, ratio), sem])  # (M, 5)
     prop, w = propensity_weights(feats, labels, clip=cfg.propensity.clip, folds=cfg.propensity.folds)
     propensity[idx], weight[idx] = prop[: len(idx)], w[: len(idx)]
     surf = feats[:, 0]

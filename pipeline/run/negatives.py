@@ -1,8 +1,9 @@
 """The steps of a negatives run; ``flows/negatives.py`` wires them into a Prefect flow.
 
 load_inputs -> plan (skip units already in raw parts) -> generate_part (one per chunk of pending units,
-on the Ray engine pool) -> finalize (parse, validate, score, split, write shards, card, manifest).
-Finalize reads only raw parts, so it is deterministic and makes no LLM call.
+on the Ray engine pool) -> finalize (parse, validate, filter, split, write shards, card, manifest).
+Finalize reads only raw parts (and cached per-text scores), so it is deterministic and makes no LLM
+call; ``contrastgen filter`` reruns it on a copy of a finished dataset's raw parts with other filters.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pipeline import __version__
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
 from pipeline.errors import ContrastgenError, InputFileError
-from pipeline.filters.surface import surface_similarity
+from pipeline.filters.scorers import TextScorers
+from pipeline.filters.stage import Pairs, StageResult, run_stage
 from pipeline.inputs import read_captions
 from pipeline.records import (
     CaptionRecord,
@@ -44,6 +46,22 @@ class Plan:
     pending: list[list[Unit]]  # chunks of units still to generate, one raw part each
     reused: int
     templates: dict[str, Template]  # loaded once: the text hashed into unit keys is the text rendered
+
+    def inventory(self) -> Inventory:
+        return Inventory(len(self.captions) + len(self.input_rejects), self.input_rejects,
+                         frozenset(u.key for u in self.units), sum(len(c) for c in self.pending), self.reused, self.templates)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What finalize needs to know besides the raw parts: the planned units and the input side of the funnel."""
+
+    inputs: int
+    input_rejects: list[Rejection]
+    unit_keys: frozenset[str]
+    generated: int
+    reused: int
+    templates: dict[str, Template]
 
 
 @dataclass
@@ -73,6 +91,7 @@ class Summary:
     kept: int
     rejected: int
     positives: int
+    filtered: int = 0  # valid rows (negatives and positives) the filter stage dropped
     splits: dict[str, int] = field(default_factory=dict)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     startup_seconds: float = 0.0
@@ -142,20 +161,52 @@ def _write_split(root: Path, subdir: str, split: str, table, rows_per_shard: int
     return w.finalize()
 
 
-def finalize(cfg: RunConfig, store: RunStore, the_plan: Plan, timing: Timing, run_id: str | None) -> Summary:
+def filter_rows(rows: list[NegativeRow], cfg: RunConfig) -> tuple[list[NegativeRow], list[Rejection], StageResult]:
+    """Run the filter stage on assembled rows: kept rows carry the score columns; dropped rows and dropped
+    positives become ``filter`` rejections naming the filter, the reason and the score."""
+    pairs = Pairs([r.id for r in rows], [r.caption for r in rows], [r.positive for r in rows],
+                  [r.negative for r in rows], [r.source_id for r in rows], [r.neg_type for r in rows],
+                  [split_of(r.source_id, cfg.output.test_fraction) for r in rows])
+    fcfg = cfg.filters.negatives
+    res = run_stage(pairs, fcfg, TextScorers(fcfg, cfg.engine.resolved_model_path()))
+    kept, rejects = [], []
+    for i, r in enumerate(rows):
+        pos_drop = res.positive_drops.get(r.source_id)
+        row = replace(r, surface_sim=float(res.surface_sim[i]), semantic_sim=float(res.semantic_sim[i]),
+                      propensity=float(res.propensity[i]), weight=float(res.weight[i]),
+                      positive=None if pos_drop else r.positive, positive_prompt_sha=None if pos_drop else r.positive_prompt_sha)
+        if res.keep[i]:
+            kept.append(row)
+        else:
+            d = res.drop(i)
+            rejects.append(_filter_rejection(r, d, r.negative, r.neg_type, r.provenance.prompt_sha))
+    first = {}
+    for r in rows:
+        first.setdefault(r.source_id, r)
+    for group, d in sorted(res.positive_drops.items()):
+        r = first[group]
+        rejects.append(_filter_rejection(r, d, r.positive or "", task.PARAPHRASE, r.positive_prompt_sha))
+    return kept, rejects, res
+
+
+def _filter_rejection(r: NegativeRow, d, text: str, task_name: str, prompt_sha: str | None) -> Rejection:
+    return Rejection(stage="filter", reason=d.reason, detail=d.detail or f"caption: {r.caption}", raw=text,
+                     source_id=r.source_id, task=task_name, prompt_sha=prompt_sha, model=r.provenance.model,
+                     seed=r.provenance.seed, filter=d.filter, score=d.score)
+
+
+def finalize(cfg: RunConfig, store: RunStore, inv: Inventory, timing: Timing, run_id: str | None) -> Summary:
     root = store.root
-    templates = the_plan.templates
-    raws: list[RawResult] = store.read_raw({u.key for u in the_plan.units})
-    missing = len(the_plan.units) - len(raws)
+    raws: list[RawResult] = store.read_raw(set(inv.unit_keys))
+    missing = len(inv.unit_keys) - len(raws)
     if missing:
         raise RuntimeError(f"{root}: {missing} planned units have no raw result; rerun the same command to resume")
-    rows, gen_rejects = task.assemble(raws, templates)
-    sims = surface_similarity([r.caption for r in rows], [r.negative for r in rows])
-    rows = sorted((replace(r, surface_sim=float(s)) for r, s in zip(rows, sims)), key=lambda r: r.id)
+    rows, gen_rejects = task.assemble(raws, inv.templates)
+    rows, filter_rejects, stage = filter_rows(sorted(rows, key=lambda r: r.id), cfg)
     by_split: dict[str, list[NegativeRow]] = {"train": [], "test": []}
     for r in rows:
         by_split[split_of(r.source_id, cfg.output.test_fraction)].append(r)
-    rejects = the_plan.input_rejects + sorted(gen_rejects, key=lambda r: r.unit_key or "")
+    rejects = inv.input_rejects + sorted(gen_rejects, key=lambda r: r.unit_key or "") + filter_rejects
     shards: list[ShardInfo] = []
     for split, split_rows in by_split.items():
         shards += _write_split(root, "data", split, negatives_table(split_rows), cfg.output.rows_per_shard)
@@ -165,18 +216,15 @@ def finalize(cfg: RunConfig, store: RunStore, the_plan: Plan, timing: Timing, ru
         for stale in (root / sub).glob("*.arrow"):
             if stale not in keep:
                 stale.unlink()
+    valid_positives = sum(1 for r in raws if r.task == task.PARAPHRASE) - sum(1 for r in gen_rejects if r.task == task.PARAPHRASE)
     summary = Summary(
-        out=str(root), inputs=len(the_plan.captions) + len(the_plan.input_rejects),
-        input_rejected=len(the_plan.input_rejects), units=len(the_plan.units),
-        generated=sum(len(chunk) for chunk in the_plan.pending),
-        reused=the_plan.reused, kept=len(rows), rejected=len(gen_rejects),
-        positives=sum(1 for r in raws if r.task == task.PARAPHRASE) - sum(1 for r in gen_rejects if r.task == task.PARAPHRASE),
+        out=str(root), inputs=inv.inputs, input_rejected=len(inv.input_rejects), units=len(inv.unit_keys),
+        generated=inv.generated, reused=inv.reused, kept=len(rows), rejected=len(gen_rejects),
+        positives=valid_positives - len(stage.positive_drops), filtered=len(filter_rejects),
         splits={k: len(v) for k, v in by_split.items()},
         rejected_by_reason=dict(sorted(Counter(r.reason for r in rejects).items())),
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
         tokens_out=sum(r.provenance.tokens_out for r in raws),
     )
-    write_card_and_manifest(cfg, store, summary, rows, raws, rejects, shards, templates, run_id)
+    write_card_and_manifest(cfg, store, summary, rows, raws, rejects, shards, inv.templates, run_id, stage)
     return summary
-
-

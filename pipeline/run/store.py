@@ -82,6 +82,15 @@ class RunStore:
         write_atomic(path, raw_table(sorted(results, key=lambda r: r.unit_key)))
         return ShardInfo(f"raw/{name}", "raw", len(results), sha256_file(path), path.stat().st_size)
 
+    def write_plan(self, keys: frozenset[str]) -> ShardInfo:
+        """The unit keys the finished dataset is built from (``raw/`` may hold parts of other plans too)."""
+        path = self.root / "plan.arrow"
+        write_atomic(path, pa.table({"unit_key": sorted(keys)}))
+        return ShardInfo("plan.arrow", "plan", len(keys), sha256_file(path), path.stat().st_size)
+
+    def read_plan(self) -> frozenset[str]:
+        return frozenset(read_stream(self.root / "plan.arrow").column("unit_key").to_pylist())
+
     def part_infos(self) -> list[ShardInfo]:
         return [ShardInfo(f"raw/{p.name}", "raw", self._read(p).num_rows, sha256_file(p), p.stat().st_size) for p in self.parts()]
 

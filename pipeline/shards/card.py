@@ -24,6 +24,7 @@ from pipeline.shards.writer import ShardInfo, write_bytes_atomic
 
 if TYPE_CHECKING:
     from pipeline.config import RunConfig
+    from pipeline.filters.stage import StageResult
     from pipeline.records import NegativeRow, RawResult, Rejection
     from pipeline.run.negatives import Summary
     from pipeline.run.store import RunStore
@@ -60,6 +61,9 @@ class CardParams:
     cfg: Any
     prompts: dict[str, str]
     config_yaml: str
+    funnel: list[Any]  # FunnelStep of the filter stage
+    filter_report: dict[str, Any]
+    plots: list[str]
 
 
 def _size_category(n: int) -> str:
@@ -79,7 +83,7 @@ def per_type_stats(raws: list[RawResult], rows: list[NegativeRow], rejects: list
     test = Counter(r.neg_type for r in rows if r.id in test_ids)
     reasons: dict[str, Counter] = defaultdict(Counter)
     for r in rejects:
-        if r.stage == "generation":
+        if r.stage in ("generation", "filter"):
             reasons[r.task][r.reason] += 1
     out = []
     for t in units:
@@ -95,15 +99,16 @@ def _split_info(split: str, shards: list[ShardInfo]) -> dict[str, Any]:
 
 
 def front_matter(cfg: RunConfig, summary: Summary, shards: list[ShardInfo]) -> dict[str, Any]:
+    splits = [s for s in summary.splits if summary.splits[s]]  # `datasets` refuses a declared split with no rows
     return {
         "configs": [
             {"config_name": "default", "default": True, "data_files": [
-                {"split": "train", "path": "data/train-*.arrow"}, {"split": "test", "path": "data/test-*.arrow"}]},
+                {"split": s, "path": f"data/{s}-*.arrow"} for s in splits]},
             {"config_name": "rejected", "data_files": [{"split": "rejected", "path": "rejected/rejected-*.arrow"}]},
         ],
         "dataset_info": [
             {"config_name": "default", "features": _features(NEGATIVES_SCHEMA),
-             "splits": [_split_info(s, shards) for s in summary.splits]},
+             "splits": [_split_info(s, shards) for s in splits]},
             {"config_name": "rejected", "features": _features(REJECTED_SCHEMA),
              "splits": [_split_info("rejected", shards)]},
         ],
@@ -142,12 +147,25 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _finite(obj: Any) -> Any:
+    """The report with NaN (a rate over no rows) as None, so manifest.json stays strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return None if isinstance(obj, float) and obj != obj else obj
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")[:200]
 
 
-def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, shards, templates: dict[str, Template], run_id):
+def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, shards, templates: dict[str, Template], run_id,
+                            stage: StageResult):
+    from pipeline.filters.plots import save_histograms
+
     root = store.root
+    plots = save_histograms(stage.histograms, root / "plots")
     from pipeline.run.negatives import split_of  # local: avoids an import cycle
 
     test_ids = {r.id for r in rows if split_of(r.source_id, cfg.output.test_fraction) == "test"}
@@ -165,10 +183,13 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
         run_id=run_id, summary=summary, per_type=stats, samples=samples[:16],
         no_positive=sum(1 for r in rows if r.positive is None), engine=engine, model=cfg.engine.model_id(),
         mode=cfg.negatives.mode, cfg=cfg, prompts={t: tpl.sha256 for t, tpl in templates.items()},
-        config_yaml=yaml.safe_dump(cfg_json, sort_keys=False),
+        config_yaml=yaml.safe_dump(cfg_json, sort_keys=False), funnel=stage.funnel, filter_report=stage.report,
+        plots=plots,
     )
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.filters["cell"] = _cell
+    env.filters["rate"] = lambda x: "n/a" if x is None or x != x else f"{100 * x:.1f}%"
+    env.filters["num"] = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"
     body = env.from_string(_TEMPLATE.read_text(encoding="utf-8")).render(p=params)
     card = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body
     manifest = {
@@ -176,7 +197,10 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
         "config": cfg_json, "versions": versions(),
         "prompts": {t: {"sha256": tpl.sha256, "file": tpl.path.name} for t, tpl in templates.items()},
         "shards": [asdict(s) for s in shards], "raw_parts": [asdict(s) for s in store.part_infos()],
+        "plan": asdict(store.write_plan(frozenset(r.unit_key for r in raws))),
         "counts": asdict(summary), "per_type": [asdict(s) for s in stats],
+        "filters": {"funnel": [asdict(f) for f in stage.funnel], "report": _finite(stage.report),
+                    "plots": [f"plots/{p}" for p in plots]},
     }
     write_bytes_atomic(root / "README.md", card.encode("utf-8"))
     write_bytes_atomic(root / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

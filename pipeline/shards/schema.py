@@ -21,6 +21,7 @@ NEGATIVES_SCHEMA = pa.schema([
     pa.field("neg_type", pa.string()), pa.field("id", pa.string()), pa.field("source_id", pa.string()),
     pa.field("image_ref", pa.string()), pa.field("surface_sim", pa.float32()), pa.field("edit", pa.string()),
     pa.field("positive_prompt_sha", pa.string()), *PROVENANCE_FIELDS,
+    pa.field("semantic_sim", pa.float32()), pa.field("propensity", pa.float32()), pa.field("weight", pa.float32()),
 ])
 
 REJECTED_SCHEMA = pa.schema([
@@ -28,7 +29,7 @@ REJECTED_SCHEMA = pa.schema([
     pa.field("raw", pa.string()), pa.field("source_id", pa.string()), pa.field("task", pa.string()),
     pa.field("file", pa.string()), pa.field("line", pa.int64()), pa.field("field", pa.string()),
     pa.field("unit_key", pa.string()), pa.field("prompt_sha", pa.string()), pa.field("model", pa.string()),
-    pa.field("seed", pa.int64()),
+    pa.field("seed", pa.int64()), pa.field("filter", pa.string()), pa.field("score", pa.float32()),
 ])
 
 RAW_SCHEMA = pa.schema([

@@ -34,7 +34,7 @@ def config(**filters):
 
 
 def test_each_drop_names_its_filter_reason_and_score(text_scorers):
-    res = run_stage(pairs(), config(blind={"enabled": False}), text_scorers)
+    res = run_stage(pairs(), config(blind={"enabled": False}, surface={"positive": {"high": 0.95}}), text_scorers)
     for i, (*_, expected) in enumerate(ROWS):
         if expected is None:
             assert res.keep[i] and res.drop(i) is None, i
@@ -75,7 +75,8 @@ def blind_rows():
 
 def test_blind_balancing_and_propensity_report(text_scorers):
     rows = blind_rows()
-    res = run_stage(pairs(rows), config(surface={"negative": {"low": 0.0, "high": 1.0}}), text_scorers)
+    res = run_stage(pairs(rows), config(surface={"negative": {"low": 0.0, "high": 1.0}}, blind={"splits": ["test"]}),
+                    text_scorers)
     blind = res.report["blind"]
     assert set(blind) == {"lm_loglik", "bigram"}
     assert blind["lm_loglik"]["before"] == pytest.approx(8 / 11)
@@ -93,7 +94,7 @@ def test_blind_balancing_and_propensity_report(text_scorers):
 def test_blind_balancing_leaves_unlisted_splits_alone_but_reports_them(text_scorers):
     rows = blind_rows()
     loose = {"negative": {"low": 0.0, "high": 1.0}}
-    res = run_stage(pairs(rows, split="train"), config(surface=loose), text_scorers)  # default: balance test only
+    res = run_stage(pairs(rows, split="train"), config(surface=loose, blind={"splits": ["test"]}), text_scorers)
     assert res.keep.all()
     assert res.report["blind_by_split"]["train"]["lm_loglik"]["after"] == pytest.approx(8 / 11)
     both = run_stage(pairs(rows, split="train"), config(surface=loose, blind={"splits": ["train", "test"]}), text_scorers)
