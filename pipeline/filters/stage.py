@@ -202,21 +202,8 @@ def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
     if cfg.blind.enabled:
         gaps = blind_gaps(p, cfg, texts)  # (N, S)
         names = tuple(s.value for s in cfg.blind.scorers)
-        split_arr, strata_arr = np.asarray(p.splits), np.asarray(p.strata)
-        balanced = np.isin(split_arr, cfg.blind.splits)  # (N,) rows of the splits being balanced
-        keep = alive.copy()
-        idx = np.flatnonzero(alive & balanced)
-        strata = [f"{p.splits[i]}/{p.strata[i]}" if cfg.blind.per_type else p.splits[i] for i in idx]
-        keep[idx] = balance_mask(gaps[idx], strata, [p.ids[i] for i in idx], cfg.blind.bins, cfg.blind.max_rate)
-        before = alive.copy()
-        alive = why.step("blind", np.where(alive & ~keep, "blind_balance", "").astype(object), gaps[:, 0], alive)
-        report["blind"] = _rates(gaps, names, before & balanced, alive & balanced)
-        report["blind_by_split"] = {sp: _rates(gaps, names, before & (split_arr == sp), alive & (split_arr == sp))
-                                    for sp in sorted(set(p.splits))}
-        report["blind_by_type"] = {t: _rates(gaps, names, before & balanced & (strata_arr == t), alive & balanced & (strata_arr == t))
-                                   for t in sorted(set(p.strata))}
-        blind_hist = {f"blind_gap_{nm}": {"entering balancing": gaps[before & balanced, j], "kept": gaps[alive & balanced, j]}
-                      for j, nm in enumerate(names)}
+        alive, blind_report, blind_hist = _balance(p, cfg, gaps, names, alive, why)
+        report.update(blind_report)
     propensity = np.full(n, np.nan, dtype=np.float32)
     weight = np.ones(n, dtype=np.float32)
     if cfg.propensity.enabled:
@@ -230,6 +217,27 @@ def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
     }
     return StageResult(alive, why.filter, why.reason, why.score, positive_drops, surface_sim, semantic_sim, propensity,
                        weight, why.funnel, report, histograms, gaps, names)
+
+
+def _balance(p: Pairs, cfg: FilterConfig, gaps: np.ndarray, names: tuple[str, ...], alive: np.ndarray, why: _Why):
+    """Blind balancing of the configured splits; rates of every split before and after, and gap histograms."""
+    split_arr, strata_arr = np.asarray(p.splits), np.asarray(p.strata)
+    balanced = np.isin(split_arr, cfg.blind.splits)  # (N,) rows of the splits being balanced
+    keep = alive.copy()
+    idx = np.flatnonzero(alive & balanced)
+    strata = [f"{p.splits[i]}/{p.strata[i]}" if cfg.blind.per_type else p.splits[i] for i in idx]
+    keep[idx] = balance_mask(gaps[idx], strata, [p.ids[i] for i in idx], cfg.blind.bins, cfg.blind.max_rate)
+    before = alive.copy()
+    alive = why.step("blind", np.where(alive & ~keep, "blind_balance", "").astype(object), gaps[:, 0], alive)
+    report = {
+        "blind": _rates(gaps, names, before & balanced, alive & balanced),
+        "blind_by_split": {sp: _rates(gaps, names, before & (split_arr == sp), alive & (split_arr == sp))
+                           for sp in sorted(set(p.splits))},
+        "blind_by_type": {t: _rates(gaps, names, before & (strata_arr == t), alive & (strata_arr == t))
+                          for t in sorted(set(p.strata))},
+    }
+    hist = {f"blind_gap_{nm}": {"before balancing": gaps[before, j], "kept": gaps[alive, j]} for j, nm in enumerate(names)}
+    return alive, report, hist
 
 
 def _rates(gaps: np.ndarray, names: list[str], before: np.ndarray, after: np.ndarray) -> dict:

@@ -117,7 +117,7 @@ def test_golden_losses_on_the_tiny_model(dataset, tiny_model):
     assert [e["loss"] for e in res.losses] == pytest.approx(GOLDEN, abs=1e-3)
 
 
-GOLDEN = [5.31408, 4.94731]  # seed 0, torch 2.13 CPU
+GOLDEN = [4.32145, 5.49027]  # seed 0, torch 2.13 CPU; re-pinned when the filter stage (issue 4) changed the rows and added weights
 
 
 def test_two_process_training_from_the_command_line(dataset, tiny_model, tmp_path):
