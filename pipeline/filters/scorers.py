@@ -31,6 +31,7 @@ class TextScorers:
         self.cfg = cfg
         self.embeddings = TextCache(root, self._encode, f"embed:{fingerprint(self.encoder_path)}")
         self.loglik = TextCache(root, self._loglik, f"lm_mean_logprob:{fingerprint(self.lm_path)}")
+        self._key_memo: dict[str, str] = {}
 
     @functools.cached_property
     def _encoder(self):
@@ -52,8 +53,16 @@ class TextScorers:
         tok, model = self._lm
         return lm_mean_logprob(texts, model, tok, self.cfg.blind.lm_batch_size)
 
+    def _keys(self, texts: list[str]) -> list[str]:
+        """Cache keys, each text hashed once for both caches (the stage asks both about the same texts)."""
+        memo = self._key_memo
+        for t in texts:
+            if t not in memo:
+                memo[t] = TextCache.key(t)
+        return [memo[t] for t in texts]
+
     def embed(self, texts: list[str]) -> np.ndarray:
-        return self.embeddings.get(texts)
+        return self.embeddings.get(texts, self._keys(texts))
 
     def lm(self, texts: list[str]) -> np.ndarray:
-        return self.loglik.get(texts)[:, 0]
+        return self.loglik.get(texts, self._keys(texts))[:, 0]
