@@ -33,9 +33,9 @@ def save_histograms(histograms: dict[str, dict[str, list[float]]], folder: Path)
         for label, v in series.items():
             v = np.asarray(v, dtype=float)
             if v.size:
-                ax.hist(v[np.isfinite(v)], bins=bins, alpha=0.55, label=f"{label} ({v.size})")
+                ax.hist(v[np.isfinite(v)], bins=bins, alpha=0.55, density=True, label=f"{label} ({v.size} rows)")
         ax.set_title(TITLES.get(name, name), fontsize=10)
-        ax.set_ylabel("rows")
+        ax.set_ylabel("density (each series sums to 1)")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(folder / f"{name}.png", metadata={"Software": None})

@@ -190,6 +190,7 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
     env.filters["cell"] = _cell
     env.filters["rate"] = lambda x: "n/a" if x is None or x != x else f"{100 * x:.1f}%"
     env.filters["num"] = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"
+    env.filters["off"] = lambda x: "off" if x is None else x
     body = env.from_string(_TEMPLATE.read_text(encoding="utf-8")).render(p=params)
     card = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body
     manifest = {
