@@ -23,7 +23,8 @@ def sample_rows(root: Path, manifest: dict[str, Any], k: int = 5) -> list[dict[s
 def inspect_summary(root: Path) -> dict[str, Any]:
     m = load_manifest(root)
     return {"counts": m["counts"], "per_type": m["per_type"], "samples": sample_rows(root, m), "run_id": m.get("run_id"),
-            "filters": m.get("filters", {}), "scores": score_summary(root, m)}
+            "filters": m.get("filters", {}), "scores": score_summary(root, m),
+            "blind_splits": m["config"].get("filters", {}).get("negatives", {}).get("blind", {}).get("splits", [])}
 
 
 def score_summary(root: Path, manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -56,7 +57,7 @@ def print_filters(info: dict[str, Any], console: Console) -> None:
     checks = Table(title="Bias checks (goal after: 50% / 0.5)")
     for col in ("check", "before", "after"):
         checks.add_column(col)
-    balanced = report.get("thresholds", {}).get("blind", {}).get("splits", [])
+    balanced = info["blind_splits"]
     for split, rates in report.get("blind_by_split", {}).items():
         for name, r in rates.items():
             label = f"blind {name} picks the caption ({split}{', balanced' if split in balanced else ''})"

@@ -26,15 +26,18 @@ def cosine_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (num / np.maximum(den, 1e-12)).astype(np.float32)
 
 
-def semantic_reasons(s_neg: np.ndarray, s_pos: np.ndarray | None, *, false_negative: float | None = 0.95,
+def semantic_reasons(s_neg: np.ndarray, s_pos: np.ndarray | None, *, false_negative: float | np.ndarray | None = 0.95,
                      max_score: float | None = None, min_score: float | None = None,
                      absolute_margin: float | None = None, relative_margin: float | None = None) -> np.ndarray:
     """The first rule each row fails ('' when kept), in the order of the module docstring; shape (N,).
 
-    ``s_pos`` may hold NaN (no positive): margin rules then keep the row.
+    ``s_pos`` may hold NaN (no positive): margin rules then keep the row. ``false_negative`` may be one
+    threshold per row (``inf`` exempts a row from the guard; it still faces the other rules).
 
     >>> semantic_reasons(np.array([0.97, 0.5, 0.2]), None, min_score=0.3).tolist()
     ['false_negative', '', 'below_min_score']
+    >>> semantic_reasons(np.array([0.97, 0.97]), None, false_negative=np.array([0.95, np.inf])).tolist()
+    ['false_negative', '']
     """
     out = np.full(len(s_neg), "", dtype=object)
     pos = np.full(len(s_neg), np.nan) if s_pos is None else np.asarray(s_pos, dtype=np.float64)

@@ -77,7 +77,7 @@ class StageResult:
     funnel: list[FunnelStep]
     report: dict = field(default_factory=dict)
     histograms: dict = field(default_factory=dict)  # name -> {label: scores array} for the card's plots
-    gaps: np.ndarray | None = None  # (N, S) blind score gaps, when blind balancing ran
+    gaps: np.ndarray | None = None  # (N, S) blind score gaps, when blind balancing ran (NaN: dropped before it)
     gap_names: tuple[str, ...] = ()
 
     def drop(self, i: int) -> Drop | None:
@@ -129,11 +129,12 @@ class _Texts:
             out[i : i + chunk] = cosine_rows(self.matrix[a[i : i + chunk]], self.matrix[b[i : i + chunk]])
         return out
 
-    def lm_gap(self) -> np.ndarray:
-        """(N,) LM score of each anchor minus that of its negative (only anchors and negatives are scored)."""
-        used = np.unique(np.concatenate([self.anchor, self.negative]))
+    def lm_gap(self, alive: np.ndarray) -> np.ndarray:
+        """(N,) LM score of each alive row's anchor minus that of its negative; NaN for rows already dropped
+        (the LM, the costly scorer, only sees texts that can still be kept)."""
+        used = np.unique(np.concatenate([self.anchor[alive], self.negative[alive]]))
         texts = list(self.row)
-        score = np.zeros(len(texts), dtype=np.float64)
+        score = np.full(len(texts), np.nan, dtype=np.float64)
         score[used] = self.scorers.lm([texts[i] for i in used])
         return score[self.anchor] - score[self.negative]
 
@@ -188,19 +189,16 @@ def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
         alive = why.step("surface", np.where(bad, "negative_out_of_band", "").astype(object), band_scores, alive)
     if cfg.semantic.enabled:
         s = cfg.semantic
-        reasons = semantic_reasons(semantic_sim, s_pos, false_negative=s.false_negative, max_score=s.max_score,
+        guard = None if s.false_negative is None else np.where(  # (N,) exempt types never count as false negatives
+            np.isin(np.asarray(p.strata), s.false_negative_exempt), np.inf, s.false_negative)
+        reasons = semantic_reasons(semantic_sim, s_pos, false_negative=guard, max_score=s.max_score,
                                    min_score=s.min_score, absolute_margin=s.absolute_margin, relative_margin=s.relative_margin)
-        exempt = np.isin(np.asarray(p.strata), s.false_negative_exempt) & (reasons == "false_negative")
-        if exempt.any():  # those rows still face the rules after the guard
-            reasons[exempt] = semantic_reasons(semantic_sim[exempt], s_pos[exempt], false_negative=None, max_score=s.max_score,
-                                               min_score=s.min_score, absolute_margin=s.absolute_margin,
-                                               relative_margin=s.relative_margin)
         alive = why.step("semantic", reasons, semantic_sim, alive)
-    report: dict = {"thresholds": cfg.model_dump(mode="json")}
+    report: dict = {}
     blind_hist: dict = {}
     gaps, names = None, ()
     if cfg.blind.enabled:
-        gaps = blind_gaps(p, cfg, texts)  # (N, S)
+        gaps = blind_gaps(p, cfg, texts, alive)  # (N, S)
         names = tuple(s.value for s in cfg.blind.scorers)
         alive, blind_report, blind_hist = _balance(p, cfg, gaps, names, alive, why)
         report.update(blind_report)
@@ -246,12 +244,12 @@ def _rates(gaps: np.ndarray, names: list[str], before: np.ndarray, after: np.nda
                  "rows_after": int(after.sum())} for j, nm in enumerate(names)}
 
 
-def blind_gaps(p: Pairs, cfg: FilterConfig, texts: _Texts) -> np.ndarray:
-    """(N, S) score(anchor) - score(negative) for each configured blind scorer."""
+def blind_gaps(p: Pairs, cfg: FilterConfig, texts: _Texts, alive: np.ndarray) -> np.ndarray:
+    """(N, S) score(anchor) - score(negative) for each configured blind scorer (the LM's: alive rows only)."""
     cols = []
     for s in cfg.blind.scorers:
         if s.value == "lm_loglik":
-            cols.append(texts.lm_gap())
+            cols.append(texts.lm_gap(alive))
         else:
             a, b = bigram_logprob(p.anchors, p.negatives, p.groups)
             cols.append(a - b)

@@ -226,5 +226,6 @@ def finalize(cfg: RunConfig, store: RunStore, inv: Inventory, timing: Timing, ru
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
         tokens_out=sum(r.provenance.tokens_out for r in raws),
     )
-    write_card_and_manifest(cfg, store, summary, rows, raws, rejects, shards, inv.templates, run_id, stage)
+    plan = store.write_plan(inv.unit_keys)
+    write_card_and_manifest(cfg, store, summary, rows, raws, rejects, shards, inv.templates, run_id, stage, plan)
     return summary

@@ -63,6 +63,7 @@ class CardParams:
     config_yaml: str
     funnel: list[Any]  # FunnelStep of the filter stage
     filter_report: dict[str, Any]
+    thresholds: dict[str, Any]  # the filter config the stage ran with, as data
     plots: list[str]
 
 
@@ -161,7 +162,7 @@ def _cell(text: str) -> str:
 
 
 def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, shards, templates: dict[str, Template], run_id,
-                            stage: StageResult):
+                            stage: StageResult, plan: ShardInfo):
     from pipeline.filters.plots import save_histograms
 
     root = store.root
@@ -184,7 +185,7 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
         no_positive=sum(1 for r in rows if r.positive is None), engine=engine, model=cfg.engine.model_id(),
         mode=cfg.negatives.mode, cfg=cfg, prompts={t: tpl.sha256 for t, tpl in templates.items()},
         config_yaml=yaml.safe_dump(cfg_json, sort_keys=False), funnel=stage.funnel, filter_report=stage.report,
-        plots=plots,
+        thresholds=cfg_json["filters"]["negatives"], plots=plots,
     )
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.filters["cell"] = _cell
@@ -198,7 +199,7 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
         "config": cfg_json, "versions": versions(),
         "prompts": {t: {"sha256": tpl.sha256, "file": tpl.path.name} for t, tpl in templates.items()},
         "shards": [asdict(s) for s in shards], "raw_parts": [asdict(s) for s in store.part_infos()],
-        "plan": asdict(store.write_plan(frozenset(r.unit_key for r in raws))),
+        "plan": asdict(plan),
         "counts": asdict(summary), "per_type": [asdict(s) for s in stats],
         "filters": {"funnel": [asdict(f) for f in stage.funnel], "report": _finite(stage.report),
                     "plots": [f"plots/{p}" for p in plots]},
