@@ -15,12 +15,11 @@ Gap convention: ``gap = score(anchor) - score(candidate)``; a blind scorer "pick
 from __future__ import annotations
 
 import hashlib
-import string
 
 import numpy as np
+import pandas as pd
 
-_SPACE_PUNCT = bytes.maketrans(string.punctuation.encode(), b" " * len(string.punctuation))  # UTF-8 safe: no
-# byte of a multi-byte character is ASCII
+from pipeline.filters.words import Words
 
 
 def pick_rate(gaps: np.ndarray) -> float:
@@ -36,12 +35,13 @@ def pick_rate(gaps: np.ndarray) -> float:
 
 def _fold_of(groups: list[str], folds: int) -> np.ndarray:
     """(N,) fold of each row from a hash of its group (each distinct group hashed once)."""
-    fold = {g: int(hashlib.sha256(g.encode()).hexdigest()[:8], 16) % folds for g in dict.fromkeys(groups)}
-    return np.fromiter((fold[g] for g in groups), dtype=np.int64, count=len(groups))
+    codes, uniq = pd.factorize(np.asarray(groups, dtype=object))
+    fold = np.array([int(hashlib.sha256(g.encode()).hexdigest()[:8], 16) % folds for g in uniq], dtype=np.int64)
+    return fold[codes]
 
 
 def bigram_logprob(anchors: list[str], candidates: list[str], groups: list[str], folds: int = 5,
-                   k: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+                   k: float = 0.1, words: Words | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean token log-prob of each anchor and candidate under an add-k word-bigram LM of the anchors, cross-fitted.
 
     Words are lower-cased with ASCII punctuation removed; the end of a text is a token (so a text's
@@ -50,57 +50,50 @@ def bigram_logprob(anchors: list[str], candidates: list[str], groups: list[str],
     Rows are split into ``folds`` by a hash of their group; the texts of fold f are scored by a model
     counted on the distinct anchors of the other folds. Returns two arrays of shape (N,).
 
+    ``words``: the texts already split (:class:`~pipeline.filters.words.Words` of a superset of the anchors
+    and candidates), when the caller has them.
+
     >>> groups = [f"g{i}" for i in range(6)]  # folds 0 0 0 0 1 1
     >>> a, c = bigram_logprob(["a dog runs on grass"] * 6, ["grass dog on runs a"] * 3 + ["a dog runs on grass"] * 3,
     ...                       groups, folds=2)
     >>> bool(a[0] > c[0]), bool(a[5] == c[5])  # a shuffled candidate is less fluent; a copy scores the same
     (True, True)
     """
-    uniq = list(dict.fromkeys([*anchors, *candidates]))  # anchors repeat once per row of their group
-    where = {t: i for i, t in enumerate(uniq)}
-    # Words: lower case, ASCII punctuation dropped, split on whitespace, in one pass over all texts
-    # (C-level str/bytes methods); "\x01" is a word of its own that closes each text.
-    joined = ("\x01".join(uniq).lower() + "\x01").encode("utf-8").translate(_SPACE_PUNCT)
-    words = joined.replace(b"\x01", b" \x01 ").decode("utf-8").split()
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(["\x01", *words]))}  # "\x01" -> 0
-    ids = np.fromiter(map(vocab.__getitem__, words), dtype=np.int64, count=len(words))  # (T,) 0 = boundary
-    v = len(vocab)
+    words = Words(list(dict.fromkeys([*anchors, *candidates]))) if words is None else words
+    where, n_texts = words.index, len(words.texts)
+    ids, text_of, n_ids = words.normalised()  # (T,) token ids, 0 closing each text; (T,) the text of each token
     prev = np.concatenate([[0], ids[:-1]])  # (T,) the token before each token; text starts follow a boundary
-    text_of = np.concatenate([[0], np.cumsum(ids == 0)[:-1]])  # (T,) which unique text each token closes
-    keys = prev * v + ids  # (T,) bigram id; every token, the closing boundary included, is predicted once
+    keys = prev * n_ids + ids  # (T,) bigram id; every token, the closing boundary included, is predicted once
+    a_rows = np.fromiter(map(where.__getitem__, anchors), dtype=np.int64, count=len(anchors))  # (N,) text of each
+    c_rows = np.fromiter(map(where.__getitem__, candidates), dtype=np.int64, count=len(candidates))  # (N,)
+    used = np.zeros(n_texts, dtype=bool)
+    used[a_rows] = used[c_rows] = True  # the texts scored
+    v = int((np.bincount(ids[used[text_of]], minlength=n_ids) > 0).sum())  # vocabulary of these texts (smoothing)
+    # A text's fold is its row's; a text that is an anchor of one group and a candidate of another takes its
+    # anchor's fold, so it is never scored by a model that counted it.
     row_fold = _fold_of(list(groups), folds)  # (N,)
-    fold_u = np.full(len(uniq), -1)
-    fold_u[[where[a] for a in anchors]] = row_fold  # anchors: their group's fold
+    fold_of_text = np.full(n_texts, -1)
+    fold_of_text[c_rows] = row_fold
+    fold_of_text[a_rows] = row_fold
     # Counts come from the distinct anchors only, split by fold: model f = all folds - fold f.
-    fit = np.zeros(len(uniq), dtype=bool)
-    fit[[where[a] for a in anchors]] = True
+    fit = np.zeros(n_texts, dtype=bool)
+    fit[a_rows] = True
     fit_tok = fit[text_of]
-    ukeys, inv = np.unique(keys[fit_tok], return_inverse=True)
-    tok_fold = fold_u[text_of][fit_tok]
+    inv, ukeys = pd.factorize(keys[fit_tok])  # (fit tokens,) number of each distinct bigram; ukeys (U,)
+    tok_fold = fold_of_text[text_of[fit_tok]]
     pair_counts = np.bincount(inv * folds + tok_fold, minlength=len(ukeys) * folds).reshape(len(ukeys), folds)  # (U, F)
-    ctx_counts = np.bincount(prev[fit_tok] * folds + tok_fold, minlength=v * folds).reshape(v, folds)  # (V, F)
-
+    ctx_counts = np.bincount(prev[fit_tok] * folds + tok_fold, minlength=n_ids * folds).reshape(n_ids, folds)  # (V, F)
     pair_total, ctx_total = pair_counts.sum(1), ctx_counts.sum(1)  # (U,), (V,) every fold
 
-    def score(texts: list[str], text_folds: np.ndarray) -> np.ndarray:
-        rows = np.fromiter(map(where.__getitem__, texts), dtype=np.int64, count=len(texts))
-        f_of_text = np.full(len(uniq), -1)
-        f_of_text[rows] = text_folds  # a text shared by rows of one group has one fold
-        chosen = np.zeros(len(uniq), dtype=bool)
-        chosen[rows] = True
-        tok = np.flatnonzero(chosen[text_of])  # tokens of these texts
-        f, kt, pt = f_of_text[text_of[tok]], keys[tok], prev[tok]
-        c = np.zeros(len(tok))
-        if len(ukeys):
-            pos = np.minimum(np.searchsorted(ukeys, kt), len(ukeys) - 1)
-            c = np.where(ukeys[pos] == kt, pair_total[pos] - pair_counts[pos, f], 0)  # count outside the fold
-        ctx = ctx_total[pt] - ctx_counts[pt, f]
-        logp = np.log((c + k) / (ctx + k * v))  # (tokens,)
-        sums = np.bincount(text_of[tok], weights=logp, minlength=len(uniq))
-        per_text = sums / np.maximum(np.bincount(text_of[tok], minlength=len(uniq)), 1)
-        return per_text[rows].astype(np.float32)
-
-    return score(list(anchors), row_fold), score(list(candidates), row_fold)
+    tok = np.flatnonzero(used[text_of])  # (T',) tokens of the texts scored, all in one pass
+    t_of, kt, pt = text_of[tok], keys[tok], prev[tok]
+    f = fold_of_text[t_of]
+    pos = pd.Index(ukeys).get_indexer(kt)  # (T',) each token's bigram among the counted ones, -1 when never seen
+    c = np.where(pos >= 0, pair_total[pos] - pair_counts[pos, f], 0)  # count outside the fold
+    ctx = ctx_total[pt] - ctx_counts[pt, f]
+    logp = np.log((c + k) / (ctx + k * v))  # (T',)
+    per_text = np.bincount(t_of, weights=logp, minlength=n_texts) / np.maximum(np.bincount(t_of, minlength=n_texts), 1)
+    return per_text[a_rows].astype(np.float32), per_text[c_rows].astype(np.float32)
 
 
 def lm_mean_logprob(texts: list[str], model, tokenizer, batch_size: int = 64) -> np.ndarray:
@@ -152,7 +145,7 @@ def balance_mask(gaps: np.ndarray, strata: list[str], keys: list[str], bins: int
         return np.zeros(0, dtype=bool)
     gaps = np.asarray(gaps, dtype=np.float64).reshape(len(keys), -1)
     keep = np.zeros(len(keys), dtype=bool)
-    rank = np.array([hashlib.sha256(k.encode()).hexdigest() for k in keys])
+    rank = [hashlib.sha256(k.encode()).digest() for k in keys]
     strata_arr = np.asarray(strata)
     for s in np.unique(strata_arr):
         rows = np.flatnonzero(strata_arr == s)

@@ -51,7 +51,8 @@ class TextCache:
         for i in fresh:
             self._row[keys[i]] = len(self._row)
         if fresh:
-            self._blocks.append(np.asarray(block[fresh], dtype=np.float32))
+            block = block if len(fresh) == len(keys) else block[fresh]  # no copy when every key is new
+            self._blocks.append(np.asarray(block, dtype=np.float32))
             self._matrix = None
 
     @staticmethod
@@ -63,18 +64,32 @@ class TextCache:
 
         ``keys``: the texts' :meth:`key` when the caller already has them (one text, one sha256).
         """
+        matrix, rows = self.rows(texts, keys)
+        return matrix[rows] if len(texts) else np.zeros((0, 0), dtype=np.float32)
+
+    def rows(self, texts: list[str], keys: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every cached vector [M, D] and the row of each text in it (N,), computing the texts not cached yet.
+
+        For callers that gather rows in chunks: :meth:`get` copies N vectors at once (N x D floats).
+        """
         keys = [self.key(t) for t in texts] if keys is None else keys
-        todo = dict.fromkeys(k for k in keys if k not in self._row)
-        if todo:
-            by_key = dict(zip(keys, texts))
-            new = np.asarray(self.encode([by_key[k] for k in todo]), dtype=np.float32).reshape(len(todo), -1)
-            new_keys = list(todo)
-            table = pa.table({"key": new_keys, "vector": pa.array(list(new), type=pa.list_(pa.float32(), new.shape[1]))})
-            write_atomic(self.dir / f"part-{hashlib.sha256(''.join(new_keys).encode()).hexdigest()[:20]}.arrow", table)
-            self._add(new_keys, new)
-            self.misses += len(todo)
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
+        try:  # the common case, every text cached: one lookup per key
+            rows = np.fromiter(map(self._row.__getitem__, keys), dtype=np.int64, count=len(keys))
+        except KeyError:
+            self._compute(texts, keys)
+            rows = np.fromiter(map(self._row.__getitem__, keys), dtype=np.int64, count=len(keys))
         if self._matrix is None:
-            self._matrix = np.concatenate(self._blocks)  # (cached texts, D)
-        return self._matrix[np.fromiter((self._row[k] for k in keys), dtype=np.int64, count=len(keys))]
+            self._matrix = (self._blocks[0] if len(self._blocks) == 1 else np.concatenate(self._blocks)) if self._blocks \
+                else np.zeros((0, 0), dtype=np.float32)  # (cached texts, D)
+        return self._matrix, rows
+
+    def _compute(self, texts: list[str], keys: list[str]) -> None:
+        """Encode the texts not cached yet, write them as one atomic part, add them to the matrix."""
+        todo = dict.fromkeys(k for k in keys if k not in self._row)
+        by_key = dict(zip(keys, texts))
+        new = np.asarray(self.encode([by_key[k] for k in todo]), dtype=np.float32).reshape(len(todo), -1)
+        new_keys = list(todo)
+        table = pa.table({"key": new_keys, "vector": pa.array(list(new), type=pa.list_(pa.float32(), new.shape[1]))})
+        write_atomic(self.dir / f"part-{hashlib.sha256(''.join(new_keys).encode()).hexdigest()[:20]}.arrow", table)
+        self._add(new_keys, new)
+        self.misses += len(todo)

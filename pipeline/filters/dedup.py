@@ -11,6 +11,7 @@ import re
 import unicodedata
 
 import numpy as np
+import pandas as pd
 from rapidfuzz import fuzz, process
 
 _PUNCT = re.compile(r"[^\w\s]")
@@ -33,18 +34,40 @@ def normalise(text: str) -> str:
     return _SPACE.sub(" ", _PUNCT.sub("", text)).strip()
 
 
-def repeated(keys: list[str]) -> np.ndarray:
-    """True where a key repeats an earlier one.
+# normalise_all's one table: what bytes.split() splits on becomes a space; NUL (which separates texts) is kept
+_ASCII_TO_SPACE = bytes.maketrans(b"\t\n\r\x0b\x0c", b"     ")
+_ASCII_DROP_BUT_NUL = _ASCII_DROP.replace(b"\x00", b"")
 
-    >>> repeated(["a", "b", "a"]).tolist()
-    [False, False, True]
+
+def normalise_all(texts: list[str]) -> list[str]:
+    """:func:`normalise` of each text; ASCII texts go through C-level bytes operations all at once.
+
+    >>> normalise_all(["  A Dog,  on a   SOFA! ", "", "Café!"])
+    ['a dog on a sofa', '', 'café']
     """
-    seen: set[str] = set()
-    out = np.zeros(len(keys), dtype=bool)
-    for i, k in enumerate(keys):
-        out[i] = k in seen
-        seen.add(k)
+    ascii_rows = [i for i, t in enumerate(texts) if t.isascii() and "\x00" not in t]
+    out = [normalise(t) for t in texts] if len(ascii_rows) < len(texts) else [""] * len(texts)
+    if ascii_rows:  # "\x00" separates the texts; spaces are collapsed, then trimmed at every text's ends
+        blob = "\x00".join(texts[i] for i in ascii_rows).lower().encode("ascii")
+        blob = blob.translate(_ASCII_TO_SPACE, _ASCII_DROP_BUT_NUL)
+        while b"  " in blob:  # each pass halves every run of spaces
+            blob = blob.replace(b"  ", b" ")
+        blob = blob.replace(b" \x00", b"\x00").replace(b"\x00 ", b"\x00").strip(b" ")
+        for i, t in zip(ascii_rows, blob.decode("ascii").split("\x00")):
+            out[i] = t
     return out
+
+
+def repeated(keys: list[str] | np.ndarray) -> np.ndarray:
+    """True where a key repeats an earlier one (keys: strings, or any hashable values as an array).
+
+    >>> repeated(["a", "b", "a"]).tolist(), repeated(np.array([7, 7, 3])).tolist()
+    ([False, False, True], [False, True, False])
+    """
+    if not len(keys):
+        return np.zeros(0, dtype=bool)
+    codes, _ = pd.factorize(np.asarray(keys, dtype=object) if isinstance(keys, list) else keys)  # first seen = new code
+    return codes <= np.maximum.accumulate(np.concatenate([[-1], codes[:-1]]))  # (N,) not above every earlier code
 
 
 def exact_duplicates(texts: list[str]) -> np.ndarray:
@@ -53,7 +76,7 @@ def exact_duplicates(texts: list[str]) -> np.ndarray:
     >>> exact_duplicates(["A dog.", "a dog", "a cat"]).tolist()
     [False, True, False]
     """
-    return repeated([normalise(t) for t in texts])
+    return repeated(normalise_all(texts))
 
 
 def near_duplicate_scores(norm: list[str], groups: list[str]) -> np.ndarray:
@@ -66,21 +89,23 @@ def near_duplicate_scores(norm: list[str], groups: list[str]) -> np.ndarray:
     >>> [round(float(x), 2) for x in near_duplicate_scores(["a big red car", "a big red cars", "a blue car"], ["g"] * 3)]
     [0.0, 0.96, 0.7]
     """
-    by_group: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
-    first, later = [], []
-    for rows in by_group.values():
-        for a in range(len(rows)):
-            for b in range(a + 1, len(rows)):
-                first.append(rows[a])
-                later.append(rows[b])
+    gid = np.fromiter(map({g: i for i, g in enumerate(dict.fromkeys(groups))}.__getitem__, groups), dtype=np.int64,
+                      count=len(groups))  # (N,) group number
+    order = np.argsort(gid, kind="stable")  # rows grouped, original order kept within each group
+    g_sorted = gid[order]
+    first_parts, later_parts = [], []
+    for d in range(1, int(np.bincount(gid).max()) if len(gid) else 1):  # pairs d apart in the grouped order
+        same = g_sorted[:-d] == g_sorted[d:]
+        first_parts.append(order[:-d][same])
+        later_parts.append(order[d:][same])
+    first = np.concatenate(first_parts) if first_parts else np.zeros(0, np.int64)  # (P,) earlier row of each pair
+    later = np.concatenate(later_parts) if later_parts else np.zeros(0, np.int64)  # (P,) later row
     out = np.zeros(len(norm), dtype=np.float32)
-    if not first:
+    if not len(first):
         return out
-    sim = process.cpdist([norm[i] for i in first], [norm[j] for j in later], scorer=fuzz.ratio, dtype=np.float32,
+    sim = process.cpdist([norm[i] for i in first.tolist()], [norm[j] for j in later.tolist()], scorer=fuzz.ratio, dtype=np.float32,
                          workers=-1) / 100.0  # (P,) one score per within-group pair
-    np.maximum.at(out, np.asarray(later), sim)
+    np.maximum.at(out, later, sim)
     return out
 
 
@@ -90,4 +115,4 @@ def near_duplicates(texts: list[str], groups: list[str], threshold: float) -> np
     >>> near_duplicates(["a big red car", "a big red cars", "a blue car"], ["g", "g", "g"], 0.95).tolist()
     [False, True, False]
     """
-    return near_duplicate_scores([normalise(t) for t in texts], groups) >= threshold
+    return near_duplicate_scores(normalise_all(texts), groups) >= threshold

@@ -19,20 +19,23 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.filters.surface import surface_scores
+from pipeline.filters.words import Words
 
 FEATURES = ("ratio", "token_set_ratio", "word_levenshtein", "length_ratio")
 
 
-def surface_features(anchors: list[str], candidates: list[str], ratio: np.ndarray | None = None) -> np.ndarray:
+def surface_features(anchors: list[str], candidates: list[str], ratio: np.ndarray | None = None,
+                     words: Words | None = None) -> np.ndarray:
     """(N, 4) features of each pair: char ratio, word-set overlap, word Levenshtein, length ratio (short/long).
 
-    ``ratio``: the pairs' ``ratio`` scores when already computed (the stage has them as a column).
+    ``ratio``: the pairs' ``ratio`` scores when already computed (the stage has them as a column);
+    ``words``: the texts already split (the stage splits them once).
     """
     la = np.fromiter(map(len, anchors), dtype=np.float32, count=len(anchors))  # (N,)
     lc = np.fromiter(map(len, candidates), dtype=np.float32, count=len(candidates))  # (N,)
     length_ratio = np.minimum(la, lc) / np.maximum(np.maximum(la, lc), 1)  # (N,)
     first = surface_scores(anchors, candidates, "ratio") if ratio is None else np.asarray(ratio, dtype=np.float32)
-    cols = [first, *(surface_scores(anchors, candidates, s) for s in FEATURES[1:3])]
+    cols = [first, *(surface_scores(anchors, candidates, s, words) for s in FEATURES[1:3])]
     return np.column_stack([*cols, length_ratio]).astype(np.float32)
 
 

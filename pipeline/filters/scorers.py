@@ -55,14 +55,16 @@ class TextScorers:
 
     def _keys(self, texts: list[str]) -> list[str]:
         """Cache keys, each text hashed once for both caches (the stage asks both about the same texts)."""
-        memo = self._key_memo
-        for t in texts:
-            if t not in memo:
-                memo[t] = TextCache.key(t)
-        return [memo[t] for t in texts]
+        memo, sha = self._key_memo, hashlib.sha256
+        memo.update({t: sha(t.encode("utf-8")).hexdigest() for t in texts if t not in memo})  # = TextCache.key
+        return list(map(memo.__getitem__, texts))
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embeddings.get(texts, self._keys(texts))
+
+    def embed_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every cached embedding [M, D] and the row of each text in it (N,): no copy of N vectors."""
+        return self.embeddings.rows(texts, self._keys(texts))
 
     def lm(self, texts: list[str]) -> np.ndarray:
         return self.loglik.get(texts, self._keys(texts))[:, 0]

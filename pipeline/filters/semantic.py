@@ -21,8 +21,8 @@ def cosine_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     >>> cosine_rows(np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [-1.0, -1.0]])).round(4).tolist()
     [1.0, -1.0]
     """
-    num = (x * y).sum(1)
-    den = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    num = np.einsum("ij,ij->i", x, y)  # no [N, D] temporaries
+    den = np.sqrt(np.einsum("ij,ij->i", x, x) * np.einsum("ij,ij->i", y, y))
     return (num / np.maximum(den, 1e-12)).astype(np.float32)
 
 

@@ -9,15 +9,18 @@ module only applies them and counts.
 
 from __future__ import annotations
 
+import functools
+import gc
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 
 from pipeline.config import FilterConfig
 from pipeline.filters.blind import balance_mask, bigram_logprob, pick_rate
-from pipeline.filters.dedup import near_duplicate_scores, normalise, repeated
+from pipeline.filters.dedup import near_duplicate_scores, normalise_all, repeated
 from pipeline.filters.propensity import (
     propensity_weights,
     surface_features,
@@ -25,10 +28,11 @@ from pipeline.filters.propensity import (
 )
 from pipeline.filters.semantic import cosine_rows, semantic_reasons
 from pipeline.filters.surface import in_band, surface_scores, surface_similarity
+from pipeline.filters.words import Words
 
 
 class Scorers(Protocol):
-    def embed(self, texts: list[str]) -> np.ndarray: ...  # [N, D] unit vectors
+    def embed_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]: ...  # [M, D] unit vectors, (N,) rows
     def lm(self, texts: list[str]) -> np.ndarray: ...  # (N,) mean token log-prob
 
 
@@ -110,77 +114,122 @@ class _Why:
 
 
 class _Texts:
-    """Every distinct text of the pairs, with the row of each anchor and negative; embedded once."""
+    """Every distinct text of the pairs (``texts``, in first-seen order), the number of each row's anchor,
+    negative and positive (-1: none) among them; embedded once."""
 
     def __init__(self, p: Pairs, scorers: Scorers):
         self.scorers = scorers
-        self.row = {t: i for i, t in enumerate(dict.fromkeys([*p.anchors, *p.negatives, *(x for x in p.positives if x is not None)]))}
-        self.anchor = self.rows(p.anchors)  # (N,)
-        self.negative = self.rows(p.negatives)  # (N,)
-        self.matrix = scorers.embed(list(self.row)) if self.row else np.zeros((0, 1), np.float32)  # (U, D)
+        n, has_pos = len(p.ids), np.array([x is not None for x in p.positives], dtype=bool)
+        every = np.array([*p.anchors, *p.negatives, *(x for x in p.positives if x is not None)], dtype=object)
+        codes, uniq = pd.factorize(every)  # one number per distinct text, one hash lookup per text
+        self.texts: list[str] = uniq.tolist()
+        self.anchor, self.negative = codes[:n], codes[n : 2 * n]  # (N,), (N,)
+        self.positive = np.full(n, -1, dtype=np.int64)  # (N,)
+        self.positive[has_pos] = codes[2 * n :]
+        # (M, D) embeddings and (U,) the row of each distinct text in them
+        self.matrix, self.emb_row = scorers.embed_rows(self.texts) if self.texts else (np.zeros((0, 1), np.float32), np.zeros(0, np.int64))
 
-    def rows(self, texts: list[str]) -> np.ndarray:
-        return np.fromiter((self.row[t] for t in texts), dtype=np.int64, count=len(texts))
+    @functools.cached_property
+    def words(self) -> Words:
+        """Every distinct text split into words once, for the word-level scorer and the bigram proxy."""
+        return Words(self.texts)
 
     def cos(self, a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray:
         """Row-wise cosine of the texts at rows ``a`` and ``b``; shape (len(a),). Chunked: gathered rows stay in cache."""
         out = np.zeros(len(a), dtype=np.float32)
+        ea, eb = self.emb_row[a], self.emb_row[b]
         for i in range(0, len(a), chunk):
-            out[i : i + chunk] = cosine_rows(self.matrix[a[i : i + chunk]], self.matrix[b[i : i + chunk]])
+            out[i : i + chunk] = cosine_rows(self.matrix[ea[i : i + chunk]], self.matrix[eb[i : i + chunk]])
         return out
 
     def lm_gap(self, alive: np.ndarray) -> np.ndarray:
         """(N,) LM score of each alive row's anchor minus that of its negative; NaN for rows already dropped
         (the LM, the costly scorer, only sees texts that can still be kept)."""
         used = np.unique(np.concatenate([self.anchor[alive], self.negative[alive]]))
-        texts = list(self.row)
-        score = np.full(len(texts), np.nan, dtype=np.float64)
-        score[used] = self.scorers.lm([texts[i] for i in used])
+        score = np.full(len(self.texts), np.nan, dtype=np.float64)
+        score[used] = self.scorers.lm([self.texts[i] for i in used.tolist()])
         return score[self.anchor] - score[self.negative]
 
 
-def _positives(p: Pairs, cfg: FilterConfig, texts: _Texts, funnel: list[FunnelStep]):
+@dataclass
+class _Positives:
+    """The positive of each group that has one (G groups, sorted by name): its first row, scores, and whether it
+    survived; ``of_row`` (N,) is each row's group among them (-1: the row's group has no positive)."""
+
+    groups: list[str]
+    rows: np.ndarray  # (G,)
+    ratio: np.ndarray  # (G,) fuzz.ratio anchor vs positive, as the surface_sim column
+    cos: np.ndarray  # (G,)
+    kept: np.ndarray  # (G,) bool
+    of_row: np.ndarray  # (N,)
+
+    def row_cos(self) -> np.ndarray:
+        """(N,) cosine of each row's kept positive; NaN where there is none."""
+        g = self.of_row
+        has = (g >= 0) & self.kept[g]
+        return np.where(has, self.cos[g], np.nan)
+
+
+def _positives(p: Pairs, cfg: FilterConfig, texts: _Texts, funnel: list[FunnelStep]) -> tuple[_Positives, dict[str, Drop]]:
     """Positive of each group, its scores, and the drops of positives that fail the surface band or lose meaning."""
-    first = {g: i for i, g in reversed(list(enumerate(p.groups))) if p.positives[i] is not None}
-    groups = sorted(first)
-    anchors = [p.anchors[first[g]] for g in groups]
-    positives = [p.positives[first[g]] for g in groups]
+    gid, names = pd.factorize(np.asarray(p.groups, dtype=object))  # (N,) group number
+    with_pos = np.flatnonzero(texts.positive >= 0)
+    has, at = np.unique(gid[with_pos], return_index=True)  # groups with a positive; where each first has one
+    first = np.full(len(names), -1, dtype=np.int64)
+    first[has] = with_pos[at]  # (number of groups,) each group's first row with a positive
+    order = has[np.argsort(names[has], kind="stable")]  # groups with a positive, by name
+    rows, groups = first[order], names[order].tolist()
+    anchors, positives = [p.anchors[i] for i in rows.tolist()], [p.positives[i] for i in rows.tolist()]
     surf = surface_scores(anchors, positives, cfg.surface.scorer)  # (G,)
-    sem = texts.cos(texts.rows(anchors), texts.rows(positives))  # (G,)
+    sem = texts.cos(texts.anchor[rows], texts.positive[rows])  # (G,)
     reasons = np.full(len(groups), "", dtype=object)
     if cfg.surface.enabled:
         reasons[~in_band(surf, cfg.surface.positive.low, cfg.surface.positive.high)] = "positive_out_of_band"
     if cfg.semantic.enabled and cfg.semantic.positive_min is not None:
         reasons[(reasons == "") & (sem < cfg.semantic.positive_min)] = "positive_meaning_lost"
     drops = {}
-    for g, r, s1, s2 in zip(groups, reasons, surf, sem):
-        if r:
-            drops[g] = Drop("surface" if r == "positive_out_of_band" else "semantic", r, float(s1 if r == "positive_out_of_band" else s2))
+    for j in np.flatnonzero(reasons != ""):
+        r = reasons[j]
+        drops[groups[j]] = Drop("surface" if r == "positive_out_of_band" else "semantic", r,
+                                float(surf[j] if r == "positive_out_of_band" else sem[j]))
     funnel.append(FunnelStep("positives", len(groups), dict(sorted(Counter(d.reason for d in drops.values()).items())), len(groups) - len(drops)))
     ratio = surf if cfg.surface.scorer == "ratio" else surface_similarity(anchors, positives)  # (G,) as the column
-    kept = {g: (float(r), float(s2)) for g, r, s2 in zip(groups, ratio, sem) if g not in drops}  # (ratio, cosine)
-    return kept, drops
+    slot = np.full(len(names), -1, dtype=np.int64)
+    slot[order] = np.arange(len(order))
+    return _Positives(groups, rows, ratio, sem, reasons == "", slot[gid]), drops
 
 
 def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
+    """Apply ``cfg``'s filters to ``p`` in the order of the module docstring."""
+    paused = gc.isenabled()
+    gc.disable()  # the stage makes millions of short-lived objects and no reference cycles: without the cyclic
+    try:  # collector's repeated passes over every live object it runs about 5% faster
+        return _run_stage(p, cfg, scorers)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
     n = len(p.ids)
     why = _Why(n)
     texts = _Texts(p, scorers)
-    pos_scores, positive_drops = _positives(p, cfg, texts, why.funnel)
+    pos, positive_drops = _positives(p, cfg, texts, why.funnel)
     surface_sim = surface_similarity(p.anchors, p.negatives)  # (N,) the column
     band_scores = surface_sim if cfg.surface.scorer == "ratio" else surface_scores(p.anchors, p.negatives, cfg.surface.scorer)
     semantic_sim = texts.cos(texts.anchor, texts.negative)  # (N,)
-    s_pos = np.array([pos_scores.get(g, (np.nan, np.nan))[1] for g in p.groups], dtype=np.float64)  # (N,)
+    s_pos = pos.row_cos()  # (N,)
     alive = np.ones(n, dtype=bool)
 
     if cfg.dedup.enabled:
-        norm = {t: normalise(t) for t in texts.row}  # each distinct text once
-        reasons = np.where(repeated([f"{norm[a]}\t{norm[b]}" for a, b in zip(p.anchors, p.negatives)]),
+        norm = normalise_all(texts.texts)  # (U,) each distinct text once
+        nid = pd.factorize(np.array(norm, dtype=object))[0]  # (U,) one number per distinct normalised text
+        reasons = np.where(repeated(nid[texts.anchor] * len(norm) + nid[texts.negative]),  # (anchor, negative) key
                            "exact_duplicate", "").astype(object)
         scores = np.where(reasons != "", 1.0, 0.0)  # an exact duplicate scores 1; a near one its ratio
         if cfg.dedup.near_threshold is not None:
             idx = np.flatnonzero(reasons == "")
-            near = near_duplicate_scores([norm[p.negatives[i]] for i in idx], [p.groups[i] for i in idx])
+            near = near_duplicate_scores([norm[i] for i in texts.negative[idx].tolist()], [p.groups[i] for i in idx])
             hit = near >= cfg.dedup.near_threshold
             reasons[idx[hit]], scores[idx[hit]] = "near_duplicate", near[hit]
         alive = why.step("dedup", reasons, scores, alive)
@@ -205,11 +254,11 @@ def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
     propensity = np.full(n, np.nan, dtype=np.float32)
     weight = np.ones(n, dtype=np.float32)
     if cfg.propensity.enabled:
-        report["propensity"] = _propensity(p, cfg, alive, pos_scores, surface_sim, semantic_sim, propensity, weight)
+        report["propensity"] = _propensity(p, cfg, texts, alive, pos, surface_sim, semantic_sim, propensity, weight)
     histograms = {
-        "surface_sim": {"positive": np.array([s for s, _ in pos_scores.values()]), "negative kept": surface_sim[alive],
+        "surface_sim": {"positive": pos.ratio[pos.kept], "negative kept": surface_sim[alive],
                         "negative dropped": surface_sim[~alive]},
-        "semantic_sim": {"positive": np.array([s for _, s in pos_scores.values()]), "negative kept": semantic_sim[alive],
+        "semantic_sim": {"positive": pos.cos[pos.kept], "negative kept": semantic_sim[alive],
                          "negative dropped": semantic_sim[~alive]},
         **blind_hist,
     }
@@ -251,26 +300,28 @@ def blind_gaps(p: Pairs, cfg: FilterConfig, texts: _Texts, alive: np.ndarray) ->
         if s.value == "lm_loglik":
             cols.append(texts.lm_gap(alive))
         else:
-            a, b = bigram_logprob(p.anchors, p.negatives, p.groups)
+            a, b = bigram_logprob(p.anchors, p.negatives, p.groups, words=texts.words)
             cols.append(a - b)
     return np.column_stack(cols).astype(np.float64) if cols else np.zeros((len(p.ids), 0))
 
 
-def _propensity(p: Pairs, cfg: FilterConfig, alive: np.ndarray, pos_scores: dict, surface_sim: np.ndarray,
+def _propensity(p: Pairs, cfg: FilterConfig, texts: _Texts, alive: np.ndarray, pos: _Positives, surface_sim: np.ndarray,
                 semantic_sim: np.ndarray, propensity: np.ndarray, weight: np.ndarray) -> dict:
     """Fit on kept negatives (label 0) and kept positives (label 1); fill the negatives' columns in place."""
     idx = np.flatnonzero(alive)
-    alive_groups = {p.groups[i] for i in idx}
-    groups = sorted(g for g in pos_scores if g in alive_groups)
-    first = {g: i for i, g in reversed(list(enumerate(p.groups)))}
-    anchors = [p.anchors[i] for i in idx] + [p.anchors[first[g]] for g in groups]
-    cands = [p.negatives[i] for i in idx] + [p.positives[first[g]] for g in groups]
-    sem = np.concatenate([semantic_sim[idx], [pos_scores[g][1] for g in groups]]).astype(np.float32)
+    alive_g = np.zeros(len(pos.groups), dtype=bool)
+    g = pos.of_row[idx]
+    alive_g[g[g >= 0]] = True
+    groups = np.flatnonzero(pos.kept & alive_g)  # (G',) kept positives of groups with a kept negative, by name
+    prow = pos.rows[groups].tolist()
+    anchors = [p.anchors[i] for i in idx.tolist()] + [p.anchors[i] for i in prow]
+    cands = [p.negatives[i] for i in idx.tolist()] + [p.positives[i] for i in prow]
+    sem = np.concatenate([semantic_sim[idx], pos.cos[groups]]).astype(np.float32)
     labels = np.array([0] * len(idx) + [1] * len(groups))
     if len(groups) == 0 or len(idx) == 0:
         return {"pairs": len(labels), "note": "no positive or no negative kept: weights left at 1"}
-    ratio = np.concatenate([surface_sim[idx], [pos_scores[g][0] for g in groups]]).astype(np.float32)
-    feats = np.column_stack([surface_features(anchors, cands, ratio), sem])  # (M, 5)
+    ratio = np.concatenate([surface_sim[idx], pos.ratio[groups]]).astype(np.float32)
+    feats = np.column_stack([surface_features(anchors, cands, ratio, texts.words), sem])  # (M, 5)
     prop, w = propensity_weights(feats, labels, clip=cfg.propensity.clip, folds=cfg.propensity.folds)
     propensity[idx], weight[idx] = prop[: len(idx)], w[: len(idx)]
     surf = feats[:, 0]

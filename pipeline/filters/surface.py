@@ -14,6 +14,8 @@ import numpy as np
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Levenshtein
 
+from pipeline.filters.words import Words
+
 Scorer = Literal["ratio", "token_sort_ratio", "token_set_ratio", "word_levenshtein"]
 
 # name -> (rapidfuzz scorer, processor, divisor to reach [0, 1])
@@ -25,8 +27,10 @@ SCORERS: dict[str, tuple[Callable, Callable | None, float]] = {
 }
 
 
-def surface_scores(anchors: list[str], candidates: list[str], scorer: Scorer = "ratio") -> np.ndarray:
-    """Score of each (anchor, candidate) pair with ``scorer``, in [0, 1]; shape (N,).
+def surface_scores(anchors: list[str], candidates: list[str], scorer: Scorer = "ratio",
+                   words: Words | None = None) -> np.ndarray:
+    """Score of each (anchor, candidate) pair with ``scorer``, in [0, 1]; shape (N,). ``words``: the texts
+    already split (:class:`~pipeline.filters.words.Words` of a superset of them), used by ``word_levenshtein``.
 
     >>> surface_scores(["a red car"], ["a car red"], "token_sort_ratio").tolist()
     [1.0]
@@ -37,7 +41,7 @@ def surface_scores(anchors: list[str], candidates: list[str], scorer: Scorer = "
         return np.zeros(0, dtype=np.float32)
     fn, processor, divisor = SCORERS[scorer]
     if scorer == "word_levenshtein":  # same scores, C speed: each distinct word becomes one code point
-        anchors, candidates, processor = *_word_codes(anchors, candidates), None
+        anchors, candidates, processor = *_word_codes(anchors, candidates, words), None
     scores = process.cpdist(anchors, candidates, scorer=fn, processor=processor, dtype=np.float32, workers=-1)  # (N,)
     return np.round(scores / divisor, 4)
 
@@ -60,17 +64,9 @@ def in_band(scores: np.ndarray, low: float, high: float) -> np.ndarray:
     return (scores >= low) & (scores <= high)
 
 
-def _word_codes(anchors: list[str], candidates: list[str]) -> tuple[list[str], list[str]]:
-    """Each text as a string of one character per word (word i of the vocabulary -> chr(0x10000 + i)), so a
-    character Levenshtein on the codes is the word Levenshtein on the texts. Distinct texts are coded in one
-    pass of C-level str operations, "\x00" marking where a text ends."""
-    uniq = list(dict.fromkeys([*anchors, *candidates]))
-    if any("\x00" in t for t in uniq):
-        raise ValueError("word_levenshtein: expected texts without NUL characters, got one; clean the input")
-    words = " \x00 ".join(uniq).split()
-    vocab = {w: chr(0x10000 + i) for i, w in enumerate(dict.fromkeys(words))}
-    if len(vocab) > 0x10FFFF - 0x10000:
-        raise ValueError(f"word_levenshtein: expected at most {0x10FFFF - 0x10000} distinct words, got {len(vocab)}")
-    vocab["\x00"] = "\x00"
-    code = dict(zip(uniq, "".join(map(vocab.__getitem__, words)).split("\x00")))
-    return [code[t] for t in anchors], [code[t] for t in candidates]
+def _word_codes(anchors: list[str], candidates: list[str], words: Words | None = None) -> tuple[list[str], list[str]]:
+    """Each text as a string of one character per word (:attr:`Words.codes`), so a character Levenshtein on the
+    codes is the word Levenshtein on the texts. ``words``: the texts already split, when the caller has them."""
+    words = Words(list(dict.fromkeys([*anchors, *candidates]))) if words is None else words
+    codes, where = words.codes, words.index
+    return [codes[where[t]] for t in anchors], [codes[where[t]] for t in candidates]

@@ -54,6 +54,24 @@ def test_bigram_is_cross_fitted_and_prefers_seen_word_order():
     assert a2[0] < a.min()
 
 
+def test_bigram_scores_a_text_that_is_also_an_anchor_with_its_anchor_fold():
+    captions = [f"a {c} dog sits on a {s} sofa" for c in ("black", "brown", "white") for s in ("red", "blue", "green", "grey")]
+    groups = [f"g{i}" for i in range(len(captions))]
+    negatives = captions[1:] + captions[:1]  # every negative is another group's anchor
+    a, c = bigram_logprob(captions, negatives, groups, folds=3)
+    assert c.tolist() == a[list(range(1, len(a))) + [0]].tolist()  # never scored by a model that counted it
+
+
+def test_bigram_matches_with_words_given_or_not():
+    from pipeline.filters.words import Words
+
+    anchors, cands = ["a dog runs", "a cat sleeps", "a dog runs"], ["runs dog a", "a cat sleeps!", "a bird"]
+    groups = ["g1", "g2", "g1"]
+    plain = bigram_logprob(anchors, cands, groups, folds=2)
+    shared = bigram_logprob(anchors, cands, groups, folds=2, words=Words(["unrelated words here", *dict.fromkeys(anchors + cands)]))
+    assert [x.tolist() for x in plain] == [x.tolist() for x in shared]  # extra texts change neither counts nor vocabulary
+
+
 @pytest.mark.integration
 def test_lm_prefers_a_fluent_caption_to_its_scrambled_words(embedded_engine):
     from pipeline.filters.blind import lm_mean_logprob

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import string
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.filters.dedup import exact_duplicates, near_duplicates, normalise
+from pipeline.filters.dedup import (
+    exact_duplicates,
+    near_duplicate_scores,
+    near_duplicates,
+    normalise,
+    normalise_all,
+    repeated,
+)
 from pipeline.filters.propensity import (
     propensity_weights,
     surface_features,
     weighted_auc,
 )
 from pipeline.filters.surface import SCORERS, in_band, surface_scores
+from pipeline.filters.words import Words
 
 A = "a dog chases a cat in the park"
 
@@ -57,6 +67,57 @@ def test_dedup_exact_and_near_within_groups_only():
     assert near.tolist() == [False, True, False, True, False]  # the last is in another group
 
 
+# Characters that exercise every branch of the normalisers: ASCII and Unicode whitespace, punctuation, "_",
+# NUL, a non-ASCII letter (NFKC path) and an ASCII separator that bytes.split() does not split on.
+_ODD = st.text(alphabet=list(" \t\n\r\x0b\x0c\x1c\u3000abcXYZ,.!_'\u00e9\u00c9\x00-\ufb01"), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_ODD, max_size=20))
+def test_normalise_all_equals_normalise_one_by_one(texts):
+    assert normalise_all(texts) == [normalise(t) for t in texts]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c", "dd"]), max_size=30))
+def test_repeated_marks_every_later_copy(keys):
+    expected = [k in keys[:i] for i, k in enumerate(keys)]
+    assert repeated(keys).tolist() == expected
+    codes = np.array([hash(k) for k in keys], dtype=np.int64)
+    assert repeated(codes).tolist() == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("xyz"), st.sampled_from(["a red car", "a red cars", "the blue bus", "a bus"])),
+                max_size=25))
+def test_near_duplicate_scores_equal_the_pairwise_definition(rows):
+    from rapidfuzz import fuzz
+
+    groups, texts = [g for g, _ in rows], [t for _, t in rows]
+    expected = [max([fuzz.ratio(texts[j], texts[i]) / 100 for j in range(i) if groups[j] == groups[i]], default=0.0)
+                for i in range(len(rows))]
+    assert near_duplicate_scores(texts, groups).tolist() == pytest.approx(expected, abs=1e-6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_ODD, min_size=1, max_size=8, unique=True))
+def test_words_split_like_str_split_and_code_one_char_per_word(texts):
+    words = Words(texts)
+    split = [t.replace("\x00", " ").split() for t in texts]
+    assert [[words.vocab[i] for i in words.ids[words.text_of == k] if i != 0] for k in range(len(texts))] == split
+    assert [len(c) for c in words.codes] == [len(s) for s in split]
+    ids, text_of, size = words.normalised()
+    lowered = [t.replace("\x00", " ").lower().translate({ord(c): " " for c in string.punctuation}).split() for t in texts]
+    assert [int((text_of == k).sum()) - 1 for k in range(len(texts))] == [len(x) for x in lowered]  # + the end token
+    assert ids.max(initial=0) < size
+
+
+def test_word_levenshtein_counts_words_and_refuses_repeated_texts():
+    assert surface_scores(["a red car"], ["a blue car"], "word_levenshtein").tolist() == [pytest.approx(2 / 3, abs=1e-4)]
+    with pytest.raises(ValueError, match="expected distinct texts"):
+        Words(["a", "a"])
+
+
 def _biased(n: int, seed: int):
     rng = np.random.default_rng(seed)
     labels = np.r_[np.ones(n), np.zeros(n)].astype(int)
@@ -91,7 +152,7 @@ def test_surface_features_shape_and_label_check():
         propensity_weights(f, np.array([1, 1]))
 
 
-@pytest.mark.parametrize("name", ["surface", "dedup", "propensity", "semantic"])
+@pytest.mark.parametrize("name", ["surface", "dedup", "propensity", "semantic", "words", "blind"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib
