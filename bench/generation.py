@@ -1,9 +1,11 @@
 """Generation throughput: the whole pipeline vs the bare embedded engine on the same prompts.
 
-    python bench/generation.py [--captions 24] [--sweep]
+    python bench/generation.py [--kind negatives|rationales|pairs] [--captions 24] [--questions 12] [--sentences 24] [--sweep]
 
 Prints tok/s of the bare engine (in-process, same requests, same chunking) and of the pipeline
-(Prefect flow -> Ray actor -> raw parts -> finalize), and their ratio (goal: >= 0.95x).
+(Prefect flow -> Ray actor -> raw parts -> finalize), and their ratio (goal: >= 0.95x), on the prompts of
+the chosen flow: negatives (COCO captions), rationales (SVAMP and GSM8K questions, multi-line answers) or
+pairs (SNLI premises: candidates, then the judge on them, both stages).
 --sweep also prints the bare engine's tok/s by batch size with and without prefix caching: the
 measurement behind choosing transformers + GGUF dequantized, batched, prefix-cached.
 """
@@ -40,11 +42,84 @@ def captions_file(n: int, tmp: Path) -> Path:
     return out
 
 
-def bare(cfg, engine) -> tuple[int, float]:
+def sentences_file(n: int, tmp: Path) -> Path:
+    """Distinct SNLI dev premises from ../shared when present, else the bundled captions as sentences."""
+    snli = REPO.parent / "shared" / "data" / "snli" / "dev.jsonl"
+    out = tmp / "sentences.jsonl"
+    if snli.exists():
+        seen: list[str] = []
+        for line in snli.open():
+            if json.loads(line)["premise"] not in seen:
+                seen.append(json.loads(line)["premise"])
+            if len(seen) == n:
+                break
+    else:
+        seen = [json.loads(line)["caption"] for line in (REPO / "data" / "sample_captions.jsonl").open()][:n]
+    out.write_text("".join(json.dumps({"sentence": x}) + "\n" for x in seen))
+    return out
+
+
+def questions_file(n: int, tmp: Path) -> Path:
+    """Real SVAMP and GSM8K (train) questions from ../shared when present, else the bundled sample."""
+    shared = REPO.parent / "shared" / "data"
+    out = tmp / "questions.jsonl"
+    if (shared / "svamp" / "SVAMP.json").exists():
+        svamp = json.loads((shared / "svamp" / "SVAMP.json").read_text())[: n // 2]
+        rows = [{"id": r["ID"], "question": f"{r['Body']} {r['Question']}", "answer": r["Answer"]} for r in svamp]
+        rows += [json.loads(line) for line in (shared / "gsm8k" / "train.jsonl").open().readlines()[: n - len(rows)]]
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        out.write_text("".join((REPO / "data" / "questions.jsonl").read_text().splitlines(True)[:n]))
+    return out
+
+
+def requests(kind: str, cfg) -> list[list]:
+    """The pipeline's own parts of requests, rendered in-process."""
+    if kind == "rationales":
+        from pipeline.inputs import read_questions
+        from pipeline.run.rationales import chunk_units as rationale_chunks
+        from pipeline.tasks import rationales as rtask
+
+        tpls = rtask.templates_for(cfg)
+        chunks = rationale_chunks(rtask.plan_units(read_questions(cfg.input)[0], cfg, tpls), cfg)
+        return [[rtask.render(u, cfg, tpls) for u in chunk] for chunk in chunks]
     captions, _ = read_captions(cfg.input)
     tpls = task.templates_for(cfg)
     chunks = chunk_units(task.plan_units(captions, cfg, tpls), cfg)  # the pipeline's own parts
-    reqs = [[task.render(u, tpls[u.task], task.mode_for(u.task, cfg), cfg) for u in chunk] for chunk in chunks]
+    return [[task.render(u, tpls[u.task], task.mode_for(u.task, cfg), cfg) for u in chunk] for chunk in chunks]
+
+
+def bare_pairs(cfg, engine) -> tuple[int, float]:
+    """The pairs flow's two LLM stages in-process: candidates, then the judge on the valid ones."""
+    from pipeline.inputs import read_sentences
+    from pipeline.records import Provenance, RawResult
+    from pipeline.run.pairs import stage
+    from pipeline.run.store import RunStore
+    from pipeline.tasks import pairs as ptask
+
+    tpls = ptask.templates_for(cfg)
+    sentences = read_sentences(cfg.input)[0]
+    t0, tokens = time.perf_counter(), 0
+
+    def run(units) -> list:
+        nonlocal tokens
+        raws = []
+        for chunk in stage(units, cfg, RunStore(cfg.output.dir.parent / "no-store")).pending:  # the pipeline's parts
+            for u, c in zip(chunk, engine.generate([ptask.render(u, cfg, tpls) for u in chunk])):
+                tokens += c.tokens_out
+                prov = Provenance("embedded", "m", u.prompt_sha, u.task, 0, 0, 0, u.seed, 0, 0, 0)
+                raws.append(RawResult(u.key, u.source.id, u.source.sentence, None, u.task, c.texts, c.finish_reasons, prov, ""))
+        return raws
+
+    cands, _ = ptask.candidates(run(ptask.generation_units(sentences, cfg, tpls)), tpls)
+    run(ptask.judge_units(ptask.judge_items(sentences, cands), cfg, tpls))
+    return tokens, time.perf_counter() - t0
+
+
+def bare(kind: str, cfg, engine) -> tuple[int, float]:
+    if kind == "pairs":
+        return bare_pairs(cfg, engine)
+    reqs = requests(kind, cfg)
     t0 = time.perf_counter()
     tokens = sum(c.tokens_out for part in reqs for c in engine.generate(part))
     return tokens, time.perf_counter() - t0
@@ -52,34 +127,41 @@ def bare(cfg, engine) -> tuple[int, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--kind", choices=["negatives", "rationales", "pairs"], default="negatives")
     ap.add_argument("--captions", type=int, default=24)
+    ap.add_argument("--questions", type=int, default=12)
+    ap.add_argument("--sentences", type=int, default=24)
     ap.add_argument("--sweep", action="store_true")
     args = ap.parse_args()
     from pipeline.engines.embedded import EmbeddedEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        inp = captions_file(args.captions, tmp)
+        inp = {"negatives": lambda: captions_file(args.captions, tmp), "rationales": lambda: questions_file(args.questions, tmp),
+               "pairs": lambda: sentences_file(args.sentences, tmp)}[args.kind]()
         cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp / "out"}})
         engine = EmbeddedEngine(cfg.engine)
         engine.warmup()  # the pipeline's actors warm up too, as part of their start-up
         rates = []
 
         def measure_bare(label: str) -> None:
-            tok, sec = bare(cfg, engine)
+            tok, sec = bare(args.kind, cfg, engine)
             rates.append(tok / sec)
             print(f"bare engine ({label}): {tok} tokens in {sec:.1f}s = {tok / sec:.1f} tok/s")
 
+        import importlib
+
         import ray
 
-        from flows.negatives import negatives_flow
         from pipeline.engines.pool import ensure_ray
+
+        flow = getattr(importlib.import_module(f"flows.{args.kind}"), f"{args.kind}_flow")
 
         # Baseline measured before and after the pipeline run, so drift on a shared machine shows up.
         measure_bare("before")
         ensure_ray(cfg.ray)
         t0 = time.perf_counter()
-        s = negatives_flow(cfg.model_dump(mode="json"))
+        s = flow(cfg.model_dump(mode="json"))
         wall = time.perf_counter() - t0
         ray.shutdown()
         measure_bare("after")
@@ -89,10 +171,10 @@ def main() -> None:
         print(f"pipeline    : {s['tokens_out']} tokens in {s['generation_seconds']:.1f}s of generation = {p_rate:.1f} tok/s "
               f"(+{s['startup_seconds']:.1f}s engine start-up: Ray worker, imports, model load, warm-up); whole flow {wall:.1f}s")
         print(f"bare baseline: mean {b_rate:.1f} tok/s, spread {100 * (max(rates) - min(rates)) / b_rate:.1f}%")
-        print(f"ratio pipeline/bare, generation  : {p_rate / b_rate:.3f}x (goal >= 0.95x)")
+        print(f"ratio pipeline/bare, generation  : {p_rate / b_rate:.3f}x (goal >= 0.95x) on {args.kind} prompts")
         print(f"ratio pipeline/bare, incl. start : {p_cold / b_rate:.3f}x (start-up is paid once per run)")
 
-        if args.sweep:
+        if args.sweep and args.kind == "negatives":
             sweep(cfg)
 
 

@@ -22,17 +22,20 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate a dataset").add_subparsers(dest="kind", required=True)
     neg = gen.add_parser("negatives", help="typed negative captions + paraphrase positives")
     neg.add_argument("--input", type=Path, help="captions file (.jsonl/.csv/.parquet) or datasets folder")
-    neg.add_argument("--out", type=Path, help="output dataset directory")
-    neg.add_argument("--engine", choices=["embedded"], help="generation engine (default: embedded)")
+    _run_flags(neg)
     neg.add_argument("--types", nargs="+", choices=[t.value for t in NegType], metavar="TYPE",
                      help=f"negative types (default: all): {', '.join(t.value for t in NegType)}")
     neg.add_argument("--mode", choices=["edit", "rewrite"], help="edit (model names the edit) or rewrite")
-    neg.add_argument("--limit", type=int, help="use only the first N valid captions")
-    neg.add_argument("--seed", type=int, help="run seed")
-    neg.add_argument("--workers", type=int, help="engine actors")
-    neg.add_argument("--ray-address", help="join a Ray cluster (auto, ray://host:port); default: local Ray")
-    neg.add_argument("--config", type=Path, help="YAML run config (flags and CONTRASTGEN_* env override it)")
-    neg.add_argument("--json", action="store_true", help="print one JSON summary object")
+    rat = gen.add_parser("rationales", help="contrastive rationales (sampled chains of thought, split by answer)")
+    rat.add_argument("--input", type=Path, help="questions file (.jsonl/.csv/.parquet) or datasets folder; "
+                     "fields question, answer (optional), choices (optional)")
+    _run_flags(rat)
+    rat.add_argument("--k", type=int, help="rationales sampled per question (default 5)")
+    pairs = gen.add_parser("pairs", help="synthetic sentence pairs (entailment positive, contradiction negative, judged)")
+    pairs.add_argument("--input", type=Path, help="sentences file (.jsonl/.csv/.parquet) or datasets folder; field "
+                       "`sentence` (id optional); omit it and pass --topics for from-scratch mode")
+    pairs.add_argument("--topics", nargs="+", metavar="TOPIC", help="from-scratch mode: generate seed sentences about these")
+    _run_flags(pairs)
     flt = sub.add_parser("filter", help="rerun the filter stage on a dataset's raw generations (no LLM call)")
     flt.add_argument("dir", type=Path, metavar="DIR", help="a finished contrastgen dataset")
     flt.add_argument("--out", type=Path, required=True, metavar="DIR2", help="new dataset folder (DIR is not changed)")
@@ -59,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("dir", type=Path, metavar="DIR")
     ev.add_argument("--json", action="store_true")
     return p
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every generate command shares."""
+    p.add_argument("--out", type=Path, help="output dataset directory")
+    p.add_argument("--engine", choices=["embedded"], help="generation engine (default: embedded)")
+    p.add_argument("--limit", type=int, help="use only the first N valid input rows")
+    p.add_argument("--seed", type=int, help="run seed")
+    p.add_argument("--workers", type=int, help="engine actors")
+    p.add_argument("--ray-address", help="join a Ray cluster (auto, ray://host:port); default: local Ray")
+    p.add_argument("--config", type=Path, help="YAML run config (flags and CONTRASTGEN_* env override it)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object")
 
 
 def _loss_weights(specs: list[str] | None) -> dict[str, float] | None:
@@ -97,39 +112,42 @@ def _nest(flags: dict[tuple[str, str], Any]) -> dict[str, Any]:
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     flags = {
         ("input", "path"): a.input, ("input", "limit"): a.limit, ("output", "dir"): a.out,
-        ("engine", "kind"): a.engine, ("negatives", "types"): a.types, ("negatives", "mode"): a.mode,
+        ("engine", "kind"): a.engine, ("negatives", "types"): getattr(a, "types", None),
+        ("negatives", "mode"): getattr(a, "mode", None), ("rationales", "k"): getattr(a, "k", None),
+        ("pairs", "topics"): getattr(a, "topics", None),
         ("sampling", "seed"): a.seed, ("ray", "workers"): a.workers, ("ray", "address"): a.ray_address,
     }
     return _nest(flags)
 
 
-def _generate_negatives(a: argparse.Namespace) -> int:
-    from pipeline.run.negatives import preflight
+def _generate(a: argparse.Namespace) -> int:
+    import importlib
 
+    steps = importlib.import_module(f"pipeline.run.{a.kind}")
     cfg = load_config(a.config, _overrides(a))
-    preflight(cfg)
+    steps.preflight(cfg)
     # Ephemeral Prefect needs no server; its telemetry heartbeat only contends for the local sqlite file.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if a.json:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     import ray
 
-    from flows.negatives import negatives_flow
     from pipeline.engines.pool import ensure_ray
 
+    flow = getattr(importlib.import_module(f"flows.{a.kind}"), f"{a.kind}_flow")
     # SIGTERM becomes SystemExit so the finally below stops the local Ray we started (its actors would
     # otherwise outlive us and keep burning CPU). After SIGKILL nothing runs: `ray stop` cleans up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = ensure_ray(cfg.ray)
     try:
-        summary = negatives_flow(cfg.model_dump(mode="json"))
+        summary = flow(cfg.model_dump(mode="json"))
     finally:
         if started:
             ray.shutdown()
     if a.json:
         print(json.dumps(summary))
     else:
-        print(f"wrote {summary['kept']} negatives ({summary['splits']}) to {summary['out']}; "
+        print(f"wrote {summary['kept']} {a.kind} rows ({summary['splits']}) to {summary['out']}; "
               f"generated {summary['generated']} units, reused {summary['reused']}, rejected {summary['rejected']}, "
               f"filtered {summary['filtered']}")
     return 0
@@ -189,7 +207,7 @@ def _inspect(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": _generate_negatives, "filter": _filter, "inspect": _inspect, "train": _train, "evaluate": _evaluate}
+COMMANDS = {"generate": _generate, "filter": _filter, "inspect": _inspect, "train": _train, "evaluate": _evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,8 @@ from pipeline.errors import ConfigError
 from pipeline.filters.surface import Scorer
 
 REPO_PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "negatives"
+REPO_RATIONALE_PROMPTS = REPO_PROMPTS.parent / "rationales"
+REPO_PAIR_PROMPTS = REPO_PROMPTS.parent / "pairs"
 
 
 class NegType(str, Enum):
@@ -61,7 +63,13 @@ class InputConfig(Section):
     image_column: str | None = Field(
         "image", description="Optional image reference column, passed through untouched as `image_ref`."
     )
-    max_caption_chars: int = Field(2000, gt=0, description="Longer captions are rejected (caption_too_long).")
+    max_caption_chars: int = Field(2000, gt=0, description="Longer captions (or questions) are rejected (caption_too_long).")
+    question_column: str = Field("question", description="Rationales: column holding the question.")
+    sentence_column: str = Field("sentence", description="Pairs: column holding the anchor sentence.")
+    answer_column: str | None = Field("answer", description="Rationales: gold answer column (a value, or a solution ending in '#### x'); optional.")
+    choices_column: str | None = Field(
+        "choices", description="Rationales: multiple-choice options (a list, or {label: [...], text: [...]}); optional."
+    )
     limit: int | None = Field(None, gt=0, description="Use only the first N valid captions.")
 
 
@@ -137,6 +145,72 @@ class NegativesConfig(Section):
     def _unique(cls, v: list[NegType]) -> list[NegType]:
         if not v:
             raise ValueError("expected at least one negative type")
+        return list(dict.fromkeys(v))
+
+
+class AdversarialConfig(Section):
+    """Self-adversarial negatives (GRACE-style): a weaker sampling setting of the same model whose wrong
+    rationales are extra negatives, labelled ``neg_source = adversarial``."""
+
+    enabled: bool = Field(True, description="Also sample rationales at the weaker setting.")
+    n: int = Field(2, ge=1, le=16, description="Rationales per question at the weaker setting.")
+    temperature: float = Field(
+        1.2, gt=0.0,
+        description="Higher temperature: less careful reasoning. 1.2, not 1.5: at 1.5 every SmolLM2 rationale was "
+        "word salad cut at max_tokens (docs/rationales.md); at 1.2 they read as reasoning and are mostly wrong.",
+    )
+    top_p: float = Field(
+        0.9, gt=0.0, le=1.0,
+        description="Nucleus mass at the weaker setting: the cut keeps a hot small model's rationales readable "
+        "(at top_p 1.0 SmolLM2 at temperature 1.5 writes word salad that never reaches an answer).",
+    )
+
+
+class RationalesConfig(Section):
+    """Contrastive rationales (QCRD, GRACE): k sampled chains of thought per question, split into positives and
+    negatives by the gold answer (or the self-consistency majority when there is none)."""
+
+    k: int = Field(5, ge=1, le=16, description="Rationales sampled per question (each with its own seed).")
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of the k rationales.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(160, gt=0, description="New tokens per rationale; a rationale cut here is rejected (truncated).")
+    answer_kind: Literal["auto", "number", "choice"] = Field(
+        "auto", description="How final answers are read: auto picks choice when a row has choices, else number."
+    )
+    min_chars: int = Field(20, ge=0, description="Shorter rationales are rejected (too_short).")
+    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    prompts_dir: Path = Field(REPO_RATIONALE_PROMPTS, description="Folder of rationale templates.")
+
+
+class JudgeConfig(Section):
+    """LLM-as-judge of (sentence, candidate) similarity on the STS scale 0-5 (SynCSE, MultiCSR)."""
+
+    positive_min: int = Field(3, ge=0, le=5, description="Keep a pair only when its positive scores at least this.")
+    negative_max: int = Field(3, ge=0, le=5, description="... and its negative scores at most this (and lower than the positive).")
+    temperature: float = Field(0.0, ge=0.0, description="0: greedy, one deterministic score per candidate.")
+    max_tokens: int = Field(4, gt=0, description="A score is one digit.")
+
+
+class PairsConfig(Section):
+    """Synthetic sentence pairs (SynCSE, MultiCSR): per sentence an entailment positive and a contradiction
+    hard negative, each from an instruction variant picked per row, then judged 0-5 by the same model."""
+
+    entail: list[str] = Field(default_factory=lambda: ["entail_rewrite", "entail_infer"],
+                              description="Instruction variants (files in prompts_dir) for positives; one is picked per row by hash.")
+    contradict: list[str] = Field(default_factory=lambda: ["contradict_negate", "contradict_swap"],
+                                  description="Instruction variants for hard negatives; one is picked per row by hash.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    topics: list[str] = Field(
+        default_factory=list, description="From-scratch mode (no --input): seed sentences are generated for these topics first."
+    )
+    seeds_per_topic: int = Field(8, ge=1, le=16, description="From-scratch mode: sentences sampled per topic (one seed each).")
+    prompts_dir: Path = Field(REPO_PAIR_PROMPTS, description="Folder of pair templates.")
+
+    @field_validator("entail", "contradict")
+    @classmethod
+    def _some(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("expected at least one instruction variant")
         return list(dict.fromkeys(v))
 
 
@@ -269,10 +343,31 @@ class FilterConfig(Section):
     propensity: PropensitySection = Field(default_factory=PropensitySection)
 
 
+def _rationale_filters() -> FilterConfig:
+    """Rationales are long and share little surface with their question: dedup and propensity only."""
+    return FilterConfig(
+        surface=SurfaceSection(enabled=False),
+        semantic=SemanticSection(false_negative=None, positive_min=None, false_negative_exempt=[]),
+        blind=BlindSection(enabled=False),
+    )
+
+
+def _pair_filters() -> FilterConfig:
+    """Sentence pairs: a contradiction need not stay lexically close (no negative band), a positive must still move
+    away; the semantic guard stays on for every row (a "contradiction" that means the same is a false negative)."""
+    return FilterConfig(
+        surface=SurfaceSection(negative=Band(low=0.0, high=1.0)),
+        semantic=SemanticSection(false_negative_exempt=[]),
+        blind=BlindSection(enabled=False),
+    )
+
+
 class FiltersConfig(Section):
-    """Filter settings per data kind (rationales and pairs join when their flows exist)."""
+    """Filter settings per data kind."""
 
     negatives: FilterConfig = Field(default_factory=FilterConfig)
+    rationales: FilterConfig = Field(default_factory=_rationale_filters)
+    pairs: FilterConfig = Field(default_factory=_pair_filters)
 
 
 # (YAML file, base layer below it): the base is a saved config (a dataset's manifest) that a file refines.
@@ -330,6 +425,8 @@ class RunConfig(Settings):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     negatives: NegativesConfig = Field(default_factory=NegativesConfig)
+    rationales: RationalesConfig = Field(default_factory=RationalesConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)

@@ -20,6 +20,46 @@ class CaptionRecord:
 
 
 @dataclass(frozen=True)
+class QuestionRecord:
+    """One valid input question; ``answer`` is the normalised gold answer (None: no gold, the vote decides)."""
+
+    id: str
+    question: str
+    answer: str | None
+    choices: tuple[str, ...] = ()
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class SentenceRecord:
+    """One anchor sentence: from the input file, or generated from a topic in from-scratch mode."""
+
+    id: str
+    sentence: str
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    """One (sentence, candidate) pair the judge scores; ``role`` is the candidate's generating task."""
+
+    id: str  # the sentence's id
+    sentence: str
+    candidate: str
+    role: str  # entail | contradict
+
+
+@dataclass(frozen=True)
+class TopicRecord:
+    """From-scratch mode: one topic that seed sentences are generated for."""
+
+    id: str
+    topic: str
+
+
+@dataclass(frozen=True)
 class Rejection:
     """A row that did not make it, with a reason code; written to ``rejected/``.
 
@@ -53,6 +93,7 @@ class Sampling:
     max_tokens: int
     n: int
     seed: int
+    stop_at_newline: bool = True  # one-line answers (negatives, pairs); rationales span lines
 
 
 @dataclass(frozen=True)
@@ -133,3 +174,51 @@ class NegativeRow:
     semantic_sim: float = float("nan")  # cosine of caption and negative embeddings
     propensity: float = float("nan")  # P(positive | surface and semantic features of the pair), cross-fitted
     weight: float = 1.0  # inverse-propensity weight of the negative, self-normalised (the trainer reads it)
+
+
+@dataclass(frozen=True)
+class RationaleRow:
+    """One contrastive pair of rationales for a question: a positive (reaches the label) and a negative."""
+
+    id: str
+    question: str
+    positive: str
+    negative: str
+    neg_source: str  # sampled_wrong | adversarial
+    answer: str  # the label the rationales were judged against
+    label_source: str  # gold | majority (no gold answer: the self-consistency vote is the label)
+    pos_answer: str
+    neg_answer: str
+    votes_for_label: int  # sampled rationales whose answer is the label
+    votes_total: int  # sampled rationales with a parsable answer
+    pos_quality: float
+    neg_quality: float
+    source_id: str
+    pos_seed: int
+    provenance: Provenance = field(repr=False)  # the negative's
+    surface_sim: float = float("nan")
+    semantic_sim: float = float("nan")
+    propensity: float = float("nan")
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """One synthetic triplet: an anchor sentence, an entailed positive and a contradicting hard negative."""
+
+    id: str
+    anchor: str
+    positive: str
+    negative: str
+    pos_score: int  # the judge's 0-5 similarity of (anchor, positive)
+    neg_score: int
+    swapped: bool  # the judge rated the "contradiction" closer: roles swapped
+    pos_instruction: str  # instruction variant that produced the positive
+    neg_instruction: str
+    source_id: str
+    judge_model: str
+    provenance: Provenance = field(repr=False)  # the negative's generation
+    surface_sim: float = float("nan")
+    semantic_sim: float = float("nan")
+    propensity: float = float("nan")
+    weight: float = 1.0

@@ -11,20 +11,29 @@ from rich.table import Table
 from pipeline.shards.card import load_manifest
 from pipeline.shards.writer import read_stream
 
+# Per dataset format: its kind (the filters.<kind> section) and the (type, anchor) columns of sample rows.
+KINDS = {"contrastgen.negatives/1": ("negatives", "neg_type", "caption"),
+         "contrastgen.rationales/1": ("rationales", "neg_source", "question"),
+         "contrastgen.pairs/1": ("pairs", "neg_instruction", "anchor")}
+
 
 def sample_rows(root: Path, manifest: dict[str, Any], k: int = 5) -> list[dict[str, Any]]:
+    """The first ``k`` train rows: their type, anchor, positive and negative columns (names as in the shards)."""
+    _, type_col, anchor_col = KINDS.get(manifest.get("format"), KINDS["contrastgen.negatives/1"])
     for shard in manifest["shards"]:
         if shard["split"] == "train" and shard["rows"]:
-            table = read_stream(Path(root) / shard["path"])
-            return table.select(["neg_type", "caption", "positive", "negative"]).slice(0, k).to_pylist()
+            table = read_stream(Path(root) / shard["path"]).select([type_col, anchor_col, "positive", "negative"])
+            return table.slice(0, k).to_pylist()
     return []
 
 
 def inspect_summary(root: Path) -> dict[str, Any]:
     m = load_manifest(root)
-    return {"counts": m["counts"], "per_type": m["per_type"], "samples": sample_rows(root, m), "run_id": m.get("run_id"),
+    kind = KINDS.get(m.get("format"), KINDS["contrastgen.negatives/1"])[0]
+    return {"format": m.get("format"), "counts": m["counts"], "per_type": m.get("per_type", []),
+            "rationales": m.get("rationales"), "pairs": m.get("pairs"), "samples": sample_rows(root, m), "run_id": m.get("run_id"),
             "filters": m.get("filters", {}), "scores": score_summary(root, m),
-            "blind_splits": m["config"].get("filters", {}).get("negatives", {}).get("blind", {}).get("splits", [])}
+            "blind_splits": m["config"].get("filters", {}).get(kind, {}).get("blind", {}).get("splits", [])}
 
 
 def score_summary(root: Path, manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -82,19 +91,26 @@ def print_report(root: Path, console: Console | None = None) -> None:
     funnel = Table(title=f"Funnel: {root}")
     funnel.add_column("stage")
     funnel.add_column("count", justify="right")
+    rationales = info["rationales"] is not None or info["pairs"] is not None
     for label, key in (("input rows", "inputs"), ("input rows rejected", "input_rejected"), ("units", "units"),
-                       ("generated (last run)", "generated"), ("reused", "reused"), ("positives kept", "positives"),
-                       ("negatives kept", "kept"), ("outputs rejected", "rejected"), ("dropped by filters", "filtered")):
+                       ("generated (last run)", "generated"), ("reused", "reused"),
+                       ("distinct positives in rows" if rationales else "positives kept", "positives"),
+                       ("rows kept" if rationales else "negatives kept", "kept"), ("outputs rejected", "rejected"),
+                       ("dropped by filters", "filtered")):
         funnel.add_row(label, str(c.get(key, 0)))
+    for key, n in (info["rationales"] or info["pairs"] or {}).items():
+        if key != "by_source":
+            funnel.add_row(key.replace("_", " "), str(n))
     for split, n in c["splits"].items():
         funnel.add_row(f"rows in {split}", str(n))
     console.print(funnel)
-    types = Table(title="Per type")
-    for col in ("task", "units", "kept", "yield", "train", "test", "top rejection reasons"):
-        types.add_column(col)
-    for t in info["per_type"]:
-        types.add_row(t["task"], str(t["units"]), str(t["kept"]), f"{100 * t['yield_']:.1f}%", str(t["train"]), str(t["test"]), t["reasons"])
-    console.print(types)
+    if info["per_type"]:
+        types = Table(title="Per type")
+        for col in ("task", "units", "kept", "yield", "train", "test", "top rejection reasons"):
+            types.add_column(col)
+        for t in info["per_type"]:
+            types.add_row(t["task"], str(t["units"]), str(t["kept"]), f"{100 * t['yield_']:.1f}%", str(t["train"]), str(t["test"]), t["reasons"])
+        console.print(types)
     reasons = Table(title="Rejected by reason")
     reasons.add_column("reason")
     reasons.add_column("count", justify="right")
@@ -103,8 +119,9 @@ def print_report(root: Path, console: Console | None = None) -> None:
     console.print(reasons)
     print_filters(info, console)
     samples = Table(title="Sample rows (train)")
-    for col in ("neg_type", "caption", "positive", "negative"):
+    for col in ("type", "anchor", "positive", "negative"):
         samples.add_column(col, overflow="fold")
+    _, type_col, anchor_col = KINDS.get(info["format"], KINDS["contrastgen.negatives/1"])
     for r in info["samples"]:
-        samples.add_row(r["neg_type"], r["caption"], r["positive"] or "", r["negative"])
+        samples.add_row(r[type_col], r[anchor_col], r["positive"] or "", r["negative"])
     console.print(samples)

@@ -74,6 +74,61 @@ def negatives_run(tmp_path_factory, ray_session, prefect_session):
     return cfg, negatives_flow(cfg.model_dump(mode="json"))
 
 
+def reasoning_questions() -> list[dict]:
+    """Three of the bundled easy questions (SmolLM2-135M gets some right, so rows exist), then real ones from
+    ../shared: SVAMP, GSM8K (train split, the seed set; no id column) and CommonsenseQA (choices in the
+    Hugging Face layout), in the input layouts a user would pass."""
+    import json as _json
+
+    easy = [_json.loads(line) for line in (REPO / "data" / "questions.jsonl").open().readlines()]
+    svamp = _json.loads((SHARED / "svamp" / "SVAMP.json").read_text())[:1]
+    rows = [easy[0], easy[1], easy[5]]
+    rows += [{"id": r["ID"], "question": f"{r['Body']} {r['Question']}", "answer": r["Answer"]} for r in svamp]
+    rows += [_json.loads(line) for line in (SHARED / "gsm8k" / "train.jsonl").open().readlines()[:1]]  # no id column
+    cq = _json.loads((SHARED / "commonsenseqa" / "dev_rand_split.jsonl").open().readline())
+    rows.append({"id": cq["id"], "question": cq["question"], "choices": cq["choices"], "answer": cq["answerKey"]})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def rationales_run(tmp_path_factory, ray_session, prefect_session):
+    """One real rationales generation (6 questions + 1 bad row, k=3 + 2 adversarial, SmolLM2 through Ray
+    and Prefect). Returns (RunConfig, summary)."""
+    from flows.rationales import rationales_flow
+    from pipeline.config import load_config
+
+    root = tmp_path_factory.mktemp("rationales")
+    inp = write_jsonl(root / "in.jsonl", reasoning_questions() + [{"id": "bad", "question": "   "}])
+    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": root / "ds", "units_per_part": 4},
+                             "rationales": {"k": 3, "max_tokens": 100, "adversarial": {"n": 2}}})
+    return cfg, rationales_flow(cfg.model_dump(mode="json"))
+
+
+def snli_premises(n: int) -> list[dict]:
+    """The first ``n`` distinct SNLI dev premises from ../shared (Flickr30k captions), without ids."""
+    seen: list[str] = []
+    for line in (SHARED / "snli" / "dev.jsonl").open():
+        premise = json.loads(line)["premise"]
+        if premise not in seen:
+            seen.append(premise)
+        if len(seen) == n:
+            break
+    return [{"sentence": p} for p in seen]
+
+
+@pytest.fixture(scope="session")
+def pairs_run(tmp_path_factory, ray_session, prefect_session):
+    """One real sentence-pairs generation (4 SNLI premises + 1 bad row: candidates, then the judge, SmolLM2 through
+    Ray and Prefect). Returns (RunConfig, summary)."""
+    from flows.pairs import pairs_flow
+    from pipeline.config import load_config
+
+    root = tmp_path_factory.mktemp("pairs")
+    inp = write_jsonl(root / "in.jsonl", snli_premises(4) + [{"sentence": 42}])
+    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": root / "ds", "units_per_part": 8}})
+    return cfg, pairs_flow(cfg.model_dump(mode="json"))
+
+
 @pytest.fixture(scope="session")
 def text_scorers(tmp_path_factory):
     """The filter stage's real scorers (MiniLM embeddings, SmolLM2 log-likelihood), cached in a temp folder."""

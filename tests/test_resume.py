@@ -79,3 +79,85 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_session,
     assert clean["kept"] == summary["kept"]
     ids = lambda root: sorted(r["id"] for split in datasets.load_dataset(str(root)).values() for r in split)  # noqa: E731
     assert ids(out) == ids(tmp_path / "clean")  # per-unit seeds: same rows whatever the batching
+
+
+def test_rationales_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_session, prefect_session):
+    from tests.conftest import REPO
+
+    inp = tmp_path / "q.jsonl"
+    inp.write_text("".join((REPO / "data" / "questions.jsonl").open().readlines()[:3]))
+    conf = tmp_path / "run.yaml"
+    conf.write_text("rationales: {k: 2, max_tokens: 80, adversarial: {n: 1}}\noutput: {units_per_part: 1}\n")
+    out = tmp_path / "killed"
+    cmd = [CLI, "generate", "rationales", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "first.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + 400
+        while len(list((out / "raw").glob("part-*.arrow"))) < 2:
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "no raw part appeared in time"
+            time.sleep(0.2)
+        _kill_tree(proc)
+    done_before = len(_raw_keys(out))
+    assert 0 < done_before < 6 and not (out / "manifest.json").exists()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert (summary["units"], summary["reused"], summary["generated"]) == (6, done_before, 6 - done_before)
+
+    from flows.rationales import rationales_flow
+    from pipeline.inputs import read_questions
+    from pipeline.tasks import rationales as rtask
+
+    cfg = load_config(conf, {"input": {"path": inp}, "output": {"dir": tmp_path / "clean"}})
+    planned = {u.key for u in rtask.plan_units(read_questions(cfg.input)[0], cfg, rtask.templates_for(cfg))}
+    keys = _raw_keys(out)
+    assert len(keys) == len(set(keys)) == 6 and set(keys) == planned  # none lost, none duplicated
+    clean = rationales_flow(cfg.model_dump(mode="json"))  # the uninterrupted run
+    assert (clean["kept"], clean["rejected"]) == (summary["kept"], summary["rejected"])
+    assert _outcome(out) == _outcome(tmp_path / "clean")  # per-sample seeds: same rows and rejections whatever the batching
+
+
+def _outcome(root: Path) -> tuple[list, list]:
+    """(ids of kept rows, (unit, seed, reason) of rejected samples) read from the shards."""
+    tables = {sub: [pa.ipc.open_stream(pa.memory_map(str(p))).read_all() for p in sorted((root / sub).glob("*.arrow"))]
+              for sub in ("data", "rejected")}
+    ids = sorted(i for t in tables["data"] for i in t["id"].to_pylist())
+    rejected = sorted((r["unit_key"] or "", r["seed"] or 0, r["reason"]) for t in tables["rejected"] for r in t.to_pylist())
+    return ids, rejected
+
+
+def test_pairs_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_session, prefect_session):
+    """Killed during the candidate stage, the rerun finishes that stage and runs the judge: the same units and
+    rows as an uninterrupted run."""
+    from tests.conftest import snli_premises
+
+    inp = write_jsonl(tmp_path / "s.jsonl", snli_premises(3))
+    conf = tmp_path / "run.yaml"
+    conf.write_text("output: {units_per_part: 1}\n")
+    out = tmp_path / "killed"
+    cmd = [CLI, "generate", "pairs", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "first.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + 400
+        while len(list((out / "raw").glob("part-*.arrow"))) < 2:
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "no raw part appeared in time"
+            time.sleep(0.2)
+        _kill_tree(proc)
+    done_before = len(_raw_keys(out))
+    assert 0 < done_before < 6 and not (out / "manifest.json").exists()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert summary["reused"] == done_before and summary["generated"] == summary["units"] - done_before
+
+    from flows.pairs import pairs_flow
+
+    cfg = load_config(conf, {"input": {"path": inp}, "output": {"dir": tmp_path / "clean"}})
+    clean = pairs_flow(cfg.model_dump(mode="json"))
+    keys = _raw_keys(out)
+    assert len(keys) == len(set(keys)) == clean["units"] and set(keys) == set(_raw_keys(tmp_path / "clean"))
+    assert _outcome(out) == _outcome(tmp_path / "clean")

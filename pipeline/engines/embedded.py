@@ -59,15 +59,17 @@ class PerRowSampler(LogitsProcessor):
 class StopAtNewline(StoppingCriteria):
     """Per-row stop once a row emits a token containing a newline.
 
-    Every task asks for one line ending in end-of-turn; a row that starts a second line is rejected
-    as ``multi_line`` by the parser whatever follows, so decoding the rest would only cost time.
+    One-line tasks (``Sampling.stop_at_newline``, negatives) reject a row that starts a second line as
+    ``multi_line`` whatever follows, so decoding the rest would only cost time. Rows of multi-line tasks
+    (rationales) are never stopped here.
     """
 
-    def __init__(self, newline_ids: torch.Tensor):
+    def __init__(self, newline_ids: torch.Tensor, rows: torch.Tensor):
         self.newline_ids = newline_ids
+        self.rows = rows  # (B,) bool: rows that stop at a newline (multi-line answers do not)
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.isin(input_ids[:, -1], self.newline_ids)  # (B,)
+        return torch.isin(input_ids[:, -1], self.newline_ids) & self.rows  # (B,)
 
 
 def dequantized_cache(path: Path) -> Path:
@@ -209,7 +211,7 @@ class EmbeddedEngine:
             do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.tokenizer.pad_token_id,
             logits_processor=[PerRowSampler(gens, torch.tensor([r.sampling.temperature for r in reqs]),
                                             torch.tensor([r.sampling.top_p for r in reqs]))],
-            stopping_criteria=[StopAtNewline(self.newline_ids)],
+            stopping_criteria=[StopAtNewline(self.newline_ids, torch.tensor([r.sampling.stop_at_newline for r in reqs]))],
             **kwargs,
         )
         new = out[:, ids.shape[1] :]
@@ -218,7 +220,8 @@ class EmbeddedEngine:
         newline = set(self.newline_ids.tolist())
         for i, r in enumerate(reqs):
             toks = new[i].tolist()[: r.sampling.max_tokens]
-            end = next((j for j, t in enumerate(toks) if t == self.eos_id or t in newline), None)
+            stops = newline if r.sampling.stop_at_newline else set()
+            end = next((j for j, t in enumerate(toks) if t == self.eos_id or t in stops), None)
             reason = "length" if end is None else "stop" if toks[end] == self.eos_id else "newline"
             kept = toks if end is None else toks[: end + (reason == "newline")]
             text = self.tokenizer.decode(kept, skip_special_tokens=True)

@@ -8,6 +8,7 @@ because of invalid ones. A file that cannot be read at all raises :class:`InputF
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 
 from pipeline.config import InputConfig
 from pipeline.errors import InputFileError
-from pipeline.records import CaptionRecord, Rejection
+from pipeline.records import CaptionRecord, QuestionRecord, Rejection, SentenceRecord
+from pipeline.tasks.answers import gold_answer
 
 RawRow = tuple[int, dict[str, Any] | None, Rejection | None]  # (line, row, problem)
 
@@ -58,14 +60,14 @@ def _jsonl_rows(path: Path) -> Iterator[RawRow]:
             yield line_no, obj, None
 
 
-def _csv_rows(path: Path, cfg: InputConfig) -> Iterator[RawRow]:
+def _csv_rows(path: Path, required: dict[str, str]) -> Iterator[RawRow]:
     with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
-        for col in (cfg.id_column, cfg.caption_column):
+        for setting, col in required.items():
             if col not in header:
                 raise InputFileError(path, f"expected a column '{col}' in the CSV header, found {header}. "
-                                     "Fix: set input.id_column / input.caption_column", line=1, field=col)
+                                     f"Fix: set input.{setting}", line=1, field=col)
         for row in reader:
             line_no = reader.line_num
             bad = [k for k, v in row.items() if isinstance(v, str) and _has_surrogates(v)]
@@ -84,7 +86,7 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
-def _table_rows(path: Path, fmt: str, cfg: InputConfig) -> Iterator[RawRow]:
+def _table_rows(path: Path, fmt: str, required: dict[str, str]) -> Iterator[RawRow]:
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -101,10 +103,10 @@ def _table_rows(path: Path, fmt: str, cfg: InputConfig) -> Iterator[RawRow]:
         raise
     except Exception as exc:  # pyarrow/datasets raise many types; re-raise as one clear error
         raise InputFileError(path, f"cannot read as {fmt}: {exc}") from exc
-    for col in (cfg.id_column, cfg.caption_column):
+    for setting, col in required.items():
         if col not in table.column_names:
             raise InputFileError(path, f"expected a column '{col}', found {table.column_names}. "
-                                 "Fix: set input.id_column / input.caption_column", field=col)
+                                 f"Fix: set input.{setting}", field=col)
     for i, row in enumerate(table.to_pylist(), start=1):
         yield i, row, None
 
@@ -128,30 +130,111 @@ def _validate(path: Path, line: int, row: dict[str, Any], cfg: InputConfig) -> C
     return CaptionRecord(str(rid).strip(), caption, None if image is None else str(image), str(path), line)
 
 
-def read_captions(cfg: InputConfig) -> tuple[list[CaptionRecord], list[Rejection]]:
-    """All valid captions (first ``cfg.limit``) and all rejected rows, in file order."""
+def _rows(cfg: InputConfig, required: dict[str, str]) -> tuple[Path, Iterator[RawRow]]:
+    """The input file and its rows (line, row or problem) in file order, in any supported format."""
     if cfg.path is None:
         raise InputFileError("input.path", "no input file given. Fix: pass --input FILE")
     path = Path(cfg.path)
     if not path.exists():
         raise InputFileError(path, "file not found. Fix: check --input")
     fmt = _detect(path, cfg.format)
-    rows = _jsonl_rows(path) if fmt == "jsonl" else _csv_rows(path, cfg) if fmt == "csv" else _table_rows(path, fmt, cfg)
-    good: list[CaptionRecord] = []
-    bad: list[Rejection] = []
-    seen: set[str] = set()
+    rows = _jsonl_rows(path) if fmt == "jsonl" else _csv_rows(path, required) if fmt == "csv" else _table_rows(path, fmt, required)
+    return path, rows
+
+
+def _collect(path: Path, rows: Iterator[RawRow], validate, limit: int | None, id_field: str):
+    """Valid records (first ``limit``) and rejected rows; a repeated id is rejected as duplicate_id."""
+    good, bad, seen = [], [], set()
     for line, row, problem in rows:
-        if cfg.limit is not None and len(good) >= cfg.limit:
+        if limit is not None and len(good) >= limit:
             break
-        rec = problem if problem is not None else _validate(path, line, row, cfg)
-        if isinstance(rec, CaptionRecord) and rec.id in seen:
-            rec = _reject(path, line, "duplicate_id", f"id {rec.id!r} seen before", rec.caption, cfg.id_column)
-        if isinstance(rec, CaptionRecord):
+        rec = problem if problem is not None else validate(path, line, row)
+        if not isinstance(rec, Rejection) and rec.id in seen:
+            rec = _reject(path, line, "duplicate_id", f"id {rec.id!r} seen before", json.dumps(row, ensure_ascii=False, default=str), id_field)
+        if not isinstance(rec, Rejection):
             seen.add(rec.id)
             good.append(rec)
         else:
             bad.append(rec)
     if not good and bad and all(r.reason == "missing_field" for r in bad):
         field = bad[0].field
-        raise InputFileError(path, f"no row has the field '{field}'. Fix: set input.id_column / input.caption_column", field=field)
+        raise InputFileError(path, f"no row has the field '{field}'. Fix: set the input.*_column setting that names it", field=field)
     return good, bad
+
+
+def read_captions(cfg: InputConfig) -> tuple[list[CaptionRecord], list[Rejection]]:
+    """All valid captions (first ``cfg.limit``) and all rejected rows, in file order."""
+    path, rows = _rows(cfg, {"id_column": cfg.id_column, "caption_column": cfg.caption_column})
+    return _collect(path, rows, lambda p, line, row: _validate(p, line, row, cfg), cfg.limit, cfg.id_column)
+
+
+def _choices(value: Any) -> tuple[str, ...] | None:
+    """Options as a tuple of strings: a list, or the Hugging Face layout {label: [...], text: [...]}; None if neither."""
+    if isinstance(value, dict) and isinstance(value.get("text"), list):
+        value = value["text"]
+    if isinstance(value, (list, tuple)) and all(isinstance(c, str) for c in value) and 0 < len(value) <= 5:
+        return tuple(" ".join(c.split()) for c in value)
+    return None
+
+
+def _validate_question(path: Path, line: int, row: dict[str, Any], cfg: InputConfig, kind: str) -> QuestionRecord | Rejection:
+    raw = json.dumps(row, ensure_ascii=False, default=str)
+    q = row.get(cfg.question_column)
+    if q is None:
+        return _reject(path, line, "missing_field", f"expected field '{cfg.question_column}'", raw, cfg.question_column)
+    if not isinstance(q, str) or not " ".join(q.split()):
+        return _reject(path, line, "empty_caption", "expected a non-empty question string", raw, cfg.question_column)
+    question = " ".join(q.split())
+    if len(question) > cfg.max_caption_chars:
+        return _reject(path, line, "caption_too_long", f"{len(question)} > {cfg.max_caption_chars} chars", raw, cfg.question_column)
+    choices: tuple[str, ...] = ()
+    if cfg.choices_column and row.get(cfg.choices_column) is not None:
+        parsed = _choices(row[cfg.choices_column])
+        if parsed is None:
+            return _reject(path, line, "wrong_type", "expected 1-5 choice strings (a list, or {label, text})", raw, cfg.choices_column)
+        choices = parsed
+    answer_kind = ("choice" if choices else "number") if kind == "auto" else kind
+    gold = None
+    if cfg.answer_column and row.get(cfg.answer_column) is not None:
+        gold = gold_answer(row[cfg.answer_column], answer_kind, choices)
+        if gold is None:
+            return _reject(path, line, "bad_answer", f"expected a {answer_kind} answer (or a solution ending in '#### x')",
+                           raw, cfg.answer_column)
+    rid = row.get(cfg.id_column)
+    if rid is None:  # GSM8K and SVAMP-style files have no id: the question text is the identity
+        rid = "q-" + hashlib.sha256(question.encode()).hexdigest()[:12]
+    elif not isinstance(rid, (str, int)) or isinstance(rid, bool) or not str(rid).strip():
+        return _reject(path, line, "wrong_type", "expected a non-empty string or integer id", raw, cfg.id_column)
+    return QuestionRecord(str(rid).strip(), question, gold, choices, str(path), line)
+
+
+def read_questions(cfg: InputConfig, answer_kind: str = "auto") -> tuple[list[QuestionRecord], list[Rejection]]:
+    """All valid questions (first ``cfg.limit``) and all rejected rows, in file order. The id column is
+    optional (a missing id is the hash of the question); the gold answer is optional (the vote labels)."""
+    path, rows = _rows(cfg, {"question_column": cfg.question_column})
+    return _collect(path, rows, lambda p, line, row: _validate_question(p, line, row, cfg, answer_kind), cfg.limit, cfg.id_column)
+
+
+def _validate_sentence(path: Path, line: int, row: dict[str, Any], cfg: InputConfig) -> SentenceRecord | Rejection:
+    raw = json.dumps(row, ensure_ascii=False, default=str)
+    text = row.get(cfg.sentence_column)
+    if text is None:
+        return _reject(path, line, "missing_field", f"expected field '{cfg.sentence_column}'", raw, cfg.sentence_column)
+    if not isinstance(text, str) or not " ".join(text.split()):
+        return _reject(path, line, "empty_caption", "expected a non-empty sentence string", raw, cfg.sentence_column)
+    sentence = " ".join(text.split())
+    if len(sentence) > cfg.max_caption_chars:
+        return _reject(path, line, "caption_too_long", f"{len(sentence)} > {cfg.max_caption_chars} chars", raw, cfg.sentence_column)
+    rid = row.get(cfg.id_column)
+    if rid is None:  # SNLI/MNLI-style files have no id: the sentence is the identity
+        rid = "s-" + hashlib.sha256(sentence.encode()).hexdigest()[:12]
+    elif not isinstance(rid, (str, int)) or isinstance(rid, bool) or not str(rid).strip():
+        return _reject(path, line, "wrong_type", "expected a non-empty string or integer id", raw, cfg.id_column)
+    return SentenceRecord(str(rid).strip(), sentence, str(path), line)
+
+
+def read_sentences(cfg: InputConfig) -> tuple[list[SentenceRecord], list[Rejection]]:
+    """All valid sentences (first ``cfg.limit``) and all rejected rows, in file order; the id column is optional
+    (a missing id is the sentence's hash, so a repeated sentence is a duplicate_id)."""
+    path, rows = _rows(cfg, {"sentence_column": cfg.sentence_column})
+    return _collect(path, rows, lambda p, line, row: _validate_sentence(p, line, row, cfg), cfg.limit, cfg.id_column)

@@ -8,14 +8,10 @@ call; ``contrastgen filter`` reruns it on a copy of a finished dataset's raw par
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections import Counter
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipeline import __version__
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
 from pipeline.errors import ContrastgenError, InputFileError
@@ -25,15 +21,22 @@ from pipeline.inputs import read_captions
 from pipeline.records import (
     CaptionRecord,
     NegativeRow,
-    Provenance,
     RawResult,
     Rejection,
     Unit,
 )
+from pipeline.run.common import (
+    Summary,
+    Timing,
+    commit_part,
+    remove_stale,
+    split_of,
+    write_split,
+)
 from pipeline.run.store import RunStore
 from pipeline.shards.card import write_card_and_manifest
 from pipeline.shards.schema import negatives_table, rejected_table
-from pipeline.shards.writer import ShardInfo, ShardWriter
+from pipeline.shards.writer import ShardInfo
 from pipeline.tasks import negatives as task
 from pipeline.tasks.templates import Template
 
@@ -62,41 +65,6 @@ class Inventory:
     generated: int
     reused: int
     templates: dict[str, Template]
-
-
-@dataclass
-class Timing:
-    """Wall-clock seconds of a run's phases: engine start (actors up, model loaded) and generation."""
-
-    startup_seconds: float = 0.0
-    generation_seconds: float = 0.0
-
-    @contextmanager
-    def measure(self, phase: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            setattr(self, phase, round(getattr(self, phase) + time.perf_counter() - start, 3))
-
-
-@dataclass
-class Summary:
-    out: str
-    inputs: int
-    input_rejected: int
-    units: int
-    generated: int
-    reused: int
-    kept: int
-    rejected: int
-    positives: int
-    filtered: int = 0  # valid rows (negatives and positives) the filter stage dropped
-    splits: dict[str, int] = field(default_factory=dict)
-    rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    startup_seconds: float = 0.0
-    generation_seconds: float = 0.0
-    tokens_out: int = 0
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -133,32 +101,7 @@ def generate_part(pool: EnginePool, index: int, units: list[Unit], templates: di
                   store: RunStore) -> ShardInfo:
     """Generate one chunk of units on the pool and commit it as one atomic raw part."""
     requests = [task.render(u, templates[u.task], task.mode_for(u.task, cfg), cfg) for u in units]
-    completions = pool.generate(index, requests)
-    results = []
-    for u, c in zip(units, completions, strict=True):
-        if c.key != u.key:
-            raise RuntimeError(f"engine returned completion {c.key} for unit {u.key}: order must be kept")
-        s = cfg.sampling
-        prov = Provenance(
-            engine=pool.engine_name, model=pool.model_id, prompt_sha=u.prompt_sha, mode=task.mode_for(u.task, cfg),
-            temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=u.seed,
-            tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_s=c.latency_s,
-        )
-        reasons = c.finish_reasons or ("stop",) * len(c.texts)
-        results.append(RawResult(u.key, u.source.id, u.source.caption, u.source.image_ref, u.task, c.texts, reasons, prov, __version__))
-    return store.write_part(results)
-
-
-def split_of(source_id: str, test_fraction: float) -> str:
-    """Deterministic split by a hash of the source caption id (all of a caption's rows share it)."""
-    bucket = int(hashlib.sha256(source_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if bucket < test_fraction else "train"
-
-
-def _write_split(root: Path, subdir: str, split: str, table, rows_per_shard: int) -> list[ShardInfo]:
-    with ShardWriter(root, split, rows_per_shard, table.num_rows, subdir=subdir) as w:
-        w.write(table)
-    return w.finalize()
+    return commit_part(pool, index, units, requests, [task.mode_for(u.task, cfg) for u in units], store)
 
 
 def filter_rows(rows: list[NegativeRow], cfg: RunConfig) -> tuple[list[NegativeRow], list[Rejection], StageResult]:
@@ -209,13 +152,9 @@ def finalize(cfg: RunConfig, store: RunStore, inv: Inventory, timing: Timing, ru
     rejects = inv.input_rejects + sorted(gen_rejects, key=lambda r: r.unit_key or "") + filter_rejects
     shards: list[ShardInfo] = []
     for split, split_rows in by_split.items():
-        shards += _write_split(root, "data", split, negatives_table(split_rows), cfg.output.rows_per_shard)
-    shards += _write_split(root, "rejected", "rejected", rejected_table(rejects), cfg.output.rows_per_shard)
-    keep = {root / s.path for s in shards}
-    for sub in ("data", "rejected"):  # shards of an earlier finalize with another shard count
-        for stale in (root / sub).glob("*.arrow"):
-            if stale not in keep:
-                stale.unlink()
+        shards += write_split(root, "data", split, negatives_table(split_rows), cfg.output.rows_per_shard)
+    shards += write_split(root, "rejected", "rejected", rejected_table(rejects), cfg.output.rows_per_shard)
+    remove_stale(root, shards)
     valid_positives = sum(1 for r in raws if r.task == task.PARAPHRASE) - sum(1 for r in gen_rejects if r.task == task.PARAPHRASE)
     summary = Summary(
         out=str(root), inputs=inv.inputs, input_rejected=len(inv.input_rejects), units=len(inv.unit_keys),

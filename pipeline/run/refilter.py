@@ -55,6 +55,10 @@ def refilter(src: Path, out: Path, config_file: Path | None = None) -> Summary:
     if out.resolve() == src.resolve():
         raise ContrastgenError(f"--out {out}: expected a new folder, got DIR itself. Fix: pass another --out; DIR is kept as it is.")
     manifest = load_manifest(src)
+    if manifest.get("format") != "contrastgen.negatives/1":
+        raise DatasetError(f"{src}: `contrastgen filter` reruns the filters of negatives datasets, got format "
+                           f"{manifest.get('format')!r}. Fix: rerun the same `contrastgen generate` command with the new "
+                           "`filters:` in --config: every unit is reused from raw/, so no LLM call is made.")
     cfg = refilter_config(src, out, config_file)
     templates = task.templates_for(cfg)
     with RunStore(out) as store:

@@ -19,7 +19,12 @@ import yaml
 
 from pipeline import __version__
 from pipeline.errors import DatasetError
-from pipeline.shards.schema import NEGATIVES_SCHEMA, REJECTED_SCHEMA
+from pipeline.shards.schema import (
+    NEGATIVES_SCHEMA,
+    PAIRS_SCHEMA,
+    RATIONALES_SCHEMA,
+    REJECTED_SCHEMA,
+)
 from pipeline.shards.writer import ShardInfo, write_bytes_atomic
 
 if TYPE_CHECKING:
@@ -65,6 +70,8 @@ class CardParams:
     filter_report: dict[str, Any]
     thresholds: dict[str, Any]  # the filter config the stage ran with, as data
     plots: list[str]
+    kind: str = "negatives"  # the data kind: its filter settings are filters.<kind>
+    anchor: str = "caption"  # what the anchor of a row is called
 
 
 def _size_category(n: int) -> str:
@@ -99,26 +106,24 @@ def _split_info(split: str, shards: list[ShardInfo]) -> dict[str, Any]:
     return {"name": split, "num_bytes": sum(s.num_bytes for s in mine), "num_examples": sum(s.rows for s in mine)}
 
 
-def front_matter(cfg: RunConfig, summary: Summary, shards: list[ShardInfo]) -> dict[str, Any]:
+def front_matter(cfg: RunConfig, summary: Summary, shards: list[ShardInfo], schema=NEGATIVES_SCHEMA,
+                 kind: str = "negatives", tags: tuple[str, ...] = ("hard-negatives", "compositionality")) -> dict[str, Any]:
     splits = [s for s in summary.splits if summary.splits[s]]  # `datasets` refuses a declared split with no rows
+    configs = [{"config_name": "rejected", "data_files": [{"split": "rejected", "path": "rejected/rejected-*.arrow"}]}]
+    infos = [{"config_name": "rejected", "features": _features(REJECTED_SCHEMA), "splits": [_split_info("rejected", shards)]}]
+    if splits:  # a run that kept no row still loads: its rejected config is then the only one
+        configs.insert(0, {"config_name": "default", "default": True,
+                           "data_files": [{"split": s, "path": f"data/{s}-*.arrow"} for s in splits]})
+        infos.insert(0, {"config_name": "default", "features": _features(schema), "splits": [_split_info(s, shards) for s in splits]})
     return {
-        "configs": [
-            {"config_name": "default", "default": True, "data_files": [
-                {"split": s, "path": f"data/{s}-*.arrow"} for s in splits]},
-            {"config_name": "rejected", "data_files": [{"split": "rejected", "path": "rejected/rejected-*.arrow"}]},
-        ],
-        "dataset_info": [
-            {"config_name": "default", "features": _features(NEGATIVES_SCHEMA),
-             "splits": [_split_info(s, shards) for s in splits]},
-            {"config_name": "rejected", "features": _features(REJECTED_SCHEMA),
-             "splits": [_split_info("rejected", shards)]},
-        ],
+        "configs": configs,
+        "dataset_info": infos,
         "license": cfg.output.license,
         "size_categories": [_size_category(summary.kept)],
         "task_categories": ["sentence-similarity", "feature-extraction"],
-        "tags": ["contrastgen", "synthetic", "hard-negatives", "compositionality"],
+        "tags": ["contrastgen", "synthetic", *tags],
         "source_datasets": [f"extended|{Path(cfg.input.path).name}" if cfg.input.path else "original"],
-        "pretty_name": f"contrastgen negatives: {Path(cfg.input.path or 'input').stem}",
+        "pretty_name": f"contrastgen {kind}: {Path(cfg.input.path or 'input').stem}",
     }
 
 
@@ -161,6 +166,17 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")[:200]
 
 
+def _render(template: Path, params: Any) -> str:
+    """Render a card body; values are data (autoescape off, StrictUndefined: a missing field is an error)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(template.parent), undefined=jinja2.StrictUndefined,
+                             autoescape=False, keep_trailing_newline=True)
+    env.filters["cell"] = _cell
+    env.filters["rate"] = lambda x: "n/a" if x is None or x != x else f"{100 * x:.1f}%"
+    env.filters["num"] = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"
+    env.filters["off"] = lambda x: "off" if x is None else x
+    return env.get_template(template.name).render(p=params)
+
+
 def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, shards, templates: dict[str, Template], run_id,
                             stage: StageResult, plan: ShardInfo):
     from pipeline.filters.plots import save_histograms
@@ -187,12 +203,7 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
         config_yaml=yaml.safe_dump(cfg_json, sort_keys=False), funnel=stage.funnel, filter_report=stage.report,
         thresholds=cfg_json["filters"]["negatives"], plots=plots,
     )
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    env.filters["cell"] = _cell
-    env.filters["rate"] = lambda x: "n/a" if x is None or x != x else f"{100 * x:.1f}%"
-    env.filters["num"] = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"
-    env.filters["off"] = lambda x: "off" if x is None else x
-    body = env.from_string(_TEMPLATE.read_text(encoding="utf-8")).render(p=params)
+    body = _render(_TEMPLATE, params)
     card = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body
     manifest = {
         "format": "contrastgen.negatives/1", "contrastgen_version": __version__, "run_id": run_id,
@@ -201,6 +212,77 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
         "shards": [asdict(s) for s in shards], "raw_parts": [asdict(s) for s in store.part_infos()],
         "plan": asdict(plan),
         "counts": asdict(summary), "per_type": [asdict(s) for s in stats],
+        "filters": {"funnel": [asdict(f) for f in stage.funnel], "report": _finite(stage.report),
+                    "plots": [f"plots/{p}" for p in plots]},
+    }
+    write_bytes_atomic(root / "README.md", card.encode("utf-8"))
+    write_bytes_atomic(root / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class KindCardParams:
+    pretty_name: str
+    version: str
+    root: str
+    run_id: str | None
+    summary: Any
+    stats: Any  # the kind's Stats (pipeline.tasks.<kind>.Stats)
+    samples: list[Any]
+    engine: str
+    model: str
+    cfg: Any
+    prompts: dict[str, str]
+    config_yaml: str
+    funnel: list[Any]
+    filter_report: dict[str, Any]
+    thresholds: dict[str, Any]
+    plots: list[str]
+    kind: str
+    anchor: str
+
+
+def write_rationales_card(cfg, store: RunStore, summary, stats, rows, raws, shards, templates, run_id, stage: StageResult,
+                          plan: ShardInfo) -> None:
+    """README.md and manifest.json of a rationales dataset (format ``contrastgen.rationales/1``)."""
+    _write_kind_card("rationales", RATIONALES_SCHEMA, ("rationales", "chain-of-thought", "reasoning"), "neg_source",
+                     cfg, store, summary, asdict(stats), stats, rows, raws, shards, templates, run_id, stage, plan)
+
+
+def write_pairs_card(cfg, store: RunStore, summary, stats: dict, rows, raws, shards, templates, run_id, stage: StageResult,
+                     plan: ShardInfo) -> None:
+    """README.md and manifest.json of a sentence-pairs dataset (format ``contrastgen.pairs/1``)."""
+    _write_kind_card("pairs", PAIRS_SCHEMA, ("sentence-pairs", "nli", "sentence-embeddings"), "neg_instruction",
+                     cfg, store, summary, stats, stats, rows, raws, shards, templates, run_id, stage, plan)
+
+
+def _write_kind_card(kind, schema, tags, sample_key, cfg, store, summary, stats_json, stats, rows, raws, shards, templates,
+                     run_id, stage, plan) -> None:
+    """The card and manifest of the rationales and pairs kinds: one template per kind (card_<kind>.md)."""
+    from pipeline.filters.plots import save_histograms
+
+    root = store.root
+    plots = save_histograms(stage.histograms, root / "plots")
+    cfg_json = cfg.model_dump(mode="json")
+    front = front_matter(cfg, summary, shards, schema, kind, tags)
+    samples, seen = [], Counter()
+    for r in rows:
+        if seen[getattr(r, sample_key)] < 3:
+            samples.append(r)
+            seen[getattr(r, sample_key)] += 1
+    params = KindCardParams(
+        pretty_name=front["pretty_name"], version=__version__, root=str(root), run_id=run_id, summary=summary,
+        stats=stats, samples=samples, engine=raws[0].provenance.engine if raws else cfg.engine.kind,
+        model=cfg.engine.model_id(), cfg=cfg, prompts={t: tpl.sha256 for t, tpl in templates.items()},
+        config_yaml=yaml.safe_dump(cfg_json, sort_keys=False), funnel=stage.funnel, filter_report=stage.report,
+        thresholds=cfg_json["filters"][kind], plots=plots, kind=kind, anchor={"rationales": "question"}.get(kind, "anchor"),
+    )
+    card = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + _render(Path(__file__).with_name(f"card_{kind}.md"), params)
+    manifest = {
+        "format": f"contrastgen.{kind}/1", "contrastgen_version": __version__, "run_id": run_id,
+        "config": cfg_json, "versions": versions(),
+        "prompts": {t: {"sha256": tpl.sha256, "file": tpl.path.name} for t, tpl in templates.items()},
+        "shards": [asdict(s) for s in shards], "raw_parts": [asdict(s) for s in store.part_infos()],
+        "plan": asdict(plan), "counts": asdict(summary), kind: _finite(stats_json),
         "filters": {"funnel": [asdict(f) for f in stage.funnel], "report": _finite(stage.report),
                     "plots": [f"plots/{p}" for p in plots]},
     }

@@ -84,3 +84,59 @@ def load_templates(folder: Path, tasks: list[str]) -> dict[str, Template]:
             raise TemplateError(f"{path}: field 'task' says {tpl.task!r}, expected {task!r}")
         out[task] = tpl
     return out
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A system prompt, a user message with named slots (``{question}``...), and few-shot examples whose
+    fields fill the same slots plus the assistant's ``answer``. Slots are filled by splitting the template
+    text, never by formatting, so a value that contains ``{choices}`` or braces stays inert text."""
+
+    task: str
+    system: str
+    user: str
+    slots: tuple[str, ...]
+    examples: tuple[dict[str, str], ...]
+    sha256: str
+    path: Path
+
+    def render_user(self, values: dict[str, str]) -> str:
+        pieces, rest = [], self.user
+        while True:
+            found = [(rest.find("{" + s + "}"), s) for s in self.slots if "{" + s + "}" in rest]
+            if not found:
+                return "".join(pieces) + rest
+            at, slot = min(found)
+            pieces += [rest[:at], values[slot]]
+            rest = rest[at + len(slot) + 2 :]
+
+    def messages(self, values: dict[str, str]) -> tuple[tuple[str, str], ...]:
+        """System prompt, each example as a user/assistant turn, then the user message for ``values``."""
+        msgs = [("system", self.system.strip())]
+        for ex in self.examples:
+            msgs += [("user", self.render_user(ex)), ("assistant", ex["answer"])]
+        return (*msgs, ("user", self.render_user(values)))
+
+
+def load_chat_template(path: Path, slots: tuple[str, ...]) -> ChatTemplate:
+    """Load a chat template whose user message holds each of ``slots`` exactly once; errors name file and field."""
+    try:
+        raw = path.read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise TemplateError(f"{path}: expected a UTF-8 YAML template, could not read it: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TemplateError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+    for name in ("task", "system", "user"):
+        if not isinstance(data.get(name), str) or not data[name].strip():
+            raise TemplateError(f"{path}: field '{name}' must be a non-empty string")
+    for slot in slots:
+        if data["user"].count("{" + slot + "}") != 1:
+            raise TemplateError(f"{path}: field 'user' must contain the slot {{{slot}}} exactly once")
+    examples = []
+    for i, ex in enumerate(data.get("examples") or []):
+        if not isinstance(ex, dict) or not all(isinstance(ex.get(f), str) for f in (*slots, "answer")):
+            raise TemplateError(f"{path}: examples[{i}] needs string fields {[*slots, 'answer']}")
+        examples.append({f: ex[f].strip() for f in (*slots, "answer")})
+    return ChatTemplate(data["task"], data["system"], data["user"], slots, tuple(examples),
+                        hashlib.sha256(raw).hexdigest(), path)

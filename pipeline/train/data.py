@@ -1,4 +1,5 @@
-"""Training data: contrastgen negatives shards -> anchor groups -> batches without duplicate anchors.
+"""Training data: contrastgen shards (negatives, or rationales with the question as anchor) -> anchor groups ->
+batches without duplicate anchors.
 
 A *group* is one caption (the anchor) with its paraphrase positive and its own typed negatives.
 Shards are read memory-mapped (Arrow IPC streams, only the needed columns are touched); groups then hold
@@ -20,7 +21,29 @@ from pipeline.shards.card import load_manifest
 from pipeline.shards.writer import read_stream
 
 FORMAT = "contrastgen.negatives/1"
+RATIONALES = "contrastgen.rationales/1"
 REQUIRED = ("caption", "positive", "negative", "neg_type", "source_id")
+
+
+def _as_groups_of_positives(table: pa.Table) -> pa.Table:
+    """Rationale rows in the negatives layout: the question is the anchor, ``neg_source`` the type, and each
+    (question, positive) is its own group (a question has several positives; the batch sampler never puts
+    two groups with the same anchor in one batch, so they are never each other's in-batch negatives)."""
+    group = pc.binary_join_element_wise(table["source_id"], pc.cast(table["pos_seed"], pa.string()), "/")
+    table = table.rename_columns(["caption" if c == "question" else "neg_type" if c == "neg_source" else c
+                                  for c in table.column_names])
+    return table.set_column(table.column_names.index("source_id"), "source_id", group)
+
+
+def _pairs_as_negatives(table: pa.Table) -> pa.Table:
+    """Sentence pairs in the negatives layout: the anchor sentence is the caption, every negative a contradiction."""
+    table = table.rename_columns(["caption" if c == "anchor" else c for c in table.column_names])
+    return table.append_column("neg_type", pa.array(["contradiction"] * table.num_rows, pa.string()))
+
+
+PAIRS = "contrastgen.pairs/1"
+# Each dataset format and how its shards become the negatives layout the trainer reads.
+ADAPTERS = {FORMAT: lambda t: t, RATIONALES: _as_groups_of_positives, PAIRS: _pairs_as_negatives}
 
 
 @dataclass(frozen=True)
@@ -37,8 +60,8 @@ class Group:
 def shard_paths(root: Path, split: str) -> list[Path]:
     """The complete shards of ``split`` listed in ``root/manifest.json``; a clear error otherwise."""
     meta = load_manifest(root)
-    if meta.get("format") != FORMAT:
-        raise DatasetError(f"{root / 'manifest.json'}: expected format {FORMAT!r}, found {meta.get('format')!r}")
+    if meta.get("format") not in ADAPTERS:
+        raise DatasetError(f"{root / 'manifest.json'}: expected format {' or '.join(map(repr, ADAPTERS))}, found {meta.get('format')!r}")
     paths = [root / s["path"] for s in meta.get("shards", []) if s.get("split") == split]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -49,8 +72,10 @@ def shard_paths(root: Path, split: str) -> list[Path]:
 def read_split(root: Path, split: str) -> pa.Table:
     """Memory-mapped ``split`` of one dataset; checks the columns and that the split has rows."""
     tables = []
-    for path in shard_paths(root, split):
-        table = read_stream(path)
+    paths = shard_paths(root, split)  # checks the format first
+    adapt = ADAPTERS[load_manifest(root)["format"]]
+    for path in paths:
+        table = adapt(read_stream(path))
         missing = [c for c in REQUIRED if c not in table.column_names]
         if missing:
             raise DatasetError(

@@ -1,0 +1,93 @@
+"""What every kind's run shares: committing generated parts, the split rule, shard writing, phase timing."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.engines.pool import EnginePool
+from pipeline.records import GenerationRequest, Provenance, RawResult, Unit
+from pipeline.run.store import RunStore
+from pipeline.shards.writer import ShardInfo, ShardWriter
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of a run's phases: engine start (actors up, model loaded) and generation."""
+
+    startup_seconds: float = 0.0
+    generation_seconds: float = 0.0
+
+    @contextmanager
+    def measure(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, phase, round(getattr(self, phase) + time.perf_counter() - start, 3))
+
+
+@dataclass
+class Summary:
+    out: str
+    inputs: int
+    input_rejected: int
+    units: int
+    generated: int
+    reused: int
+    kept: int
+    rejected: int
+    positives: int  # negatives: paraphrases kept; rationales: distinct positive rationales in rows
+    filtered: int = 0  # valid rows (negatives and positives) the filter stage dropped
+    splits: dict[str, int] = field(default_factory=dict)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    startup_seconds: float = 0.0
+    generation_seconds: float = 0.0
+    tokens_out: int = 0
+
+
+def commit_part(pool: EnginePool, index: int, units: list[Unit], requests: list[GenerationRequest], modes: list[str],
+                store: RunStore) -> ShardInfo:
+    """Run ``requests`` (one per unit) on the pool and commit the results as one atomic raw part. Provenance
+    records each request's own sampling (a kind may sample its tasks differently)."""
+    completions = pool.generate(index, requests)
+    results = []
+    for u, req, mode, c in zip(units, requests, modes, completions, strict=True):
+        if c.key != u.key:
+            raise RuntimeError(f"engine returned completion {c.key} for unit {u.key}: order must be kept")
+        s = req.sampling
+        prov = Provenance(
+            engine=pool.engine_name, model=pool.model_id, prompt_sha=u.prompt_sha, mode=mode,
+            temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=u.seed,
+            tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_s=c.latency_s,
+        )
+        reasons = c.finish_reasons or ("stop",) * len(c.texts)
+        text = getattr(u.source, "caption", None) or getattr(u.source, "question", "")
+        results.append(RawResult(u.key, u.source.id, text, getattr(u.source, "image_ref", None), u.task, c.texts, reasons,
+                                 prov, __version__))
+    return store.write_part(results)
+
+
+def split_of(source_id: str, test_fraction: float) -> str:
+    """Deterministic split by a hash of the source id (all rows of one caption or question share it)."""
+    bucket = int(hashlib.sha256(source_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if bucket < test_fraction else "train"
+
+
+def write_split(root: Path, subdir: str, split: str, table, rows_per_shard: int) -> list[ShardInfo]:
+    with ShardWriter(root, split, rows_per_shard, table.num_rows, subdir=subdir) as w:
+        w.write(table)
+    return w.finalize()
+
+
+def remove_stale(root: Path, shards: list[ShardInfo]) -> None:
+    """Delete shards of an earlier finalize (with another shard count) that this one did not write."""
+    keep = {root / s.path for s in shards}
+    for sub in ("data", "rejected"):
+        for stale in (root / sub).glob("*.arrow"):
+            if stale not in keep:
+                stale.unlink()

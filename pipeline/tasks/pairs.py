@@ -1,0 +1,274 @@
+"""Synthetic sentence pairs (SynCSE: Zhang et al. 2023, "Contrastive Learning of Sentence Embeddings from
+Scratch"; MultiCSR: Wang et al. 2024, "Large Language Models can Contrastively Refine their Generation for
+Better Sentence Representation Learning").
+
+Task contract, three stages, each a set of units in the same resumable store:
+- ``seed`` (from-scratch mode only): inputs :class:`TopicRecord`; ``seeds_per_topic`` one-line sentences per
+  topic, each sample with its own seed; valid distinct ones become :class:`SentenceRecord` anchors.
+- ``entail`` / ``contradict``: inputs :class:`SentenceRecord`; one instruction variant per row and task,
+  picked by hash and recorded (``pos_instruction``, ``neg_instruction``); the first valid sample wins.
+  Refusals, meta-text ("Here is a sentence: ..." -> ``chatter``), copies and multi-line answers are rejected.
+- ``judge``: inputs :class:`JudgeItem` (sentence, candidate); the same model rates similarity 0-5, greedy.
+Keep rule (:func:`keep_rule`): roles swap when the "contradiction" scores higher than the "entailment"
+(recorded as ``swapped``); then keep when positive >= ``positive_min``, negative <= ``negative_max`` and
+the two scores differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from pipeline import __version__
+from pipeline.config import RunConfig
+from pipeline.records import (
+    GenerationRequest,
+    JudgeItem,
+    PairRow,
+    RawResult,
+    Rejection,
+    Sampling,
+    SentenceRecord,
+    TopicRecord,
+    Unit,
+)
+from pipeline.tasks.edits import Candidate, Failure, parse_answer
+from pipeline.tasks.templates import ChatTemplate, load_chat_template
+
+SEED, ENTAIL, CONTRADICT, JUDGE = "seed", "entail", "contradict", "judge"
+SLOTS = {SEED: ("topic",), ENTAIL: ("sentence",), CONTRADICT: ("sentence",), JUDGE: ("sentence", "candidate")}
+_SCORE = re.compile(r"^\W*([0-5])(?:\.\d+)?(?:\s*(?:/\s*5|out of 5))?\W*$")
+
+
+def _sha(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
+    """Every configured variant plus the judge and seed templates, by file stem; each checked for its task."""
+    p = cfg.pairs
+    names = {**{n: ENTAIL for n in p.entail}, **{n: CONTRADICT for n in p.contradict}, JUDGE: JUDGE, SEED: SEED}
+    out = {}
+    for name, task in names.items():
+        tpl = load_chat_template(p.prompts_dir / f"{name}.yaml", SLOTS[task])
+        if tpl.task != task:
+            from pipeline.errors import TemplateError
+
+            raise TemplateError(f"{tpl.path}: field 'task' says {tpl.task!r}, expected {task!r} (it is listed under pairs.{task})")
+        out[name] = tpl
+    return out
+
+
+def variant_of(sentence_id: str, task: str, cfg: RunConfig) -> str:
+    """The instruction variant of one row and task: a hash of the run seed, row id and task picks it."""
+    names = cfg.pairs.entail if task == ENTAIL else cfg.pairs.contradict
+    return names[int(_sha([cfg.sampling.seed, sentence_id, task])[:8], 16) % len(names)]
+
+
+def _key(row: list, task: str, tpl: ChatTemplate, s: Sampling, cfg: RunConfig) -> str:
+    return _sha({"row": row, "task": task, "template": tpl.sha256, "model": cfg.engine.model_id(),
+                 "sampling": [s.temperature, s.top_p, s.max_tokens, s.n], "seed": cfg.sampling.seed, "code": __version__})
+
+
+def _unit_seed(cfg: RunConfig, *parts: str) -> int:
+    return int(_sha([cfg.sampling.seed, *parts])[:8], 16)
+
+
+def sampling_of(task: str, seed: int, cfg: RunConfig) -> Sampling:
+    s, j = cfg.sampling, cfg.pairs.judge
+    if task == JUDGE:
+        return Sampling(j.temperature, 1.0, j.max_tokens, 1, seed)
+    if task == SEED:
+        return Sampling(max(s.temperature, 0.9), s.top_p, s.max_tokens, cfg.pairs.seeds_per_topic, seed)
+    return Sampling(s.temperature, s.top_p, s.max_tokens, s.n, seed)
+
+
+def seed_units(cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
+    tpl = templates[SEED]
+    units = []
+    for topic in dict.fromkeys(cfg.pairs.topics):
+        rec = TopicRecord("t-" + _sha(topic)[:12], topic)
+        units.append(Unit(_key([rec.id, topic], SEED, tpl, sampling_of(SEED, 0, cfg), cfg), rec, SEED, tpl.sha256,
+                          _unit_seed(cfg, rec.id, SEED)))
+    return units
+
+
+def generation_units(sentences: list[SentenceRecord], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
+    """One ``entail`` and one ``contradict`` unit per sentence, each with its row's instruction variant."""
+    units = []
+    for rec in sentences:
+        for task in (ENTAIL, CONTRADICT):
+            tpl = templates[variant_of(rec.id, task, cfg)]
+            key = _key([rec.id, rec.sentence], task, tpl, sampling_of(task, 0, cfg), cfg)
+            units.append(Unit(key, rec, task, tpl.sha256, _unit_seed(cfg, rec.id, task)))
+    return units
+
+
+def judge_units(items: list[JudgeItem], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
+    tpl = templates[JUDGE]
+    return [Unit(_key([it.id, it.sentence, it.candidate, it.role], JUDGE, tpl, sampling_of(JUDGE, 0, cfg), cfg), it,
+                 JUDGE, tpl.sha256, _unit_seed(cfg, it.id, it.role, JUDGE)) for it in items]
+
+
+def render(unit: Unit, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> GenerationRequest:
+    src = unit.source
+    if unit.task == SEED:
+        tpl, values = templates[SEED], {"topic": src.topic}
+    elif unit.task == JUDGE:
+        tpl, values = templates[JUDGE], {"sentence": src.sentence, "candidate": src.candidate}
+    else:
+        tpl, values = templates[variant_of(src.id, unit.task, cfg)], {"sentence": src.sentence}
+    return GenerationRequest(unit.key, tpl.messages(values), sampling_of(unit.task, unit.seed, cfg))
+
+
+def instruction_of(raw: RawResult, templates: dict[str, ChatTemplate]) -> str:
+    """The variant name of a generated candidate, from its recorded prompt sha."""
+    return next(name for name, t in templates.items() if t.sha256 == raw.provenance.prompt_sha)
+
+
+def _rejection(raw: RawResult, reason: str, detail: str, text: str, seed: int | None = None) -> Rejection:
+    p = raw.provenance
+    return Rejection(stage="generation", reason=reason, detail=detail, raw=text, source_id=raw.source_id, task=raw.task,
+                     unit_key=raw.unit_key, prompt_sha=p.prompt_sha, model=p.model, seed=p.seed if seed is None else seed)
+
+
+def parse_candidate(raw: RawResult) -> Candidate | Rejection:
+    """First valid one-line sentence among the samples; else a rejection with the first sample's reason."""
+    first: Failure | None = None
+    for text, finish in zip(raw.texts, raw.finish_reasons, strict=True):
+        cand = parse_answer(raw.caption, text, "rewrite", finish)
+        if isinstance(cand, Candidate) and cand.text.strip(" .").lower() == raw.caption.strip(" .").lower():
+            cand = Failure("copy_of_input")
+        if isinstance(cand, Candidate):
+            return cand
+        first = first or cand
+    first = first or Failure("empty")
+    return _rejection(raw, first.reason, first.detail, " ||| ".join(raw.texts))
+
+
+def parse_score(text: str) -> int | None:
+    """The judge's 0-5 score: one digit, optionally "/5", "out of 5" or a decimal part; None otherwise.
+
+    >>> parse_score(" 4"), parse_score("3/5"), parse_score("5."), parse_score("Similarity: 4"), parse_score("7")
+    (4, 3, 5, None, None)
+    """
+    m = _SCORE.match(text.strip())
+    return int(m.group(1)) if m else None
+
+
+def keep_rule(pos: int, neg: int, positive_min: int, negative_max: int) -> tuple[bool, bool, str]:
+    """(kept, swapped, reason) for the two judged scores of one sentence's candidates.
+
+    >>> keep_rule(5, 1, 3, 3), keep_rule(1, 4, 3, 3), keep_rule(2, 1, 3, 3), keep_rule(3, 3, 3, 3)
+    ((True, False, ''), (True, True, ''), (False, False, 'judge_positive_low'), (False, False, 'judge_tie'))
+    """
+    swapped = neg > pos
+    if swapped:
+        pos, neg = neg, pos
+    if pos == neg:
+        return False, False, "judge_tie"
+    if pos < positive_min:
+        return False, swapped, "judge_positive_low"
+    if neg > negative_max:
+        return False, swapped, "judge_negative_high"
+    return True, swapped, ""
+
+
+def row_id(source_id: str, positive: str, negative: str) -> str:
+    return _sha([source_id, positive, negative])[:20]
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One sentence's valid candidate of one task, with the instruction that made it."""
+
+    text: str
+    instruction: str
+    raw: RawResult
+
+
+def seed_sentences(raws: list[RawResult]) -> tuple[list[SentenceRecord], list[Rejection]]:
+    """From-scratch mode: every valid, distinct seed sample becomes an anchor sentence (id: hash of its text)."""
+    sentences, rejects, seen = [], [], set()
+    for raw in sorted(raws, key=lambda r: r.source_id):
+        for i, (text, finish) in enumerate(zip(raw.texts, raw.finish_reasons, strict=True)):
+            cand = parse_answer(raw.caption, text, "rewrite", finish)
+            if isinstance(cand, Failure):
+                rejects.append(_rejection(raw, cand.reason, cand.detail, text, raw.provenance.seed + i))
+            elif cand.text.lower() in seen:
+                rejects.append(_rejection(raw, "duplicate_seed", "an earlier seed sample said the same", text, raw.provenance.seed + i))
+            else:
+                seen.add(cand.text.lower())
+                sentences.append(SentenceRecord("s-" + _sha(cand.text)[:12], cand.text))
+    return sentences, rejects
+
+
+def candidates(raws: list[RawResult], templates: dict[str, ChatTemplate]
+               ) -> tuple[dict[tuple[str, str], Generated], list[Rejection]]:
+    """Each sentence's valid entailment and contradiction, by (sentence id, task); failures as rejections."""
+    out, rejects = {}, []
+    for raw in raws:
+        cand = parse_candidate(raw)
+        if isinstance(cand, Rejection):
+            rejects.append(cand)
+        else:
+            out[(raw.source_id, raw.task)] = Generated(cand.text, instruction_of(raw, templates), raw)
+    return out, rejects
+
+
+def judge_items(sentences: list[SentenceRecord], cands: dict[tuple[str, str], Generated]) -> list[JudgeItem]:
+    """Both candidates of every sentence that has both (a lone candidate cannot make a triplet: not judged)."""
+    return [JudgeItem(s.id, s.sentence, cands[(s.id, role)].text, role)
+            for s in sentences if (s.id, ENTAIL) in cands and (s.id, CONTRADICT) in cands for role in (ENTAIL, CONTRADICT)]
+
+
+@dataclass
+class Stats:
+    sentences: int = 0
+    seeds: int = 0  # from-scratch mode: seed sentences kept
+    valid_entail: int = 0
+    valid_contradict: int = 0
+    judged: int = 0  # sentences whose two candidates were both scored
+    swapped: int = 0  # kept rows whose roles were swapped
+    pos_score_mean: float = float("nan")  # over kept rows
+    neg_score_mean: float = float("nan")
+
+
+def assemble(sentences: list[SentenceRecord], cands: dict[tuple[str, str], Generated],
+             scores: dict[tuple[str, str], tuple[str, RawResult]], cfg: RunConfig) -> tuple[list[PairRow], list[Rejection], Stats]:
+    """Apply the keep rule to every sentence with two judged candidates; a lone candidate is rejected (no_partner)."""
+    j, rows, rejects = cfg.pairs.judge, [], []
+    st = Stats(sentences=len(sentences), valid_entail=sum(k[1] == ENTAIL for k in cands),
+               valid_contradict=sum(k[1] == CONTRADICT for k in cands))
+    for s in sentences:
+        e, c = cands.get((s.id, ENTAIL)), cands.get((s.id, CONTRADICT))
+        if e is None or c is None:
+            rejects += [_rejection(g.raw, "no_partner", "the other candidate of this sentence was rejected", g.text)
+                        for g in (e, c) if g is not None]
+            continue
+        (e_text, e_raw), (c_text, c_raw) = scores[(s.id, ENTAIL)], scores[(s.id, CONTRADICT)]
+        e_score, c_score = parse_score(e_text), parse_score(c_text)
+        if e_score is None or c_score is None:
+            bad = e_raw if e_score is None else c_raw
+            rejects.append(_rejection(bad, "unparsable_score", "expected one digit 0-5", bad.texts[0]))
+            continue
+        st.judged += 1
+        kept, swapped, reason = keep_rule(e_score, c_score, j.positive_min, j.negative_max)
+        pos, neg = (c, e) if swapped else (e, c)
+        if not kept:
+            rejects.append(_rejection(neg.raw, reason, f"positive {max(e_score, c_score)}, negative {min(e_score, c_score)}: "
+                                      f"{pos.text}", neg.text))
+            continue
+        st.swapped += swapped
+        rows.append(PairRow(
+            id=row_id(s.id, pos.text, neg.text), anchor=s.sentence, positive=pos.text, negative=neg.text,
+            pos_score=max(e_score, c_score), neg_score=min(e_score, c_score), swapped=swapped,
+            pos_instruction=pos.instruction, neg_instruction=neg.instruction, source_id=s.id,
+            judge_model=e_raw.provenance.model, provenance=neg.raw.provenance,
+        ))
+    if rows:
+        st.pos_score_mean = round(sum(r.pos_score for r in rows) / len(rows), 3)
+        st.neg_score_mean = round(sum(r.neg_score for r in rows) / len(rows), 3)
+    return rows, rejects, st

@@ -1,0 +1,243 @@
+"""Contrastive rationales (QCRD: Wang et al. 2023, "Democratizing Reasoning Ability: Tailored Learning from
+Large Language Model"; GRACE: Khalifa et al. 2023, "GRACE: Discriminator-Guided Chain-of-Thought Reasoning").
+
+Task contract
+- inputs: :class:`QuestionRecord` (``id``, ``question``, normalised gold ``answer`` or None, ``choices``)
+- units: per question, ``sampled`` (k rationales at the main setting) and ``adversarial`` (n at a weaker,
+  hotter setting), each sample with its own seed (seed + i)
+- render: :func:`render` (``prompts/rationales/solve.yaml``, or ``solve_choice.yaml`` when the row has choices)
+- parse: :func:`parse_sample` (rejects truncated, refusals, too short, no parsable answer)
+- assemble: :func:`assemble` (vote, label, quality, pair each negative with a positive)
+
+Labels: a rationale is positive when its answer equals the gold answer; without gold, when it equals the
+self-consistency majority of the sampled rationales (``label_source = majority``; the majority needs at
+least two votes and no tie). Wrong sampled rationales are ``sampled_wrong`` negatives; wrong adversarial
+ones are ``adversarial`` negatives. Adversarial rationales that reach the label are not used.
+
+Quality (0-1) of a rationale: 0.5 x correct + 0.3 x agreement (share of the sampled answers equal to its
+answer) + 0.1 x format (the "answer is" cue in its last 60 characters) + 0.1 x length (within
+[min_chars, 40 x min_chars]).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+
+from pipeline import __version__
+from pipeline.config import RunConfig
+from pipeline.records import (
+    GenerationRequest,
+    QuestionRecord,
+    RationaleRow,
+    RawResult,
+    Rejection,
+    Sampling,
+    Unit,
+)
+from pipeline.tasks.answers import extract_answer, is_refusal, vote
+from pipeline.tasks.templates import ChatTemplate, load_chat_template
+
+SAMPLED, ADVERSARIAL = "sampled", "adversarial"
+TEMPLATES = {"number": ("solve", ("question",)), "choice": ("solve_choice", ("question", "choices"))}
+
+
+def task_names(cfg: RunConfig) -> list[str]:
+    return [SAMPLED] + ([ADVERSARIAL] if cfg.rationales.adversarial.enabled else [])
+
+
+def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
+    """Both answer kinds' templates, by template name (a run may mix numeric and multiple-choice rows)."""
+    folder = cfg.rationales.prompts_dir
+    return {name: load_chat_template(folder / f"{name}.yaml", slots) for name, slots in TEMPLATES.values()}
+
+
+def answer_kind(q: QuestionRecord, cfg: RunConfig) -> str:
+    kind = cfg.rationales.answer_kind
+    return ("choice" if q.choices else "number") if kind == "auto" else kind
+
+
+def template_of(q: QuestionRecord, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> ChatTemplate:
+    return templates[TEMPLATES[answer_kind(q, cfg)][0]]
+
+
+def sampling_of(task: str, unit_seed: int, cfg: RunConfig) -> Sampling:
+    r = cfg.rationales
+    if task == ADVERSARIAL:
+        a = r.adversarial
+        return Sampling(a.temperature, a.top_p, r.max_tokens, a.n, unit_seed, stop_at_newline=False)
+    return Sampling(r.temperature, r.top_p, r.max_tokens, r.k, unit_seed, stop_at_newline=False)
+
+
+def _sha(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def plan_units(questions: list[QuestionRecord], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
+    """One unit per question x task; the key hashes row, template, model, the task's sampling, seed and code."""
+    units = []
+    for q in questions:
+        tpl = template_of(q, cfg, templates)
+        for t in task_names(cfg):
+            seed = int(_sha([cfg.sampling.seed, q.id, t])[:8], 16)
+            s = sampling_of(t, 0, cfg)
+            key = _sha({"row": [q.id, q.question, q.answer, list(q.choices)], "task": t, "template": tpl.sha256,
+                        "model": cfg.engine.model_id(), "sampling": [s.temperature, s.top_p, s.max_tokens, s.n],
+                        "seed": cfg.sampling.seed, "code": __version__})
+            units.append(Unit(key, q, t, tpl.sha256, seed))
+    return units
+
+
+def choices_text(choices: tuple[str, ...]) -> str:
+    """ "(A) bank (B) library ..." as the template's ``{choices}`` slot."""
+    return " ".join(f"({'ABCDE'[i]}) {c}" for i, c in enumerate(choices))
+
+
+def render(unit: Unit, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> GenerationRequest:
+    q: QuestionRecord = unit.source
+    values = {"question": q.question, "choices": choices_text(q.choices)}
+    msgs = template_of(q, cfg, templates).messages(values)
+    return GenerationRequest(unit.key, msgs, sampling_of(unit.task, unit.seed, cfg))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One valid rationale with its parsed answer."""
+
+    text: str
+    answer: str
+    seed: int
+    task: str
+    raw: RawResult
+
+
+def parse_sample(text: str, finish: str, kind: str, choices: tuple[str, ...], min_chars: int) -> str | tuple[str, str]:
+    """The normalised answer of a valid rationale, or (reason, detail) when it is rejected.
+
+    >>> parse_sample("2 + 2 = 4. The answer is 4.", "stop", "number", (), 5)
+    '4'
+    >>> parse_sample("2 + 2 = 4. The answer", "length", "number", (), 5)
+    ('truncated', 'cut at max_tokens')
+    """
+    text = text.strip()
+    if finish == "length":
+        return "truncated", "cut at max_tokens"
+    if is_refusal(text):
+        return "refusal", "refuses or apologises"
+    if len(text) < min_chars:
+        return "too_short", f"{len(text)} < {min_chars} chars"
+    answer = extract_answer(text, kind, choices)
+    return ("no_answer", f"no {kind} answer found") if answer is None else answer
+
+
+def quality(sample: Sample, label: str, counts: dict[str, int], min_chars: int) -> float:
+    """The module docstring's weighted quality score of one rationale, in [0, 1]."""
+    total = sum(counts.values())
+    agreement = counts.get(sample.answer, 0) / total if total else 0.0
+    formatted = "answer is" in sample.text[-60:].lower()
+    length_ok = min_chars <= len(sample.text) <= 40 * max(min_chars, 1)
+    return round(0.5 * (sample.answer == label) + 0.3 * agreement + 0.1 * formatted + 0.1 * length_ok, 4)
+
+
+@dataclass
+class Stats:
+    """What the card reports beside the rows: labels, the model's accuracy, why questions gave no rows."""
+
+    questions: int = 0
+    label_gold: int = 0
+    label_majority: int = 0
+    no_label: int = 0
+    no_positive: int = 0
+    with_rows: int = 0
+    sampled_valid: int = 0
+    sampled_correct: int = 0  # valid sampled rationales whose answer is the gold answer (gold rows only)
+    sampled_with_gold: int = 0
+    vote_correct: int = 0  # questions whose majority answer is the gold answer
+    adversarial_valid: int = 0
+    adversarial_correct: int = 0  # not used: an adversarial rationale that reaches the label is no negative
+    by_source: dict[str, int] = field(default_factory=dict)
+
+
+def _label(q: QuestionRecord, majority: str | None, counts: dict[str, int]) -> tuple[str | None, str]:
+    """The gold answer; else a clear majority (two votes or more, no tie); else None."""
+    if q.answer is not None:
+        return q.answer, "gold"
+    top = sorted(counts.values())[-2:]
+    if majority is not None and counts[majority] >= 2 and (len(top) == 1 or top[0] < top[1]):
+        return majority, "majority"
+    return None, ""
+
+
+def _reject(raw: RawResult, text: str, seed: int, reason: str, detail: str) -> Rejection:
+    p = raw.provenance
+    return Rejection(stage="generation", reason=reason, detail=detail, raw=text, source_id=raw.source_id, task=raw.task,
+                     unit_key=raw.unit_key, prompt_sha=p.prompt_sha, model=p.model, seed=seed)
+
+
+def _samples(raws: list[RawResult], q: QuestionRecord, cfg: RunConfig, rejects: list[Rejection]) -> dict[str, list[Sample]]:
+    valid: dict[str, list[Sample]] = {SAMPLED: [], ADVERSARIAL: []}
+    for raw in raws:
+        for i, (text, finish) in enumerate(zip(raw.texts, raw.finish_reasons, strict=True)):
+            out = parse_sample(text, finish, answer_kind(q, cfg), q.choices, cfg.rationales.min_chars)
+            if isinstance(out, tuple):
+                rejects.append(_reject(raw, text, raw.provenance.seed + i, *out))
+            else:
+                valid[raw.task].append(Sample(" ".join(text.split()), out, raw.provenance.seed + i, raw.task, raw))
+    return valid
+
+
+def row_id(source_id: str, positive: str, negative: str) -> str:
+    return _sha([source_id, positive, negative])[:20]
+
+
+def assemble(raws: list[RawResult], questions: dict[str, QuestionRecord], cfg: RunConfig
+             ) -> tuple[list[RationaleRow], list[Rejection], Stats]:
+    """Parse every rationale, label each question, and pair each negative with a positive (best quality first,
+    round robin, so every positive is used once before any is reused)."""
+    by_q: dict[str, list[RawResult]] = defaultdict(list)
+    for r in raws:
+        by_q[r.source_id].append(r)
+    rows, rejects, st = [], [], Stats()
+    for qid in sorted(by_q):
+        q, st.questions = questions[qid], st.questions + 1
+        valid = _samples(by_q[qid], q, cfg, rejects)
+        majority, counts = vote([s.answer for s in valid[SAMPLED]])
+        label, source = _label(q, majority, counts)
+        st.sampled_valid += len(valid[SAMPLED])
+        st.adversarial_valid += len(valid[ADVERSARIAL])
+        if q.answer is not None:
+            st.sampled_with_gold += len(valid[SAMPLED])
+            st.sampled_correct += sum(s.answer == q.answer for s in valid[SAMPLED])
+            st.vote_correct += majority == q.answer
+        if label is None:
+            st.no_label += 1
+            rejects += [_reject(s.raw, s.text, s.seed, "no_label", f"no gold answer and no clear majority in {counts}")
+                        for s in valid[SAMPLED] + valid[ADVERSARIAL]]
+            continue
+        st.label_gold += source == "gold"
+        st.label_majority += source == "majority"
+        st.adversarial_correct += sum(s.answer == label for s in valid[ADVERSARIAL])
+        scored = {id(s): quality(s, label, counts, cfg.rationales.min_chars) for s in valid[SAMPLED] + valid[ADVERSARIAL]}
+        pos = sorted((s for s in valid[SAMPLED] if s.answer == label), key=lambda s: (-scored[id(s)], s.seed))
+        negs = [(s, "sampled_wrong") for s in valid[SAMPLED] if s.answer != label]
+        negs += [(s, ADVERSARIAL) for s in valid[ADVERSARIAL] if s.answer != label]
+        if not pos:
+            st.no_positive += bool(negs)
+            rejects += [_reject(s.raw, s.text, s.seed, "no_positive", f"no rationale reached the label {label}")
+                        for s, _ in negs]
+            continue
+        st.with_rows += bool(negs)
+        for j, (neg, src) in enumerate(negs):
+            p = pos[j % len(pos)]
+            st.by_source[src] = st.by_source.get(src, 0) + 1
+            rows.append(RationaleRow(
+                id=row_id(qid, p.text, neg.text), question=q.question, positive=p.text, negative=neg.text,
+                neg_source=src, answer=label, label_source=source, pos_answer=p.answer, neg_answer=neg.answer,
+                votes_for_label=counts.get(label, 0), votes_total=sum(counts.values()), pos_quality=scored[id(p)],
+                neg_quality=scored[id(neg)], source_id=qid, pos_seed=p.seed,
+                provenance=replace(neg.raw.provenance, seed=neg.seed),  # the negative's own sample seed
+            ))
+    return rows, rejects, st
+
