@@ -30,6 +30,20 @@ def _raw_keys(root: Path) -> list[str]:
     return keys
 
 
+def _kill_after_two_parts(cmd: list[str], out: Path, log_path: Path) -> dict:
+    """Start the CLI, SIGKILL it and its children once two raw parts exist; return the environment it ran with."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + 400
+        while len(list((out / "raw").glob("part-*.arrow"))) < 2:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "no raw part appeared in time"
+            time.sleep(0.2)
+        _kill_tree(proc)
+    return env
+
+
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the CLI and everything it started (local Ray, Prefect's ephemeral server): no cleanup runs."""
     family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
@@ -47,15 +61,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_session,
     conf.write_text("negatives: {types: [swap_obj, replace_obj, add_att]}\noutput: {units_per_part: 4}\n")
     out = tmp_path / "killed"
     cmd = [CLI, "generate", "negatives", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(tmp_path / "first.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.time() + 400
-        while len(list((out / "raw").glob("part-*.arrow"))) < 2:
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.time() < deadline, "no raw part appeared in time"
-            time.sleep(0.2)
-        _kill_tree(proc)
+    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
     before = {p.name: p.read_bytes() for p in (out / "raw").glob("part-*.arrow")}
     done_before = len(_raw_keys(out))
     assert 0 < done_before < 24 and not (out / "manifest.json").exists()
@@ -90,15 +96,7 @@ def test_rationales_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, r
     conf.write_text("rationales: {k: 2, max_tokens: 80, adversarial: {n: 1}}\noutput: {units_per_part: 1}\n")
     out = tmp_path / "killed"
     cmd = [CLI, "generate", "rationales", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(tmp_path / "first.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.time() + 400
-        while len(list((out / "raw").glob("part-*.arrow"))) < 2:
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.time() < deadline, "no raw part appeared in time"
-            time.sleep(0.2)
-        _kill_tree(proc)
+    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
     done_before = len(_raw_keys(out))
     assert 0 < done_before < 6 and not (out / "manifest.json").exists()
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -138,15 +136,7 @@ def test_pairs_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_se
     conf.write_text("output: {units_per_part: 1}\n")
     out = tmp_path / "killed"
     cmd = [CLI, "generate", "pairs", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(tmp_path / "first.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.time() + 400
-        while len(list((out / "raw").glob("part-*.arrow"))) < 2:
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.time() < deadline, "no raw part appeared in time"
-            time.sleep(0.2)
-        _kill_tree(proc)
+    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
     done_before = len(_raw_keys(out))
     assert 0 < done_before < 6 and not (out / "manifest.json").exists()
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -177,16 +177,34 @@ def _choices(value: Any) -> tuple[str, ...] | None:
     return None
 
 
+def _text(path: Path, line: int, row: dict[str, Any], column: str, what: str, cfg: InputConfig, raw: str) -> str | Rejection:
+    """The whitespace-normalised text of ``column``, or the rejection naming file, line and field."""
+    value = row.get(column)
+    if value is None:
+        return _reject(path, line, "missing_field", f"expected field '{column}'", raw, column)
+    if not isinstance(value, str) or not " ".join(value.split()):
+        return _reject(path, line, "empty_caption", f"expected a non-empty {what} string", raw, column)
+    text = " ".join(value.split())
+    if len(text) > cfg.max_caption_chars:
+        return _reject(path, line, "caption_too_long", f"{len(text)} > {cfg.max_caption_chars} chars", raw, column)
+    return text
+
+
+def _optional_id(path: Path, line: int, row: dict[str, Any], cfg: InputConfig, text: str, prefix: str, raw: str) -> str | Rejection:
+    """The row's id, or (files without one: GSM8K, SVAMP, SNLI) a hash of its text."""
+    rid = row.get(cfg.id_column)
+    if rid is None:
+        return prefix + hashlib.sha256(text.encode()).hexdigest()[:12]
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool) or not str(rid).strip():
+        return _reject(path, line, "wrong_type", "expected a non-empty string or integer id", raw, cfg.id_column)
+    return str(rid).strip()
+
+
 def _validate_question(path: Path, line: int, row: dict[str, Any], cfg: InputConfig, kind: str) -> QuestionRecord | Rejection:
     raw = json.dumps(row, ensure_ascii=False, default=str)
-    q = row.get(cfg.question_column)
-    if q is None:
-        return _reject(path, line, "missing_field", f"expected field '{cfg.question_column}'", raw, cfg.question_column)
-    if not isinstance(q, str) or not " ".join(q.split()):
-        return _reject(path, line, "empty_caption", "expected a non-empty question string", raw, cfg.question_column)
-    question = " ".join(q.split())
-    if len(question) > cfg.max_caption_chars:
-        return _reject(path, line, "caption_too_long", f"{len(question)} > {cfg.max_caption_chars} chars", raw, cfg.question_column)
+    question = _text(path, line, row, cfg.question_column, "question", cfg, raw)
+    if isinstance(question, Rejection):
+        return question
     choices: tuple[str, ...] = ()
     if cfg.choices_column and row.get(cfg.choices_column) is not None:
         parsed = _choices(row[cfg.choices_column])
@@ -200,12 +218,8 @@ def _validate_question(path: Path, line: int, row: dict[str, Any], cfg: InputCon
         if gold is None:
             return _reject(path, line, "bad_answer", f"expected a {answer_kind} answer (or a solution ending in '#### x')",
                            raw, cfg.answer_column)
-    rid = row.get(cfg.id_column)
-    if rid is None:  # GSM8K and SVAMP-style files have no id: the question text is the identity
-        rid = "q-" + hashlib.sha256(question.encode()).hexdigest()[:12]
-    elif not isinstance(rid, (str, int)) or isinstance(rid, bool) or not str(rid).strip():
-        return _reject(path, line, "wrong_type", "expected a non-empty string or integer id", raw, cfg.id_column)
-    return QuestionRecord(str(rid).strip(), question, gold, choices, str(path), line)
+    rid = _optional_id(path, line, row, cfg, question, "q-", raw)
+    return rid if isinstance(rid, Rejection) else QuestionRecord(rid, question, gold, choices, str(path), line)
 
 
 def read_questions(cfg: InputConfig, answer_kind: str = "auto") -> tuple[list[QuestionRecord], list[Rejection]]:
@@ -217,20 +231,11 @@ def read_questions(cfg: InputConfig, answer_kind: str = "auto") -> tuple[list[Qu
 
 def _validate_sentence(path: Path, line: int, row: dict[str, Any], cfg: InputConfig) -> SentenceRecord | Rejection:
     raw = json.dumps(row, ensure_ascii=False, default=str)
-    text = row.get(cfg.sentence_column)
-    if text is None:
-        return _reject(path, line, "missing_field", f"expected field '{cfg.sentence_column}'", raw, cfg.sentence_column)
-    if not isinstance(text, str) or not " ".join(text.split()):
-        return _reject(path, line, "empty_caption", "expected a non-empty sentence string", raw, cfg.sentence_column)
-    sentence = " ".join(text.split())
-    if len(sentence) > cfg.max_caption_chars:
-        return _reject(path, line, "caption_too_long", f"{len(sentence)} > {cfg.max_caption_chars} chars", raw, cfg.sentence_column)
-    rid = row.get(cfg.id_column)
-    if rid is None:  # SNLI/MNLI-style files have no id: the sentence is the identity
-        rid = "s-" + hashlib.sha256(sentence.encode()).hexdigest()[:12]
-    elif not isinstance(rid, (str, int)) or isinstance(rid, bool) or not str(rid).strip():
-        return _reject(path, line, "wrong_type", "expected a non-empty string or integer id", raw, cfg.id_column)
-    return SentenceRecord(str(rid).strip(), sentence, str(path), line)
+    sentence = _text(path, line, row, cfg.sentence_column, "sentence", cfg, raw)
+    if isinstance(sentence, Rejection):
+        return sentence
+    rid = _optional_id(path, line, row, cfg, sentence, "s-", raw)
+    return rid if isinstance(rid, Rejection) else SentenceRecord(rid, sentence, str(path), line)
 
 
 def read_sentences(cfg: InputConfig) -> tuple[list[SentenceRecord], list[Rejection]]:

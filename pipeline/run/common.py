@@ -91,3 +91,14 @@ def remove_stale(root: Path, shards: list[ShardInfo]) -> None:
         for stale in (root / sub).glob("*.arrow"):
             if stale not in keep:
                 stale.unlink()
+
+
+def check_input_output(cfg) -> None:
+    """Both --input and --out given, and the input exists (the preflight of kinds that read an input file)."""
+    from pipeline.errors import ContrastgenError, InputFileError
+
+    if cfg.input.path is None or cfg.output.dir is None:
+        missing = [n for n, v in (("input.path (--input)", cfg.input.path), ("output.dir (--out)", cfg.output.dir)) if v is None]
+        raise ContrastgenError(f"expected {' and '.join(missing)}, got none. Fix: pass the flag or set it in --config")
+    if not Path(cfg.input.path).exists():
+        raise InputFileError(cfg.input.path, "file not found. Fix: check --input")

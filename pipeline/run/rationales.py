@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
-from pipeline.errors import ContrastgenError, InputFileError
 from pipeline.filters.scorers import TextScorers
 from pipeline.filters.stage import Pairs, StageResult, run_stage
 from pipeline.inputs import read_questions
@@ -21,6 +19,7 @@ from pipeline.records import QuestionRecord, RationaleRow, RawResult, Rejection,
 from pipeline.run.common import (
     Summary,
     Timing,
+    check_input_output,
     commit_part,
     remove_stale,
     split_of,
@@ -48,11 +47,7 @@ class Plan:
 
 def preflight(cfg: RunConfig) -> None:
     """Cheap checks before Ray and Prefect start: input and output given, the input exists, templates load."""
-    if cfg.input.path is None or cfg.output.dir is None:
-        missing = [n for n, v in (("input.path (--input)", cfg.input.path), ("output.dir (--out)", cfg.output.dir)) if v is None]
-        raise ContrastgenError(f"expected {' and '.join(missing)}, got none. Fix: pass the flag or set it in --config")
-    if not Path(cfg.input.path).exists():
-        raise InputFileError(cfg.input.path, "file not found. Fix: check --input")
+    check_input_output(cfg)
     task.templates_for(cfg)
     cfg.engine.resolved_model_path()
     RunStore(cfg.output.dir).ensure_free()

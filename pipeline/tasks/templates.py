@@ -42,8 +42,8 @@ class Template:
         return before + caption + after
 
 
-def load_template(path: Path) -> Template:
-    """Load one template file, checking every field; errors name the file and field."""
+def _read_mapping(path: Path) -> tuple[bytes, dict]:
+    """The file's bytes (hashed as the template's identity) and its YAML mapping; errors name the file."""
     try:
         raw = path.read_bytes()
         data = yaml.safe_load(raw.decode("utf-8"))
@@ -51,6 +51,12 @@ def load_template(path: Path) -> Template:
         raise TemplateError(f"{path}: expected a UTF-8 YAML template, could not read it: {exc}") from exc
     if not isinstance(data, dict):
         raise TemplateError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+    return raw, data
+
+
+def load_template(path: Path) -> Template:
+    """Load one template file, checking every field; errors name the file and field."""
+    raw, data = _read_mapping(path)
     fmt = data.get("edit_format")
     if fmt not in ("swap", "replace", "rewrite"):
         raise TemplateError(f"{path}: field 'edit_format' must be swap, replace or rewrite, got {fmt!r}")
@@ -120,13 +126,7 @@ class ChatTemplate:
 
 def load_chat_template(path: Path, slots: tuple[str, ...]) -> ChatTemplate:
     """Load a chat template whose user message holds each of ``slots`` exactly once; errors name file and field."""
-    try:
-        raw = path.read_bytes()
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise TemplateError(f"{path}: expected a UTF-8 YAML template, could not read it: {exc}") from exc
-    if not isinstance(data, dict):
-        raise TemplateError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+    raw, data = _read_mapping(path)
     for name in ("task", "system", "user"):
         if not isinstance(data.get(name), str) or not data[name].strip():
             raise TemplateError(f"{path}: field '{name}' must be a non-empty string")

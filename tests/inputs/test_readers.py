@@ -92,3 +92,38 @@ def test_file_level_errors(tmp_path):
     pq.write_table(pa.table({"id": ["1"]}), tmp_path / "nocap.parquet")
     with pytest.raises(InputFileError, match="expected a column 'caption'"):
         read_captions(InputConfig(path=tmp_path / "nocap.parquet"))
+
+
+def test_questions_bad_rows_are_rejected_with_line_and_field_and_valid_rows_kept(tmp_path):
+    from pipeline.inputs import read_questions
+
+    rows = [
+        {"question": "Janet has 16 eggs. How many?", "answer": "She has 16.\n#### 16"},  # GSM8K: no id, a solution
+        {"ID": "chal-1", "question": "How much is 76 - 25?", "answer": 51.0},
+        {"id": "c1", "question": "Where is a revolving door?", "choices": {"label": ["A", "B"], "text": ["bank", "mall"]},
+         "answer": "A"},
+        {"id": "c2", "question": "Pick one", "choices": "A or B", "answer": "A"},  # choices not a list
+        {"id": "n1", "question": "How many legs?", "answer": "many"},  # no number in the answer
+        {"id": "e1", "question": "   "},
+        {"id": "m1", "question": "Majority only, no gold."},
+        {"question": "Janet has 16 eggs. How many?", "answer": "16"},  # same text, no id: the same hashed id
+    ]
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    good, bad = read_questions(InputConfig(path=path))
+    assert [(q.answer, q.choices) for q in good] == [("16", ()), ("51", ()), ("A", ("bank", "mall")), (None, ())]
+    assert good[0].id.startswith("q-") and good[3].id == "m1"
+    assert [(r.line, r.reason, r.field) for r in bad] == [(4, "wrong_type", "choices"), (5, "bad_answer", "answer"),
+                                                         (6, "empty_caption", "question"), (8, "duplicate_id", "id")]
+    assert all(r.file == str(path) for r in bad)
+
+
+def test_sentences_need_the_sentence_field_and_take_an_optional_id(tmp_path):
+    from pipeline.inputs import read_sentences
+
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"sentence": "A dog runs."}, {"id": 3, "sentence": "A cat."},
+                                                          {"sentence": 5}, {"text": "wrong column"}]))
+    good, bad = read_sentences(InputConfig(path=path))
+    assert [s.sentence for s in good] == ["A dog runs.", "A cat."] and good[1].id == "3"
+    assert [(r.line, r.reason, r.field) for r in bad] == [(3, "empty_caption", "sentence"), (4, "missing_field", "sentence")]
