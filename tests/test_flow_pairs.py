@@ -74,3 +74,21 @@ def test_from_scratch_mode_generates_its_own_anchors(tmp_path, ray_session, pref
     assert sum(r.task in (task.ENTAIL, task.CONTRADICT) for r in raws) == 2 * st["sentences"]
     anchors = {r["anchor"] for r in _rows(cfg.output.dir, s["kept"])}
     assert anchors <= {x.sentence for x in task.seed_sentences(seeds)[0]}
+
+
+def test_rerun_is_a_noop_with_zero_llm_calls(pairs_run, monkeypatch):
+    import flows.pairs as flow_mod
+    from pipeline.shards.writer import sha256_file
+
+    cfg, s = pairs_run
+    root = cfg.output.dir
+    shards = lambda: {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.glob("*/*.arrow"))}  # noqa: E731
+    before = shards()
+
+    def no_engine(*a, **k):
+        raise AssertionError("a finished run must not start an engine")
+
+    monkeypatch.setattr(flow_mod, "EnginePool", no_engine)
+    again = flow_mod.pairs_flow(cfg.model_dump(mode="json"))  # every stage finds its units done
+    assert (again["generated"], again["reused"], again["kept"]) == (0, s["units"], s["kept"])
+    assert shards() == before

@@ -79,3 +79,21 @@ def test_the_trainer_reads_rationales_with_the_question_as_anchor(rationales_run
     questions = set(pa.ipc.open_stream(pa.memory_map(str(next((cfg.output.dir / "data").glob(f"{split}-*.arrow"))))).read_all()["question"].to_pylist())
     assert groups and {g.anchor for g in groups} <= questions
     assert all(g.positive not in g.negatives for g in groups)
+
+
+def test_rerun_is_a_noop_with_zero_llm_calls(rationales_run, monkeypatch):
+    import flows.rationales as flow_mod
+    from pipeline.shards.writer import sha256_file
+
+    cfg, s = rationales_run
+    root = cfg.output.dir
+    shards = lambda: {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.glob("*/*.arrow"))}  # noqa: E731
+    before = shards()
+
+    def no_engine(*a, **k):
+        raise AssertionError("a finished run must not start an engine")
+
+    monkeypatch.setattr(flow_mod, "EnginePool", no_engine)
+    again = flow_mod.rationales_flow(cfg.model_dump(mode="json"))
+    assert (again["generated"], again["reused"], again["kept"]) == (0, s["units"], s["kept"])
+    assert shards() == before  # data, rejected and raw shards byte-identical
