@@ -18,6 +18,11 @@ class CaptionRecord:
     file: str = ""
     line: int = 0
 
+    @property
+    def text(self) -> str:
+        """The source text a unit's raw result records (``RawResult.caption``)."""
+        return self.caption
+
 
 @dataclass(frozen=True)
 class QuestionRecord:
@@ -30,6 +35,11 @@ class QuestionRecord:
     file: str = ""
     line: int = 0
 
+    @property
+    def text(self) -> str:
+        """The source text a unit's raw result records (``RawResult.caption``)."""
+        return self.question
+
 
 @dataclass(frozen=True)
 class SentenceRecord:
@@ -39,6 +49,11 @@ class SentenceRecord:
     sentence: str
     file: str = ""
     line: int = 0
+
+    @property
+    def text(self) -> str:
+        """The source text a unit's raw result records (``RawResult.caption``)."""
+        return self.sentence
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,11 @@ class JudgeItem:
     candidate: str
     role: str  # entail | contradict
 
+    @property
+    def text(self) -> str:
+        """The source text a unit's raw result records (``RawResult.caption``)."""
+        return self.sentence
+
 
 @dataclass(frozen=True)
 class TopicRecord:
@@ -57,6 +77,11 @@ class TopicRecord:
 
     id: str
     topic: str
+
+    @property
+    def text(self) -> str:
+        """The source text a unit's raw result records (``RawResult.caption``)."""
+        return self.topic
 
 
 @dataclass(frozen=True)
@@ -147,7 +172,7 @@ class RawResult:
 
     unit_key: str
     source_id: str
-    caption: str
+    caption: str  # the unit's source text (``source.text``): caption, question, sentence or topic
     image_ref: str | None
     task: str
     texts: tuple[str, ...]

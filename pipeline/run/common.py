@@ -66,9 +66,8 @@ def commit_part(pool: EnginePool, index: int, units: list[Unit], requests: list[
             tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_s=c.latency_s,
         )
         reasons = c.finish_reasons or ("stop",) * len(c.texts)
-        text = getattr(u.source, "caption", None) or getattr(u.source, "question", "")
-        results.append(RawResult(u.key, u.source.id, text, getattr(u.source, "image_ref", None), u.task, c.texts, reasons,
-                                 prov, __version__))
+        results.append(RawResult(u.key, u.source.id, u.source.text, getattr(u.source, "image_ref", None), u.task, c.texts,
+                                 reasons, prov, __version__))
     return store.write_part(results)
 
 
