@@ -128,9 +128,11 @@ def filter_rows(rows: list[PairRow], cfg: RunConfig) -> tuple[list[PairRow], lis
 
 def finalize(cfg: RunConfig, store: RunStore, plan: Plan, timing: Timing, run_id: str | None) -> Summary:
     root = store.root
-    cands, cand_rejects = candidates(store, plan.stages[GENERATE], plan.templates)
-    judge_raws = {r.unit_key: r for r in _raws(store, plan.stages[task.JUDGE].units)}
-    scores = {(u.source.id, u.source.role): (judge_raws[u.key].texts[0], judge_raws[u.key]) for u in plan.stages[task.JUDGE].units}
+    units = [u for st in plan.stages.values() for u in st.units]
+    raws = _raws(store, units)  # every stage's raw parts, read once
+    by_key = {r.unit_key: r for r in raws}
+    cands, cand_rejects = task.candidates([by_key[u.key] for u in plan.stages[GENERATE].units], plan.templates)
+    scores = {(u.source.id, u.source.role): (by_key[u.key].texts[0], by_key[u.key]) for u in plan.stages[task.JUDGE].units}
     rows, judge_rejects, stats = task.assemble(plan.sentences, cands, scores, cfg)
     stats.seeds = len(plan.sentences) if task.SEED in plan.stages else 0
     rows, filter_rejects, fstage = filter_rows(sorted(rows, key=lambda r: r.id), cfg)
@@ -144,8 +146,6 @@ def finalize(cfg: RunConfig, store: RunStore, plan: Plan, timing: Timing, run_id
         shards += write_split(root, "data", split, pairs_table(split_rows), cfg.output.rows_per_shard)
     shards += write_split(root, "rejected", "rejected", rejected_table(rejects), cfg.output.rows_per_shard)
     remove_stale(root, shards)
-    units = [u for st in plan.stages.values() for u in st.units]
-    raws = store.read_raw({u.key for u in units})
     summary = Summary(
         out=str(root), inputs=len(plan.sentences) + len(plan.input_rejects) if cfg.input.path else len(cfg.pairs.topics),
         input_rejected=len(plan.input_rejects), units=len(units),
