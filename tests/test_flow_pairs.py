@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.run.store import RunStore
 from pipeline.tasks import pairs as task
+from tests.conftest import snli_premises
 
 pytestmark = pytest.mark.integration
 GOLDEN = (3, 1, 0)  # kept, rejected, filtered
@@ -26,6 +27,8 @@ def test_every_sentence_ends_as_a_row_or_a_rejection(pairs_run):
     raws = RunStore(cfg.output.dir).read_raw()
     judged = {r.source_id for r in raws if r.task == task.JUDGE}
     assert s["units"] == len(raws) == 2 * 4 + 2 * len(judged)  # entail + contradict per sentence, judge per pair
+    sentences = {x["sentence"] for x in snli_premises(4)}
+    assert {r.caption for r in raws} == sentences  # each raw result records its source text (the copy check needs it)
     rejected = datasets.load_dataset(str(cfg.output.dir), "rejected")["rejected"].to_list()
     ids = {r["source_id"] for r in _rows(cfg.output.dir, s["kept"])} | {r["source_id"] for r in rejected if r["stage"] != "input"}
     assert len(ids) == 4  # every sentence is accounted for
