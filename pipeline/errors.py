@@ -32,3 +32,11 @@ class TemplateError(ContrastgenError):
 
 class DatasetError(ContrastgenError):
     """A directory is not a (complete) contrastgen dataset."""
+
+
+class EngineError(ContrastgenError):
+    """An engine failed in a way retrying will not fix (a rejected request, a malformed answer)."""
+
+
+class TransientEngineError(EngineError):
+    """An engine failed in a way that may pass (overload, timeout, a dead worker): the flow's task retries it."""

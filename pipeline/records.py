@@ -119,6 +119,10 @@ class Sampling:
     n: int
     seed: int
     stop_at_newline: bool = True  # one-line answers (negatives, pairs); rationales span lines
+    # Structured outputs a task asks for; engines that support them constrain decoding (vLLM's
+    # structured outputs), the others ignore them: every task still parses its output strictly.
+    choices: tuple[str, ...] = ()  # the answer is exactly one of these
+    json_schema: str | None = None  # the answer is JSON matching this schema (a JSON string)
 
 
 @dataclass(frozen=True)

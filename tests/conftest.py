@@ -136,3 +136,35 @@ def text_scorers(tmp_path_factory):
     from pipeline.filters.scorers import TextScorers
 
     return TextScorers(FilterConfig(), bundled_gguf(), cache_root=tmp_path_factory.mktemp("scores"))
+
+
+@pytest.fixture(scope="session")
+def openai_server():
+    """(base_url, model) of an OpenAI-compatible server: $CONTRASTGEN_TEST_OPENAI_BASE_URL (and
+    $CONTRASTGEN_TEST_OPENAI_MODEL) when set, else a real `contrastgen serve` started here on 127.0.0.1."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    if os.environ.get("CONTRASTGEN_TEST_OPENAI_BASE_URL"):
+        yield os.environ["CONTRASTGEN_TEST_OPENAI_BASE_URL"], os.environ.get("CONTRASTGEN_TEST_OPENAI_MODEL")
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = str(Path(sys.executable).parent / "contrastgen")
+    proc = subprocess.Popen([cli, "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url, deadline = f"http://127.0.0.1:{port}/v1", time.time() + 300
+    while True:
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "contrastgen serve did not answer in 300 s"
+            time.sleep(0.5)
+    yield url, None
+    proc.terminate()
+    proc.wait(30)

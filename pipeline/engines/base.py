@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from pipeline.config import EngineConfig
+from pipeline.engines.config import EngineConfig
 from pipeline.records import Completion, GenerationRequest
 
 
@@ -27,7 +27,21 @@ def _embedded(cfg: EngineConfig) -> Engine:
     return EmbeddedEngine(cfg)
 
 
-ENGINES: dict[str, Callable[[EngineConfig], Engine]] = {"embedded": _embedded}
+def _openai(cfg: EngineConfig) -> Engine:
+    from pipeline.engines.openai_compat import OpenAIEngine
+
+    return OpenAIEngine(cfg)
+
+
+def _vllm(cfg: EngineConfig) -> Engine:
+    from pipeline.engines.vllm_engine import (
+        VLLMEngine,  # imports vllm: only when this engine is selected
+    )
+
+    return VLLMEngine(cfg)
+
+
+ENGINES: dict[str, Callable[[EngineConfig], Engine]] = {"embedded": _embedded, "openai": _openai, "vllm": _vllm}
 
 
 def build_engine(cfg: EngineConfig) -> Engine:

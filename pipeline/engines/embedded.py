@@ -28,7 +28,7 @@ from transformers import (
     StoppingCriteria,
 )
 
-from pipeline.config import EngineConfig
+from pipeline.engines.config import EngineConfig
 from pipeline.records import Completion, GenerationRequest, Sampling
 
 
@@ -47,12 +47,12 @@ class PerRowSampler(LogitsProcessor):
         # Drop tokens once the mass *before* them already reaches top_p (keeps at least one token).
         drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_ps[:, None]
         sorted_p = sorted_p.masked_fill(drop, 0.0)
-        picks = torch.empty(scores.shape[0], dtype=torch.long)
+        picks = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
         for i, gen in enumerate(self.generators):
             picks[i] = order[i, torch.multinomial(sorted_p[i], 1, generator=gen)[0]]
         picks = torch.where(greedy, scores.argmax(-1), picks)
         out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(scores.shape[0]), picks] = 0.0
+        out[torch.arange(scores.shape[0], device=scores.device), picks] = 0.0
         return out
 
 
@@ -102,11 +102,18 @@ def dequantized_cache(path: Path) -> Path:
     return target
 
 
-def load_causal_lm(path: Path, device: str):
+def torch_dtype(dtype: str, device: str) -> torch.dtype:
+    """``engine.dtype``: auto is float32 on CPU (no fast half kernels there) and bfloat16 on CUDA."""
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    return getattr(torch, dtype)
+
+
+def load_causal_lm(path: Path, device: str, dtype: str = "float32"):
     """(tokenizer, model) of a .gguf file (dequantized once, cached) or a transformers folder, in eval mode."""
     folder = dequantized_cache(path) if path.suffix == ".gguf" else path
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype, device))
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -122,7 +129,7 @@ class EmbeddedEngine:
         self.cfg = cfg
         path = cfg.resolved_model_path()
         self.model_id = cfg.model_id()
-        self.tokenizer, self.model = load_causal_lm(path, cfg.device)
+        self.tokenizer, self.model = load_causal_lm(path, cfg.device, cfg.dtype)
         self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         if self.eos_id is None or self.eos_id == self.tokenizer.unk_token_id:
             self.eos_id = self.tokenizer.eos_token_id
@@ -132,7 +139,8 @@ class EmbeddedEngine:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         self.newline_ids = torch.tensor(
-            [i for i, t in enumerate(vocab) if t is not None and "\n" in self.tokenizer.convert_tokens_to_string([t])]
+            [i for i, t in enumerate(vocab) if t is not None and "\n" in self.tokenizer.convert_tokens_to_string([t])],
+            device=cfg.device,
         )
 
     def warmup(self) -> None:
@@ -205,13 +213,15 @@ class EmbeddedEngine:
             ids = torch.cat([pids.expand(batch, -1), ids], 1)  # (B, P + S)
             mask = torch.cat([torch.ones(batch, pids.shape[1], dtype=mask.dtype, device=dev), mask], 1)
             kwargs[self._cache_kw] = cache
-        gens = [torch.Generator().manual_seed(r.sampling.seed + si) for r, si in zip(reqs, sample_idx)]
+        gens = [torch.Generator(device=dev).manual_seed(r.sampling.seed + si) for r, si in zip(reqs, sample_idx)]
+        temps = torch.tensor([r.sampling.temperature for r in reqs], device=dev)
+        top_ps = torch.tensor([r.sampling.top_p for r in reqs], device=dev)
+        stop_rows = torch.tensor([r.sampling.stop_at_newline for r in reqs], device=dev)
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max(r.sampling.max_tokens for r in reqs),
             do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.tokenizer.pad_token_id,
-            logits_processor=[PerRowSampler(gens, torch.tensor([r.sampling.temperature for r in reqs]),
-                                            torch.tensor([r.sampling.top_p for r in reqs]))],
-            stopping_criteria=[StopAtNewline(self.newline_ids, torch.tensor([r.sampling.stop_at_newline for r in reqs]))],
+            logits_processor=[PerRowSampler(gens, temps, top_ps)],
+            stopping_criteria=[StopAtNewline(self.newline_ids, stop_rows)],
             **kwargs,
         )
         new = out[:, ids.shape[1] :]

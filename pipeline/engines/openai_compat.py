@@ -1,0 +1,131 @@
+"""The ``openai`` engine: any OpenAI-compatible chat completions server (vllm serve, llama.cpp server,
+SGLang, ``contrastgen serve``).
+
+Requests go out concurrently from one event loop (bounded by ``engine.openai.concurrency``) through the
+official ``openai`` client, whose retries (``max_retries``: exponential backoff with jitter, honouring
+``Retry-After``) cover 429, 5xx, timeouts and dropped connections. What fails after those retries is
+raised as :class:`TransientEngineError` (the Prefect task may retry the part later) or
+:class:`EngineError` (a 4xx or a malformed answer: retrying will not help). The API key comes from the
+environment variable named by ``engine.openai.api_key_env`` only.
+
+Structured outputs: at start the engine asks the server for a one-of-two choice in vLLM's
+``structured_outputs`` request field; only a server that honours it gets them later (the pairs judge's
+0-5 score). Every task parses strictly either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+
+import openai
+
+from pipeline.engines.config import EngineConfig
+from pipeline.errors import EngineError, TransientEngineError
+from pipeline.records import Completion, GenerationRequest, Sampling
+
+
+def request_body(s: Sampling, structured: bool) -> dict:
+    """Our sampling as chat-completions arguments (``extra_body`` holds the non-OpenAI fields).
+
+    >>> request_body(Sampling(0.7, 0.95, 40, 2, 11), structured=False)
+    {'n': 2, 'temperature': 0.7, 'top_p': 0.95, 'max_tokens': 40, 'seed': 11, 'stop': ['\\n']}
+    >>> request_body(Sampling(0.0, 1.0, 4, 1, 3, stop_at_newline=False, choices=("0", "1")), structured=True)["extra_body"]
+    {'structured_outputs': {'choice': ['0', '1']}}
+    """
+    body: dict = {"n": s.n, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
+    if s.stop_at_newline:
+        body["stop"] = ["\n"]
+    if structured and s.choices:
+        body["extra_body"] = {"structured_outputs": {"choice": list(s.choices)}}
+    elif structured and s.json_schema:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": json.loads(s.json_schema)}}
+    return body
+
+
+def finish_reason(choice) -> str:
+    """Our finish reasons: ``length``, ``newline`` (stopped by the one-line stop; vLLM and ``contrastgen
+    serve`` report it as ``stop_reason``) or ``stop``. A server without ``stop_reason`` reports a newline
+    stop as a plain stop: the row is then judged by its text alone."""
+    if choice.finish_reason == "length":
+        return "length"
+    return "newline" if getattr(choice, "stop_reason", None) == "\n" else "stop"
+
+
+def _failure(exc: Exception, base_url: str) -> Exception:
+    """Our error for what the client raised once its own retries were spent."""
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)):
+        return TransientEngineError(f"openai engine at {base_url}: still failing after retries: {exc}. "
+                                    "Fix: check the server is up and not overloaded, or lower engine.openai.concurrency")
+    if isinstance(exc, openai.APIStatusError):
+        return EngineError(f"openai engine at {base_url}: expected a completion, got HTTP {exc.status_code}: "
+                           f"{exc.message}. Fix: check engine.openai.model and the server's supported parameters")
+    return EngineError(f"openai engine at {base_url}: expected an OpenAI chat completion, got a malformed answer "
+                       f"({type(exc).__name__}: {exc}). Fix: point engine.openai.base_url at an OpenAI-compatible /v1 root")
+
+
+class OpenAIEngine:
+    name = "openai"
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg.openai
+        self.model_id = cfg.model_id()
+        self.structured = False
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="openai-engine", daemon=True).start()
+        self._client, self._sem = self._call(self._open())
+
+    async def _open(self):
+        client = openai.AsyncOpenAI(
+            base_url=self.cfg.base_url, api_key=os.environ.get(self.cfg.api_key_env) or "none",
+            max_retries=self.cfg.max_retries, timeout=self.cfg.timeout_s,
+        )
+        return client, asyncio.Semaphore(self.cfg.concurrency)
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def warmup(self) -> None:
+        """Check the server answers, and probe structured outputs (``engine.openai.structured: auto``)."""
+        if self.cfg.structured == "auto":
+            probe = Sampling(0.0, 1.0, 2, 1, 0, stop_at_newline=False, choices=("yes", "no"))
+            try:
+                c = self.generate([GenerationRequest("probe", (("user", "Answer yes or no: is 2 > 1?"),), probe)], structured=True)[0]
+                self.structured = c.texts[0].strip() in probe.choices
+            except EngineError:
+                self.structured = False
+        self.generate([GenerationRequest("warmup", (("user", "Hi"),), Sampling(0.0, 1.0, 2, 1, 0))])
+
+    def generate(self, requests: list[GenerationRequest], structured: bool | None = None) -> list[Completion]:
+        use = self.structured if structured is None else structured
+        return self._call(self._all(requests, use))
+
+    async def _all(self, requests: list[GenerationRequest], structured: bool) -> list[Completion]:
+        return list(await asyncio.gather(*(self._one(r, structured) for r in requests)))
+
+    async def _one(self, req: GenerationRequest, structured: bool) -> Completion:
+        async with self._sem:
+            start = time.perf_counter()
+            try:
+                resp = await self._client.chat.completions.create(
+                    model=self.model_id, messages=[{"role": r, "content": c} for r, c in req.messages],
+                    **request_body(req.sampling, structured),
+                )
+                choices = sorted(resp.choices, key=lambda ch: ch.index)
+                texts = tuple(ch.message.content or "" for ch in choices)
+                reasons = tuple(finish_reason(ch) for ch in choices)
+                usage = resp.usage
+            except Exception as exc:  # noqa: BLE001 - classified into our two engine errors
+                raise _failure(exc, self.cfg.base_url) from exc
+        if len(texts) != req.sampling.n:
+            raise EngineError(f"openai engine at {self.cfg.base_url}: expected {req.sampling.n} choices for {req.key}, "
+                              f"got {len(texts)}. Fix: use a server that supports the `n` parameter, or set sampling.n: 1")
+        return Completion(req.key, texts, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+                          round(time.perf_counter() - start, 4), reasons)
+
+    def close(self) -> None:
+        self._call(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
