@@ -166,6 +166,8 @@ class _Positives:
     def row_cos(self) -> np.ndarray:
         """(N,) cosine of each row's kept positive; NaN where there is none."""
         g = self.of_row
+        if not len(self.kept):  # no group has a positive (e.g. negatives.paraphrase: false)
+            return np.full(len(g), np.nan)
         has = (g >= 0) & self.kept[g]
         return np.where(has, self.cos[g], np.nan)
 

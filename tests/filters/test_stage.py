@@ -99,3 +99,12 @@ def test_blind_balancing_leaves_unlisted_splits_alone_but_reports_them(text_scor
     assert res.report["blind_by_split"]["train"]["lm_loglik"]["after"] == pytest.approx(8 / 11)
     both = run_stage(pairs(rows, split="train"), config(surface=loose, blind={"splits": ["train", "test"]}), text_scorers)
     assert not both.keep.all() and both.report["blind"]["lm_loglik"]["after"] == pytest.approx(0.5, abs=0.04)
+
+
+def test_rows_without_any_positive(text_scorers):
+    """negatives.paraphrase: false leaves no group with a positive: every filter still runs (found by a
+    scheduled deployment run that crashed on an empty positives table)."""
+    rows = [(g, a, None, n, t, e) for g, a, _, n, t, e in ROWS]
+    res = run_stage(pairs(rows), config(blind={"enabled": False}), text_scorers)
+    assert not res.positive_drops and res.funnel[0].rows_in == 0
+    assert res.keep.sum() >= 1 and np.isfinite(res.semantic_sim).all()
