@@ -32,6 +32,7 @@ def inspect_summary(root: Path) -> dict[str, Any]:
     kind = KINDS.get(m.get("format"), KINDS["contrastgen.negatives/1"])[0]
     return {"format": m.get("format"), "counts": m["counts"], "per_type": m.get("per_type", []),
             "rationales": m.get("rationales"), "pairs": m.get("pairs"), "samples": sample_rows(root, m), "run_id": m.get("run_id"),
+            "releases": m.get("publish", {}).get("releases", []),
             "filters": m.get("filters", {}), "scores": score_summary(root, m),
             "blind_splits": m["config"].get("filters", {}).get(kind, {}).get("blind", {}).get("splits", [])}
 

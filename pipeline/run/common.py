@@ -12,7 +12,7 @@ from pipeline import __version__
 from pipeline.engines.pool import EnginePool
 from pipeline.records import GenerationRequest, Provenance, RawResult, Unit
 from pipeline.run.store import RunStore
-from pipeline.shards.writer import ShardInfo, ShardWriter
+from pipeline.shards.writer import ShardInfo
 
 
 @dataclass
@@ -77,19 +77,12 @@ def split_of(source_id: str, test_fraction: float) -> str:
     return "test" if bucket < test_fraction else "train"
 
 
-def write_split(root: Path, subdir: str, split: str, table, rows_per_shard: int) -> list[ShardInfo]:
-    with ShardWriter(root, split, rows_per_shard, table.num_rows, subdir=subdir) as w:
-        w.write(table)
-    return w.finalize()
+def publish_tables(cfg, kind: str, root: Path, tables: dict, run_id: str | None) -> tuple[list[ShardInfo], dict]:
+    """Publish a finalize's split tables (``rejected`` included): whole the first time, then only new rows
+    (:mod:`pipeline.shards.publish`). Returns every published shard and the manifest's ``publish`` record."""
+    from pipeline.shards.publish import publish, settings_sha
 
-
-def remove_stale(root: Path, shards: list[ShardInfo]) -> None:
-    """Delete shards of an earlier finalize (with another shard count) that this one did not write."""
-    keep = {root / s.path for s in shards}
-    for sub in ("data", "rejected"):
-        for stale in (root / sub).glob("*.arrow"):
-            if stale not in keep:
-                stale.unlink()
+    return publish(root, tables, cfg.output.rows_per_shard, settings_sha(cfg, kind), run_id)
 
 
 def check_input_output(cfg) -> None:

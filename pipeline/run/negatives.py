@@ -28,12 +28,12 @@ from pipeline.run.common import (
     Timing,
     check_input_output,
     commit_part,
-    remove_stale,
+    publish_tables,
     split_of,
-    write_split,
 )
 from pipeline.run.store import RunStore
 from pipeline.shards.card import write_card_and_manifest
+from pipeline.shards.publish import published_splits
 from pipeline.shards.schema import negatives_table, rejected_table
 from pipeline.shards.writer import ShardInfo
 from pipeline.tasks import negatives as task
@@ -145,11 +145,8 @@ def finalize(cfg: RunConfig, store: RunStore, inv: Inventory, timing: Timing, ru
     for r in rows:
         by_split[split_of(r.source_id, cfg.output.test_fraction)].append(r)
     rejects = inv.input_rejects + sorted(gen_rejects, key=lambda r: r.unit_key or "") + filter_rejects
-    shards: list[ShardInfo] = []
-    for split, split_rows in by_split.items():
-        shards += write_split(root, "data", split, negatives_table(split_rows), cfg.output.rows_per_shard)
-    shards += write_split(root, "rejected", "rejected", rejected_table(rejects), cfg.output.rows_per_shard)
-    remove_stale(root, shards)
+    tables = {split: negatives_table(split_rows) for split, split_rows in by_split.items()}
+    shards, published = publish_tables(cfg, "negatives", root, {**tables, "rejected": rejected_table(rejects)}, run_id)
     valid_positives = sum(1 for r in raws if r.task == task.PARAPHRASE) - sum(1 for r in gen_rejects if r.task == task.PARAPHRASE)
     summary = Summary(
         out=str(root), inputs=inv.inputs, input_rejected=len(inv.input_rejects), units=len(inv.unit_keys),
@@ -160,6 +157,7 @@ def finalize(cfg: RunConfig, store: RunStore, inv: Inventory, timing: Timing, ru
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
         tokens_out=sum(r.provenance.tokens_out for r in raws),
     )
+    summary.kept, summary.splits = sum(published_splits(shards).values()), published_splits(shards)
     plan = store.write_plan(inv.unit_keys)
-    write_card_and_manifest(cfg, store, summary, rows, raws, rejects, shards, inv.templates, run_id, stage, plan)
+    write_card_and_manifest(cfg, store, summary, rows, raws, rejects, shards, inv.templates, run_id, stage, plan, published)
     return summary

@@ -22,12 +22,12 @@ from pipeline.run.common import (
     Summary,
     Timing,
     commit_part,
-    remove_stale,
+    publish_tables,
     split_of,
-    write_split,
 )
 from pipeline.run.store import RunStore
 from pipeline.shards.card import write_pairs_card
+from pipeline.shards.publish import published_splits
 from pipeline.shards.schema import pairs_table, rejected_table
 from pipeline.shards.writer import ShardInfo
 from pipeline.tasks import pairs as task
@@ -141,11 +141,8 @@ def finalize(cfg: RunConfig, store: RunStore, plan: Plan, timing: Timing, run_id
         by_split[split_of(r.source_id, cfg.output.test_fraction)].append(r)
     gen_rejects = sorted(plan.seed_rejects + cand_rejects + judge_rejects, key=lambda r: (r.unit_key or "", r.seed or 0))
     rejects = plan.input_rejects + gen_rejects + filter_rejects
-    shards: list[ShardInfo] = []
-    for split, split_rows in by_split.items():
-        shards += write_split(root, "data", split, pairs_table(split_rows), cfg.output.rows_per_shard)
-    shards += write_split(root, "rejected", "rejected", rejected_table(rejects), cfg.output.rows_per_shard)
-    remove_stale(root, shards)
+    tables = {split: pairs_table(split_rows) for split, split_rows in by_split.items()}
+    shards, published = publish_tables(cfg, "pairs", root, {**tables, "rejected": rejected_table(rejects)}, run_id)
     summary = Summary(
         out=str(root), inputs=len(plan.sentences) + len(plan.input_rejects) if cfg.input.path else len(cfg.pairs.topics),
         input_rejected=len(plan.input_rejects), units=len(units),
@@ -156,6 +153,7 @@ def finalize(cfg: RunConfig, store: RunStore, plan: Plan, timing: Timing, run_id
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
         tokens_out=sum(r.provenance.tokens_out for r in raws),
     )
+    summary.kept, summary.splits = sum(published_splits(shards).values()), published_splits(shards)
     plan_info = store.write_plan(frozenset(u.key for u in units))
-    write_pairs_card(cfg, store, summary, asdict(stats), rows, raws, shards, plan.templates, run_id, fstage, plan_info)
+    write_pairs_card(cfg, store, summary, asdict(stats), rows, raws, shards, plan.templates, run_id, fstage, plan_info, published)
     return summary

@@ -21,12 +21,12 @@ from pipeline.run.common import (
     Timing,
     check_input_output,
     commit_part,
-    remove_stale,
+    publish_tables,
     split_of,
-    write_split,
 )
 from pipeline.run.store import RunStore
 from pipeline.shards.card import write_rationales_card
+from pipeline.shards.publish import published_splits
 from pipeline.shards.schema import rationales_table, rejected_table
 from pipeline.shards.writer import ShardInfo
 from pipeline.tasks import rationales as task
@@ -114,11 +114,8 @@ def finalize(cfg: RunConfig, store: RunStore, the_plan: Plan, timing: Timing, ru
     for r in rows:
         by_split[split_of(r.source_id, cfg.output.test_fraction)].append(r)
     rejects = the_plan.input_rejects + sorted(gen_rejects, key=lambda r: (r.unit_key or "", r.seed or 0)) + filter_rejects
-    shards: list[ShardInfo] = []
-    for split, split_rows in by_split.items():
-        shards += write_split(root, "data", split, rationales_table(split_rows), cfg.output.rows_per_shard)
-    shards += write_split(root, "rejected", "rejected", rejected_table(rejects), cfg.output.rows_per_shard)
-    remove_stale(root, shards)
+    tables = {split: rationales_table(split_rows) for split, split_rows in by_split.items()}
+    shards, published = publish_tables(cfg, "rationales", root, {**tables, "rejected": rejected_table(rejects)}, run_id)
     summary = Summary(
         out=str(root), inputs=len(the_plan.questions) + len(the_plan.input_rejects),
         input_rejected=len(the_plan.input_rejects), units=len(keys), generated=sum(len(c) for c in the_plan.pending),
@@ -128,6 +125,7 @@ def finalize(cfg: RunConfig, store: RunStore, the_plan: Plan, timing: Timing, ru
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
         tokens_out=sum(r.provenance.tokens_out for r in raws),
     )
+    summary.kept, summary.splits = sum(published_splits(shards).values()), published_splits(shards)
     plan_info = store.write_plan(frozenset(keys))
-    write_rationales_card(cfg, store, summary, stats, rows, raws, shards, the_plan.templates, run_id, stage, plan_info)
+    write_rationales_card(cfg, store, summary, stats, rows, raws, shards, the_plan.templates, run_id, stage, plan_info, published)
     return summary

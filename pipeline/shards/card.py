@@ -70,6 +70,7 @@ class CardParams:
     filter_report: dict[str, Any]
     thresholds: dict[str, Any]  # the filter config the stage ran with, as data
     plots: list[str]
+    releases: list[dict]
     kind: str = "negatives"  # the data kind: its filter settings are filters.<kind>
     anchor: str = "caption"  # what the anchor of a row is called
 
@@ -178,7 +179,7 @@ def _render(template: Path, params: Any) -> str:
 
 
 def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, shards, templates: dict[str, Template], run_id,
-                            stage: StageResult, plan: ShardInfo):
+                            stage: StageResult, plan: ShardInfo, published: dict):
     from pipeline.filters.plots import save_histograms
 
     root = store.root
@@ -201,7 +202,7 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
         no_positive=sum(1 for r in rows if r.positive is None), engine=engine, model=cfg.engine.model_id(),
         mode=cfg.negatives.mode, cfg=cfg, prompts={t: tpl.sha256 for t, tpl in templates.items()},
         config_yaml=yaml.safe_dump(cfg_json, sort_keys=False), funnel=stage.funnel, filter_report=stage.report,
-        thresholds=cfg_json["filters"]["negatives"], plots=plots,
+        thresholds=cfg_json["filters"]["negatives"], plots=plots, releases=published["releases"],
     )
     body = _render(_TEMPLATE, params)
     card = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body
@@ -210,7 +211,7 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
         "config": cfg_json, "versions": versions(),
         "prompts": {t: {"sha256": tpl.sha256, "file": tpl.path.name} for t, tpl in templates.items()},
         "shards": [asdict(s) for s in shards], "raw_parts": [asdict(s) for s in store.part_infos()],
-        "plan": asdict(plan),
+        "plan": asdict(plan), "publish": published,
         "counts": asdict(summary), "per_type": [asdict(s) for s in stats],
         "filters": {"funnel": [asdict(f) for f in stage.funnel], "report": _finite(stage.report),
                     "plots": [f"plots/{p}" for p in plots]},
@@ -239,24 +240,25 @@ class KindCardParams:
     plots: list[str]
     kind: str
     anchor: str
+    releases: list[dict]
 
 
 def write_rationales_card(cfg, store: RunStore, summary, stats, rows, raws, shards, templates, run_id, stage: StageResult,
-                          plan: ShardInfo) -> None:
+                          plan: ShardInfo, published: dict) -> None:
     """README.md and manifest.json of a rationales dataset (format ``contrastgen.rationales/1``)."""
     _write_kind_card("rationales", RATIONALES_SCHEMA, ("rationales", "chain-of-thought", "reasoning"), "neg_source",
-                     cfg, store, summary, asdict(stats), stats, rows, raws, shards, templates, run_id, stage, plan)
+                     cfg, store, summary, asdict(stats), stats, rows, raws, shards, templates, run_id, stage, plan, published)
 
 
 def write_pairs_card(cfg, store: RunStore, summary, stats: dict, rows, raws, shards, templates, run_id, stage: StageResult,
-                     plan: ShardInfo) -> None:
+                     plan: ShardInfo, published: dict) -> None:
     """README.md and manifest.json of a sentence-pairs dataset (format ``contrastgen.pairs/1``)."""
     _write_kind_card("pairs", PAIRS_SCHEMA, ("sentence-pairs", "nli", "sentence-embeddings"), "neg_instruction",
-                     cfg, store, summary, stats, stats, rows, raws, shards, templates, run_id, stage, plan)
+                     cfg, store, summary, stats, stats, rows, raws, shards, templates, run_id, stage, plan, published)
 
 
 def _write_kind_card(kind, schema, tags, sample_key, cfg, store, summary, stats_json, stats, rows, raws, shards, templates,
-                     run_id, stage, plan) -> None:
+                     run_id, stage, plan, published) -> None:
     """The card and manifest of the rationales and pairs kinds: one template per kind (card_<kind>.md)."""
     from pipeline.filters.plots import save_histograms
 
@@ -275,6 +277,7 @@ def _write_kind_card(kind, schema, tags, sample_key, cfg, store, summary, stats_
         model=cfg.engine.model_id(), cfg=cfg, prompts={t: tpl.sha256 for t, tpl in templates.items()},
         config_yaml=yaml.safe_dump(cfg_json, sort_keys=False), funnel=stage.funnel, filter_report=stage.report,
         thresholds=cfg_json["filters"][kind], plots=plots, kind=kind, anchor={"rationales": "question"}.get(kind, "anchor"),
+        releases=published["releases"],
     )
     card = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + _render(Path(__file__).with_name(f"card_{kind}.md"), params)
     manifest = {
@@ -282,7 +285,7 @@ def _write_kind_card(kind, schema, tags, sample_key, cfg, store, summary, stats_
         "config": cfg_json, "versions": versions(),
         "prompts": {t: {"sha256": tpl.sha256, "file": tpl.path.name} for t, tpl in templates.items()},
         "shards": [asdict(s) for s in shards], "raw_parts": [asdict(s) for s in store.part_infos()],
-        "plan": asdict(plan), "counts": asdict(summary), kind: _finite(stats_json),
+        "plan": asdict(plan), "publish": published, "counts": asdict(summary), kind: _finite(stats_json),
         "filters": {"funnel": [asdict(f) for f in stage.funnel], "report": _finite(stage.report),
                     "plots": [f"plots/{p}" for p in plots]},
     }

@@ -67,8 +67,10 @@ class ShardWriter:
     [2, 1]
     """
 
-    def __init__(self, root: Path, split: str, rows_per_shard: int, total_rows: int, subdir: str = "data"):
+    def __init__(self, root: Path, split: str, rows_per_shard: int, total_rows: int, subdir: str = "data",
+                 tag: str | None = None):
         self.root, self.split, self.rows_per_shard, self.subdir = Path(root), split, rows_per_shard, subdir
+        self.prefix = f"{split}-{tag}" if tag else split  # a release tag keeps appended shards' names apart
         self.n_shards = max(1, math.ceil(total_rows / rows_per_shard))
         self.total_rows = total_rows
         self._shards: list[ShardInfo] = []
@@ -83,7 +85,7 @@ class ShardWriter:
             raise ValueError(f"ShardWriter({self.split}): expected {self.total_rows} rows, got more")
         for start in range(0, max(table.num_rows, 1), self.rows_per_shard):
             chunk = table.slice(start, self.rows_per_shard)
-            rel = f"{self.subdir}/{self.split}-{len(self._shards):05d}-of-{self.n_shards:05d}.arrow"
+            rel = f"{self.subdir}/{self.prefix}-{len(self._shards):05d}-of-{self.n_shards:05d}.arrow"
             write_atomic(self.root / rel, chunk)
             self._shards.append(ShardInfo(rel, self.split, chunk.num_rows, sha256_file(self.root / rel), (self.root / rel).stat().st_size))
             self._written += chunk.num_rows

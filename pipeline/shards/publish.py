@@ -1,0 +1,112 @@
+"""Publishing a finalize's tables as shards: the first time whole, later runs incrementally.
+
+A dataset folder is append-only while its settings stay the same. A rerun (a scheduled deployment whose
+input file grew, or a resumed run) writes only rows that no published shard holds, as new shards of its
+own release (``data/{split}-rNNN-...arrow``, matched by the card's ``data/{split}-*.arrow`` patterns);
+published shards are never rewritten, so a consumer that copied them keeps a valid prefix of the dataset.
+When the settings that decide rows change (the kind's filters, the split fraction, contrastgen's
+version), the folder is published whole again as release 0: old rows may no longer pass.
+
+``manifest.json`` is the commit point: it lists the published shards and the releases. It is written last
+(after the card), each file atomically; shards a crashed finalize wrote but no manifest lists are
+deleted by the next one, which writes them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import __version__
+from pipeline.shards.writer import ShardInfo, ShardWriter, read_stream
+
+REJECTION_KEY = ("stage", "reason", "source_id", "task", "unit_key", "file", "line", "raw")
+
+
+def settings_sha(cfg, kind: str) -> str:
+    """Hash of what decides a kind's rows once its units are generated."""
+    blob = {"kind": kind, "filters": getattr(cfg.filters, kind).model_dump(mode="json"),
+            "test_fraction": cfg.output.test_fraction, "version": __version__}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _previous(root: Path, sha: str) -> tuple[list[ShardInfo], list[dict]] | None:
+    """(shards, releases) of the folder's manifest when its settings match ``sha``, else None (publish whole)."""
+    path = root / "manifest.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text(encoding="utf-8"))
+    if m.get("publish", {}).get("settings_sha") != sha or not all((root / s["path"]).is_file() for s in m["shards"]):
+        return None
+    return [ShardInfo(**s) for s in m["shards"]], list(m["publish"]["releases"])
+
+
+def _rejection_keys(table: pa.Table) -> list[tuple]:
+    cols = [table.column(c).to_pylist() for c in REJECTION_KEY]
+    return list(zip(*cols))
+
+
+def _fresh(root: Path, old: list[ShardInfo], split: str, table: pa.Table) -> pa.Table:
+    """Rows of ``table`` that no published shard of ``split`` holds."""
+    mine = [read_stream(root / s.path) for s in old if s.split == split]
+    if not mine or not table.num_rows:
+        return table
+    if split == "rejected":
+        seen = {k for t in mine for k in _rejection_keys(t)}
+        return table.filter(pa.array([k not in seen for k in _rejection_keys(table)], pa.bool_()))
+    seen_ids = pa.concat_arrays([t.column("id").combine_chunks() for t in mine])
+    return table.filter(pc.invert(pc.is_in(table.column("id"), value_set=seen_ids)))
+
+
+def _write(root: Path, split: str, table: pa.Table, rows_per_shard: int, tag: str | None) -> list[ShardInfo]:
+    subdir = "rejected" if split == "rejected" else "data"
+    with ShardWriter(root, split, rows_per_shard, table.num_rows, subdir=subdir, tag=tag) as w:
+        w.write(table)
+    return w.finalize()
+
+
+def publish(root: Path, tables: dict[str, pa.Table], rows_per_shard: int, sha: str,
+            run_id: str | None) -> tuple[list[ShardInfo], dict]:
+    """Write ``tables`` (split -> table, ``rejected`` included) whole or incrementally; return every published
+    shard and the manifest's ``publish`` record (settings hash and releases)."""
+    prev = _previous(root, sha)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if prev is None:
+        shards = [s for split, t in tables.items() for s in _write(root, split, t, rows_per_shard, None)]
+        releases = [{"release": 0, "run_id": run_id, "time": stamp, "mode": "whole",
+                     "added": {split: t.num_rows for split, t in tables.items()}}]
+    else:
+        shards, releases = prev
+        tag = f"r{len(releases):03d}"
+        fresh = {split: _fresh(root, shards, split, t) for split, t in tables.items()}
+        new = [s for split, t in fresh.items() if t.num_rows for s in _write(root, split, t, rows_per_shard, tag)]
+        if new:
+            shards = shards + new
+            releases.append({"release": len(releases), "run_id": run_id, "time": stamp, "mode": "append",
+                             "added": {split: t.num_rows for split, t in fresh.items()}})
+    _remove_unlisted(root, shards)
+    return shards, {"settings_sha": sha, "releases": releases}
+
+
+def _remove_unlisted(root: Path, shards: list[ShardInfo]) -> None:
+    keep = {root / s.path for s in shards}
+    for sub in ("data", "rejected"):
+        for stale in (root / sub).glob("*.arrow"):
+            if stale not in keep:
+                stale.unlink()
+
+
+def published_splits(shards: list[ShardInfo]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in shards:
+        if s.split != "rejected":
+            out[s.split] = out.get(s.split, 0) + s.rows
+    return out
+
+
+

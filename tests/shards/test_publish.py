@@ -1,0 +1,59 @@
+"""Incremental publishing: whole the first time, then only new rows as new shards; old shards never rewritten."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from pipeline.shards.publish import publish, published_splits
+from pipeline.shards.writer import read_stream, sha256_file, write_bytes_atomic
+
+
+def _tables(ids: list[str], rejected: list[str]) -> dict[str, pa.Table]:
+    rej = {c: pa.array([None] * len(rejected), pa.string()) for c in ("stage", "source_id", "task", "unit_key", "file")}
+    rej.update(reason=pa.array(["too_short"] * len(rejected)), raw=pa.array(rejected), line=pa.array([None] * len(rejected), pa.int64()))
+    return {"train": pa.table({"id": ids, "text": [f"t{i}" for i in ids]}),
+            "test": pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}),
+            "rejected": pa.table(rej)}
+
+
+def _commit(root, shards, published) -> None:
+    """What a finalize does after publishing: the manifest is the commit point."""
+    write_bytes_atomic(root / "manifest.json", json.dumps({"shards": [s.__dict__ for s in shards], "publish": published}).encode())
+
+
+def _hashes(root) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.glob("*/*.arrow"))}
+
+
+def test_first_publish_is_whole_then_reruns_append_only_new_rows(tmp_path):
+    shards, pub = publish(tmp_path, _tables(["a", "b", "c"], ["x"]), 2, "s1", "run-1")
+    _commit(tmp_path, shards, pub)
+    assert published_splits(shards) == {"train": 3, "test": 0} and [r["mode"] for r in pub["releases"]] == ["whole"]
+    first = _hashes(tmp_path)
+
+    again, pub2 = publish(tmp_path, _tables(["a", "b", "c"], ["x"]), 2, "s1", "run-2")  # nothing new: no write
+    assert again == shards and pub2["releases"] == pub["releases"] and _hashes(tmp_path) == first
+
+    grown, pub3 = publish(tmp_path, _tables(["a", "b", "c", "d", "e"], ["x", "y"]), 2, "s1", "run-3")
+    _commit(tmp_path, grown, pub3)
+    now = _hashes(tmp_path)
+    assert {k: now[k] for k in first} == first  # old shards untouched
+    new = sorted(set(now) - set(first))
+    assert new == ["data/train-r001-00000-of-00001.arrow", "rejected/rejected-r001-00000-of-00001.arrow"]
+    assert read_stream(tmp_path / new[0]).column("id").to_pylist() == ["d", "e"]
+    assert read_stream(tmp_path / new[1]).column("raw").to_pylist() == ["y"]
+    assert pub3["releases"][-1] == {**pub3["releases"][-1], "release": 1, "run_id": "run-3", "mode": "append",
+                                    "added": {"train": 2, "test": 0, "rejected": 1}}
+    assert published_splits(grown) == {"train": 5, "test": 0}
+
+
+def test_changed_settings_publish_whole_again(tmp_path):
+    shards, pub = publish(tmp_path, _tables(["a", "b"], []), 10, "s1", "run-1")
+    _commit(tmp_path, shards, pub)
+    publish(tmp_path, _tables(["a", "b", "c"], []), 10, "s1", "run-2")  # a crash before the manifest: unlisted shards
+    shards, pub = publish(tmp_path, _tables(["b"], []), 10, "s2", "run-3")  # stricter filters: b only, whole
+    assert [r["mode"] for r in pub["releases"]] == ["whole"] and published_splits(shards)["train"] == 1
+    assert sorted(_hashes(tmp_path)) == ["data/test-00000-of-00001.arrow", "data/train-00000-of-00001.arrow",
+                                         "rejected/rejected-00000-of-00001.arrow"]  # the r001 leftovers are gone
