@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.retry import ENGINE_RETRIES
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
 from pipeline.run import negatives as steps
@@ -21,7 +22,7 @@ def plan(cfg: RunConfig, store: RunStore) -> steps.Plan:
     return steps.plan(cfg, store)
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, **ENGINE_RETRIES)
 def generate_part(pool: EnginePool, index: int, units: list, templates: dict, cfg: RunConfig, store: RunStore):
     return steps.generate_part(pool, index, units, templates, cfg, store)
 

@@ -57,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int)
     tr.add_argument("--config", type=Path, help="YAML train config (flags and CONTRASTGEN_TRAIN_* env override it)")
     tr.add_argument("--json", action="store_true", help="print one JSON summary object")
+    srv = sub.add_parser("serve", help="serve the embedded engine as an OpenAI-compatible API (for --engine openai)")
+    srv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--model-path", type=Path, help="a .gguf file or transformers folder (default: bundled SmolLM2)")
+    srv.add_argument("--device", help="torch device (cpu, cuda)")
+    srv.add_argument("--config", type=Path, help="YAML run config; its `engine:` section is used")
+    dep = sub.add_parser("deploy", help="serve Prefect deployments of the flows on cron/interval schedules (needs a Prefect API)",
+                         description="Reads a run file (YAML: deployments: [{name, kind, cron | interval, config, run}]), "
+                         "registers one Prefect deployment per entry and runs their scheduled and hand-triggered runs "
+                         "until stopped. Needs PREFECT_API_URL (e.g. `prefect server start`).")
+    dep.add_argument("run_file", type=Path, metavar="RUN_FILE")
     ev = sub.add_parser("evaluate", help="score a model on a dataset's held-out test split")
     ev.add_argument("model", type=Path, metavar="MODEL_DIR")
     ev.add_argument("dir", type=Path, metavar="DIR")
@@ -67,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
 def _run_flags(p: argparse.ArgumentParser) -> None:
     """The flags every generate command shares."""
     p.add_argument("--out", type=Path, help="output dataset directory")
-    p.add_argument("--engine", choices=["embedded"], help="generation engine (default: embedded)")
+    p.add_argument("--engine", choices=["embedded", "openai", "vllm"], help="generation engine (default: embedded)")
+    p.add_argument("--base-url", help="openai engine: the server's /v1 root (default http://127.0.0.1:8000/v1)")
     p.add_argument("--limit", type=int, help="use only the first N valid input rows")
     p.add_argument("--seed", type=int, help="run seed")
     p.add_argument("--workers", type=int, help="engine actors")
@@ -117,7 +129,10 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
         ("pairs", "topics"): getattr(a, "topics", None),
         ("sampling", "seed"): a.seed, ("ray", "workers"): a.workers, ("ray", "address"): a.ray_address,
     }
-    return _nest(flags)
+    out = _nest(flags)
+    if a.base_url:
+        out.setdefault("engine", {})["openai"] = {"base_url": a.base_url}
+    return out
 
 
 def _generate(a: argparse.Namespace) -> int:
@@ -132,13 +147,13 @@ def _generate(a: argparse.Namespace) -> int:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     import ray
 
-    from pipeline.engines.pool import ensure_ray
+    from pipeline.engines.pool import ensure_ray, needs_ray
 
     flow = getattr(importlib.import_module(f"flows.{a.kind}"), f"{a.kind}_flow")
     # SIGTERM becomes SystemExit so the finally below stops the local Ray we started (its actors would
     # otherwise outlive us and keep burning CPU). After SIGKILL nothing runs: `ray stop` cleans up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    started = ensure_ray(cfg.ray)
+    started = ensure_ray(cfg.ray) if needs_ray(cfg.engine) else False
     try:
         summary = flow(cfg.model_dump(mode="json"))
     finally:
@@ -207,7 +222,25 @@ def _inspect(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": _generate, "filter": _filter, "inspect": _inspect, "train": _train, "evaluate": _evaluate}
+def _serve(a: argparse.Namespace) -> int:
+    from pipeline.serve import serve
+
+    cfg = load_config(a.config, _nest({("engine", "model_path"): a.model_path, ("engine", "device"): a.device}))
+    print(f"contrastgen serve: loading {cfg.engine.model_id()} on {cfg.engine.device}; "
+          f"API at http://{a.host}:{a.port}/v1", flush=True)
+    serve(cfg, a.host, a.port)
+    return 0
+
+
+def _deploy(a: argparse.Namespace) -> int:
+    from pipeline.deploy import deploy
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    deploy(a.run_file)
+    return 0
+
+
+COMMANDS = {"generate": _generate, "serve": _serve, "deploy": _deploy, "filter": _filter, "inspect": _inspect, "train": _train, "evaluate": _evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,120 @@
+"""`contrastgen deploy` against a real `prefect server` started here: the deployment and its schedule are
+registered, runs triggered by hand execute, the card links each flow run, and a rerun after the input grew
+appends new shards without rewriting the old ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.shards.writer import sha256_file
+from tests.conftest import coco_captions, write_jsonl
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(proc: subprocess.Popen, check, what: str, timeout: float = 180):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            out = check()
+            if out:
+                return out
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        assert proc.poll() is None, f"{what}: the process exited ({proc.returncode})"
+        assert time.time() < deadline, f"{what}: not ready after {timeout} s"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": "", "PREFECT_SERVER_API_PORT": str(port)}
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    _wait(proc, lambda: urllib.request.urlopen(url + "/health", timeout=2).status == 200, "prefect server")
+    yield url
+    proc.terminate()
+    proc.wait(60)
+
+
+def test_deploy_refuses_without_a_prefect_api(tmp_path):
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump({"deployments": [{"name": "n", "kind": "negatives", "cron": "0 2 * * *", "run": {
+        "input": {"path": str(write_jsonl(tmp_path / "in.jsonl", coco_captions(1)))}, "output": {"dir": str(tmp_path / "o")}}}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {"PREFECT_HOME": str(tmp_path / "ph")}
+    out = subprocess.run([str(BIN / "contrastgen"), "deploy", str(run_file)], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "no Prefect API is configured" in out.stderr and "prefect server start" in out.stderr
+
+
+def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(2, offset=40))
+    out = tmp_path / "ds"
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump({"deployments": [{
+        "name": "yearly", "kind": "negatives", "cron": "0 0 1 1 *",
+        "run": {"input": {"path": str(inp)}, "output": {"dir": str(out)},
+                "negatives": {"types": ["swap_att", "replace_obj"], "paraphrase": False}}}]}))
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(tmp_path / "ph")}
+    log = open(tmp_path / "deploy.log", "wb")
+    proc = subprocess.Popen([str(BIN / "contrastgen"), "deploy", str(run_file)], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    try:
+        with temporary_settings({PREFECT_API_URL: prefect_server}):
+            async def read():
+                async with get_client() as client:
+                    return await client.read_deployment_by_name("contrastgen-negatives/yearly")
+
+            import asyncio
+
+            dep = _wait(proc, lambda: asyncio.run(read()), "deployment registered")
+            assert [s.schedule.cron for s in dep.schedules] == ["0 0 1 1 *"]
+            assert dep.parameters["config"]["output"]["dir"] == str(out)
+
+            first = run_deployment("contrastgen-negatives/yearly", timeout=600)
+            assert first.state.is_completed(), (tmp_path / "deploy.log").read_text()[-3000:]
+            manifest = json.loads((out / "manifest.json").read_text())
+            assert manifest["run_id"] == str(first.id) and str(first.id) in (out / "README.md").read_text()
+            old = {p: sha256_file(p) for p in (out / "data").glob("*.arrow")}
+            old_ids = manifest["publish"]["releases"][0]["added"]
+
+            write_jsonl(inp, coco_captions(3, offset=40))  # the input grew by one caption
+            second = run_deployment("contrastgen-negatives/yearly", timeout=600)
+            assert second.state.is_completed()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    manifest = json.loads((out / "manifest.json").read_text())
+    releases = manifest["publish"]["releases"]
+    assert [r["mode"] for r in releases] == ["whole", "append"] and releases[1]["run_id"] == str(second.id)
+    assert {p: sha256_file(p) for p in old} == old  # published shards never rewritten
+    new = [s for s in manifest["shards"] if "-r001-" in s["path"]]
+    assert new and all((out / s["path"]).is_file() for s in new)
+    assert sum(s["rows"] for s in manifest["shards"] if s["split"] != "rejected") == manifest["counts"]["kept"]
+    assert manifest["counts"]["reused"] == 2 * 2 and old_ids  # the first caption's units were not generated again
+    card = (out / "README.md").read_text()
+    assert str(first.id) in card and str(second.id) in card
