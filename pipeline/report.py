@@ -104,6 +104,9 @@ def print_report(root: Path, console: Console | None = None) -> None:
             funnel.add_row(key.replace("_", " "), str(n))
     for split, n in c["splits"].items():
         funnel.add_row(f"rows in {split}", str(n))
+    if info["releases"]:
+        last = info["releases"][-1]
+        funnel.add_row("releases (published, never rewritten)", f"{len(info['releases'])}; last: run {last['run_id']}, {last['mode']}")
     console.print(funnel)
     if info["per_type"]:
         types = Table(title="Per type")

@@ -139,7 +139,7 @@ def text_scorers(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def openai_server():
+def openai_server(tmp_path_factory):
     """(base_url, model) of an OpenAI-compatible server: $CONTRASTGEN_TEST_OPENAI_BASE_URL (and
     $CONTRASTGEN_TEST_OPENAI_MODEL) when set, else a real `contrastgen serve` started here on 127.0.0.1."""
     import socket
@@ -155,14 +155,15 @@ def openai_server():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cli = str(Path(sys.executable).parent / "contrastgen")
-    proc = subprocess.Popen([cli, "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"  # a file, not a pipe: a full pipe would block the server
+    proc = subprocess.Popen([cli, "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     url, deadline = f"http://127.0.0.1:{port}/v1", time.time() + 300
     while True:
         try:
             urllib.request.urlopen(url + "/models", timeout=2)
             break
         except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
             assert time.time() < deadline, "contrastgen serve did not answer in 300 s"
             time.sleep(0.5)
     yield url, None

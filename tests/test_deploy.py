@@ -100,7 +100,7 @@ def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, 
             manifest = json.loads((out / "manifest.json").read_text())
             assert manifest["run_id"] == str(first.id) and str(first.id) in (out / "README.md").read_text()
             old = {p: sha256_file(p) for p in (out / "data").glob("*.arrow")}
-            old_ids = manifest["publish"]["releases"][0]["added"]
+            first_added = manifest["publish"]["releases"][0]["added"]
 
             write_jsonl(inp, coco_captions(3, offset=40))  # the input grew by one caption
             second = run_deployment("contrastgen-negatives/yearly", timeout=600)
@@ -115,6 +115,10 @@ def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, 
     new = [s for s in manifest["shards"] if "-r001-" in s["path"]]
     assert new and all((out / s["path"]).is_file() for s in new)
     assert sum(s["rows"] for s in manifest["shards"] if s["split"] != "rejected") == manifest["counts"]["kept"]
-    assert manifest["counts"]["reused"] == 2 * 2 and old_ids  # the first caption's units were not generated again
+    assert manifest["counts"]["reused"] == 2 * 2  # the first captions' units were not generated again
+    assert releases[1]["added"]["train"] + releases[1]["added"]["test"] + first_added["train"] + first_added["test"] \
+        == manifest["counts"]["kept"]
+    shown = subprocess.run([str(BIN / "contrastgen"), "inspect", str(out), "--json"], capture_output=True, text=True, check=True)
+    assert [r["run_id"] for r in json.loads(shown.stdout)["releases"]] == [str(first.id), str(second.id)]
     card = (out / "README.md").read_text()
     assert str(first.id) in card and str(second.id) in card
