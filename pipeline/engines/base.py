@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from pipeline.engines.config import EngineConfig
-from pipeline.records import Completion, GenerationRequest
+from pipeline.records import Completion, GenerationRequest, Sampling
 
 
 class Engine(Protocol):
@@ -19,6 +19,25 @@ class Engine(Protocol):
     def warmup(self) -> None:
         """Pay one-time start-up costs (first forward pass) before real work is timed."""
         ...
+
+
+def sampling_args(s: Sampling) -> dict:
+    """The sampling fields OpenAI-style APIs (the openai engine's requests, vLLM's ``SamplingParams``) share:
+    ``n``, ``temperature``, ``top_p``, ``max_tokens``, ``seed``, and ``stop: ["\\n"]`` for one-line tasks."""
+    args: dict = {"n": s.n, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
+    if s.stop_at_newline:
+        args["stop"] = ["\n"]
+    return args
+
+
+def finish_reason(output) -> str:
+    """Our finish reason of one OpenAI-style output (an openai ``Choice`` or a vLLM ``CompletionOutput``, both
+    with ``finish_reason`` and vLLM's ``stop_reason``): ``length``, ``newline`` (stopped by the one-line
+    stop) or ``stop``. A server without ``stop_reason`` reports a newline stop as a plain stop: the row is
+    then judged by its text alone."""
+    if output.finish_reason == "length":
+        return "length"
+    return "newline" if getattr(output, "stop_reason", None) == "\n" else "stop"
 
 
 def _embedded(cfg: EngineConfig) -> Engine:

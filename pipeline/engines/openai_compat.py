@@ -23,6 +23,7 @@ import time
 
 import openai
 
+from pipeline.engines.base import finish_reason, sampling_args
 from pipeline.engines.config import EngineConfig
 from pipeline.errors import EngineError, TransientEngineError
 from pipeline.records import Completion, GenerationRequest, Sampling
@@ -36,23 +37,12 @@ def request_body(s: Sampling, structured: bool) -> dict:
     >>> request_body(Sampling(0.0, 1.0, 4, 1, 3, stop_at_newline=False, choices=("0", "1")), structured=True)["extra_body"]
     {'structured_outputs': {'choice': ['0', '1']}}
     """
-    body: dict = {"n": s.n, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
-    if s.stop_at_newline:
-        body["stop"] = ["\n"]
+    body = sampling_args(s)
     if structured and s.choices:
         body["extra_body"] = {"structured_outputs": {"choice": list(s.choices)}}
     elif structured and s.json_schema:
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": json.loads(s.json_schema)}}
     return body
-
-
-def finish_reason(choice) -> str:
-    """Our finish reasons: ``length``, ``newline`` (stopped by the one-line stop; vLLM and ``contrastgen
-    serve`` report it as ``stop_reason``) or ``stop``. A server without ``stop_reason`` reports a newline
-    stop as a plain stop: the row is then judged by its text alone."""
-    if choice.finish_reason == "length":
-        return "length"
-    return "newline" if getattr(choice, "stop_reason", None) == "\n" else "stop"
 
 
 def _failure(exc: Exception, base_url: str) -> Exception:
@@ -125,7 +115,3 @@ class OpenAIEngine:
                               f"got {len(texts)}. Fix: use a server that supports the `n` parameter, or set sampling.n: 1")
         return Completion(req.key, texts, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
                           round(time.perf_counter() - start, 4), reasons)
-
-    def close(self) -> None:
-        self._call(self._client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)

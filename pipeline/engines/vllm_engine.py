@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 
+from pipeline.engines.base import finish_reason, sampling_args
 from pipeline.engines.config import EngineConfig, VLLMEngineConfig
 from pipeline.errors import ConfigError
 from pipeline.records import Completion, GenerationRequest, Sampling
@@ -52,9 +53,7 @@ def sampling_kwargs(s: Sampling, structured: bool) -> dict:
     >>> sampling_kwargs(Sampling(0.0, 1.0, 4, 1, 3, False, choices=("0", "1")), structured=True)["structured_outputs"]
     {'choice': ['0', '1']}
     """
-    kw: dict = {"n": s.n, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
-    if s.stop_at_newline:
-        kw["stop"] = ["\n"]
+    kw = sampling_args(s)
     if structured and s.choices:
         kw["structured_outputs"] = {"choice": list(s.choices)}
     elif structured and s.json_schema:
@@ -65,7 +64,7 @@ def sampling_kwargs(s: Sampling, structured: bool) -> dict:
 def to_completion(req: GenerationRequest, out, latency_s: float) -> Completion:
     """One ``RequestOutput`` as our completion (a ``stop_reason`` of "\\n" is our ``newline`` stop)."""
     outs = list(out.outputs)
-    reasons = tuple("length" if o.finish_reason == "length" else "newline" if o.stop_reason == "\n" else "stop" for o in outs)
+    reasons = tuple(finish_reason(o) for o in outs)
     return Completion(req.key, tuple(o.text for o in outs), len(out.prompt_token_ids or ()),
                       sum(len(o.token_ids) for o in outs), round(latency_s, 4), reasons)
 

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.config import load_config
+from pipeline.engines.base import finish_reason
 from pipeline.engines.config import EngineConfig, VLLMEngineConfig
-from pipeline.engines.openai_compat import finish_reason, request_body
+from pipeline.engines.openai_compat import request_body
 from pipeline.engines.vllm_engine import (
     llm_kwargs,
     replica_count,
