@@ -147,17 +147,17 @@ def finalize(cfg: RunConfig, store: RunStore, inv: Inventory, timing: Timing, ru
     rejects = inv.input_rejects + sorted(gen_rejects, key=lambda r: r.unit_key or "") + filter_rejects
     tables = {split: negatives_table(split_rows) for split, split_rows in by_split.items()}
     shards, published = publish_tables(cfg, "negatives", root, {**tables, "rejected": rejected_table(rejects)}, run_id)
+    splits = published_splits(shards)  # the dataset's rows: earlier releases' included
     valid_positives = sum(1 for r in raws if r.task == task.PARAPHRASE) - sum(1 for r in gen_rejects if r.task == task.PARAPHRASE)
     summary = Summary(
         out=str(root), inputs=inv.inputs, input_rejected=len(inv.input_rejects), units=len(inv.unit_keys),
-        generated=inv.generated, reused=inv.reused, kept=len(rows), rejected=len(gen_rejects),
+        generated=inv.generated, reused=inv.reused, kept=sum(splits.values()), rejected=len(gen_rejects),
         positives=valid_positives - len(stage.positive_drops), filtered=len(filter_rejects),
-        splits={k: len(v) for k, v in by_split.items()},
+        splits=splits,
         rejected_by_reason=dict(sorted(Counter(r.reason for r in rejects).items())),
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
         tokens_out=sum(r.provenance.tokens_out for r in raws),
     )
-    summary.kept, summary.splits = sum(published_splits(shards).values()), published_splits(shards)
     plan = store.write_plan(inv.unit_keys)
     write_card_and_manifest(cfg, store, summary, rows, raws, rejects, shards, inv.templates, run_id, stage, plan, published)
     return summary

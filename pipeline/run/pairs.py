@@ -143,17 +143,17 @@ def finalize(cfg: RunConfig, store: RunStore, plan: Plan, timing: Timing, run_id
     rejects = plan.input_rejects + gen_rejects + filter_rejects
     tables = {split: pairs_table(split_rows) for split, split_rows in by_split.items()}
     shards, published = publish_tables(cfg, "pairs", root, {**tables, "rejected": rejected_table(rejects)}, run_id)
+    splits = published_splits(shards)  # the dataset's rows: earlier releases' included
     summary = Summary(
         out=str(root), inputs=len(plan.sentences) + len(plan.input_rejects) if cfg.input.path else len(cfg.pairs.topics),
         input_rejected=len(plan.input_rejects), units=len(units),
         generated=sum(len(c) for st in plan.stages.values() for c in st.pending),
-        reused=sum(st.reused for st in plan.stages.values()), kept=len(rows), rejected=len(gen_rejects),
-        positives=len(rows), filtered=len(filter_rejects), splits={k: len(v) for k, v in by_split.items()},
+        reused=sum(st.reused for st in plan.stages.values()), kept=sum(splits.values()), rejected=len(gen_rejects),
+        positives=len(rows), filtered=len(filter_rejects), splits=splits,
         rejected_by_reason=dict(sorted(Counter(r.reason for r in rejects).items())),
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
         tokens_out=sum(r.provenance.tokens_out for r in raws),
     )
-    summary.kept, summary.splits = sum(published_splits(shards).values()), published_splits(shards)
     plan_info = store.write_plan(frozenset(u.key for u in units))
     write_pairs_card(cfg, store, summary, asdict(stats), rows, raws, shards, plan.templates, run_id, fstage, plan_info, published)
     return summary

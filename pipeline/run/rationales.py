@@ -116,16 +116,16 @@ def finalize(cfg: RunConfig, store: RunStore, the_plan: Plan, timing: Timing, ru
     rejects = the_plan.input_rejects + sorted(gen_rejects, key=lambda r: (r.unit_key or "", r.seed or 0)) + filter_rejects
     tables = {split: rationales_table(split_rows) for split, split_rows in by_split.items()}
     shards, published = publish_tables(cfg, "rationales", root, {**tables, "rejected": rejected_table(rejects)}, run_id)
+    splits = published_splits(shards)  # the dataset's rows: earlier releases' included
     summary = Summary(
         out=str(root), inputs=len(the_plan.questions) + len(the_plan.input_rejects),
         input_rejected=len(the_plan.input_rejects), units=len(keys), generated=sum(len(c) for c in the_plan.pending),
-        reused=the_plan.reused, kept=len(rows), rejected=len(gen_rejects), positives=len({(r.source_id, r.positive) for r in rows}),
-        filtered=len(filter_rejects), splits={k: len(v) for k, v in by_split.items()},
+        reused=the_plan.reused, kept=sum(splits.values()), rejected=len(gen_rejects), positives=len({(r.source_id, r.positive) for r in rows}),
+        filtered=len(filter_rejects), splits=splits,
         rejected_by_reason=dict(sorted(Counter(r.reason for r in rejects).items())),
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
         tokens_out=sum(r.provenance.tokens_out for r in raws),
     )
-    summary.kept, summary.splits = sum(published_splits(shards).values()), published_splits(shards)
     plan_info = store.write_plan(frozenset(keys))
     write_rationales_card(cfg, store, summary, stats, rows, raws, shards, the_plan.templates, run_id, stage, plan_info, published)
     return summary
