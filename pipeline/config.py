@@ -400,6 +400,11 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
     return resolve(RunConfig, config_file, overrides)
 
 
+def problem_lines(exc: ValidationError) -> list[str]:
+    """One ``  - field.path: message (got value)`` line per validation problem."""
+    return [f"  - {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in exc.errors()]
+
+
 def resolve(cls: type[Settings], config_file: Path | None, overrides: dict[str, Any] | None,
             base: dict[str, Any] | None = None):
     """Build settings ``cls`` from defaults < ``base`` (a saved config) < YAML file < environment < ``overrides`` (the CLI)."""
@@ -407,10 +412,7 @@ def resolve(cls: type[Settings], config_file: Path | None, overrides: dict[str, 
     try:
         return cls(**(overrides or {}))
     except ValidationError as exc:
-        lines = [
-            f"  - {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
-            for err in exc.errors()
-        ]
+        lines = problem_lines(exc)
         src = f" (file {config_file})" if config_file else ""
         raise ConfigError(
             f"invalid configuration{src}, {len(lines)} problem(s):\n" + "\n".join(lines)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.config import RunConfig, deep_merge, read_yaml, resolve
+from pipeline.config import RunConfig, deep_merge, problem_lines, read_yaml, resolve
 from pipeline.errors import ConfigError, ContrastgenError
 
 NO_API = (
@@ -72,7 +72,7 @@ def read_run_file(path: Path) -> list[Planned]:
     try:
         run_file = RunFile.model_validate(read_yaml(path))
     except ValidationError as exc:
-        lines = [f"  - {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = problem_lines(exc)
         raise ConfigError(f"{path}: invalid run file, {len(lines)} problem(s):\n" + "\n".join(lines)
                           + "\nFix: see `contrastgen deploy --help` for the layout") from None
     out = []
