@@ -28,6 +28,26 @@ def coco_captions(n: int, offset: int = 0) -> list[dict]:
     return rows[offset : offset + n]
 
 
+def assert_rerun_makes_no_llm_call(flow_module, run, monkeypatch) -> dict:
+    """Rerun a finished session run of ``flow_module`` (flows.<kind>) with engine start-up forbidden: zero
+    units generated, every unit reused, the same rows, and data, rejected and raw shards byte-identical."""
+    from pipeline.shards.writer import sha256_file
+
+    cfg, s = run
+    root = cfg.output.dir
+    before = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.glob("*/*.arrow"))}
+
+    def no_engine(*a, **k):
+        raise AssertionError("a finished run must not start an engine")
+
+    monkeypatch.setattr(flow_module, "EnginePool", no_engine)
+    kind = flow_module.__name__.rsplit(".", 1)[-1]
+    again = getattr(flow_module, f"{kind}_flow")(cfg.model_dump(mode="json"))
+    assert (again["generated"], again["reused"], again["kept"]) == (0, s["units"], s["kept"])
+    assert {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.glob("*/*.arrow"))} == before
+    return again
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -13,6 +13,7 @@ from pipeline.run.store import RunStore
 from pipeline.shards.writer import sha256_file
 from pipeline.tasks import negatives as task
 from pipeline.tasks.structure import check_shapes
+from tests.conftest import assert_rerun_makes_no_llm_call
 
 pytestmark = pytest.mark.integration
 
@@ -90,20 +91,10 @@ def test_rejected_config_card_and_manifest_agree(run):
 
 
 def test_rerun_is_a_noop_with_zero_llm_calls(run, monkeypatch):
-    import flows.negatives as flow_mod
+    import flows.negatives
 
-    cfg, s = run
-    root = cfg.output.dir
-    before = {p: sha256_file(root / p) for p in map(str, sorted(p.relative_to(root) for p in root.glob("*/*.arrow")))}
-
-    def no_engine(*a, **k):
-        raise AssertionError("a finished run must not start an engine")
-
-    monkeypatch.setattr(flow_mod, "EnginePool", no_engine)
-    again = flow_mod.negatives_flow(cfg.model_dump(mode="json"))
-    assert (again["generated"], again["reused"], again["kept"]) == (0, 90, s["kept"])
-    after = {p: sha256_file(root / p) for p in map(str, sorted(p.relative_to(root) for p in root.glob("*/*.arrow")))}
-    assert after == before  # data, rejected and raw shards byte-identical
+    again = assert_rerun_makes_no_llm_call(flows.negatives, run, monkeypatch)
+    assert again["reused"] == 90
 
 
 def test_second_concurrent_run_fails_at_once(run):

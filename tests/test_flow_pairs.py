@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.run.store import RunStore
 from pipeline.tasks import pairs as task
-from tests.conftest import snli_premises
+from tests.conftest import assert_rerun_makes_no_llm_call, snli_premises
 
 pytestmark = pytest.mark.integration
 GOLDEN = (3, 1, 0)  # kept, rejected, filtered
@@ -80,18 +80,6 @@ def test_from_scratch_mode_generates_its_own_anchors(tmp_path, ray_session, pref
 
 
 def test_rerun_is_a_noop_with_zero_llm_calls(pairs_run, monkeypatch):
-    import flows.pairs as flow_mod
-    from pipeline.shards.writer import sha256_file
+    import flows.pairs
 
-    cfg, s = pairs_run
-    root = cfg.output.dir
-    shards = lambda: {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.glob("*/*.arrow"))}  # noqa: E731
-    before = shards()
-
-    def no_engine(*a, **k):
-        raise AssertionError("a finished run must not start an engine")
-
-    monkeypatch.setattr(flow_mod, "EnginePool", no_engine)
-    again = flow_mod.pairs_flow(cfg.model_dump(mode="json"))  # every stage finds its units done
-    assert (again["generated"], again["reused"], again["kept"]) == (0, s["units"], s["kept"])
-    assert shards() == before
+    assert_rerun_makes_no_llm_call(flows.pairs, pairs_run, monkeypatch)  # every stage finds its units done

@@ -13,6 +13,7 @@ import pytest
 from pipeline.inputs import read_questions
 from pipeline.run.store import RunStore
 from pipeline.tasks import rationales as task
+from tests.conftest import assert_rerun_makes_no_llm_call
 
 pytestmark = pytest.mark.integration
 INVALID = {"truncated", "refusal", "too_short", "no_answer"}
@@ -82,18 +83,6 @@ def test_the_trainer_reads_rationales_with_the_question_as_anchor(rationales_run
 
 
 def test_rerun_is_a_noop_with_zero_llm_calls(rationales_run, monkeypatch):
-    import flows.rationales as flow_mod
-    from pipeline.shards.writer import sha256_file
+    import flows.rationales
 
-    cfg, s = rationales_run
-    root = cfg.output.dir
-    shards = lambda: {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.glob("*/*.arrow"))}  # noqa: E731
-    before = shards()
-
-    def no_engine(*a, **k):
-        raise AssertionError("a finished run must not start an engine")
-
-    monkeypatch.setattr(flow_mod, "EnginePool", no_engine)
-    again = flow_mod.rationales_flow(cfg.model_dump(mode="json"))
-    assert (again["generated"], again["reused"], again["kept"]) == (0, s["units"], s["kept"])
-    assert shards() == before  # data, rejected and raw shards byte-identical
+    assert_rerun_makes_no_llm_call(flows.rationales, rationales_run, monkeypatch)
