@@ -14,7 +14,7 @@ from flows.retry import ENGINE_RETRIES
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
 from pipeline.run import negatives as steps
-from pipeline.run.store import RunStore
+from pipeline.run.store import RunStore, store_of
 
 
 @task(cache_policy=NO_CACHE)
@@ -35,7 +35,7 @@ def finalize(cfg: RunConfig, store: RunStore, the_plan: steps.Plan, timing: step
 @flow(name="contrastgen-negatives", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False)
 def negatives_flow(config: dict[str, Any]) -> dict[str, Any]:
     cfg = RunConfig.model_validate(config)
-    with RunStore(cfg.output.dir) as store:
+    with store_of(cfg, "negatives") as store:
         the_plan = plan(cfg, store)
         timing = steps.Timing()
         if the_plan.pending:

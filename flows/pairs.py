@@ -19,7 +19,7 @@ from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
 from pipeline.run import pairs as steps
 from pipeline.run.common import Timing
-from pipeline.run.store import RunStore
+from pipeline.run.store import RunStore, store_of
 from pipeline.tasks import pairs as pair_task
 
 
@@ -59,7 +59,7 @@ class _Engines:
 @flow(name="contrastgen-pairs", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False)
 def pairs_flow(config: dict[str, Any]) -> dict[str, Any]:
     cfg = RunConfig.model_validate(config)
-    with RunStore(cfg.output.dir) as store:
+    with store_of(cfg, "pairs") as store:
         templates, timing = pair_task.templates_for(cfg), Timing()
         engines, stages = _Engines(cfg, timing), {}
         if cfg.input.path is not None:

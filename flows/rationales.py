@@ -15,7 +15,7 @@ from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
 from pipeline.run import rationales as steps
 from pipeline.run.common import Timing
-from pipeline.run.store import RunStore
+from pipeline.run.store import RunStore, store_of
 
 
 @task(cache_policy=NO_CACHE)
@@ -36,7 +36,7 @@ def finalize(cfg: RunConfig, store: RunStore, the_plan: steps.Plan, timing: Timi
 @flow(name="contrastgen-rationales", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False)
 def rationales_flow(config: dict[str, Any]) -> dict[str, Any]:
     cfg = RunConfig.model_validate(config)
-    with RunStore(cfg.output.dir) as store:
+    with store_of(cfg, "rationales") as store:
         the_plan = plan(cfg, store)
         timing = Timing()
         if the_plan.pending:

@@ -180,6 +180,8 @@ class OutputConfig(Section):
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of caption ids held out as test.")
     license: str = Field("cc-by-4.0", description="License written into the dataset card.")
     units_per_part: int = Field(64, gt=0, description="Units per raw part (the resume granularity).")
+    overwrite: bool = Field(False, description="Write into a non-empty folder that is not a contrastgen dataset (files "
+                            "contrastgen did not write are still never replaced or deleted).")
 
 
 # --- filters (pipeline/filters): one FilterConfig per data kind, under `filters.<kind>` ---

@@ -41,7 +41,7 @@ def save_histograms(histograms: dict[str, dict[str, list[float]]], folder: Path)
         fig.savefig(folder / f"{name}.png", metadata={"Software": None})
         plt.close(fig)
         written.append(f"{name}.png")
-    for stale in folder.glob("*.png"):
-        if stale.name not in written:
+    for stale in folder.glob("*.png"):  # only plots of ours: a picture a user put here stays
+        if stale.name not in written and (stale.stem in TITLES or stale.stem.startswith("blind_gap_")):
             stale.unlink()
     return written

@@ -15,9 +15,9 @@ from pipeline.config import RunConfig, read_yaml, resolve
 from pipeline.errors import ConfigError, ContrastgenError, DatasetError
 from pipeline.records import Rejection
 from pipeline.run.negatives import Inventory, Summary, Timing, finalize
-from pipeline.run.store import RunStore
+from pipeline.run.store import store_of
 from pipeline.shards.card import load_manifest
-from pipeline.shards.writer import read_stream, sha256_file
+from pipeline.shards.writer import read_shard, sha256_file
 from pipeline.tasks import negatives as task
 
 TUNABLE = ("filters", "output")  # what a filter config may change; the rest describes how DIR was generated
@@ -44,7 +44,7 @@ def _input_rejects(src: Path, manifest: dict) -> list[Rejection]:
     out = []
     for shard in manifest["shards"]:
         if shard["split"] == "rejected":
-            for d in read_stream(src / shard["path"]).to_pylist():
+            for d in read_shard(src, shard).to_pylist():
                 if d["stage"] == "input":
                     out.append(Rejection(**{k: v for k, v in d.items() if k in Rejection.__dataclass_fields__}))
     return out
@@ -61,7 +61,7 @@ def refilter(src: Path, out: Path, config_file: Path | None = None) -> Summary:
                            "`filters:` in --config: every unit is reused from raw/, so no LLM call is made.")
     cfg = refilter_config(src, out, config_file)
     templates = task.templates_for(cfg)
-    with RunStore(out) as store:
+    with store_of(cfg, "negatives") as store:
         for part in manifest["raw_parts"]:
             source = src / part["path"]
             if not source.is_file() or sha256_file(source) != part["sha256"]:

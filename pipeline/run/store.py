@@ -15,16 +15,21 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.errors import RunLockedError
-from pipeline.records import RawResult
-from pipeline.shards.schema import RAW_SCHEMA, raw_results, raw_table
+from pipeline.errors import DatasetError, RunLockedError
+from pipeline.records import RawResult, Rejection
+from pipeline.shards.folder import check_output, claim_output
+from pipeline.shards.schema import RAW_SCHEMA, REJECTED_SCHEMA, raw_results, raw_table, rejected_table
 from pipeline.shards.writer import ShardInfo, read_stream, sha256_file, write_atomic
 
 
 class RunStore:
-    def __init__(self, root: Path):
+    """The run directory: ``kind`` given, entering it claims the folder first (:mod:`pipeline.shards.folder`:
+    a folder that is not a contrastgen ``kind`` dataset is refused unless ``overwrite``)."""
+
+    def __init__(self, root: Path, kind: str | None = None, overwrite: bool = False):
         self.root = Path(root)
         self.raw_dir = self.root / "raw"
+        self.kind, self.overwrite = kind, overwrite
         self._lock_fd: int | None = None
 
     def _lock(self) -> int:
@@ -46,7 +51,15 @@ class RunStore:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def preflight(self) -> None:
+        """Before any slow start-up: the folder is not locked by another run, and may be written by this one."""
+        check_output(self.root, self.kind or "negatives", self.overwrite)
+        if self.root.is_dir():
+            self.ensure_free()
+
     def __enter__(self) -> RunStore:
+        if self.kind is not None:
+            claim_output(self.root, self.kind, self.overwrite)
         self.root.mkdir(parents=True, exist_ok=True)
         self.raw_dir.mkdir(exist_ok=True)
         self._lock_fd = self._lock()
@@ -63,17 +76,55 @@ class RunStore:
     def parts(self) -> list[Path]:
         return sorted(self.raw_dir.glob("part-*.arrow"))
 
+    def _checked(self, path: Path) -> pa.Table:
+        try:
+            return read_stream(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise DatasetError(f"{path}: expected a complete raw part (they are written atomically), found an unreadable "
+                               f"file ({exc}): it was damaged after it was written. Fix: delete it; a rerun generates its "
+                               "units again") from exc
+
     def _read(self, path: Path) -> pa.Table:
-        table = read_stream(path)
+        table = self._checked(path)
         if table.schema != RAW_SCHEMA:
-            raise ValueError(f"{path}: expected the raw-part schema of this contrastgen version, found {table.schema}")
+            raise DatasetError(f"{path}: expected the raw-part schema of this contrastgen version, found {table.schema}. "
+                               "Fix: resume with the contrastgen version that wrote it, or use another --out")
         return table
 
+    def _read_failed(self, path: Path) -> pa.Table:
+        table = self._checked(path)
+        if table.schema != REJECTED_SCHEMA:
+            raise DatasetError(f"{path}: expected the rejected-row schema of this contrastgen version, found {table.schema}. "
+                               "Fix: delete the file (its units are generated again)")
+        return table
+
+    def failed_parts(self) -> list[Path]:
+        return sorted(self.raw_dir.glob("failed-*.arrow"))
+
     def completed_keys(self) -> set[str]:
+        """Units finished: generated (``part-*``) or given up on (``failed-*``: crashed or timed out for good)."""
         keys: set[str] = set()
         for path in self.parts():
             keys.update(self._read(path).column("unit_key").to_pylist())
+        for path in self.failed_parts():
+            keys.update(self._read_failed(path).column("unit_key").to_pylist())
         return keys
+
+    def write_failures(self, failures: list[Rejection]) -> None:
+        """Units the engine could not complete (``engine_crash``, ``engine_timeout``), one atomic file; a rerun
+        does not send them again (delete ``raw/failed-*.arrow`` to try them once more)."""
+        keys = sorted(r.unit_key or "" for r in failures)
+        name = "failed-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20] + ".arrow"
+        write_atomic(self.raw_dir / name, rejected_table(sorted(failures, key=lambda r: r.unit_key or "")))
+
+    def read_failures(self, keys: set[str]) -> list[Rejection]:
+        """The given-up units among ``keys``, as generation rejections, one per key, sorted by key."""
+        seen: dict[str, Rejection] = {}
+        for path in self.failed_parts():
+            for d in self._read_failed(path).to_pylist():
+                if d["unit_key"] in keys:
+                    seen.setdefault(d["unit_key"], Rejection(**d))
+        return [seen[k] for k in sorted(seen)]
 
     def write_part(self, results: list[RawResult]) -> ShardInfo:
         keys = sorted(r.unit_key for r in results)
@@ -102,3 +153,8 @@ class RunStore:
                 if keys is None or r.unit_key in keys:
                     seen.setdefault(r.unit_key, r)
         return [seen[k] for k in sorted(seen)]
+
+
+def store_of(cfg, kind: str) -> RunStore:
+    """The run store of ``cfg.output.dir`` for a ``kind`` run (claims the folder on entry)."""
+    return RunStore(cfg.output.dir, kind, cfg.output.overwrite)

@@ -8,14 +8,17 @@ When the settings that decide rows change (the kind's filters, the split fractio
 version), the folder is published whole again as release 0: old rows may no longer pass.
 
 ``manifest.json`` is the commit point: it lists the published shards and the releases. It is written last
-(after the card), each file atomically; shards a crashed finalize wrote but no manifest lists are
-deleted by the next one, which writes them again.
+(after the card), each file atomically. Before writing shards, a publish records their paths in
+``.publish-ledger.json``; shards a crashed finalize wrote but no manifest lists are deleted by the next one
+(which writes them again). Only shards the old manifest or the ledger names are ever deleted: a file a user
+put in ``data/`` is not ours and stays.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -23,8 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import __version__
-from pipeline.shards.writer import ShardInfo, ShardWriter, read_stream
+from pipeline.shards.writer import ShardInfo, ShardWriter, read_shard, write_bytes_atomic
 
+LEDGER = ".publish-ledger.json"  # shard paths a publish writes, recorded before it writes them
 REJECTION_KEY = ("stage", "reason", "source_id", "task", "unit_key", "file", "line", "raw")
 
 
@@ -35,15 +39,35 @@ def settings_sha(cfg, kind: str) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _previous(root: Path, sha: str) -> tuple[list[ShardInfo], list[dict]] | None:
-    """(shards, releases) of the folder's manifest when its settings match ``sha``, else None (publish whole)."""
+def _manifest(root: Path) -> dict | None:
     path = root / "manifest.json"
     if not path.is_file():
         return None
-    m = json.loads(path.read_text(encoding="utf-8"))
-    if m.get("publish", {}).get("settings_sha") != sha or not all((root / s["path"]).is_file() for s in m["shards"]):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _previous(m: dict | None, root: Path, sha: str) -> tuple[list[ShardInfo], list[dict]] | None:
+    """(shards, releases) of the folder's manifest when its settings match ``sha`` and every listed shard is
+    there, else None (publish whole)."""
+    if m is None or m.get("publish", {}).get("settings_sha") != sha or not all((root / s["path"]).is_file() for s in m["shards"]):
         return None
     return [ShardInfo(**s) for s in m["shards"]], list(m["publish"]["releases"])
+
+
+def _ledger(root: Path) -> list[str]:
+    """Shard paths an earlier publish was about to write (a crash may have left them unlisted)."""
+    try:
+        return list(json.loads((root / LEDGER).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return []
+
+
+def _record(root: Path, paths: list[str]) -> None:
+    """Write the ledger before the shards: the next publish may then delete what this one leaves unlisted."""
+    write_bytes_atomic(root / LEDGER, json.dumps(sorted(set(paths))).encode("utf-8"))
 
 
 def _rejection_keys(table: pa.Table) -> list[tuple]:
@@ -53,7 +77,7 @@ def _rejection_keys(table: pa.Table) -> list[tuple]:
 
 def _fresh(root: Path, old: list[ShardInfo], split: str, table: pa.Table) -> pa.Table:
     """Rows of ``table`` that no published shard of ``split`` holds."""
-    mine = [read_stream(root / s.path) for s in old if s.split == split]
+    mine = [read_shard(root, s) for s in old if s.split == split]
     if not mine or not table.num_rows:
         return table
     if split == "rejected":
@@ -70,13 +94,24 @@ def _write(root: Path, split: str, table: pa.Table, rows_per_shard: int, tag: st
     return w.finalize()
 
 
+def _names(split: str, rows: int, rows_per_shard: int, tag: str | None) -> list[str]:
+    """The paths :func:`_write` gives a split's shards (for the ledger, before they exist)."""
+    subdir = "rejected" if split == "rejected" else "data"
+    prefix, n = (f"{split}-{tag}" if tag else split), max(1, math.ceil(rows / rows_per_shard))
+    return [f"{subdir}/{prefix}-{i:05d}-of-{n:05d}.arrow" for i in range(n)]
+
+
 def publish(root: Path, tables: dict[str, pa.Table], rows_per_shard: int, sha: str,
             run_id: str | None) -> tuple[list[ShardInfo], dict]:
     """Write ``tables`` (split -> table, ``rejected`` included) whole or incrementally; return every published
-    shard and the manifest's ``publish`` record (settings hash and releases)."""
-    prev = _previous(root, sha)
+    shard and the manifest's ``publish`` record (settings hash and releases). Deletes only shards contrastgen
+    wrote: those the old manifest lists and those in the ledger of an earlier, interrupted publish."""
+    m = _manifest(root)
+    prev = _previous(m, root, sha)
+    ours = {s["path"] for s in (m or {}).get("shards", [])} | {p for p in _ledger(root) if (root / p).exists()}
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if prev is None:
+        _record(root, [*ours, *(n for split, t in tables.items() for n in _names(split, t.num_rows, rows_per_shard, None))])
         shards = [s for split, t in tables.items() for s in _write(root, split, t, rows_per_shard, None)]
         releases = [{"release": 0, "run_id": run_id, "time": stamp, "mode": "whole",
                      "added": {split: t.num_rows for split, t in tables.items()}}]
@@ -84,21 +119,15 @@ def publish(root: Path, tables: dict[str, pa.Table], rows_per_shard: int, sha: s
         shards, releases = prev
         tag = f"r{len(releases):03d}"
         fresh = {split: _fresh(root, shards, split, t) for split, t in tables.items()}
+        _record(root, [*ours, *(n for split, t in fresh.items() if t.num_rows for n in _names(split, t.num_rows, rows_per_shard, tag))])
         new = [s for split, t in fresh.items() if t.num_rows for s in _write(root, split, t, rows_per_shard, tag)]
         if new:
             shards = shards + new
             releases.append({"release": len(releases), "run_id": run_id, "time": stamp, "mode": "append",
                              "added": {split: t.num_rows for split, t in fresh.items()}})
-    _remove_unlisted(root, shards)
+    for stale in sorted(ours - {s.path for s in shards}):
+        (root / stale).unlink(missing_ok=True)
     return shards, {"settings_sha": sha, "releases": releases}
-
-
-def _remove_unlisted(root: Path, shards: list[ShardInfo]) -> None:
-    keep = {root / s.path for s in shards}
-    for sub in ("data", "rejected"):
-        for stale in (root / sub).glob("*.arrow"):
-            if stale not in keep:
-                stale.unlink()
 
 
 def published_splits(shards: list[ShardInfo]) -> dict[str, int]:

@@ -57,3 +57,16 @@ def test_changed_settings_publish_whole_again(tmp_path):
     assert [r["mode"] for r in pub["releases"]] == ["whole"] and published_splits(shards)["train"] == 1
     assert sorted(_hashes(tmp_path)) == ["data/test-00000-of-00001.arrow", "data/train-00000-of-00001.arrow",
                                          "rejected/rejected-00000-of-00001.arrow"]  # the r001 leftovers are gone
+
+
+def test_files_contrastgen_did_not_write_are_never_deleted(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.arrow").write_bytes(b"a user's file")
+    shards, pub = publish(tmp_path, _tables(["a"], []), 10, "s1", "run-1")
+    _commit(tmp_path, shards, pub)
+    assert (tmp_path / "data" / "mine.arrow").read_bytes() == b"a user's file"  # not listed, not in the ledger: not ours
+    shards, pub = publish(tmp_path, _tables(["a", "b"], []), 1, "s2", "run-2")  # whole again, more shards
+    _commit(tmp_path, shards, pub)
+    publish(tmp_path, _tables(["a"], []), 10, "s3", "run-3")  # whole again: the two-shard release's files go
+    assert (tmp_path / "data" / "mine.arrow").read_bytes() == b"a user's file"
+    assert not (tmp_path / "data" / "train-00001-of-00002.arrow").exists()
