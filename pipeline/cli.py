@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,16 @@ from pipeline.train.config import LossName
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="contrastgen", description="Contrastive training data made with LLMs.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                        help="show library logs and the traceback of an error (default: one line per error)")
+    p = argparse.ArgumentParser(prog="contrastgen", description="Contrastive training data made with LLMs.", parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
+    _add = sub.add_parser
+    sub.add_parser = lambda *args, **kw: _add(*args, parents=[common], **kw)  # every command takes --verbose
     gen = sub.add_parser("generate", help="generate a dataset").add_subparsers(dest="kind", required=True)
+    _gen_add = gen.add_parser
+    gen.add_parser = lambda *args, **kw: _gen_add(*args, parents=[common], **kw)
     neg = gen.add_parser("negatives", help="typed negative captions + paraphrase positives")
     neg.add_argument("--input", type=Path, help="captions file (.jsonl/.csv/.parquet) or datasets folder")
     _run_flags(neg)
@@ -86,6 +95,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", help="join a Ray cluster (auto, ray://host:port); default: local Ray")
     p.add_argument("--config", type=Path, help="YAML run config (flags and CONTRASTGEN_* env override it)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="write into a non-empty folder that is not a contrastgen dataset (your files there are never replaced)")
 
 
 def _loss_weights(specs: list[str] | None) -> dict[str, float] | None:
@@ -128,6 +139,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
         ("negatives", "mode"): getattr(a, "mode", None), ("rationales", "k"): getattr(a, "k", None),
         ("pairs", "topics"): getattr(a, "topics", None),
         ("sampling", "seed"): a.seed, ("ray", "workers"): a.workers, ("ray", "address"): a.ray_address,
+        ("output", "overwrite"): a.overwrite,
     }
     out = _nest(flags)
     if a.base_url:
@@ -165,6 +177,16 @@ def _generate(a: argparse.Namespace) -> int:
         print(f"wrote {summary['kept']} {a.kind} rows ({summary['splits']}) to {summary['out']}; "
               f"generated {summary['generated']} units, reused {summary['reused']}, rejected {summary['rejected']}, "
               f"filtered {summary['filtered']}")
+    return _empty_is_an_error(summary, a.input if hasattr(a, "input") else None)
+
+
+def _empty_is_an_error(summary: dict, source) -> int:
+    """A run that wrote a valid but empty dataset still ends with one error line and exit 2: nothing was made."""
+    if summary.get("empty"):
+        print(f"contrastgen: error: {source or 'the input'}: expected rows to make a dataset from, found none: "
+              f"{summary['empty']}. The dataset in {summary['out']} is valid but empty. Fix: check the input file and "
+              "the input.*_column settings (`contrastgen inspect` shows the rejected rows by reason)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -179,7 +201,7 @@ def _filter(a: argparse.Namespace) -> int:
     else:
         print(f"wrote {summary['kept']} negatives ({summary['splits']}) to {summary['out']}; "
               f"filters dropped {summary['filtered']} rows; no LLM call")
-    return 0
+    return _empty_is_an_error(summary, a.dir)
 
 
 def _train(a: argparse.Namespace) -> int:
@@ -243,13 +265,64 @@ def _deploy(a: argparse.Namespace) -> int:
 COMMANDS = {"generate": _generate, "serve": _serve, "deploy": _deploy, "filter": _filter, "inspect": _inspect, "train": _train, "evaluate": _evaluate}
 
 
+_OS_FIXES = {errno.ENOSPC: "free space on that file system (or pass another --out); rerun the same command to resume",
+             errno.EDQUOT: "raise the quota (or pass another --out); rerun the same command to resume",
+             errno.EROFS: "use a folder on a writable file system",
+             errno.EACCES: "fix the permissions, or use another folder",
+             errno.EPERM: "fix the permissions, or use another folder",
+             errno.ENOENT: "check the path",
+             errno.ENOTDIR: "check the path: a part of it is a file",
+             errno.EISDIR: "pass a file, not a folder"}
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one line a user gets for ``exc`` when it is theirs to fix (our errors, and file-system refusals:
+    full disk, permissions, missing paths); None for anything else (a bug: its traceback is shown)."""
+    if isinstance(exc, ContrastgenError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in _OS_FIXES:
+        where = exc.filename if exc.filename is not None else "a file"
+        return f"{where}: expected to read or write it, but the system said: {os.strerror(exc.errno)}. Fix: {_OS_FIXES[exc.errno]}"
+    return None
+
+
+class _QuietUserErrors(logging.Filter):
+    """Prefect logs a failed task's or flow's traceback itself; for a user's mistake the CLI's one line is enough
+    (``--verbose`` keeps them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and user_error(exc) is not None:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_library_tracebacks() -> None:
+    quiet = _QuietUserErrors()
+    for name in ("prefect", "prefect.task_runs", "prefect.flow_runs", "prefect.flows", "prefect.tasks"):
+        logging.getLogger(name).addFilter(quiet)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    verbose = bool(getattr(a, "verbose", False))
+    if not verbose:
+        _quiet_library_tracebacks()
     try:
         return COMMANDS[a.command](a)
-    except ContrastgenError as exc:
-        print(f"contrastgen: error: {exc}", file=sys.stderr)
+    except (ContrastgenError, OSError) as exc:
+        line = user_error(exc)
+        if line is None:
+            raise
+        if verbose:
+            traceback.print_exc()
+        print(f"contrastgen: error: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("contrastgen: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

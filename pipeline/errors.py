@@ -40,3 +40,28 @@ class EngineError(ContrastgenError):
 
 class TransientEngineError(EngineError):
     """An engine failed in a way that may pass (overload, timeout, a dead worker): the flow's task retries it."""
+
+
+class EngineTimeoutError(TransientEngineError):
+    """An engine call ran past ``engine.call_timeout_s`` (the pool retries it once, then rejects its units)."""
+
+
+class OutputFolderError(ContrastgenError):
+    """``--out`` is not a folder contrastgen may write: a file, a foreign folder, another kind's dataset."""
+
+
+class OutputWriteError(ContrastgenError):
+    """Writing an output file failed (disk full, quota, read-only file system): names the file and the fix."""
+
+    def __init__(self, path: object, exc: OSError):
+        import errno
+        import os
+
+        what = os.strerror(exc.errno) if exc.errno else str(exc)
+        fix = {errno.ENOSPC: "free space on that file system (or pass another --out)",
+               errno.EDQUOT: "raise the quota (or pass another --out)",
+               errno.EROFS: "pass an --out on a writable file system",
+               errno.EACCES: "fix the folder's permissions (or pass another --out)"}.get(exc.errno, "check the file system")
+        super().__init__(f"{path}: expected to write this file, but the file system said: {what}. Fix: {fix}; then "
+                         "rerun the same command: finished parts are kept and reused")
+        self.path, self.errno = path, exc.errno

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.shards.card import load_manifest
-from pipeline.shards.writer import read_stream
+from pipeline.shards.writer import read_shard
 
 # Per dataset format: its kind (the filters.<kind> section) and the (type, anchor) columns of sample rows.
 KINDS = {"contrastgen.negatives/1": ("negatives", "neg_type", "caption"),
@@ -22,7 +22,7 @@ def sample_rows(root: Path, manifest: dict[str, Any], k: int = 5) -> list[dict[s
     _, type_col, anchor_col = KINDS.get(manifest.get("format"), KINDS["contrastgen.negatives/1"])
     for shard in manifest["shards"]:
         if shard["split"] == "train" and shard["rows"]:
-            table = read_stream(Path(root) / shard["path"]).select([type_col, anchor_col, "positive", "negative"])
+            table = read_shard(root, shard).select([type_col, anchor_col, "positive", "negative"])
             return table.slice(0, k).to_pylist()
     return []
 
@@ -39,7 +39,7 @@ def inspect_summary(root: Path) -> dict[str, Any]:
 
 def score_summary(root: Path, manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
     """min / mean / max of each filter score column over the kept rows (train and test)."""
-    tables = [read_stream(Path(root) / s["path"]) for s in manifest["shards"] if s["split"] in ("train", "test") and s["rows"]]
+    tables = [read_shard(root, s) for s in manifest["shards"] if s["split"] in ("train", "test") and s["rows"]]
     out = {}
     for col in ("surface_sim", "semantic_sim", "propensity", "weight"):
         values = [v for t in tables if col in t.column_names for v in t[col].to_pylist() if v is not None and v == v]

@@ -67,4 +67,6 @@ class TextScorers:
         return self.embeddings.rows(texts, self._keys(texts))
 
     def lm(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
         return self.loglik.get(texts, self._keys(texts))[:, 0]

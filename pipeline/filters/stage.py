@@ -147,7 +147,8 @@ class _Texts:
         (the LM, the costly scorer, only sees texts that can still be kept)."""
         used = np.unique(np.concatenate([self.anchor[alive], self.negative[alive]]))
         score = np.full(len(self.texts), np.nan, dtype=np.float64)
-        score[used] = self.scorers.lm([self.texts[i] for i in used.tolist()])
+        if used.size:  # no row alive (an empty input): the LM is not even loaded
+            score[used] = self.scorers.lm([self.texts[i] for i in used.tolist()])
         return score[self.anchor] - score[self.negative]
 
 

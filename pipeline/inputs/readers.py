@@ -7,6 +7,7 @@ because of invalid ones. A file that cannot be read at all raises :class:`InputF
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -42,6 +43,8 @@ def _reject(path: Path, line: int, reason: str, detail: str, raw: str = "", fiel
 def _jsonl_rows(path: Path) -> Iterator[RawRow]:
     with path.open("rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
+            if line_no == 1 and raw.startswith(codecs.BOM_UTF8):  # Windows tools start UTF-8 files with a BOM
+                raw = raw[len(codecs.BOM_UTF8):]
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -61,7 +64,8 @@ def _jsonl_rows(path: Path) -> Iterator[RawRow]:
 
 
 def _csv_rows(path: Path, required: dict[str, str]) -> Iterator[RawRow]:
-    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+    # utf-8-sig: a leading byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         for setting, col in required.items():

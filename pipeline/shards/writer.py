@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+
+from pipeline.errors import DatasetError, OutputWriteError
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,26 @@ def sha256_file(path: Path) -> str:
 
 def write_atomic(path: Path, table: pa.Table) -> None:
     """Write ``table`` as an Arrow IPC stream to ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+
+    _atomically(path, write)
+
+
+def _atomically(path: Path, write) -> None:
+    """Run ``write(tmp)`` then rename ``tmp`` to ``path``. A failed write (disk full, quota, read-only file
+    system: pyarrow raises them as OSError too) leaves no temp file and raises :class:`OutputWriteError`."""
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputWriteError(path, exc) from exc
 
 
 def read_stream(path: Path) -> pa.Table:
@@ -48,13 +65,36 @@ def read_stream(path: Path) -> pa.Table:
         return pa.ipc.open_stream(source).read_all()
 
 
+def read_shard(root: Path, shard: ShardInfo | dict) -> pa.Table:
+    """A published shard, checked first against what the manifest says of it (size and sha256): a missing,
+    truncated or changed file is a :class:`DatasetError` naming it, never a pyarrow traceback."""
+    s = shard if isinstance(shard, ShardInfo) else ShardInfo(**shard)
+    path = Path(root) / s.path
+    fix = (f"Fix: restore {s.path} from a copy, or delete it and rerun the generate command that made {root} "
+           "(it republishes the dataset from raw/ with no LLM call)")
+    if not path.is_file():
+        raise DatasetError(f"{path}: expected the shard listed in {root}/manifest.json, found no file. {fix}")
+    size = path.stat().st_size
+    if s.num_bytes and size != s.num_bytes:
+        raise DatasetError(f"{path}: expected {s.num_bytes} bytes (as listed in {root}/manifest.json), found {size}: "
+                           f"the file is truncated or changed. {fix}")
+    if sha256_file(path) != s.sha256:
+        raise DatasetError(f"{path}: expected sha256 {s.sha256[:12]}... (as listed in {root}/manifest.json), found "
+                           f"other content: the file is corrupt or changed. {fix}")
+    try:
+        return read_stream(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DatasetError(f"{path}: expected an Arrow IPC stream, found an unreadable file ({exc}). {fix}") from exc
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _atomically(path, write)
 
 
 class ShardWriter:

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from pipeline.errors import DatasetError
 from pipeline.shards.card import load_manifest
-from pipeline.shards.writer import read_stream
+from pipeline.shards.writer import read_shard
 
 FORMAT = "contrastgen.negatives/1"
 RATIONALES = "contrastgen.rationales/1"
@@ -57,29 +57,26 @@ class Group:
     weights: tuple[float, ...]
 
 
-def shard_paths(root: Path, split: str) -> list[Path]:
-    """The complete shards of ``split`` listed in ``root/manifest.json``; a clear error otherwise."""
+def _shards(root: Path, split: str) -> tuple[list[dict], dict]:
+    """The shards of ``split`` listed in ``root/manifest.json``, and the manifest; a clear error otherwise."""
     meta = load_manifest(root)
     if meta.get("format") not in ADAPTERS:
         raise DatasetError(f"{root / 'manifest.json'}: expected format {' or '.join(map(repr, ADAPTERS))}, found {meta.get('format')!r}")
-    paths = [root / s["path"] for s in meta.get("shards", []) if s.get("split") == split]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise DatasetError(f"{root}: shards listed in manifest.json are missing: {missing}. Fix: rerun the generate command to resume.")
-    return paths
+    return [s for s in meta.get("shards", []) if s.get("split") == split], meta
 
 
 def read_split(root: Path, split: str) -> pa.Table:
-    """Memory-mapped ``split`` of one dataset; checks the columns and that the split has rows."""
+    """Memory-mapped ``split`` of one dataset; checks each shard against the manifest (size, sha256), the
+    columns, and that the split has rows."""
     tables = []
-    paths = shard_paths(root, split)  # checks the format first
-    adapt = ADAPTERS[load_manifest(root)["format"]]
-    for path in paths:
-        table = adapt(read_stream(path))
+    shards, meta = _shards(root, split)
+    adapt = ADAPTERS[meta["format"]]
+    for shard in shards:
+        table = adapt(read_shard(root, shard))
         missing = [c for c in REQUIRED if c not in table.column_names]
         if missing:
             raise DatasetError(
-                f"{path}: expected columns {list(REQUIRED)}, missing {missing} (found {table.column_names}). "
+                f"{Path(root) / shard['path']}: expected columns {list(REQUIRED)}, missing {missing} (found {table.column_names}). "
                 "Fix: train on shards written by `contrastgen generate negatives`."
             )
         tables.append(table)

@@ -96,5 +96,5 @@ def run_train(cfg: TrainConfig) -> TrainSummary:
 
 
 def run_evaluate(model_dir: Path, dataset_dir: Path, batch_size: int = 64) -> EvalReport:
-    model = load_encoder(model_dir, _device())
-    return evaluate_table(model, read_split(Path(dataset_dir), "test"), batch_size)
+    table = read_split(Path(dataset_dir), "test")  # a missing or damaged dataset fails before the model loads
+    return evaluate_table(load_encoder(model_dir, _device()), table, batch_size)

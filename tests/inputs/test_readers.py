@@ -127,3 +127,16 @@ def test_sentences_need_the_sentence_field_and_take_an_optional_id(tmp_path):
     good, bad = read_sentences(InputConfig(path=path))
     assert [s.sentence for s in good] == ["A dog runs.", "A cat."] and good[1].id == "3"
     assert [(r.line, r.reason, r.field) for r in bad] == [(3, "empty_caption", "sentence"), (4, "missing_field", "sentence")]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    """Windows tools (Notepad, Excel's "CSV UTF-8") start UTF-8 files with a BOM."""
+    bom = "\ufeff".encode("utf-8")
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_bytes(bom + b'{"id": "1", "caption": "a dog on a sofa"}\n{"id": "2", "caption": "a cat"}\n')
+    good, bad = read_captions(InputConfig(path=jsonl))
+    assert [c.id for c in good] == ["1", "2"] and not bad
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_bytes(bom + "id,caption\n1,a dog on a sofa\n".encode("utf-8"))
+    good, bad = read_captions(InputConfig(path=csv_file))
+    assert [(c.id, c.caption) for c in good] == [("1", "a dog on a sofa")] and not bad

@@ -39,7 +39,7 @@ def write_dataset(root: Path, splits: dict[str, list[dict]], fmt: str = "contras
 
     import pyarrow as pa
 
-    from pipeline.shards.writer import write_atomic
+    from pipeline.shards.writer import sha256_file, write_atomic
 
     (root / "data").mkdir(parents=True, exist_ok=True)
     shards = []
@@ -47,7 +47,8 @@ def write_dataset(root: Path, splits: dict[str, list[dict]], fmt: str = "contras
         path = root / "data" / f"{split}-00000-of-00001.arrow"
         empty = pa.table({c: pa.array([], pa.string()) for c in ("caption", "positive", "negative", "neg_type", "source_id")})
         write_atomic(path, pa.Table.from_pylist(rows) if rows else empty)
-        shards.append({"path": f"data/{split}-00000-of-00001.arrow", "split": split, "rows": len(rows)})
+        shards.append({"path": f"data/{split}-00000-of-00001.arrow", "split": split, "rows": len(rows),
+                       "sha256": sha256_file(path), "num_bytes": path.stat().st_size})
     (root / "manifest.json").write_text(json.dumps({"format": fmt, "shards": shards}))
     return root
 
