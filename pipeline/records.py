@@ -145,6 +145,16 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class EngineFailure:
+    """A request the engine could not complete: it crashed the engine when run alone (``engine_crash``) or ran
+    past the deadline on two attempts (``engine_timeout``). Its unit becomes a rejected row."""
+
+    key: str
+    reason: str  # engine_crash | engine_timeout
+    detail: str  # the error, and the attempts made
+
+
+@dataclass(frozen=True)
 class Unit:
     """One unit of work: one input caption x one task (a negative type or `paraphrase`)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from pipeline.engines.config import EngineConfig
+from pipeline.errors import EngineError, TransientEngineError
 from pipeline.records import Completion, GenerationRequest, Sampling
 
 
@@ -30,14 +31,35 @@ def sampling_args(s: Sampling) -> dict:
     return args
 
 
+FINISH_REASONS = ("stop", "newline", "length")  # what a Completion may say of each text
+
+
 def finish_reason(output) -> str:
     """Our finish reason of one OpenAI-style output (an openai ``Choice`` or a vLLM ``CompletionOutput``, both
     with ``finish_reason`` and vLLM's ``stop_reason``): ``length``, ``newline`` (stopped by the one-line
     stop) or ``stop``. A server without ``stop_reason`` reports a newline stop as a plain stop: the row is
-    then judged by its text alone."""
-    if output.finish_reason == "length":
+    then judged by its text alone. ``abort`` (vLLM aborted the request) is a :class:`TransientEngineError`;
+    a missing or unknown reason is an :class:`EngineError`: a text whose end is unknown may be truncated,
+    so it is never taken as a stop."""
+    reason = getattr(output, "finish_reason", None)
+    if reason == "length":
         return "length"
-    return "newline" if getattr(output, "stop_reason", None) == "\n" else "stop"
+    if reason == "stop":
+        return "newline" if getattr(output, "stop_reason", None) == "\n" else "stop"
+    if reason == "abort":
+        raise TransientEngineError("the engine aborted a request (finish_reason 'abort'): its text is incomplete. "
+                                   "Fix: none needed, the part is retried; if it persists, check the server's logs")
+    raise EngineError(f"expected a finish reason 'stop' or 'length' for every output, got {reason!r}: a text whose end "
+                      "is unknown may be truncated. Fix: use a server that reports finish_reason (vLLM, llama.cpp, "
+                      "contrastgen serve)")
+
+
+def check_finish_reasons(c: Completion, n: int) -> None:
+    """A completion holds ``n`` texts, each with one known finish reason; else :class:`EngineError`."""
+    if len(c.texts) != n or len(c.finish_reasons) != len(c.texts) or any(r not in FINISH_REASONS for r in c.finish_reasons):
+        raise EngineError(f"completion {c.key}: expected {n} texts, each with a finish reason in {FINISH_REASONS}, "
+                          f"got {len(c.texts)} texts with finish reasons {c.finish_reasons!r}. A missing reason is never "
+                          "taken as 'stop' (the text may be truncated). Fix: the engine adapter must report one per text")
 
 
 def _embedded(cfg: EngineConfig) -> Engine:

@@ -75,6 +75,12 @@ class EngineConfig(Section):
     )
     batch_size: int = Field(32, gt=0, description="Sequences per forward batch inside one worker.")
     threads: int | None = Field(None, gt=0, description="torch threads per worker; default: all cores / workers.")
+    call_timeout_s: float = Field(1800.0, gt=0, description="Deadline of one engine call (a part); a part past it is "
+                                  "retried once on another replica, then its units are rejected as engine_timeout.")
+    start_timeout_s: float = Field(1800.0, gt=0, description="Deadline for a replica to load its model, at start and "
+                                   "after a restart.")
+    crash_attempts: int = Field(1, ge=1, description="Times a request may crash an engine when run alone (after its "
+                                "part crashed one) before its unit is rejected as engine_crash.")
     openai: OpenAIEngineConfig = Field(default_factory=OpenAIEngineConfig)
     vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
 
@@ -97,4 +103,5 @@ class EngineConfig(Section):
 class RayConfig(Section):
     address: str | None = Field(None, description="Ray address (auto, ray://...); none starts a local Ray.")
     workers: int = Field(1, ge=1, description="Engine actors (each loads the model once); vllm: replicas.")
-    actor_restarts: int = Field(2, ge=0, description="Times Ray restarts a dead engine actor (its parts move to another actor meanwhile).")
+    actor_restarts: int = Field(16, ge=0, description="Times Ray restarts a dead engine actor (a crash, or a hung call "
+                                "it was killed for); a poison request costs two (its part's crash and its own).")

@@ -16,6 +16,7 @@ Structured outputs: at start the engine asks the server for a one-of-two choice 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import threading
@@ -25,7 +26,7 @@ import openai
 
 from pipeline.engines.base import finish_reason, sampling_args
 from pipeline.engines.config import EngineConfig
-from pipeline.errors import EngineError, TransientEngineError
+from pipeline.errors import EngineError, EngineTimeoutError, TransientEngineError
 from pipeline.records import Completion, GenerationRequest, Sampling
 
 
@@ -62,6 +63,7 @@ class OpenAIEngine:
 
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg.openai
+        self.deadline_s = cfg.call_timeout_s
         self.model_id = cfg.model_id()
         self.structured = False
         self._loop = asyncio.new_event_loop()
@@ -75,8 +77,15 @@ class OpenAIEngine:
         )
         return client, asyncio.Semaphore(self.cfg.concurrency)
 
-    def _call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def _call(self, coro, timeout: float | None = None):
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()  # cancels the gather: its in-flight requests are dropped
+            raise EngineTimeoutError(f"openai engine at {self.cfg.base_url}: expected the call to finish within "
+                                     f"engine.call_timeout_s = {timeout:g} s, it did not. Fix: check the server's load, or "
+                                     "raise engine.call_timeout_s") from None
 
     def warmup(self) -> None:
         """Check the server answers, and probe structured outputs (``engine.openai.structured: auto``)."""
@@ -91,7 +100,7 @@ class OpenAIEngine:
 
     def generate(self, requests: list[GenerationRequest], structured: bool | None = None) -> list[Completion]:
         use = self.structured if structured is None else structured
-        return self._call(self._all(requests, use))
+        return self._call(self._all(requests, use), self.deadline_s)
 
     async def _all(self, requests: list[GenerationRequest], structured: bool) -> list[Completion]:
         return list(await asyncio.gather(*(self._one(r, structured) for r in requests)))
@@ -108,6 +117,8 @@ class OpenAIEngine:
                 texts = tuple(ch.message.content or "" for ch in choices)
                 reasons = tuple(finish_reason(ch) for ch in choices)
                 usage = resp.usage
+            except EngineError:  # ours already (an unknown finish reason, an abort)
+                raise
             except Exception as exc:  # noqa: BLE001 - classified into our two engine errors
                 raise _failure(exc, self.cfg.base_url) from exc
         if len(texts) != req.sampling.n:

@@ -5,10 +5,12 @@ Actors are named by a hash of the engine config inside the ``contrastgen`` names
 per Prefect task. vLLM replicas get GPUs: one each, or one STRICT_PACK placement group of
 ``tensor_parallel_size`` GPU bundles each (vLLM's Ray executor places its workers in it).
 
-Worker failure: a part whose actor dies (``RayActorError``) is sent to the next live actor. Ray restarts
-the dead one (``ray.actor_restarts``) for later parts. A part's results are committed only when it
-returns whole (:func:`pipeline.run.common.commit_part`), so a killed part loses nothing and duplicates
-nothing. The ``openai`` engine is an HTTP client: it runs in the driver with no actor.
+Worker failure: a part whose actor dies (``RayActorError``) is run again one request at a time on that actor,
+which Ray restarts (``ray.actor_restarts``): a poison request is isolated and rejected, the rest complete; a
+dead-for-good actor hands its calls to the next live one. Every call has a deadline (:class:`EnginePool`).
+A part's results are committed only when it returns whole (:func:`pipeline.run.common.commit_part`), so a
+killed part loses nothing and duplicates nothing. The ``openai`` engine is an HTTP client: it runs in the
+driver with no actor.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+import time
 from typing import Callable
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from pipeline.engines.config import EngineConfig, RayConfig
-from pipeline.errors import TransientEngineError
-from pipeline.records import Completion, GenerationRequest
+from pipeline.errors import ContrastgenError, EngineError, EngineTimeoutError, TransientEngineError
+from pipeline.records import Completion, EngineFailure, GenerationRequest
 
 NAMESPACE = "contrastgen"
 log = logging.getLogger("contrastgen.pool")
@@ -90,8 +94,24 @@ def _actor(name: str, make_options: Callable[[], dict], restarts: int, blob: str
                                max_restarts=restarts, **make_options()).remote(blob, threads)
 
 
+class _Crash(Exception):
+    """A call's replica died under it (or raised a non-contrastgen error): the requests may be poison."""
+
+
+class _Timeout(Exception):
+    """A call ran past ``engine.call_timeout_s``; its replica was killed (Ray restarts it)."""
+
+
 class EnginePool:
-    """Engine actors (or the in-driver HTTP engine); part ``index`` goes to actor ``index % n`` first."""
+    """Engine actors (or the in-driver HTTP engine); part ``index`` goes to actor ``index % n`` first.
+
+    One call at a time per actor (a lock each), so a deadline times only its own call and a crash is
+    attributable to the call that was running. A part whose call crashes its replica is run again one request
+    at a time on that replica (Ray restarts it): the request that crashes it alone ``engine.crash_attempts``
+    times becomes an ``engine_crash`` failure and the others complete, so a poison request restarts one replica
+    twice (its part's crash, then its own) and never reaches the others. A part past its deadline is retried
+    once on the next replica, then its requests fail as ``engine_timeout``.
+    """
 
     def __init__(self, engine: EngineConfig, ray_cfg: RayConfig):
         self.engine_cfg, self.ray_cfg, self.local = engine, ray_cfg, None
@@ -109,20 +129,106 @@ class EnginePool:
         n, make_options = _placement(engine, ray_cfg)
         threads = engine.threads or max(1, (os.cpu_count() or 1) // n)
         self.actors = [_actor(f"engine-{tag}-{i}", make_options, ray_cfg.actor_restarts, blob, threads) for i in range(n)]
-        self.engine_name, self.model_id = ray.get(self.actors[0].identity.remote())
+        self._locks = [threading.Lock() for _ in self.actors]
+        try:
+            self.engine_name, self.model_id = ray.get(self.actors[0].identity.remote(), timeout=engine.start_timeout_s)
+        except GetTimeoutError:
+            raise EngineError(f"expected the engine to load within engine.start_timeout_s = {engine.start_timeout_s:g} s, "
+                              "it did not. Fix: check `ray status` (free CPUs/GPUs for the actors) and the actors' logs, "
+                              "or raise engine.start_timeout_s") from None
 
-    def generate(self, index: int, requests: list[GenerationRequest]) -> list[Completion]:
+    def generate(self, index: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
+        """One outcome per request, in order: its completion, or why the engine could not complete it."""
         if self.local is not None:
-            return self.local.generate(requests)
-        n = len(self.actors)
-        errors = []
-        for step in range(n):
-            actor = self.actors[(index + step) % n]
+            return self._local_generate(requests)
+        first = index % len(self.actors)
+        try:
+            return self._call(first, requests)
+        except _Crash as crash:
+            log.warning("part %d crashed engine actor %d (%s); running its %d requests one at a time to find the cause",
+                        index, first, crash, len(requests))
+            return self._isolate(first, requests)
+        except _Timeout as t:
+            again = (first + 1) % len(self.actors)
+            log.warning("part %d: %s; retrying it once on actor %d", index, t, again)
+        try:
+            return self._call(again, requests)
+        except _Crash:
+            return self._isolate(again, requests)
+        except _Timeout as t:
+            return [EngineFailure(r.key, "engine_timeout", f"{t} (twice: on actors {first} and {again})") for r in requests]
+
+    def _local_generate(self, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
+        for attempt in (1, 2):
             try:
-                return ray.get(actor.generate.remote(requests))
-            except RayActorError as exc:  # died mid-part (or restarting): the next actor takes the whole part
-                log.warning("engine actor %d failed on part %d (%s); retrying the part on another actor",
-                            (index + step) % n, index, type(exc).__name__)
-                errors.append(exc)
-        raise TransientEngineError(f"part {index}: all {n} engine actors failed ({errors[-1]}). Fix: check `ray status` "
-                                   "and the actors' logs; rerun the same command to resume")
+                return self.local.generate(requests)
+            except EngineTimeoutError as exc:
+                log.warning("engine call past its deadline (attempt %d of 2): %s", attempt, exc)
+                last = exc
+        return [EngineFailure(r.key, "engine_timeout", f"{last} (twice)") for r in requests]
+
+    def _isolate(self, i: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
+        """Run a crashed part's requests one at a time on actor ``i``; a lone request that crashes it is a failure.
+        When the first lone requests all crash, the engine is broken rather than fed poison: stop the run."""
+        out: list[Completion | EngineFailure] = []
+        crashes, completed = 0, 0
+        for r in requests:
+            for attempt in range(1, self.engine_cfg.crash_attempts + 1):
+                try:
+                    out.append(self._call(i, [r])[0])
+                    completed += 1
+                    break
+                except _Timeout as t:
+                    out.append(EngineFailure(r.key, "engine_timeout", f"{t} (run alone after its part crashed the engine)"))
+                    break
+                except _Crash as crash:
+                    crashes += 1
+                    if not completed and crashes >= 3:
+                        raise EngineError(f"expected a crash caused by one request, found the engine crashing on each of "
+                                          f"{crashes} requests run alone ({crash}). Fix: check the engine actors' logs "
+                                          "(`ray logs`); the run resumes from its finished parts") from None
+                    if attempt == self.engine_cfg.crash_attempts:
+                        log.warning("request %s crashed engine actor %d alone; its unit is rejected (engine_crash)", r.key, i)
+                        out.append(EngineFailure(r.key, "engine_crash", f"crashed the engine when run alone "
+                                                 f"({attempt}x, after its part crashed it): {crash}"))
+        return out
+
+    def _call(self, i: int, requests: list[GenerationRequest]) -> list[Completion]:
+        """``requests`` on actor ``i`` (or the next live one) under the call deadline."""
+        for step in range(len(self.actors)):
+            k = (i + step) % len(self.actors)
+            with self._locks[k]:
+                if not self._ready(k):
+                    continue
+                ref = self.actors[k].generate.remote(requests)
+                try:
+                    return ray.get(ref, timeout=self.engine_cfg.call_timeout_s)
+                except GetTimeoutError:
+                    ray.kill(self.actors[k], no_restart=False)  # a hung engine: Ray restarts it for later calls
+                    raise _Timeout(f"engine call of {len(requests)} requests passed engine.call_timeout_s = "
+                                   f"{self.engine_cfg.call_timeout_s:g} s on actor {k}") from None
+                except RayActorError as exc:  # it was up (checked under the lock), so it died running this call
+                    raise _Crash(f"actor {k} died: {type(exc).__name__}") from exc
+                except RayTaskError as exc:
+                    if isinstance(exc, ContrastgenError):  # our own engine errors say what to do; transient ones retry
+                        raise
+                    raise _Crash(f"actor {k} raised {exc.cause!r}"[:500]) from exc
+        raise TransientEngineError(f"all {len(self.actors)} engine actors are dead or not coming back. Fix: check "
+                                   "`ray status` and the actors' logs; rerun the same command to resume")
+
+    def _ready(self, k: int) -> bool:
+        """Actor ``k`` is up: while Ray restarts it (calls then fail at once with ``ActorUnavailableError``) wait up
+        to ``engine.start_timeout_s`` for it to load the model; False when it is dead for good or never came back."""
+        deadline = time.monotonic() + self.engine_cfg.start_timeout_s
+        while True:
+            try:
+                ray.get(self.actors[k].identity.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return True
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            except (ActorDiedError, GetTimeoutError):
+                break
+        log.warning("engine actor %d is dead or did not come back within engine.start_timeout_s; trying the next one", k)
+        return False

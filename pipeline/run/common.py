@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.engines.pool import EnginePool
-from pipeline.records import GenerationRequest, Provenance, RawResult, Unit
+from pipeline.engines.base import check_finish_reasons
+from pipeline.records import EngineFailure, GenerationRequest, Provenance, RawResult, Rejection, Unit
 from pipeline.run.store import RunStore
 from pipeline.shards.writer import ShardInfo
 
@@ -48,27 +49,52 @@ class Summary:
     startup_seconds: float = 0.0
     generation_seconds: float = 0.0
     tokens_out: int = 0
+    empty: str = ""  # why the dataset has no row (empty input, every row rejected); "" when it has rows
+
+    def __post_init__(self) -> None:
+        if not self.kept and not self.empty:
+            self.empty = (f"the dataset has no row: {self.inputs} input rows ({self.input_rejected} rejected), "
+                          f"{self.units} units, {self.rejected} outputs rejected, {self.filtered} dropped by filters; "
+                          "rejected/ holds each reason")
 
 
 def commit_part(pool: EnginePool, index: int, units: list[Unit], requests: list[GenerationRequest], modes: list[str],
-                store: RunStore) -> ShardInfo:
+                store: RunStore) -> ShardInfo | None:
     """Run ``requests`` (one per unit) on the pool and commit the results as one atomic raw part. Provenance
-    records each request's own sampling (a kind may sample its tasks differently)."""
-    completions = pool.generate(index, requests)
-    results = []
-    for u, req, mode, c in zip(units, requests, modes, completions, strict=True):
+    records each request's own sampling (a kind may sample its tasks differently). Units the engine could not
+    complete (a poison request, a deadline missed twice) are committed first as failures with their reason:
+    they become rejected rows, and the rest of the part is kept. Returns None when no unit completed."""
+    outcomes = pool.generate(index, requests)
+    results, failures = [], []
+    for u, req, mode, c in zip(units, requests, modes, outcomes, strict=True):
         if c.key != u.key:
             raise RuntimeError(f"engine returned completion {c.key} for unit {u.key}: order must be kept")
+        if isinstance(c, EngineFailure):
+            failures.append(Rejection(stage="generation", reason=c.reason, detail=c.detail, source_id=u.source.id, task=u.task,
+                                      unit_key=u.key, prompt_sha=u.prompt_sha, model=pool.model_id, seed=u.seed))
+            continue
+        check_finish_reasons(c, req.sampling.n)
         s = req.sampling
         prov = Provenance(
             engine=pool.engine_name, model=pool.model_id, prompt_sha=u.prompt_sha, mode=mode,
             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=u.seed,
             tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_s=c.latency_s,
         )
-        reasons = c.finish_reasons or ("stop",) * len(c.texts)
         results.append(RawResult(u.key, u.source.id, u.source.text, getattr(u.source, "image_ref", None), u.task, c.texts,
-                                 reasons, prov, __version__))
-    return store.write_part(results)
+                                 c.finish_reasons, prov, __version__))
+    if failures:
+        store.write_failures(failures)
+    return store.write_part(results) if results else None
+
+
+def finished(store: RunStore, keys: set[str]) -> tuple[list[RawResult], list[Rejection]]:
+    """The raw results of ``keys`` and the units among them the engine gave up on (as rejections); an error
+    when some planned unit has neither (a rerun resumes it)."""
+    raws, failed = store.read_raw(keys), store.read_failures(keys)
+    missing = len(keys) - len(raws) - len(failed)
+    if missing:
+        raise RuntimeError(f"{store.root}: {missing} planned units have no raw result; rerun the same command to resume")
+    return raws, failed
 
 
 def split_of(source_id: str, test_fraction: float) -> str:

@@ -28,10 +28,11 @@ from pipeline.run.common import (
     Timing,
     check_input_output,
     commit_part,
+    finished,
     publish_tables,
     split_of,
 )
-from pipeline.run.store import RunStore
+from pipeline.run.store import RunStore, store_of
 from pipeline.shards.card import write_card_and_manifest
 from pipeline.shards.publish import published_splits
 from pipeline.shards.schema import negatives_table, rejected_table
@@ -71,7 +72,7 @@ def preflight(cfg: RunConfig) -> None:
     check_input_output(cfg)
     task.templates_for(cfg)
     cfg.engine.resolved_model_path()
-    RunStore(cfg.output.dir).ensure_free()
+    store_of(cfg, "negatives").preflight()
 
 
 def chunk_units(units: list[Unit], cfg: RunConfig) -> list[list[Unit]]:
@@ -135,11 +136,9 @@ def _filter_rejection(r: NegativeRow, d, text: str, task_name: str, prompt_sha: 
 
 def finalize(cfg: RunConfig, store: RunStore, inv: Inventory, timing: Timing, run_id: str | None) -> Summary:
     root = store.root
-    raws: list[RawResult] = store.read_raw(set(inv.unit_keys))
-    missing = len(inv.unit_keys) - len(raws)
-    if missing:
-        raise RuntimeError(f"{root}: {missing} planned units have no raw result; rerun the same command to resume")
-    rows, gen_rejects = task.assemble(raws, inv.templates)
+    raws, failed = finished(store, set(inv.unit_keys))
+    rows, parse_rejects = task.assemble(raws, inv.templates)
+    gen_rejects = parse_rejects + failed
     rows, filter_rejects, stage = filter_rows(sorted(rows, key=lambda r: r.id), cfg)
     by_split: dict[str, list[NegativeRow]] = {"train": [], "test": []}
     for r in rows:
@@ -148,7 +147,7 @@ def finalize(cfg: RunConfig, store: RunStore, inv: Inventory, timing: Timing, ru
     tables = {split: negatives_table(split_rows) for split, split_rows in by_split.items()}
     shards, published = publish_tables(cfg, "negatives", root, {**tables, "rejected": rejected_table(rejects)}, run_id)
     splits = published_splits(shards)  # the dataset's rows: earlier releases' included
-    valid_positives = sum(1 for r in raws if r.task == task.PARAPHRASE) - sum(1 for r in gen_rejects if r.task == task.PARAPHRASE)
+    valid_positives = sum(1 for r in raws if r.task == task.PARAPHRASE) - sum(1 for r in parse_rejects if r.task == task.PARAPHRASE)
     summary = Summary(
         out=str(root), inputs=inv.inputs, input_rejected=len(inv.input_rejects), units=len(inv.unit_keys),
         generated=inv.generated, reused=inv.reused, kept=sum(splits.values()), rejected=len(gen_rejects),

@@ -22,10 +22,11 @@ from pipeline.run.common import (
     Summary,
     Timing,
     commit_part,
+    finished,
     publish_tables,
     split_of,
 )
-from pipeline.run.store import RunStore
+from pipeline.run.store import RunStore, store_of
 from pipeline.shards.card import write_pairs_card
 from pipeline.shards.publish import published_splits
 from pipeline.shards.schema import pairs_table, rejected_table
@@ -56,7 +57,7 @@ def preflight(cfg: RunConfig) -> None:
         raise InputFileError(cfg.input.path, "file not found. Fix: check --input")
     task.templates_for(cfg)
     cfg.engine.resolved_model_path()
-    RunStore(cfg.output.dir).ensure_free()
+    store_of(cfg, "pairs").preflight()
 
 
 def stage(units: list[Unit], cfg: RunConfig, store: RunStore) -> Stage:
@@ -73,11 +74,8 @@ def generate_part(pool: EnginePool, index: int, units: list[Unit], templates: di
 
 
 def _raws(store: RunStore, units: list[Unit]) -> list[RawResult]:
-    keys = {u.key for u in units}
-    raws = store.read_raw(keys)
-    if len(raws) != len(keys):
-        raise RuntimeError(f"{store.root}: {len(keys) - len(raws)} planned units have no raw result; rerun the same command to resume")
-    return raws
+    """The raw results of ``units`` (units the engine gave up on have none: finalize rejects them)."""
+    return finished(store, {u.key for u in units})[0]
 
 
 def input_sentences(cfg: RunConfig) -> tuple[list[SentenceRecord], list[Rejection]]:
@@ -129,17 +127,18 @@ def filter_rows(rows: list[PairRow], cfg: RunConfig) -> tuple[list[PairRow], lis
 def finalize(cfg: RunConfig, store: RunStore, plan: Plan, timing: Timing, run_id: str | None) -> Summary:
     root = store.root
     units = [u for st in plan.stages.values() for u in st.units]
-    raws = _raws(store, units)  # every stage's raw parts, read once
+    raws, failed = finished(store, {u.key for u in units})  # every stage's raw parts, read once
     by_key = {r.unit_key: r for r in raws}
-    cands, cand_rejects = task.candidates([by_key[u.key] for u in plan.stages[GENERATE].units], plan.templates)
-    scores = {(u.source.id, u.source.role): (by_key[u.key].texts[0], by_key[u.key]) for u in plan.stages[task.JUDGE].units}
+    cands, cand_rejects = task.candidates([by_key[u.key] for u in plan.stages[GENERATE].units if u.key in by_key], plan.templates)
+    scores = {(u.source.id, u.source.role): (by_key[u.key].texts[0], by_key[u.key]) for u in plan.stages[task.JUDGE].units
+              if u.key in by_key}  # a judge unit the engine gave up on leaves its pair unjudged (rejected as no_score)
     rows, judge_rejects, stats = task.assemble(plan.sentences, cands, scores, cfg)
     stats.seeds = len(plan.sentences) if task.SEED in plan.stages else 0
     rows, filter_rejects, fstage = filter_rows(sorted(rows, key=lambda r: r.id), cfg)
     by_split: dict[str, list[PairRow]] = {"train": [], "test": []}
     for r in rows:
         by_split[split_of(r.source_id, cfg.output.test_fraction)].append(r)
-    gen_rejects = sorted(plan.seed_rejects + cand_rejects + judge_rejects, key=lambda r: (r.unit_key or "", r.seed or 0))
+    gen_rejects = sorted(plan.seed_rejects + cand_rejects + judge_rejects + failed, key=lambda r: (r.unit_key or "", r.seed or 0))
     rejects = plan.input_rejects + gen_rejects + filter_rejects
     tables = {split: pairs_table(split_rows) for split, split_rows in by_split.items()}
     shards, published = publish_tables(cfg, "pairs", root, {**tables, "rejected": rejected_table(rejects)}, run_id)

@@ -21,10 +21,11 @@ from pipeline.run.common import (
     Timing,
     check_input_output,
     commit_part,
+    finished,
     publish_tables,
     split_of,
 )
-from pipeline.run.store import RunStore
+from pipeline.run.store import RunStore, store_of
 from pipeline.shards.card import write_rationales_card
 from pipeline.shards.publish import published_splits
 from pipeline.shards.schema import rationales_table, rejected_table
@@ -50,7 +51,7 @@ def preflight(cfg: RunConfig) -> None:
     check_input_output(cfg)
     task.templates_for(cfg)
     cfg.engine.resolved_model_path()
-    RunStore(cfg.output.dir).ensure_free()
+    store_of(cfg, "rationales").preflight()
 
 
 def plan(cfg: RunConfig, store: RunStore) -> Plan:
@@ -104,11 +105,10 @@ def filter_rows(rows: list[RationaleRow], cfg: RunConfig) -> tuple[list[Rational
 def finalize(cfg: RunConfig, store: RunStore, the_plan: Plan, timing: Timing, run_id: str | None) -> Summary:
     root = store.root
     keys = {u.key for u in the_plan.units}
-    raws: list[RawResult] = store.read_raw(keys)
-    if len(raws) != len(keys):
-        raise RuntimeError(f"{root}: {len(keys) - len(raws)} planned units have no raw result; rerun the same command to resume")
+    raws, failed = finished(store, keys)
     questions = {q.id: q for q in the_plan.questions}
     rows, gen_rejects, stats = task.assemble(raws, questions, cfg)
+    gen_rejects = gen_rejects + failed
     rows, filter_rejects, stage = filter_rows(sorted(rows, key=lambda r: r.id), cfg)
     by_split: dict[str, list[RationaleRow]] = {"train": [], "test": []}
     for r in rows:

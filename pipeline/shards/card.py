@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from pipeline.tasks.templates import Template
 
 _TEMPLATE = Path(__file__).with_name("card_template.md")
+ENGINE_FAILURES = ("engine_crash", "engine_timeout")  # units with no raw result, rejected
 _DTYPES = {"string": "string", "float": "float32", "int32": "int32", "int64": "int64"}
 
 
@@ -87,7 +88,7 @@ def _features(schema) -> list[dict[str, str]]:
 
 
 def per_type_stats(raws: list[RawResult], rows: list[NegativeRow], rejects: list[Rejection], test_ids: set[str]) -> list[TypeStats]:
-    units = Counter(r.task for r in raws)
+    units = Counter(r.task for r in raws) + Counter(r.task for r in rejects if r.reason in ENGINE_FAILURES)
     kept = Counter(r.neg_type for r in rows)
     test = Counter(r.neg_type for r in rows if r.id in test_ids)
     reasons: dict[str, Counter] = defaultdict(Counter)

@@ -249,6 +249,10 @@ def assemble(sentences: list[SentenceRecord], cands: dict[tuple[str, str], Gener
             rejects += [_rejection(g.raw, "no_partner", "the other candidate of this sentence was rejected", g.text)
                         for g in (e, c) if g is not None]
             continue
+        if (s.id, ENTAIL) not in scores or (s.id, CONTRADICT) not in scores:  # the engine gave up on a judge unit
+            rejects += [_rejection(g.raw, "no_score", "the judge of this pair failed (see its engine_crash/engine_timeout row)",
+                                   g.text) for g in (e, c)]
+            continue
         (e_text, e_raw), (c_text, c_raw) = scores[(s.id, ENTAIL)], scores[(s.id, CONTRADICT)]
         e_score, c_score = parse_score(e_text), parse_score(c_text)
         if e_score is None or c_score is None:

@@ -11,7 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.config import load_config
-from pipeline.engines.base import finish_reason
+from pipeline.engines.base import check_finish_reasons, finish_reason
+from pipeline.errors import EngineError, TransientEngineError
+from pipeline.records import Completion
 from pipeline.engines.config import EngineConfig, VLLMEngineConfig
 from pipeline.engines.openai_compat import request_body
 from pipeline.engines.vllm_engine import (
@@ -47,6 +49,25 @@ def test_openai_structured_outputs_only_when_the_server_has_them():
                                                      ("stop", None, "stop"), ("stop", 2, "stop")])
 def test_finish_reasons(finish, stop_reason, ours):
     assert finish_reason(SimpleNamespace(finish_reason=finish, stop_reason=stop_reason)) == ours
+
+
+def test_a_missing_or_unknown_finish_reason_is_never_a_stop():
+    with pytest.raises(EngineError, match="expected a finish reason 'stop' or 'length'.*got None") as exc:
+        finish_reason(SimpleNamespace(finish_reason=None, stop_reason=None))
+    assert not isinstance(exc.value, TransientEngineError)
+    with pytest.raises(EngineError, match="got 'content_filter'"):
+        finish_reason(SimpleNamespace(finish_reason="content_filter"))
+    with pytest.raises(TransientEngineError, match="aborted"):  # vLLM aborted it: retry the part
+        finish_reason(SimpleNamespace(finish_reason="abort", stop_reason=None))
+
+
+def test_a_completion_must_say_how_each_text_ended():
+    ok = Completion("k", ("a", "b"), 1, 2, 0.1, ("stop", "length"))
+    check_finish_reasons(ok, 2)
+    for bad in (Completion("k", ("a", "b"), 1, 2, 0.1), Completion("k", ("a", "b"), 1, 2, 0.1, ("stop",)),
+                Completion("k", ("a",), 1, 2, 0.1, ("abort",))):
+        with pytest.raises(EngineError, match="never taken as 'stop'"):
+            check_finish_reasons(bad, len(bad.texts))
 
 
 def _vllm_cfg(**vllm) -> EngineConfig:

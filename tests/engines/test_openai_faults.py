@@ -105,3 +105,37 @@ def test_concurrency_is_bounded():
     out = server.engine(concurrency=4).generate(reqs)
     assert [c.key for c in out] == [r.key for r in reqs]  # order kept
     assert server.peak == 4
+
+
+def test_a_missing_finish_reason_is_an_engine_error_not_a_stop():
+    def no_reason(i, body):
+        payload = _completion(body["n"])
+        for ch in payload["choices"]:
+            ch["finish_reason"] = None
+        return 200, payload
+
+    with pytest.raises(EngineError, match="expected a finish reason") as exc:
+        FaultServer(no_reason).engine().generate([REQ])
+    assert not isinstance(exc.value, TransientEngineError)
+
+
+def test_a_hung_server_call_is_retried_once_then_rejected_as_timeout():
+    from pipeline.engines.config import RayConfig
+    from pipeline.engines.pool import EnginePool
+    from pipeline.records import EngineFailure
+
+    def script(i, body):
+        if "HANG" in json.dumps(body["messages"]):
+            time.sleep(4)  # longer than the deadline below
+        return 200, _completion(body["n"])
+
+    server = FaultServer(script)
+    engine = EngineConfig(kind="openai", call_timeout_s=1.0,
+                          openai=OpenAIEngineConfig(base_url=server.url, model="m", structured="off"))
+    pool = EnginePool(engine, RayConfig())  # the openai engine runs in the driver: no Ray
+    hung = GenerationRequest("h", (("user", "HANG"),), REQ.sampling)
+    t0 = time.perf_counter()
+    out = pool.generate(0, [REQ, hung])
+    assert time.perf_counter() - t0 < 3.5  # two deadlines, not two hangs
+    assert all(isinstance(o, EngineFailure) and o.reason == "engine_timeout" and "twice" in o.detail for o in out)
+    assert [c.texts for c in pool.generate(1, [REQ])] == [("text 0", "text 1")]  # the engine still serves after
