@@ -53,7 +53,7 @@ def test_second_cli_run_on_a_locked_dir_fails_at_once(tmp_path):
     from pipeline.run.store import RunStore
 
     cli = str(Path(sys.executable).parent / "contrastgen")
-    with RunStore(tmp_path / "o"):  # a run in progress
+    with RunStore(tmp_path / "o", "negatives"):  # a run in progress (it claimed the folder)
         t0 = time.perf_counter()
         res = subprocess.run([cli, "generate", "negatives", "--input", str(REPO / "data" / "sample_captions.jsonl"),
                               "--out", str(tmp_path / "o")], capture_output=True, text=True)

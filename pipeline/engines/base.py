@@ -42,12 +42,12 @@ def finish_reason(output) -> str:
     a missing or unknown reason is an :class:`EngineError`: a text whose end is unknown may be truncated,
     so it is never taken as a stop."""
     reason = getattr(output, "finish_reason", None)
-    if reason == "length":
+    if reason in ("length", "repetition"):  # vLLM's `repetition`: it cut a repeating pattern, the text is truncated
         return "length"
     if reason == "stop":
         return "newline" if getattr(output, "stop_reason", None) == "\n" else "stop"
-    if reason == "abort":
-        raise TransientEngineError("the engine aborted a request (finish_reason 'abort'): its text is incomplete. "
+    if reason in ("abort", "error"):  # vLLM (v1/engine FinishReason): aborted, or a retryable request-level error
+        raise TransientEngineError(f"the engine ended a request with finish_reason {reason!r}: its text is incomplete. "
                                    "Fix: none needed, the part is retried; if it persists, check the server's logs")
     raise EngineError(f"expected a finish reason 'stop' or 'length' for every output, got {reason!r}: a text whose end "
                       "is unknown may be truncated. Fix: use a server that reports finish_reason (vLLM, llama.cpp, "

@@ -57,8 +57,10 @@ def test_a_missing_or_unknown_finish_reason_is_never_a_stop():
     assert not isinstance(exc.value, TransientEngineError)
     with pytest.raises(EngineError, match="got 'content_filter'"):
         finish_reason(SimpleNamespace(finish_reason="content_filter"))
-    with pytest.raises(TransientEngineError, match="aborted"):  # vLLM aborted it: retry the part
-        finish_reason(SimpleNamespace(finish_reason="abort", stop_reason=None))
+    for reason in ("abort", "error"):  # vLLM aborted it, or a retryable request-level error: retry the part
+        with pytest.raises(TransientEngineError, match=f"finish_reason '{reason}'"):
+            finish_reason(SimpleNamespace(finish_reason=reason, stop_reason=None))
+    assert finish_reason(SimpleNamespace(finish_reason="repetition", stop_reason=None)) == "length"  # cut short
 
 
 def test_a_completion_must_say_how_each_text_ended():

@@ -49,7 +49,10 @@ class FaultServer:
                 if status == 429:
                     self.send_header("Retry-After", "0")
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (a deadline): nothing to answer
+                    pass
                 with lock:
                     outer.inflight -= 1
 

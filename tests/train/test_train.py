@@ -139,8 +139,8 @@ def test_train_cli_errors_are_clear(tmp_path, capsys):
     assert "expected NAME or NAME=WEIGHT" in capsys.readouterr().err
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "m"), "--loss", "nope"]) == 2
     assert "loss.weights.nope" in capsys.readouterr().err
-    assert main(["evaluate", str(tmp_path), str(tmp_path)]) == 2
-    assert "expected a sentence-transformers model folder" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path), str(tmp_path)]) == 2  # the dataset is read first: it fails before a model loads
+    assert "expected a contrastgen dataset folder" in capsys.readouterr().err
 
 
 def test_two_datasets_train_together_and_are_each_evaluated(dataset, tiny_model, tmp_path):
