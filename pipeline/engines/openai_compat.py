@@ -30,6 +30,9 @@ from pipeline.errors import EngineError, EngineTimeoutError, TransientEngineErro
 from pipeline.records import Completion, GenerationRequest, Sampling
 
 
+PROBE_CHOICES = ("qz-7", "vk-3")  # the structured-outputs probe's allowed answers (see OpenAIEngine.warmup)
+
+
 def request_body(s: Sampling, structured: bool) -> dict:
     """Our sampling as chat-completions arguments (``extra_body`` holds the non-OpenAI fields).
 
@@ -90,10 +93,12 @@ class OpenAIEngine:
     def warmup(self) -> None:
         """Check the server answers, and probe structured outputs (``engine.openai.structured: auto``)."""
         if self.cfg.structured == "auto":
-            probe = Sampling(0.0, 1.0, 2, 1, 0, stop_at_newline=False, choices=("yes", "no"))
+            # The only allowed answers are strings no model would write to this question unconstrained: a server
+            # that ignores the field answers "Yes" (or chatter) and fails; one that honours it must pick one.
+            probe = Sampling(0.0, 1.0, 8, 1, 0, stop_at_newline=False, choices=PROBE_CHOICES)
             try:
                 c = self.generate([GenerationRequest("probe", (("user", "Answer yes or no: is 2 > 1?"),), probe)], structured=True)[0]
-                self.structured = c.texts[0].strip() in probe.choices
+                self.structured = c.texts[0] in probe.choices
             except EngineError:
                 self.structured = False
         self.generate([GenerationRequest("warmup", (("user", "Hi"),), Sampling(0.0, 1.0, 2, 1, 0))])

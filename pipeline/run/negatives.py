@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
-from pipeline.filters.scorers import TextScorers
+from pipeline.filters.scorers import stage_scorers
 from pipeline.filters.stage import Pairs, StageResult, run_stage
 from pipeline.inputs import read_captions
 from pipeline.records import (
@@ -71,7 +71,7 @@ def preflight(cfg: RunConfig) -> None:
     """Cheap checks before Ray and Prefect start: the input exists, every template loads, the model is found."""
     check_input_output(cfg)
     task.templates_for(cfg)
-    cfg.engine.resolved_model_path()
+    cfg.engine.model_id()  # the model is found (an embedded run: the bundled package or engine.model_path)
     store_of(cfg, "negatives").preflight()
 
 
@@ -107,7 +107,8 @@ def filter_rows(rows: list[NegativeRow], cfg: RunConfig) -> tuple[list[NegativeR
                   [r.negative for r in rows], [r.source_id for r in rows], [r.neg_type for r in rows],
                   [split_of(r.source_id, cfg.output.test_fraction) for r in rows])
     fcfg = cfg.filters.negatives
-    res = run_stage(pairs, fcfg, TextScorers(fcfg, cfg.engine.resolved_model_path()))
+    fcfg, scorers = stage_scorers(fcfg, cfg.engine)
+    res = run_stage(pairs, fcfg, scorers)
     kept, rejects = [], []
     for i, r in enumerate(rows):
         pos_drop = res.positive_drops.get(r.source_id)

@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
 from pipeline.errors import ContrastgenError, InputFileError
-from pipeline.filters.scorers import TextScorers
+from pipeline.filters.scorers import stage_scorers
 from pipeline.filters.stage import Pairs, StageResult, run_stage
 from pipeline.inputs import read_sentences
 from pipeline.records import PairRow, RawResult, Rejection, SentenceRecord, Unit
@@ -56,7 +56,7 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.input.path is not None and not Path(cfg.input.path).exists():
         raise InputFileError(cfg.input.path, "file not found. Fix: check --input")
     task.templates_for(cfg)
-    cfg.engine.resolved_model_path()
+    cfg.engine.model_id()  # the model is found (an embedded run: the bundled package or engine.model_path)
     store_of(cfg, "pairs").preflight()
 
 
@@ -109,7 +109,8 @@ def filter_rows(rows: list[PairRow], cfg: RunConfig) -> tuple[list[PairRow], lis
                   [r.source_id for r in rows], ["contradiction"] * len(rows),
                   [split_of(r.source_id, cfg.output.test_fraction) for r in rows])
     fcfg = cfg.filters.pairs
-    res = run_stage(pairs, fcfg, TextScorers(fcfg, cfg.engine.resolved_model_path()))
+    fcfg, scorers = stage_scorers(fcfg, cfg.engine)
+    res = run_stage(pairs, fcfg, scorers)
     kept, rejects = [], []
     for i, r in enumerate(rows):
         d = res.drop(i) or res.positive_drops.get(r.source_id)  # each row has its own positive: its drop drops the row

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
-from pipeline.filters.scorers import TextScorers
+from pipeline.filters.scorers import stage_scorers
 from pipeline.filters.stage import Pairs, StageResult, run_stage
 from pipeline.inputs import read_questions
 from pipeline.records import QuestionRecord, RationaleRow, RawResult, Rejection, Unit
@@ -50,7 +50,7 @@ def preflight(cfg: RunConfig) -> None:
     """Cheap checks before Ray and Prefect start: input and output given, the input exists, templates load."""
     check_input_output(cfg)
     task.templates_for(cfg)
-    cfg.engine.resolved_model_path()
+    cfg.engine.model_id()  # the model is found (an embedded run: the bundled package or engine.model_path)
     store_of(cfg, "rationales").preflight()
 
 
@@ -86,7 +86,8 @@ def filter_rows(rows: list[RationaleRow], cfg: RunConfig) -> tuple[list[Rational
                   [r.source_id for r in rows], [r.neg_source for r in rows],
                   [split_of(r.source_id, cfg.output.test_fraction) for r in rows])
     fcfg = cfg.filters.rationales
-    res = run_stage(pairs, fcfg, TextScorers(fcfg, cfg.engine.resolved_model_path()))
+    fcfg, scorers = stage_scorers(fcfg, cfg.engine)
+    res = run_stage(pairs, fcfg, scorers)
     kept, rejects = [], []
     for i, r in enumerate(rows):
         row = replace(r, surface_sim=float(res.surface_sim[i]), semantic_sim=float(res.semantic_sim[i]),

@@ -80,9 +80,12 @@ def test_vllm_llm_kwargs():
     kw = llm_kwargs(_vllm_cfg(revision="abc123", max_model_len=2048))
     assert kw == {"model": "HuggingFaceTB/SmolLM2-1.7B-Instruct", "revision": "abc123", "dtype": "bfloat16",
                   "tensor_parallel_size": 1, "gpu_memory_utilization": 0.9, "enable_prefix_caching": True, "seed": 0,
-                  "max_model_len": 2048}
+                  "enforce_eager": False, "max_model_len": 2048}
     assert llm_kwargs(_vllm_cfg(tensor_parallel_size=4))["distributed_executor_backend"] == "ray"
     assert _vllm_cfg(revision="abc123").model_id() == "HuggingFaceTB/SmolLM2-1.7B-Instruct@abc123"
+    cpu = llm_kwargs(EngineConfig(kind="vllm", vllm=VLLMEngineConfig(model="m", device="cpu", kv_cache_gib=0.5)))
+    assert (cpu["dtype"], cpu["kv_cache_memory_bytes"]) == ("float32", 2**29)  # no fast bf16 on AVX2 CPUs
+    assert llm_kwargs(_vllm_cfg(device="cpu"))["kv_cache_memory_bytes"] == 2**30  # vLLM would claim a NUMA node
 
 
 def test_vllm_sampling_kwargs():
@@ -104,17 +107,32 @@ def test_vllm_request_output_to_completion():
 
 
 def test_vllm_replicas_fill_the_cluster_gpus():
-    assert replica_count(VLLMEngineConfig(model="m"), 8) == 8
-    assert replica_count(VLLMEngineConfig(model="m", tensor_parallel_size=4), 8) == 2
-    assert replica_count(VLLMEngineConfig(model="m", replicas=3), 8) == 3
+    assert replica_count(VLLMEngineConfig(model="m"), [8]) == 8
+    assert replica_count(VLLMEngineConfig(model="m", tensor_parallel_size=4), [8]) == 2
+    assert replica_count(VLLMEngineConfig(model="m", replicas=3), [8]) == 3
+    assert replica_count(VLLMEngineConfig(model="m", tensor_parallel_size=2), [3, 3, 3]) == 3  # a group fits one node
+    assert replica_count(VLLMEngineConfig(model="m", tensor_parallel_size=4), [2, 2, 8, 0]) == 2
+    with pytest.raises(ConfigError, match=r"expected 4 replica\(s\).*room for 3"):
+        replica_count(VLLMEngineConfig(model="m", tensor_parallel_size=2, replicas=4), [3, 3, 3])
     assert replica_options(VLLMEngineConfig(model="m")) == {"num_gpus": 1, "num_cpus": 1}
-    with pytest.raises(ConfigError, match=r"expected at least 2 GPU\(s\).*found 0.*--ray-address"):
-        replica_count(VLLMEngineConfig(model="m", tensor_parallel_size=2), 0)
+    with pytest.raises(ConfigError, match=r"expected 1 replica\(s\) of tensor_parallel_size = 2.*GPUs none.*--ray-address"):
+        replica_count(VLLMEngineConfig(model="m", tensor_parallel_size=2), [])
 
 
-def test_vllm_needs_a_model_id():
-    with pytest.raises(ConfigError, match="engine.vllm.model: expected"):
-        load_config(None, {"engine": {"kind": "vllm"}}).engine.model_id()
+@pytest.mark.integration
+def test_a_placement_group_that_cannot_be_placed_fails_in_time(ray_session):
+    """Real Ray (no GPU here): a replica's group of 2 GPU bundles is awaited, then removed, with the layout."""
+    import ray
+
+    with pytest.raises(ConfigError, match=r"expected a node with 2 free GPUs.*within 1 s.*GPUs: \[0"):
+        replica_options(VLLMEngineConfig(model="m", tensor_parallel_size=2, placement_timeout_s=1))
+    assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
+
+
+def test_vllm_defaults_to_the_bundled_model():
+    """Same model, same unit keys as the embedded engine: a run can move between the two and reuse every unit."""
+    cfg = load_config(None, {"engine": {"kind": "vllm"}}).engine
+    assert cfg.model_id() == load_config(None, {}).engine.model_id() == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def test_openai_model_defaults_to_what_contrastgen_serve_serves():

