@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect import flow, runtime, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.parts import run_parts
 from flows.retry import ENGINE_RETRIES
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
@@ -42,8 +42,5 @@ def negatives_flow(config: dict[str, Any]) -> dict[str, Any]:
             with timing.measure("startup_seconds"):
                 pool = EnginePool(cfg.engine, cfg.ray)
             with timing.measure("generation_seconds"):
-                parts = [generate_part.submit(pool, i, chunk, the_plan.templates, cfg, store)
-                         for i, chunk in enumerate(the_plan.pending)]
-                wait(parts)
-                [p.result() for p in parts]  # re-raise the first failure
+                run_parts(generate_part, pool, the_plan.pending, templates=the_plan.templates, cfg=cfg, store=store)
         return asdict(finalize(cfg, store, the_plan, timing))

@@ -11,9 +11,9 @@ from typing import Any
 
 from prefect import flow, runtime, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.parts import run_parts
 from flows.retry import ENGINE_RETRIES
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
@@ -51,9 +51,7 @@ class _Engines:
             with self.timing.measure("startup_seconds"):
                 self.pool = EnginePool(self.cfg.engine, self.cfg.ray)
         with self.timing.measure("generation_seconds"):
-            parts = [generate_part.submit(self.pool, i, chunk, templates, self.cfg, store) for i, chunk in enumerate(stage.pending)]
-            wait(parts)
-            [p.result() for p in parts]  # re-raise the first failure
+            run_parts(generate_part, self.pool, stage.pending, templates=templates, cfg=self.cfg, store=store)
 
 
 @flow(name="contrastgen-pairs", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False)

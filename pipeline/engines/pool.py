@@ -152,6 +152,12 @@ class EnginePool:
                               "it did not. Fix: check `ray status` (free CPUs/GPUs for the actors) and the actors' logs, "
                               "or raise engine.start_timeout_s") from None
 
+    @property
+    def slots(self) -> int:
+        """Parts worth having in flight: two per replica (one generating, one ready behind its lock), two for the
+        in-driver HTTP engine (its requests are concurrent within a part already)."""
+        return 2 * max(1, len(self.actors))
+
     def generate(self, index: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
         """One outcome per request, in order: its completion, or why the engine could not complete it."""
         if self.local is not None:

@@ -39,6 +39,7 @@ def llm_kwargs(cfg: EngineConfig) -> dict:
         "tensor_parallel_size": v.tensor_parallel_size, "gpu_memory_utilization": v.gpu_memory_utilization,
         "enable_prefix_caching": v.enable_prefix_caching, "seed": 0,
         "enforce_eager": cpu if v.enforce_eager is None else v.enforce_eager,
+        "disable_log_stats": False,  # per-request metrics (queued and last-token times) for each row's latency
     }
     optional = {"max_model_len": v.max_model_len, "max_num_seqs": v.max_num_seqs,
                 "download_dir": str(v.download_dir) if v.download_dir else None,
@@ -76,12 +77,25 @@ def sampling_kwargs(s: Sampling, structured: bool) -> dict:
     return kw
 
 
+def sampling_params(vllm, s: Sampling, structured: bool):
+    """``vllm.SamplingParams`` of one request (``vllm``: the imported module)."""
+    kw = sampling_kwargs(s, structured)
+    if "structured_outputs" in kw:
+        kw["structured_outputs"] = vllm.sampling_params.StructuredOutputsParams(**kw["structured_outputs"])
+    return vllm.SamplingParams(**kw)
+
+
 def to_completion(req: GenerationRequest, out, latency_s: float) -> Completion:
-    """One ``RequestOutput`` as our completion (a ``stop_reason`` of "\\n" is our ``newline`` stop)."""
+    """One ``RequestOutput`` as our completion (a ``stop_reason`` of "\\n" is our ``newline`` stop). Latency is the
+    request's own time in the engine (``metrics``: queued to last token, vLLM v1's RequestStateStats) when vLLM
+    reports it, else the whole call's."""
     outs = list(out.outputs)
     reasons = tuple(finish_reason(o) for o in outs)
+    m = getattr(out, "metrics", None)
+    queued, last = getattr(m, "queued_ts", 0.0) or 0.0, getattr(m, "last_token_ts", 0.0) or 0.0
+    own = last - queued if queued and last >= queued else latency_s
     return Completion(req.key, tuple(o.text for o in outs), len(out.prompt_token_ids or ()),
-                      sum(len(o.token_ids) for o in outs), round(latency_s, 4), reasons)
+                      sum(len(o.token_ids) for o in outs), round(own, 4), reasons)
 
 
 def replica_count(v: VLLMEngineConfig, node_gpus: list[float]) -> int:
@@ -136,6 +150,8 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, cfg: EngineConfig):
+        if cfg.vllm.batch_invariant:  # before vLLM is imported: it reads its environment (vllm/envs.py)
+            os.environ["VLLM_BATCH_INVARIANT"] = "1"
         try:
             import vllm
             from vllm import sampling_params as sp
@@ -143,22 +159,19 @@ class VLLMEngine:
             raise ConfigError("engine.kind vllm: expected the vllm package on every GPU node, found it missing. "
                               "Fix: pip install 'contrastgen[vllm]' (on the nodes' image)") from None
         self._vllm = vllm
-        self._structured_cls = getattr(sp, "StructuredOutputsParams", None)  # the probe: vLLM >= 0.10.2 has it
-        self.structured = cfg.vllm.structured == "auto" and self._structured_cls is not None
+        # the probe: vLLM >= 0.10.2 has StructuredOutputsParams
+        self.structured = cfg.vllm.structured == "auto" and hasattr(sp, "StructuredOutputsParams")
         self.model_id = cfg.model_id()
         if cfg.vllm.tensor_parallel_size > 1:
             # vLLM's own RLHF example clears it before building LLM in a num_gpus=0 actor: with
-            # RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 (the pre-2.5x default) Ray sets "" there, hiding every GPU
+            # RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 (Ray's older default) Ray sets "" there, hiding every GPU
             # from the driver side; Ray 2.60 leaves it as inherited (ray/_private/utils.set_visible_accelerator_ids).
             # vLLM's Ray executor sets each TP worker's own CUDA_VISIBLE_DEVICES from its bundle.
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         self.llm = vllm.LLM(**llm_kwargs(cfg))
 
     def params(self, s: Sampling):
-        kw = sampling_kwargs(s, self.structured)
-        if "structured_outputs" in kw:
-            kw["structured_outputs"] = self._structured_cls(**kw["structured_outputs"])
-        return self._vllm.SamplingParams(**kw)
+        return sampling_params(self._vllm, s, self.structured)
 
     def warmup(self) -> None:
         self.generate([GenerationRequest("warmup", (("user", "Hi"),), Sampling(0.0, 1.0, 2, 1, 0))])

@@ -97,6 +97,14 @@ def finished(store: RunStore, keys: set[str]) -> tuple[list[RawResult], list[Rej
     return raws, failed
 
 
+def part_size(cfg) -> int:
+    """Units per part: ``output.units_per_part``, else enough requests to fill the engine twice (a part is one
+    engine call; a replica then never idles for lack of sequences), at least 64."""
+    if cfg.output.units_per_part:
+        return cfg.output.units_per_part
+    return max(64, -(-2 * cfg.engine.capacity() // cfg.sampling.n))
+
+
 def split_of(source_id: str, test_fraction: float) -> str:
     """Deterministic split by a hash of the source id (all rows of one caption or question share it)."""
     bucket = int(hashlib.sha256(source_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF

@@ -28,6 +28,7 @@ from pipeline.run.common import (
     Timing,
     check_input_output,
     commit_part,
+    part_size,
     finished,
     publish_tables,
     split_of,
@@ -80,7 +81,7 @@ def chunk_units(units: list[Unit], cfg: RunConfig) -> list[list[Unit]]:
     engine batches them off one cached prefix. bench/generation.py uses this too, for a like-for-like baseline."""
     order = {t: i for i, t in enumerate(task.task_names(cfg))}
     ordered = sorted(units, key=lambda u: order[u.task])
-    size = cfg.output.units_per_part
+    size = part_size(cfg)
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 

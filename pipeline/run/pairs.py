@@ -22,6 +22,7 @@ from pipeline.run.common import (
     Summary,
     Timing,
     commit_part,
+    part_size,
     finished,
     publish_tables,
     split_of,
@@ -63,7 +64,7 @@ def preflight(cfg: RunConfig) -> None:
 def stage(units: list[Unit], cfg: RunConfig, store: RunStore) -> Stage:
     done = store.completed_keys()
     pending = sorted((u for u in units if u.key not in done), key=lambda u: u.task)  # one task per part where possible
-    size = cfg.output.units_per_part
+    size = part_size(cfg)
     return Stage(units, [pending[i : i + size] for i in range(0, len(pending), size)], len(units) - len(pending))
 
 

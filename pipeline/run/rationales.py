@@ -21,6 +21,7 @@ from pipeline.run.common import (
     Timing,
     check_input_output,
     commit_part,
+    part_size,
     finished,
     publish_tables,
     split_of,
@@ -68,7 +69,7 @@ def chunk_units(units: list[Unit], cfg: RunConfig) -> list[list[Unit]]:
     bench/generation.py uses this too, for a like-for-like baseline."""
     order = task.task_names(cfg)
     ordered = sorted(units, key=lambda u: order.index(u.task))
-    size = cfg.output.units_per_part
+    size = part_size(cfg)
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 

@@ -80,7 +80,7 @@ def test_vllm_llm_kwargs():
     kw = llm_kwargs(_vllm_cfg(revision="abc123", max_model_len=2048))
     assert kw == {"model": "HuggingFaceTB/SmolLM2-1.7B-Instruct", "revision": "abc123", "dtype": "bfloat16",
                   "tensor_parallel_size": 1, "gpu_memory_utilization": 0.9, "enable_prefix_caching": True, "seed": 0,
-                  "enforce_eager": False, "max_model_len": 2048}
+                  "enforce_eager": False, "disable_log_stats": False, "max_model_len": 2048}
     assert llm_kwargs(_vllm_cfg(tensor_parallel_size=4))["distributed_executor_backend"] == "ray"
     assert _vllm_cfg(revision="abc123").model_id() == "HuggingFaceTB/SmolLM2-1.7B-Instruct@abc123"
     cpu = llm_kwargs(EngineConfig(kind="vllm", vllm=VLLMEngineConfig(model="m", device="cpu", kv_cache_gib=0.5)))
@@ -103,7 +103,9 @@ def test_vllm_request_output_to_completion():
         SimpleNamespace(text="A long", token_ids=[8, 9, 10], finish_reason="length", stop_reason=None)])
     c = to_completion(GenerationRequest("k", (("user", "x"),), ONE_LINE), out, 0.5)
     assert (c.key, c.texts, c.tokens_in, c.tokens_out) == ("k", ("A cat.", "A dog", "A long"), 3, 6)
-    assert c.finish_reasons == ("stop", "newline", "length")
+    assert c.finish_reasons == ("stop", "newline", "length") and c.latency_s == 0.5  # no metrics: the call's latency
+    out.metrics = SimpleNamespace(queued_ts=100.0, last_token_ts=100.25)
+    assert to_completion(GenerationRequest("k", (("user", "x"),), ONE_LINE), out, 0.5).latency_s == 0.25  # its own
 
 
 def test_vllm_replicas_fill_the_cluster_gpus():

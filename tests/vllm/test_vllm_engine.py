@@ -44,3 +44,11 @@ def test_structured_choice_for_the_judge(vllm_pool):
     reqs = [_req(f"j{i}", f"Here is a sentence: {t}. Write a poem about it.", s)
             for i, t in enumerate(("a red car", "two dogs play", "the sky at night"))]
     assert all(c.texts[0] in SCORES for c in vllm_pool.generate(0, reqs))
+
+
+def test_latency_is_per_request(vllm_pool):
+    """vLLM reports each request's own time in the engine: a short answer finishes before a long one in one call."""
+    short = _req("short", "Say hi.", Sampling(0.0, 1.0, 2, 1, 1, False))
+    long = _req("long", "Tell me a long story about the sea.", Sampling(0.0, 1.0, 48, 1, 1, False))
+    a, b = vllm_pool.generate(0, [short, long])
+    assert 0 < a.latency_s < b.latency_s
