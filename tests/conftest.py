@@ -163,33 +163,39 @@ def text_scorers(tmp_path_factory):
 def openai_server(tmp_path_factory):
     """(base_url, model) of an OpenAI-compatible server: $CONTRASTGEN_TEST_OPENAI_BASE_URL (and
     $CONTRASTGEN_TEST_OPENAI_MODEL) when set, else a real `contrastgen serve` started here on 127.0.0.1."""
-    import socket
-    import subprocess
     import sys
-    import time
-    import urllib.request
 
     if os.environ.get("CONTRASTGEN_TEST_OPENAI_BASE_URL"):
         yield os.environ["CONTRASTGEN_TEST_OPENAI_BASE_URL"], os.environ.get("CONTRASTGEN_TEST_OPENAI_MODEL")
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cli = str(Path(sys.executable).parent / "contrastgen")
-    log = tmp_path_factory.mktemp("serve") / "serve.log"  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen([cli, "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-    url, deadline = f"http://127.0.0.1:{port}/v1", time.time() + 300
-    while True:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.time() < deadline, "contrastgen serve did not answer in 300 s"
-            time.sleep(0.5)
+    proc, url = start_server(lambda port: [cli, "serve", "--port", str(port)], tmp_path_factory.mktemp("serve") / "serve.log")
     yield url, None
     proc.terminate()
     proc.wait(30)
+
+
+def start_server(argv_for_port, log: Path, env: dict | None = None, timeout_s: float = 400):
+    """Start an OpenAI-compatible server on a free 127.0.0.1 port (``argv_for_port(port)``), logging to a file (a
+    full pipe would block it), and wait until /v1/models answers. Returns (process, base URL)."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(argv_for_port(port), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    url, deadline = f"http://127.0.0.1:{port}/v1", time.time() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2)
+            return proc, url
+        except OSError:
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.time() < deadline, f"{argv_for_port(port)[:3]} did not answer in {timeout_s:g} s"
+            time.sleep(0.5)
 
 
 # tests/vllm needs the vllm package, which lives in its own environment (`make venv-vllm`; `make test` runs the

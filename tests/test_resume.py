@@ -55,27 +55,36 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def kill_then_resume(cmd: list[str], out: Path, tmp_path: Path, units: int) -> tuple[dict, list[str]]:
+    """SIGKILL ``cmd`` after two raw parts, rerun it: the rerun reuses every finished unit and generates only the
+    rest, the parts finished before the kill stay byte-identical; returns the rerun's summary and raw keys."""
+    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
+    before = {p.name: p.read_bytes() for p in (out / "raw").glob("part-*.arrow")}
+    done = len(_raw_keys(out))
+    assert 0 < done < units and not (out / "manifest.json").exists()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert (summary["units"], summary["reused"], summary["generated"]) == (units, done, units - done)
+    for name, data in before.items():  # parts finished before the kill are untouched
+        assert (out / "raw" / name).read_bytes() == data
+    return summary, _raw_keys(out)
+
+
+def planned_negatives(conf: Path, inp: Path, tmp_path: Path):
+    """The config of ``conf`` on ``inp`` (output in tmp_path/clean) and the unit keys it plans."""
+    cfg = load_config(conf, {"input": {"path": inp}, "output": {"dir": tmp_path / "clean"}})
+    return cfg, {u.key for u in task.plan_units(read_captions(cfg.input)[0], cfg, task.templates_for(cfg))}
+
+
 def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_session, prefect_session):
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(6, offset=20))
     conf = tmp_path / "run.yaml"
     conf.write_text("negatives: {types: [swap_obj, replace_obj, add_att]}\noutput: {units_per_part: 4}\n")
     out = tmp_path / "killed"
     cmd = [CLI, "generate", "negatives", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
-    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
-    before = {p.name: p.read_bytes() for p in (out / "raw").glob("part-*.arrow")}
-    done_before = len(_raw_keys(out))
-    assert 0 < done_before < 24 and not (out / "manifest.json").exists()
-
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
-    assert (summary["units"], summary["reused"], summary["generated"]) == (24, done_before, 24 - done_before)
-    for name, data in before.items():  # parts finished before the kill are untouched
-        assert (out / "raw" / name).read_bytes() == data
-
-    cfg = load_config(conf, {"input": {"path": inp}, "output": {"dir": tmp_path / "clean"}})
-    planned = {u.key for u in task.plan_units(read_captions(cfg.input)[0], cfg, task.templates_for(cfg))}
-    keys = _raw_keys(out)
+    summary, keys = kill_then_resume(cmd, out, tmp_path, 24)
+    cfg, planned = planned_negatives(conf, inp, tmp_path)
     assert len(keys) == len(set(keys)) == 24 and set(keys) == planned  # none lost, none duplicated
 
     from flows.negatives import negatives_flow

@@ -19,7 +19,6 @@ from pipeline.inputs import read_captions
 from pipeline.records import (
     CaptionRecord,
     NegativeRow,
-    RawResult,
     Rejection,
     Unit,
 )

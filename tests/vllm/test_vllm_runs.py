@@ -4,7 +4,6 @@ run on the vllm engine (the killed driver joins the session's Ray, so the loaded
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,14 +12,15 @@ import pytest
 import yaml
 
 from tests.conftest import coco_captions, write_jsonl
-from tests.test_resume import _kill_after_two_parts, _raw_keys
+from tests.test_resume import kill_then_resume, planned_negatives
 from tests.vllm.conftest import ENGINE
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "contrastgen")
 
 
-def _config(tmp_path: Path, units_per_part: int = 8) -> Path:
+def _config(tmp_path: Path, units_per_part: int | None = None) -> Path:
+    """The default part size on vLLM is 256 units: one engine call whose prefill vLLM must split into steps."""
     conf = tmp_path / "run.yaml"
     conf.write_text(yaml.safe_dump({"engine": ENGINE, "output": {"units_per_part": units_per_part},
                                     "negatives": {"types": ["swap_obj", "replace_att"]}}))
@@ -50,26 +50,12 @@ def test_a_negatives_run_on_vllm_through_the_actor_pool(vllm_pool, model_dir, pr
 def test_sigkill_then_resume_on_vllm(vllm_pool, model_dir, tmp_path):
     import ray
 
-    from pipeline.config import load_config
-    from pipeline.inputs import read_captions
-    from pipeline.tasks import negatives as task
-
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(8, offset=60))
     conf = _config(tmp_path, units_per_part=2)
     out = tmp_path / "killed"
     address = ray.get_runtime_context().gcs_address
     cmd = [CLI, "generate", "negatives", "--input", str(inp), "--out", str(out), "--config", str(conf),
            "--ray-address", address, "--json"]
-    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
-    before = {p.name: p.read_bytes() for p in (out / "raw").glob("part-*.arrow")}
-    done = len(_raw_keys(out))
-    assert 0 < done < 24 and not (out / "manifest.json").exists()
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    s = json.loads(rerun.stdout.strip().splitlines()[-1])
-    assert (s["units"], s["reused"], s["generated"]) == (24, done, 24 - done)
-    assert all((out / "raw" / name).read_bytes() == data for name, data in before.items())
-    cfg = load_config(conf, {"input": {"path": inp}, "output": {"dir": tmp_path / "x"}})
-    planned = {u.key for u in task.plan_units(read_captions(cfg.input)[0], cfg, task.templates_for(cfg))}
-    keys = _raw_keys(out)
+    _, keys = kill_then_resume(cmd, out, tmp_path, 24)
+    _, planned = planned_negatives(conf, inp, tmp_path)
     assert len(keys) == len(set(keys)) == 24 and set(keys) == planned  # none lost, none duplicated
