@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from pipeline.engines.pool import EnginePool
 from pipeline.engines.base import check_finish_reasons
 from pipeline.records import EngineFailure, GenerationRequest, Provenance, RawResult, Rejection, Unit
 from pipeline.run.store import RunStore
+from pipeline.shards.publish import split_of  # noqa: F401 (re-exported: every kind's finalize splits with it)
 from pipeline.shards.writer import ShardInfo
 
 
@@ -103,12 +103,6 @@ def part_size(cfg) -> int:
     if cfg.output.units_per_part:
         return cfg.output.units_per_part
     return max(64, -(-2 * cfg.engine.capacity() // cfg.sampling.n))
-
-
-def split_of(source_id: str, test_fraction: float) -> str:
-    """Deterministic split by a hash of the source id (all rows of one caption or question share it)."""
-    bucket = int(hashlib.sha256(source_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if bucket < test_fraction else "train"
 
 
 def publish_tables(cfg, kind: str, root: Path, tables: dict, run_id: str | None) -> tuple[list[ShardInfo], dict]:

@@ -25,6 +25,7 @@ from pipeline.shards.schema import (
     RATIONALES_SCHEMA,
     REJECTED_SCHEMA,
 )
+from pipeline.shards.publish import split_of
 from pipeline.shards.writer import ShardInfo, write_bytes_atomic
 
 if TYPE_CHECKING:
@@ -185,7 +186,6 @@ def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, 
 
     root = store.root
     plots = save_histograms(stage.histograms, root / "plots")
-    from pipeline.run.negatives import split_of  # local: avoids an import cycle
 
     test_ids = {r.id for r in rows if split_of(r.source_id, cfg.output.test_fraction) == "test"}
     stats = per_type_stats(raws, rows, rejects, test_ids)

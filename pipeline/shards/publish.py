@@ -130,6 +130,13 @@ def publish(root: Path, tables: dict[str, pa.Table], rows_per_shard: int, sha: s
     return shards, {"settings_sha": sha, "releases": releases}
 
 
+def split_of(source_id: str, test_fraction: float) -> str:
+    """Deterministic split by a hash of the source id (all rows of one caption or question share it): part of
+    the output contract, so the card and the writers use it without reaching into the run steps."""
+    bucket = int(hashlib.sha256(source_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if bucket < test_fraction else "train"
+
+
 def published_splits(shards: list[ShardInfo]) -> dict[str, int]:
     out: dict[str, int] = {}
     for s in shards:
