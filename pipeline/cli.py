@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import NegType, load_config
-from pipeline.errors import ContrastgenError
+from pipeline.errors import OS_FIXES, ContrastgenError
 from pipeline.train.config import LossName
 
 
@@ -177,7 +176,7 @@ def _generate(a: argparse.Namespace) -> int:
         print(f"wrote {summary['kept']} {a.kind} rows ({summary['splits']}) to {summary['out']}; "
               f"generated {summary['generated']} units, reused {summary['reused']}, rejected {summary['rejected']}, "
               f"filtered {summary['filtered']}")
-    return _empty_is_an_error(summary, a.input if hasattr(a, "input") else None)
+    return _empty_is_an_error(summary, a.input)
 
 
 def _empty_is_an_error(summary: dict, source) -> int:
@@ -265,24 +264,14 @@ def _deploy(a: argparse.Namespace) -> int:
 COMMANDS = {"generate": _generate, "serve": _serve, "deploy": _deploy, "filter": _filter, "inspect": _inspect, "train": _train, "evaluate": _evaluate}
 
 
-_OS_FIXES = {errno.ENOSPC: "free space on that file system (or pass another --out); rerun the same command to resume",
-             errno.EDQUOT: "raise the quota (or pass another --out); rerun the same command to resume",
-             errno.EROFS: "use a folder on a writable file system",
-             errno.EACCES: "fix the permissions, or use another folder",
-             errno.EPERM: "fix the permissions, or use another folder",
-             errno.ENOENT: "check the path",
-             errno.ENOTDIR: "check the path: a part of it is a file",
-             errno.EISDIR: "pass a file, not a folder"}
-
-
 def user_error(exc: BaseException) -> str | None:
     """The one line a user gets for ``exc`` when it is theirs to fix (our errors, and file-system refusals:
     full disk, permissions, missing paths); None for anything else (a bug: its traceback is shown)."""
     if isinstance(exc, ContrastgenError):
         return str(exc)
-    if isinstance(exc, OSError) and exc.errno in _OS_FIXES:
+    if isinstance(exc, OSError) and exc.errno in OS_FIXES:
         where = exc.filename if exc.filename is not None else "a file"
-        return f"{where}: expected to read or write it, but the system said: {os.strerror(exc.errno)}. Fix: {_OS_FIXES[exc.errno]}"
+        return f"{where}: expected to read or write it, but the system said: {os.strerror(exc.errno)}. Fix: {OS_FIXES[exc.errno]}"
     return None
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class ContrastgenError(ValueError):
     """Base class of every error contrastgen raises on purpose."""
@@ -50,18 +53,24 @@ class OutputFolderError(ContrastgenError):
     """``--out`` is not a folder contrastgen may write: a file, a foreign folder, another kind's dataset."""
 
 
+# What a user can do about a file-system refusal, by errno: the CLI's one line for any OSError that reaches it,
+# and the fix of an OutputWriteError.
+OS_FIXES = {errno.ENOSPC: "free space on that file system (or pass another --out); rerun the same command to resume",
+            errno.EDQUOT: "raise the quota (or pass another --out); rerun the same command to resume",
+            errno.EROFS: "use a folder on a writable file system",
+            errno.EACCES: "fix the permissions, or use another folder",
+            errno.EPERM: "fix the permissions, or use another folder",
+            errno.ENOENT: "check the path",
+            errno.ENOTDIR: "check the path: a part of it is a file",
+            errno.EISDIR: "pass a file, not a folder"}
+
+
 class OutputWriteError(ContrastgenError):
     """Writing an output file failed (disk full, quota, read-only file system): names the file and the fix."""
 
     def __init__(self, path: object, exc: OSError):
-        import errno
-        import os
-
         what = os.strerror(exc.errno) if exc.errno else str(exc)
-        fix = {errno.ENOSPC: "free space on that file system (or pass another --out)",
-               errno.EDQUOT: "raise the quota (or pass another --out)",
-               errno.EROFS: "pass an --out on a writable file system",
-               errno.EACCES: "fix the folder's permissions (or pass another --out)"}.get(exc.errno, "check the file system")
-        super().__init__(f"{path}: expected to write this file, but the file system said: {what}. Fix: {fix}; then "
-                         "rerun the same command: finished parts are kept and reused")
+        fix = OS_FIXES.get(exc.errno, "check the file system")
+        super().__init__(f"{path}: expected to write this file, but the file system said: {what}. Fix: {fix} "
+                         "(finished parts are kept and reused)")
         self.path, self.errno = path, exc.errno

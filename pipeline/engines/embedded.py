@@ -102,6 +102,11 @@ def dequantized_cache(path: Path) -> Path:
     return target
 
 
+def transformers_folder(path: Path) -> Path:
+    """A transformers folder of ``path``: a .gguf file dequantized once (cached), or the folder itself."""
+    return dequantized_cache(path) if path.suffix == ".gguf" else path
+
+
 def torch_dtype(dtype: str, device: str) -> torch.dtype:
     """``engine.dtype``: auto is float32 on CPU (no fast half kernels there) and bfloat16 on CUDA."""
     if dtype == "auto":
@@ -111,7 +116,7 @@ def torch_dtype(dtype: str, device: str) -> torch.dtype:
 
 def load_causal_lm(path: Path, device: str, dtype: str = "float32"):
     """(tokenizer, model) of a .gguf file (dequantized once, cached) or a transformers folder, in eval mode."""
-    folder = dequantized_cache(path) if path.suffix == ".gguf" else path
+    folder = transformers_folder(path)
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype, device))
     tok.padding_side = "left"

@@ -56,12 +56,9 @@ def llm_kwargs(cfg: EngineConfig) -> dict:
 
 def bundled_folder(cfg: EngineConfig):
     """``engine.model_path`` (the bundled GGUF by default) as a transformers folder vLLM can load (made once)."""
-    path = cfg.resolved_model_path()
-    if path.suffix != ".gguf":
-        return path
-    from pipeline.engines.embedded import dequantized_cache
+    from pipeline.engines.embedded import transformers_folder
 
-    return dequantized_cache(path)
+    return transformers_folder(cfg.resolved_model_path())
 
 
 def sampling_kwargs(s: Sampling, structured: bool) -> dict:

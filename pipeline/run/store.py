@@ -22,6 +22,11 @@ from pipeline.shards.schema import RAW_SCHEMA, REJECTED_SCHEMA, raw_results, raw
 from pipeline.shards.writer import ShardInfo, read_stream, sha256_file, write_atomic
 
 
+def _part_name(prefix: str, keys: list[str]) -> str:
+    """``{prefix}-<hash of the sorted unit keys>.arrow``: the same units always make the same file."""
+    return f"{prefix}-" + hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:20] + ".arrow"
+
+
 class RunStore:
     """The run directory: ``kind`` given, entering it claims the folder first (:mod:`pipeline.shards.folder`:
     a folder that is not a contrastgen ``kind`` dataset is refused unless ``overwrite``)."""
@@ -113,8 +118,7 @@ class RunStore:
     def write_failures(self, failures: list[Rejection]) -> None:
         """Units the engine could not complete (``engine_crash``, ``engine_timeout``), one atomic file; a rerun
         does not send them again (delete ``raw/failed-*.arrow`` to try them once more)."""
-        keys = sorted(r.unit_key or "" for r in failures)
-        name = "failed-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20] + ".arrow"
+        name = _part_name("failed", [r.unit_key or "" for r in failures])
         write_atomic(self.raw_dir / name, rejected_table(sorted(failures, key=lambda r: r.unit_key or "")))
 
     def read_failures(self, keys: set[str]) -> list[Rejection]:
@@ -127,8 +131,7 @@ class RunStore:
         return [seen[k] for k in sorted(seen)]
 
     def write_part(self, results: list[RawResult]) -> ShardInfo:
-        keys = sorted(r.unit_key for r in results)
-        name = "part-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20] + ".arrow"
+        name = _part_name("part", [r.unit_key for r in results])
         path = self.raw_dir / name
         write_atomic(path, raw_table(sorted(results, key=lambda r: r.unit_key)))
         return ShardInfo(f"raw/{name}", "raw", len(results), sha256_file(path), path.stat().st_size)

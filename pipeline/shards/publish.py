@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import __version__
-from pipeline.shards.writer import ShardInfo, ShardWriter, read_shard, write_bytes_atomic
+from pipeline.shards.writer import ShardInfo, ShardWriter, read_shard, shard_names, write_bytes_atomic
 
 LEDGER = ".publish-ledger.json"  # shard paths a publish writes, recorded before it writes them
 REJECTION_KEY = ("stage", "reason", "source_id", "task", "unit_key", "file", "line", "raw")
@@ -88,17 +87,18 @@ def _fresh(root: Path, old: list[ShardInfo], split: str, table: pa.Table) -> pa.
 
 
 def _write(root: Path, split: str, table: pa.Table, rows_per_shard: int, tag: str | None) -> list[ShardInfo]:
-    subdir = "rejected" if split == "rejected" else "data"
-    with ShardWriter(root, split, rows_per_shard, table.num_rows, subdir=subdir, tag=tag) as w:
+    with ShardWriter(root, split, rows_per_shard, table.num_rows, subdir=_subdir(split), tag=tag) as w:
         w.write(table)
     return w.finalize()
 
 
+def _subdir(split: str) -> str:
+    return "rejected" if split == "rejected" else "data"
+
+
 def _names(split: str, rows: int, rows_per_shard: int, tag: str | None) -> list[str]:
     """The paths :func:`_write` gives a split's shards (for the ledger, before they exist)."""
-    subdir = "rejected" if split == "rejected" else "data"
-    prefix, n = (f"{split}-{tag}" if tag else split), max(1, math.ceil(rows / rows_per_shard))
-    return [f"{subdir}/{prefix}-{i:05d}-of-{n:05d}.arrow" for i in range(n)]
+    return shard_names(split, rows, rows_per_shard, _subdir(split), tag)
 
 
 def publish(root: Path, tables: dict[str, pa.Table], rows_per_shard: int, sha: str,

@@ -97,6 +97,13 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     _atomically(path, write)
 
 
+def shard_names(split: str, total_rows: int, rows_per_shard: int, subdir: str = "data", tag: str | None = None) -> list[str]:
+    """The paths (relative to the dataset root) of a split's shards, known before any is written: a release tag
+    keeps appended shards' names apart (``train-r001-00000-of-00001.arrow``)."""
+    prefix, n = (f"{split}-{tag}" if tag else split), max(1, math.ceil(total_rows / rows_per_shard))
+    return [f"{subdir}/{prefix}-{i:05d}-of-{n:05d}.arrow" for i in range(n)]
+
+
 class ShardWriter:
     """Context manager writing one split as shards of at most ``rows_per_shard`` rows.
 
@@ -110,8 +117,7 @@ class ShardWriter:
     def __init__(self, root: Path, split: str, rows_per_shard: int, total_rows: int, subdir: str = "data",
                  tag: str | None = None):
         self.root, self.split, self.rows_per_shard, self.subdir = Path(root), split, rows_per_shard, subdir
-        self.prefix = f"{split}-{tag}" if tag else split  # a release tag keeps appended shards' names apart
-        self.n_shards = max(1, math.ceil(total_rows / rows_per_shard))
+        self.paths = shard_names(split, total_rows, rows_per_shard, subdir, tag)
         self.total_rows = total_rows
         self._shards: list[ShardInfo] = []
         self._written = 0
@@ -125,7 +131,7 @@ class ShardWriter:
             raise ValueError(f"ShardWriter({self.split}): expected {self.total_rows} rows, got more")
         for start in range(0, max(table.num_rows, 1), self.rows_per_shard):
             chunk = table.slice(start, self.rows_per_shard)
-            rel = f"{self.subdir}/{self.prefix}-{len(self._shards):05d}-of-{self.n_shards:05d}.arrow"
+            rel = self.paths[len(self._shards)]
             write_atomic(self.root / rel, chunk)
             self._shards.append(ShardInfo(rel, self.split, chunk.num_rows, sha256_file(self.root / rel), (self.root / rel).stat().st_size))
             self._written += chunk.num_rows
