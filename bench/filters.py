@@ -35,10 +35,10 @@ from rapidfuzz import fuzz, process  # noqa: E402
 from pipeline.filters.scorers import TextScorers  # noqa: E402
 from pipeline.filters.stage import Pairs, run_stage  # noqa: E402
 from pipeline.filters.surface import surface_scores  # noqa: E402
-from pipeline.run.negatives import split_of  # noqa: E402
+from pipeline.shards.publish import split_of  # noqa: E402
 from pipeline.run.refilter import refilter_config  # noqa: E402
 from pipeline.run.store import RunStore  # noqa: E402
-from pipeline.tasks import negatives as task  # noqa: E402
+from pipeline.kinds import negatives as task  # noqa: E402
 
 
 def base_pairs(data: Path) -> tuple[Pairs, object]:

@@ -26,8 +26,11 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.inputs import read_captions  # noqa: E402
-from pipeline.run.negatives import chunk_units  # noqa: E402
-from pipeline.tasks import negatives as task  # noqa: E402
+from pipeline.kinds import KINDS  # noqa: E402
+from pipeline.kinds import negatives as task  # noqa: E402
+from pipeline.records import Provenance, RawResult  # noqa: E402
+from pipeline.run import generate as steps  # noqa: E402
+from pipeline.run.store import RunStore  # noqa: E402
 
 
 def captions_file(n: int, tmp: Path) -> Path:
@@ -73,61 +76,28 @@ def questions_file(n: int, tmp: Path) -> Path:
     return out
 
 
-def requests(kind: str, cfg) -> list[list]:
-    """The pipeline's own parts of requests, rendered in-process."""
-    if kind == "rationales":
-        from pipeline.inputs import read_questions
-        from pipeline.run.rationales import chunk_units as rationale_chunks
-        from pipeline.tasks import rationales as rtask
-
-        tpls = rtask.templates_for(cfg)
-        chunks = rationale_chunks(rtask.plan_units(read_questions(cfg.input)[0], cfg, tpls), cfg)
-        return [[rtask.render(u, cfg, tpls) for u in chunk] for chunk in chunks]
-    captions, _ = read_captions(cfg.input)
-    tpls = task.templates_for(cfg)
-    chunks = chunk_units(task.plan_units(captions, cfg, tpls), cfg)  # the pipeline's own parts
-    return [[task.render(u, tpls[u.task], task.mode_for(u.task, cfg), cfg) for u in chunk] for chunk in chunks]
-
-
-def bare_pairs(cfg, engine) -> tuple[int, float]:
-    """The pairs flow's two LLM stages in-process: candidates, then the judge on the valid ones."""
-    from pipeline.inputs import read_sentences
-    from pipeline.records import Provenance, RawResult
-    from pipeline.run.pairs import stage
-    from pipeline.run.store import RunStore
-    from pipeline.tasks import pairs as ptask
-
-    tpls = ptask.templates_for(cfg)
-    sentences = read_sentences(cfg.input)[0]
+def bare(kind_name: str, cfg, engine) -> tuple[int, float]:
+    """The kind's stages in-process on the bare engine, in the pipeline's own parts (same units, same chunks,
+    same rendering; a later stage planned from the earlier stage's answers, held in memory)."""
+    kind = KINDS[kind_name]
+    store = RunStore(cfg.output.dir.parent / "no-store")  # never entered: nothing is read or written
+    ctx = steps.start(kind, cfg, store)
+    done: dict[str, list[RawResult]] = {}
+    ctx.raws = lambda name: sorted(done[name], key=lambda r: r.unit_key)
     t0, tokens = time.perf_counter(), 0
-
-    def run(units) -> list:
-        nonlocal tokens
-        raws = []
-        for chunk in stage(units, cfg, RunStore(cfg.output.dir.parent / "no-store")).pending:  # the pipeline's parts
-            for u, c in zip(chunk, engine.generate([ptask.render(u, cfg, tpls) for u in chunk])):
+    for name in kind.stages(cfg):
+        done[name] = []
+        for chunk in steps.plan_stage(kind, ctx, store, name).pending:
+            for u, c in zip(chunk, engine.generate([kind.render(u, ctx) for u in chunk])):
                 tokens += c.tokens_out
-                prov = Provenance("embedded", "m", u.prompt_sha, u.task, 0, 0, 0, u.seed, 0, 0, 0)
-                raws.append(RawResult(u.key, u.source.id, u.source.sentence, None, u.task, c.texts, c.finish_reasons, prov, ""))
-        return raws
-
-    cands, _ = ptask.candidates(run(ptask.generation_units(sentences, cfg, tpls)), tpls)
-    run(ptask.judge_units(ptask.judge_items(sentences, cands), cfg, tpls))
-    return tokens, time.perf_counter() - t0
-
-
-def bare(kind: str, cfg, engine) -> tuple[int, float]:
-    if kind == "pairs":
-        return bare_pairs(cfg, engine)
-    reqs = requests(kind, cfg)
-    t0 = time.perf_counter()
-    tokens = sum(c.tokens_out for part in reqs for c in engine.generate(part))
+                prov = Provenance("embedded", "m", u.prompt_sha, kind.mode(u, cfg), 0, 0, 0, u.seed, 0, 0, 0)
+                done[name].append(RawResult(u.key, u.source.id, u.source.text, None, u.task, c.texts, c.finish_reasons, prov, ""))
     return tokens, time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kind", choices=["negatives", "rationales", "pairs"], default="negatives")
+    ap.add_argument("--kind", choices=sorted(KINDS), default="negatives")
     ap.add_argument("--captions", type=int, default=24)
     ap.add_argument("--questions", type=int, default=12)
     ap.add_argument("--sentences", type=int, default=24)
@@ -149,19 +119,16 @@ def main() -> None:
             rates.append(tok / sec)
             print(f"bare engine ({label}): {tok} tokens in {sec:.1f}s = {tok / sec:.1f} tok/s")
 
-        import importlib
-
         import ray
 
+        from flows.generate import generate_flow
         from pipeline.engines.pool import ensure_ray
-
-        flow = getattr(importlib.import_module(f"flows.{args.kind}"), f"{args.kind}_flow")
 
         # Baseline measured before and after the pipeline run, so drift on a shared machine shows up.
         measure_bare("before")
         ensure_ray(cfg.ray)
         t0 = time.perf_counter()
-        s = flow(cfg.model_dump(mode="json"))
+        s = generate_flow(args.kind, cfg.model_dump(mode="json"))
         wall = time.perf_counter() - t0
         ray.shutdown()
         measure_bare("after")

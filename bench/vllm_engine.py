@@ -65,12 +65,12 @@ def embedded(cfg, parts) -> tuple[int, float]:
 def pipeline(cfg) -> dict:
     import ray
 
-    from flows.negatives import negatives_flow
+    from flows.generate import generate_flow
     from pipeline.engines.pool import ensure_ray
 
     ensure_ray(cfg.ray)
     try:
-        return negatives_flow(cfg.model_dump(mode="json"))
+        return generate_flow("negatives", cfg.model_dump(mode="json"))
     finally:
         ray.shutdown()
 

@@ -22,7 +22,7 @@ from bench.generation import captions_file  # noqa: E402
 from pipeline.config import NegType, load_config  # noqa: E402
 from pipeline.inputs import read_captions  # noqa: E402
 from pipeline.records import Provenance, RawResult, Rejection  # noqa: E402
-from pipeline.tasks import negatives as task  # noqa: E402
+from pipeline.kinds import negatives as task  # noqa: E402
 
 
 def yields(engine, inp: Path, mode: str) -> tuple[dict[str, float], Counter]:

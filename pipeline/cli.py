@@ -12,8 +12,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import NegType, load_config
+from pipeline.config import load_config
 from pipeline.errors import OS_FIXES, ContrastgenError
+from pipeline.kinds import KINDS
 from pipeline.train.config import LossName
 
 
@@ -28,22 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate a dataset").add_subparsers(dest="kind", required=True)
     _gen_add = gen.add_parser
     gen.add_parser = lambda *args, **kw: _gen_add(*args, parents=[common], **kw)
-    neg = gen.add_parser("negatives", help="typed negative captions + paraphrase positives")
-    neg.add_argument("--input", type=Path, help="captions file (.jsonl/.csv/.parquet) or datasets folder")
-    _run_flags(neg)
-    neg.add_argument("--types", nargs="+", choices=[t.value for t in NegType], metavar="TYPE",
-                     help=f"negative types (default: all): {', '.join(t.value for t in NegType)}")
-    neg.add_argument("--mode", choices=["edit", "rewrite"], help="edit (model names the edit) or rewrite")
-    rat = gen.add_parser("rationales", help="contrastive rationales (sampled chains of thought, split by answer)")
-    rat.add_argument("--input", type=Path, help="questions file (.jsonl/.csv/.parquet) or datasets folder; "
-                     "fields question, answer (optional), choices (optional)")
-    _run_flags(rat)
-    rat.add_argument("--k", type=int, help="rationales sampled per question (default 5)")
-    pairs = gen.add_parser("pairs", help="synthetic sentence pairs (entailment positive, contradiction negative, judged)")
-    pairs.add_argument("--input", type=Path, help="sentences file (.jsonl/.csv/.parquet) or datasets folder; field "
-                       "`sentence` (id optional); omit it and pass --topics for from-scratch mode")
-    pairs.add_argument("--topics", nargs="+", metavar="TOPIC", help="from-scratch mode: generate seed sentences about these")
-    _run_flags(pairs)
+    for kind in KINDS.values():  # one `generate <kind>` command per registered kind, with the kind's own flags
+        k = gen.add_parser(kind.name, help=kind.help)
+        k.add_argument("--input", type=Path, help=kind.input_help)
+        _run_flags(k)
+        for f in kind.flags:
+            k.add_argument(f.name, dest=f"{f.section}.{f.key}", **f.kwargs)
     flt = sub.add_parser("filter", help="rerun the filter stage on a dataset's raw generations (no LLM call)")
     flt.add_argument("dir", type=Path, metavar="DIR", help="a finished contrastgen dataset")
     flt.add_argument("--out", type=Path, required=True, metavar="DIR2", help="new dataset folder (DIR is not changed)")
@@ -134,9 +125,7 @@ def _nest(flags: dict[tuple[str, str], Any]) -> dict[str, Any]:
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     flags = {
         ("input", "path"): a.input, ("input", "limit"): a.limit, ("output", "dir"): a.out,
-        ("engine", "kind"): a.engine, ("negatives", "types"): getattr(a, "types", None),
-        ("negatives", "mode"): getattr(a, "mode", None), ("rationales", "k"): getattr(a, "k", None),
-        ("pairs", "topics"): getattr(a, "topics", None),
+        ("engine", "kind"): a.engine, **{(f.section, f.key): getattr(a, f"{f.section}.{f.key}") for f in KINDS[a.kind].flags},
         ("sampling", "seed"): a.seed, ("ray", "workers"): a.workers, ("ray", "address"): a.ray_address,
         ("output", "overwrite"): a.overwrite,
     }
@@ -147,11 +136,10 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _generate(a: argparse.Namespace) -> int:
-    import importlib
+    from pipeline.run.generate import preflight
 
-    steps = importlib.import_module(f"pipeline.run.{a.kind}")
     cfg = load_config(a.config, _overrides(a))
-    steps.preflight(cfg)
+    preflight(KINDS[a.kind], cfg)
     # Ephemeral Prefect needs no server; its telemetry heartbeat only contends for the local sqlite file.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if a.json:
@@ -160,13 +148,14 @@ def _generate(a: argparse.Namespace) -> int:
 
     from pipeline.engines.pool import ensure_ray, needs_ray
 
-    flow = getattr(importlib.import_module(f"flows.{a.kind}"), f"{a.kind}_flow")
+    from flows.generate import generate_flow
+
     # SIGTERM becomes SystemExit so the finally below stops the local Ray we started (its actors would
     # otherwise outlive us and keep burning CPU). After SIGKILL nothing runs: `ray stop` cleans up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = ensure_ray(cfg.ray) if needs_ray(cfg.engine) else False
     try:
-        summary = flow(cfg.model_dump(mode="json"))
+        summary = generate_flow(a.kind, cfg.model_dump(mode="json"))
     finally:
         if started:
             ray.shutdown()

@@ -1,10 +1,10 @@
-"""``contrastgen deploy``: Prefect deployments of the three flows, on cron or interval schedules, from a run file.
+"""``contrastgen deploy``: Prefect deployments of the generate flow (any kind), on cron or interval schedules, from a run file.
 
 Run file (YAML)::
 
     deployments:
-      - name: nightly-negatives       # deployment name (flow name is contrastgen-<kind>)
-        kind: negatives               # negatives | rationales | pairs
+      - name: nightly-negatives       # deployment name (of the flow contrastgen-generate; tagged with the kind)
+        kind: negatives               # a registered kind: negatives | rationales | pairs
         cron: "0 2 * * *"             # or `interval: 3600` (seconds); both may be omitted (run by hand only)
         config: runs/negatives.yaml   # a run config (as --config); optional
         run: {output: {dir: /data/negatives}}  # inline run settings over `config`; optional
@@ -18,16 +18,17 @@ Schedules live in a Prefect server: without a configured API URL the command ref
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import RunConfig, deep_merge, problem_lines, read_yaml, resolve
 from pipeline.errors import ConfigError, ContrastgenError
+from pipeline.kinds import KINDS
+from pipeline.run.generate import preflight
 
 NO_API = (
     "schedules live in a Prefect server, and no Prefect API is configured (PREFECT_API_URL is unset). "
@@ -41,12 +42,19 @@ class DeploymentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    kind: Literal["negatives", "rationales", "pairs"]
+    kind: str
     cron: str | None = None
     interval: float | None = Field(None, gt=0, description="Seconds between runs.")
     config: Path | None = None
     run: dict[str, Any] = Field(default_factory=dict)
     description: str | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in KINDS:
+            raise ValueError(f"expected one of {sorted(KINDS)}, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _one_schedule(self) -> DeploymentSpec:
@@ -79,7 +87,7 @@ def read_run_file(path: Path) -> list[Planned]:
     for spec in run_file.deployments:
         config = spec.config if spec.config is None or spec.config.is_absolute() else path.parent / spec.config
         cfg = resolve(RunConfig, None, None, base=deep_merge(read_yaml(config) if config else {}, spec.run))
-        importlib.import_module(f"pipeline.run.{spec.kind}").preflight(cfg)
+        preflight(KINDS[spec.kind], cfg)
         out.append(Planned(spec, _absolute(cfg)))
     names = [p.spec.name for p in out]
     if len(set(names)) != len(names):
@@ -103,13 +111,15 @@ def api_url() -> str | None:
 
 
 def deployments(planned: list[Planned]) -> list:
-    """Prefect ``RunnerDeployment`` objects (one run at a time per deployment: runs share an output folder)."""
+    """Prefect ``RunnerDeployment`` objects of the one generate flow (one run at a time per deployment: runs share
+    an output folder)."""
+    from flows.generate import generate_flow
+
     out = []
     for p in planned:
-        flow = getattr(importlib.import_module(f"flows.{p.spec.kind}"), f"{p.spec.kind}_flow")
-        out.append(flow.to_deployment(
+        out.append(generate_flow.to_deployment(
             name=p.spec.name, cron=p.spec.cron, interval=timedelta(seconds=p.spec.interval) if p.spec.interval else None,
-            parameters={"config": p.cfg.model_dump(mode="json")}, tags=["contrastgen", p.spec.kind],
+            parameters={"kind": p.spec.kind, "config": p.cfg.model_dump(mode="json")}, tags=["contrastgen", p.spec.kind],
             description=p.spec.description or f"contrastgen {p.spec.kind} into {p.cfg.output.dir}", concurrency_limit=1,
         ))
     return out

@@ -8,28 +8,24 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.kinds import kind_of_format
 from pipeline.shards.card import load_manifest
 from pipeline.shards.writer import read_shard
-
-# Per dataset format: its kind (the filters.<kind> section) and the (type, anchor) columns of sample rows.
-KINDS = {"contrastgen.negatives/1": ("negatives", "neg_type", "caption"),
-         "contrastgen.rationales/1": ("rationales", "neg_source", "question"),
-         "contrastgen.pairs/1": ("pairs", "neg_instruction", "anchor")}
 
 
 def sample_rows(root: Path, manifest: dict[str, Any], k: int = 5) -> list[dict[str, Any]]:
     """The first ``k`` train rows: their type, anchor, positive and negative columns (names as in the shards)."""
-    _, type_col, anchor_col = KINDS.get(manifest.get("format"), KINDS["contrastgen.negatives/1"])
+    kind = kind_of_format(manifest.get("format"), Path(root) / "manifest.json")
     for shard in manifest["shards"]:
         if shard["split"] == "train" and shard["rows"]:
-            table = read_shard(root, shard).select([type_col, anchor_col, "positive", "negative"])
+            table = read_shard(root, shard).select([kind.sample_key, kind.anchor, "positive", "negative"])
             return table.slice(0, k).to_pylist()
     return []
 
 
 def inspect_summary(root: Path) -> dict[str, Any]:
     m = load_manifest(root)
-    kind = KINDS.get(m.get("format"), KINDS["contrastgen.negatives/1"])[0]
+    kind = kind_of_format(m.get("format"), Path(root) / "manifest.json").name
     return {"format": m.get("format"), "counts": m["counts"], "per_type": m.get("per_type", []),
             "rationales": m.get("rationales"), "pairs": m.get("pairs"), "samples": sample_rows(root, m), "run_id": m.get("run_id"),
             "releases": m.get("publish", {}).get("releases", []),
@@ -125,7 +121,7 @@ def print_report(root: Path, console: Console | None = None) -> None:
     samples = Table(title="Sample rows (train)")
     for col in ("type", "anchor", "positive", "negative"):
         samples.add_column(col, overflow="fold")
-    _, type_col, anchor_col = KINDS.get(info["format"], KINDS["contrastgen.negatives/1"])
+    kind = kind_of_format(info["format"], Path(root) / "manifest.json")
     for r in info["samples"]:
-        samples.add_row(r[type_col], r[anchor_col], r["positive"] or "", r["negative"])
+        samples.add_row(r[kind.sample_key], r[kind.anchor], r["positive"] or "", r["negative"])
     console.print(samples)

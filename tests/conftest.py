@@ -29,8 +29,8 @@ def coco_captions(n: int, offset: int = 0) -> list[dict]:
     return rows[offset : offset + n]
 
 
-def assert_rerun_makes_no_llm_call(flow_module, run, monkeypatch) -> dict:
-    """Rerun a finished session run of ``flow_module`` (flows.<kind>) with engine start-up forbidden: zero
+def assert_rerun_makes_no_llm_call(kind: str, run, monkeypatch) -> dict:
+    """Rerun a finished session run of ``kind`` (flows.generate) with engine start-up forbidden: zero
     units generated, every unit reused, the same rows, and data, rejected and raw shards byte-identical."""
     from pipeline.shards.writer import sha256_file
 
@@ -41,9 +41,10 @@ def assert_rerun_makes_no_llm_call(flow_module, run, monkeypatch) -> dict:
     def no_engine(*a, **k):
         raise AssertionError("a finished run must not start an engine")
 
-    monkeypatch.setattr(flow_module, "EnginePool", no_engine)
-    kind = flow_module.__name__.rsplit(".", 1)[-1]
-    again = getattr(flow_module, f"{kind}_flow")(cfg.model_dump(mode="json"))
+    import flows.generate
+
+    monkeypatch.setattr(flows.generate, "EnginePool", no_engine)
+    again = flows.generate.generate_flow(kind, cfg.model_dump(mode="json"))
     assert (again["generated"], again["reused"], again["kept"]) == (0, s["units"], s["kept"])
     assert {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.glob("*/*.arrow"))} == before
     return again
@@ -86,13 +87,13 @@ def embedded_engine():
 def negatives_run(tmp_path_factory, ray_session, prefect_session):
     """One real generation (10 COCO captions + 1 bad row, SmolLM2 through Ray and Prefect) per session;
     its dataset also feeds the trainer's integration tests. Returns (RunConfig, summary)."""
-    from flows.negatives import negatives_flow
+    from flows.generate import generate_flow
     from pipeline.config import load_config
 
     root = tmp_path_factory.mktemp("flow")
     inp = write_jsonl(root / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
     cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": root / "ds", "units_per_part": 32}})
-    return cfg, negatives_flow(cfg.model_dump(mode="json"))
+    return cfg, generate_flow("negatives", cfg.model_dump(mode="json"))
 
 
 def reasoning_questions() -> list[dict]:
@@ -115,14 +116,14 @@ def reasoning_questions() -> list[dict]:
 def rationales_run(tmp_path_factory, ray_session, prefect_session):
     """One real rationales generation (6 questions + 1 bad row, k=3 + 2 adversarial, SmolLM2 through Ray
     and Prefect). Returns (RunConfig, summary)."""
-    from flows.rationales import rationales_flow
+    from flows.generate import generate_flow
     from pipeline.config import load_config
 
     root = tmp_path_factory.mktemp("rationales")
     inp = write_jsonl(root / "in.jsonl", reasoning_questions() + [{"id": "bad", "question": "   "}])
     cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": root / "ds", "units_per_part": 4},
                              "rationales": {"k": 3, "max_tokens": 100, "adversarial": {"n": 2}}})
-    return cfg, rationales_flow(cfg.model_dump(mode="json"))
+    return cfg, generate_flow("rationales", cfg.model_dump(mode="json"))
 
 
 def snli_premises(n: int) -> list[dict]:
@@ -141,13 +142,13 @@ def snli_premises(n: int) -> list[dict]:
 def pairs_run(tmp_path_factory, ray_session, prefect_session):
     """One real sentence-pairs generation (4 SNLI premises + 1 bad row: candidates, then the judge, SmolLM2 through
     Ray and Prefect). Returns (RunConfig, summary)."""
-    from flows.pairs import pairs_flow
+    from flows.generate import generate_flow
     from pipeline.config import load_config
 
     root = tmp_path_factory.mktemp("pairs")
     inp = write_jsonl(root / "in.jsonl", snli_premises(4) + [{"sentence": 42}])
     cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": root / "ds", "units_per_part": 8}})
-    return cfg, pairs_flow(cfg.model_dump(mode="json"))
+    return cfg, generate_flow("pairs", cfg.model_dump(mode="json"))
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,7 @@ def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, 
         with temporary_settings({PREFECT_API_URL: prefect_server}):
             async def read():
                 async with get_client() as client:
-                    return await client.read_deployment_by_name("contrastgen-negatives/yearly")
+                    return await client.read_deployment_by_name("contrastgen-generate/yearly")
 
             import asyncio
 
@@ -95,7 +95,7 @@ def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, 
             assert [s.schedule.cron for s in dep.schedules] == ["0 0 1 1 *"]
             assert dep.parameters["config"]["output"]["dir"] == str(out)
 
-            first = run_deployment("contrastgen-negatives/yearly", timeout=600)
+            first = run_deployment("contrastgen-generate/yearly", timeout=600)
             assert first.state.is_completed(), (tmp_path / "deploy.log").read_text()[-3000:]
             manifest = json.loads((out / "manifest.json").read_text())
             assert manifest["run_id"] == str(first.id) and str(first.id) in (out / "README.md").read_text()
@@ -103,7 +103,7 @@ def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, 
             first_added = manifest["publish"]["releases"][0]["added"]
 
             write_jsonl(inp, coco_captions(3, offset=40))  # the input grew by one caption
-            second = run_deployment("contrastgen-negatives/yearly", timeout=600)
+            second = run_deployment("contrastgen-generate/yearly", timeout=600)
             assert second.state.is_completed()
     finally:
         proc.terminate()

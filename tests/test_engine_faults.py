@@ -60,7 +60,7 @@ def test_a_poison_request_is_isolated_with_one_more_restart(ray_session, embedde
 
 
 def test_a_run_with_poison_and_a_hung_call_finishes(ray_session, prefect_session, monkeypatch, tmp_path):
-    from flows.negatives import negatives_flow
+    from flows.generate import generate_flow
 
     captions = coco_captions(5) + [{"id": "poison", "caption": f"a {POISON} dog on a red sofa"},
                                    {"id": "hang", "caption": f"a {HANG} cat under a blue table"}]
@@ -70,7 +70,7 @@ def test_a_run_with_poison_and_a_hung_call_finishes(ray_session, prefect_session
                              "engine": {"call_timeout_s": 30.0, "start_timeout_s": 300.0}, "ray": {"workers": 1}})
     blob = _faulty(monkeypatch, cfg.engine)
     try:
-        s = negatives_flow(cfg.model_dump(mode="json"))  # returns: nothing wedges
+        s = generate_flow("negatives", cfg.model_dump(mode="json"))  # returns: nothing wedges
     finally:
         _kill(cfg.engine, 1)
     assert s["units"] == 7 and s["rejected_by_reason"]["engine_crash"] == 1 and s["rejected_by_reason"]["engine_timeout"] == 1
@@ -86,5 +86,5 @@ def test_a_run_with_poison_and_a_hung_call_finishes(ray_session, prefect_session
     assert generated == {c["id"] for c in captions[:5]}  # every other unit was generated and kept its result
     # start, poison part, poison alone, first timeout's kill; the second kill's restart may be cut by the cleanup
     assert len(pid_log(blob).read_text().split()) in (4, 5)
-    again = negatives_flow(cfg.model_dump(mode="json"))  # a rerun does not send them again
+    again = generate_flow("negatives", cfg.model_dump(mode="json"))  # a rerun does not send them again
     assert again["generated"] == 0 and again["rejected_by_reason"] == s["rejected_by_reason"]

@@ -11,7 +11,7 @@ import yaml
 from pipeline.errors import RunLockedError
 from pipeline.run.store import RunStore
 from pipeline.shards.writer import sha256_file
-from pipeline.tasks import negatives as task
+from pipeline.kinds import negatives as task
 from pipeline.tasks.structure import check_shapes
 from tests.conftest import assert_rerun_makes_no_llm_call
 
@@ -91,20 +91,18 @@ def test_rejected_config_card_and_manifest_agree(run):
 
 
 def test_rerun_is_a_noop_with_zero_llm_calls(run, monkeypatch):
-    import flows.negatives
-
-    again = assert_rerun_makes_no_llm_call(flows.negatives, run, monkeypatch)
+    again = assert_rerun_makes_no_llm_call("negatives", run, monkeypatch)
     assert again["reused"] == 90
 
 
 def test_second_concurrent_run_fails_at_once(run):
-    from flows.negatives import negatives_flow
+    from flows.generate import generate_flow
 
     cfg, _ = run
     with RunStore(cfg.output.dir):
         t0 = time.perf_counter()
         with pytest.raises(RunLockedError, match="another contrastgen run"):
-            negatives_flow(cfg.model_dump(mode="json"))
+            generate_flow("negatives", cfg.model_dump(mode="json"))
         assert time.perf_counter() - t0 < 30
 
 

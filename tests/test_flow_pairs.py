@@ -10,7 +10,7 @@ import datasets
 import pytest
 
 from pipeline.run.store import RunStore
-from pipeline.tasks import pairs as task
+from pipeline.kinds import pairs as task
 from tests.conftest import assert_rerun_makes_no_llm_call, snli_premises
 
 pytestmark = pytest.mark.integration
@@ -65,11 +65,11 @@ def test_inspect_card_and_trainer_understand_pairs(pairs_run):
 
 
 def test_from_scratch_mode_generates_its_own_anchors(tmp_path, ray_session, prefect_session):
-    from flows.pairs import pairs_flow
+    from flows.generate import generate_flow
     from pipeline.config import load_config
 
     cfg = load_config(None, {"output": {"dir": tmp_path / "ds"}, "pairs": {"topics": ["a city street"], "seeds_per_topic": 3}})
-    s = pairs_flow(cfg.model_dump(mode="json"))
+    s = generate_flow("pairs", cfg.model_dump(mode="json"))
     st = json.loads((cfg.output.dir / "manifest.json").read_text())["pairs"]
     raws = RunStore(cfg.output.dir).read_raw()
     seeds = [r for r in raws if r.task == task.SEED]
@@ -80,6 +80,4 @@ def test_from_scratch_mode_generates_its_own_anchors(tmp_path, ray_session, pref
 
 
 def test_rerun_is_a_noop_with_zero_llm_calls(pairs_run, monkeypatch):
-    import flows.pairs
-
-    assert_rerun_makes_no_llm_call(flows.pairs, pairs_run, monkeypatch)  # every stage finds its units done
+    assert_rerun_makes_no_llm_call("pairs", pairs_run, monkeypatch)  # every stage finds its units done

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.inputs import read_questions
 from pipeline.run.store import RunStore
-from pipeline.tasks import rationales as task
+from pipeline.kinds import rationales as task
 from tests.conftest import assert_rerun_makes_no_llm_call
 
 pytestmark = pytest.mark.integration
@@ -83,6 +83,4 @@ def test_the_trainer_reads_rationales_with_the_question_as_anchor(rationales_run
 
 
 def test_rerun_is_a_noop_with_zero_llm_calls(rationales_run, monkeypatch):
-    import flows.rationales
-
-    assert_rerun_makes_no_llm_call(flows.rationales, rationales_run, monkeypatch)
+    assert_rerun_makes_no_llm_call("rationales", rationales_run, monkeypatch)

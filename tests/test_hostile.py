@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-import flows.negatives  # noqa: F401 - Prefect configures its log handlers on import: here, not inside a captured test
+import flows.generate  # noqa: F401 - Prefect configures its log handlers on import: here, not inside a captured test
 from pipeline.cli import main
 from pipeline.shards.schema import NEGATIVES_SCHEMA
 from pipeline.shards.writer import sha256_file

@@ -48,13 +48,13 @@ def test_serve_refuses_what_it_cannot_honour(openai_server):
 def test_full_negatives_run_through_the_openai_engine(openai_server, negatives_run, prefect_session, tmp_path):
     """The same input as the in-process session run, generated over HTTP: every unit once, provenance says
     openai, and against `contrastgen serve` the outcome equals the in-process run's (same model, same seeds)."""
-    from flows.negatives import negatives_flow
+    from flows.generate import generate_flow
 
     url, model = openai_server
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
     engine = {"kind": "openai", "openai": {"base_url": url, **({"model": model} if model else {})}}
     cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp_path / "ds", "units_per_part": 32}, "engine": engine})
-    summary = negatives_flow(cfg.model_dump(mode="json"))
+    summary = generate_flow("negatives", cfg.model_dump(mode="json"))
     assert summary["generated"] == summary["units"] > 0 and summary["kept"] > 0
     table = pa.concat_tables(pa.ipc.open_stream(p.read_bytes()).read_all() for p in sorted((tmp_path / "ds" / "data").glob("*.arrow")))
     assert set(table.column("engine").to_pylist()) == {"openai"} and min(table.column("tokens_out").to_pylist()) > 0

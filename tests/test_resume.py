@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.inputs import read_captions
-from pipeline.tasks import negatives as task
+from pipeline.kinds import negatives as task
 from tests.conftest import coco_captions, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -87,9 +87,9 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_session,
     cfg, planned = planned_negatives(conf, inp, tmp_path)
     assert len(keys) == len(set(keys)) == 24 and set(keys) == planned  # none lost, none duplicated
 
-    from flows.negatives import negatives_flow
+    from flows.generate import generate_flow
 
-    clean = negatives_flow(cfg.model_dump(mode="json"))  # the uninterrupted run
+    clean = generate_flow("negatives", cfg.model_dump(mode="json"))  # the uninterrupted run
     assert set(_raw_keys(tmp_path / "clean")) == set(keys)
     assert clean["kept"] == summary["kept"]
     ids = lambda root: sorted(r["id"] for split in datasets.load_dataset(str(root)).values() for r in split)  # noqa: E731
@@ -113,15 +113,15 @@ def test_rationales_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, r
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert (summary["units"], summary["reused"], summary["generated"]) == (6, done_before, 6 - done_before)
 
-    from flows.rationales import rationales_flow
+    from flows.generate import generate_flow
     from pipeline.inputs import read_questions
-    from pipeline.tasks import rationales as rtask
+    from pipeline.kinds import rationales as rtask
 
     cfg = load_config(conf, {"input": {"path": inp}, "output": {"dir": tmp_path / "clean"}})
     planned = {u.key for u in rtask.plan_units(read_questions(cfg.input)[0], cfg, rtask.templates_for(cfg))}
     keys = _raw_keys(out)
     assert len(keys) == len(set(keys)) == 6 and set(keys) == planned  # none lost, none duplicated
-    clean = rationales_flow(cfg.model_dump(mode="json"))  # the uninterrupted run
+    clean = generate_flow("rationales", cfg.model_dump(mode="json"))  # the uninterrupted run
     assert (clean["kept"], clean["rejected"]) == (summary["kept"], summary["rejected"])
     assert _outcome(out) == _outcome(tmp_path / "clean")  # per-sample seeds: same rows and rejections whatever the batching
 
@@ -153,10 +153,10 @@ def test_pairs_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_se
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert summary["reused"] == done_before and summary["generated"] == summary["units"] - done_before
 
-    from flows.pairs import pairs_flow
+    from flows.generate import generate_flow
 
     cfg = load_config(conf, {"input": {"path": inp}, "output": {"dir": tmp_path / "clean"}})
-    clean = pairs_flow(cfg.model_dump(mode="json"))
+    clean = generate_flow("pairs", cfg.model_dump(mode="json"))
     keys = _raw_keys(out)
     assert len(keys) == len(set(keys)) == clean["units"] and set(keys) == set(_raw_keys(tmp_path / "clean"))
     assert _outcome(out) == _outcome(tmp_path / "clean")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 from prefect import flow, task
 
-import flows.negatives
-import flows.pairs
-import flows.rationales
+import flows.generate
 from flows.retry import ENGINE_RETRIES, transient_only
 from pipeline.errors import EngineError, TransientEngineError
 
@@ -36,7 +34,7 @@ def test_transient_errors_are_retried_and_others_fail_at_once(prefect_session):
 
 
 def test_every_flow_retries_its_parts_the_same_way():
-    for mod in (flows.negatives, flows.rationales, flows.pairs):
+    for mod in (flows.generate,):  # one flow for every kind
         t = mod.generate_part
         assert (t.retries, t.retry_condition_fn, t.retry_jitter_factor) == (2, transient_only, 0.5)
         assert list(t.retry_delay_seconds) == [10, 20]

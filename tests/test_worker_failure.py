@@ -68,7 +68,7 @@ def _raw_keys(root: Path) -> list[str]:
 
 
 def test_run_with_a_killed_actor_loses_and_duplicates_nothing(ray_session, prefect_session, tmp_path):
-    from flows.negatives import negatives_flow
+    from flows.generate import generate_flow
 
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
     out = tmp_path / "ds"
@@ -85,7 +85,7 @@ def test_run_with_a_killed_actor_loses_and_duplicates_nothing(ray_session, prefe
 
     killer = threading.Thread(target=kill_after_first_part)
     killer.start()
-    summary = negatives_flow(cfg.model_dump(mode="json"))
+    summary = generate_flow("negatives", cfg.model_dump(mode="json"))
     killer.join()
     keys = _raw_keys(out)
     assert len(keys) == len(set(keys)) == summary["units"] == summary["generated"]  # none lost, none twice

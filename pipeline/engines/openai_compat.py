@@ -24,8 +24,8 @@ import time
 
 import openai
 
-from pipeline.engines.base import finish_reason, sampling_args
 from pipeline.engines.config import EngineConfig
+from pipeline.engines.finish import finish_reason, sampling_args
 from pipeline.errors import EngineError, EngineTimeoutError, TransientEngineError
 from pipeline.records import Completion, GenerationRequest, Sampling
 

@@ -22,8 +22,8 @@ import json
 import os
 import time
 
-from pipeline.engines.base import finish_reason, sampling_args
 from pipeline.engines.config import EngineConfig, VLLMEngineConfig
+from pipeline.engines.finish import finish_reason, sampling_args
 from pipeline.errors import ConfigError
 from pipeline.records import Completion, GenerationRequest, Sampling
 

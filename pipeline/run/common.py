@@ -1,18 +1,16 @@
-"""What every kind's run shares: committing generated parts, the split rule, shard writing, phase timing."""
+"""The run's records and its generation step: phase timing, the summary, committing generated parts."""
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pipeline import __version__
 from pipeline.engines.pool import EnginePool
 from pipeline.engines.base import check_finish_reasons
 from pipeline.records import EngineFailure, GenerationRequest, Provenance, RawResult, Rejection, Unit
 from pipeline.run.store import RunStore
-from pipeline.shards.publish import split_of  # noqa: F401 (re-exported: every kind's finalize splits with it)
 from pipeline.shards.writer import ShardInfo
 
 
@@ -103,22 +101,3 @@ def part_size(cfg) -> int:
     if cfg.output.units_per_part:
         return cfg.output.units_per_part
     return max(64, -(-2 * cfg.engine.capacity() // cfg.sampling.n))
-
-
-def publish_tables(cfg, kind: str, root: Path, tables: dict, run_id: str | None) -> tuple[list[ShardInfo], dict]:
-    """Publish a finalize's split tables (``rejected`` included): whole the first time, then only new rows
-    (:mod:`pipeline.shards.publish`). Returns every published shard and the manifest's ``publish`` record."""
-    from pipeline.shards.publish import publish, settings_sha
-
-    return publish(root, tables, cfg.output.rows_per_shard, settings_sha(cfg, kind), run_id)
-
-
-def check_input_output(cfg) -> None:
-    """Both --input and --out given, and the input exists (the preflight of kinds that read an input file)."""
-    from pipeline.errors import ContrastgenError, InputFileError
-
-    if cfg.input.path is None or cfg.output.dir is None:
-        missing = [n for n, v in (("input.path (--input)", cfg.input.path), ("output.dir (--out)", cfg.output.dir)) if v is None]
-        raise ContrastgenError(f"expected {' and '.join(missing)}, got none. Fix: pass the flag or set it in --config")
-    if not Path(cfg.input.path).exists():
-        raise InputFileError(cfg.input.path, "file not found. Fix: check --input")

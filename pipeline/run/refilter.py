@@ -13,12 +13,14 @@ from pathlib import Path
 
 from pipeline.config import RunConfig, read_yaml, resolve
 from pipeline.errors import ConfigError, ContrastgenError, DatasetError
+from pipeline.kinds import KINDS
+from pipeline.kinds.base import Context, Inputs, Stage
 from pipeline.records import Rejection
-from pipeline.run.negatives import Inventory, Summary, Timing, finalize
+from pipeline.run.common import Summary, Timing
+from pipeline.run.generate import finalize
 from pipeline.run.store import store_of
 from pipeline.shards.card import load_manifest
 from pipeline.shards.writer import read_shard, sha256_file
-from pipeline.tasks import negatives as task
 
 TUNABLE = ("filters", "output")  # what a filter config may change; the rest describes how DIR was generated
 _GENERATION = ("input", "engine", "sampling", "negatives")
@@ -60,7 +62,8 @@ def refilter(src: Path, out: Path, config_file: Path | None = None) -> Summary:
                            f"{manifest.get('format')!r}. Fix: rerun the same `contrastgen generate` command with the new "
                            "`filters:` in --config: every unit is reused from raw/, so no LLM call is made.")
     cfg = refilter_config(src, out, config_file)
-    templates = task.templates_for(cfg)
+    kind = KINDS["negatives"]
+    templates = kind.templates(cfg)
     with store_of(cfg, "negatives") as store:
         for part in manifest["raw_parts"]:
             source = src / part["path"]
@@ -80,5 +83,6 @@ def refilter(src: Path, out: Path, config_file: Path | None = None) -> Summary:
                                "differs), so its raw answers would be parsed against other templates. Fix: filter with "
                                "the contrastgen version that generated DIR, or regenerate.")
         keys = frozenset(r.unit_key for r in raws)
-        inv = Inventory(manifest["counts"]["inputs"], _input_rejects(src, manifest), keys, 0, len(keys), templates)
-        return finalize(cfg, store, inv, Timing(), manifest.get("run_id"))
+        inputs = Inputs([], _input_rejects(src, manifest), manifest["counts"]["inputs"])
+        ctx = Context(cfg, templates, inputs, raws=lambda name: raws, stages={"generate": Stage(keys, [], [], len(keys))})
+        return finalize(kind, ctx, store, Timing(), manifest.get("run_id"))

@@ -1,6 +1,7 @@
 """Dataset card (README.md with Hugging Face YAML front matter) and manifest.json.
 
-The card body renders from ``card_template.md`` with a typed :class:`CardParams`; the front matter is
+One writer for every kind: :func:`write_card` takes a typed :class:`Card`; the body renders from the kind's
+template with a typed :class:`CardParams`; the front matter is
 dumped from a dict by PyYAML (never templated), so captions cannot break its structure.
 """
 
@@ -8,58 +9,71 @@ from __future__ import annotations
 
 import json
 import platform
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
+import pyarrow as pa
 import yaml
 
 from pipeline import __version__
 from pipeline.errors import DatasetError
-from pipeline.shards.schema import (
-    NEGATIVES_SCHEMA,
-    PAIRS_SCHEMA,
-    RATIONALES_SCHEMA,
-    REJECTED_SCHEMA,
-)
-from pipeline.shards.publish import split_of
+from pipeline.shards.folder import dataset_format
+from pipeline.shards.schema import REJECTED_SCHEMA
 from pipeline.shards.writer import ShardInfo, write_bytes_atomic
 
-if TYPE_CHECKING:
-    from pipeline.config import RunConfig
-    from pipeline.filters.stage import StageResult
-    from pipeline.records import NegativeRow, RawResult, Rejection
-    from pipeline.run.negatives import Summary
-    from pipeline.run.store import RunStore
-    from pipeline.tasks.templates import Template
-
-_TEMPLATE = Path(__file__).with_name("card_template.md")
-ENGINE_FAILURES = ("engine_crash", "engine_timeout")  # units with no raw result, rejected
 _DTYPES = {"string": "string", "float": "float32", "int32": "int32", "int64": "int64"}
 
 
 @dataclass(frozen=True)
-class TypeStats:
-    task: str
-    units: int
-    kept: int
-    yield_: float
-    train: int
-    test: int
-    reasons: str
+class CardFacts:
+    """The kind-specific part of a dataset card and manifest (each kind builds its own)."""
+
+    samples: list[Any]  # rows shown on the card
+    stats: Any = None  # the kind's statistics (the card template reads its fields)
+    per_type: list[Any] = field(default_factory=list)  # per-task yield table (negatives)
+    no_positive: int = 0  # rows without a positive
+    mode: str = ""  # generation mode shown on the card (negatives: edit | rewrite)
+    manifest: dict[str, Any] = field(default_factory=dict)  # extra manifest sections, e.g. {"pairs": {...}}
+
+
+@dataclass(frozen=True)
+class Card:
+    """Everything a dataset's README.md and manifest.json say: the one input of :func:`write_card`."""
+
+    kind: str  # its filter section is filters.<kind>, its format contrastgen.<kind>/1
+    anchor: str  # what the anchor of a row is called
+    schema: pa.Schema  # of the train and test shards
+    tags: tuple[str, ...]
+    template: Path  # the kind's card body (Jinja; includes card_filters.md and card_releases.md from here)
+    cfg: Any  # the RunConfig
+    summary: Any  # the run's Summary (counts)
+    run_id: str | None
+    engine: str
+    prompts: dict[str, Any]  # template name -> loaded template (sha256, path)
+    shards: list[ShardInfo]
+    raw_parts: list[ShardInfo]
+    plan: ShardInfo
+    published: dict  # the publish record: settings hash and releases
+    funnel: list[Any]  # FunnelStep of the filter stage
+    filter_report: dict[str, Any]
+    plots: list[str]  # histogram files in plots/
+    facts: CardFacts
 
 
 @dataclass(frozen=True)
 class CardParams:
+    """What a card body template sees as ``p``."""
+
     pretty_name: str
     version: str
     root: str
     run_id: str | None
     summary: Any
-    per_type: list[TypeStats]
+    per_type: list[Any]
+    stats: Any
     samples: list[Any]
     no_positive: int
     engine: str
@@ -68,13 +82,13 @@ class CardParams:
     cfg: Any
     prompts: dict[str, str]
     config_yaml: str
-    funnel: list[Any]  # FunnelStep of the filter stage
+    funnel: list[Any]
     filter_report: dict[str, Any]
     thresholds: dict[str, Any]  # the filter config the stage ran with, as data
     plots: list[str]
     releases: list[dict]
-    kind: str = "negatives"  # the data kind: its filter settings are filters.<kind>
-    anchor: str = "caption"  # what the anchor of a row is called
+    kind: str
+    anchor: str
 
 
 def _size_category(n: int) -> str:
@@ -88,29 +102,12 @@ def _features(schema) -> list[dict[str, str]]:
     return [{"name": f.name, "dtype": _DTYPES.get(str(f.type), str(f.type))} for f in schema]
 
 
-def per_type_stats(raws: list[RawResult], rows: list[NegativeRow], rejects: list[Rejection], test_ids: set[str]) -> list[TypeStats]:
-    units = Counter(r.task for r in raws) + Counter(r.task for r in rejects if r.reason in ENGINE_FAILURES)
-    kept = Counter(r.neg_type for r in rows)
-    test = Counter(r.neg_type for r in rows if r.id in test_ids)
-    reasons: dict[str, Counter] = defaultdict(Counter)
-    for r in rejects:
-        if r.stage in ("generation", "filter"):
-            reasons[r.task][r.reason] += 1
-    out = []
-    for t in units:
-        k = kept[t] if t != "paraphrase" else units[t] - sum(reasons[t].values())
-        top = ", ".join(f"{reason} {n}" for reason, n in reasons[t].most_common(3))
-        out.append(TypeStats(t, units[t], k, k / units[t] if units[t] else 0.0, k - test[t] if t != "paraphrase" else 0, test[t], top))
-    return out
-
-
 def _split_info(split: str, shards: list[ShardInfo]) -> dict[str, Any]:
     mine = [s for s in shards if s.split == split]
     return {"name": split, "num_bytes": sum(s.num_bytes for s in mine), "num_examples": sum(s.rows for s in mine)}
 
 
-def front_matter(cfg: RunConfig, summary: Summary, shards: list[ShardInfo], schema=NEGATIVES_SCHEMA,
-                 kind: str = "negatives", tags: tuple[str, ...] = ("hard-negatives", "compositionality")) -> dict[str, Any]:
+def front_matter(cfg, summary, shards: list[ShardInfo], schema: pa.Schema, kind: str, tags: tuple[str, ...]) -> dict[str, Any]:
     splits = [s for s in summary.splits if summary.splits[s]]  # `datasets` refuses a declared split with no rows
     configs = [{"config_name": "rejected", "data_files": [{"split": "rejected", "path": "rejected/rejected-*.arrow"}]}]
     infos = [{"config_name": "rejected", "features": _features(REJECTED_SCHEMA), "splits": [_split_info("rejected", shards)]}]
@@ -156,12 +153,12 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _finite(obj: Any) -> Any:
+def finite(obj: Any) -> Any:
     """The report with NaN (a rate over no rows) as None, so manifest.json stays strict JSON."""
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     return None if isinstance(obj, float) and obj != obj else obj
 
 
@@ -171,7 +168,8 @@ def _cell(text: str) -> str:
 
 def _render(template: Path, params: Any) -> str:
     """Render a card body; values are data (autoescape off, StrictUndefined: a missing field is an error)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(template.parent), undefined=jinja2.StrictUndefined,
+    loader = jinja2.FileSystemLoader([template.parent, Path(__file__).parent])  # the shared parts live here
+    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True)
     env.filters["cell"] = _cell
     env.filters["rate"] = lambda x: "n/a" if x is None or x != x else f"{100 * x:.1f}%"
@@ -180,115 +178,34 @@ def _render(template: Path, params: Any) -> str:
     return env.get_template(template.name).render(p=params)
 
 
-def write_card_and_manifest(cfg, store: RunStore, summary, rows, raws, rejects, shards, templates: dict[str, Template], run_id,
-                            stage: StageResult, plan: ShardInfo, published: dict):
-    from pipeline.filters.plots import save_histograms
-
-    root = store.root
-    plots = save_histograms(stage.histograms, root / "plots")
-
-    test_ids = {r.id for r in rows if split_of(r.source_id, cfg.output.test_fraction) == "test"}
-    stats = per_type_stats(raws, rows, rejects, test_ids)
-    samples, seen = [], Counter()
-    for r in rows:
-        if seen[r.neg_type] < 2:
-            samples.append(r)
-            seen[r.neg_type] += 1
-    cfg_json = cfg.model_dump(mode="json")
-    engine = raws[0].provenance.engine if raws else cfg.engine.kind
-    front = front_matter(cfg, summary, shards)
+def write_card(root: Path, card: Card) -> None:
+    """README.md (Hugging Face front matter from a dict, body from the kind's template) and manifest.json (the
+    commit point of a publish: written last), each atomically."""
+    cfg_json = card.cfg.model_dump(mode="json")
+    front = front_matter(card.cfg, card.summary, card.shards, card.schema, card.kind, card.tags)
+    f = card.facts
     params = CardParams(
-        pretty_name=front["pretty_name"], version=__version__, root=str(root),
-        run_id=run_id, summary=summary, per_type=stats, samples=samples[:16],
-        no_positive=sum(1 for r in rows if r.positive is None), engine=engine, model=cfg.engine.model_id(),
-        mode=cfg.negatives.mode, cfg=cfg, prompts={t: tpl.sha256 for t, tpl in templates.items()},
-        config_yaml=yaml.safe_dump(cfg_json, sort_keys=False), funnel=stage.funnel, filter_report=stage.report,
-        thresholds=cfg_json["filters"]["negatives"], plots=plots, releases=published["releases"],
+        pretty_name=front["pretty_name"], version=__version__, root=str(root), run_id=card.run_id, summary=card.summary,
+        per_type=f.per_type, stats=f.stats, samples=f.samples, no_positive=f.no_positive, engine=card.engine,
+        model=card.cfg.engine.model_id(), mode=f.mode, cfg=card.cfg, prompts={t: tpl.sha256 for t, tpl in card.prompts.items()},
+        config_yaml=yaml.safe_dump(cfg_json, sort_keys=False), funnel=card.funnel, filter_report=card.filter_report,
+        thresholds=cfg_json["filters"][card.kind], plots=card.plots, releases=card.published["releases"], kind=card.kind,
+        anchor=card.anchor,
     )
-    body = _render(_TEMPLATE, params)
-    card = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body
-    manifest = {
-        "format": "contrastgen.negatives/1", "contrastgen_version": __version__, "run_id": run_id,
-        "config": cfg_json, "versions": versions(),
-        "prompts": {t: {"sha256": tpl.sha256, "file": tpl.path.name} for t, tpl in templates.items()},
-        "shards": [asdict(s) for s in shards], "raw_parts": [asdict(s) for s in store.part_infos()],
-        "plan": asdict(plan), "publish": published,
-        "counts": asdict(summary), "per_type": [asdict(s) for s in stats],
-        "filters": {"funnel": [asdict(f) for f in stage.funnel], "report": _finite(stage.report),
-                    "plots": [f"plots/{p}" for p in plots]},
+    text = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + _render(card.template, params)
+    write_bytes_atomic(root / "README.md", text.encode("utf-8"))
+    write_bytes_atomic(root / "manifest.json", (json.dumps(manifest(card), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def manifest(card: Card) -> dict[str, Any]:
+    """The manifest: format and versions, the resolved config, prompt hashes, every shard and raw part with its
+    sha256, the plan, the releases, the counts, the filter report, and the kind's own sections."""
+    return {
+        "format": dataset_format(card.kind), "contrastgen_version": __version__, "run_id": card.run_id,
+        "config": card.cfg.model_dump(mode="json"), "versions": versions(),
+        "prompts": {t: {"sha256": tpl.sha256, "file": tpl.path.name} for t, tpl in card.prompts.items()},
+        "shards": [asdict(s) for s in card.shards], "raw_parts": [asdict(s) for s in card.raw_parts],
+        "plan": asdict(card.plan), "publish": card.published, "counts": asdict(card.summary), **card.facts.manifest,
+        "filters": {"funnel": [asdict(f) for f in card.funnel], "report": finite(card.filter_report),
+                    "plots": [f"plots/{p}" for p in card.plots]},
     }
-    write_bytes_atomic(root / "README.md", card.encode("utf-8"))
-    write_bytes_atomic(root / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-@dataclass(frozen=True)
-class KindCardParams:
-    pretty_name: str
-    version: str
-    root: str
-    run_id: str | None
-    summary: Any
-    stats: Any  # the kind's Stats (pipeline.tasks.<kind>.Stats)
-    samples: list[Any]
-    engine: str
-    model: str
-    cfg: Any
-    prompts: dict[str, str]
-    config_yaml: str
-    funnel: list[Any]
-    filter_report: dict[str, Any]
-    thresholds: dict[str, Any]
-    plots: list[str]
-    kind: str
-    anchor: str
-    releases: list[dict]
-
-
-def write_rationales_card(cfg, store: RunStore, summary, stats, rows, raws, shards, templates, run_id, stage: StageResult,
-                          plan: ShardInfo, published: dict) -> None:
-    """README.md and manifest.json of a rationales dataset (format ``contrastgen.rationales/1``)."""
-    _write_kind_card("rationales", RATIONALES_SCHEMA, ("rationales", "chain-of-thought", "reasoning"), "neg_source",
-                     cfg, store, summary, asdict(stats), stats, rows, raws, shards, templates, run_id, stage, plan, published)
-
-
-def write_pairs_card(cfg, store: RunStore, summary, stats: dict, rows, raws, shards, templates, run_id, stage: StageResult,
-                     plan: ShardInfo, published: dict) -> None:
-    """README.md and manifest.json of a sentence-pairs dataset (format ``contrastgen.pairs/1``)."""
-    _write_kind_card("pairs", PAIRS_SCHEMA, ("sentence-pairs", "nli", "sentence-embeddings"), "neg_instruction",
-                     cfg, store, summary, stats, stats, rows, raws, shards, templates, run_id, stage, plan, published)
-
-
-def _write_kind_card(kind, schema, tags, sample_key, cfg, store, summary, stats_json, stats, rows, raws, shards, templates,
-                     run_id, stage, plan, published) -> None:
-    """The card and manifest of the rationales and pairs kinds: one template per kind (card_<kind>.md)."""
-    from pipeline.filters.plots import save_histograms
-
-    root = store.root
-    plots = save_histograms(stage.histograms, root / "plots")
-    cfg_json = cfg.model_dump(mode="json")
-    front = front_matter(cfg, summary, shards, schema, kind, tags)
-    samples, seen = [], Counter()
-    for r in rows:
-        if seen[getattr(r, sample_key)] < 3:
-            samples.append(r)
-            seen[getattr(r, sample_key)] += 1
-    params = KindCardParams(
-        pretty_name=front["pretty_name"], version=__version__, root=str(root), run_id=run_id, summary=summary,
-        stats=stats, samples=samples, engine=raws[0].provenance.engine if raws else cfg.engine.kind,
-        model=cfg.engine.model_id(), cfg=cfg, prompts={t: tpl.sha256 for t, tpl in templates.items()},
-        config_yaml=yaml.safe_dump(cfg_json, sort_keys=False), funnel=stage.funnel, filter_report=stage.report,
-        thresholds=cfg_json["filters"][kind], plots=plots, kind=kind, anchor={"rationales": "question"}.get(kind, "anchor"),
-        releases=published["releases"],
-    )
-    card = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + _render(Path(__file__).with_name(f"card_{kind}.md"), params)
-    manifest = {
-        "format": f"contrastgen.{kind}/1", "contrastgen_version": __version__, "run_id": run_id,
-        "config": cfg_json, "versions": versions(),
-        "prompts": {t: {"sha256": tpl.sha256, "file": tpl.path.name} for t, tpl in templates.items()},
-        "shards": [asdict(s) for s in shards], "raw_parts": [asdict(s) for s in store.part_infos()],
-        "plan": asdict(plan), "publish": published, "counts": asdict(summary), kind: _finite(stats_json),
-        "filters": {"funnel": [asdict(f) for f in stage.funnel], "report": _finite(stage.report),
-                    "plots": [f"plots/{p}" for p in plots]},
-    }
-    write_bytes_atomic(root / "README.md", card.encode("utf-8"))
-    write_bytes_atomic(root / "manifest.json", (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

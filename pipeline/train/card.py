@@ -21,7 +21,7 @@ from pipeline.train.config import BUNDLED_ENCODER_ID, LossName, TrainConfig
 from pipeline.train.report import train_summary_dict
 
 if TYPE_CHECKING:
-    from pipeline.train.run import TrainSummary
+    from pipeline.train.summary import TrainSummary
 
 _TEMPLATE = Path(__file__).with_name("model_card_template.md")
 PAPERS = {

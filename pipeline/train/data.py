@@ -1,4 +1,4 @@
-"""Training data: contrastgen shards (negatives, or rationales with the question as anchor) -> anchor groups ->
+"""Training data: contrastgen shards (of any kind, in the negatives layout its kind gives them) -> anchor groups ->
 batches without duplicate anchors.
 
 A *group* is one caption (the anchor) with its paraphrase positive and its own typed negatives.
@@ -17,33 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import DatasetError
+from pipeline.kinds import kind_of_format
 from pipeline.shards.card import load_manifest
 from pipeline.shards.writer import read_shard
 
-FORMAT = "contrastgen.negatives/1"
-RATIONALES = "contrastgen.rationales/1"
 REQUIRED = ("caption", "positive", "negative", "neg_type", "source_id")
-
-
-def _as_groups_of_positives(table: pa.Table) -> pa.Table:
-    """Rationale rows in the negatives layout: the question is the anchor, ``neg_source`` the type, and each
-    (question, positive) is its own group (a question has several positives; the batch sampler never puts
-    two groups with the same anchor in one batch, so they are never each other's in-batch negatives)."""
-    group = pc.binary_join_element_wise(table["source_id"], pc.cast(table["pos_seed"], pa.string()), "/")
-    table = table.rename_columns(["caption" if c == "question" else "neg_type" if c == "neg_source" else c
-                                  for c in table.column_names])
-    return table.set_column(table.column_names.index("source_id"), "source_id", group)
-
-
-def _pairs_as_negatives(table: pa.Table) -> pa.Table:
-    """Sentence pairs in the negatives layout: the anchor sentence is the caption, every negative a contradiction."""
-    table = table.rename_columns(["caption" if c == "anchor" else c for c in table.column_names])
-    return table.append_column("neg_type", pa.array(["contradiction"] * table.num_rows, pa.string()))
-
-
-PAIRS = "contrastgen.pairs/1"
-# Each dataset format and how its shards become the negatives layout the trainer reads.
-ADAPTERS = {FORMAT: lambda t: t, RATIONALES: _as_groups_of_positives, PAIRS: _pairs_as_negatives}
 
 
 @dataclass(frozen=True)
@@ -60,8 +38,7 @@ class Group:
 def _shards(root: Path, split: str) -> tuple[list[dict], dict]:
     """The shards of ``split`` listed in ``root/manifest.json``, and the manifest; a clear error otherwise."""
     meta = load_manifest(root)
-    if meta.get("format") not in ADAPTERS:
-        raise DatasetError(f"{root / 'manifest.json'}: expected format {' or '.join(map(repr, ADAPTERS))}, found {meta.get('format')!r}")
+    kind_of_format(meta.get("format"), Path(root) / "manifest.json")
     return [s for s in meta.get("shards", []) if s.get("split") == split], meta
 
 
@@ -70,7 +47,7 @@ def read_split(root: Path, split: str) -> pa.Table:
     columns, and that the split has rows."""
     tables = []
     shards, meta = _shards(root, split)
-    adapt = ADAPTERS[meta["format"]]
+    adapt = kind_of_format(meta["format"], Path(root) / "manifest.json").as_negatives  # the kind's rows in the trainer's layout
     for shard in shards:
         table = adapt(read_shard(root, shard))
         missing = [c for c in REQUIRED if c not in table.column_names]

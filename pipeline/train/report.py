@@ -11,7 +11,7 @@ from rich.table import Table
 from pipeline.train.evaluate import EvalReport
 
 if TYPE_CHECKING:
-    from pipeline.train.run import TrainSummary
+    from pipeline.train.summary import TrainSummary
 
 
 def print_eval(report: EvalReport, title: str, console: Console | None = None) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 import torch
 from sentence_transformers import SentenceTransformer
 
@@ -16,24 +14,8 @@ from pipeline.train.card import write_model_card
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Group, groups_from_table, read_split, split_groups
 from pipeline.train.evaluate import EvalReport, evaluate_table
-from pipeline.train.trainer import Trainer, TrainResult
-
-
-@dataclass(frozen=True)
-class TrainData:
-    train: list[Group]
-    val: list[Group]
-    no_positive: int
-    tests: dict[str, pa.Table]
-
-
-@dataclass(frozen=True)
-class TrainSummary:
-    out: str
-    data: TrainData
-    result: TrainResult
-    before: dict[str, EvalReport]
-    after: dict[str, EvalReport]
+from pipeline.train.summary import TrainData, TrainSummary
+from pipeline.train.trainer import Trainer
 
 
 def load_data(cfg: TrainConfig) -> TrainData:

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.records import CaptionRecord, GenerationRequest
-from pipeline.tasks import negatives as task
+from pipeline.kinds import negatives as task
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.config import load_config
-from pipeline.engines.base import check_finish_reasons, finish_reason
+from pipeline.engines.finish import check_finish_reasons, finish_reason
 from pipeline.errors import EngineError, TransientEngineError
 from pipeline.records import Completion
 from pipeline.engines.config import EngineConfig, VLLMEngineConfig
@@ -147,8 +147,8 @@ def test_openai_model_defaults_to_what_contrastgen_serve_serves():
 def test_nothing_imports_vllm_unless_selected():
     """Importing every engine module, the CLI and the flows leaves vllm unimported; selecting it without the
     package installed is a config error with the fix."""
-    code = ("import sys, pipeline.cli, flows.negatives, flows.pairs, flows.rationales, pipeline.engines.base, "
-            "pipeline.engines.vllm_engine, pipeline.engines.openai_compat, pipeline.serve\n"
+    code = ("import sys, pipeline.cli, flows.generate, pipeline.engines.base, "
+            "pipeline.engines.finish, pipeline.engines.vllm_engine, pipeline.engines.openai_compat, pipeline.serve\n"
             "assert 'vllm' not in sys.modules, 'vllm imported'\n"
             "from pipeline.engines.base import build_engine\nfrom pipeline.config import load_config\n"
             "try:\n    build_engine(load_config(None, {'engine': {'kind': 'vllm', 'vllm': {'model': 'm'}}}).engine)\n"

@@ -1,6 +1,6 @@
 from pipeline.config import load_config
 from pipeline.records import CaptionRecord, Provenance, RawResult, Rejection
-from pipeline.tasks import negatives as task
+from pipeline.kinds import negatives as task
 from pipeline.tasks.edits import Candidate
 
 CFG = load_config(None, {"negatives": {"types": ["swap_obj", "replace_obj"]}})

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import RunConfig
 from pipeline.records import Provenance, RawResult, Rejection, SentenceRecord
-from pipeline.tasks import pairs as task
+from pipeline.kinds import pairs as task
 
 CFG = RunConfig()
 S = SentenceRecord("s1", "A man is playing a guitar on stage.")

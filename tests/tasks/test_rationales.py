@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import RunConfig
 from pipeline.records import Provenance, QuestionRecord, RawResult
-from pipeline.tasks import rationales as task
+from pipeline.kinds import rationales as task
 
 CFG = RunConfig()
 GOOD = "Tom has 3 apples and buys 2, so 3 + 2 = {}. The answer is {}."

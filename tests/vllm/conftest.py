@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-import flows.negatives  # noqa: F401 - Prefect sets up its log handlers on import: here, not inside a captured test
+import flows.generate  # noqa: F401 - Prefect sets up its log handlers on import: here, not inside a captured test
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -40,7 +40,7 @@ def _engine(url: str):
 
 
 def test_the_structured_outputs_probe_succeeds_on_vllm(vllm_server):
-    from pipeline.tasks.pairs import SCORES
+    from pipeline.kinds.pairs import SCORES
 
     engine = _engine(vllm_server)
     assert engine.structured is True

@@ -9,11 +9,16 @@ Task contract
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
 
-from pipeline import __version__
+import pyarrow as pa
+
 from pipeline.config import NegType, RunConfig
+from pipeline.inputs import read_captions
+from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, check_input_output, pick_samples, row_id
+from pipeline.kinds.base import unit_key as _unit_key
+from pipeline.kinds.base import unit_seed as _unit_seed
 from pipeline.records import (
     CaptionRecord,
     GenerationRequest,
@@ -23,6 +28,8 @@ from pipeline.records import (
     Sampling,
     Unit,
 )
+from pipeline.shards.publish import split_of
+from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
 from pipeline.tasks.edits import (
     Candidate,
     Failure,
@@ -34,6 +41,16 @@ from pipeline.tasks.structure import Shape, check_shapes
 from pipeline.tasks.templates import Template, load_templates
 
 PARAPHRASE = "paraphrase"
+ENGINE_FAILURES = ("engine_crash", "engine_timeout")  # units with no raw result, rejected
+
+# Ordered so that select_columns(["caption", "positive", "negative"]) feeds sentence-transformers.
+SCHEMA = pa.schema([
+    pa.field("caption", pa.string()), pa.field("positive", pa.string()), pa.field("negative", pa.string()),
+    pa.field("neg_type", pa.string()), pa.field("id", pa.string()), pa.field("source_id", pa.string()),
+    pa.field("image_ref", pa.string()), pa.field("surface_sim", pa.float32()), pa.field("edit", pa.string()),
+    pa.field("positive_prompt_sha", pa.string()), *PROVENANCE_FIELDS,
+    pa.field("semantic_sim", pa.float32()), pa.field("propensity", pa.float32()), pa.field("weight", pa.float32()),
+])
 
 # Explicit dispatch: each task's structural shape, beside the task names.
 SHAPES: dict[str, Shape] = {
@@ -61,22 +78,13 @@ def mode_for(task: str, cfg: RunConfig) -> str:
     return "rewrite" if task == PARAPHRASE else cfg.negatives.mode
 
 
-def _sha(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
 def unit_key(src: CaptionRecord, task: str, tpl: Template, cfg: RunConfig) -> str:
     """Hash of input row, template text, model, sampling params, seed, mode and code version."""
-    s = cfg.sampling
-    return _sha({
-        "row": [src.id, src.caption, src.image_ref], "task": task, "template": tpl.sha256,
-        "model": cfg.engine.model_id(), "sampling": [s.temperature, s.top_p, s.max_tokens, s.n],
-        "seed": s.seed, "mode": mode_for(task, cfg), "code": __version__,
-    })
+    return _unit_key([src.id, src.caption, src.image_ref], task, tpl.sha256, cfg.sampling, cfg, mode=mode_for(task, cfg))
 
 
 def unit_seed(run_seed: int, source_id: str, task: str) -> int:
-    return int(_sha([run_seed, source_id, task])[:8], 16)
+    return _unit_seed(run_seed, source_id, task)
 
 
 def plan_units(captions: list[CaptionRecord], cfg: RunConfig, templates: dict[str, Template]) -> list[Unit]:
@@ -135,10 +143,6 @@ def parse_unit(raw: RawResult, tpl: Template) -> Candidate | Rejection:
     )
 
 
-def row_id(source_id: str, task: str, negative: str) -> str:
-    return _sha([source_id, task, negative])[:20]
-
-
 def assemble(raws: list[RawResult], templates: dict[str, Template]) -> tuple[list[NegativeRow], list[Rejection]]:
     """Parse every raw unit; pair each valid negative with its caption's valid paraphrase positive."""
     parsed = {r.unit_key: parse_unit(r, templates[r.task]) for r in raws}
@@ -159,3 +163,104 @@ def assemble(raws: list[RawResult], templates: dict[str, Template]) -> tuple[lis
                 edit=out.edit, positive_prompt_sha=pos_sha, provenance=r.provenance,
             ))
     return rows, rejects
+
+
+@dataclass(frozen=True)
+class TypeStats:
+    task: str
+    units: int
+    kept: int
+    yield_: float
+    train: int
+    test: int
+    reasons: str
+
+
+def per_type_stats(raws: list[RawResult], rows: list[NegativeRow], rejects: list[Rejection], test_ids: set[str]) -> list[TypeStats]:
+    units = Counter(r.task for r in raws) + Counter(r.task for r in rejects if r.reason in ENGINE_FAILURES)
+    kept = Counter(r.neg_type for r in rows)
+    test = Counter(r.neg_type for r in rows if r.id in test_ids)
+    reasons: dict[str, Counter] = defaultdict(Counter)
+    for r in rejects:
+        if r.stage in ("generation", "filter"):
+            reasons[r.task][r.reason] += 1
+    out = []
+    for t in units:
+        k = kept[t] if t != PARAPHRASE else units[t] - sum(reasons[t].values())
+        top = ", ".join(f"{reason} {n}" for reason, n in reasons[t].most_common(3))
+        out.append(TypeStats(t, units[t], k, k / units[t] if units[t] else 0.0, k - test[t] if t != PARAPHRASE else 0, test[t], top))
+    return out
+
+
+@dataclass(frozen=True)
+class Negatives:
+    """The negatives kind: one stage (every caption x task), parse and type-check each edit, pair it with the
+    caption's paraphrase positive; a positive the filters drop leaves its rows without one."""
+
+    name: str = "negatives"
+    help: str = "typed negative captions + paraphrase positives"
+    input_help: str = "captions file (.jsonl/.csv/.parquet) or datasets folder"
+    anchor: str = "caption"
+    type_column: str = "neg_type"
+    sample_key: str = "neg_type"
+    schema: pa.Schema = SCHEMA
+    card_template: str = "negatives.md"
+    tags: tuple[str, ...] = ("hard-negatives", "compositionality")
+    positive_task: str | None = PARAPHRASE
+    flags: tuple[Flag, ...] = (
+        Flag("--types", "negatives", "types", {"nargs": "+", "choices": [t.value for t in NegType], "metavar": "TYPE",
+             "help": f"negative types (default: all): {', '.join(t.value for t in NegType)}"}),
+        Flag("--mode", "negatives", "mode", {"choices": ["edit", "rewrite"], "help": "edit (model names the edit) or rewrite"}),
+    )
+
+    def check(self, cfg: RunConfig) -> None:
+        check_input_output(cfg)
+
+    def templates(self, cfg: RunConfig) -> dict[str, Template]:
+        return templates_for(cfg)
+
+    def read(self, cfg: RunConfig) -> Inputs:
+        captions, rejects = read_captions(cfg.input)
+        return Inputs(captions, rejects, len(captions) + len(rejects))
+
+    def stages(self, cfg: RunConfig) -> tuple[str, ...]:
+        return ("generate",)
+
+    def task_order(self, cfg: RunConfig) -> list[str]:
+        return task_names(cfg)
+
+    def units(self, stage: str, ctx: Context) -> list[Unit]:
+        return plan_units(ctx.inputs.records, ctx.cfg, ctx.templates)
+
+    def render(self, unit: Unit, ctx: Context) -> GenerationRequest:
+        return render(unit, ctx.templates[unit.task], mode_for(unit.task, ctx.cfg), ctx.cfg)
+
+    def mode(self, unit: Unit, cfg: RunConfig) -> str:
+        return mode_for(unit.task, cfg)
+
+    def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled:
+        rows, rejects = assemble(raws, ctx.templates)
+        valid_positives = sum(r.task == PARAPHRASE for r in raws) - sum(r.task == PARAPHRASE for r in rejects)
+        return Assembled(rows, rejects, valid_positives)
+
+    def reject_task(self, row: NegativeRow) -> str:
+        return row.neg_type
+
+    def table(self, rows: list[NegativeRow]) -> pa.Table:
+        return rows_table(rows, SCHEMA)
+
+    def positives(self, rows: list[NegativeRow], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int:
+        return assembled.stats - positive_drops  # valid paraphrases the filters kept
+
+    def card(self, ctx: Context, rows: list[NegativeRow], raws: list[RawResult], rejects: list[Rejection], stats) -> CardFacts:
+        test_ids = {r.id for r in rows if split_of(r.source_id, ctx.cfg.output.test_fraction) == "test"}
+        per_type = per_type_stats(raws, rows, rejects, test_ids)
+        return CardFacts(samples=pick_samples(rows, "neg_type", 2, 16), per_type=per_type,
+                         no_positive=sum(1 for r in rows if r.positive is None), mode=ctx.cfg.negatives.mode,
+                         manifest={"per_type": [asdict(s) for s in per_type]})
+
+    def as_negatives(self, table: pa.Table) -> pa.Table:
+        return table
+
+
+KIND = Negatives()

@@ -16,13 +16,17 @@ the two scores differ.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from pipeline import __version__
+import pyarrow as pa
+
 from pipeline.config import RunConfig
+from pipeline.errors import ContrastgenError, TemplateError
+from pipeline.inputs import read_sentences
+from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, check_input_output, pick_samples, row_id, sha
+from pipeline.kinds.base import unit_key as _unit_key
+from pipeline.kinds.base import unit_seed
 from pipeline.records import (
     GenerationRequest,
     JudgeItem,
@@ -34,6 +38,8 @@ from pipeline.records import (
     TopicRecord,
     Unit,
 )
+from pipeline.shards.card import finite
+from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
 from pipeline.tasks.edits import Candidate, Failure, parse_answer
 from pipeline.tasks.templates import ChatTemplate, load_chat_template
 
@@ -41,10 +47,17 @@ SEED, ENTAIL, CONTRADICT, JUDGE = "seed", "entail", "contradict", "judge"
 SCORES = tuple(str(i) for i in range(6))  # the judge's answers (a structured-output choice where the engine has one)
 SLOTS = {SEED: ("topic",), ENTAIL: ("sentence",), CONTRADICT: ("sentence",), JUDGE: ("sentence", "candidate")}
 _SCORE = re.compile(r"^\W*([0-5])(?:\.\d+)?(?:\s*(?:/\s*5|out of 5))?\W*$")
+GENERATE = "generate"  # the stage of the entail and contradict units
 
-
-def _sha(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+# Anchor first: select_columns(["anchor", "positive", "negative"]) feeds sentence-transformers.
+SCHEMA = pa.schema([
+    pa.field("anchor", pa.string()), pa.field("positive", pa.string()), pa.field("negative", pa.string()),
+    pa.field("pos_score", pa.int32()), pa.field("neg_score", pa.int32()), pa.field("swapped", pa.bool_()),
+    pa.field("pos_instruction", pa.string()), pa.field("neg_instruction", pa.string()), pa.field("id", pa.string()),
+    pa.field("source_id", pa.string()), pa.field("judge_model", pa.string()), *PROVENANCE_FIELDS,
+    pa.field("surface_sim", pa.float32()), pa.field("semantic_sim", pa.float32()), pa.field("propensity", pa.float32()),
+    pa.field("weight", pa.float32()),
+])
 
 
 def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
@@ -55,8 +68,6 @@ def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
     for name, task in names.items():
         tpl = load_chat_template(p.prompts_dir / f"{name}.yaml", SLOTS[task])
         if tpl.task != task:
-            from pipeline.errors import TemplateError
-
             raise TemplateError(f"{tpl.path}: field 'task' says {tpl.task!r}, expected {task!r} (it is listed under pairs.{task})")
         out[name] = tpl
     return out
@@ -65,16 +76,15 @@ def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
 def variant_of(sentence_id: str, task: str, cfg: RunConfig) -> str:
     """The instruction variant of one row and task: a hash of the run seed, row id and task picks it."""
     names = cfg.pairs.entail if task == ENTAIL else cfg.pairs.contradict
-    return names[int(_sha([cfg.sampling.seed, sentence_id, task])[:8], 16) % len(names)]
+    return names[unit_seed(cfg.sampling.seed, sentence_id, task) % len(names)]
 
 
 def _key(row: list, task: str, tpl: ChatTemplate, s: Sampling, cfg: RunConfig) -> str:
-    return _sha({"row": row, "task": task, "template": tpl.sha256, "model": cfg.engine.model_id(),
-                 "sampling": [s.temperature, s.top_p, s.max_tokens, s.n], "seed": cfg.sampling.seed, "code": __version__})
+    return _unit_key(row, task, tpl.sha256, s, cfg)
 
 
 def _unit_seed(cfg: RunConfig, *parts: str) -> int:
-    return int(_sha([cfg.sampling.seed, *parts])[:8], 16)
+    return unit_seed(cfg.sampling.seed, *parts)
 
 
 def sampling_of(task: str, seed: int, cfg: RunConfig) -> Sampling:
@@ -90,7 +100,7 @@ def seed_units(cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]
     tpl = templates[SEED]
     units = []
     for topic in dict.fromkeys(cfg.pairs.topics):
-        rec = TopicRecord("t-" + _sha(topic)[:12], topic)
+        rec = TopicRecord("t-" + sha(topic)[:12], topic)
         units.append(Unit(_key([rec.id, topic], SEED, tpl, sampling_of(SEED, 0, cfg), cfg), rec, SEED, tpl.sha256,
                           _unit_seed(cfg, rec.id, SEED)))
     return units
@@ -177,10 +187,6 @@ def keep_rule(pos: int, neg: int, positive_min: int, negative_max: int) -> tuple
     return True, swapped, ""
 
 
-def row_id(source_id: str, positive: str, negative: str) -> str:
-    return _sha([source_id, positive, negative])[:20]
-
-
 @dataclass(frozen=True)
 class Generated:
     """One sentence's valid candidate of one task, with the instruction that made it."""
@@ -202,7 +208,7 @@ def seed_sentences(raws: list[RawResult]) -> tuple[list[SentenceRecord], list[Re
                 rejects.append(_rejection(raw, "duplicate_seed", "an earlier seed sample said the same", text, raw.provenance.seed + i))
             else:
                 seen.add(cand.text.lower())
-                sentences.append(SentenceRecord("s-" + _sha(cand.text)[:12], cand.text))
+                sentences.append(SentenceRecord("s-" + sha(cand.text)[:12], cand.text))
     return sentences, rejects
 
 
@@ -277,3 +283,105 @@ def assemble(sentences: list[SentenceRecord], cands: dict[tuple[str, str], Gener
         st.pos_score_mean = round(sum(r.pos_score for r in rows) / len(rows), 3)
         st.neg_score_mean = round(sum(r.neg_score for r in rows) / len(rows), 3)
     return rows, rejects, st
+
+
+def _pairs_as_negatives(table: pa.Table) -> pa.Table:
+    """Sentence pairs in the negatives layout: the anchor sentence is the caption, every negative a contradiction."""
+    table = table.rename_columns(["caption" if c == "anchor" else c for c in table.column_names])
+    return table.append_column("neg_type", pa.array(["contradiction"] * table.num_rows, pa.string()))
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """The sentence-pairs kind, three stages, each planned from what the one before left in the store:
+    [seed (from-scratch mode)] -> generate (entail + contradict) -> judge; :func:`assemble` applies the keep rule."""
+
+    name: str = "pairs"
+    help: str = "synthetic sentence pairs (entailment positive, contradiction negative, judged)"
+    input_help: str = ("sentences file (.jsonl/.csv/.parquet) or datasets folder; field `sentence` (id optional); "
+                       "omit it and pass --topics for from-scratch mode")
+    anchor: str = "anchor"
+    type_column: str = "neg_instruction"
+    sample_key: str = "neg_instruction"
+    schema: pa.Schema = SCHEMA
+    card_template: str = "pairs.md"
+    tags: tuple[str, ...] = ("sentence-pairs", "nli", "sentence-embeddings")
+    positive_task: str | None = None
+    flags: tuple[Flag, ...] = (Flag("--topics", "pairs", "topics", {"nargs": "+", "metavar": "TOPIC",
+                                    "help": "from-scratch mode: generate seed sentences about these"}),)
+
+    def check(self, cfg: RunConfig) -> None:
+        if cfg.output.dir is None:
+            raise ContrastgenError("expected output.dir (--out), got none. Fix: pass --out DIR or set it in --config")
+        if cfg.input.path is None and not cfg.pairs.topics:
+            raise ContrastgenError("expected --input (sentences) or pairs.topics (from-scratch mode), got neither. "
+                                   "Fix: pass --input FILE, or --topics T1 T2 ...")
+        check_input_output(cfg, input_required=False)
+
+    def templates(self, cfg: RunConfig) -> dict[str, ChatTemplate]:
+        return templates_for(cfg)
+
+    def read(self, cfg: RunConfig) -> Inputs:
+        if cfg.input.path is None:
+            return Inputs([], [], len(cfg.pairs.topics))
+        sentences, rejects = read_sentences(cfg.input)
+        return Inputs(sentences, rejects, len(sentences) + len(rejects))
+
+    def stages(self, cfg: RunConfig) -> tuple[str, ...]:
+        return (GENERATE, JUDGE) if cfg.input.path is not None else (SEED, GENERATE, JUDGE)
+
+    def task_order(self, cfg: RunConfig) -> list[str]:
+        return sorted((SEED, ENTAIL, CONTRADICT, JUDGE))  # one task per part where possible
+
+    def sentences(self, ctx: Context) -> tuple[list[SentenceRecord], list[Rejection]]:
+        """The anchors: the input's sentences, or (from-scratch mode) the seed stage's valid distinct ones
+        (first ``input.limit``), with the seed samples it rejected."""
+        if ctx.cfg.input.path is not None:
+            return ctx.inputs.records, []
+        sentences, rejects = seed_sentences(ctx.raws(SEED))
+        return (sentences[: ctx.cfg.input.limit] if ctx.cfg.input.limit else sentences), rejects
+
+    def units(self, stage: str, ctx: Context) -> list[Unit]:
+        cfg, templates = ctx.cfg, ctx.templates
+        if stage == SEED:
+            return seed_units(cfg, templates)
+        sentences = self.sentences(ctx)[0]
+        if stage == GENERATE:
+            return generation_units(sentences, cfg, templates)
+        cands = candidates(ctx.raws(GENERATE), templates)[0]
+        return judge_units(judge_items(sentences, cands), cfg, templates)
+
+    def render(self, unit: Unit, ctx: Context) -> GenerationRequest:
+        return render(unit, ctx.cfg, ctx.templates)
+
+    def mode(self, unit: Unit, cfg: RunConfig) -> str:
+        return unit.task
+
+    def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled:
+        by_key = {r.unit_key: r for r in raws}
+        cands, cand_rejects = candidates(ctx.raws(GENERATE), ctx.templates)
+        scores = {(u.source.id, u.source.role): (by_key[u.key].texts[0], by_key[u.key]) for u in ctx.stages[JUDGE].units
+                  if u.key in by_key}  # a judge unit the engine gave up on leaves its pair unjudged (rejected as no_score)
+        sentences, seed_rejects = self.sentences(ctx)
+        rows, judge_rejects, stats = assemble(sentences, cands, scores, ctx.cfg)
+        stats.seeds = len(sentences) if SEED in ctx.stages else 0
+        return Assembled(rows, seed_rejects + cand_rejects + judge_rejects, stats)
+
+    def reject_task(self, row: PairRow) -> str:
+        return CONTRADICT
+
+    def table(self, rows: list[PairRow]) -> pa.Table:
+        return rows_table(rows, SCHEMA)
+
+    def positives(self, rows: list[PairRow], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int:
+        return len(rows)
+
+    def card(self, ctx: Context, rows: list[PairRow], raws: list[RawResult], rejects: list[Rejection], stats: Stats) -> CardFacts:
+        return CardFacts(samples=pick_samples(rows, "neg_instruction", 3), stats=asdict(stats),
+                         manifest={"pairs": finite(asdict(stats))})
+
+    def as_negatives(self, table: pa.Table) -> pa.Table:
+        return _pairs_as_negatives(table)
+
+
+KIND = Pairs()

@@ -21,13 +21,16 @@ answer) + 0.1 x format (the "answer is" cue in its last 60 characters) + 0.1 x l
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
-from pipeline import __version__
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.config import RunConfig
+from pipeline.inputs import read_questions
+from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, check_input_output, pick_samples, row_id
+from pipeline.kinds.base import unit_key, unit_seed
 from pipeline.records import (
     GenerationRequest,
     QuestionRecord,
@@ -37,11 +40,26 @@ from pipeline.records import (
     Sampling,
     Unit,
 )
+from pipeline.shards.card import finite
+from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
 from pipeline.tasks.answers import extract_answer, is_refusal, vote
 from pipeline.tasks.templates import ChatTemplate, load_chat_template
 
 SAMPLED, ADVERSARIAL = "sampled", "adversarial"
 TEMPLATES = {"number": ("solve", ("question",)), "choice": ("solve_choice", ("question", "choices"))}
+MODE = "cot"  # provenance `mode` of every rationale
+
+# Question as the anchor: select_columns(["question", "positive", "negative"]) feeds sentence-transformers.
+SCHEMA = pa.schema([
+    pa.field("question", pa.string()), pa.field("positive", pa.string()), pa.field("negative", pa.string()),
+    pa.field("neg_source", pa.string()), pa.field("answer", pa.string()), pa.field("label_source", pa.string()),
+    pa.field("pos_answer", pa.string()), pa.field("neg_answer", pa.string()), pa.field("votes_for_label", pa.int32()),
+    pa.field("votes_total", pa.int32()), pa.field("pos_quality", pa.float32()), pa.field("neg_quality", pa.float32()),
+    pa.field("id", pa.string()), pa.field("source_id", pa.string()), pa.field("pos_seed", pa.int64()),
+    *PROVENANCE_FIELDS,
+    pa.field("surface_sim", pa.float32()), pa.field("semantic_sim", pa.float32()), pa.field("propensity", pa.float32()),
+    pa.field("weight", pa.float32()),
+])
 
 
 def task_names(cfg: RunConfig) -> list[str]:
@@ -71,22 +89,14 @@ def sampling_of(task: str, unit_seed: int, cfg: RunConfig) -> Sampling:
     return Sampling(r.temperature, r.top_p, r.max_tokens, r.k, unit_seed, stop_at_newline=False)
 
 
-def _sha(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
 def plan_units(questions: list[QuestionRecord], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
     """One unit per question x task; the key hashes row, template, model, the task's sampling, seed and code."""
     units = []
     for q in questions:
         tpl = template_of(q, cfg, templates)
         for t in task_names(cfg):
-            seed = int(_sha([cfg.sampling.seed, q.id, t])[:8], 16)
-            s = sampling_of(t, 0, cfg)
-            key = _sha({"row": [q.id, q.question, q.answer, list(q.choices)], "task": t, "template": tpl.sha256,
-                        "model": cfg.engine.model_id(), "sampling": [s.temperature, s.top_p, s.max_tokens, s.n],
-                        "seed": cfg.sampling.seed, "code": __version__})
-            units.append(Unit(key, q, t, tpl.sha256, seed))
+            key = unit_key([q.id, q.question, q.answer, list(q.choices)], t, tpl.sha256, sampling_of(t, 0, cfg), cfg)
+            units.append(Unit(key, q, t, tpl.sha256, unit_seed(cfg.sampling.seed, q.id, t)))
     return units
 
 
@@ -188,10 +198,6 @@ def _samples(raws: list[RawResult], q: QuestionRecord, cfg: RunConfig, rejects: 
     return valid
 
 
-def row_id(source_id: str, positive: str, negative: str) -> str:
-    return _sha([source_id, positive, negative])[:20]
-
-
 def assemble(raws: list[RawResult], questions: dict[str, QuestionRecord], cfg: RunConfig
              ) -> tuple[list[RationaleRow], list[Rejection], Stats]:
     """Parse every rationale, label each question, and pair each negative with a positive (best quality first,
@@ -241,3 +247,78 @@ def assemble(raws: list[RawResult], questions: dict[str, QuestionRecord], cfg: R
             ))
     return rows, rejects, st
 
+
+
+def _as_groups_of_positives(table: pa.Table) -> pa.Table:
+    """Rationale rows in the negatives layout: the question is the anchor, ``neg_source`` the type, and each
+    (question, positive) is its own group (a question has several positives; the batch sampler never puts
+    two groups with the same anchor in one batch, so they are never each other's in-batch negatives)."""
+    group = pc.binary_join_element_wise(table["source_id"], pc.cast(table["pos_seed"], pa.string()), "/")
+    table = table.rename_columns(["caption" if c == "question" else "neg_type" if c == "neg_source" else c
+                                  for c in table.column_names])
+    return table.set_column(table.column_names.index("source_id"), "source_id", group)
+
+
+@dataclass(frozen=True)
+class Rationales:
+    """The rationales kind: one stage (sampled + adversarial units per question); vote, label and pair in
+    :func:`assemble`; a group whose positive fails the filters loses its rows."""
+
+    name: str = "rationales"
+    help: str = "contrastive rationales (sampled chains of thought, split by answer)"
+    input_help: str = ("questions file (.jsonl/.csv/.parquet) or datasets folder; fields question, answer (optional), "
+                       "choices (optional)")
+    anchor: str = "question"
+    type_column: str = "neg_source"
+    sample_key: str = "neg_source"
+    schema: pa.Schema = SCHEMA
+    card_template: str = "rationales.md"
+    tags: tuple[str, ...] = ("rationales", "chain-of-thought", "reasoning")
+    positive_task: str | None = None
+    flags: tuple[Flag, ...] = (Flag("--k", "rationales", "k", {"type": int, "help": "rationales sampled per question (default 5)"}),)
+
+    def check(self, cfg: RunConfig) -> None:
+        check_input_output(cfg)
+
+    def templates(self, cfg: RunConfig) -> dict[str, ChatTemplate]:
+        return templates_for(cfg)
+
+    def read(self, cfg: RunConfig) -> Inputs:
+        questions, rejects = read_questions(cfg.input, cfg.rationales.answer_kind)
+        return Inputs(questions, rejects, len(questions) + len(rejects))
+
+    def stages(self, cfg: RunConfig) -> tuple[str, ...]:
+        return ("generate",)
+
+    def task_order(self, cfg: RunConfig) -> list[str]:
+        return task_names(cfg)
+
+    def units(self, stage: str, ctx: Context) -> list[Unit]:
+        return plan_units(ctx.inputs.records, ctx.cfg, ctx.templates)
+
+    def render(self, unit: Unit, ctx: Context) -> GenerationRequest:
+        return render(unit, ctx.cfg, ctx.templates)
+
+    def mode(self, unit: Unit, cfg: RunConfig) -> str:
+        return MODE
+
+    def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled:
+        return Assembled(*assemble(raws, {q.id: q for q in ctx.inputs.records}, ctx.cfg))
+
+    def reject_task(self, row: RationaleRow) -> str:
+        return row.neg_source
+
+    def table(self, rows: list[RationaleRow]) -> pa.Table:
+        return rows_table(rows, SCHEMA)
+
+    def positives(self, rows: list[RationaleRow], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int:
+        return len({(r.source_id, r.positive) for r in rows})  # distinct positive rationales in rows
+
+    def card(self, ctx: Context, rows: list[RationaleRow], raws: list[RawResult], rejects: list[Rejection], stats: Stats) -> CardFacts:
+        return CardFacts(samples=pick_samples(rows, "neg_source", 3), stats=stats, manifest={"rationales": finite(asdict(stats))})
+
+    def as_negatives(self, table: pa.Table) -> pa.Table:
+        return _as_groups_of_positives(table)
+
+
+KIND = Rationales()

@@ -1,0 +1,165 @@
+"""What a data kind declares, and the typed records that cross between a kind and the one run path.
+
+A kind (negatives, rationales, pairs, ...) is one object that satisfies :class:`Kind`. The run path
+(:mod:`pipeline.run.generate`) and the flow (:mod:`flows.generate`) know nothing else about it:
+
+    preflight:  kind.check(cfg), kind.templates(cfg)
+    plan:       kind.read(cfg) -> Inputs; for each name in kind.stages(cfg): kind.units(name, ctx)
+                (a stage's units may depend on the raw results of the stages before it: ctx.raws(name))
+    generate:   kind.render(unit, ctx) per unit, kind.mode(unit, cfg) as provenance; one raw part per chunk
+    finalize:   kind.assemble(ctx, raws) -> Assembled; the filter stage (filters.<kind.name>); kind.table(rows)
+                per split; kind.positives(...) for the summary; kind.card(...) for the dataset card
+    train:      kind.as_negatives(table): the kind's shards in the trainer's layout
+
+Stages are resumable by construction: a unit's key hashes everything that decides its output, the store
+keeps finished units, and planning a stage again finds them done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from pipeline import __version__
+from pipeline.shards.card import CardFacts
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from pipeline.config import RunConfig
+    from pipeline.records import GenerationRequest, RawResult, Rejection, Unit
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a kind reads before any generation: its anchor records, the input rows it rejected (with file,
+    line and field), and how many input rows it was given (the card's first funnel step)."""
+
+    records: list[Any]
+    rejects: list[Rejection]
+    count: int
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage's planned units (their keys), the chunks not generated yet (one raw part each), and how
+    many units were found done in the store."""
+
+    keys: frozenset[str]
+    units: list[Unit]
+    pending: list[list[Unit]]
+    reused: int
+
+
+@dataclass
+class Context:
+    """What a kind's planning and assembling see: the config, the loaded templates, the inputs, the stages
+    planned so far, and the raw results of a stage (sorted by unit key; units the engine gave up on have none)."""
+
+    cfg: RunConfig
+    templates: dict[str, Any]
+    inputs: Inputs
+    raws: Callable[[str], list[RawResult]]
+    stages: dict[str, Stage] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """A kind's rows before the filter stage, its generation rejections (parse and validation failures,
+    with reason codes), and its own statistics (reported on the card and in the manifest)."""
+
+    rows: list[Any]
+    rejects: list[Rejection]
+    stats: Any
+
+
+class Kind(Protocol):
+    """A data kind. ``name`` is its CLI word, its config section, its filter section (``filters.<name>``) and
+    its format (``contrastgen.<name>/1``)."""
+
+    name: str
+    help: str  # one line for `contrastgen generate --help`
+    input_help: str  # what --input holds
+    anchor: str  # the anchor column (caption, question, anchor): the filter stage's anchor text
+    type_column: str  # the per-row type column (the filter stage's stratum)
+    sample_key: str  # the column the card's samples are picked by
+    schema: pa.Schema  # the Arrow schema of its train and test shards
+    card_template: str  # file name of its card body beside this module (cards/<name>.md)
+    tags: tuple[str, ...]  # Hugging Face tags on the card
+    positive_task: str | None  # set when a row may lose its positive alone (negatives: the paraphrase)
+    flags: tuple[Flag, ...]  # its `generate <name>` flags
+
+    def check(self, cfg: RunConfig) -> None: ...
+    def templates(self, cfg: RunConfig) -> dict[str, Any]: ...
+    def read(self, cfg: RunConfig) -> Inputs: ...
+    def stages(self, cfg: RunConfig) -> tuple[str, ...]: ...
+    def task_order(self, cfg: RunConfig) -> list[str]: ...
+    def units(self, stage: str, ctx: Context) -> list[Unit]: ...
+    def render(self, unit: Unit, ctx: Context) -> GenerationRequest: ...
+    def mode(self, unit: Unit, cfg: RunConfig) -> str: ...
+    def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled: ...
+    def reject_task(self, row: Any) -> str: ...
+    def table(self, rows: list[Any]) -> pa.Table: ...
+    def positives(self, rows: list[Any], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int: ...
+    def card(self, ctx: Context, rows: list[Any], raws: list[RawResult], rejects: list[Rejection], stats: Any) -> CardFacts: ...
+    def as_negatives(self, table: pa.Table) -> pa.Table: ...
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One `generate <kind>` flag and the config field it sets (``section.key``); ``kwargs`` go to argparse."""
+
+    name: str
+    section: str
+    key: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_samples(rows: list[Any], key: str, per_value: int, limit: int | None = None) -> list[Any]:
+    """The first ``per_value`` rows of each value of ``key`` (in row order), at most ``limit`` in all."""
+    out, seen = [], {}
+    for r in rows:
+        v = getattr(r, key)
+        if seen.get(v, 0) < per_value:
+            out.append(r)
+            seen[v] = seen.get(v, 0) + 1
+    return out[:limit] if limit else out
+
+
+def sha(obj: object) -> str:
+    """sha256 of ``obj`` as canonical JSON: the one hash of unit keys, unit seeds and row ids."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def unit_key(row: list, task: str, template_sha: str, sampling: Any, cfg: RunConfig, **extra: Any) -> str:
+    """Hash of everything that decides a unit's output: its input row, task, template text, model, the task's
+    sampling, the run seed and the code version (plus any ``extra``, e.g. the negatives mode). A rerun finds a
+    unit done exactly when nothing of this changed."""
+    s = sampling
+    return sha({"row": row, "task": task, "template": template_sha, "model": cfg.engine.model_id(),
+                "sampling": [s.temperature, s.top_p, s.max_tokens, s.n], "seed": cfg.sampling.seed,
+                "code": __version__, **extra})
+
+
+def unit_seed(run_seed: int, *parts: str) -> int:
+    """A unit's sampling seed: a hash of the run seed and the unit's identity (source id, task, ...)."""
+    return int(sha([run_seed, *parts])[:8], 16)
+
+
+def row_id(*parts: str) -> str:
+    return sha(list(parts))[:20]
+
+
+def check_input_output(cfg: RunConfig, input_required: bool = True) -> None:
+    """--out given, --input given (when the kind needs one), and the input exists."""
+    from pipeline.errors import ContrastgenError, InputFileError
+
+    missing = [n for n, v, need in (("input.path (--input)", cfg.input.path, input_required),
+                                    ("output.dir (--out)", cfg.output.dir, True)) if need and v is None]
+    if missing:
+        raise ContrastgenError(f"expected {' and '.join(missing)}, got none. Fix: pass the flag or set it in --config")
+    if cfg.input.path is not None and not Path(cfg.input.path).exists():
+        raise InputFileError(cfg.input.path, "file not found. Fix: check --input")
