@@ -16,7 +16,7 @@ import pytest
 
 import flows.generate  # noqa: F401 - Prefect configures its log handlers on import: here, not inside a captured test
 from pipeline.cli import main
-from pipeline.shards.schema import NEGATIVES_SCHEMA
+from pipeline.kinds.negatives import SCHEMA as NEGATIVES_SCHEMA
 from pipeline.shards.writer import sha256_file
 from tests.conftest import REPO, coco_captions, write_jsonl
 
