@@ -42,9 +42,11 @@ def finalize(kind, ctx, store, timing: Timing):
 def generate_flow(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     k, cfg, timing, pool = kind_of(kind), RunConfig.model_validate(config), Timing(), None
     with store_of(cfg, kind) as store:
-        ctx = steps.start(k, cfg, store)
+        with timing.measure("plan_seconds"):
+            ctx = steps.start(k, cfg, store)
         for name in k.stages(cfg):
-            stage = plan_stage(k, ctx, store, name)
+            with timing.measure("plan_seconds"):
+                stage = plan_stage(k, ctx, store, name)
             if not stage.pending:
                 continue
             if pool is None:
@@ -52,4 +54,6 @@ def generate_flow(kind: str, config: dict[str, Any]) -> dict[str, Any]:
                     pool = EnginePool(cfg.engine, cfg.ray)
             with timing.measure("generation_seconds"):
                 run_parts(generate_part, pool, stage.pending, kind=k, ctx=ctx, store=store)
-        return asdict(finalize(k, ctx, store, timing))
+        with timing.measure("finalize_seconds"):
+            summary = asdict(finalize(k, ctx, store, timing))
+        return {**summary, "finalize_seconds": timing.finalize_seconds}

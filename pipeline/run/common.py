@@ -16,10 +16,13 @@ from pipeline.shards.writer import ShardInfo
 
 @dataclass
 class Timing:
-    """Wall-clock seconds of a run's phases: engine start (actors up, model loaded) and generation."""
+    """Wall-clock seconds of a run's phases: planning (inputs read, units keyed, the store checked), engine start
+    (actors up, model loaded), generation, and finalize (the flow adds it to the summary it returns)."""
 
+    plan_seconds: float = 0.0
     startup_seconds: float = 0.0
     generation_seconds: float = 0.0
+    finalize_seconds: float = 0.0
 
     @contextmanager
     def measure(self, phase: str):
@@ -47,6 +50,7 @@ class Summary:
     startup_seconds: float = 0.0
     generation_seconds: float = 0.0
     tokens_out: int = 0
+    plan_seconds: float = 0.0
     empty: str = ""  # why the dataset has no row (empty input, every row rejected); "" when it has rows
 
     def __post_init__(self) -> None:
