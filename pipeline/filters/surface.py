@@ -68,5 +68,19 @@ def _word_codes(anchors: list[str], candidates: list[str], words: Words | None =
     """Each text as a string of one character per word (:attr:`Words.codes`), so a character Levenshtein on the
     codes is the word Levenshtein on the texts. ``words``: the texts already split, when the caller has them."""
     words = Words(list(dict.fromkeys([*anchors, *candidates]))) if words is None else words
+    if not words.fits_codes:  # more distinct words than code points (millions of texts): number each pair's own
+        pairs = [_pair_codes(a, c) for a, c in zip(anchors, candidates)]
+        return [a for a, _ in pairs], [c for _, c in pairs]
     codes, where = words.codes, words.index
     return [codes[where[t]] for t in anchors], [codes[where[t]] for t in candidates]
+
+
+def _pair_codes(a: str, b: str) -> tuple[str, str]:
+    """Two texts as code strings over their own words (the same word, the same code): the word Levenshtein of
+    the texts, whatever the size of the whole vocabulary."""
+    local: dict[str, str] = {}
+
+    def code(text: str) -> str:
+        return "".join(local.setdefault(w, chr(0x10000 + len(local))) for w in text.replace("\x00", " ").split())
+
+    return code(a), code(b)

@@ -45,6 +45,12 @@ class Words:
         closes = self.ids == 0
         self.text_of = np.cumsum(closes) - closes  # (T,) an end token belongs to the text it closes
 
+    @property
+    def fits_codes(self) -> bool:
+        """Whether every distinct word gets its own code point (about a million words; beyond, a caller codes
+        each pair of texts over its own words)."""
+        return len(self.vocab) <= _MAX_WORDS
+
     @functools.cached_property
     def codes(self) -> list[str]:
         """Each text as a string of one character per word (word i -> ``chr(0x10000 + i)``), so a character

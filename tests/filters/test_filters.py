@@ -118,6 +118,18 @@ def test_word_levenshtein_counts_words_and_refuses_repeated_texts():
         Words(["a", "a"])
 
 
+def test_word_levenshtein_beyond_a_million_distinct_words_is_the_same_score(monkeypatch):
+    """More distinct words than code points (millions of texts): each pair is coded over its own words, same scores."""
+    import pipeline.filters.words as words_module
+
+    anchors = ["a red car parks near the old mill", "two dogs run on the beach", "a man reads a book"]
+    cands = ["a blue car parks near the old mill", "two dogs run on the sand", "a book reads a man"]
+    whole = surface_scores(anchors, cands, "word_levenshtein")
+    monkeypatch.setattr(words_module, "_MAX_WORDS", 3)
+    assert not Words(list(dict.fromkeys(anchors + cands))).fits_codes
+    assert surface_scores(anchors, cands, "word_levenshtein").tolist() == whole.tolist()
+
+
 def _biased(n: int, seed: int):
     rng = np.random.default_rng(seed)
     labels = np.r_[np.ones(n), np.zeros(n)].astype(int)
