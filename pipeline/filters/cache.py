@@ -1,9 +1,11 @@
 """Per-text vectors (sentence embeddings, LM scores) cached on disk by content hash.
 
-One folder per scorer (``root/<sha of scorer id>/``); each :meth:`TextCache.get` that computes something
-writes one atomic Arrow part, so a killed run keeps what it finished and a rerun with the same texts
-computes nothing. The scorer is a plain callable ``texts -> [N, D] array``; it is only called (and so
-its model only loaded, when the caller makes it lazy) for texts not cached yet.
+One folder per scorer (``root/<sha of scorer id>/``); texts not cached are encoded in chunks of ``chunk``
+texts, each written as one atomic Arrow part as soon as it is done, so a killed run keeps every finished
+chunk and a rerun with the same texts computes nothing. Only the vectors of the texts asked for are read back
+(the parts are scanned for their keys), so memory follows a run's texts, not every text ever scored. The
+scorer is a plain callable ``texts -> [N, D] array``; it is only called (and so its model only loaded, when
+the caller makes it lazy) for texts not cached yet.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.shards.writer import read_stream, write_atomic
 
@@ -33,18 +36,24 @@ class TextCache:
     ([2.0, 3.0, 2.0], 2)
     """
 
-    def __init__(self, root: Path, encode: Callable[[list[str]], np.ndarray], scorer_id: str):
-        self.encode = encode
+    def __init__(self, root: Path, encode: Callable[[list[str]], np.ndarray], scorer_id: str, chunk: int = 8192):
+        self.encode, self.chunk = encode, chunk
         self.dir = Path(root) / hashlib.sha256(scorer_id.encode()).hexdigest()[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
         self._row: dict[str, int] = {}  # sha256 of a text -> its row in the matrix
         self._blocks: list[np.ndarray] = []  # one (n, D) block per part; concatenated lazily
         self._matrix: np.ndarray | None = None
         self.misses = 0
+
+    def _load(self, wanted: list[str]) -> None:
+        """Read the cached vectors of ``wanted`` keys from the parts (one part in memory at a time)."""
+        value_set = pa.array(list(dict.fromkeys(wanted)), pa.string())
         for part in sorted(self.dir.glob("part-*.arrow")):
             table = read_stream(part)
-            values = table["vector"].combine_chunks()
-            self._add(table["key"].to_pylist(), values.flatten().to_numpy().reshape(len(table), -1))
+            table = table.filter(pc.is_in(table["key"], value_set=value_set))
+            if table.num_rows:
+                values = table["vector"].combine_chunks()
+                self._add(table["key"].to_pylist(), values.flatten().to_numpy().reshape(len(table), -1))
 
     def _add(self, keys: list[str], block: np.ndarray) -> None:
         fresh = [i for i, k in enumerate(keys) if k not in self._row]
@@ -76,6 +85,7 @@ class TextCache:
         try:  # the common case, every text cached: one lookup per key
             rows = np.fromiter(map(self._row.__getitem__, keys), dtype=np.int64, count=len(keys))
         except KeyError:
+            self._load([k for k in keys if k not in self._row])
             self._compute(texts, keys)
             rows = np.fromiter(map(self._row.__getitem__, keys), dtype=np.int64, count=len(keys))
         if self._matrix is None:
@@ -84,12 +94,13 @@ class TextCache:
         return self._matrix, rows
 
     def _compute(self, texts: list[str], keys: list[str]) -> None:
-        """Encode the texts not cached yet, write them as one atomic part, add them to the matrix."""
-        todo = dict.fromkeys(k for k in keys if k not in self._row)
+        """Encode the texts not cached yet, a chunk at a time: each chunk written as one atomic part, then added."""
+        todo = list(dict.fromkeys(k for k in keys if k not in self._row))
         by_key = dict(zip(keys, texts))
-        new = np.asarray(self.encode([by_key[k] for k in todo]), dtype=np.float32).reshape(len(todo), -1)
-        new_keys = list(todo)
-        table = pa.table({"key": new_keys, "vector": pa.array(list(new), type=pa.list_(pa.float32(), new.shape[1]))})
-        write_atomic(self.dir / f"part-{hashlib.sha256(''.join(new_keys).encode()).hexdigest()[:20]}.arrow", table)
-        self._add(new_keys, new)
-        self.misses += len(todo)
+        for i in range(0, len(todo), self.chunk):
+            new_keys = todo[i : i + self.chunk]
+            new = np.asarray(self.encode([by_key[k] for k in new_keys]), dtype=np.float32).reshape(len(new_keys), -1)
+            table = pa.table({"key": new_keys, "vector": pa.array(list(new), type=pa.list_(pa.float32(), new.shape[1]))})
+            write_atomic(self.dir / f"part-{hashlib.sha256(''.join(new_keys).encode()).hexdigest()[:20]}.arrow", table)
+            self._add(new_keys, new)
+            self.misses += len(new_keys)
