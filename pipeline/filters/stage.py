@@ -49,6 +49,7 @@ class Pairs:
     groups: list[str]
     strata: list[str]
     splits: list[str]
+    pinned: int = 0  # the first ``pinned`` rows are published already: never dropped; a duplicate of one is rejected
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,13 @@ class StageResult:
     histograms: dict = field(default_factory=dict)  # name -> {label: scores array} for the card's plots
     gaps: np.ndarray | None = None  # (N, S) blind score gaps, when blind balancing ran (NaN: dropped before it)
     gap_names: tuple[str, ...] = ()
+    notes: dict[int, str] = field(default_factory=dict)  # row -> detail of its drop (the published row it repeats)
 
     def drop(self, i: int) -> Drop | None:
         """Why row ``i`` was dropped (None when kept); blind drops carry every scorer's gap as detail."""
         if self.keep[i]:
             return None
-        detail = ""
+        detail = self.notes.get(i, "")
         if self.drop_filter[i] == "blind" and self.gaps is not None:
             detail = ", ".join(f"{nm} gap {g:+.3f}" for nm, g in zip(self.gap_names, self.gaps[i]))
         return Drop(str(self.drop_filter[i]), str(self.drop_reason[i]), float(self.drop_score[i]), detail)
@@ -97,15 +99,17 @@ class StageResult:
 class _Why:
     """The first filter, rule and score that dropped each row, filled step by step."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, pinned: int = 0):
+        self.free = np.arange(n) >= pinned  # (N,) rows a filter may drop (published rows are not)
         self.filter = np.full(n, "", dtype=object)
         self.reason = np.full(n, "", dtype=object)
         self.score = np.full(n, np.nan, dtype=np.float32)
         self.funnel: list[FunnelStep] = []
 
     def step(self, name: str, reasons: np.ndarray, scores: np.ndarray, alive: np.ndarray) -> np.ndarray:
-        """Drop alive rows whose ``reasons`` entry is non-empty; record them; return the new alive mask."""
-        hit = alive & (reasons != "")
+        """Drop alive rows whose ``reasons`` entry is non-empty (never a published one); record them; return the
+        new alive mask."""
+        hit = alive & self.free & (reasons != "")
         self.filter[hit], self.reason[hit], self.score[hit] = name, reasons[hit], scores[hit]
         names, counts = np.unique(reasons[hit].astype(str), return_counts=True)
         dropped = {str(k): int(c) for k, c in zip(names, counts)}
@@ -215,7 +219,7 @@ def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
 
 def _run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
     n = len(p.ids)
-    why = _Why(n)
+    why, notes = _Why(n, p.pinned), {}
     texts = _Texts(p, scorers)
     pos, positive_drops = _positives(p, cfg, texts, why.funnel)
     surface_sim = surface_similarity(p.anchors, p.negatives)  # (N,) the column
@@ -227,8 +231,13 @@ def _run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
     if cfg.dedup.enabled:
         norm = normalise_all(texts.texts)  # (U,) each distinct text once
         nid = pd.factorize(np.array(norm, dtype=object))[0]  # (U,) one number per distinct normalised text
-        reasons = np.where(repeated(nid[texts.anchor] * len(norm) + nid[texts.negative]),  # (anchor, negative) key
-                           "exact_duplicate", "").astype(object)
+        key = nid[texts.anchor] * len(norm) + nid[texts.negative]  # (N,) the (anchor, negative) pair
+        reasons = np.where(repeated(key), "exact_duplicate", "").astype(object)
+        if p.pinned:  # a new row that repeats a published one is rejected as such, naming it
+            codes = pd.factorize(key)[0]
+            first = np.unique(codes, return_index=True)[1][codes]  # (N,) the first row with the same pair
+            for i in np.flatnonzero((reasons != "") & (first < p.pinned)).tolist():
+                reasons[i], notes[i] = "duplicate_of_published", f"repeats published row {p.ids[first[i]]}"
         scores = np.where(reasons != "", 1.0, 0.0)  # an exact duplicate scores 1; a near one its ratio
         if cfg.dedup.near_threshold is not None:
             idx = np.flatnonzero(reasons == "")
@@ -266,7 +275,7 @@ def _run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
         **blind_hist,
     }
     return StageResult(alive, why.filter, why.reason, why.score, positive_drops, surface_sim, semantic_sim, propensity,
-                       weight, why.funnel, report, histograms, gaps, names)
+                       weight, why.funnel, report, histograms, gaps, names, notes)
 
 
 def _balance(p: Pairs, cfg: FilterConfig, gaps: np.ndarray, names: tuple[str, ...], alive: np.ndarray, why: _Why):

@@ -4,6 +4,8 @@ preflight -> start (templates, inputs) -> for each of the kind's stages: plan_st
 raw parts) and generate_part per pending chunk on the Ray engine pool -> finalize (assemble, filter, split,
 publish shards, plan, plots, card, manifest). Finalize reads only raw parts (and cached per-text scores), so
 it is deterministic and makes no LLM call; ``contrastgen filter`` reruns it on a copy of a dataset's raw parts.
+Appending to a published dataset, rows the previous release decided keep their decision (see
+:mod:`pipeline.shards.publish`): only new rows are filtered, beside the published ones.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from pipeline.records import Rejection, Unit
 from pipeline.run.common import Summary, Timing, commit_part, finished, part_size
 from pipeline.run.store import RunStore, store_of
 from pipeline.shards.card import Card, write_card
-from pipeline.shards.publish import publish, published_splits, settings_sha, split_of
+from pipeline.shards.publish import previous_release, publish, published_splits, settings_sha, split_of
 from pipeline.shards.schema import rejected_table
-from pipeline.shards.writer import ShardInfo
+from pipeline.shards.writer import ShardInfo, read_shard
 
 CARDS = Path(kinds.__file__).parent / "cards"
 
@@ -69,25 +71,30 @@ def generate_part(kind: Kind, ctx: Context, pool: EnginePool, index: int, units:
     return commit_part(pool, index, units, requests, [kind.mode(u, ctx.cfg) for u in units], store)
 
 
-def filter_rows(kind: Kind, rows: list, cfg: RunConfig) -> tuple[list, list[Rejection], StageResult]:
+def filter_rows(kind: Kind, rows: list, cfg: RunConfig, pinned: int = 0,
+                decided: frozenset[str] = frozenset()) -> tuple[list, list[Rejection], StageResult]:
     """The filter stage with ``filters.<kind>`` on assembled rows (anchor, positive, negative; one group per
     source; the kind's type column as the stratum). Kept rows carry the score columns; dropped rows become
     ``filter`` rejections naming the filter, the reason and the score. A dropped positive drops its rows, except
-    in a kind with a ``positive_task`` (negatives), whose rows then lose only the positive (rejected once)."""
+    in a kind with a ``positive_task`` (negatives), whose rows then lose only the positive (rejected once). The
+    first ``pinned`` rows are published already: they stay. Rows in ``decided`` (an earlier release rejected them)
+    only count for the others (dedup, balancing): they are neither kept nor rejected again."""
     pairs = Pairs([r.id for r in rows], [getattr(r, kind.anchor) for r in rows], [r.positive for r in rows],
                   [r.negative for r in rows], [r.source_id for r in rows], [getattr(r, kind.type_column) for r in rows],
-                  [split_of(r.source_id, cfg.output.test_fraction) for r in rows])
+                  [split_of(r.source_id, cfg.output.test_fraction) for r in rows], pinned)
     fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine)
     res = run_stage(pairs, fcfg, scorers)
     kept, rejects = [], []
     for i, r in enumerate(rows):
+        if i >= pinned and r.id in decided:
+            continue
         pos_drop = res.positive_drops.get(r.source_id)
         row = replace(r, surface_sim=float(res.surface_sim[i]), semantic_sim=float(res.semantic_sim[i]),
                       propensity=float(res.propensity[i]), weight=float(res.weight[i]))
         if kind.positive_task and pos_drop:
             row = replace(row, positive=None, positive_prompt_sha=None)
         d = res.drop(i) or (None if kind.positive_task else pos_drop)
-        if d is None:
+        if d is None or i < pinned:
             kept.append(row)
         else:
             rejects.append(_rejection(kind, r, d, r.negative, kind.reject_task(r), r.provenance.prompt_sha))
@@ -107,16 +114,36 @@ def _rejection(kind: Kind, r, d, text: str, task: str, prompt_sha: str | None) -
                      seed=r.provenance.seed, filter=d.filter, score=d.score)
 
 
+def _published_rejections(root: Path, shards: list[ShardInfo]) -> list:
+    """The stage and reason columns of every published rejected shard (the dataset's rejections, all releases)."""
+    return [read_shard(root, s).select(["stage", "reason"]) for s in shards if s.split == "rejected" and s.rows]
+
+
+def _decided(kind: Kind, ctx: Context, raws: list, plan: frozenset[str]) -> set[str]:
+    """Ids of the rows the previous release decided: the rows its planned units assemble to (published or
+    rejected then; an append does not filter them again)."""
+    old = [r for r in raws if r.unit_key in plan]
+    by_key = {r.unit_key: r for r in old}
+    ctx.raws = lambda name: [by_key[k] for k in sorted(ctx.stages[name].keys) if k in by_key]
+    return {r.id for r in kind.assemble(ctx, old).rows}
+
+
 def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: str | None) -> Summary:
     """Assemble, filter, split and publish the planned units' results; write the plan, plots, card and manifest."""
     cfg, root = ctx.cfg, store.root
     keys = frozenset().union(*(st.keys for st in ctx.stages.values()))
     raws, failed = finished(store, set(keys))  # every stage's raw parts, read once
     by_key = {r.unit_key: r for r in raws}
+    release = previous_release(root, settings_sha(cfg, kind.name))
+    decided = _decided(kind, ctx, raws, release.plan) if release else set()
     ctx.raws = lambda name: [by_key[k] for k in sorted(ctx.stages[name].keys) if k in by_key]
     assembled = kind.assemble(ctx, raws)
     gen_rejects = sorted(assembled.rejects + failed, key=lambda r: (r.unit_key or "", r.seed or 0))
-    rows, filter_rejects, stage = filter_rows(kind, sorted(assembled.rows, key=lambda r: r.id), cfg)
+    rows = sorted(assembled.rows, key=lambda r: r.id)
+    published = release.ids if release else frozenset()
+    pinned = [r for r in rows if r.id in published]  # published: first, and never dropped
+    rows = pinned + [r for r in rows if r.id not in published]
+    rows, filter_rejects, stage = filter_rows(kind, rows, cfg, len(pinned), frozenset(decided))
     by_split: dict[str, list] = {"train": [], "test": []}
     for r in rows:
         by_split[split_of(r.source_id, cfg.output.test_fraction)].append(r)
@@ -124,15 +151,17 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
     tables = {split: kind.table(split_rows) for split, split_rows in by_split.items()}
     shards, published = publish(root, {**tables, "rejected": rejected_table(rejects)}, cfg.output.rows_per_shard,
                                 settings_sha(cfg, kind.name), run_id)
-    splits = published_splits(shards)  # the dataset's rows: earlier releases' included
+    splits = published_splits(shards)  # the dataset's rows and rejections: earlier releases' included
+    published_rejects = _published_rejections(root, shards)
+    stages = Counter(s for t in published_rejects for s in t.column("stage").to_pylist())
     summary = Summary(
         out=str(root), inputs=ctx.inputs.count, input_rejected=len(ctx.inputs.rejects), units=len(keys),
         generated=sum(len(c) for st in ctx.stages.values() for c in st.pending), reused=sum(st.reused for st in ctx.stages.values()),
-        kept=sum(splits.values()), rejected=len(gen_rejects),
-        positives=kind.positives(rows, raws, assembled, len(stage.positive_drops)), filtered=len(filter_rejects), splits=splits,
-        rejected_by_reason=dict(sorted(Counter(r.reason for r in rejects).items())),
+        kept=sum(splits.values()), rejected=stages["generation"],
+        positives=kind.positives(rows, raws, assembled, len(stage.positive_drops)), filtered=stages["filter"], splits=splits,
+        rejected_by_reason=dict(sorted(Counter(r for t in published_rejects for r in t.column("reason").to_pylist()).items())),
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
-        tokens_out=sum(r.provenance.tokens_out for r in raws),
+        tokens_out=sum(r.provenance.tokens_out for r in raws), plan_seconds=timing.plan_seconds,
     )
     plan = store.write_plan(keys)
     plots = save_histograms(stage.histograms, root / "plots")

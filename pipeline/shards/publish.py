@@ -7,6 +7,11 @@ published shards are never rewritten, so a consumer that copied them keeps a val
 When the settings that decide rows change (the kind's filters, the split fraction, contrastgen's
 version), the folder is published whole again as release 0: old rows may no longer pass.
 
+An append never contradicts a release (:func:`previous_release`): rows of units planned before keep their
+decision (published rows stay, rejected ones stay rejected), only rows of new units go through the filters,
+with the published rows pinned beside them, so a new row that duplicates a published one is rejected
+(``duplicate_of_published``, naming it) and no row is ever both published and rejected.
+
 ``manifest.json`` is the commit point: it lists the published shards and the releases. It is written last
 (after the card), each file atomically. Before writing shards, a publish records their paths in
 ``.publish-ledger.json``; shards a crashed finalize wrote but no manifest lists are deleted by the next one
@@ -19,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import __version__
-from pipeline.shards.writer import ShardInfo, ShardWriter, read_shard, shard_names, write_bytes_atomic
+from pipeline.shards.writer import ShardInfo, ShardWriter, read_shard, read_stream, shard_names, write_bytes_atomic
 
 LEDGER = ".publish-ledger.json"  # shard paths a publish writes, recorded before it writes them
 REJECTION_KEY = ("stage", "reason", "source_id", "task", "unit_key", "file", "line", "raw")
@@ -54,6 +60,26 @@ def _previous(m: dict | None, root: Path, sha: str) -> tuple[list[ShardInfo], li
     if m is None or m.get("publish", {}).get("settings_sha") != sha or not all((root / s["path"]).is_file() for s in m["shards"]):
         return None
     return [ShardInfo(**s) for s in m["shards"]], list(m["publish"]["releases"])
+
+
+@dataclass(frozen=True)
+class Release:
+    """What an append must not contradict: the ids of every published row, and the unit keys the dataset was
+    built from (rows of those units were decided then: published, or rejected)."""
+
+    ids: frozenset[str]
+    plan: frozenset[str]
+
+
+def previous_release(root: Path, sha: str) -> Release | None:
+    """The published state a finalize with settings ``sha`` appends to; None when it publishes whole."""
+    m = _manifest(root)
+    prev = _previous(m, root, sha)
+    plan = (m or {}).get("plan")
+    if prev is None or plan is None or not (root / plan["path"]).is_file():
+        return None
+    ids = {i for s in prev[0] if s.split != "rejected" for i in read_shard(root, s).column("id").to_pylist()}
+    return Release(frozenset(ids), frozenset(read_stream(root / plan["path"]).column("unit_key").to_pylist()))
 
 
 def _ledger(root: Path) -> list[str]:

@@ -1,0 +1,71 @@
+"""Appending to a published dataset never contradicts it: finalize on hand-made raw parts (the parsers, filters,
+publishing and card are real; the engine's answers are written here, so the duplicate is exact)."""
+
+from __future__ import annotations
+
+import json
+
+from pipeline import __version__
+from pipeline.config import load_config
+from pipeline.kinds import KINDS
+from pipeline.kinds.base import row_id
+from pipeline.records import Provenance, RawResult
+from pipeline.run import generate as steps
+from pipeline.run.common import Timing
+from pipeline.run.store import store_of
+from pipeline.shards.card import load_manifest
+from pipeline.shards.writer import read_shard
+
+CAPTION, NEGATIVE, PARAPHRASE = "a dog sits on a red sofa", "a cat sits on a red sofa", "a dog is sitting on a red couch"
+OFF = {"enabled": False}
+
+
+def _release(tmp_path, captions: list[dict], run_id: str) -> dict:
+    """One run's finalize over ``captions``, each answered the same: its paraphrase and NEGATIVE."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(c) + "\n" for c in captions), encoding="utf-8")
+    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp_path / "ds"},
+                             "negatives": {"types": ["replace_obj"], "mode": "rewrite"},
+                             "filters": {"negatives": {"semantic": OFF, "blind": OFF, "propensity": OFF, "surface": OFF}}})
+    kind = KINDS["negatives"]
+    with store_of(cfg, "negatives") as store:
+        ctx = steps.start(kind, cfg, store)
+        stage = steps.plan_stage(kind, ctx, store, "generate")
+        raws = []
+        for u in (u for chunk in stage.pending for u in chunk):
+            text = PARAPHRASE if u.task == "paraphrase" else NEGATIVE
+            prov = Provenance("embedded", "m", u.prompt_sha, kind.mode(u, cfg), 0.7, 0.95, 40, u.seed, 10, 5, 0.1)
+            raws.append(RawResult(u.key, u.source.id, u.source.text, None, u.task, (text,), ("stop",), prov, __version__))
+        if raws:
+            store.write_part(raws)
+        steps.finalize(kind, ctx, store, Timing(), run_id)
+    return load_manifest(tmp_path / "ds")
+
+
+def _rows(root, manifest, split: str) -> list[dict]:
+    return [r for s in manifest["shards"] if s["split"] == split for r in read_shard(root, s).to_pylist()]
+
+
+def test_a_new_row_that_repeats_a_published_one_is_rejected_naming_it(tmp_path):
+    first = _release(tmp_path, [{"id": "b", "caption": CAPTION}], "run-0")
+    root = tmp_path / "ds"
+    published = [r["id"] for sp in ("train", "test") for r in _rows(root, first, sp)]
+    assert len(published) == 1
+    # A new caption with the same text: its row repeats the published one, with a smaller id (so a whole re-dedup
+    # in id order would keep the newcomer and reject the published row).
+    new_id = next(f"a{i}" for i in range(1000) if row_id(f"a{i}", "replace_obj", NEGATIVE) < published[0])
+    second = _release(tmp_path, [{"id": "b", "caption": CAPTION}, {"id": new_id, "caption": CAPTION}], "run-1")
+
+    data = [r for sp in ("train", "test") for r in _rows(root, second, sp)]
+    assert [r["id"] for r in data] == published  # the published row stays, alone
+    rejected = _rows(root, second, "rejected")
+    dup = [r for r in rejected if r["source_id"] == new_id and r["stage"] == "filter"]
+    assert [(r["reason"], r["detail"]) for r in dup] == [("duplicate_of_published", f"repeats published row {published[0]}")]
+    assert not [r for r in rejected if r["source_id"] == "b" and r["stage"] == "filter"]  # never published and rejected
+    assert [r["mode"] for r in second["publish"]["releases"]] == ["whole", "append"]
+    assert second["counts"]["filtered"] == 1 and second["counts"]["rejected_by_reason"] == {"duplicate_of_published": 1}
+
+    third = _release(tmp_path, [{"id": "b", "caption": CAPTION}, {"id": new_id, "caption": CAPTION}], "run-2")
+    assert third["shards"] == second["shards"]  # a rerun adds nothing, and says the same
+    assert {k: v for k, v in third["counts"].items() if k not in ("generated", "reused")} == \
+        {k: v for k, v in second["counts"].items() if k not in ("generated", "reused")}
