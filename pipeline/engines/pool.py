@@ -52,6 +52,10 @@ class EngineActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        """The Ray node this replica runs on (a probe: it answers once the model is loaded)."""
+        return ray.get_runtime_context().get_node_id()
+
     def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
         return self.engine.generate(requests)
 
@@ -95,7 +99,8 @@ def _placement(engine: EngineConfig, ray_cfg: RayConfig) -> tuple[int, Callable[
         return replica_count(engine.vllm, alive_node_gpus()), lambda: replica_options(engine.vllm)
     cpus = int(ray.available_resources().get("CPU", 1)) or 1
     gpu = engine.device.startswith("cuda")
-    return ray_cfg.workers, lambda: {"num_cpus": min(1, cpus), "num_gpus": 1 if gpu else 0}
+    # SPREAD: replicas go to different nodes where they can (a node lost takes one replica, not all of them)
+    return ray_cfg.workers, lambda: {"num_cpus": min(1, cpus), "num_gpus": 1 if gpu else 0, "scheduling_strategy": "SPREAD"}
 
 
 def _actor(name: str, make_options: Callable[[], dict], restarts: int, blob: str, threads: int):
@@ -110,6 +115,15 @@ def _actor(name: str, make_options: Callable[[], dict], restarts: int, blob: str
 
 class _Crash(Exception):
     """A call's replica died under it (or raised a non-contrastgen error): the requests may be poison."""
+
+
+class _NodeLost(Exception):
+    """A call's replica died with its node (the node left the cluster): nothing the requests did; Ray restarts the
+    replica on a node that is left, and the part runs again whole."""
+
+
+def _alive(node_id: str | None) -> bool:
+    return node_id is None or any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
 
 
 class _Timeout(Exception):
@@ -145,6 +159,7 @@ class EnginePool:
         threads = engine.threads or max(1, (os.cpu_count() or 1) // n)
         self.actors = [_actor(f"engine-{tag}-{i}", make_options, ray_cfg.actor_restarts, blob, threads) for i in range(n)]
         self._locks = [threading.Lock() for _ in self.actors]
+        self._nodes: list[str | None] = [None] * len(self.actors)  # each replica's node, as of its last call
         try:
             self.engine_name, self.model_id = ray.get(self.actors[0].identity.remote(), timeout=engine.start_timeout_s)
         except GetTimeoutError:
@@ -159,9 +174,19 @@ class EnginePool:
         return 2 * max(1, len(self.actors))
 
     def generate(self, index: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
-        """One outcome per request, in order: its completion, or why the engine could not complete it."""
+        """One outcome per request, in order: its completion, or why the engine could not complete it. A part
+        whose replica's node leaves the cluster runs again whole once the replica is back (or on another)."""
         if self.local is not None:
             return self._local_generate(requests)
+        for _ in range(1 + len(self.actors)):
+            try:
+                return self._generate(index, requests)
+            except _NodeLost as lost:
+                log.warning("part %d: %s; running it again", index, lost)
+        raise TransientEngineError(f"part {index}: engine replicas kept dying with their nodes. Fix: check `ray status`; "
+                                   "rerun the same command to resume")
+
+    def _generate(self, index: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
         first = index % len(self.actors)
         try:
             return self._call(first, requests)
@@ -229,6 +254,8 @@ class EnginePool:
                     raise _Timeout(f"engine call of {len(requests)} requests passed engine.call_timeout_s = "
                                    f"{self.engine_cfg.call_timeout_s:g} s on actor {k}") from None
                 except RayActorError as exc:  # it was up (checked under the lock), so it died running this call
+                    if not _alive(self._nodes[k]):
+                        raise _NodeLost(f"actor {k} died with its node {self._nodes[k]}") from exc
                     raise _Crash(f"actor {k} died: {type(exc).__name__}") from exc
                 except RayTaskError as exc:
                     if isinstance(exc, ContrastgenError):  # our own engine errors say what to do; transient ones retry
@@ -243,7 +270,7 @@ class EnginePool:
         deadline = time.monotonic() + self.engine_cfg.start_timeout_s
         while True:
             try:
-                ray.get(self.actors[k].identity.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                self._nodes[k] = ray.get(self.actors[k].node.remote(), timeout=max(1.0, deadline - time.monotonic()))
                 return True
             except ActorUnavailableError:
                 if time.monotonic() > deadline:

@@ -43,6 +43,11 @@ class FaultyEngineActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def generate(self, requests):
         text = " ".join(c for r in requests for _, c in r.messages)
         if POISON in text:

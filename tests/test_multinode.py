@@ -1,0 +1,86 @@
+"""A run on a two-node Ray cluster on this machine (`ray.cluster_utils.Cluster`: a head with a spare CPU and a
+worker node): its engine actors spread over both nodes, and a run whose worker node is removed mid-run finishes
+(by itself, or after one rerun) with every unit exactly once and the same rows as the undisturbed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import coco_captions, write_jsonl
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import json, subprocess, sys, time
+    from pathlib import Path
+    import pyarrow as pa
+    import ray
+    import ray._private.state as ray_state  # the GCS actor table (the state API needs the dashboard)
+    from ray.cluster_utils import Cluster
+
+    inp, root = Path(sys.argv[1]), Path(sys.argv[2])
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+
+    def run(out):
+        cmd = [sys.executable, "-m", "pipeline.cli", "generate", "negatives", "--input", str(inp), "--out", str(out),
+               "--ray-address", cluster.address, "--workers", "2", "--json", "--config", str(root / "cfg.yaml")]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    logs = []
+
+    def summary(proc):
+        out, err = proc.communicate(timeout=900)
+        logs.append(err)
+        return json.loads(out.strip().splitlines()[-1]) if proc.returncode == 0 else {"rc": proc.returncode, "err": err[-2000:]}
+
+    def raw_keys(out):
+        return [k for p in sorted((out / "raw").glob("part-*.arrow"))
+                for k in pa.ipc.open_stream(p.read_bytes()).read_all().column("unit_key").to_pylist()]
+
+    try:
+        calm = summary(run(root / "calm"))
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        nodes = sorted({a["Address"]["NodeID"] for a in ray_state.actors().values() if a["ActorClassName"] == "EngineActor"})
+        ray.shutdown()
+
+        proc = run(root / "lost")
+        while len(list((root / "lost" / "raw").glob("part-*.arrow"))) < 1 and proc.poll() is None:
+            time.sleep(0.2)
+        cluster.remove_node(worker)  # the worker node leaves while parts are in flight
+        lost = summary(proc)
+        reran = None
+        if "rc" in lost:  # it may stop; the same command then resumes it
+            reran = lost
+            lost = summary(run(root / "lost"))
+        keys = raw_keys(root / "lost")
+        print(json.dumps({"calm": calm, "nodes": len(nodes), "lost": lost, "reran": reran, "logs": logs[1:],
+                          "keys": len(keys), "distinct_keys": len(set(keys))}))
+    finally:
+        cluster.shutdown()
+""")
+
+
+def test_a_run_spreads_over_two_nodes_and_survives_losing_one(tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(2))
+    (tmp_path / "cfg.yaml").write_text("output: {units_per_part: 3}\nsampling: {max_tokens: 24}\n", encoding="utf-8")
+    res = subprocess.run([sys.executable, "-c", SCRIPT, str(inp), str(tmp_path)], capture_output=True, text=True,
+                         timeout=1500, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    calm, lost = out["calm"], out["lost"]
+    assert "rc" not in calm and "rc" not in lost, out
+    assert out["nodes"] == 2  # one engine actor on each node
+    assert calm["units"] == lost["units"] == 18 and out["keys"] == out["distinct_keys"] == 18  # each unit exactly once
+    assert (lost["kept"], lost["splits"], lost["rejected_by_reason"]) == (calm["kept"], calm["splits"], calm["rejected_by_reason"])
+    assert not {"engine_crash", "engine_timeout"} & set(lost["rejected_by_reason"])  # a lost node is not the units' fault
+    assert any("died with its node" in log for log in out["logs"]), out["logs"]  # a part was in flight there, and ran again
