@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow, runtime, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from flows.parts import run_parts
 from flows.retry import ENGINE_RETRIES
@@ -46,14 +47,15 @@ def generate_flow(kind: str, config: dict[str, Any]) -> dict[str, Any]:
             ctx = steps.start(k, cfg, store)
         for name in k.stages(cfg):
             with timing.measure("plan_seconds"):
-                stage = plan_stage(k, ctx, store, name)
+                stage = plan_stage(k, quote(ctx), store, name)
             if not stage.pending:
                 continue
             if pool is None:
                 with timing.measure("startup_seconds"):
                     pool = EnginePool(cfg.engine, cfg.ray)
             with timing.measure("generation_seconds"):
-                run_parts(generate_part, pool, stage.pending, kind=k, ctx=ctx, store=store)
+                # quote: Prefect would otherwise walk every unit and record of the context for each part (O(n^2))
+                run_parts(generate_part, pool, stage.pending, kind=k, ctx=quote(ctx), store=store)
         with timing.measure("finalize_seconds"):
-            summary = asdict(finalize(k, ctx, store, timing))
+            summary = asdict(finalize(k, quote(ctx), store, timing))
         return {**summary, "finalize_seconds": timing.finalize_seconds}
