@@ -119,13 +119,17 @@ def _published_rejections(root: Path, shards: list[ShardInfo]) -> list:
     return [read_shard(root, s).select(["stage", "reason"]) for s in shards if s.split == "rejected" and s.rows]
 
 
-def _decided(kind: Kind, ctx: Context, raws: list, plan: frozenset[str]) -> set[str]:
+def _over(ctx: Context, raws: list) -> Context:
+    """``ctx`` whose ``raws(stage)`` come from ``raws`` (read once) instead of the store."""
+    by_key = {r.unit_key: r for r in raws}
+    return replace(ctx, raws=lambda name: [by_key[k] for k in sorted(ctx.stages[name].keys) if k in by_key])
+
+
+def _decided(kind: Kind, ctx: Context, raws: list, plan: frozenset[str]) -> frozenset[str]:
     """Ids of the rows the previous release decided: the rows its planned units assemble to (published or
     rejected then; an append does not filter them again)."""
     old = [r for r in raws if r.unit_key in plan]
-    by_key = {r.unit_key: r for r in old}
-    ctx.raws = lambda name: [by_key[k] for k in sorted(ctx.stages[name].keys) if k in by_key]
-    return {r.id for r in kind.assemble(ctx, old).rows}
+    return frozenset(r.id for r in kind.assemble(_over(ctx, old), old).rows)
 
 
 def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: str | None) -> Summary:
@@ -133,32 +137,32 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
     cfg, root = ctx.cfg, store.root
     keys = frozenset().union(*(st.keys for st in ctx.stages.values()))
     raws, failed = finished(store, set(keys))  # every stage's raw parts, read once
-    by_key = {r.unit_key: r for r in raws}
-    release = previous_release(root, settings_sha(cfg, kind.name))
-    decided = _decided(kind, ctx, raws, release.plan) if release else set()
-    ctx.raws = lambda name: [by_key[k] for k in sorted(ctx.stages[name].keys) if k in by_key]
+    sha = settings_sha(cfg, kind.name)
+    release = previous_release(root, sha)
+    decided = _decided(kind, ctx, raws, release.plan) if release else frozenset()
+    ctx = _over(ctx, raws)
     assembled = kind.assemble(ctx, raws)
     gen_rejects = sorted(assembled.rejects + failed, key=lambda r: (r.unit_key or "", r.seed or 0))
     rows = sorted(assembled.rows, key=lambda r: r.id)
-    published = release.ids if release else frozenset()
-    pinned = [r for r in rows if r.id in published]  # published: first, and never dropped
-    rows = pinned + [r for r in rows if r.id not in published]
-    rows, filter_rejects, stage = filter_rows(kind, rows, cfg, len(pinned), frozenset(decided))
+    published_ids = release.ids if release else None
+    pinned = [r for r in rows if published_ids and r.id in published_ids]  # published: first, and never dropped
+    rows = pinned + [r for r in rows if not (published_ids and r.id in published_ids)]
+    rows, filter_rejects, stage = filter_rows(kind, rows, cfg, len(pinned), decided)
     by_split: dict[str, list] = {"train": [], "test": []}
     for r in rows:
         by_split[split_of(r.source_id, cfg.output.test_fraction)].append(r)
     rejects = ctx.inputs.rejects + gen_rejects + filter_rejects
     tables = {split: kind.table(split_rows) for split, split_rows in by_split.items()}
-    shards, published = publish(root, {**tables, "rejected": rejected_table(rejects)}, cfg.output.rows_per_shard,
-                                settings_sha(cfg, kind.name), run_id)
+    shards, published = publish(root, {**tables, "rejected": rejected_table(rejects)}, cfg.output.rows_per_shard, sha,
+                                run_id, published_ids)
     splits = published_splits(shards)  # the dataset's rows and rejections: earlier releases' included
     published_rejects = _published_rejections(root, shards)
-    stages = Counter(s for t in published_rejects for s in t.column("stage").to_pylist())
+    by_stage = Counter(s for t in published_rejects for s in t.column("stage").to_pylist())
     summary = Summary(
         out=str(root), inputs=ctx.inputs.count, input_rejected=len(ctx.inputs.rejects), units=len(keys),
         generated=sum(len(c) for st in ctx.stages.values() for c in st.pending), reused=sum(st.reused for st in ctx.stages.values()),
-        kept=sum(splits.values()), rejected=stages["generation"],
-        positives=kind.positives(rows, raws, assembled, len(stage.positive_drops)), filtered=stages["filter"], splits=splits,
+        kept=sum(splits.values()), rejected=by_stage["generation"],
+        positives=kind.positives(rows, raws, assembled, len(stage.positive_drops)), filtered=by_stage["filter"], splits=splits,
         rejected_by_reason=dict(sorted(Counter(r for t in published_rejects for r in t.column("reason").to_pylist()).items())),
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
         tokens_out=sum(r.provenance.tokens_out for r in raws), plan_seconds=timing.plan_seconds,

@@ -100,8 +100,11 @@ def _rejection_keys(table: pa.Table) -> list[tuple]:
     return list(zip(*cols))
 
 
-def _fresh(root: Path, old: list[ShardInfo], split: str, table: pa.Table) -> pa.Table:
-    """Rows of ``table`` that no published shard of ``split`` holds."""
+def _fresh(root: Path, old: list[ShardInfo], split: str, table: pa.Table, ids: frozenset[str] | None = None) -> pa.Table:
+    """Rows of ``table`` that no published shard of ``split`` holds; ``ids``: the published row ids, when the
+    caller has read them already (:func:`previous_release`), so the data shards are not read again."""
+    if split != "rejected" and ids is not None:
+        return table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(ids), pa.string()))))
     mine = [read_shard(root, s) for s in old if s.split == split]
     if not mine or not table.num_rows:
         return table
@@ -128,7 +131,7 @@ def _names(split: str, rows: int, rows_per_shard: int, tag: str | None) -> list[
 
 
 def publish(root: Path, tables: dict[str, pa.Table], rows_per_shard: int, sha: str,
-            run_id: str | None) -> tuple[list[ShardInfo], dict]:
+            run_id: str | None, published_ids: frozenset[str] | None = None) -> tuple[list[ShardInfo], dict]:
     """Write ``tables`` (split -> table, ``rejected`` included) whole or incrementally; return every published
     shard and the manifest's ``publish`` record (settings hash and releases). Deletes only shards contrastgen
     wrote: those the old manifest lists and those in the ledger of an earlier, interrupted publish."""
@@ -144,7 +147,7 @@ def publish(root: Path, tables: dict[str, pa.Table], rows_per_shard: int, sha: s
     else:
         shards, releases = prev
         tag = f"r{len(releases):03d}"
-        fresh = {split: _fresh(root, shards, split, t) for split, t in tables.items()}
+        fresh = {split: _fresh(root, shards, split, t, published_ids) for split, t in tables.items()}
         _record(root, [*ours, *(n for split, t in fresh.items() if t.num_rows for n in _names(split, t.num_rows, rows_per_shard, tag))])
         new = [s for split, t in fresh.items() if t.num_rows for s in _write(root, split, t, rows_per_shard, tag)]
         if new:
