@@ -1,7 +1,10 @@
-"""One flow for every data kind: [plan a stage -> generate its parts on Ray engine actors] per stage -> finalize.
+"""One flow for every data kind: per block of sources, [plan a stage -> generate it on Ray engine actors] per
+stage -> finalize.
 
-Each stage is planned from what the previous one left in the store (a killed run resumes at any stage); the
-engine pool starts only when some stage has units left to generate (a fully reused run never loads the model).
+Prefect tasks are stages of a block, not parts: a block's stage is planned from what the store holds (a killed
+run resumes at any block and stage), then generated as one task whose parts run on the pool's slots; a retry
+of that task (a transient engine error) plans again and sends only the units still missing. The engine pool
+starts only when some stage has units left to generate (a fully reused run never loads the model).
 """
 
 from __future__ import annotations
@@ -11,51 +14,55 @@ from typing import Any
 
 from prefect import flow, runtime, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from flows.parts import run_parts
 from flows.retry import ENGINE_RETRIES
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
 from pipeline.kinds import kind_of
 from pipeline.run import generate as steps
-from pipeline.run.common import Timing
+from pipeline.run.common import Progress, Timing
 from pipeline.run.store import store_of
 
 
 @task(cache_policy=NO_CACHE)
-def plan_stage(kind, ctx, store, name: str):
-    return steps.plan_stage(kind, ctx, store, name)
+def plan_stage(kind, ctx, store, name: str) -> tuple[int, int, int]:
+    """(units, found done, to generate): the stage itself stays in the block's context (Prefect keeps every task's
+    result for the flow's lifetime: a count, not a block's units)."""
+    st = steps.plan_stage(kind, ctx, store, name)
+    return len(st.keys), st.reused, sum(len(c) for c in st.pending)
 
 
 @task(cache_policy=NO_CACHE, **ENGINE_RETRIES)
-def generate_part(pool: EnginePool, index: int, units: list, kind, ctx, store):
-    return steps.generate_part(kind, ctx, pool, index, units, store)
+def generate_stage(kind, ctx, pool: EnginePool, store, name: str) -> int:
+    return steps.generate_stage(kind, ctx, pool, store, name)
 
 
 @task(cache_policy=NO_CACHE)
-def finalize(kind, ctx, store, timing: Timing):
-    return steps.finalize(kind, ctx, store, timing, str(runtime.flow_run.id))
+def finalize(kind, ctx, store, timing: Timing, progress: Progress):
+    return steps.finalize(kind, ctx, store, timing, str(runtime.flow_run.id), progress)
 
 
-@flow(name="contrastgen-generate", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False)
+@flow(name="contrastgen-generate", persist_result=False)
 def generate_flow(kind: str, config: dict[str, Any]) -> dict[str, Any]:
-    k, cfg, timing, pool = kind_of(kind), RunConfig.model_validate(config), Timing(), None
+    k, cfg, timing, progress, pool = kind_of(kind), RunConfig.model_validate(config), Timing(), Progress(), None
     with store_of(cfg, kind) as store:
         with timing.measure("plan_seconds"):
             ctx = steps.start(k, cfg, store)
-        for name in k.stages(cfg):
-            with timing.measure("plan_seconds"):
-                stage = plan_stage(k, quote(ctx), store, name)
-            if not stage.pending:
-                continue
-            if pool is None:
-                with timing.measure("startup_seconds"):
-                    pool = EnginePool(cfg.engine, cfg.ray)
-            with timing.measure("generation_seconds"):
-                # quote: Prefect would otherwise walk every unit and record of the context for each part (O(n^2))
-                run_parts(generate_part, pool, stage.pending, kind=k, ctx=quote(ctx), store=store)
+        for block in steps.blocks(ctx, store):
+            for name in k.stages(cfg):
+                with timing.measure("plan_seconds"):
+                    # quote: Prefect would otherwise walk every unit and record of the block for its task graph
+                    units, reused, pending = plan_stage(k, quote(block), store, name)
+                progress.units, progress.reused, progress.generated = (progress.units + units, progress.reused + reused,
+                                                                       progress.generated + pending)
+                if not pending:
+                    continue
+                if pool is None:
+                    with timing.measure("startup_seconds"):
+                        pool = EnginePool(cfg.engine, cfg.ray)
+                with timing.measure("generation_seconds"):
+                    generate_stage(k, quote(block), pool, store, name)
         with timing.measure("finalize_seconds"):
-            summary = asdict(finalize(k, quote(ctx), store, timing))
+            summary = asdict(finalize(k, quote(ctx), store, timing, progress))
         return {**summary, "finalize_seconds": timing.finalize_seconds}

@@ -192,6 +192,9 @@ class OutputConfig(Section):
     units_per_part: int | None = Field(None, gt=0, description="Units per raw part (the resume granularity and one "
                                        "engine call); default: enough to fill the engine twice, at least 64 "
                                        "(max(64, 2 x engine capacity / sampling.n): 64 embedded, 256 vllm).")
+    block_sources: int = Field(4096, gt=0, description="Input rows per block: a run plans, generates and finalizes a "
+                               "block of sources at a time, so its memory is bounded by a block, not by the dataset "
+                               "(the word-bigram blind proxy is fitted per block).")
     overwrite: bool = Field(False, description="Write into a non-empty folder that is not a contrastgen dataset (files "
                             "contrastgen did not write are still never replaced or deleted).")
 

@@ -198,3 +198,37 @@ def test_filter_refuses_generation_settings_and_its_own_dir(run, tmp_path, capsy
     assert "expected only the sections ['filters', 'output']" in err and "['sampling']" in err and str(bad) in err
     assert main(["filter", str(cfg.output.dir), "--out", str(cfg.output.dir)]) == 2
     assert "expected a new folder, got DIR itself" in capsys.readouterr().err
+
+
+def test_blocks_of_sources_make_the_same_dataset(run, tmp_path, monkeypatch):
+    """The same raw parts finalized in blocks of 3 captions (4 blocks) instead of one: no LLM call, every unit
+    reused, and the same rows kept and rejected for the same reasons (dedup and the semantic rules decide per
+    block or globally alike; blind balancing is measured, not applied, by default). The card's per-type table,
+    summed over blocks, matches too."""
+    import shutil
+
+    import flows.generate
+
+    cfg, s = run
+    copy = tmp_path / "blocks"
+    shutil.copytree(cfg.output.dir, copy)
+
+    def no_engine(*a, **k):
+        raise AssertionError("a finished run must not start an engine")
+
+    monkeypatch.setattr(flows.generate, "EnginePool", no_engine)
+    blocked = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": copy, "block_sources": 3})})
+    out = flows.generate.generate_flow("negatives", blocked.model_dump(mode="json"))
+    assert (out["generated"], out["reused"], out["units"]) == (0, s["units"], s["units"])
+    for key in ("kept", "rejected", "filtered", "positives", "splits", "rejected_by_reason"):
+        assert out[key] == s[key], key
+
+    def rows(root, split):
+        return sorted(datasets.load_dataset(str(root), split=split)["id"]) if split != "rejected" else sorted(
+            (r["unit_key"] or "", r["reason"], r["raw"] or "") for r in datasets.load_dataset(str(root), "rejected")["rejected"])
+
+    for split in ("train", "test", "rejected"):
+        assert rows(copy, split) == rows(cfg.output.dir, split), split
+    one, four = (json.loads((root / "manifest.json").read_text()) for root in (cfg.output.dir, copy))
+    assert four["per_type"] == one["per_type"] and four["filters"]["funnel"] == one["filters"]["funnel"]
+    assert four["publish"]["releases"][-1]["mode"] == "whole"  # another block size decides rows anew

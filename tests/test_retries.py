@@ -1,4 +1,5 @@
-"""Task-level retries of generation parts: transient engine errors only, bounded, on every flow's part task."""
+"""Task-level retries of generation stages: transient engine errors only, bounded, on the flow's stage task (a retry sends
+only the units still missing: parts commit atomically)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,6 @@ def test_transient_errors_are_retried_and_others_fail_at_once(prefect_session):
 
 def test_every_flow_retries_its_parts_the_same_way():
     for mod in (flows.generate,):  # one flow for every kind
-        t = mod.generate_part
+        t = mod.generate_stage
         assert (t.retries, t.retry_condition_fn, t.retry_jitter_factor) == (2, transient_only, 0.5)
         assert list(t.retry_delay_seconds) == [10, 20]

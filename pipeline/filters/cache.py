@@ -2,8 +2,10 @@
 
 One folder per scorer (``root/<sha of scorer id>/``); texts not cached are encoded in chunks of ``chunk``
 texts, each written as one atomic Arrow part as soon as it is done, so a killed run keeps every finished
-chunk and a rerun with the same texts computes nothing. Only the vectors of the texts asked for are read back
-(the parts are scanned for their keys), so memory follows a run's texts, not every text ever scored. The
+chunk and a rerun with the same texts computes nothing. Only the vectors of the texts asked for are read back,
+and only from the parts that hold them (an index of every part's keys as 16-byte digests, built once); a caller
+that works in blocks calls :meth:`TextCache.forget` after each, so memory follows a block's texts, not every
+text ever scored. The
 scorer is a plain callable ``texts -> [N, D] array``; it is only called (and so its model only loaded, when
 the caller makes it lazy) for texts not cached yet.
 """
@@ -19,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.shards.keys import FileIndex
 from pipeline.shards.writer import read_stream, write_atomic
 
 
@@ -43,12 +46,27 @@ class TextCache:
         self._row: dict[str, int] = {}  # sha256 of a text -> its row in the matrix
         self._blocks: list[np.ndarray] = []  # one (n, D) block per part; concatenated lazily
         self._matrix: np.ndarray | None = None
+        self._index: FileIndex | None = None
         self.misses = 0
+
+    def forget(self) -> None:
+        """Drop the vectors held in memory (the disk cache stays): the next texts are read back as needed."""
+        self._row, self._blocks, self._matrix = {}, [], None
+
+    @property
+    def index(self) -> FileIndex:
+        """Which part holds each cached text: every part's key column read once, then grown by this cache's writes."""
+        if self._index is None:
+            self._index = FileIndex()
+            for part in sorted(self.dir.glob("part-*.arrow")):
+                self._index.add(part, read_stream(part).column("key").to_pylist())
+        return self._index
 
     def _load(self, wanted: list[str]) -> None:
         """Read the cached vectors of ``wanted`` keys from the parts (one part in memory at a time)."""
-        value_set = pa.array(list(dict.fromkeys(wanted)), pa.string())
-        for part in sorted(self.dir.glob("part-*.arrow")):
+        wanted = list(dict.fromkeys(wanted))
+        value_set = pa.array(wanted, pa.string())
+        for part in self.index.files_of(wanted):
             table = read_stream(part)
             table = table.filter(pc.is_in(table["key"], value_set=value_set))
             if table.num_rows:
@@ -101,6 +119,9 @@ class TextCache:
             new_keys = todo[i : i + self.chunk]
             new = np.asarray(self.encode([by_key[k] for k in new_keys]), dtype=np.float32).reshape(len(new_keys), -1)
             table = pa.table({"key": new_keys, "vector": pa.array(list(new), type=pa.list_(pa.float32(), new.shape[1]))})
-            write_atomic(self.dir / f"part-{hashlib.sha256(''.join(new_keys).encode()).hexdigest()[:20]}.arrow", table)
+            path = self.dir / f"part-{hashlib.sha256(''.join(new_keys).encode()).hexdigest()[:20]}.arrow"
+            write_atomic(path, table)
+            if self._index is not None:
+                self._index.add(path, new_keys)
             self._add(new_keys, new)
             self.misses += len(new_keys)

@@ -66,6 +66,13 @@ class TextScorers:
         memo.update({t: sha(t.encode("utf-8")).hexdigest() for t in texts if t not in memo})  # = TextCache.key
         return list(map(memo.__getitem__, texts))
 
+    def forget(self) -> None:
+        """Drop what is held in memory for the texts scored so far (a block's); the disk caches stay."""
+        self._key_memo = {}
+        self.embeddings.forget()
+        if "loglik" in self.__dict__:
+            self.loglik.forget()
+
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embeddings.get(texts, self._keys(texts))
 

@@ -4,60 +4,25 @@ were dropped (filter, reason, the score that dropped them), the score columns, t
 Order (a row's drop reason is the first rule it fails): positives (surface band, meaning kept), then
 negatives: dedup -> surface band -> semantic rules -> blind balancing (on the rows still alive) ->
 propensity weights (on the kept rows). Each rule is one pure function from ``pipeline/filters``; this
-module only applies them and counts.
+module only applies them and counts. What a row's own block decides is scored per block
+(:mod:`pipeline.filters.score`); :func:`decide` takes the concatenated columns of every block and makes the
+global decisions (exact dedup, blind balancing, the propensity fit), holding numbers, not texts.
 """
 
 from __future__ import annotations
 
-import functools
 import gc
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
-import pandas as pd
 
 from pipeline.config import FilterConfig
-from pipeline.filters.blind import balance_mask, bigram_logprob, pick_rate
-from pipeline.filters.dedup import near_duplicate_scores, normalise_all, repeated
-from pipeline.filters.propensity import (
-    propensity_weights,
-    surface_features,
-    weighted_auc,
-)
-from pipeline.filters.semantic import cosine_rows, semantic_reasons
-from pipeline.filters.surface import in_band, surface_scores, surface_similarity
-from pipeline.filters.words import Words
+from pipeline.filters.blind import balance_mask, pick_rate
+from pipeline.filters.propensity import propensity_weights, weighted_auc
+from pipeline.filters.score import Drop, Pairs, Scored, Scorers, positive_funnel, score, semantic_reasons_of
+from pipeline.filters.surface import in_band
 
-
-class Scorers(Protocol):
-    def embed_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]: ...  # [M, D] unit vectors, (N,) rows
-    def lm(self, texts: list[str]) -> np.ndarray: ...  # (N,) mean token log-prob
-
-
-@dataclass(frozen=True)
-class Pairs:
-    """One row per (anchor, negative); ``positives[i]`` is the anchor's positive or None; ``groups`` ties the
-    rows of one anchor; ``strata`` is the negative type (blind balancing is per stratum); ``splits`` is the
-    split each row will be written to (blind balancing applies to the configured splits)."""
-
-    ids: list[str]
-    anchors: list[str]
-    positives: list[str | None]
-    negatives: list[str]
-    groups: list[str]
-    strata: list[str]
-    splits: list[str]
-    pinned: int = 0  # the first ``pinned`` rows are published already: never dropped; a duplicate of one is rejected
-
-
-@dataclass(frozen=True)
-class Drop:
-    filter: str
-    reason: str
-    score: float
-    detail: str = ""
+__all__ = ["Drop", "FunnelStep", "Pairs", "Scorers", "StageResult", "decide", "run_stage"]
 
 
 @dataclass(frozen=True)
@@ -99,8 +64,8 @@ class StageResult:
 class _Why:
     """The first filter, rule and score that dropped each row, filled step by step."""
 
-    def __init__(self, n: int, pinned: int = 0):
-        self.free = np.arange(n) >= pinned  # (N,) rows a filter may drop (published rows are not)
+    def __init__(self, n: int, pinned: np.ndarray):
+        self.free = ~pinned  # (N,) rows a filter may drop (published rows are not)
         self.filter = np.full(n, "", dtype=object)
         self.reason = np.full(n, "", dtype=object)
         self.score = np.full(n, np.nan, dtype=np.float32)
@@ -117,183 +82,94 @@ class _Why:
         return alive & ~hit
 
 
-class _Texts:
-    """Every distinct text of the pairs (``texts``, in first-seen order), the number of each row's anchor,
-    negative and positive (-1: none) among them; embedded once."""
-
-    def __init__(self, p: Pairs, scorers: Scorers):
-        self.scorers = scorers
-        n, has_pos = len(p.ids), np.array([x is not None for x in p.positives], dtype=bool)
-        every = np.array([*p.anchors, *p.negatives, *(x for x in p.positives if x is not None)], dtype=object)
-        codes, uniq = pd.factorize(every)  # one number per distinct text, one hash lookup per text
-        self.texts: list[str] = uniq.tolist()
-        self.anchor, self.negative = codes[:n], codes[n : 2 * n]  # (N,), (N,)
-        self.positive = np.full(n, -1, dtype=np.int64)  # (N,)
-        self.positive[has_pos] = codes[2 * n :]
-        # (M, D) embeddings and (U,) the row of each distinct text in them
-        self.matrix, self.emb_row = scorers.embed_rows(self.texts) if self.texts else (np.zeros((0, 1), np.float32), np.zeros(0, np.int64))
-
-    @functools.cached_property
-    def words(self) -> Words:
-        """Every distinct text split into words once, for the word-level scorer and the bigram proxy."""
-        return Words(self.texts)
-
-    def cos(self, a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        """Row-wise cosine of the texts at rows ``a`` and ``b``; shape (len(a),). Chunked: gathered rows stay in cache."""
-        out = np.zeros(len(a), dtype=np.float32)
-        ea, eb = self.emb_row[a], self.emb_row[b]
-        for i in range(0, len(a), chunk):
-            out[i : i + chunk] = cosine_rows(self.matrix[ea[i : i + chunk]], self.matrix[eb[i : i + chunk]])
-        return out
-
-    def lm_gap(self, alive: np.ndarray) -> np.ndarray:
-        """(N,) LM score of each alive row's anchor minus that of its negative; NaN for rows already dropped
-        (the LM, the costly scorer, only sees texts that can still be kept)."""
-        used = np.unique(np.concatenate([self.anchor[alive], self.negative[alive]]))
-        score = np.full(len(self.texts), np.nan, dtype=np.float64)
-        if used.size:  # no row alive (an empty input): the LM is not even loaded
-            score[used] = self.scorers.lm([self.texts[i] for i in used.tolist()])
-        return score[self.anchor] - score[self.negative]
-
-
-@dataclass
-class _Positives:
-    """The positive of each group that has one (G groups, sorted by name): its first row, scores, and whether it
-    survived; ``of_row`` (N,) is each row's group among them (-1: the row's group has no positive)."""
-
-    groups: list[str]
-    rows: np.ndarray  # (G,)
-    ratio: np.ndarray  # (G,) fuzz.ratio anchor vs positive, as the surface_sim column
-    cos: np.ndarray  # (G,)
-    kept: np.ndarray  # (G,) bool
-    of_row: np.ndarray  # (N,)
-
-    def row_cos(self) -> np.ndarray:
-        """(N,) cosine of each row's kept positive; NaN where there is none."""
-        g = self.of_row
-        if not len(self.kept):  # no group has a positive (e.g. negatives.paraphrase: false)
-            return np.full(len(g), np.nan)
-        has = (g >= 0) & self.kept[g]
-        return np.where(has, self.cos[g], np.nan)
-
-
-def _positives(p: Pairs, cfg: FilterConfig, texts: _Texts, funnel: list[FunnelStep]) -> tuple[_Positives, dict[str, Drop]]:
-    """Positive of each group, its scores, and the drops of positives that fail the surface band or lose meaning."""
-    gid, names = pd.factorize(np.asarray(p.groups, dtype=object))  # (N,) group number
-    with_pos = np.flatnonzero(texts.positive >= 0)
-    has, at = np.unique(gid[with_pos], return_index=True)  # groups with a positive; where each first has one
-    first = np.full(len(names), -1, dtype=np.int64)
-    first[has] = with_pos[at]  # (number of groups,) each group's first row with a positive
-    order = has[np.argsort(names[has], kind="stable")]  # groups with a positive, by name
-    rows, groups = first[order], names[order].tolist()
-    anchors, positives = [p.anchors[i] for i in rows.tolist()], [p.positives[i] for i in rows.tolist()]
-    surf = surface_scores(anchors, positives, cfg.surface.scorer)  # (G,)
-    sem = texts.cos(texts.anchor[rows], texts.positive[rows])  # (G,)
-    reasons = np.full(len(groups), "", dtype=object)
-    if cfg.surface.enabled:
-        reasons[~in_band(surf, cfg.surface.positive.low, cfg.surface.positive.high)] = "positive_out_of_band"
-    if cfg.semantic.enabled and cfg.semantic.positive_min is not None:
-        reasons[(reasons == "") & (sem < cfg.semantic.positive_min)] = "positive_meaning_lost"
-    drops = {}
-    for j in np.flatnonzero(reasons != ""):
-        r = reasons[j]
-        drops[groups[j]] = Drop("surface" if r == "positive_out_of_band" else "semantic", r,
-                                float(surf[j] if r == "positive_out_of_band" else sem[j]))
-    funnel.append(FunnelStep("positives", len(groups), dict(sorted(Counter(d.reason for d in drops.values()).items())), len(groups) - len(drops)))
-    ratio = surf if cfg.surface.scorer == "ratio" else surface_similarity(anchors, positives)  # (G,) as the column
-    slot = np.full(len(names), -1, dtype=np.int64)
-    slot[order] = np.arange(len(order))
-    return _Positives(groups, rows, ratio, sem, reasons == "", slot[gid]), drops
-
-
 def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
-    """Apply ``cfg``'s filters to ``p`` in the order of the module docstring."""
+    """Apply ``cfg``'s filters to ``p`` (one block) in the order of the module docstring."""
+    return decide(score(p, cfg, scorers), cfg)
+
+
+def decide(sc: Scored, cfg: FilterConfig) -> StageResult:
+    """The global decisions on the concatenated columns of every block (:mod:`pipeline.filters.score`)."""
     paused = gc.isenabled()
     gc.disable()  # the stage makes millions of short-lived objects and no reference cycles: without the cyclic
     try:  # collector's repeated passes over every live object it runs about 5% faster
-        return _run_stage(p, cfg, scorers)
+        return _decide(sc, cfg)
     finally:
         if paused:
             gc.enable()
 
 
-def _run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
-    n = len(p.ids)
-    why, notes = _Why(n, p.pinned), {}
-    texts = _Texts(p, scorers)
-    pos, positive_drops = _positives(p, cfg, texts, why.funnel)
-    surface_sim = surface_similarity(p.anchors, p.negatives)  # (N,) the column
-    band_scores = surface_sim if cfg.surface.scorer == "ratio" else surface_scores(p.anchors, p.negatives, cfg.surface.scorer)
-    semantic_sim = texts.cos(texts.anchor, texts.negative)  # (N,)
-    s_pos = pos.row_cos()  # (N,)
-    alive = np.ones(n, dtype=bool)
+def _dedup(sc: Scored, cfg: FilterConfig) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """(reasons, scores, notes) of exact dedup over every block (the first row of a pair is kept, published rows
+    counting first; a new row repeating a published one is named as such) and near dedup within groups."""
+    n = sc.n
+    order = np.lexsort((np.arange(n), ~sc.pinned))  # published rows first, then row order
+    _, at, inverse = np.unique(sc.dup_key[order], return_index=True, return_inverse=True)
+    first = np.empty(n, dtype=np.int64)
+    first[order] = order[at][inverse.reshape(-1)]  # (N,) the first row of each row's pair
+    exact = first != np.arange(n)
+    reasons = np.where(exact, "exact_duplicate", "").astype(object)
+    notes = {}
+    for i in np.flatnonzero(exact & sc.pinned[first]).tolist():
+        reasons[i], notes[i] = "duplicate_of_published", f"repeats published row {sc.ids[first[i]].decode()}"
+    scores = np.where(exact, 1.0, 0.0)  # an exact duplicate scores 1; a near one its ratio
+    if cfg.dedup.near_threshold is not None:
+        hit = ~exact & (sc.near >= cfg.dedup.near_threshold)
+        reasons[hit], scores[hit] = "near_duplicate", sc.near[hit]
+    return reasons, scores, notes
 
+
+def _decide(sc: Scored, cfg: FilterConfig) -> StageResult:
+    n, notes = sc.n, {}
+    why = _Why(n, sc.pinned)
+    groups, dropped = positive_funnel(sc)
+    why.funnel.append(FunnelStep("positives", groups, dropped, groups - sum(dropped.values())))
+    alive = np.ones(n, dtype=bool)
     if cfg.dedup.enabled:
-        norm = normalise_all(texts.texts)  # (U,) each distinct text once
-        nid = pd.factorize(np.array(norm, dtype=object))[0]  # (U,) one number per distinct normalised text
-        key = nid[texts.anchor] * len(norm) + nid[texts.negative]  # (N,) the (anchor, negative) pair
-        reasons = np.where(repeated(key), "exact_duplicate", "").astype(object)
-        if p.pinned:  # a new row that repeats a published one is rejected as such, naming it
-            codes = pd.factorize(key)[0]
-            first = np.unique(codes, return_index=True)[1][codes]  # (N,) the first row with the same pair
-            for i in np.flatnonzero((reasons != "") & (first < p.pinned)).tolist():
-                reasons[i], notes[i] = "duplicate_of_published", f"repeats published row {p.ids[first[i]]}"
-        scores = np.where(reasons != "", 1.0, 0.0)  # an exact duplicate scores 1; a near one its ratio
-        if cfg.dedup.near_threshold is not None:
-            idx = np.flatnonzero(reasons == "")
-            near = near_duplicate_scores([norm[i] for i in texts.negative[idx].tolist()], [p.groups[i] for i in idx])
-            hit = near >= cfg.dedup.near_threshold
-            reasons[idx[hit]], scores[idx[hit]] = "near_duplicate", near[hit]
+        reasons, scores, notes = _dedup(sc, cfg)
         alive = why.step("dedup", reasons, scores, alive)
     if cfg.surface.enabled:
-        bad = ~in_band(band_scores, cfg.surface.negative.low, cfg.surface.negative.high)
-        alive = why.step("surface", np.where(bad, "negative_out_of_band", "").astype(object), band_scores, alive)
+        bad = ~in_band(sc.band, cfg.surface.negative.low, cfg.surface.negative.high)
+        alive = why.step("surface", np.where(bad, "negative_out_of_band", "").astype(object), sc.band, alive)
     if cfg.semantic.enabled:
-        s = cfg.semantic
-        guard = None if s.false_negative is None else np.where(  # (N,) exempt types never count as false negatives
-            np.isin(np.asarray(p.strata), s.false_negative_exempt), np.inf, s.false_negative)
-        reasons = semantic_reasons(semantic_sim, s_pos, false_negative=guard, max_score=s.max_score,
-                                   min_score=s.min_score, absolute_margin=s.absolute_margin, relative_margin=s.relative_margin)
-        alive = why.step("semantic", reasons, semantic_sim, alive)
+        alive = why.step("semantic", semantic_reasons_of(sc, cfg), sc.semantic_sim, alive)
     report: dict = {}
     blind_hist: dict = {}
-    gaps, names = None, ()
+    names: tuple[str, ...] = ()
     if cfg.blind.enabled:
-        gaps = blind_gaps(p, cfg, texts, alive)  # (N, S)
         names = tuple(s.value for s in cfg.blind.scorers)
-        alive, blind_report, blind_hist = _balance(p, cfg, gaps, names, alive, why)
+        alive, blind_report, blind_hist = _balance(sc, cfg, names, alive, why)
         report.update(blind_report)
     propensity = np.full(n, np.nan, dtype=np.float32)
     weight = np.ones(n, dtype=np.float32)
     if cfg.propensity.enabled:
-        report["propensity"] = _propensity(p, cfg, texts, alive, pos, surface_sim, semantic_sim, propensity, weight)
+        report["propensity"] = _propensity(sc, cfg, alive, propensity, weight)
     histograms = {
-        "surface_sim": {"positive": pos.ratio[pos.kept], "negative kept": surface_sim[alive],
-                        "negative dropped": surface_sim[~alive]},
-        "semantic_sim": {"positive": pos.cos[pos.kept], "negative kept": semantic_sim[alive],
-                         "negative dropped": semantic_sim[~alive]},
+        "surface_sim": {"positive": sc.pos_ratio[sc.pos_kept], "negative kept": sc.surface_sim[alive],
+                        "negative dropped": sc.surface_sim[~alive]},
+        "semantic_sim": {"positive": sc.pos_cos[sc.pos_kept], "negative kept": sc.semantic_sim[alive],
+                         "negative dropped": sc.semantic_sim[~alive]},
         **blind_hist,
     }
-    return StageResult(alive, why.filter, why.reason, why.score, positive_drops, surface_sim, semantic_sim, propensity,
-                       weight, why.funnel, report, histograms, gaps, names, notes)
+    return StageResult(alive, why.filter, why.reason, why.score, sc.positive_drops, sc.surface_sim, sc.semantic_sim,
+                       propensity, weight, why.funnel, report, histograms, sc.gaps if cfg.blind.enabled else None, names, notes)
 
 
-def _balance(p: Pairs, cfg: FilterConfig, gaps: np.ndarray, names: tuple[str, ...], alive: np.ndarray, why: _Why):
+def _balance(sc: Scored, cfg: FilterConfig, names: tuple[str, ...], alive: np.ndarray, why: _Why):
     """Blind balancing of the configured splits; rates of every split before and after, and gap histograms."""
-    split_arr, strata_arr = np.asarray(p.splits), np.asarray(p.strata)
+    gaps, split_arr, strata_arr = sc.gaps, sc.splits.astype(str), sc.strata.astype(str)
     balanced = np.isin(split_arr, cfg.blind.splits)  # (N,) rows of the splits being balanced
     keep = alive.copy()
     idx = np.flatnonzero(alive & balanced)
-    strata = [f"{p.splits[i]}/{p.strata[i]}" if cfg.blind.per_type else p.splits[i] for i in idx]
-    keep[idx] = balance_mask(gaps[idx], strata, [p.ids[i] for i in idx], cfg.blind.bins, cfg.blind.max_rate)
+    strata = (np.char.add(np.char.add(split_arr[idx], "/"), strata_arr[idx]) if cfg.blind.per_type else split_arr[idx]).tolist()
+    keep[idx] = balance_mask(gaps[idx], strata, [i.decode() for i in sc.ids[idx].tolist()], cfg.blind.bins, cfg.blind.max_rate)
     before = alive.copy()
     alive = why.step("blind", np.where(alive & ~keep, "blind_balance", "").astype(object), gaps[:, 0], alive)
     report = {
         "blind": _rates(gaps, names, before & balanced, alive & balanced),
         "blind_by_split": {sp: _rates(gaps, names, before & (split_arr == sp), alive & (split_arr == sp))
-                           for sp in sorted(set(p.splits))},
+                           for sp in sorted(set(split_arr.tolist()))},
         "blind_by_type": {t: _rates(gaps, names, before & (strata_arr == t), alive & (strata_arr == t))
-                          for t in sorted(set(p.strata))},
+                          for t in sorted(set(strata_arr.tolist()))},
     }
     hist = {f"blind_gap_{nm}": {"before balancing": gaps[before, j], "kept": gaps[alive, j]} for j, nm in enumerate(names)}
     return alive, report, hist
@@ -305,35 +181,18 @@ def _rates(gaps: np.ndarray, names: list[str], before: np.ndarray, after: np.nda
                  "rows_after": int(after.sum())} for j, nm in enumerate(names)}
 
 
-def blind_gaps(p: Pairs, cfg: FilterConfig, texts: _Texts, alive: np.ndarray) -> np.ndarray:
-    """(N, S) score(anchor) - score(negative) for each configured blind scorer (the LM's: alive rows only)."""
-    cols = []
-    for s in cfg.blind.scorers:
-        if s.value == "lm_loglik":
-            cols.append(texts.lm_gap(alive))
-        else:
-            a, b = bigram_logprob(p.anchors, p.negatives, p.groups, words=texts.words)
-            cols.append(a - b)
-    return np.column_stack(cols).astype(np.float64) if cols else np.zeros((len(p.ids), 0))
-
-
-def _propensity(p: Pairs, cfg: FilterConfig, texts: _Texts, alive: np.ndarray, pos: _Positives, surface_sim: np.ndarray,
-                semantic_sim: np.ndarray, propensity: np.ndarray, weight: np.ndarray) -> dict:
+def _propensity(sc: Scored, cfg: FilterConfig, alive: np.ndarray, propensity: np.ndarray, weight: np.ndarray) -> dict:
     """Fit on kept negatives (label 0) and kept positives (label 1); fill the negatives' columns in place."""
     idx = np.flatnonzero(alive)
-    alive_g = np.zeros(len(pos.groups), dtype=bool)
-    g = pos.of_row[idx]
+    alive_g = np.zeros(len(sc.pos_groups), dtype=bool)
+    g = sc.pos_of_row[idx]
     alive_g[g[g >= 0]] = True
-    groups = np.flatnonzero(pos.kept & alive_g)  # (G',) kept positives of groups with a kept negative, by name
-    prow = pos.rows[groups].tolist()
-    anchors = [p.anchors[i] for i in idx.tolist()] + [p.anchors[i] for i in prow]
-    cands = [p.negatives[i] for i in idx.tolist()] + [p.positives[i] for i in prow]
-    sem = np.concatenate([semantic_sim[idx], pos.cos[groups]]).astype(np.float32)
+    groups = np.flatnonzero(sc.pos_kept & alive_g)  # (G',) kept positives of groups with a kept negative
     labels = np.array([0] * len(idx) + [1] * len(groups))
     if len(groups) == 0 or len(idx) == 0:
         return {"pairs": len(labels), "note": "no positive or no negative kept: weights left at 1"}
-    ratio = np.concatenate([surface_sim[idx], pos.ratio[groups]]).astype(np.float32)
-    feats = np.column_stack([surface_features(anchors, cands, ratio, texts.words), sem])  # (M, 5)
+    sem = np.concatenate([sc.semantic_sim[idx], sc.pos_cos[groups]]).astype(np.float32)
+    feats = np.column_stack([np.concatenate([sc.feats[idx], sc.pos_feats[groups]]), sem])  # (M, 5)
     prop, w = propensity_weights(feats, labels, clip=cfg.propensity.clip, folds=cfg.propensity.folds)
     propensity[idx], weight[idx] = prop[: len(idx)], w[: len(idx)]
     surf = feats[:, 0]

@@ -7,8 +7,9 @@ A kind (negatives, rationales, pairs, ...) is one object that satisfies :class:`
     plan:       kind.read(cfg) -> Inputs; for each name in kind.stages(cfg): kind.units(name, ctx)
                 (a stage's units may depend on the raw results of the stages before it: ctx.raws(name))
     generate:   kind.render(unit, ctx) per unit, kind.mode(unit, cfg) as provenance; one raw part per chunk
-    finalize:   kind.assemble(ctx, raws) -> Assembled; the filter stage (filters.<kind.name>); kind.table(rows)
-                per split; kind.positives(...) for the summary; kind.card(...) for the dataset card
+    finalize:   per block of sources: kind.assemble(ctx, raws) -> Assembled; the filter stage
+                (filters.<kind.name>); kind.table(rows) per split; kind.positives(...) for the summary;
+                then kind.card(ctx, tally) once, from what every block added to the :class:`Tally`
     train:      kind.as_negatives(table): the kind's shards in the trainer's layout
 
 Stages are resumable by construction: a unit's key hashes everything that decides its output, the store
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -104,8 +106,50 @@ class Kind(Protocol):
     def reject_task(self, row: Any) -> str: ...
     def table(self, rows: list[Any]) -> pa.Table: ...
     def positives(self, rows: list[Any], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int: ...
-    def card(self, ctx: Context, rows: list[Any], raws: list[RawResult], rejects: list[Rejection], stats: Any) -> CardFacts: ...
+    def card(self, ctx: Context, tally: Tally) -> CardFacts: ...
     def as_negatives(self, table: pa.Table) -> pa.Table: ...
+
+
+SAMPLE_ROWS = 2000  # kept rows a Tally holds for the card's examples
+
+
+@dataclass
+class Tally:
+    """What the card needs of a dataset, added block by block (:meth:`add`): bounded whatever its size. ``kept``
+    counts rows by (type, split), ``reasons`` generation and filter rejections by (task, reason), ``units`` units
+    by task (a result or an engine failure); ``stats`` is the kinds' Assembled.stats merged (:func:`merge_stats`)."""
+
+    samples: list[Any] = field(default_factory=list)
+    stats: Any = None
+    units: Counter = field(default_factory=Counter)
+    kept: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    no_positive: int = 0
+
+    def add(self, type_column: str, raws: list[RawResult], failed: list[Rejection], rows: list[Any], splits: list[str],
+            rejects: list[Rejection], stats: Any) -> None:
+        self.samples.extend(rows[: max(0, SAMPLE_ROWS - len(self.samples))])
+        self.stats = merge_stats(self.stats, stats)
+        self.units.update([r.task for r in raws] + [r.task for r in failed])
+        self.kept.update(zip((getattr(r, type_column) for r in rows), splits))
+        self.reasons.update((r.task, r.reason) for r in rejects if r.stage in ("generation", "filter"))
+        self.no_positive += sum(1 for r in rows if getattr(r, "positive", "") is None)
+
+
+def merge_stats(a: Any, b: Any) -> Any:
+    """Two blocks' statistics as one: numbers added, dicts added key by key, dataclasses field by field (a kind's
+    statistics hold counts and sums, never a mean: a mean of means would be wrong).
+
+    >>> merge_stats({"x": 1, "y": 2}, {"x": 3}), merge_stats(None, 4)
+    ({'x': 4, 'y': 2}, 4)
+    """
+    if a is None:
+        return b
+    if is_dataclass(a):
+        return replace(a, **{f.name: merge_stats(getattr(a, f.name), getattr(b, f.name)) for f in fields(a)})
+    if isinstance(a, dict):
+        return {k: merge_stats(a.get(k), b.get(k)) if k in a and k in b else a.get(k, b.get(k)) for k in {**a, **b}}
+    return a + b
 
 
 @dataclass(frozen=True)

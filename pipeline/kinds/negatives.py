@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from pipeline.config import NegType, RunConfig
 from pipeline.inputs import read_captions
-from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, check_input_output, pick_samples, row_id
+from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, Tally, check_input_output, pick_samples, row_id
 from pipeline.kinds.base import unit_key as _unit_key
 from pipeline.kinds.base import unit_seed as _unit_seed
 from pipeline.records import (
@@ -28,7 +28,6 @@ from pipeline.records import (
     Sampling,
     Unit,
 )
-from pipeline.shards.publish import split_of
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
 from pipeline.tasks.edits import (
     Candidate,
@@ -41,7 +40,6 @@ from pipeline.tasks.structure import Shape, check_shapes
 from pipeline.tasks.templates import Template, load_templates
 
 PARAPHRASE = "paraphrase"
-ENGINE_FAILURES = ("engine_crash", "engine_timeout")  # units with no raw result, rejected
 
 # Ordered so that select_columns(["caption", "positive", "negative"]) feeds sentence-transformers.
 SCHEMA = pa.schema([
@@ -176,19 +174,17 @@ class TypeStats:
     reasons: str
 
 
-def per_type_stats(raws: list[RawResult], rows: list[NegativeRow], rejects: list[Rejection], test_ids: set[str]) -> list[TypeStats]:
-    units = Counter(r.task for r in raws) + Counter(r.task for r in rejects if r.reason in ENGINE_FAILURES)
-    kept = Counter(r.neg_type for r in rows)
-    test = Counter(r.neg_type for r in rows if r.id in test_ids)
+def per_type_stats(tally: Tally) -> list[TypeStats]:
+    """Per task (by name): units, rows kept (a paraphrase: valid and not dropped), yield, split counts, top reasons."""
     reasons: dict[str, Counter] = defaultdict(Counter)
-    for r in rejects:
-        if r.stage in ("generation", "filter"):
-            reasons[r.task][r.reason] += 1
+    for (task, reason), n in tally.reasons.items():
+        reasons[task][reason] += n
     out = []
-    for t in units:
-        k = kept[t] if t != PARAPHRASE else units[t] - sum(reasons[t].values())
-        top = ", ".join(f"{reason} {n}" for reason, n in reasons[t].most_common(3))
-        out.append(TypeStats(t, units[t], k, k / units[t] if units[t] else 0.0, k - test[t] if t != PARAPHRASE else 0, test[t], top))
+    for t in sorted(tally.units):
+        units, test = tally.units[t], tally.kept[(t, "test")]
+        k = tally.kept[(t, "train")] + test if t != PARAPHRASE else units - sum(reasons[t].values())
+        top = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons[t].items(), key=lambda x: (-x[1], x[0]))[:3])
+        out.append(TypeStats(t, units, k, k / units if units else 0.0, k - test if t != PARAPHRASE else 0, test, top))
     return out
 
 
@@ -252,11 +248,10 @@ class Negatives:
     def positives(self, rows: list[NegativeRow], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int:
         return assembled.stats - positive_drops  # valid paraphrases the filters kept
 
-    def card(self, ctx: Context, rows: list[NegativeRow], raws: list[RawResult], rejects: list[Rejection], stats) -> CardFacts:
-        test_ids = {r.id for r in rows if split_of(r.source_id, ctx.cfg.output.test_fraction) == "test"}
-        per_type = per_type_stats(raws, rows, rejects, test_ids)
-        return CardFacts(samples=pick_samples(rows, "neg_type", 2, 16), per_type=per_type,
-                         no_positive=sum(1 for r in rows if r.positive is None), mode=ctx.cfg.negatives.mode,
+    def card(self, ctx: Context, tally: Tally) -> CardFacts:
+        per_type = per_type_stats(tally)
+        return CardFacts(samples=pick_samples(tally.samples, "neg_type", 2, 16), per_type=per_type,
+                         no_positive=tally.no_positive, mode=ctx.cfg.negatives.mode,
                          manifest={"per_type": [asdict(s) for s in per_type]})
 
     def as_negatives(self, table: pa.Table) -> pa.Table:

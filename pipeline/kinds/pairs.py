@@ -24,7 +24,7 @@ import pyarrow as pa
 from pipeline.config import RunConfig
 from pipeline.errors import ContrastgenError, TemplateError
 from pipeline.inputs import read_sentences
-from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, check_input_output, pick_samples, row_id, sha
+from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, Tally, check_input_output, pick_samples, row_id, sha
 from pipeline.kinds.base import unit_key as _unit_key
 from pipeline.kinds.base import unit_seed
 from pipeline.records import (
@@ -239,8 +239,17 @@ class Stats:
     valid_contradict: int = 0
     judged: int = 0  # sentences whose two candidates were both scored
     swapped: int = 0  # kept rows whose roles were swapped
-    pos_score_mean: float = float("nan")  # over kept rows
-    neg_score_mean: float = float("nan")
+    rows: int = 0  # rows assembled (before the filter stage)
+    pos_score_sum: int = 0  # judge scores of those rows' positives and negatives (sums: blocks add up)
+    neg_score_sum: int = 0
+
+    def means(self) -> dict:
+        """The card's and manifest's view: the sums as means over the rows (NaN without rows)."""
+        d = asdict(self)
+        for side in ("pos", "neg"):
+            total = d.pop(f"{side}_score_sum")
+            d[f"{side}_score_mean"] = round(total / self.rows, 3) if self.rows else float("nan")
+        return d
 
 
 def assemble(sentences: list[SentenceRecord], cands: dict[tuple[str, str], Generated],
@@ -279,9 +288,7 @@ def assemble(sentences: list[SentenceRecord], cands: dict[tuple[str, str], Gener
             pos_instruction=pos.instruction, neg_instruction=neg.instruction, source_id=s.id,
             judge_model=e_raw.provenance.model, provenance=neg.raw.provenance,
         ))
-    if rows:
-        st.pos_score_mean = round(sum(r.pos_score for r in rows) / len(rows), 3)
-        st.neg_score_mean = round(sum(r.neg_score for r in rows) / len(rows), 3)
+    st.rows, st.pos_score_sum, st.neg_score_sum = len(rows), sum(r.pos_score for r in rows), sum(r.neg_score for r in rows)
     return rows, rejects, st
 
 
@@ -376,9 +383,9 @@ class Pairs:
     def positives(self, rows: list[PairRow], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int:
         return len(rows)
 
-    def card(self, ctx: Context, rows: list[PairRow], raws: list[RawResult], rejects: list[Rejection], stats: Stats) -> CardFacts:
-        return CardFacts(samples=pick_samples(rows, "neg_instruction", 3), stats=asdict(stats),
-                         manifest={"pairs": finite(asdict(stats))})
+    def card(self, ctx: Context, tally: Tally) -> CardFacts:
+        stats = (tally.stats or Stats()).means()
+        return CardFacts(samples=pick_samples(tally.samples, "neg_instruction", 3), stats=stats, manifest={"pairs": finite(stats)})
 
     def as_negatives(self, table: pa.Table) -> pa.Table:
         return _pairs_as_negatives(table)

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from pipeline.config import RunConfig
 from pipeline.inputs import read_questions
-from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, check_input_output, pick_samples, row_id
+from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, Tally, check_input_output, pick_samples, row_id
 from pipeline.kinds.base import unit_key, unit_seed
 from pipeline.records import (
     GenerationRequest,
@@ -314,8 +314,9 @@ class Rationales:
     def positives(self, rows: list[RationaleRow], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int:
         return len({(r.source_id, r.positive) for r in rows})  # distinct positive rationales in rows
 
-    def card(self, ctx: Context, rows: list[RationaleRow], raws: list[RawResult], rejects: list[Rejection], stats: Stats) -> CardFacts:
-        return CardFacts(samples=pick_samples(rows, "neg_source", 3), stats=stats, manifest={"rationales": finite(asdict(stats))})
+    def card(self, ctx: Context, tally: Tally) -> CardFacts:
+        stats = tally.stats or Stats()
+        return CardFacts(samples=pick_samples(tally.samples, "neg_source", 3), stats=stats, manifest={"rationales": finite(asdict(stats))})
 
     def as_negatives(self, table: pa.Table) -> pa.Table:
         return _as_groups_of_positives(table)

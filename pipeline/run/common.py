@@ -89,7 +89,16 @@ def commit_part(pool: EnginePool, index: int, units: list[Unit], requests: list[
     return store.write_part(results) if results else None
 
 
-def finished(store: RunStore, keys: set[str]) -> tuple[list[RawResult], list[Rejection]]:
+@dataclass
+class Progress:
+    """What generation did, summed over blocks and stages: units planned, generated now, found done."""
+
+    units: int = 0
+    generated: int = 0
+    reused: int = 0
+
+
+def finished(store: RunStore, keys: list[str]) -> tuple[list[RawResult], list[Rejection]]:
     """The raw results of ``keys`` and the units among them the engine gave up on (as rejections); an error
     when some planned unit has neither (a rerun resumes it)."""
     raws, failed = store.read_raw(keys), store.read_failures(keys)

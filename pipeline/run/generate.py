@@ -1,35 +1,51 @@
 """The one run path every kind goes through; ``flows/generate.py`` wires it into a Prefect flow.
 
-preflight -> start (templates, inputs) -> for each of the kind's stages: plan_stage (skip units already in
-raw parts) and generate_part per pending chunk on the Ray engine pool -> finalize (assemble, filter, split,
-publish shards, plan, plots, card, manifest). Finalize reads only raw parts (and cached per-text scores), so
-it is deterministic and makes no LLM call; ``contrastgen filter`` reruns it on a copy of a dataset's raw parts.
+preflight -> start (templates, inputs) -> per block of sources (``output.block_sources`` input rows), for
+each of the kind's stages: plan_stage (skip units already in raw parts) and generate_stage (its pending chunks
+on the Ray engine pool, one raw part each) -> finalize (assemble, filter, split, publish shards, plan, plots,
+card, manifest). Memory is bounded by a block, not by the dataset: a block's units and rows are Python objects,
+the store's index of finished units and the filter stage's global columns are numbers (tens of bytes a unit).
+
+Finalize reads only raw parts (and cached per-text scores), so it is deterministic and makes no LLM call;
+``contrastgen filter`` reruns it on a copy of a dataset's raw parts. It walks the blocks twice: the first pass
+scores each block's rows (:func:`pipeline.filters.score.score`), the global decisions are made on the
+concatenated scores (:func:`pipeline.filters.stage.decide`), the second pass assembles each block again and
+writes its decided rows to on-disk spools, which :func:`pipeline.shards.publish.publish` turns into shards.
 Appending to a published dataset, rows the previous release decided keep their decision (see
 :mod:`pipeline.shards.publish`): only new rows are filtered, beside the published ones.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import kinds
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
 from pipeline.filters.plots import save_histograms
+from pipeline.filters.score import Scored, score
 from pipeline.filters.scorers import stage_scorers
-from pipeline.filters.stage import Pairs, StageResult, run_stage
-from pipeline.kinds.base import Context, Kind, Stage
-from pipeline.records import Rejection, Unit
-from pipeline.run.common import Summary, Timing, commit_part, finished, part_size
+from pipeline.filters.stage import Pairs, StageResult, decide
+from pipeline.kinds.base import Assembled, Context, Kind, Stage, Tally
+from pipeline.records import RawResult, Rejection, Unit
+from pipeline.run.common import Progress, Summary, Timing, commit_part, finished, part_size
 from pipeline.run.store import RunStore, store_of
 from pipeline.shards.card import Card, write_card
-from pipeline.shards.publish import previous_release, publish, published_splits, settings_sha, split_of
-from pipeline.shards.schema import rejected_table
-from pipeline.shards.writer import ShardInfo, read_shard
+from pipeline.shards.publish import Release, previous_release, publish, published_splits, settings_sha, split_of
+from pipeline.shards.schema import REJECTED_SCHEMA, rejected_table
+from pipeline.shards.writer import ShardInfo, Spool, read_shard
 
 CARDS = Path(kinds.__file__).parent / "cards"
+PLAN_SCHEMA = pa.schema([("unit_key", pa.string())])
+SPOOL = ".finalize"  # the spools of a finalize in progress, under the dataset root (removed when it publishes)
 
 
 def preflight(kind: Kind, cfg: RunConfig) -> None:
@@ -43,8 +59,17 @@ def preflight(kind: Kind, cfg: RunConfig) -> None:
 
 def start(kind: Kind, cfg: RunConfig, store: RunStore) -> Context:
     """Templates loaded once (the text hashed into unit keys is the text rendered) and the inputs read."""
-    ctx = Context(cfg, kind.templates(cfg), kind.read(cfg), raws=lambda name: finished(store, set(ctx.stages[name].keys))[0])
-    return ctx
+    return Context(cfg, kind.templates(cfg), kind.read(cfg), raws=lambda name: [])
+
+
+def blocks(ctx: Context, store: RunStore) -> Iterator[Context]:
+    """A context per block of ``output.block_sources`` input rows (one, empty, for no input), whose ``raws(stage)``
+    are that block's stage results read from the store (only the parts that hold them)."""
+    records, size = ctx.inputs.records, ctx.cfg.output.block_sources
+    for lo in range(0, max(len(records), 1), size):
+        block = replace(ctx, inputs=replace(ctx.inputs, records=records[lo : lo + size]), stages={})
+        block.raws = lambda name, b=block: finished(store, sorted(b.stages[name].keys))[0]
+        yield block
 
 
 def chunk_units(kind: Kind, units: list[Unit], cfg: RunConfig) -> list[list[Unit]]:
@@ -57,10 +82,11 @@ def chunk_units(kind: Kind, units: list[Unit], cfg: RunConfig) -> list[list[Unit
 
 
 def plan_stage(kind: Kind, ctx: Context, store: RunStore, name: str) -> Stage:
-    """The stage's units (from the inputs and earlier stages' results) and the chunks of them not done yet."""
+    """A block's stage: its units (from the block's inputs and earlier stages' results) and the chunks of them
+    not done yet."""
     units = kind.units(name, ctx)
-    done = store.completed_keys()
-    pending = [u for u in units if u.key not in done]
+    done = store.done([u.key for u in units])
+    pending = [u for u, d in zip(units, done.tolist()) if not d]
     ctx.stages[name] = Stage(frozenset(u.key for u in units), units, chunk_units(kind, pending, ctx.cfg), len(units) - len(pending))
     return ctx.stages[name]
 
@@ -71,29 +97,39 @@ def generate_part(kind: Kind, ctx: Context, pool: EnginePool, index: int, units:
     return commit_part(pool, index, units, requests, [kind.mode(u, ctx.cfg) for u in units], store)
 
 
-def filter_rows(kind: Kind, rows: list, cfg: RunConfig, pinned: int = 0,
-                decided: frozenset[str] = frozenset()) -> tuple[list, list[Rejection], StageResult]:
-    """The filter stage with ``filters.<kind>`` on assembled rows (anchor, positive, negative; one group per
-    source; the kind's type column as the stratum). Kept rows carry the score columns; dropped rows become
-    ``filter`` rejections naming the filter, the reason and the score. A dropped positive drops its rows, except
-    in a kind with a ``positive_task`` (negatives), whose rows then lose only the positive (rejected once). The
-    first ``pinned`` rows are published already: they stay. Rows in ``decided`` (an earlier release rejected them)
-    only count for the others (dedup, balancing): they are neither kept nor rejected again."""
-    pairs = Pairs([r.id for r in rows], [getattr(r, kind.anchor) for r in rows], [r.positive for r in rows],
-                  [r.negative for r in rows], [r.source_id for r in rows], [getattr(r, kind.type_column) for r in rows],
-                  [split_of(r.source_id, cfg.output.test_fraction) for r in rows], pinned)
-    fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine)
-    res = run_stage(pairs, fcfg, scorers)
+def generate_stage(kind: Kind, ctx: Context, pool: EnginePool, store: RunStore, name: str) -> int:
+    """Generate a planned stage's units not done yet, as many chunks at once as the pool has slots (two per
+    replica: one generating, one ready at its door); the first failure is raised once every chunk has ended
+    (the others are committed: a retry or a rerun finds them done). Returns the units sent."""
+    units = ctx.stages[name].units
+    done = store.done([u.key for u in units])
+    chunks = chunk_units(kind, [u for u, d in zip(units, done.tolist()) if not d], ctx.cfg)
+    with ThreadPoolExecutor(max_workers=pool.slots, thread_name_prefix="part") as ex:
+        futures = [ex.submit(generate_part, kind, ctx, pool, i, chunk, store) for i, chunk in enumerate(chunks)]
+    for f in futures:
+        f.result()  # re-raise the first failure
+    return sum(len(c) for c in chunks)
+
+
+def filter_rows(kind: Kind, rows: list, cfg: RunConfig, res: StageResult, offset: int = 0, pinned: int = 0,
+                decided: frozenset[str] = frozenset()) -> tuple[list, list[Rejection]]:
+    """Apply the filter stage's decisions ``res`` to one block's rows (row ``i`` is ``res``'s row ``offset + i``).
+    Kept rows carry the score columns; dropped rows become ``filter`` rejections naming the filter, the reason
+    and the score. A dropped positive drops its rows, except in a kind with a ``positive_task`` (negatives), whose
+    rows then lose only the positive (rejected once). The first ``pinned`` rows are published already: they stay.
+    Rows in ``decided`` (an earlier release rejected them) only counted for the others (dedup, balancing): they
+    are neither kept nor rejected again."""
     kept, rejects = [], []
     for i, r in enumerate(rows):
         if i >= pinned and r.id in decided:
             continue
+        j = offset + i
         pos_drop = res.positive_drops.get(r.source_id)
-        row = replace(r, surface_sim=float(res.surface_sim[i]), semantic_sim=float(res.semantic_sim[i]),
-                      propensity=float(res.propensity[i]), weight=float(res.weight[i]))
+        row = replace(r, surface_sim=float(res.surface_sim[j]), semantic_sim=float(res.semantic_sim[j]),
+                      propensity=float(res.propensity[j]), weight=float(res.weight[j]))
         if kind.positive_task and pos_drop:
             row = replace(row, positive=None, positive_prompt_sha=None)
-        d = res.drop(i) or (None if kind.positive_task else pos_drop)
+        d = res.drop(j) or (None if kind.positive_task else pos_drop)
         if d is None or i < pinned:
             kept.append(row)
         else:
@@ -102,10 +138,20 @@ def filter_rows(kind: Kind, rows: list, cfg: RunConfig, pinned: int = 0,
         first = {}
         for r in rows:
             first.setdefault(r.source_id, r)
-        for group, d in sorted(res.positive_drops.items()):
-            r = first[group]
-            rejects.append(_rejection(kind, r, d, r.positive or "", kind.positive_task, r.positive_prompt_sha))
-    return kept, rejects, res
+        for group in sorted(first):
+            d = res.positive_drops.get(group)
+            if d is not None:
+                r = first[group]
+                rejects.append(_rejection(kind, r, d, r.positive or "", kind.positive_task, r.positive_prompt_sha))
+    return kept, rejects
+
+
+def _pairs(kind: Kind, rows: list, cfg: RunConfig, pinned: int) -> Pairs:
+    """The filter stage's view of a block's rows (anchor, positive, negative; one group per source; the kind's
+    type column as the stratum)."""
+    return Pairs([r.id for r in rows], [getattr(r, kind.anchor) for r in rows], [r.positive for r in rows],
+                 [r.negative for r in rows], [r.source_id for r in rows], [getattr(r, kind.type_column) for r in rows],
+                 [split_of(r.source_id, cfg.output.test_fraction) for r in rows], pinned)
 
 
 def _rejection(kind: Kind, r, d, text: str, task: str, prompt_sha: str | None) -> Rejection:
@@ -114,9 +160,14 @@ def _rejection(kind: Kind, r, d, text: str, task: str, prompt_sha: str | None) -
                      seed=r.provenance.seed, filter=d.filter, score=d.score)
 
 
-def _published_rejections(root: Path, shards: list[ShardInfo]) -> list:
-    """The stage and reason columns of every published rejected shard (the dataset's rejections, all releases)."""
-    return [read_shard(root, s).select(["stage", "reason"]) for s in shards if s.split == "rejected" and s.rows]
+def _published_counts(root: Path, shards: list[ShardInfo], column: str) -> Counter:
+    """Counts of a column's values over every published rejected shard (the dataset's rejections, all releases)."""
+    out: Counter = Counter()
+    for s in shards:
+        if s.split == "rejected" and s.rows:
+            for v in pc.value_counts(read_shard(root, s).column(column)).to_pylist():
+                out[v["values"]] += v["counts"]
+    return out
 
 
 def _over(ctx: Context, raws: list) -> Context:
@@ -125,54 +176,110 @@ def _over(ctx: Context, raws: list) -> Context:
     return replace(ctx, raws=lambda name: [by_key[k] for k in sorted(ctx.stages[name].keys) if k in by_key])
 
 
-def _decided(kind: Kind, ctx: Context, raws: list, plan: frozenset[str]) -> frozenset[str]:
-    """Ids of the rows the previous release decided: the rows its planned units assemble to (published or
-    rejected then; an append does not filter them again)."""
-    old = [r for r in raws if r.unit_key in plan]
-    return frozenset(r.id for r in kind.assemble(_over(ctx, old), old).rows)
+@dataclass
+class _Block:
+    """One block's assembled rows (published ones first, then by id) and what finalize needs beside them."""
+
+    ctx: Context
+    keys: list[str]
+    raws: list[RawResult]
+    failed: list[Rejection]
+    assembled: Assembled
+    rows: list
+    pinned: int
+    decided: frozenset[str]
 
 
-def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: str | None) -> Summary:
-    """Assemble, filter, split and publish the planned units' results; write the plan, plots, card and manifest."""
-    cfg, root = ctx.cfg, store.root
-    keys = frozenset().union(*(st.keys for st in ctx.stages.values()))
-    raws, failed = finished(store, set(keys))  # every stage's raw parts, read once
-    sha = settings_sha(cfg, kind.name)
-    release = previous_release(root, sha)
-    decided = _decided(kind, ctx, raws, release.plan) if release else frozenset()
+def _assemble(kind: Kind, ctx: Context, store: RunStore, release: Release | None) -> _Block:
+    """Read a planned block's raw results (only the parts holding them), assemble its rows, and mark the rows a
+    previous release decided (published: pinned first; rejected: ``decided``)."""
+    keys = sorted(frozenset().union(*(st.keys for st in ctx.stages.values())))
+    raws, failed = finished(store, keys)
+    decided: frozenset[str] = frozenset()
+    if release is not None:
+        old = [r for r, o in zip(raws, release.plan.has([r.unit_key for r in raws]).tolist()) if o]
+        decided = frozenset(r.id for r in kind.assemble(_over(ctx, old), old).rows)
     ctx = _over(ctx, raws)
     assembled = kind.assemble(ctx, raws)
-    gen_rejects = sorted(assembled.rejects + failed, key=lambda r: (r.unit_key or "", r.seed or 0))
     rows = sorted(assembled.rows, key=lambda r: r.id)
-    published_ids = release.ids if release else None
-    pinned = [r for r in rows if published_ids and r.id in published_ids]  # published: first, and never dropped
-    rows = pinned + [r for r in rows if not (published_ids and r.id in published_ids)]
-    rows, filter_rejects, stage = filter_rows(kind, rows, cfg, len(pinned), decided)
-    by_split: dict[str, list] = {"train": [], "test": []}
-    for r in rows:
-        by_split[split_of(r.source_id, cfg.output.test_fraction)].append(r)
-    rejects = ctx.inputs.rejects + gen_rejects + filter_rejects
-    tables = {split: kind.table(split_rows) for split, split_rows in by_split.items()}
-    shards, published = publish(root, {**tables, "rejected": rejected_table(rejects)}, cfg.output.rows_per_shard, sha,
-                                run_id, published_ids)
+    if release is not None:
+        published = release.ids.has([r.id for r in rows]).tolist()
+        rows = [r for r, p in zip(rows, published) if p] + [r for r, p in zip(rows, published) if not p]
+        return _Block(ctx, keys, raws, failed, assembled, rows, sum(published), decided)
+    return _Block(ctx, keys, raws, failed, assembled, rows, 0, decided)
+
+
+def planned_blocks(kind: Kind, ctx: Context, store: RunStore) -> Callable[[], Iterator[Context]]:
+    """The run's blocks, each planned again (its units are a pure function of its inputs, the templates and
+    its earlier stages' results): finalize walks them without holding every block's units."""
+
+    def walk() -> Iterator[Context]:
+        for block in blocks(ctx, store):
+            for name in kind.stages(ctx.cfg):
+                units = kind.units(name, block)
+                block.stages[name] = Stage(frozenset(u.key for u in units), units, [], 0)  # a kind may assemble from them
+            yield block
+
+    return walk
+
+
+def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: str | None, progress: Progress | None = None,
+             walk: Callable[[], Iterator[Context]] | None = None) -> Summary:
+    """Assemble, filter, split and publish the planned units' results block by block (``walk``: the planned
+    blocks, by default :func:`planned_blocks`); write the plan, plots, card and manifest."""
+    cfg, root = ctx.cfg, store.root
+    walk = walk or planned_blocks(kind, ctx, store)
+    sha = settings_sha(cfg, kind.name)
+    release = previous_release(root, sha)
+    fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine)
+    scored = []
+    for c in walk():
+        b = _assemble(kind, c, store, release)
+        scored.append(score(_pairs(kind, b.rows, cfg, b.pinned), fcfg, scorers))
+        scorers.forget()  # the block's texts and vectors: the next block holds its own
+    res = decide(Scored.concat(scored, len(fcfg.blind.scorers) if fcfg.blind.enabled else 0), fcfg)
+    del scored
+    shutil.rmtree(root / SPOOL, ignore_errors=True)
+    spools = {split: Spool(root / SPOOL / f"{split}.arrow", kind.schema) for split in ("train", "test")}
+    spools["rejected"] = Spool(root / SPOOL / "rejected.arrow", REJECTED_SCHEMA)
+    spools["rejected"].write(rejected_table(ctx.inputs.rejects))
+    tally, offset, units, positives, tokens_out, engine = Tally(), 0, 0, 0, 0, None
+    plan_keys = Spool(root / SPOOL / "plan.arrow", PLAN_SCHEMA)
+    for c in walk():
+        b = _assemble(kind, c, store, release)
+        kept, filter_rejects = filter_rows(kind, b.rows, cfg, res, offset, b.pinned, b.decided)
+        offset += len(b.rows)
+        gen_rejects = sorted(b.assembled.rejects + b.failed, key=lambda r: (r.unit_key or "", r.seed or 0))
+        splits = [split_of(r.source_id, cfg.output.test_fraction) for r in kept]
+        for split, spool in spools.items():
+            if split != "rejected":
+                spool.write(kind.table([r for r, sp in zip(kept, splits) if sp == split]))
+        spools["rejected"].write(rejected_table(gen_rejects + filter_rejects))
+        drops = len({r.source_id for r in b.rows} & res.positive_drops.keys())
+        positives += kind.positives(kept, b.raws, b.assembled, drops)
+        tally.add(kind.type_column, b.raws, b.failed, kept, splits, gen_rejects + filter_rejects, b.assembled.stats)
+        units += len(b.keys)
+        tokens_out += sum(r.provenance.tokens_out for r in b.raws)
+        engine = engine or (b.raws[0].provenance.engine if b.raws else None)
+        plan_keys.write(pa.table({"unit_key": pa.array(b.keys, pa.string())}))
+    shards, published = publish(root, spools, cfg.output.rows_per_shard, sha, run_id, release.ids if release else None)
     splits = published_splits(shards)  # the dataset's rows and rejections: earlier releases' included
-    published_rejects = _published_rejections(root, shards)
-    by_stage = Counter(s for t in published_rejects for s in t.column("stage").to_pylist())
+    by_stage, by_reason = _published_counts(root, shards, "stage"), _published_counts(root, shards, "reason")
+    progress = progress or Progress(units, 0, units)
     summary = Summary(
-        out=str(root), inputs=ctx.inputs.count, input_rejected=len(ctx.inputs.rejects), units=len(keys),
-        generated=sum(len(c) for st in ctx.stages.values() for c in st.pending), reused=sum(st.reused for st in ctx.stages.values()),
-        kept=sum(splits.values()), rejected=by_stage["generation"],
-        positives=kind.positives(rows, raws, assembled, len(stage.positive_drops)), filtered=by_stage["filter"], splits=splits,
-        rejected_by_reason=dict(sorted(Counter(r for t in published_rejects for r in t.column("reason").to_pylist()).items())),
+        out=str(root), inputs=ctx.inputs.count, input_rejected=len(ctx.inputs.rejects), units=units,
+        generated=progress.generated, reused=progress.reused, kept=sum(splits.values()), rejected=by_stage["generation"],
+        positives=positives, filtered=by_stage["filter"], splits=splits, rejected_by_reason=dict(sorted(by_reason.items())),
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
-        tokens_out=sum(r.provenance.tokens_out for r in raws), plan_seconds=timing.plan_seconds,
+        tokens_out=tokens_out, plan_seconds=timing.plan_seconds,
     )
-    plan = store.write_plan(keys)
-    plots = save_histograms(stage.histograms, root / "plots")
+    plan = store.write_plan(plan_keys.tables())
+    shutil.rmtree(root / SPOOL, ignore_errors=True)
+    plots = save_histograms(res.histograms, root / "plots")
     write_card(root, Card(
         kind=kind.name, anchor=kind.anchor, schema=kind.schema, tags=kind.tags, template=CARDS / kind.card_template, cfg=cfg,
-        summary=summary, run_id=run_id, engine=raws[0].provenance.engine if raws else cfg.engine.kind, prompts=ctx.templates,
-        shards=shards, raw_parts=store.part_infos(), plan=plan, published=published, funnel=stage.funnel,
-        filter_report=stage.report, plots=plots, facts=kind.card(ctx, rows, raws, rejects, assembled.stats),
+        summary=summary, run_id=run_id, engine=engine or cfg.engine.kind, prompts=ctx.templates,
+        shards=shards, raw_parts=store.part_infos(), plan=plan, published=published, funnel=res.funnel,
+        filter_report=res.report, plots=plots, facts=kind.card(ctx, tally),
     ))
     return summary

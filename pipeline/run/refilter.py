@@ -76,7 +76,7 @@ def refilter(src: Path, out: Path, config_file: Path | None = None) -> Summary:
             raise DatasetError(f"{src}: expected plan.arrow (the unit keys of the dataset) as listed in its manifest, "
                                "found it missing or changed. Fix: rerun `contrastgen generate` on DIR (it reuses every unit).")
         shutil.copyfile(src / plan["path"], store.root / plan["path"])
-        raws = store.read_raw(set(store.read_plan()))
+        raws = store.read_raw(store.read_plan())
         stale = sorted({r.task for r in raws if r.provenance.prompt_sha != templates[r.task].sha256})
         if stale:
             raise DatasetError(f"{src}: the prompt templates of {stale} changed since DIR was generated (prompt_sha "
@@ -85,4 +85,4 @@ def refilter(src: Path, out: Path, config_file: Path | None = None) -> Summary:
         keys = frozenset(r.unit_key for r in raws)
         inputs = Inputs([], _input_rejects(src, manifest), manifest["counts"]["inputs"])
         ctx = Context(cfg, templates, inputs, raws=lambda name: raws, stages={"generate": Stage(keys, [], [], len(keys))})
-        return finalize(kind, ctx, store, Timing(), manifest.get("run_id"))
+        return finalize(kind, ctx, store, Timing(), manifest.get("run_id"), walk=lambda: iter([ctx]))

@@ -2,7 +2,9 @@
 
 Raw LLM results are kept in ``raw/part-<hash>.arrow`` files, one row per unit, written atomically;
 a part exists only complete, and its name is the hash of the unit keys it holds. On a rerun, every
-unit whose key is in a part is reused; only missing units are generated. ``DIR/.lock`` (flock)
+unit whose key is in a part is reused; only missing units are generated. Which unit is in which file is held
+as 16-byte digests (:class:`~pipeline.shards.keys.FileIndex`, built once per run from the files' ``unit_key`` columns and grown by each
+commit): a resumed run of millions of units holds no key as a Python string. ``DIR/.lock`` (flock)
 keeps a second concurrent run out; the kernel drops the lock when a run dies, even by SIGKILL.
 """
 
@@ -13,13 +15,16 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import DatasetError, RunLockedError
 from pipeline.records import RawResult, Rejection
 from pipeline.shards.folder import check_output, claim_output
+from pipeline.shards.keys import FileIndex
 from pipeline.shards.schema import RAW_SCHEMA, REJECTED_SCHEMA, raw_results, raw_table, rejected_table
-from pipeline.shards.writer import ShardInfo, read_stream, sha256_file, write_atomic
+from pipeline.shards.writer import ShardInfo, atomically, read_stream, sha256_file, write_atomic
 
 
 def _part_name(prefix: str, keys: list[str]) -> str:
@@ -36,6 +41,7 @@ class RunStore:
         self.raw_dir = self.root / "raw"
         self.kind, self.overwrite = kind, overwrite
         self._lock_fd: int | None = None
+        self._index: FileIndex | None = None
 
     def _lock(self) -> int:
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -106,27 +112,39 @@ class RunStore:
     def failed_parts(self) -> list[Path]:
         return sorted(self.raw_dir.glob("failed-*.arrow"))
 
-    def completed_keys(self) -> set[str]:
-        """Units finished: generated (``part-*``) or given up on (``failed-*``: crashed or timed out for good)."""
-        keys: set[str] = set()
-        for path in self.parts():
-            keys.update(self._read(path).column("unit_key").to_pylist())
-        for path in self.failed_parts():
-            keys.update(self._read_failed(path).column("unit_key").to_pylist())
-        return keys
+    @property
+    def index(self) -> FileIndex:
+        """The finished units' index: built from every part's and given-up file's keys on first use (one read of
+        each file's key column), then grown by this store's own commits."""
+        if self._index is None:
+            self._index = FileIndex()
+            for path in self.parts():
+                self._index.add(path, self._read(path).column("unit_key").to_pylist())
+            for path in self.failed_parts():
+                self._index.add(path, self._read_failed(path).column("unit_key").to_pylist())
+        return self._index
+
+    def done(self, keys: list[str]) -> np.ndarray:
+        """(N,) bool: units finished, generated (``part-*``) or given up on (``failed-*``: crashed or timed out for good)."""
+        return self.index.done(keys)
 
     def write_failures(self, failures: list[Rejection]) -> None:
         """Units the engine could not complete (``engine_crash``, ``engine_timeout``), one atomic file; a rerun
         does not send them again (delete ``raw/failed-*.arrow`` to try them once more)."""
-        name = _part_name("failed", [r.unit_key or "" for r in failures])
+        keys = [r.unit_key or "" for r in failures]
+        name = _part_name("failed", keys)
         write_atomic(self.raw_dir / name, rejected_table(sorted(failures, key=lambda r: r.unit_key or "")))
+        if self._index is not None:
+            self._index.add(self.raw_dir / name, keys)
 
-    def read_failures(self, keys: set[str]) -> list[Rejection]:
+    def read_failures(self, keys: list[str]) -> list[Rejection]:
         """The given-up units among ``keys``, as generation rejections, one per key, sorted by key."""
         seen: dict[str, Rejection] = {}
-        for path in self.failed_parts():
-            for d in self._read_failed(path).to_pylist():
-                if d["unit_key"] in keys:
+        wanted = pa.array(keys, pa.string())
+        for path in self.index.files_of(keys):
+            if path.name.startswith("failed-"):
+                table = self._read_failed(path)
+                for d in table.filter(pc.is_in(table.column("unit_key"), value_set=wanted)).to_pylist():
                     seen.setdefault(d["unit_key"], Rejection(**d))
         return [seen[k] for k in sorted(seen)]
 
@@ -134,27 +152,46 @@ class RunStore:
         name = _part_name("part", [r.unit_key for r in results])
         path = self.raw_dir / name
         write_atomic(path, raw_table(sorted(results, key=lambda r: r.unit_key)))
+        if self._index is not None:
+            self._index.add(path, [r.unit_key for r in results])
         return ShardInfo(f"raw/{name}", "raw", len(results), sha256_file(path), path.stat().st_size)
 
-    def write_plan(self, keys: frozenset[str]) -> ShardInfo:
-        """The unit keys the finished dataset is built from (``raw/`` may hold parts of other plans too)."""
+    def write_plan(self, tables) -> ShardInfo:
+        """The unit keys the finished dataset is built from (``tables`` with a ``unit_key`` column, in a fixed
+        order) streamed to ``plan.arrow`` (``raw/`` may hold parts of other plans too)."""
         path = self.root / "plan.arrow"
-        write_atomic(path, pa.table({"unit_key": sorted(keys)}))
-        return ShardInfo("plan.arrow", "plan", len(keys), sha256_file(path), path.stat().st_size)
+        schema = pa.schema([("unit_key", pa.string())])
 
-    def read_plan(self) -> frozenset[str]:
-        return frozenset(read_stream(self.root / "plan.arrow").column("unit_key").to_pylist())
+        def write(tmp: Path) -> None:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                for t in tables:
+                    writer.write_table(t.select(["unit_key"]))
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+
+        atomically(path, write)
+        with pa.memory_map(str(path)) as source:
+            rows = sum(b.num_rows for b in pa.ipc.open_stream(source))
+        return ShardInfo("plan.arrow", "plan", rows, sha256_file(path), path.stat().st_size)
+
+    def read_plan(self) -> list[str]:
+        return read_stream(self.root / "plan.arrow").column("unit_key").to_pylist()
 
     def part_infos(self) -> list[ShardInfo]:
         return [ShardInfo(f"raw/{p.name}", "raw", self._read(p).num_rows, sha256_file(p), p.stat().st_size) for p in self.parts()]
 
-    def read_raw(self, keys: set[str] | None = None) -> list[RawResult]:
-        """Raw results (only ``keys`` when given), one per unit key, sorted by key."""
+    def read_raw(self, keys: list[str] | None = None) -> list[RawResult]:
+        """Raw results (only ``keys`` when given: only the parts that hold them are read), one per unit key,
+        sorted by key."""
         seen: dict[str, RawResult] = {}
-        for path in self.parts():
-            for r in raw_results(self._read(path)):
-                if keys is None or r.unit_key in keys:
-                    seen.setdefault(r.unit_key, r)
+        wanted = None if keys is None else pa.array(keys, pa.string())
+        paths = self.parts() if keys is None else [p for p in self.index.files_of(keys) if p.name.startswith("part-")]
+        for path in paths:
+            table = self._read(path)
+            if wanted is not None:
+                table = table.filter(pc.is_in(table.column("unit_key"), value_set=wanted))
+            for r in raw_results(table):
+                seen.setdefault(r.unit_key, r)
         return [seen[k] for k in sorted(seen)]
 
 

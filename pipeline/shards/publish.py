@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline import __version__
-from pipeline.shards.writer import ShardInfo, ShardWriter, read_shard, read_stream, shard_names, write_bytes_atomic
+from pipeline.shards.keys import KeySet
+from pipeline.shards.writer import ShardInfo, ShardWriter, Spool, read_shard, read_stream, shard_names, write_bytes_atomic
 
 LEDGER = ".publish-ledger.json"  # shard paths a publish writes, recorded before it writes them
 REJECTION_KEY = ("stage", "reason", "source_id", "task", "unit_key", "file", "line", "raw")
@@ -40,7 +40,8 @@ REJECTION_KEY = ("stage", "reason", "source_id", "task", "unit_key", "file", "li
 def settings_sha(cfg, kind: str) -> str:
     """Hash of what decides a kind's rows once its units are generated."""
     blob = {"kind": kind, "filters": getattr(cfg.filters, kind).model_dump(mode="json"),
-            "test_fraction": cfg.output.test_fraction, "version": __version__}
+            "test_fraction": cfg.output.test_fraction, "version": __version__,
+            "block_sources": cfg.output.block_sources}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -65,10 +66,10 @@ def _previous(m: dict | None, root: Path, sha: str) -> tuple[list[ShardInfo], li
 @dataclass(frozen=True)
 class Release:
     """What an append must not contradict: the ids of every published row, and the unit keys the dataset was
-    built from (rows of those units were decided then: published, or rejected)."""
+    built from (rows of those units were decided then: published, or rejected); as digests, not strings."""
 
-    ids: frozenset[str]
-    plan: frozenset[str]
+    ids: KeySet
+    plan: KeySet
 
 
 def previous_release(root: Path, sha: str) -> Release | None:
@@ -78,8 +79,16 @@ def previous_release(root: Path, sha: str) -> Release | None:
     plan = (m or {}).get("plan")
     if prev is None or plan is None or not (root / plan["path"]).is_file():
         return None
-    ids = {i for s in prev[0] if s.split != "rejected" for i in read_shard(root, s).column("id").to_pylist()}
-    return Release(frozenset(ids), frozenset(read_stream(root / plan["path"]).column("unit_key").to_pylist()))
+    return Release(_ids(root, prev[0]), KeySet.of(read_stream(root / plan["path"]).column("unit_key").to_pylist()))
+
+
+def _ids(root: Path, shards: list[ShardInfo]) -> KeySet:
+    """The row ids of the published data shards (one shard read at a time)."""
+    ids = KeySet()
+    for s in shards:
+        if s.split != "rejected":
+            ids.add(read_shard(root, s).column("id").to_pylist())
+    return ids
 
 
 def _ledger(root: Path) -> list[str]:
@@ -95,29 +104,34 @@ def _record(root: Path, paths: list[str]) -> None:
     write_bytes_atomic(root / LEDGER, json.dumps(sorted(set(paths))).encode("utf-8"))
 
 
-def _rejection_keys(table: pa.Table) -> list[tuple]:
+def _rejection_keys(table: pa.Table) -> list[str]:
     cols = [table.column(c).to_pylist() for c in REJECTION_KEY]
-    return list(zip(*cols))
+    return [json.dumps(k) for k in zip(*cols)]
 
 
-def _fresh(root: Path, old: list[ShardInfo], split: str, table: pa.Table, ids: frozenset[str] | None = None) -> pa.Table:
-    """Rows of ``table`` that no published shard of ``split`` holds; ``ids``: the published row ids, when the
-    caller has read them already (:func:`previous_release`), so the data shards are not read again."""
-    if split != "rejected" and ids is not None:
-        return table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(ids), pa.string()))))
-    mine = [read_shard(root, s) for s in old if s.split == split]
-    if not mine or not table.num_rows:
-        return table
+def _fresh(root: Path, old: list[ShardInfo], split: str, ids: KeySet | None = None):
+    """A function keeping the rows of a table that no published shard of ``split`` holds; ``ids``: the published
+    row ids, when the caller has read them already (:func:`previous_release`)."""
     if split == "rejected":
-        seen = {k for t in mine for k in _rejection_keys(t)}
-        return table.filter(pa.array([k not in seen for k in _rejection_keys(table)], pa.bool_()))
-    seen_ids = pa.concat_arrays([t.column("id").combine_chunks() for t in mine])
-    return table.filter(pc.invert(pc.is_in(table.column("id"), value_set=seen_ids)))
+        seen = KeySet()
+        for s in old:
+            if s.split == split:
+                seen.add(_rejection_keys(read_shard(root, s)))
+        return lambda t: t.filter(pa.array(~seen.has(_rejection_keys(t)), pa.bool_()))
+    seen = ids if ids is not None else _ids(root, [s for s in old if s.split == split])
+    return lambda t: t.filter(pa.array(~seen.has(t.column("id").to_pylist()), pa.bool_()))
 
 
-def _write(root: Path, split: str, table: pa.Table, rows_per_shard: int, tag: str | None) -> list[ShardInfo]:
-    with ShardWriter(root, split, rows_per_shard, table.num_rows, subdir=_subdir(split), tag=tag) as w:
-        w.write(table)
+def _batches(rows: pa.Table | Spool):
+    return [rows] if isinstance(rows, pa.Table) else rows.tables()
+
+
+def _write(root: Path, split: str, rows: pa.Table | Spool, total: int, rows_per_shard: int, tag: str | None, keep=None) -> list[ShardInfo]:
+    with ShardWriter(root, split, rows_per_shard, total, subdir=_subdir(split), tag=tag) as w:
+        for t in _batches(rows):
+            w.write(t if keep is None else keep(t))
+        if not total:  # an empty split is one empty shard (its schema, for readers)
+            w.write(rows.schema.empty_table())
     return w.finalize()
 
 
@@ -130,30 +144,32 @@ def _names(split: str, rows: int, rows_per_shard: int, tag: str | None) -> list[
     return shard_names(split, rows, rows_per_shard, _subdir(split), tag)
 
 
-def publish(root: Path, tables: dict[str, pa.Table], rows_per_shard: int, sha: str,
-            run_id: str | None, published_ids: frozenset[str] | None = None) -> tuple[list[ShardInfo], dict]:
-    """Write ``tables`` (split -> table, ``rejected`` included) whole or incrementally; return every published
-    shard and the manifest's ``publish`` record (settings hash and releases). Deletes only shards contrastgen
-    wrote: those the old manifest lists and those in the ledger of an earlier, interrupted publish."""
+def publish(root: Path, tables: dict[str, pa.Table | Spool], rows_per_shard: int, sha: str,
+            run_id: str | None, published_ids: KeySet | None = None) -> tuple[list[ShardInfo], dict]:
+    """Write ``tables`` (split -> rows, ``rejected`` included; a table or a :class:`Spool`) whole or incrementally;
+    return every published shard and the manifest's ``publish`` record (settings hash and releases). Deletes only
+    shards contrastgen wrote: those the old manifest lists and those in the ledger of an earlier, interrupted
+    publish. An append reads its rows twice (count the fresh ones, then write them), one batch at a time."""
     m = _manifest(root)
     prev = _previous(m, root, sha)
     ours = {s["path"] for s in (m or {}).get("shards", [])} | {p for p in _ledger(root) if (root / p).exists()}
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if prev is None:
         _record(root, [*ours, *(n for split, t in tables.items() for n in _names(split, t.num_rows, rows_per_shard, None))])
-        shards = [s for split, t in tables.items() for s in _write(root, split, t, rows_per_shard, None)]
+        shards = [s for split, t in tables.items() for s in _write(root, split, t, t.num_rows, rows_per_shard, None)]
         releases = [{"release": 0, "run_id": run_id, "time": stamp, "mode": "whole",
                      "added": {split: t.num_rows for split, t in tables.items()}}]
     else:
         shards, releases = prev
         tag = f"r{len(releases):03d}"
-        fresh = {split: _fresh(root, shards, split, t, published_ids) for split, t in tables.items()}
-        _record(root, [*ours, *(n for split, t in fresh.items() if t.num_rows for n in _names(split, t.num_rows, rows_per_shard, tag))])
-        new = [s for split, t in fresh.items() if t.num_rows for s in _write(root, split, t, rows_per_shard, tag)]
+        keep = {split: _fresh(root, shards, split, published_ids) for split in tables}
+        fresh = {split: sum(keep[split](b).num_rows for b in _batches(t)) for split, t in tables.items()}
+        _record(root, [*ours, *(n for split, k in fresh.items() if k for n in _names(split, k, rows_per_shard, tag))])
+        new = [s for split, t in tables.items() if fresh[split] for s in _write(root, split, t, fresh[split], rows_per_shard, tag, keep[split])]
         if new:
             shards = shards + new
             releases.append({"release": len(releases), "run_id": run_id, "time": stamp, "mode": "append",
-                             "added": {split: t.num_rows for split, t in fresh.items()}})
+                             "added": dict(fresh)})
     for stale in sorted(ours - {s.path for s in shards}):
         (root / stale).unlink(missing_ok=True)
     return shards, {"settings_sha": sha, "releases": releases}

@@ -44,10 +44,10 @@ def write_atomic(path: Path, table: pa.Table) -> None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
 
-    _atomically(path, write)
+    atomically(path, write)
 
 
-def _atomically(path: Path, write) -> None:
+def atomically(path: Path, write) -> None:
     """Run ``write(tmp)`` then rename ``tmp`` to ``path``. A failed write (disk full, quota, read-only file
     system: pyarrow raises them as OSError too) leaves no temp file and raises :class:`OutputWriteError`."""
     tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}-{threading.get_ident()}")
@@ -94,7 +94,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
 
-    _atomically(path, write)
+    atomically(path, write)
 
 
 def shard_names(split: str, total_rows: int, rows_per_shard: int, subdir: str = "data", tag: str | None = None) -> list[str]:
@@ -121,25 +121,72 @@ class ShardWriter:
         self.total_rows = total_rows
         self._shards: list[ShardInfo] = []
         self._written = 0
+        self._pending: list[pa.Table] = []  # rows not yet in a shard (fewer than rows_per_shard)
+        self._held = 0
 
     def __enter__(self) -> ShardWriter:
         (self.root / self.subdir).mkdir(parents=True, exist_ok=True)
         return self
 
     def write(self, table: pa.Table) -> None:
-        if self._written + table.num_rows > self.total_rows:
+        """Add rows; every ``rows_per_shard`` of them (across calls) become one shard, the rest wait for more."""
+        if self._written + self._held + table.num_rows > self.total_rows:
             raise ValueError(f"ShardWriter({self.split}): expected {self.total_rows} rows, got more")
-        for start in range(0, max(table.num_rows, 1), self.rows_per_shard):
-            chunk = table.slice(start, self.rows_per_shard)
-            rel = self.paths[len(self._shards)]
-            write_atomic(self.root / rel, chunk)
-            self._shards.append(ShardInfo(rel, self.split, chunk.num_rows, sha256_file(self.root / rel), (self.root / rel).stat().st_size))
-            self._written += chunk.num_rows
+        self._pending.append(table)
+        self._held += table.num_rows
+        while self._held >= self.rows_per_shard:
+            self._flush(self.rows_per_shard)
+
+    def _flush(self, rows: int) -> None:
+        held = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        chunk, rest = held.slice(0, rows).combine_chunks(), held.slice(rows)
+        rel = self.paths[len(self._shards)]
+        write_atomic(self.root / rel, chunk)
+        self._shards.append(ShardInfo(rel, self.split, chunk.num_rows, sha256_file(self.root / rel), (self.root / rel).stat().st_size))
+        self._written += chunk.num_rows
+        self._pending, self._held = ([rest] if rest.num_rows else []), rest.num_rows
 
     def __exit__(self, *exc) -> None:
         return None
 
     def finalize(self) -> list[ShardInfo]:
+        if self._held or (not self._shards and self._pending):  # the rest; or one empty shard for an empty split
+            self._flush(self._held)
         if self._written != self.total_rows:
             raise ValueError(f"ShardWriter({self.split}): expected {self.total_rows} rows, wrote {self._written}")
         return list(self._shards)
+
+
+class Spool:
+    """One split's rows gathered block by block in a temporary Arrow IPC stream (``path``), so a finalize holds
+    one block's rows at a time; :meth:`tables` reads them back in order, a record batch at a time (not
+    memory-mapped: reading a spool does not grow the process's resident set by its size)."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path, self.schema, self.num_rows = Path(path), schema, 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = pa.OSFile(str(self.path), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, schema)
+        except OSError as exc:
+            raise OutputWriteError(self.path, exc) from exc
+
+    def write(self, table: pa.Table) -> None:
+        try:
+            self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
+        except OSError as exc:  # disk full, quota: the finalize fails naming the spool; a rerun starts it again
+            raise OutputWriteError(self.path, exc) from exc
+        self.num_rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._writer = None
+
+    def tables(self):
+        """The rows written, in order, one table per record batch."""
+        self.close()
+        with pa.OSFile(str(self.path), "rb") as source:
+            for batch in pa.ipc.open_stream(source):
+                yield pa.Table.from_batches([batch], self.schema)

@@ -27,10 +27,13 @@ def test_parts_are_content_addressed_and_resume_reads_keys(tmp_path):
         a = store.write_part([_raw("k2"), _raw("k1")])
         b = store.write_part([_raw("k1"), _raw("k2")])
         assert a == b  # same units -> same name and bytes
+        assert store.done(["k1", "k3"]).tolist() == [True, False]  # the index grows with each commit
         store.write_part([_raw("k3")])
-        assert store.completed_keys() == {"k1", "k2", "k3"}
-        assert [r.unit_key for r in store.read_raw({"k1", "k3"})] == ["k1", "k3"]
+        assert [r.unit_key for r in store.read_raw(["k1", "k3"])] == ["k1", "k3"]
         assert len(store.parts()) == 2
+    with RunStore(tmp_path) as again:  # a rerun builds its index from the parts on disk
+        assert again.done(["k1", "k2", "k3", "k4"]).tolist() == [True, True, True, False]
+        assert [r.unit_key for r in again.read_raw(["k3"])] == ["k3"]
 
 
 def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path):
@@ -38,4 +41,4 @@ def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path):
     stale = tmp_path / "raw" / ".part-x.arrow.tmp-123"
     stale.write_bytes(b"partial")
     with RunStore(tmp_path) as store:
-        assert not stale.exists() and store.completed_keys() == set()
+        assert not stale.exists() and not store.done(["k1"]).any()
