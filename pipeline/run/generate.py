@@ -160,14 +160,17 @@ def _rejection(kind: Kind, r, d, text: str, task: str, prompt_sha: str | None) -
                      seed=r.provenance.seed, filter=d.filter, score=d.score)
 
 
-def _published_counts(root: Path, shards: list[ShardInfo], column: str) -> Counter:
-    """Counts of a column's values over every published rejected shard (the dataset's rejections, all releases)."""
-    out: Counter = Counter()
+def _published_counts(root: Path, shards: list[ShardInfo]) -> tuple[Counter, Counter]:
+    """Rejections by stage and by reason over every published rejected shard (the dataset's, all releases)."""
+    by_stage: Counter = Counter()
+    by_reason: Counter = Counter()
     for s in shards:
         if s.split == "rejected" and s.rows:
-            for v in pc.value_counts(read_shard(root, s).column(column)).to_pylist():
-                out[v["values"]] += v["counts"]
-    return out
+            table = read_shard(root, s)
+            for out, column in ((by_stage, "stage"), (by_reason, "reason")):
+                for v in pc.value_counts(table.column(column)).to_pylist():
+                    out[v["values"]] += v["counts"]
+    return by_stage, by_reason
 
 
 def _over(ctx: Context, raws: list) -> Context:
@@ -231,55 +234,79 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
     walk = walk or planned_blocks(kind, ctx, store)
     sha = settings_sha(cfg, kind.name)
     release = previous_release(root, sha)
-    fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine)
-    scored = []
-    for c in walk():
-        b = _assemble(kind, c, store, release)
-        scored.append(score(_pairs(kind, b.rows, cfg, b.pinned), fcfg, scorers))
-        scorers.forget()  # the block's texts and vectors: the next block holds its own
-    res = decide(Scored.concat(scored, len(fcfg.blind.scorers) if fcfg.blind.enabled else 0), fcfg)
-    del scored
+    res = _decide(kind, cfg, walk, store, release)
     shutil.rmtree(root / SPOOL, ignore_errors=True)
     spools = {split: Spool(root / SPOOL / f"{split}.arrow", kind.schema) for split in ("train", "test")}
     spools["rejected"] = Spool(root / SPOOL / "rejected.arrow", REJECTED_SCHEMA)
     spools["rejected"].write(rejected_table(ctx.inputs.rejects))
-    tally, offset, units, positives, tokens_out, engine = Tally(), 0, 0, 0, 0, None
     plan_keys = Spool(root / SPOOL / "plan.arrow", PLAN_SCHEMA)
-    for c in walk():
-        b = _assemble(kind, c, store, release)
-        kept, filter_rejects = filter_rows(kind, b.rows, cfg, res, offset, b.pinned, b.decided)
-        offset += len(b.rows)
-        gen_rejects = sorted(b.assembled.rejects + b.failed, key=lambda r: (r.unit_key or "", r.seed or 0))
-        splits = [split_of(r.source_id, cfg.output.test_fraction) for r in kept]
-        for split, spool in spools.items():
-            if split != "rejected":
-                spool.write(kind.table([r for r, sp in zip(kept, splits) if sp == split]))
-        spools["rejected"].write(rejected_table(gen_rejects + filter_rejects))
-        drops = len({r.source_id for r in b.rows} & res.positive_drops.keys())
-        positives += kind.positives(kept, b.raws, b.assembled, drops)
-        tally.add(kind.type_column, b.raws, b.failed, kept, splits, gen_rejects + filter_rejects, b.assembled.stats)
-        units += len(b.keys)
-        tokens_out += sum(r.provenance.tokens_out for r in b.raws)
-        engine = engine or (b.raws[0].provenance.engine if b.raws else None)
-        plan_keys.write(pa.table({"unit_key": pa.array(b.keys, pa.string())}))
+    w = _write_blocks(kind, cfg, walk, store, release, res, spools, plan_keys)
     shards, published = publish(root, spools, cfg.output.rows_per_shard, sha, run_id, release.ids if release else None)
     splits = published_splits(shards)  # the dataset's rows and rejections: earlier releases' included
-    by_stage, by_reason = _published_counts(root, shards, "stage"), _published_counts(root, shards, "reason")
-    progress = progress or Progress(units, 0, units)
+    by_stage, by_reason = _published_counts(root, shards)
+    progress = progress or Progress(w.units, 0, w.units)
     summary = Summary(
-        out=str(root), inputs=ctx.inputs.count, input_rejected=len(ctx.inputs.rejects), units=units,
+        out=str(root), inputs=ctx.inputs.count, input_rejected=len(ctx.inputs.rejects), units=w.units,
         generated=progress.generated, reused=progress.reused, kept=sum(splits.values()), rejected=by_stage["generation"],
-        positives=positives, filtered=by_stage["filter"], splits=splits, rejected_by_reason=dict(sorted(by_reason.items())),
+        positives=w.positives, filtered=by_stage["filter"], splits=splits, rejected_by_reason=dict(sorted(by_reason.items())),
         startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
-        tokens_out=tokens_out, plan_seconds=timing.plan_seconds,
+        tokens_out=w.tokens_out, plan_seconds=timing.plan_seconds,
     )
     plan = store.write_plan(plan_keys.tables())
     shutil.rmtree(root / SPOOL, ignore_errors=True)
     plots = save_histograms(res.histograms, root / "plots")
     write_card(root, Card(
         kind=kind.name, anchor=kind.anchor, schema=kind.schema, tags=kind.tags, template=CARDS / kind.card_template, cfg=cfg,
-        summary=summary, run_id=run_id, engine=engine or cfg.engine.kind, prompts=ctx.templates,
+        summary=summary, run_id=run_id, engine=w.engine or cfg.engine.kind, prompts=ctx.templates,
         shards=shards, raw_parts=store.part_infos(), plan=plan, published=published, funnel=res.funnel,
-        filter_report=res.report, plots=plots, facts=kind.card(ctx, tally),
+        filter_report=res.report, plots=plots, facts=kind.card(ctx, w.tally),
     ))
     return summary
+
+
+def _decide(kind: Kind, cfg: RunConfig, walk: Callable[[], Iterator[Context]], store: RunStore,
+            release: Release | None) -> StageResult:
+    """Pass 1: score every block's rows (numbers only: each block's texts and vectors are dropped after it),
+    then make the global decisions on all of them."""
+    fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine)
+    scored = []
+    for c in walk():
+        b = _assemble(kind, c, store, release)
+        scored.append(score(_pairs(kind, b.rows, cfg, b.pinned), fcfg, scorers))
+        scorers.forget()
+    return decide(Scored.concat(scored, len(fcfg.blind.scorers) if fcfg.blind.enabled else 0), fcfg)
+
+
+@dataclass
+class _Written:
+    """What the writing pass counted over the blocks (for the summary and the card)."""
+
+    tally: Tally
+    units: int = 0
+    positives: int = 0
+    tokens_out: int = 0
+    engine: str | None = None
+
+
+def _write_blocks(kind: Kind, cfg: RunConfig, walk: Callable[[], Iterator[Context]], store: RunStore, release: Release | None,
+                  res: StageResult, spools: dict[str, Spool], plan_keys: Spool) -> _Written:
+    """Pass 2: assemble each block again, apply the decisions, append its rows, rejections and unit keys to the
+    spools; count what the summary and the card need."""
+    w, offset = _Written(Tally()), 0
+    for c in walk():
+        b = _assemble(kind, c, store, release)
+        kept, filter_rejects = filter_rows(kind, b.rows, cfg, res, offset, b.pinned, b.decided)
+        offset += len(b.rows)
+        rejects = sorted(b.assembled.rejects + b.failed, key=lambda r: (r.unit_key or "", r.seed or 0)) + filter_rejects
+        splits = [split_of(r.source_id, cfg.output.test_fraction) for r in kept]
+        for split in ("train", "test"):
+            spools[split].write(kind.table([r for r, sp in zip(kept, splits) if sp == split]))
+        spools["rejected"].write(rejected_table(rejects))
+        plan_keys.write(pa.table({"unit_key": pa.array(b.keys, pa.string())}))
+        drops = len({r.source_id for r in b.rows} & res.positive_drops.keys())
+        w.positives += kind.positives(kept, b.raws, b.assembled, drops)
+        w.tally.add(kind.type_column, b.raws, b.failed, kept, splits, rejects, b.assembled.stats)
+        w.units += len(b.keys)
+        w.tokens_out += sum(r.provenance.tokens_out for r in b.raws)
+        w.engine = w.engine or (b.raws[0].provenance.engine if b.raws else None)
+    return w
