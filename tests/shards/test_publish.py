@@ -70,3 +70,31 @@ def test_files_contrastgen_did_not_write_are_never_deleted(tmp_path):
     publish(tmp_path, _tables(["a"], []), 10, "s3", "run-3")  # whole again: the two-shard release's files go
     assert (tmp_path / "data" / "mine.arrow").read_bytes() == b"a user's file"
     assert not (tmp_path / "data" / "train-00001-of-00002.arrow").exists()
+
+
+def _spools(root, ids_by_block: list[list[str]]) -> dict:
+    """Rows gathered block by block in on-disk spools, as a finalize writes them."""
+    from pipeline.shards.writer import Spool
+
+    schema = pa.schema([("id", pa.string()), ("text", pa.string())])
+    out = {split: Spool(root / ".spool" / f"{split}.arrow", schema) for split in ("train", "test")}
+    for ids in ids_by_block:
+        out["train"].write(pa.table({"id": ids, "text": [f"t{i}" for i in ids]}, schema=schema))
+        out["test"].write(schema.empty_table())
+    return out
+
+
+def test_spools_fill_shards_across_blocks_and_append_only_fresh_rows(tmp_path):
+    """Blocks of 2, 3 and 1 rows become shards of 4 and 2 (a shard is not cut at a block's end); an empty split
+    is one empty shard; a later publish of the spooled rows appends only the ids no shard holds."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    shards, pub = publish(root, _spools(tmp_path / "a", [["a", "b"], ["c", "d", "e"], ["f"]]), 4, "s1", "run-1")
+    _commit(root, shards, pub)
+    assert [(s.path, s.rows) for s in shards] == [("data/train-00000-of-00002.arrow", 4), ("data/train-00001-of-00002.arrow", 2),
+                                                 ("data/test-00000-of-00001.arrow", 0)]
+    assert read_stream(root / shards[1].path).column("id").to_pylist() == ["e", "f"]
+    grown, pub2 = publish(root, _spools(tmp_path / "b", [["a", "g"], ["c", "h"]]), 4, "s1", "run-2")
+    assert [(s.path, s.rows) for s in grown[len(shards):]] == [("data/train-r001-00000-of-00001.arrow", 2)]
+    assert read_stream(root / grown[-1].path).column("id").to_pylist() == ["g", "h"]
+    assert pub2["releases"][-1]["added"] == {"train": 2, "test": 0}
