@@ -201,34 +201,35 @@ def test_filter_refuses_generation_settings_and_its_own_dir(run, tmp_path, capsy
 
 
 def test_blocks_of_sources_make_the_same_dataset(run, tmp_path, monkeypatch):
-    """The same raw parts finalized in blocks of 3 captions (4 blocks) instead of one: no LLM call, every unit
-    reused, and the same rows kept and rejected for the same reasons (dedup and the semantic rules decide per
-    block or globally alike; blind balancing is measured, not applied, by default). The card's per-type table,
-    summed over blocks, matches too."""
+    """The same raw parts finalized in one block (block_sources 1000) and in blocks of 3 captions (4 blocks),
+    each published whole (the block size is in the settings hash): no LLM call, every unit reused, and the same
+    rows kept and rejected for the same reasons (dedup and the semantic rules decide per block or globally
+    alike; blind balancing is measured, not applied, by default), the same funnel and per-type table."""
     import shutil
 
     import flows.generate
 
     cfg, s = run
-    copy = tmp_path / "blocks"
-    shutil.copytree(cfg.output.dir, copy)
 
     def no_engine(*a, **k):
         raise AssertionError("a finished run must not start an engine")
 
     monkeypatch.setattr(flows.generate, "EnginePool", no_engine)
-    blocked = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": copy, "block_sources": 3})})
-    out = flows.generate.generate_flow("negatives", blocked.model_dump(mode="json"))
-    assert (out["generated"], out["reused"], out["units"]) == (0, s["units"], s["units"])
+    out = {}
+    for name, size in (("one", 1000), ("four", 3)):
+        shutil.copytree(cfg.output.dir, tmp_path / name)
+        blocked = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": tmp_path / name, "block_sources": size})})
+        out[name] = flows.generate.generate_flow("negatives", blocked.model_dump(mode="json"))
+        assert (out[name]["generated"], out[name]["reused"], out[name]["units"]) == (0, s["units"], s["units"])
     for key in ("kept", "rejected", "filtered", "positives", "splits", "rejected_by_reason"):
-        assert out[key] == s[key], key
+        assert out["one"][key] == out["four"][key] == s[key], key
 
     def rows(root, split):
         return sorted(datasets.load_dataset(str(root), split=split)["id"]) if split != "rejected" else sorted(
             (r["unit_key"] or "", r["reason"], r["raw"] or "") for r in datasets.load_dataset(str(root), "rejected")["rejected"])
 
     for split in ("train", "test", "rejected"):
-        assert rows(copy, split) == rows(cfg.output.dir, split), split
-    one, four = (json.loads((root / "manifest.json").read_text()) for root in (cfg.output.dir, copy))
+        assert rows(tmp_path / "four", split) == rows(tmp_path / "one", split) == rows(cfg.output.dir, split), split
+    one, four = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("one", "four"))
     assert four["per_type"] == one["per_type"] and four["filters"]["funnel"] == one["filters"]["funnel"]
-    assert four["publish"]["releases"][-1]["mode"] == "whole"  # another block size decides rows anew
+    assert [r["mode"] for r in four["publish"]["releases"]] == ["whole"]  # another block size decides rows anew

@@ -116,8 +116,10 @@ SAMPLE_ROWS = 2000  # kept rows a Tally holds for the card's examples
 @dataclass
 class Tally:
     """What the card needs of a dataset, added block by block (:meth:`add`): bounded whatever its size. ``kept``
-    counts rows by (type, split), ``reasons`` generation and filter rejections by (task, reason), ``units`` units
-    by task (a result or an engine failure); ``stats`` is the kinds' Assembled.stats merged (:func:`merge_stats`)."""
+    counts rows by (type, split), ``reasons`` generation and filter rejections by (task, reason) (finalize
+    replaces them by the published rejected shards' counts: an append's card counts every release), ``units``
+    units by task (a result or an engine failure); ``stats`` is the kinds' Assembled.stats merged
+    (:func:`merge_stats`)."""
 
     samples: list[Any] = field(default_factory=list)
     stats: Any = None

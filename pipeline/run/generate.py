@@ -160,17 +160,23 @@ def _rejection(kind: Kind, r, d, text: str, task: str, prompt_sha: str | None) -
                      seed=r.provenance.seed, filter=d.filter, score=d.score)
 
 
-def _published_counts(root: Path, shards: list[ShardInfo]) -> tuple[Counter, Counter]:
-    """Rejections by stage and by reason over every published rejected shard (the dataset's, all releases)."""
+def _published_counts(root: Path, shards: list[ShardInfo]) -> tuple[Counter, Counter, Counter]:
+    """Rejections by stage, by reason, and generation and filter rejections by (task, reason), over every
+    published rejected shard (the dataset's, all releases: an append's card counts what earlier releases
+    rejected too)."""
     by_stage: Counter = Counter()
     by_reason: Counter = Counter()
+    by_task: Counter = Counter()
     for s in shards:
         if s.split == "rejected" and s.rows:
-            table = read_shard(root, s)
+            table = read_shard(root, s).select(["stage", "task", "reason"])
             for out, column in ((by_stage, "stage"), (by_reason, "reason")):
                 for v in pc.value_counts(table.column(column)).to_pylist():
                     out[v["values"]] += v["counts"]
-    return by_stage, by_reason
+            decided = table.filter(pc.is_in(table.column("stage"), value_set=pa.array(["generation", "filter"])))
+            for row in decided.group_by(["task", "reason"]).aggregate([([], "count_all")]).to_pylist():
+                by_task[(row["task"], row["reason"])] += row["count_all"]
+    return by_stage, by_reason, by_task
 
 
 def _over(ctx: Context, raws: list) -> Context:
@@ -243,7 +249,7 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
     w = _write_blocks(kind, cfg, walk, store, release, res, spools, plan_keys)
     shards, published = publish(root, spools, cfg.output.rows_per_shard, sha, run_id, release.ids if release else None)
     splits = published_splits(shards)  # the dataset's rows and rejections: earlier releases' included
-    by_stage, by_reason = _published_counts(root, shards)
+    by_stage, by_reason, w.tally.reasons = _published_counts(root, shards)
     progress = progress or Progress(w.units, 0, w.units)
     summary = Summary(
         out=str(root), inputs=ctx.inputs.count, input_rejected=len(ctx.inputs.rejects), units=w.units,
