@@ -85,10 +85,14 @@ def plan_stage(kind: Kind, ctx: Context, store: RunStore, name: str) -> Stage:
     """A block's stage: its units (from the block's inputs and earlier stages' results) and the chunks of them
     not done yet."""
     units = kind.units(name, ctx)
-    done = store.done([u.key for u in units])
-    pending = [u for u, d in zip(units, done.tolist()) if not d]
+    pending = _pending(units, store)
     ctx.stages[name] = Stage(frozenset(u.key for u in units), units, chunk_units(kind, pending, ctx.cfg), len(units) - len(pending))
     return ctx.stages[name]
+
+
+def _pending(units: list[Unit], store: RunStore) -> list[Unit]:
+    """The units no raw part or given-up file holds yet."""
+    return [u for u, d in zip(units, store.done([u.key for u in units]).tolist()) if not d]
 
 
 def generate_part(kind: Kind, ctx: Context, pool: EnginePool, index: int, units: list[Unit], store: RunStore) -> ShardInfo | None:
@@ -101,9 +105,7 @@ def generate_stage(kind: Kind, ctx: Context, pool: EnginePool, store: RunStore, 
     """Generate a planned stage's units not done yet, as many chunks at once as the pool has slots (two per
     replica: one generating, one ready at its door); the first failure is raised once every chunk has ended
     (the others are committed: a retry or a rerun finds them done). Returns the units sent."""
-    units = ctx.stages[name].units
-    done = store.done([u.key for u in units])
-    chunks = chunk_units(kind, [u for u, d in zip(units, done.tolist()) if not d], ctx.cfg)
+    chunks = chunk_units(kind, _pending(ctx.stages[name].units, store), ctx.cfg)  # again: a retry finds its commits
     with ThreadPoolExecutor(max_workers=pool.slots, thread_name_prefix="part") as ex:
         futures = [ex.submit(generate_part, kind, ctx, pool, i, chunk, store) for i, chunk in enumerate(chunks)]
     for f in futures:

@@ -24,6 +24,14 @@ def digests(keys: Iterable[str]) -> np.ndarray:
     return np.array(out, dtype=DIGEST) if out else np.zeros(0, dtype=DIGEST)
 
 
+def _lookup(sorted_digests: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """(N,) the position of each digest of ``d`` in ``sorted_digests``, -1 where it is not there."""
+    if not len(sorted_digests):
+        return np.full(len(d), -1, dtype=np.int64)
+    at = np.minimum(np.searchsorted(sorted_digests, d), len(sorted_digests) - 1)
+    return np.where(sorted_digests[at] == d, at, -1)
+
+
 class KeySet:
     """A set of keys as sorted digests; grows by :meth:`add` (merged on the next lookup).
 
@@ -50,11 +58,7 @@ class KeySet:
         return self._sorted
 
     def has_digests(self, d: np.ndarray) -> np.ndarray:
-        s = self._merged()
-        if not len(s):
-            return np.zeros(len(d), dtype=bool)
-        at = np.minimum(np.searchsorted(s, d), len(s) - 1)
-        return s[at] == d
+        return _lookup(self._merged(), d) >= 0
 
     def has(self, keys: Iterable[str]) -> np.ndarray:
         """(N,) bool: which of ``keys`` are in the set."""
@@ -87,12 +91,9 @@ class FileIndex:
 
     def _find(self, keys: list[str]) -> np.ndarray:
         """(N,) the file number of each key, -1 when no file has it."""
-        d = digests(keys)
         s, f = self._merged()
-        if not len(s):
-            return np.full(len(d), -1, dtype=np.int64)
-        at = np.minimum(np.searchsorted(s, d), len(s) - 1)
-        return np.where(s[at] == d, f[at], -1)
+        at = _lookup(s, digests(keys))
+        return np.where(at >= 0, f[np.maximum(at, 0)], -1) if len(f) else at
 
     def done(self, keys: list[str]) -> np.ndarray:
         """(N,) bool: which ``keys`` some file holds."""
