@@ -1,7 +1,7 @@
 """Scale benchmark: the real pipeline end to end at N units, with a load generator in place of the LLM.
 
     python bench/scale.py [--units 10000 100000 1000000] [--out-root DIR] [--max-minutes 60]
-                          [--json-out bench/scale_results.json] [--encoder stub|real] [--keep]
+                          [--json-out bench/scale_results.json] [--encoder stub|real] [--keep] [--clients N]
 
 For each N it writes ceil(N / 9) synthetic captions (the 8 negative types and the paraphrase are 9 tasks per
 caption), starts ``bench/loadserver.py`` (LOAD GENERATOR, benchmarks only; not an engine) on a free 127.0.0.1
@@ -361,6 +361,8 @@ def run_size(units_wanted: int, root: Path, args, encoder: Path | None, label: s
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1"}
     cli = [str(Path(sys.executable).parent / "contrastgen"), "generate", "negatives", "--engine", "openai",
            "--base-url", url, "--input", str(inp), "--out", str(out), "--config", str(cfg), "--json"]
+    if args.clients:
+        cli += ["--clients", str(args.clients)]  # parts generated and committed by Ray Data workers (pipeline.run.stream)
     result["command"] = " ".join(cli)
     with (work / "cli.stdout").open("wb") as so, (work / "cli.stderr").open("wb") as se:
         t0 = time.time()
@@ -486,9 +488,10 @@ def ratios(results: list[dict]) -> list[dict]:
     return out
 
 
-def print_report(results: list[dict], rat: list[dict], scoring: dict | None, encoder_label: str) -> None:
+def print_report(results: list[dict], rat: list[dict], scoring: dict | None, encoder_label: str, clients: int = 0) -> None:
     print(f"\nScale benchmark: contrastgen generate negatives --engine openai against the LOAD GENERATOR "
-          f"(no LLM); filter scorers: semantic off, blind [bigram], encoder {encoder_label}")
+          f"(no LLM); filter scorers: semantic off, blind [bigram], encoder {encoder_label}; parts committed by "
+          f"{f'{clients} Ray Data client workers' if clients else 'the driver'}")
     head = f"{'N units':>10}  {'stage':<11} {'seconds':>9} {'units/s':>10} {'driver MB':>10} {'workers MB':>11}"
     print(head)
     print("-" * len(head))
@@ -560,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="model the filter stage embeds texts with (it always does): a 0-layer MiniLM stub, or MiniLM")
     ap.add_argument("--invalid-rate", type=float, default=0.1, help="units the load generator answers invalidly")
     ap.add_argument("--concurrency", type=int, default=256, help="engine.openai.concurrency")
+    ap.add_argument("--clients", type=int, default=0,
+                    help="ray.clients: Ray Data workers that generate and commit the parts (0: the driver's client)")
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between RSS polls")
     ap.add_argument("--scoring-texts", type=int, default=200)
     ap.add_argument("--skip-scoring", action="store_true")
@@ -587,10 +592,10 @@ def main(argv: list[str] | None = None) -> int:
             texts = largest["captions"] * (len(TASKS) - 1) + 2 * largest["captions"] if largest else None
             scoring = scoring_throughput(args.scoring_texts, texts)
         rat = ratios(results)
-        print_report(results, rat, scoring, "stub (0-layer MiniLM)" if encoder else "all-MiniLM-L6-v2")
+        print_report(results, rat, scoring, "stub (0-layer MiniLM)" if encoder else "all-MiniLM-L6-v2", args.clients)
         payload = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
                    "time": time.strftime("%Y-%m-%d %H:%M:%S"), "encoder": args.encoder, "invalid_rate": args.invalid_rate,
-                   "concurrency": args.concurrency, "max_minutes": args.max_minutes, "results": results, "ratios": rat,
+                   "concurrency": args.concurrency, "clients": args.clients, "max_minutes": args.max_minutes, "results": results, "ratios": rat,
                    "scoring": scoring,
                    "goals": {"rss_mb_max": GB3_MB, "rss_ratio_max": MEM_RATIO_GOAL, "time_ratio_max": TIME_RATIO_GOAL}}
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use only the first N valid input rows")
     p.add_argument("--seed", type=int, help="run seed")
     p.add_argument("--workers", type=int, help="engine actors")
+    p.add_argument("--clients", type=int, help="openai engine: Ray Data workers that generate and commit parts (ray.clients)")
     p.add_argument("--ray-address", help="join a Ray cluster (auto, ray://host:port); default: local Ray")
     p.add_argument("--config", type=Path, help="YAML run config (flags and CONTRASTGEN_* env override it)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object")
@@ -126,7 +127,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     flags = {
         ("input", "path"): a.input, ("input", "limit"): a.limit, ("output", "dir"): a.out,
         ("engine", "kind"): a.engine, **{(f.section, f.key): getattr(a, f"{f.section}.{f.key}") for f in KINDS[a.kind].flags},
-        ("sampling", "seed"): a.seed, ("ray", "workers"): a.workers, ("ray", "address"): a.ray_address,
+        ("sampling", "seed"): a.seed, ("ray", "workers"): a.workers, ("ray", "clients"): a.clients, ("ray", "address"): a.ray_address,
         ("output", "overwrite"): a.overwrite,
     }
     out = _nest(flags)

@@ -62,3 +62,53 @@ def test_full_negatives_run_through_the_openai_engine(openai_server, negatives_r
         _, base = negatives_run
         for key in ("units", "kept", "rejected", "filtered", "tokens_out", "rejected_by_reason", "splits"):
             assert summary[key] == base[key], key
+
+
+def test_ray_data_clients_make_the_same_dataset_and_survive_a_killed_worker(openai_server, negatives_run, prefect_session,
+                                                                          tmp_path):
+    """ray.clients: a stage's parts stream through a Ray Data worker that is its own HTTP client and commits its own
+    parts. SIGKILLed while a part is in flight, the worker is restarted by Ray Data and the part runs again: every
+    unit once, and (against `contrastgen serve`) the same dataset as the in-process run. ray.scorers: the filter
+    stage's model scores come from a Ray Data scorer, into a fresh cache, and decide the same."""
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    from flows.generate import generate_flow
+
+    url, model = openai_server
+    inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
+    engine = {"kind": "openai", "openai": {"base_url": url, **({"model": model} if model else {})}}
+    out = tmp_path / "ds"
+    scores = tmp_path / "scores"  # a fresh cache: every model score is computed by the Ray Data scorers
+    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": out, "units_per_part": 32}, "engine": engine,
+                             "ray": {"clients": 1, "scorers": 1}, "filters": {"negatives": {"semantic": {"cache_dir": scores}}}})
+    killed: list[int] = []
+    parts_at_kill: list[int] = []
+
+    def kill_a_client_mid_run() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not list((out / "raw").glob("part-*.arrow")):
+            time.sleep(0.05)
+        for p in psutil.process_iter(["cmdline"]):
+            if "PartClient" in " ".join(p.info["cmdline"] or []):
+                p.send_signal(signal.SIGKILL)
+                killed.append(p.pid)
+        parts_at_kill.append(len(list((out / "raw").glob("part-*.arrow"))))
+
+    watcher = threading.Thread(target=kill_a_client_mid_run, daemon=True)
+    watcher.start()
+    summary = generate_flow("negatives", cfg.model_dump(mode="json"))
+    watcher.join(5)
+    assert killed, "the test meant to kill the Ray Data client while it generated"
+    assert parts_at_kill[0] < -(-summary["units"] // 32), "the kill came after the last part: it tested nothing"
+    keys = [k for p in sorted((out / "raw").glob("part-*.arrow"))
+            for k in pa.ipc.open_stream(p.read_bytes()).read_all().column("unit_key").to_pylist()]
+    assert len(keys) == len(set(keys)) == summary["units"] == summary["generated"]
+    assert list(scores.rglob("part-*.arrow")), "the scorers wrote no cache part"
+    if OURS:
+        _, base = negatives_run
+        for key in ("units", "kept", "rejected", "filtered", "tokens_out", "rejected_by_reason", "splits"):
+            assert summary[key] == base[key], key

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,11 @@ class TextCache:
     ([2.0, 3.0, 2.0], 2)
     """
 
-    def __init__(self, root: Path, encode: Callable[[list[str]], np.ndarray], scorer_id: str, chunk: int = 8192):
+    def __init__(self, root: Path, encode: Callable[[list[str]], np.ndarray], scorer_id: str, chunk: int = 8192,
+                 mapper: Callable[[list[list[str]]], Iterable[tuple[int, np.ndarray]]] | None = None):
         self.encode, self.chunk = encode, chunk
+        # chunks of texts -> (chunk index, vectors) as each is done; default: encode them here, one after another
+        self.mapper = mapper or (lambda chunks: ((i, self.encode(c)) for i, c in enumerate(chunks)))
         self.dir = Path(root) / hashlib.sha256(scorer_id.encode()).hexdigest()[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
         self._row: dict[str, int] = {}  # sha256 of a text -> its row in the matrix
@@ -112,12 +115,16 @@ class TextCache:
         return self._matrix, rows
 
     def _compute(self, texts: list[str], keys: list[str]) -> None:
-        """Encode the texts not cached yet, a chunk at a time: each chunk written as one atomic part, then added."""
+        """Encode the texts not cached yet in chunks (here, or on the mapper's workers): each chunk written as one
+        atomic part as soon as it is done, then added."""
         todo = list(dict.fromkeys(k for k in keys if k not in self._row))
         by_key = dict(zip(keys, texts))
-        for i in range(0, len(todo), self.chunk):
-            new_keys = todo[i : i + self.chunk]
-            new = np.asarray(self.encode([by_key[k] for k in new_keys]), dtype=np.float32).reshape(len(new_keys), -1)
+        chunks = [todo[i : i + self.chunk] for i in range(0, len(todo), self.chunk)]
+        if not chunks:
+            return
+        for i, new in self.mapper([[by_key[k] for k in c] for c in chunks]):
+            new_keys = chunks[i]
+            new = np.asarray(new, dtype=np.float32).reshape(len(new_keys), -1)
             table = pa.table({"key": new_keys, "vector": pa.array(list(new), type=pa.list_(pa.float32(), new.shape[1]))})
             path = self.dir / f"part-{hashlib.sha256(''.join(new_keys).encode()).hexdigest()[:20]}.arrow"
             write_atomic(path, table)

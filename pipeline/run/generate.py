@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from pipeline import kinds
 from pipeline.config import RunConfig
-from pipeline.engines.pool import EnginePool
+from pipeline.engines.pool import EnginePool, ensure_ray
 from pipeline.filters.plots import save_histograms
 from pipeline.filters.score import Scored, score
 from pipeline.filters.scorers import stage_scorers
@@ -38,6 +38,7 @@ from pipeline.kinds.base import Assembled, Context, Kind, Stage, Tally
 from pipeline.records import RawResult, Rejection, Unit
 from pipeline.run.common import Progress, Summary, Timing, commit_part, finished, part_size
 from pipeline.run.store import RunStore, store_of
+from pipeline.run.stream import stream_parts
 from pipeline.shards.card import Card, write_card
 from pipeline.shards.publish import Release, previous_release, publish, published_splits, settings_sha, split_of
 from pipeline.shards.schema import REJECTED_SCHEMA, rejected_table
@@ -106,6 +107,9 @@ def generate_stage(kind: Kind, ctx: Context, pool: EnginePool, store: RunStore, 
     replica: one generating, one ready at its door); the first failure is raised once every chunk has ended
     (the others are committed: a retry or a rerun finds them done). Returns the units sent."""
     chunks = chunk_units(kind, _pending(ctx.stages[name].units, store), ctx.cfg)  # again: a retry finds its commits
+    if pool.streams and chunks:
+        stream_parts(kind, ctx, store, chunks)
+        return sum(len(c) for c in chunks)
     with ThreadPoolExecutor(max_workers=pool.slots, thread_name_prefix="part") as ex:
         futures = [ex.submit(generate_part, kind, ctx, pool, i, chunk, store) for i, chunk in enumerate(chunks)]
     for f in futures:
@@ -276,7 +280,9 @@ def _decide(kind: Kind, cfg: RunConfig, walk: Callable[[], Iterator[Context]], s
             release: Release | None) -> StageResult:
     """Pass 1: score every block's rows (numbers only: each block's texts and vectors are dropped after it),
     then make the global decisions on all of them."""
-    fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine)
+    if cfg.ray.scorers:
+        ensure_ray(cfg.ray)
+    fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine, cfg.ray.scorers)
     scored = []
     for c in walk():
         b = _assemble(kind, c, store, release)

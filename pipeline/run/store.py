@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ class RunStore:
         self.kind, self.overwrite = kind, overwrite
         self._lock_fd: int | None = None
         self._index: FileIndex | None = None
+        self.journal: list[tuple[str, list[str]]] | None = None  # (file name, unit keys) of each commit, when a list
 
     def _lock(self) -> int:
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -128,14 +130,26 @@ class RunStore:
         """(N,) bool: units finished, generated (``part-*``) or given up on (``failed-*``: crashed or timed out for good)."""
         return self.index.done(keys)
 
+    def _committed(self, name: str, keys: list[str]) -> None:
+        """A file of ``raw/`` committed here (or by a worker, see :mod:`pipeline.run.stream`): index its keys, once
+        the index exists (built later, it reads the file from disk), and journal them when asked to."""
+        if self._index is not None:
+            self._index.add(self.raw_dir / name, keys)
+        if self.journal is not None:
+            self.journal.append((name, keys))
+
+    def adopt(self, journal: Iterable[tuple[str, list[str]]]) -> None:
+        """Index the files another process committed to ``raw/`` (a Ray Data worker's journal)."""
+        for name, keys in journal:
+            self._committed(name, keys)
+
     def write_failures(self, failures: list[Rejection]) -> None:
         """Units the engine could not complete (``engine_crash``, ``engine_timeout``), one atomic file; a rerun
         does not send them again (delete ``raw/failed-*.arrow`` to try them once more)."""
         keys = [r.unit_key or "" for r in failures]
         name = _part_name("failed", keys)
         write_atomic(self.raw_dir / name, rejected_table(sorted(failures, key=lambda r: r.unit_key or "")))
-        if self._index is not None:
-            self._index.add(self.raw_dir / name, keys)
+        self._committed(name, keys)
 
     def read_failures(self, keys: list[str]) -> list[Rejection]:
         """The given-up units among ``keys``, as generation rejections, one per key, sorted by key."""
@@ -152,8 +166,7 @@ class RunStore:
         name = _part_name("part", [r.unit_key for r in results])
         path = self.raw_dir / name
         write_atomic(path, raw_table(sorted(results, key=lambda r: r.unit_key)))
-        if self._index is not None:
-            self._index.add(path, [r.unit_key for r in results])
+        self._committed(name, [r.unit_key for r in results])
         return ShardInfo(f"raw/{name}", "raw", len(results), sha256_file(path), path.stat().st_size)
 
     def write_plan(self, tables) -> ShardInfo:

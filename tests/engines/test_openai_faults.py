@@ -168,3 +168,29 @@ def test_the_structured_outputs_probe_fails_on_a_server_that_ignores_the_field()
     engine = OpenAIEngine(EngineConfig(kind="openai", openai=OpenAIEngineConfig(base_url=FaultServer(honours).url, model="m")))
     engine.warmup()
     assert engine.structured is True
+
+
+def test_a_ray_data_client_raises_the_servers_fault_as_its_own_error(ray_session, tmp_path):
+    """ray.clients: a part fails in a Ray Data worker (the server answers 500 past the retries); the driver gets a
+    TransientEngineError (what the stage task retries on), not Ray's wrapper, and no part is committed."""
+    from pipeline.config import load_config
+    from pipeline.kinds import kind_of
+    from pipeline.run import generate as steps
+    from pipeline.run.store import store_of
+    from pipeline.run.stream import stream_parts
+
+    def down_after_warmup(i, body):
+        return (200, _completion(body["n"])) if body["messages"][-1]["content"] == "Hi" else (500, {"error": "down"})
+
+    server = FaultServer(down_after_warmup)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "caption": "A brown dog runs on the beach."}\n', encoding="utf-8")
+    engine = {"kind": "openai", "openai": {"base_url": server.url, "model": "m", "structured": "off", "max_retries": 0}}
+    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp_path / "ds"}, "engine": engine, "ray": {"clients": 1}})
+    kind = kind_of("negatives")
+    with store_of(cfg, "negatives") as store:
+        [block] = steps.blocks(steps.start(kind, cfg, store), store)
+        stage = steps.plan_stage(kind, block, store, "generate")
+        with pytest.raises(TransientEngineError, match="still failing after retries"):
+            stream_parts(kind, block, store, stage.pending)
+    assert not list((tmp_path / "ds" / "raw").glob("*.arrow"))
