@@ -31,7 +31,8 @@ import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.shards.keys import KeySet
-from pipeline.shards.writer import ShardInfo, ShardWriter, Spool, read_shard, read_stream, shard_names, write_bytes_atomic
+from pipeline.shards.writer import (ShardInfo, ShardWriter, Spool, read_shard, read_stream, sha256_file, shard_names,
+                                    write_bytes_atomic)
 
 LEDGER = ".publish-ledger.json"  # shard paths a publish writes, recorded before it writes them
 REJECTION_KEY = ("stage", "reason", "source_id", "task", "unit_key", "file", "line", "raw")
@@ -56,9 +57,13 @@ def _manifest(root: Path) -> dict | None:
 
 
 def _previous(m: dict | None, root: Path, sha: str) -> tuple[list[ShardInfo], list[dict]] | None:
-    """(shards, releases) of the folder's manifest when its settings match ``sha`` and every listed shard is
-    there, else None (publish whole)."""
+    """(shards, releases) of the folder's manifest when its settings match ``sha``, every listed shard is there and
+    the plan it lists is the one on disk, else None (publish whole). A run killed after it replaced ``plan.arrow``
+    and before its manifest left a newer plan, whose units were never published: they must not count as decided."""
     if m is None or m.get("publish", {}).get("settings_sha") != sha or not all((root / s["path"]).is_file() for s in m["shards"]):
+        return None
+    plan = m.get("plan")
+    if plan is not None and (not (root / plan["path"]).is_file() or sha256_file(root / plan["path"]) != plan["sha256"]):
         return None
     return [ShardInfo(**s) for s in m["shards"]], list(m["publish"]["releases"])
 
@@ -77,7 +82,7 @@ def previous_release(root: Path, sha: str) -> Release | None:
     m = _manifest(root)
     prev = _previous(m, root, sha)
     plan = (m or {}).get("plan")
-    if prev is None or plan is None or not (root / plan["path"]).is_file():
+    if prev is None or plan is None:  # (prev: the plan on disk is the one the manifest lists)
         return None
     return Release(_ids(root, prev[0]), KeySet.of(read_stream(root / plan["path"]).column("unit_key").to_pylist()))
 

@@ -69,3 +69,25 @@ def test_a_new_row_that_repeats_a_published_one_is_rejected_naming_it(tmp_path):
     assert third["shards"] == second["shards"]  # a rerun adds nothing, and says the same
     assert {k: v for k, v in third["counts"].items() if k not in ("generated", "reused")} == \
         {k: v for k, v in second["counts"].items() if k not in ("generated", "reused")}
+
+
+def test_a_plan_newer_than_the_manifest_is_not_taken_for_the_published_one(tmp_path):
+    """A run killed after it replaced plan.arrow and before it wrote manifest.json: the next run must not take the
+    killed run's units for decided ones (their rows were never published); it publishes the folder whole, and the
+    dataset is the one the killed run would have made."""
+    from pipeline.shards.publish import previous_release
+
+    two = [{"id": "b", "caption": CAPTION}, {"id": "c", "caption": CAPTION}]
+    first = _release(tmp_path, two[:1], "run-0")
+    root, sha = tmp_path / "ds", first["publish"]["settings_sha"]
+    old_manifest = (root / "manifest.json").read_bytes()
+    def outcome(m):  # each source's rows, published or rejected (a whole release names no published duplicate)
+        return sorted((r["source_id"], sp == "rejected") for sp in ("train", "test", "rejected") for r in _rows(root, m, sp))
+
+    second = _release(tmp_path, two, "run-1")  # then "killed" before its manifest: the first one is back
+    expected = outcome(second)
+    (root / "manifest.json").write_bytes(old_manifest)
+    assert previous_release(root, sha) is None  # the plan on disk is not the one the manifest lists
+    third = _release(tmp_path, two, "run-2")
+    assert third["publish"]["releases"][-1]["mode"] == "whole"
+    assert outcome(third) == expected and any(src == "c" for src, _ in expected)
