@@ -266,6 +266,10 @@ class RunConfig(Settings):
         if unknown:
             raise ValueError(f"filters.negatives.semantic.false_negative_exempt: expected negative types from "
                              f"{[t.value for t in NegType]}, got unknown {unknown}")
+        if self.ray.clients and self.engine.kind != "openai":
+            raise ValueError(f"ray.clients: Ray Data client workers serve the openai engine, got engine.kind "
+                             f"{self.engine.kind!r} (its replicas are ray.workers). Fix: set ray.clients to 0, or use "
+                             "--engine openai against a served model")
         return self
 
 

@@ -44,3 +44,9 @@ def test_bad_yaml_names_file(tmp_path):
     f.write_text("- a list\n")
     with pytest.raises(ConfigError, match="run.yaml"):
         load_config(f)
+
+
+def test_ray_clients_need_the_openai_engine():
+    with pytest.raises(ConfigError, match=r"ray.clients.*engine.kind 'embedded'.*Fix"):
+        load_config(None, {"ray": {"clients": 2}})
+    assert load_config(None, {"ray": {"clients": 2}, "engine": {"kind": "openai"}}).ray.clients == 2
