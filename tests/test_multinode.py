@@ -1,6 +1,8 @@
 """A run on a two-node Ray cluster on this machine (`ray.cluster_utils.Cluster`: a head with a spare CPU and a
 worker node): its engine actors spread over both nodes, and a run whose worker node is removed mid-run finishes
-(by itself, or after one rerun) with every unit exactly once and the same rows as the undisturbed run."""
+(by itself, or after one rerun) with every unit exactly once and the same rows as the undisturbed run. Then the
+same with the parts streamed through Ray Data client workers (``--clients 2``, against `contrastgen serve`) on a
+new worker node: a client on each node, the node removed mid-run, every unit once and the same rows."""
 
 from __future__ import annotations
 
@@ -31,9 +33,9 @@ SCRIPT = textwrap.dedent("""
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
 
-    def run(out):
+    def run(out, *extra):
         cmd = [sys.executable, "-m", "pipeline.cli", "generate", "negatives", "--input", str(inp), "--out", str(out),
-               "--ray-address", cluster.address, "--workers", "2", "--json", "--config", str(root / "cfg.yaml")]
+               "--ray-address", cluster.address, "--workers", "2", "--json", "--config", str(root / "cfg.yaml"), *extra]
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     logs = []
@@ -41,39 +43,63 @@ SCRIPT = textwrap.dedent("""
     def summary(proc):
         out, err = proc.communicate(timeout=900)
         logs.append(err)
-        return json.loads(out.strip().splitlines()[-1]) if proc.returncode == 0 else {"rc": proc.returncode, "err": err[-2000:]}
+        lines = [line for line in out.splitlines() if line.startswith("{")]  # Ray may print after the summary
+        if proc.returncode or not lines:
+            return {"rc": proc.returncode, "out": out[-1000:], "err": err[-2000:]}
+        return json.loads(lines[-1])
 
     def raw_keys(out):
         return [k for p in sorted((out / "raw").glob("part-*.arrow"))
                 for k in pa.ipc.open_stream(p.read_bytes()).read_all().column("unit_key").to_pylist()]
 
+    def actor_nodes(cls):
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        found = {a["Address"]["NodeID"] for a in ray_state.actors().values() if cls in a["ActorClassName"]}
+        ray.shutdown()
+        return found
+
     try:
         calm = summary(run(root / "calm"))
-        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
-        nodes = sorted({a["Address"]["NodeID"] for a in ray_state.actors().values() if a["ActorClassName"] == "EngineActor"})
-        ray.shutdown()
+        nodes = actor_nodes("EngineActor")
 
-        proc = run(root / "lost")
-        while len(list((root / "lost" / "raw").glob("part-*.arrow"))) < 1 and proc.poll() is None:
-            time.sleep(0.2)
-        cluster.remove_node(worker)  # the worker node leaves while parts are in flight
-        lost = summary(proc)
-        reran = None
-        if "rc" in lost:  # it may stop; the same command then resumes it
-            reran = lost
-            lost = summary(run(root / "lost"))
-        keys = raw_keys(root / "lost")
-        print(json.dumps({"calm": calm, "nodes": len(nodes), "lost": lost, "reran": reran, "logs": logs[1:],
-                          "keys": len(keys), "distinct_keys": len(set(keys))}))
+        placed = {}
+
+        def lose_a_node(name, node, *extra):
+            proc = run(root / name, *extra)
+            while len(list((root / name / "raw").glob("part-*.arrow"))) < 1 and proc.poll() is None:
+                time.sleep(0.2)
+            if "--clients" in extra:  # where Ray Data placed the clients (a restarted one moves: look before)
+                placed[name] = actor_nodes("PartClient")
+            cluster.remove_node(node)  # the worker node leaves while parts are in flight
+            done = summary(proc)
+            reran = None
+            if "rc" in done:  # it may stop; the same command then resumes it
+                reran = done
+                done = summary(run(root / name, *extra))
+            keys = raw_keys(root / name)
+            return done, reran, len(keys), len(set(keys))
+
+        lost, reran, n_keys, n_distinct = lose_a_node("lost", worker)
+        out = {"calm": calm, "nodes": len(nodes), "lost": lost, "reran": reran, "logs": logs[1:], "keys": n_keys,
+               "distinct_keys": n_distinct}
+        # ray.clients: parts streamed through Ray Data client workers on both nodes, against the OpenAI server
+        worker = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        streamed, reran, n_keys, n_distinct = lose_a_node("streamed", worker, "--engine", "openai", "--base-url", sys.argv[3],
+                                                          "--clients", "2")
+        print(json.dumps({**out, "streamed": streamed, "streamed_reran": reran, "streamed_keys": n_keys,
+                          "streamed_distinct": n_distinct, "client_nodes": len(placed["streamed"])}))
     finally:
         cluster.shutdown()
 """)
 
 
-def test_a_run_spreads_over_two_nodes_and_survives_losing_one(tmp_path):
+def test_a_run_spreads_over_two_nodes_and_survives_losing_one(tmp_path, openai_server):
+    """Engine actors (the embedded default), then Ray Data clients (``--clients 2``, against `contrastgen serve`):
+    each spreads over both nodes, and each run survives the worker node leaving mid-run."""
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(2))
     (tmp_path / "cfg.yaml").write_text("output: {units_per_part: 3}\nsampling: {max_tokens: 24}\n", encoding="utf-8")
-    res = subprocess.run([sys.executable, "-c", SCRIPT, str(inp), str(tmp_path)], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", SCRIPT, str(inp), str(tmp_path), openai_server[0]], capture_output=True, text=True,
                          timeout=1500, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -84,3 +110,10 @@ def test_a_run_spreads_over_two_nodes_and_survives_losing_one(tmp_path):
     assert (lost["kept"], lost["splits"], lost["rejected_by_reason"]) == (calm["kept"], calm["splits"], calm["rejected_by_reason"])
     assert not {"engine_crash", "engine_timeout"} & set(lost["rejected_by_reason"])  # a lost node is not the units' fault
     assert any("died with its node" in log for log in out["logs"]), out["logs"]  # a part was in flight there, and ran again
+    streamed = out["streamed"]
+    assert "rc" not in streamed, out
+    assert out["client_nodes"] == 2  # a client worker on each node (Ray Data's SPREAD)
+    assert out["streamed_keys"] == out["streamed_distinct"] == 18  # each unit exactly once, committed by the clients
+    if not os.environ.get("CONTRASTGEN_TEST_OPENAI_BASE_URL"):  # contrastgen serve: the same model and seeds
+        assert (streamed["kept"], streamed["splits"], streamed["rejected_by_reason"]) == (calm["kept"], calm["splits"],
+                                                                                           calm["rejected_by_reason"])
