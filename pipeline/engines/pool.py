@@ -143,15 +143,14 @@ class EnginePool:
 
     def __init__(self, engine: EngineConfig, ray_cfg: RayConfig):
         self.engine_cfg, self.ray_cfg, self.local = engine, ray_cfg, None
-        self.started_ray = self.streams = False  # streams: parts go to Ray Data clients (pipeline.run.stream)
+        self.started_ray = False
         if not needs_ray(engine):
             from pipeline.engines.base import build_engine
 
             self.local = build_engine(engine)
             self.local.warmup()  # here too when clients stream the parts: a server that is down fails the run at once
             self.engine_name, self.model_id, self.actors = self.local.name, self.local.model_id, []
-            self.streams = ray_cfg.clients > 0
-            if self.streams:
+            if ray_cfg.clients:  # the parts go to Ray Data clients (pipeline.run.stream)
                 self.started_ray = ensure_ray(ray_cfg)
             return
         self.started_ray = ensure_ray(ray_cfg)

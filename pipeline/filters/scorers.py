@@ -21,7 +21,7 @@ from pipeline.config import FilterConfig, bundled_encoder
 from pipeline.errors import ConfigError
 from pipeline.filters.blind import lm_mean_logprob
 from pipeline.filters.cache import TextCache, default_cache_root
-from pipeline.raydata import actor_pool, data_context
+from pipeline.raydata import stream
 
 
 def fingerprint(path: Path) -> str:
@@ -147,14 +147,10 @@ def ray_map(fcfg: FilterConfig, lm_path: Path | None, method: str, workers: int)
 
     def run(chunks: list[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
         import ray
-        import ray.data
 
-        data_context()
         gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
-        ds = ray.data.from_items([{"i": i, "texts": c} for i, c in enumerate(chunks)], override_num_blocks=max(1, len(chunks)))
-        out = ds.map_batches(ScoreWorker, fn_constructor_args=(fcfg.model_dump_json(), str(lm_path) if lm_path else None, method),
-                             batch_size=1, compute=actor_pool(workers, len(chunks)), num_cpus=1, num_gpus=gpus)
-        for b in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+        args = (fcfg.model_dump_json(), str(lm_path) if lm_path else None, method)
+        for b in stream([{"i": i, "texts": c} for i, c in enumerate(chunks)], ScoreWorker, args, workers, gpus):
             for i, blob, rows in zip(b.column("i").to_pylist(), b.column("data").to_pylist(), b.column("rows").to_pylist()):
                 yield i, np.frombuffer(blob, dtype=np.float32).reshape(rows, -1)
 

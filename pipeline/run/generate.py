@@ -107,7 +107,7 @@ def generate_stage(kind: Kind, ctx: Context, pool: EnginePool, store: RunStore, 
     replica: one generating, one ready at its door); the first failure is raised once every chunk has ended
     (the others are committed: a retry or a rerun finds them done). Returns the units sent."""
     chunks = chunk_units(kind, _pending(ctx.stages[name].units, store), ctx.cfg)  # again: a retry finds its commits
-    if pool.streams and chunks:
+    if ctx.cfg.ray.clients and chunks:  # (the config allows clients with the openai engine only)
         stream_parts(kind, ctx, store, chunks)
         return sum(len(c) for c in chunks)
     with ThreadPoolExecutor(max_workers=pool.slots, thread_name_prefix="part") as ex:

@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.engines.config import EngineConfig, RayConfig
 from pipeline.kinds.base import Context, Kind
-from pipeline.raydata import actor_pool, data_context
+from pipeline.raydata import stream
 from pipeline.records import Unit
 from pipeline.run.store import RunStore
 
@@ -58,16 +58,11 @@ def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Un
     """Generate and commit ``chunks`` (one part each) on ``ray.clients`` Ray Data workers; the driver indexes what
     they committed as it streams back. The first error a client raises ends the stream, raised here as an instance of
     its own class (``raise_original_map_exception``), so a transient one is retried by the stage's task."""
-    import ray.data
-
     cfg = ctx.cfg
-    # a part may take two call deadlines (the client tries it twice): Ray Data's watchdog must not end it first
-    data_context(2 * cfg.engine.call_timeout_s + 600)
     rows = [{"index": i, "payload": pickle.dumps((c, [kind.render(u, ctx) for u in c], [kind.mode(u, cfg) for u in c]))}
             for i, c in enumerate(chunks)]
-    # one CPU a client (a client's parsing and writing is one busy Python thread); Ray Data spreads its actors
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows))).map_batches(
-        PartClient, fn_constructor_args=(cfg.engine.model_dump_json(), str(store.root)), batch_size=1,
-        compute=actor_pool(cfg.ray.clients, len(rows)), num_cpus=1)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):  # a client's error: raised as its own type
+    # one CPU a client (a client's parsing and writing is one busy Python thread); Ray Data spreads its actors. A part
+    # may take two call deadlines (the client tries it twice): Ray Data's watchdog must not end it first
+    for batch in stream(rows, PartClient, (cfg.engine.model_dump_json(), str(store.root)), cfg.ray.clients,
+                        no_progress_s=2 * cfg.engine.call_timeout_s + 600):
         store.adopt(zip(batch.column("file").to_pylist(), batch.column("keys").to_pylist()))
