@@ -119,13 +119,44 @@ def lm_mean_logprob(texts: list[str], model, tokenizer, batch_size: int = 64) ->
     return out
 
 
-def _cells(gaps: np.ndarray, bins: int) -> list[tuple[int, ...]]:
-    """Signed bin of |gap| per scorer: a cell's mirror (every gap negated) is the negated tuple."""
-    cols = []
-    for g in gaps.T:  # one scorer at a time, gaps (N,)
-        edges = np.quantile(np.abs(g), np.linspace(0, 1, bins + 1)[1:-1]) if bins > 1 else np.zeros(0)
-        cols.append(np.sign(g).astype(int) * (np.searchsorted(edges, np.abs(g), side="right") + 1))
-    return [tuple(c) for c in np.column_stack(cols).tolist()]
+def gap_edges(gaps: np.ndarray, bins: int) -> list[np.ndarray]:
+    """Per scorer, the ``bins - 1`` quantiles of |gap| that cut a stratum's rows into ``bins`` bins; gaps (N, S)."""
+    return [np.quantile(np.abs(g), np.linspace(0, 1, bins + 1)[1:-1]) if bins > 1 and len(g) else np.zeros(0)
+            for g in np.asarray(gaps, dtype=np.float64).T]
+
+
+def cell_codes(gaps: np.ndarray, edges: list[np.ndarray], bins: int) -> np.ndarray:
+    """(N,) one number per cell of signed |gap| bins (a digit per scorer, base ``2 * bins + 1``): a cell's mirror
+    (every gap negated) is ``mirror_code(code)``."""
+    code = np.zeros(len(gaps), dtype=np.int64)
+    for j, (g, e) in enumerate(zip(np.asarray(gaps, dtype=np.float64).T, edges)):
+        signed = np.sign(g).astype(np.int64) * (np.searchsorted(e, np.abs(g), side="right") + 1)  # in [-bins, bins]
+        code += (signed + bins) * (2 * bins + 1) ** j
+    return code
+
+
+def mirror_code(code: np.ndarray, bins: int, scorers: int) -> np.ndarray:
+    """The cell with every digit's sign flipped: digit d becomes 2 * bins - d."""
+    return (2 * bins + 1) ** scorers - 1 - np.asarray(code, dtype=np.int64)
+
+
+def cell_quotas(cells: np.ndarray, counts: np.ndarray, bins: int, scorers: int, max_rate: float) -> np.ndarray:
+    """Rows to keep in each cell (``cells`` distinct codes, ``counts`` rows in each): as many as its mirror holds,
+    or up to ``max_rate / (1 - max_rate)`` times that; a cell that is its own mirror keeps every row."""
+    if not len(cells):
+        return np.zeros(0, np.int64)
+    mirror = mirror_code(cells, bins, scorers)
+    at = np.minimum(np.searchsorted(cells, mirror), len(cells) - 1)
+    other = np.where(cells[at] == mirror, counts[at], 0)  # (C,) rows in each cell's mirror
+    ratio = max_rate / (1 - max_rate)
+    quota = np.minimum(counts, np.maximum(other, (ratio * other + 1e-9).astype(np.int64)))
+    return np.where(mirror == cells, counts, quota)
+
+
+def key_rank(keys: list[str]) -> np.ndarray:
+    """(N,) uint64: the first 8 bytes of each key's sha256, big-endian (their order is the digests' order)."""
+    digest = b"".join(hashlib.sha256(k.encode()).digest()[:8] for k in keys)
+    return np.frombuffer(digest, dtype=">u8").astype(np.uint64) if keys else np.zeros(0, np.uint64)
 
 
 def balance_mask(gaps: np.ndarray, strata: list[str], keys: list[str], bins: int = 3, max_rate: float = 0.5) -> np.ndarray:
@@ -136,8 +167,10 @@ def balance_mask(gaps: np.ndarray, strata: list[str], keys: list[str], bins: int
     keep up to ``max_rate / (1 - max_rate)`` times the other, which bounds every scorer's pick rate by
     ``[1 - max_rate, max_rate]`` and keeps more rows. ``gaps`` is (N, S) for S scorers; within a cell the
     rows kept are those with the smallest sha256 of their ``keys`` (deterministic, unrelated to the scores).
+    This is the in-memory form; :mod:`pipeline.filters.stage` makes the same decision out of core from the
+    same pieces (:func:`gap_edges`, :func:`cell_codes`, :func:`cell_quotas`, :func:`key_rank`).
 
-    >>> g = np.array([[1.0], [2.0], [3.0], [-1.5]])
+    >>> g = np.array([[1.0], [2.0], [-1.5], [3.0]])
     >>> balance_mask(g, ["t"] * 4, ["a", "b", "c", "d"], bins=1).sum()
     np.int64(2)
     """
@@ -145,18 +178,15 @@ def balance_mask(gaps: np.ndarray, strata: list[str], keys: list[str], bins: int
         return np.zeros(0, dtype=bool)
     gaps = np.asarray(gaps, dtype=np.float64).reshape(len(keys), -1)
     keep = np.zeros(len(keys), dtype=bool)
-    rank = [hashlib.sha256(k.encode()).digest() for k in keys]
-    strata_arr = np.asarray(strata)
+    rank, strata_arr = key_rank(list(keys)), np.asarray(strata)
     for s in np.unique(strata_arr):
         rows = np.flatnonzero(strata_arr == s)
-        by_cell: dict[tuple[int, ...], list[int]] = {}
-        for r, cell in zip(rows, _cells(gaps[rows], bins)):
-            by_cell.setdefault(cell, []).append(r)
-        ratio = max_rate / (1 - max_rate)
-        for cell, members in by_cell.items():
-            mirror = tuple(-c for c in cell)
-            other = len(by_cell.get(mirror, []))
-            n = len(members) if mirror == cell else min(len(members), max(other, int(ratio * other + 1e-9)))
-            chosen = sorted(members, key=lambda r: rank[r])[:n]
-            keep[chosen] = True
+        code = cell_codes(gaps[rows], gap_edges(gaps[rows], bins), bins)
+        cells, inverse, counts = np.unique(code, return_inverse=True, return_counts=True)
+        quota = cell_quotas(cells, counts, bins, gaps.shape[1], max_rate)
+        order = np.lexsort((rows, rank[rows], inverse))  # by cell, then by key hash
+        start = np.searchsorted(inverse[order], np.arange(len(cells)))  # first sorted row of each cell
+        place = np.empty(len(rows), dtype=np.int64)
+        place[order] = np.arange(len(rows)) - start[inverse[order]]  # each row's place in its cell
+        keep[rows[place < quota[inverse]]] = True
     return keep
