@@ -3,9 +3,10 @@
 A finalize at scale sees its rows a block of sources at a time (:mod:`pipeline.run.generate`); this module turns
 one block's :class:`~pipeline.filters.stage.Pairs` into :class:`Scored` columns, numbers only (a few tens of
 bytes a row): surface and semantic scores, the positive of each group, the exact-dedup key, the near-duplicate
-score within the group, the blind gaps and the propensity features. :func:`pipeline.filters.stage.decide` then
-makes the global decisions (exact dedup across blocks, blind balancing, the propensity fit) on the
-concatenated columns, so no text of another block is held.
+score within the group, the blind gaps and the propensity features. They are spilled to Arrow
+(:mod:`pipeline.filters.spill`), and :func:`pipeline.filters.stage.decide` makes the global decisions (exact
+dedup across blocks, blind balancing, the propensity fit) out of core over them, so no text of another block
+is held, and no column of every row either.
 
 Groups (a caption, a question) never span blocks, so the within-group rules (near dedup, the positive's
 band) are exact per block. Two things are block-local by design: the word-bigram blind proxy is fitted on the
@@ -74,7 +75,7 @@ def _shared(values: list[str]) -> np.ndarray:
 
 @dataclass
 class Scored:
-    """One block's (or several concatenated blocks') filter columns. N rows, G groups with a positive."""
+    """One block's filter columns. N rows, G groups with a positive."""
 
     ids: np.ndarray  # (N,) bytes: row ids (blind balancing ranks by them; a published duplicate is named by one)
     strata: np.ndarray  # (N,) object: the row's type
@@ -106,30 +107,6 @@ class Scored:
             return np.full(len(g), np.nan)
         has = (g >= 0) & self.pos_kept[np.maximum(g, 0)]
         return np.where(has, self.pos_cos[np.maximum(g, 0)], np.nan)
-
-    @staticmethod
-    def concat(parts: list[Scored], blind_scorers: int) -> Scored:
-        """The blocks' columns end to end (each block's positive numbers shifted past the earlier blocks')."""
-        if not parts:
-            return _empty(blind_scorers)
-        shift = np.cumsum([0] + [len(p.pos_groups) for p in parts[:-1]])
-        cat = np.concatenate
-        return Scored(
-            cat([p.ids for p in parts]), cat([p.strata for p in parts]), cat([p.splits for p in parts]),
-            cat([p.pinned for p in parts]), cat([p.surface_sim for p in parts]), cat([p.band for p in parts]),
-            cat([p.semantic_sim for p in parts]),
-            cat([np.where(p.pos_of_row >= 0, p.pos_of_row + s, -1) for p, s in zip(parts, shift)]),
-            cat([p.dup_key for p in parts]), cat([p.near for p in parts]), cat([p.gaps for p in parts]),
-            cat([p.feats for p in parts]), [g for p in parts for g in p.pos_groups], cat([p.pos_ratio for p in parts]),
-            cat([p.pos_cos for p in parts]), cat([p.pos_kept for p in parts]), cat([p.pos_feats for p in parts]),
-            {k: d for p in parts for k, d in p.positive_drops.items()},
-        )
-
-
-def _empty(s: int) -> Scored:
-    f, z = np.zeros(0, np.float32), np.zeros(0, dtype=object)
-    return Scored(np.zeros(0, "S1"), z, z, np.zeros(0, bool), f, f, f, np.zeros(0, np.int64), np.zeros(0, np.uint64), f,
-                  np.zeros((0, s)), np.zeros((0, 4), np.float32), [], f, f, np.zeros(0, bool), np.zeros((0, 4), np.float32))
 
 
 class _Texts:

@@ -31,9 +31,10 @@ from pipeline import kinds
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool, ensure_ray
 from pipeline.filters.plots import save_histograms
-from pipeline.filters.score import Scored, score
+from pipeline.filters.score import score
 from pipeline.filters.scorers import stage_scorers
-from pipeline.filters.stage import Pairs, StageResult, decide
+from pipeline.filters.spill import ScoredSpill
+from pipeline.filters.stage import Decisions, Pairs, StageResult, decide
 from pipeline.kinds.base import Assembled, Context, Kind, Stage, Tally
 from pipeline.records import RawResult, Rejection, Unit
 from pipeline.run.common import Progress, Summary, Timing, commit_part, finished, part_size
@@ -117,9 +118,9 @@ def generate_stage(kind: Kind, ctx: Context, pool: EnginePool, store: RunStore, 
     return sum(len(c) for c in chunks)
 
 
-def filter_rows(kind: Kind, rows: list, cfg: RunConfig, res: StageResult, offset: int = 0, pinned: int = 0,
+def filter_rows(kind: Kind, rows: list, cfg: RunConfig, res: StageResult, pinned: int = 0,
                 decided: frozenset[str] = frozenset()) -> tuple[list, list[Rejection]]:
-    """Apply the filter stage's decisions ``res`` to one block's rows (row ``i`` is ``res``'s row ``offset + i``).
+    """Apply the filter stage's decisions ``res`` on one block to its rows (row ``i`` is ``res``'s row ``i``).
     Kept rows carry the score columns; dropped rows become ``filter`` rejections naming the filter, the reason
     and the score. A dropped positive drops its rows, except in a kind with a ``positive_task`` (negatives), whose
     rows then lose only the positive (rejected once). The first ``pinned`` rows are published already: they stay.
@@ -129,7 +130,7 @@ def filter_rows(kind: Kind, rows: list, cfg: RunConfig, res: StageResult, offset
     for i, r in enumerate(rows):
         if i >= pinned and r.id in decided:
             continue
-        j = offset + i
+        j = i
         pos_drop = res.positive_drops.get(r.source_id)
         row = replace(r, surface_sim=float(res.surface_sim[j]), semantic_sim=float(res.semantic_sim[j]),
                       propensity=float(res.propensity[j]), weight=float(res.weight[j]))
@@ -246,8 +247,8 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
     walk = walk or planned_blocks(kind, ctx, store)
     sha = settings_sha(cfg, kind.name)
     release = previous_release(root, sha)
-    res = _decide(kind, cfg, walk, store, release)
     shutil.rmtree(root / SPOOL, ignore_errors=True)
+    res = _decide(kind, cfg, walk, store, release, root / SPOOL / "filter")
     spools = {split: Spool(root / SPOOL / f"{split}.arrow", kind.schema) for split in ("train", "test")}
     spools["rejected"] = Spool(root / SPOOL / "rejected.arrow", REJECTED_SCHEMA)
     spools["rejected"].write(rejected_table(ctx.inputs.rejects))
@@ -277,18 +278,18 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
 
 
 def _decide(kind: Kind, cfg: RunConfig, walk: Callable[[], Iterator[Context]], store: RunStore,
-            release: Release | None) -> StageResult:
-    """Pass 1: score every block's rows (numbers only: each block's texts and vectors are dropped after it),
-    then make the global decisions on all of them."""
+            release: Release | None, folder: Path) -> Decisions:
+    """Pass 1: score every block's rows and spill the numbers to Arrow in ``folder`` (each block's texts and vectors
+    are dropped after it), then make the global decisions on them out of core."""
     if cfg.ray.scorers:
         ensure_ray(cfg.ray)
     fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine, cfg.ray.scorers)
-    scored = []
+    spill = ScoredSpill(folder, len(fcfg.blind.scorers) if fcfg.blind.enabled else 0)
     for c in walk():
         b = _assemble(kind, c, store, release)
-        scored.append(score(_pairs(kind, b.rows, cfg, b.pinned), fcfg, scorers))
+        spill.add(score(_pairs(kind, b.rows, cfg, b.pinned), fcfg, scorers))
         scorers.forget()
-    return decide(Scored.concat(scored, len(fcfg.blind.scorers) if fcfg.blind.enabled else 0), fcfg)
+    return decide(spill, fcfg)
 
 
 @dataclass
@@ -303,21 +304,21 @@ class _Written:
 
 
 def _write_blocks(kind: Kind, cfg: RunConfig, walk: Callable[[], Iterator[Context]], store: RunStore, release: Release | None,
-                  res: StageResult, spools: dict[str, Spool], plan_keys: Spool) -> _Written:
+                  res: Decisions, spools: dict[str, Spool], plan_keys: Spool) -> _Written:
     """Pass 2: assemble each block again, apply the decisions, append its rows, rejections and unit keys to the
     spools; count what the summary and the card need."""
-    w, offset = _Written(Tally()), 0
-    for c in walk():
+    w = _Written(Tally())
+    for i, c in enumerate(walk()):
         b = _assemble(kind, c, store, release)
-        kept, filter_rejects = filter_rows(kind, b.rows, cfg, res, offset, b.pinned, b.decided)
-        offset += len(b.rows)
+        block = res.block(i)
+        kept, filter_rejects = filter_rows(kind, b.rows, cfg, block, b.pinned, b.decided)
         rejects = sorted(b.assembled.rejects + b.failed, key=lambda r: (r.unit_key or "", r.seed or 0)) + filter_rejects
         splits = [split_of(r.source_id, cfg.output.test_fraction) for r in kept]
         for split in ("train", "test"):
             spools[split].write(kind.table([r for r, sp in zip(kept, splits) if sp == split]))
         spools["rejected"].write(rejected_table(rejects))
         plan_keys.write(pa.table({"unit_key": pa.array(b.keys, pa.string())}))
-        drops = len({r.source_id for r in b.rows} & res.positive_drops.keys())
+        drops = len({r.source_id for r in b.rows} & block.positive_drops.keys())
         w.positives += kind.positives(kept, b.raws, b.assembled, drops)
         w.tally.add(kind.type_column, b.raws, b.failed, kept, splits, rejects, b.assembled.stats)
         w.units += len(b.keys)

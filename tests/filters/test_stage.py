@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.filters.score import Scored, score
+from pipeline.filters.score import score
+from pipeline.filters.spill import ScoredSpill
 from pipeline.filters.stage import Pairs, decide, run_stage
 
 pytestmark = pytest.mark.integration
@@ -131,26 +132,49 @@ def test_a_run_on_another_engine_does_not_need_the_cpu_model_package(monkeypatch
         stage_scorers(FilterConfig(), EngineConfig())
 
 
-def test_blocks_decide_as_one_and_dedup_crosses_blocks(text_scorers):
-    """Rows scored a block at a time (groups never span blocks) and decided on the concatenated columns: the same
-    decisions as one block. A pair repeated in a later block is an exact duplicate of the first; one repeating a
-    published (pinned) row of a later block is rejected naming that row."""
+class _Joined:
+    """The blocks' results end to end (a test's view of every row at once)."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+        for name in ("keep", "drop_reason", "weight", "propensity"):
+            setattr(self, name, np.concatenate([getattr(b, name) for b in blocks]))
+
+    def drop(self, i):
+        for b in self.blocks:
+            if i < len(b.keep):
+                return b.drop(i)
+            i -= len(b.keep)
+
+
+def decide_blocks(parts, cfg, folder, scorers=0):
+    spill = ScoredSpill(folder, scorers)
+    for p in parts:
+        spill.add(p)
+    d = decide(spill, cfg)
+    return _Joined([d.block(b) for b in range(spill.blocks)])
+
+
+def test_blocks_decide_as_one_and_dedup_crosses_blocks(text_scorers, tmp_path):
+    """Rows scored a block at a time (groups never span blocks) and decided out of core over their spilled
+    columns: the same decisions as one block. A pair repeated in a later block is an exact duplicate of the
+    first; one repeating a published (pinned) row of a later block is rejected naming that row."""
     cfg = config(blind={"enabled": False})
     whole = run_stage(pairs(), cfg, text_scorers)
     first, second = ROWS[:6], ROWS[6:]  # g1 | g2, g3
     parts = [score(pairs(first), cfg, text_scorers), score(pairs(second), cfg, text_scorers)]
     parts[1].ids = np.array([f"r{i}".encode() for i in range(6, 8)])
-    res = decide(Scored.concat(parts, 0), cfg)
+    res = decide_blocks(parts, cfg, tmp_path / "a")
     assert res.keep.tolist() == whole.keep.tolist() and res.drop_reason.tolist() == whole.drop_reason.tolist()
     assert np.allclose(res.weight, whole.weight)
 
     copy = ("g9", *ROWS[6][1:])  # another source with the same caption and negative as row 6 (group g2)
     blocks = [pairs([ROWS[6]]), Pairs(["new", "old"], [copy[1], DOG], [copy[2], None], [copy[3], "a dog sleeps"],
                                       ["g9", "g8"], ["replace_obj"] * 2, ["test"] * 2)]
-    res = decide(Scored.concat([score(b, cfg, text_scorers) for b in blocks], 0), cfg)
+    res = decide_blocks([score(b, cfg, text_scorers) for b in blocks], cfg, tmp_path / "b")
     assert res.drop_reason.tolist()[:2] == ["", "exact_duplicate"]  # the first in row order is kept
     pinned = Pairs(["old", "x"], [copy[1], DOG], [copy[2], None], [copy[3], "a dog sleeps"], ["g9", "g8"],
                    ["replace_obj"] * 2, ["test"] * 2, pinned=1)
-    res = decide(Scored.concat([score(pairs([ROWS[6]]), cfg, text_scorers), score(pinned, cfg, text_scorers)], 0), cfg)
+    res = decide_blocks([score(pairs([ROWS[6]]), cfg, text_scorers), score(pinned, cfg, text_scorers)], cfg, tmp_path / "c")
     assert (res.drop_reason[0], res.keep[1]) == ("duplicate_of_published", True)  # the published row wins, though later
     assert res.drop(0).detail == "repeats published row old"
