@@ -211,6 +211,7 @@ class Duplicates:
             out.write(pa.table([pa.array(dup_rows), pa.array(pinned[firsts]), t.column("id").take(pa.array(firsts))],
                                schema=self.FOUND))
             out.close()
+            s.close()
             s.path.unlink()
             self.found.append(out)
 
