@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.errors import OutputWriteError
 from pipeline.filters.blind import cell_codes, cell_quotas, gap_edges, key_rank
 from pipeline.filters.score import Drop, Scored, _shared
 from pipeline.shards.writer import Spool
@@ -45,33 +44,6 @@ GROUP_SCHEMA = pa.schema([("group", pa.string()), ("ratio", pa.float32()), ("cos
                           ("drop_reason", pa.string()), ("drop_score", pa.float32()), ("drop_detail", pa.string())])
 
 
-class BlockFile:
-    """Record batches appended to one Arrow IPC file (``path``), one per block, read back one at a time by number."""
-
-    def __init__(self, path: Path, schema: pa.Schema):
-        self.path, self.schema = Path(path), schema
-        self._reader = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._sink = pa.OSFile(str(self.path), "wb")
-            self._writer = pa.ipc.new_file(self._sink, schema)
-        except OSError as exc:
-            raise OutputWriteError(self.path, exc) from exc
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        try:
-            self._writer.write_batch(batch)
-        except OSError as exc:  # disk full: the finalize fails naming the file; a rerun starts it again
-            raise OutputWriteError(self.path, exc) from exc
-
-    def batch(self, b: int) -> pa.RecordBatch:
-        if self._reader is None:
-            self._writer.close()
-            self._sink.close()
-            self._reader = pa.ipc.open_file(pa.OSFile(str(self.path), "rb"))
-        return self._reader.get_batch(b)
-
-
 class ScoredSpill:
     """Every block's filter columns in ``folder`` (``rows.arrow``, ``groups.arrow``); :meth:`block` reads one back.
     Global row ``offsets[b] + i`` is row ``i`` of block ``b`` (the order of the blocks, as they were added)."""
@@ -79,8 +51,8 @@ class ScoredSpill:
     def __init__(self, folder: Path, scorers: int):
         self.folder, self.scorers = Path(folder), scorers
         self.offsets, self.group_offsets = [0], [0]
-        self.rows = BlockFile(self.folder / "rows.arrow", _row_schema(scorers))
-        self.groups = BlockFile(self.folder / "groups.arrow", GROUP_SCHEMA)
+        self.rows = Spool(self.folder / "rows.arrow", _row_schema(scorers), indexed=True)
+        self.groups = Spool(self.folder / "groups.arrow", GROUP_SCHEMA, indexed=True)
 
     @property
     def blocks(self) -> int:

@@ -36,8 +36,9 @@ from pipeline.config import FilterConfig
 from pipeline.filters.blind import key_rank, pick_rate
 from pipeline.filters.propensity import cross_fit, fit_all, inverse_weights, weighted_auc
 from pipeline.filters.score import Drop, Pairs, Scored, Scorers, positive_funnel, score, semantic_reasons_of
-from pipeline.filters.spill import BlockFile, Cells, Duplicates, ScoredSpill, Smallest
+from pipeline.filters.spill import Cells, Duplicates, ScoredSpill, Smallest
 from pipeline.filters.surface import in_band
+from pipeline.shards.writer import Spool
 
 __all__ = ["Decisions", "Drop", "FunnelStep", "Pairs", "Scorers", "StageResult", "decide", "run_stage"]
 
@@ -178,7 +179,7 @@ class Decisions:
     (rows numbered within the block). Funnel, report and plotted samples are the whole dataset's."""
 
     spill: ScoredSpill
-    file: BlockFile
+    file: Spool
     funnel: list[FunnelStep]
     report: dict
     histograms: dict
@@ -237,7 +238,7 @@ def _decide(spill: ScoredSpill, cfg: FilterConfig) -> Decisions:
         cells.plan()
         for _, sc, _, _, rank, rows, m in blocks():
             cells.boundary_rows(_strata(sc, cfg)[m], rank[m], sc.gaps[m], rows[m])
-    out = BlockFile(spill.folder / "decisions.arrow", DECISION_SCHEMA)
+    out = Spool(spill.folder / "decisions.arrow", DECISION_SCHEMA, indexed=True)
     funnel: dict[str, FunnelStep] = {}
     groups, dropped = 0, Counter()
     rates = _Rates(names)
@@ -332,7 +333,7 @@ def _propensity(dec: Decisions, fit: Smallest, cfg: FilterConfig) -> dict:
     p_sample = cross_fit(s["feats"], labels, cfg.propensity.folds)
     outside = fit_all(s["feats"], labels) if fit.seen > len(labels) else None
     sums, mins, maxs, counts = np.zeros(2), np.full(2, np.inf), np.zeros(2), np.zeros(2, np.int64)
-    spill, written = dec.spill, BlockFile(dec.spill.folder / "weighted.arrow", DECISION_SCHEMA)
+    spill, written = dec.spill, Spool(dec.spill.folder / "weighted.arrow", DECISION_SCHEMA, indexed=True)
     for b in range(spill.blocks):
         sc, d = spill.block(b), dec.file.batch(b)
         idx, grp, feats, lab = _pair_features(sc, d.column("keep").to_numpy(zero_copy_only=False).astype(bool))

@@ -162,21 +162,34 @@ class Spool:
     one block's rows at a time; :meth:`tables` reads them back in order, a record batch at a time (not
     memory-mapped: reading a spool does not grow the process's resident set by its size)."""
 
-    def __init__(self, path: Path, schema: pa.Schema):
-        self.path, self.schema, self.num_rows = Path(path), schema, 0
+    def __init__(self, path: Path, schema: pa.Schema, indexed: bool = False):
+        self.path, self.schema, self.num_rows, self.indexed = Path(path), schema, 0, indexed
+        self._reader = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._sink = pa.OSFile(str(self.path), "wb")
-            self._writer = pa.ipc.new_stream(self._sink, schema)
+            # indexed: the IPC file format, whose footer lets :meth:`batch` read any record batch by itself
+            self._writer = (pa.ipc.new_file if indexed else pa.ipc.new_stream)(self._sink, schema)
         except OSError as exc:
             raise OutputWriteError(self.path, exc) from exc
 
-    def write(self, table: pa.Table) -> None:
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        """Append rows: a record batch is written as one batch (an indexed spool's :meth:`batch` numbers them)."""
         try:
-            self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
+            if isinstance(table, pa.RecordBatch):
+                self._writer.write_batch(table)
+            else:
+                self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
         except OSError as exc:  # disk full, quota: the finalize fails naming the spool; a rerun starts it again
             raise OutputWriteError(self.path, exc) from exc
         self.num_rows += table.num_rows
+
+    def batch(self, b: int) -> pa.RecordBatch:
+        """Record batch ``b`` of an indexed spool (writing ends at the first read)."""
+        if self._reader is None:
+            self.close()
+            self._reader = pa.ipc.open_file(pa.OSFile(str(self.path), "rb"))
+        return self._reader.get_batch(b)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -188,5 +201,10 @@ class Spool:
         """The rows written, in order, one table per record batch."""
         self.close()
         with pa.OSFile(str(self.path), "rb") as source:
-            for batch in pa.ipc.open_stream(source):
+            if self.indexed:
+                reader = pa.ipc.open_file(source)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            else:
+                batches = pa.ipc.open_stream(source)
+            for batch in batches:
                 yield pa.Table.from_batches([batch], self.schema)
