@@ -232,7 +232,7 @@ class Cells:
         return code
 
     def count(self, label: np.ndarray, rank: np.ndarray, gaps: np.ndarray) -> None:
-        code, bucket = self._codes(label, gaps), (rank >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+        code, bucket = self._codes(label, gaps), _bucket(rank)
         for (s, c), members in _by_cell(label, code).items():
             h = self.hist.setdefault(s, {}).setdefault(c, np.zeros(1 << BUCKET_BITS, np.int64))
             h += np.bincount(bucket[members], minlength=1 << BUCKET_BITS)
@@ -249,7 +249,7 @@ class Cells:
                 self.cut[(s, c)] = (at, quota - (int(cum[at - 1]) if at > 0 else 0))
 
     def boundary_rows(self, label: np.ndarray, rank: np.ndarray, gaps: np.ndarray, rows: np.ndarray) -> None:
-        code, bucket = self._codes(label, gaps), (rank >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+        code, bucket = self._codes(label, gaps), _bucket(rank)
         for (s, c), members in _by_cell(label, code).items():
             at, need = self.cut[(s, c)]
             m = members[bucket[members] == at]
@@ -259,7 +259,7 @@ class Cells:
     def keep(self, label: np.ndarray, rank: np.ndarray, gaps: np.ndarray) -> np.ndarray:
         if not self.top and self.boundary:
             self.top = {cell: int(s.result()["rank"].max()) for cell, s in self.boundary.items()}
-        code, bucket = self._codes(label, gaps), (rank >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+        code, bucket = self._codes(label, gaps), _bucket(rank)
         keep = np.zeros(len(label), dtype=bool)
         for (s, c), members in _by_cell(label, code).items():
             at = self.cut[(s, c)][0]
@@ -267,6 +267,11 @@ class Cells:
             edge = (bucket[members] == at) & (rank[members] <= np.uint64(top)) if top is not None else False
             keep[members] = (bucket[members] < at) | edge
         return keep
+
+
+def _bucket(rank: np.ndarray) -> np.ndarray:
+    """(N,) each rank's bucket: its top ``BUCKET_BITS`` bits."""
+    return (rank >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
 
 
 def _by_cell(label: np.ndarray, code: np.ndarray) -> dict[tuple[str, int], np.ndarray]:

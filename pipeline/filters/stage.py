@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import FilterConfig
-from pipeline.filters.blind import key_rank, pick_rate
+from pipeline.filters.blind import key_rank
 from pipeline.filters.propensity import cross_fit, fit_all, inverse_weights, weighted_auc
 from pipeline.filters.score import Drop, Pairs, Scored, Scorers, positive_funnel, score, semantic_reasons_of
 from pipeline.filters.spill import Cells, Duplicates, ScoredSpill, Smallest
@@ -163,7 +163,7 @@ class _Rates:
 
         def rate(k, j):
             n = c[k, 0, j]
-            return float((c[k, 1, j] + 0.5 * c[k, 2, j]) / n) if n else pick_rate(np.zeros(0))
+            return float((c[k, 1, j] + 0.5 * c[k, 2, j]) / n) if n else float("nan")  # as pick_rate of no row
 
         return {nm: {"before": rate(0, j), "after": rate(1, j), "rows_before": int(c[0, 0, j]), "rows_after": int(c[1, 0, j])}
                 for j, nm in enumerate(self.names)}
