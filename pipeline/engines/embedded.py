@@ -11,7 +11,6 @@ with its own generator and hands ``generate`` a one-hot score row; ``generate`` 
 
 from __future__ import annotations
 
-import copy
 import inspect
 import itertools
 import os
@@ -29,31 +28,49 @@ from transformers import (
 )
 
 from pipeline.engines.config import EngineConfig
+from pipeline.engines.int8 import quantize_linears
+from pipeline.engines.kvcache import IMPLEMENTATION, batch_cache, supports_shared_prefix, use_rows
 from pipeline.records import Completion, GenerationRequest, Sampling
 
 
 class PerRowSampler(LogitsProcessor):
-    """Temperature + top-p sampling with one generator per batch row."""
+    """Temperature + top-p sampling with one generator per batch row.
+
+    Exact top-p without sorting the vocabulary: the nucleus almost always lies inside the ``TOP_K`` most
+    likely tokens, found with ``topk``; a row whose top ``TOP_K`` hold less than ``top_p`` of the mass is
+    sorted in full. Each row then draws one uniform number from its own generator and picks by inverse CDF
+    over its kept tokens. (Sorting 49k logits a row and ``multinomial`` over them took half the engine's
+    time; see docs/engines.md.)
+    """
+
+    TOP_K = 128
 
     def __init__(self, generators: list[torch.Generator], temperatures: torch.Tensor, top_ps: torch.Tensor):
         self.generators, self.temperatures, self.top_ps = generators, temperatures, top_ps
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float()  # (B, V)
-        greedy = self.temperatures <= 0  # (B,)
-        logits = scores / self.temperatures.clamp_min(1e-5)[:, None]  # (B, V)
-        probs = logits.softmax(-1)
-        sorted_p, order = probs.sort(-1, descending=True)  # (B, V)
-        # Drop tokens once the mass *before* them already reaches top_p (keeps at least one token).
-        drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_ps[:, None]
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        picks = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
-        for i, gen in enumerate(self.generators):
-            picks[i] = order[i, torch.multinomial(sorted_p[i], 1, generator=gen)[0]]
-        picks = torch.where(greedy, scores.argmax(-1), picks)
+        probs = (scores / self.temperatures.clamp_min(1e-5)[:, None]).softmax(-1)
+        top_p, order = probs.topk(min(self.TOP_K, probs.shape[-1]), -1)  # (B, K), descending
+        u = torch.cat([torch.rand(1, generator=g, device=scores.device) for g in self.generators])  # (B,)
+        picks = _nucleus_pick(top_p, order, self.top_ps, u)
+        for i in torch.nonzero(top_p.sum(-1) < self.top_ps).flatten().tolist():  # nucleus wider than TOP_K
+            p_i, o_i = probs[i].sort(descending=True)
+            picks[i] = _nucleus_pick(p_i[None], o_i[None], self.top_ps[i : i + 1], u[i : i + 1])[0]
+        picks = torch.where(self.temperatures <= 0, scores.argmax(-1), picks)
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(scores.shape[0], device=scores.device), picks] = 0.0
         return out
+
+
+def _nucleus_pick(sorted_p: torch.Tensor, order: torch.Tensor, top_ps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Token ids drawn from each row's nucleus by inverse CDF: ``sorted_p`` (B, K) descending probabilities
+    with their token ids ``order``, ``u`` (B,) uniform draws in [0, 1). A token is dropped once the mass
+    *before* it already reaches top_p (at least one token is kept)."""
+    kept = sorted_p.masked_fill((sorted_p.cumsum(-1) - sorted_p) >= top_ps[:, None], 0.0)
+    cdf = kept.cumsum(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(cdf.shape[-1] - 1)
+    return order.gather(1, idx)[:, 0]
 
 
 class StopAtNewline(StoppingCriteria):
@@ -135,6 +152,11 @@ class EmbeddedEngine:
         path = cfg.resolved_model_path()
         self.model_id = cfg.model_id()
         self.tokenizer, self.model = load_causal_lm(path, cfg.device, cfg.dtype)
+        if cfg.int8():
+            quantize_linears(self.model)
+        self._shared = supports_shared_prefix(self.model)  # one copy of a batch's prefix (pipeline.engines.kvcache)
+        if self._shared:
+            self.model.set_attn_implementation(IMPLEMENTATION)
         self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         if self.eos_id is None or self.eos_id == self.tokenizer.unk_token_id:
             self.eos_id = self.tokenizer.eos_token_id
@@ -205,31 +227,52 @@ class EmbeddedEngine:
             self._prefixes[prefix] = (ids, cache)
         return self._prefixes[prefix]
 
+    def _prefill(self, ids, mask, n_prefix: int, suffixes: list[str], pcache, cache) -> None:
+        """Fill ``cache`` (one row per distinct suffix) with every prompt token but the last (generate() feeds
+        that one). Rows with the same suffix (the ``n`` samples of a request) share their whole prompt: each
+        distinct prompt is prefilled once; the prefix comes from its own cache."""
+        if ids.shape[1] - 1 > n_prefix:
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            self.model(input_ids=ids[:, n_prefix:-1], attention_mask=mask[:, :-1],
+                       position_ids=positions[:, n_prefix:-1], use_cache=True, **{self._cache_kw: cache})
+
     @torch.inference_mode()
     def _run(self, reqs: list[GenerationRequest], sample_idx: list[int], prefix: str, suffixes: list[str]):
         dev, batch = self.cfg.device, len(reqs)
         enc = self.tokenizer(suffixes, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-        ids, mask, kwargs = enc["input_ids"], enc["attention_mask"], {}
-        if prefix:
-            pids, pcache = self._prefix_cache(prefix)
-            cache = copy.deepcopy(pcache)
-            cache.batch_repeat_interleave(batch)
-            # Padding sits between prefix and suffix; generate() derives positions from the mask.
-            ids = torch.cat([pids.expand(batch, -1), ids], 1)  # (B, P + S)
-            mask = torch.cat([torch.ones(batch, pids.shape[1], dtype=mask.dtype, device=dev), mask], 1)
-            kwargs[self._cache_kw] = cache
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        pids, pcache = self._prefix_cache(prefix) if prefix else (ids[:1, :0], None)
+        pads = (mask == 0).sum(-1)  # (B,) each suffix's left padding
+        # Padding sits between prefix and suffix; positions come from the mask (as generate() derives them).
+        ids = torch.cat([pids.expand(batch, -1), ids], 1)  # (B, P + S)
+        mask = torch.cat([torch.ones(batch, pids.shape[1], dtype=mask.dtype, device=dev), mask], 1)
+        max_new = max(r.sampling.max_tokens for r in reqs)
+        first: dict[str, int] = {}
+        inverse = torch.tensor([first.setdefault(s, len(first)) for s in suffixes], device=dev)
+        uniq = torch.tensor([suffixes.index(s) for s in first], device=dev)
+        cache = batch_cache(self.model.config, pcache, pads[uniq], enc["input_ids"].shape[1] + max_new, self._shared)
+        with use_rows(self.model, cache if self._shared else None):
+            self._prefill(ids[uniq], mask[uniq], pids.shape[1], suffixes, pcache, cache)
+            cache.batch_select_indices(inverse)
+            out = self._decode(reqs, sample_idx, ids, mask, cache, max_new)
+        return self._results(reqs, out[:, ids.shape[1] :], mask)
+
+    def _decode(self, reqs, sample_idx, ids, mask, cache, max_new: int):
+        dev = self.cfg.device
         gens = [torch.Generator(device=dev).manual_seed(r.sampling.seed + si) for r, si in zip(reqs, sample_idx)]
         temps = torch.tensor([r.sampling.temperature for r in reqs], device=dev)
         top_ps = torch.tensor([r.sampling.top_p for r in reqs], device=dev)
         stop_rows = torch.tensor([r.sampling.stop_at_newline for r in reqs], device=dev)
-        out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max(r.sampling.max_tokens for r in reqs),
+        return self.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new,
             do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.tokenizer.pad_token_id,
             logits_processor=[PerRowSampler(gens, temps, top_ps)],
             stopping_criteria=[StopAtNewline(self.newline_ids, stop_rows)],
-            **kwargs,
+            **{self._cache_kw: cache},
         )
-        new = out[:, ids.shape[1] :]
+
+    def _results(self, reqs, new, mask):
+        """(text, tokens out, finish reason, tokens in) per row of the generated ids ``new``."""
         n_in = mask.sum(-1).tolist()
         results = []
         newline = set(self.newline_ids.tolist())

