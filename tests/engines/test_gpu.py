@@ -1,7 +1,7 @@
 """The GPU path without vLLM: the embedded engine with device=cuda (any CUDA machine with PyTorch).
 
 Runs only where CUDA exists (``pytest -m gpu``); this project's CI machines have none, so here it reports
-as skipped with that reason. `bench/engines.py --device cuda` gives the throughput figure.
+as skipped with that reason. `bench/http_engine.py --device cuda` gives the throughput figure.
 """
 
 from __future__ import annotations
