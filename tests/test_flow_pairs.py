@@ -14,7 +14,7 @@ from pipeline.kinds import pairs as task
 from tests.conftest import assert_rerun_makes_no_llm_call, snli_premises
 
 pytestmark = pytest.mark.integration
-GOLDEN = (3, 1, 0)  # kept, rejected, filtered
+GOLDEN = (1, 3, 0)  # kept, rejected, filtered (re-pinned for the int8 engine, issue 17)
 
 
 def _rows(root: Path, kept: int) -> list[dict]:
