@@ -255,17 +255,15 @@ def busy_loop() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def pipeline_rate(captions: int, tmp: Path) -> dict:
-    """The whole pipeline (Prefect flow, Ray actors, parts, finalize) on the default engine."""
+def pipeline_rate(cfg) -> dict:
+    """The whole pipeline (Prefect flow, Ray actors, parts, finalize) on the default engine, on ``cfg``'s input
+    (the candidates' captions), into a folder of its own."""
     import ray
 
     from flows.generate import generate_flow
-    from pipeline.config import load_config
     from pipeline.engines.pool import ensure_ray
 
-    inp = tmp / "pipe.jsonl"
-    inp.write_text("".join((REPO / "data" / "sample_captions.jsonl").read_text().splitlines(True)[:captions]))
-    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp / "pipe_out"}})
+    cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": cfg.output.dir.parent / "pipe_out"})})
     ensure_ray(cfg.ray)
     s = generate_flow("negatives", cfg.model_dump(mode="json"))
     ray.shutdown()
@@ -353,7 +351,7 @@ def main() -> None:
                   f"{cores / (cores + 1):.2f}x)")
             result["busy_ratio"] = round(busy / default["tok_s"], 3)
         if not a.no_pipeline:
-            p = pipeline_rate(a.captions, tmp)
+            p = pipeline_rate(cfg)
             p_rate = p["tokens"] / p["seconds"]
             print(f"pipeline (flow, Ray actors, default engine): {p['tokens']} tokens in {p['seconds']:.1f} s of generation "
                   f"= {p_rate:.1f} tok/s = {p_rate / default['tok_s']:.3f}x the bare default (goal >= 0.95x); "

@@ -227,10 +227,10 @@ class EmbeddedEngine:
             self._prefixes[prefix] = (ids, cache)
         return self._prefixes[prefix]
 
-    def _prefill(self, ids, mask, n_prefix: int, suffixes: list[str], pcache, cache) -> None:
+    def _prefill(self, ids, mask, n_prefix: int, cache) -> None:
         """Fill ``cache`` (one row per distinct suffix) with every prompt token but the last (generate() feeds
         that one). Rows with the same suffix (the ``n`` samples of a request) share their whole prompt: each
-        distinct prompt is prefilled once; the prefix comes from its own cache."""
+        distinct prompt is prefilled once; the prefix is already in ``cache``."""
         if ids.shape[1] - 1 > n_prefix:
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
             self.model(input_ids=ids[:, n_prefix:-1], attention_mask=mask[:, :-1],
@@ -252,7 +252,7 @@ class EmbeddedEngine:
         uniq = torch.tensor([suffixes.index(s) for s in first], device=dev)
         cache = batch_cache(self.model.config, pcache, pads[uniq], enc["input_ids"].shape[1] + max_new, self._shared)
         with use_rows(self.model, cache if self._shared else None):
-            self._prefill(ids[uniq], mask[uniq], pids.shape[1], suffixes, pcache, cache)
+            self._prefill(ids[uniq], mask[uniq], pids.shape[1], cache)
             cache.batch_select_indices(inverse)
             out = self._decode(reqs, sample_idx, ids, mask, cache, max_new)
         return self._results(reqs, out[:, ids.shape[1] :], mask)

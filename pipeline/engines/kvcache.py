@@ -13,9 +13,10 @@ Two pieces, both plugged into transformers' own extension points:
   buffer holding the rows' own tokens; it reports the prefix in its length, so masks and positions are the
   usual ones over prefix + row tokens.
 - :func:`prefix_attention`, registered as an attention implementation (``AttentionInterface``): softmax over
-  [q . K_prefix, q . K_row] jointly, then the weighted sum of both value sets (the prefix part is one
-  batched matmul against a single copy, as in cascade/"shared-prefix" attention: Juravsky et al. 2024,
-  Hydragen, arXiv:2402.05099). Without a shared prefix it is transformers' SDPA.
+  [q . K_prefix, q . K_row] jointly, then the weighted sum of both value sets, one row at a time against the
+  single copy of the prefix (shared-prefix attention as in Juravsky et al. 2024, Hydragen, arXiv:2402.05099,
+  without its batching, which made a row's sums depend on its batch). Outside :func:`use_rows` it is
+  transformers' SDPA.
 """
 
 from __future__ import annotations
