@@ -1,12 +1,15 @@
 """The embedded CPU engine: SmolLM2-135M-Instruct (GGUF, dequantized by transformers), batched.
 
-Chosen by measurement (bench/generation.py --sweep): transformers with the GGUF dequantized scales
-with batch size, while llama-cpp-python is faster single-stream but needs a long source build.
+Chosen by measurement (bench/engines.py, docs/engines.md): transformers with int8 linears
+(pipeline.engines.int8) and a shared-prefix KV cache (pipeline.engines.kvcache), one single-threaded
+process per core.
 
 Sampling uses one ``torch.Generator`` per request (seeded with the request's seed, like vLLM's
 per-request ``SamplingParams.seed``), so a unit's output does not depend on which batch it landed in.
-transformers' ``generate`` has a single RNG per call, so :class:`PerRowSampler` draws each row's token
-with its own generator and hands ``generate`` a one-hot score row; ``generate`` then runs greedy.
+The decoding loop is the engine's own (:meth:`EmbeddedEngine._decode`), not ``generate()``: ``generate``
+has one RNG per call, and it keeps computing finished rows until the batch's longest row ends (on the
+demo's prompts 60% of its row-steps were such; docs/engines.md). Here a row leaves the batch, and its
+cache, as soon as it ends.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     DynamicCache,
-    LogitsProcessor,
-    StoppingCriteria,
 )
 
 from pipeline.engines.config import EngineConfig
@@ -33,14 +34,14 @@ from pipeline.engines.kvcache import IMPLEMENTATION, batch_cache, supports_share
 from pipeline.records import Completion, GenerationRequest, Sampling
 
 
-class PerRowSampler(LogitsProcessor):
+class PerRowSampler:
     """Temperature + top-p sampling with one generator per batch row.
 
     Exact top-p without sorting the vocabulary: the nucleus almost always lies inside the ``TOP_K`` most
     likely tokens, found with ``topk``; a row whose top ``TOP_K`` hold less than ``top_p`` of the mass is
     sorted in full. Each row then draws one uniform number from its own generator and picks by inverse CDF
     over its kept tokens. (Sorting 49k logits a row and ``multinomial`` over them took half the engine's
-    time; see docs/engines.md.)
+    time; see docs/engines.md.) Temperature 0 is greedy.
     """
 
     TOP_K = 128
@@ -48,8 +49,9 @@ class PerRowSampler(LogitsProcessor):
     def __init__(self, generators: list[torch.Generator], temperatures: torch.Tensor, top_ps: torch.Tensor):
         self.generators, self.temperatures, self.top_ps = generators, temperatures, top_ps
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = scores.float()  # (B, V)
+    def __call__(self, scores: torch.FloatTensor) -> torch.LongTensor:
+        """One token id per row of ``scores`` (B, V), each drawn with its row's generator."""
+        scores = scores.float()
         probs = (scores / self.temperatures.clamp_min(1e-5)[:, None]).softmax(-1)
         top_p, order = probs.topk(min(self.TOP_K, probs.shape[-1]), -1)  # (B, K), descending
         u = torch.cat([torch.rand(1, generator=g, device=scores.device) for g in self.generators])  # (B,)
@@ -57,10 +59,12 @@ class PerRowSampler(LogitsProcessor):
         for i in torch.nonzero(top_p.sum(-1) < self.top_ps).flatten().tolist():  # nucleus wider than TOP_K
             p_i, o_i = probs[i].sort(descending=True)
             picks[i] = _nucleus_pick(p_i[None], o_i[None], self.top_ps[i : i + 1], u[i : i + 1])[0]
-        picks = torch.where(self.temperatures <= 0, scores.argmax(-1), picks)
-        out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(scores.shape[0], device=scores.device), picks] = 0.0
-        return out
+        return torch.where(self.temperatures <= 0, scores.argmax(-1), picks)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (in that order)."""
+        self.generators = [self.generators[i] for i in rows.tolist()]
+        self.temperatures, self.top_ps = self.temperatures[rows], self.top_ps[rows]
 
 
 def _nucleus_pick(sorted_p: torch.Tensor, order: torch.Tensor, top_ps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -71,22 +75,6 @@ def _nucleus_pick(sorted_p: torch.Tensor, order: torch.Tensor, top_ps: torch.Ten
     cdf = kept.cumsum(-1)
     idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(cdf.shape[-1] - 1)
     return order.gather(1, idx)[:, 0]
-
-
-class StopAtNewline(StoppingCriteria):
-    """Per-row stop once a row emits a token containing a newline.
-
-    One-line tasks (``Sampling.stop_at_newline``, negatives) reject a row that starts a second line as
-    ``multi_line`` whatever follows, so decoding the rest would only cost time. Rows of multi-line tasks
-    (rationales) are never stopped here.
-    """
-
-    def __init__(self, newline_ids: torch.Tensor, rows: torch.Tensor):
-        self.newline_ids = newline_ids
-        self.rows = rows  # (B,) bool: rows that stop at a newline (multi-line answers do not)
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.isin(input_ids[:, -1], self.newline_ids) & self.rows  # (B,)
 
 
 def dequantized_cache(path: Path) -> Path:
@@ -254,30 +242,50 @@ class EmbeddedEngine:
         with use_rows(self.model, cache if self._shared else None):
             self._prefill(ids[uniq], mask[uniq], pids.shape[1], cache)
             cache.batch_select_indices(inverse)
-            out = self._decode(reqs, sample_idx, ids, mask, cache, max_new)
-        return self._results(reqs, out[:, ids.shape[1] :], mask)
+            tokens = self._decode(reqs, sample_idx, ids, mask, cache)
+        return self._results(reqs, tokens, mask)
 
-    def _decode(self, reqs, sample_idx, ids, mask, cache, max_new: int):
+    def _decode(self, reqs, sample_idx, ids, mask, cache) -> list[list[int]]:
+        """Each row's new token ids, up to and including its end (eos, a newline for a one-line request, or
+        its own max_tokens). The cache holds every prompt token but the last; each step feeds one token a
+        row, and the rows that ended leave the batch (``batch_select_indices``): each row's sums are its
+        own (per-row int8 scales, per-row attention), so dropping rows changes no other row's text."""
         dev = self.cfg.device
-        gens = [torch.Generator(device=dev).manual_seed(r.sampling.seed + si) for r, si in zip(reqs, sample_idx)]
-        temps = torch.tensor([r.sampling.temperature for r in reqs], device=dev)
-        top_ps = torch.tensor([r.sampling.top_p for r in reqs], device=dev)
-        stop_rows = torch.tensor([r.sampling.stop_at_newline for r in reqs], device=dev)
-        return self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new,
-            do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.tokenizer.pad_token_id,
-            logits_processor=[PerRowSampler(gens, temps, top_ps)],
-            stopping_criteria=[StopAtNewline(self.newline_ids, stop_rows)],
-            **{self._cache_kw: cache},
+        sampler = PerRowSampler(
+            [torch.Generator(device=dev).manual_seed(r.sampling.seed + si) for r, si in zip(reqs, sample_idx)],
+            torch.tensor([r.sampling.temperature for r in reqs], device=dev),
+            torch.tensor([r.sampling.top_p for r in reqs], device=dev),
         )
+        limits = torch.tensor([r.sampling.max_tokens for r in reqs], device=dev)
+        one_line = torch.tensor([r.sampling.stop_at_newline for r in reqs], device=dev)
+        live = torch.arange(len(reqs), device=dev)  # the request row of each batch row
+        tokens: list[list[int]] = [[] for _ in reqs]
+        step, positions = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
+        for n in range(1, int(limits.max()) + 1):
+            logits = self.model(input_ids=step, attention_mask=mask, position_ids=positions, use_cache=True,
+                                logits_to_keep=1, **{self._cache_kw: cache}).logits[:, -1]
+            picks = sampler(logits)
+            for row, tok in zip(live.tolist(), picks.tolist()):
+                tokens[row].append(tok)
+            ended = (picks == self.eos_id) | (limits[live] <= n) | (one_line[live] & torch.isin(picks, self.newline_ids))
+            if bool(ended.all()):
+                break
+            if bool(ended.any()):
+                keep = torch.nonzero(~ended).flatten()
+                cache.batch_select_indices(keep)
+                sampler.select(keep)
+                live, picks, mask, positions = live[keep], picks[keep], mask[keep], positions[keep]
+            step, positions = picks[:, None], positions + 1
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+        return tokens
 
-    def _results(self, reqs, new, mask):
-        """(text, tokens out, finish reason, tokens in) per row of the generated ids ``new``."""
+    def _results(self, reqs, tokens: list[list[int]], mask):
+        """(text, tokens out, finish reason, tokens in) per row of the generated ids ``tokens``."""
         n_in = mask.sum(-1).tolist()
         results = []
         newline = set(self.newline_ids.tolist())
         for i, r in enumerate(reqs):
-            toks = new[i].tolist()[: r.sampling.max_tokens]
+            toks = tokens[i][: r.sampling.max_tokens]
             stops = newline if r.sampling.stop_at_newline else set()
             end = next((j for j, t in enumerate(toks) if t == self.eos_id or t in stops), None)
             reason = "length" if end is None else "stop" if toks[end] == self.eos_id else "newline"

@@ -40,6 +40,24 @@ def test_prefix_cache_matches_uncached_generation(fp32_engine):
         assert plain[3] == out.tokens_in  # same prompt length either way
 
 
+def test_decoding_loop_matches_transformers_generate(fp32_engine):
+    # The engine decodes with its own loop (finished rows leave the batch); greedy, one request at a time with
+    # the whole prompt and no prefix cache, transformers' generate() must give the same first line.
+    import torch
+
+    eng = fp32_engine
+    reqs = _requests(0.0)[:4]
+    outs = eng.generate(reqs)
+    for req, out in zip(reqs, outs):
+        ids = eng.tokenizer(eng.prompt_text(req), return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.inference_mode():
+            ref = eng.model.generate(ids, do_sample=False, max_new_tokens=16, eos_token_id=eng.eos_id,
+                                     pad_token_id=eng.tokenizer.pad_token_id)[0, ids.shape[1]:]
+        text = eng.tokenizer.decode(ref, skip_special_tokens=True)
+        assert out.texts[0] == (text.split("\n")[0] + "\n" if "\n" in text else text)
+    assert len({o.tokens_out for o in outs}) > 1  # rows ended at different steps: some left the batch early
+
+
 def test_per_request_seeds_make_outputs_batch_invariant(embedded_engine):
     reqs = _requests(0.9)
     together = embedded_engine.generate(reqs)

@@ -36,7 +36,7 @@ def test_nucleus_sampler_matches_a_full_sort():
     scores = torch.randn(16, 1000) * torch.linspace(0.2, 6.0, 16)[:, None]  # flat rows: nucleus wider than TOP_K
     temps, top_ps = torch.full((16,), 0.8), torch.full((16,), 0.9)
     gens = [torch.Generator().manual_seed(i) for i in range(16)]
-    picks = PerRowSampler(gens, temps, top_ps)(None, scores).argmax(-1)
+    picks = PerRowSampler(gens, temps, top_ps)(scores)
     u = torch.cat([torch.rand(1, generator=torch.Generator().manual_seed(i)) for i in range(16)])
     sorted_p, order = (scores / 0.8).softmax(-1).sort(-1, descending=True)
     assert torch.equal(picks, _nucleus_pick(sorted_p, order, top_ps, u))
