@@ -109,7 +109,9 @@ def main() -> None:
         tmp = Path(tmp)
         inp = {"negatives": lambda: captions_file(args.captions, tmp), "rationales": lambda: questions_file(args.questions, tmp),
                "pairs": lambda: sentences_file(args.sentences, tmp)}[args.kind]()
-        cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp / "out"}})
+        # One engine actor with all cores, like the bare engine in this process: the ratio is the pipeline's own
+        # overhead. (The default layout, one single-threaded actor per core, is measured by bench/engines.py.)
+        cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp / "out"}, "ray": {"workers": 1}})
         engine = EmbeddedEngine(cfg.engine)
         engine.warmup()  # the pipeline's actors warm up too, as part of their start-up
         rates = []
