@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float)
     tr.add_argument("--grad-cache", type=int, metavar="CHUNK", help="GradCache with CHUNK texts per forward")
     tr.add_argument("--seed", type=int)
+    tr.add_argument("--retention", type=Path, metavar="FILE", help="STS-format file for the checkpoint check and the "
+                    "retention report (eval.retention); default: the bundled pairs")
     tr.add_argument("--config", type=Path, help="YAML train config (flags and CONTRASTGEN_TRAIN_* env override it)")
     tr.add_argument("--json", action="store_true", help="print one JSON summary object")
     srv = sub.add_parser("serve", help="serve the embedded engine as an OpenAI-compatible API (for --engine openai)")
@@ -70,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score a model on a dataset's held-out test split")
     ev.add_argument("model", type=Path, metavar="MODEL_DIR")
     ev.add_argument("dir", type=Path, metavar="DIR")
+    ev.add_argument("--retention", type=Path, metavar="FILE", help="STS-format file for the retention score (STS-B's "
+                    "sts-dev.csv, or JSONL of sentence1/sentence2/score); default: the bundled pairs")
     ev.add_argument("--json", action="store_true")
     return p
 
@@ -110,7 +114,7 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
         ("data", "dirs"): a.dirs, ("model", "out"): a.out, ("model", "base"): a.base,
         ("loss", "weights"): _loss_weights(a.loss), ("optim", "batch_size"): a.batch_size,
         ("optim", "epochs"): a.epochs, ("optim", "lr"): a.lr, ("optim", "grad_cache_chunk"): a.grad_cache,
-        ("optim", "seed"): a.seed,
+        ("optim", "seed"): a.seed, ("eval", "retention"): a.retention,
     }
     return _nest(flags)
 
@@ -215,7 +219,7 @@ def _evaluate(a: argparse.Namespace) -> int:
     from pipeline.train.report import print_eval
     from pipeline.train.run import run_evaluate
 
-    report = run_evaluate(a.model, a.dir)
+    report = run_evaluate(a.model, a.dir, retention_file=a.retention)
     if a.json:
         print(json.dumps(report.to_dict()))
     else:

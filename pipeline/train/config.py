@@ -89,6 +89,11 @@ class EvalSection(Section):
         1.0, ge=0, description="A checkpoint whose retention check falls more than this (points) below the base is not kept."
     )
     batch_size: int = Field(64, gt=0, description="Texts per encode call during evaluation.")
+    retention: Path | None = Field(
+        None, description="STS-format file for the retention check and report (STS Benchmark's TSV, e.g. STS-B dev's "
+        "sts-dev.csv, or JSONL of sentence1/sentence2/score): even lines steer checkpoints, odd lines are reported. "
+        "Default: the bundled 120 pairs."
+    )
 
 
 class TrainConfig(Settings):

@@ -10,11 +10,14 @@ cosine similarity s:
 Alignment and uniformity follow Wang & Isola 2020 (lower is better for both) on the test captions.
 Retention is STS-style: Spearman x 100 between cosine similarity and the graded score of the bundled
 ``retention_pairs.jsonl`` (120 general-domain pairs written for contrastgen: paraphrase 5, related 2.5,
-unrelated 0), plus the mean cosine of its paraphrase pairs. Rows without a positive are counted, not scored.
+unrelated 0), plus the mean cosine of its paraphrase pairs; or of a user's STS-format file (``eval.retention``,
+``--retention FILE``): STS Benchmark's own TSV (STS-B dev, human-annotated; Cer et al. 2017) or JSONL rows of
+sentence1/sentence2/score. Rows without a positive are counted, not scored.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +28,7 @@ import torch
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
 
-from pipeline.errors import DatasetError
+from pipeline.errors import DatasetError, InputFileError
 
 RETENTION_PAIRS = Path(__file__).with_name("retention_pairs.jsonl")
 
@@ -45,6 +48,7 @@ class Retention:
     spearman: float  # x 100
     paraphrase_sim: float  # x 100
     pairs: int
+    source: str = "bundled"  # the bundled pairs, or the STS file's name
 
 
 @dataclass(frozen=True)
@@ -67,19 +71,67 @@ def encode_unique(model: SentenceTransformer, texts: list[str], batch_size: int)
     return {t: e for t, e in zip(uniq, emb.cpu())}
 
 
-def retention_pairs(part: str = "all") -> list[dict]:
-    """The bundled pairs; ``check`` (even lines) steers early stopping, ``report`` (odd lines) is reported."""
-    rows = [json.loads(line) for line in RETENTION_PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_sts(path: Path) -> list[dict]:
+    """Pairs {sentence1, sentence2, score} of an STS-format file: JSONL rows with those fields, or STS Benchmark's
+    tab-separated lines (genre, file, years, id, score, sentence1, sentence2, then optional source fields; no
+    quoting, as its readme says). A bad line is an error naming the file, line and field: the score ranks
+    every pair, so a silently skipped line would change the measure."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "expected an STS-format file (STS-B's sts-dev.csv, or JSONL of sentence1/"
+                             "sentence2/score), found no such file. Fix: pass the file's path to --retention")
+    pairs = []
+    with path.open(encoding="utf-8", newline="") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputFileError(path, f"expected a JSON object, found invalid JSON ({e.msg})", n) from None
+                fields = [row.get("sentence1"), row.get("sentence2"), row.get("score")] if isinstance(row, dict) else []
+            else:
+                cols = next(csv.reader([line.rstrip("\r\n")], delimiter="\t", quoting=csv.QUOTE_NONE))
+                if len(cols) < 7:
+                    raise InputFileError(path, f"expected 7 tab-separated fields (genre, file, years, id, score, "
+                                         f"sentence1, sentence2), found {len(cols)}. Fix: pass STS-B's own file, "
+                                         "or JSONL rows of sentence1/sentence2/score", n)
+                fields = [cols[5], cols[6], cols[4]]
+            pairs.append(_sts_pair(path, n, fields))
+    if len(pairs) < 3:
+        raise InputFileError(path, f"expected at least 3 scored pairs for a Spearman correlation, found {len(pairs)}")
+    return pairs
+
+
+def _sts_pair(path: Path, n: int, fields: list) -> dict:
+    for name, value in zip(("sentence1", "sentence2"), fields[:2]):
+        if not isinstance(value, str) or not value.strip():
+            raise InputFileError(path, f"expected a non-empty sentence, found {value!r}", n, name)
+    try:
+        score = float(fields[2])
+    except (TypeError, ValueError):
+        raise InputFileError(path, f"expected a number (the graded similarity), found {fields[2]!r}", n, "score") from None
+    return {"sentence1": fields[0], "sentence2": fields[1], "score": score}
+
+
+def retention_pairs(part: str = "all", path: Path | None = None) -> list[dict]:
+    """The bundled pairs, or an STS-format file's (:func:`read_sts`); ``check`` (even lines) steers early
+    stopping, ``report`` (odd lines) is reported, so the reported number is not the one checkpoints were picked on."""
+    if path is None:
+        rows = [json.loads(line) for line in RETENTION_PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        rows = read_sts(path)
     return {"all": rows, "check": rows[0::2], "report": rows[1::2]}[part]
 
 
-def retention(model: SentenceTransformer, pairs: list[dict], batch_size: int = 64) -> Retention:
+def retention(model: SentenceTransformer, pairs: list[dict], batch_size: int = 64, source: str = "bundled") -> Retention:
     emb = encode_unique(model, [p["sentence1"] for p in pairs] + [p["sentence2"] for p in pairs], batch_size)
     sims = np.array([float(emb[p["sentence1"]] @ emb[p["sentence2"]]) for p in pairs])
     gold = np.array([p["score"] for p in pairs])
     para = sims[gold >= 4.5]
     return Retention(round(100 * float(spearmanr(sims, gold).statistic), 2),
-                     round(100 * float(para.mean()), 2) if len(para) else float("nan"), len(pairs))
+                     round(100 * float(para.mean()), 2) if len(para) else float("nan"), len(pairs), source)
 
 
 def _score(name: str, s_cp: np.ndarray, s_cn: np.ndarray, s_pn: np.ndarray) -> TypeScore:
@@ -94,8 +146,10 @@ def _align_uniform(captions: torch.Tensor, positives: torch.Tensor) -> tuple[flo
     return round(float(align), 4), round(float(uniform), 4)
 
 
-def evaluate_table(model: SentenceTransformer, table: pa.Table, batch_size: int = 64) -> EvalReport:
-    """Score ``model`` on a negatives table (a test split)."""
+def evaluate_table(model: SentenceTransformer, table: pa.Table, batch_size: int = 64,
+                   retention_file: Path | None = None) -> EvalReport:
+    """Score ``model`` on a negatives table (a test split); retention on the report half of ``retention_file``
+    (an STS-format file) or of the bundled pairs."""
     rows = table.select(["caption", "positive", "negative", "neg_type"]).to_pylist()
     scored = [r for r in rows if r["positive"] is not None]
     if not scored:
@@ -112,4 +166,6 @@ def evaluate_table(model: SentenceTransformer, table: pa.Table, batch_size: int 
     idx = list(uniq.values())
     align, uniform = _align_uniform(c[idx], p[idx])
     return EvalReport(_score("all", s_cp, s_cn, s_pn), per_type, align, uniform,
-                      retention(model, retention_pairs("report"), batch_size), len(rows) - len(scored))
+                      retention(model, retention_pairs("report", retention_file), batch_size,
+                                "bundled" if retention_file is None else Path(retention_file).name),
+                      len(rows) - len(scored))

@@ -23,7 +23,7 @@ def print_eval(report: EvalReport, title: str, console: Console | None = None) -
         t.add_row(s.neg_type, str(s.rows), f"{s.acc:.1f}", f"{s.acc_caption:.1f}", f"{s.acc_positive:.1f}", f"{s.margin:+.4f}")
     console.print(t)
     r = report.retention
-    console.print(f"alignment {report.alignment}  uniformity {report.uniformity}  retention (Spearman x100) "
+    console.print(f"alignment {report.alignment}  uniformity {report.uniformity}  retention (Spearman x100, {r.source}) "
                   f"{r.spearman}  paraphrase similarity {r.paraphrase_sim}  rows without positive {report.no_positive}")
 
 
@@ -43,7 +43,7 @@ def print_train_summary(s: TrainSummary, console: Console | None = None) -> None
             t.add_row(x.neg_type, str(x.rows), f"{y.acc:.1f}", f"{x.acc:.1f}", f"{x.acc - y.acc:+.1f}",
                       f"{y.margin:+.4f}", f"{x.margin:+.4f}")
         console.print(t)
-        console.print(f"retention (Spearman x100 on bundled pairs) {b.retention.spearman} -> {a.retention.spearman}; "
+        console.print(f"retention (Spearman x100 on {b.retention.source} pairs) {b.retention.spearman} -> {a.retention.spearman}; "
                       f"paraphrase similarity {b.retention.paraphrase_sim} -> {a.retention.paraphrase_sim}; "
                       f"alignment {b.alignment} -> {a.alignment}; uniformity {b.uniformity} -> {a.uniformity}")
 

@@ -13,7 +13,7 @@ from pipeline.train import distributed as ddp
 from pipeline.train.card import write_model_card
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Group, groups_from_table, read_split, split_groups
-from pipeline.train.evaluate import EvalReport, evaluate_table
+from pipeline.train.evaluate import EvalReport, evaluate_table, read_sts
 from pipeline.train.summary import TrainData, TrainSummary
 from pipeline.train.trainer import Trainer
 
@@ -64,11 +64,11 @@ def run_train(cfg: TrainConfig) -> TrainSummary:
     torch.manual_seed(cfg.optim.seed + rank)
     data = load_data(cfg)
     student = load_encoder(cfg.model.resolved_base(), device, cfg.model.max_seq_length)
-    before = {d: evaluate_table(student, t, cfg.eval.batch_size) for d, t in data.tests.items()} if rank == 0 else {}
+    before = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention) for d, t in data.tests.items()} if rank == 0 else {}
     result = Trainer(cfg, student, rank).run(data.train, data.val)
     after = {}
     if rank == 0:
-        after = {d: evaluate_table(student, t, cfg.eval.batch_size) for d, t in data.tests.items()}
+        after = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention) for d, t in data.tests.items()}
         student.save(str(cfg.model.out))
     summary = TrainSummary(str(cfg.model.out), data, result, before, after)
     if rank == 0:
@@ -77,6 +77,8 @@ def run_train(cfg: TrainConfig) -> TrainSummary:
     return summary
 
 
-def run_evaluate(model_dir: Path, dataset_dir: Path, batch_size: int = 64) -> EvalReport:
+def run_evaluate(model_dir: Path, dataset_dir: Path, batch_size: int = 64, retention_file: Path | None = None) -> EvalReport:
     table = read_split(Path(dataset_dir), "test")  # a missing or damaged dataset fails before the model loads
-    return evaluate_table(load_encoder(model_dir, _device()), table, batch_size)
+    if retention_file is not None:
+        read_sts(retention_file)  # so does a bad STS file
+    return evaluate_table(load_encoder(model_dir, _device()), table, batch_size, retention_file)

@@ -111,8 +111,8 @@ class Trainer:
     def validate(self, step: int, val: list[Group], base_check: float | None) -> Validation:
         self.student.eval()
         with torch.no_grad():
-            overall = evaluate_table(self.student, groups_table(val), self.cfg.eval.batch_size).overall
-            check = retention(self.student, retention_pairs("check"), self.cfg.eval.batch_size).spearman
+            overall = evaluate_table(self.student, groups_table(val), self.cfg.eval.batch_size, self.cfg.eval.retention).overall
+            check = retention(self.student, retention_pairs("check", self.cfg.eval.retention), self.cfg.eval.batch_size).spearman
         self.student.train()
         eligible = base_check is None or check >= base_check - self.cfg.eval.max_retention_drop
         return Validation(step, overall.acc, overall.margin, check, eligible)

@@ -75,6 +75,24 @@ def test_evaluate_command_reproduces_the_after_numbers(trained, dataset, capsys)
     assert report["overall"]["rows"] + report["no_positive"] == read_split(dataset, "test").num_rows
 
 
+def test_evaluate_reports_retention_on_an_sts_file(trained, dataset, tmp_path, capsys):
+    out, summary = trained
+    sts = tmp_path / "sts-dev.csv"
+    pairs = [("A man is playing a flute.", "A man plays the flute.", 5.0), ("A cat is eating.", "A car drives by.", 0.2),
+             ("Stocks fell on Monday.", "Shares dropped on Monday.", 4.2), ("A dog runs.", "A dog is running.", 4.8),
+             ("Two kids play soccer.", "The oven is hot.", 0.0), ("A woman cuts an onion.", "A woman slices an onion.", 4.4),
+             ("It is raining.", "A man reads a book.", 0.4), ("A bird flies.", "A plane is landing.", 1.2)]
+    sts.write_text("".join(f"main\tMSRvid\t2012\t{i:04d}\t{s}\t{a}\t{b}\n" for i, (a, b, s) in enumerate(pairs)))
+    assert main(["evaluate", str(out), str(dataset), "--retention", str(sts), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["retention"]["source"] == "sts-dev.csv" and report["retention"]["pairs"] == 4  # the report half
+    assert report["overall"] == summary["after"][str(dataset)]["overall"]
+    assert report["retention"]["spearman"] != summary["after"][str(dataset)]["retention"]["spearman"]
+    sts.write_text("main\tMSRvid\t2012\t0001\t5.0\tonly one sentence\n")
+    assert main(["evaluate", str(out), str(dataset), "--retention", str(sts)]) != 0
+    assert f"{sts}, line 1" in capsys.readouterr().err
+
+
 def test_training_learns_its_own_negatives(dataset, tmp_path):
     """Enough steps on the train split must separate its captions from their negatives (can fail: a
     sign error in a loss, a frozen model, a broken optimizer step all leave accuracy where it was)."""
