@@ -216,7 +216,7 @@ class EmbeddedEngine:
         return self._prefixes[prefix]
 
     def _prefill(self, ids, mask, n_prefix: int, cache) -> None:
-        """Fill ``cache`` (one row per distinct suffix) with every prompt token but the last (generate() feeds
+        """Fill ``cache`` (one row per distinct suffix) with every prompt token but the last (_decode feeds
         that one). Rows with the same suffix (the ``n`` samples of a request) share their whole prompt: each
         distinct prompt is prefilled once; the prefix is already in ``cache``."""
         if ids.shape[1] - 1 > n_prefix:
@@ -231,7 +231,7 @@ class EmbeddedEngine:
         ids, mask = enc["input_ids"], enc["attention_mask"]
         pids, pcache = self._prefix_cache(prefix) if prefix else (ids[:1, :0], None)
         pads = (mask == 0).sum(-1)  # (B,) each suffix's left padding
-        # Padding sits between prefix and suffix; positions come from the mask (as generate() derives them).
+        # Padding sits between prefix and suffix; positions come from the mask.
         ids = torch.cat([pids.expand(batch, -1), ids], 1)  # (B, P + S)
         mask = torch.cat([torch.ones(batch, pids.shape[1], dtype=mask.dtype, device=dev), mask], 1)
         max_new = max(r.sampling.max_tokens for r in reqs)
@@ -285,7 +285,7 @@ class EmbeddedEngine:
         results = []
         newline = set(self.newline_ids.tolist())
         for i, r in enumerate(reqs):
-            toks = tokens[i][: r.sampling.max_tokens]
+            toks = tokens[i]  # _decode stopped it at its end or its max_tokens
             stops = newline if r.sampling.stop_at_newline else set()
             end = next((j for j, t in enumerate(toks) if t == self.eos_id or t in stops), None)
             reason = "length" if end is None else "stop" if toks[end] == self.eos_id else "newline"

@@ -40,7 +40,7 @@ class GrowingLayer(DynamicLayer):
     Each row's tokens are stored from index 0 without padding (the left padding of a prompt batch is dropped on
     write), so a row's attention sums run over the same positions in any batch: with int8 activations a last-bit
     difference can flip a rounding and then a token, so batch invariance needs the same float sums, not close ones.
-    ``get_seq_length`` still reports the padded length that ``generate()`` and positions count.
+    ``get_seq_length`` still reports the padded length, which transformers' forward counts cache positions by.
     """
 
     def __init__(self, capacity: int, prefix: tuple[torch.Tensor, torch.Tensor] | None, pads: torch.Tensor):

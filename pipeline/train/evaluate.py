@@ -146,6 +146,20 @@ def _align_uniform(captions: torch.Tensor, positives: torch.Tensor) -> tuple[flo
     return round(float(align), 4), round(float(uniform), 4)
 
 
+def typed_scores(model: SentenceTransformer, scored: list[dict], batch_size: int = 64
+                 ) -> tuple[TypeScore, list[TypeScore], torch.Tensor, torch.Tensor]:
+    """Typed accuracy of ``model`` on rows {caption, positive, negative, neg_type}, every one with a positive:
+    (all rows, each type, the rows' caption embeddings [R, D], their positive embeddings [R, D])."""
+    emb = encode_unique(model, [t for r in scored for t in (r["caption"], r["positive"], r["negative"])], batch_size)
+    c = torch.stack([emb[r["caption"]] for r in scored])  # [R, D]
+    p = torch.stack([emb[r["positive"]] for r in scored])  # [R, D]
+    n = torch.stack([emb[r["negative"]] for r in scored])  # [R, D]
+    s_cp, s_cn, s_pn = ((c * p).sum(1).numpy(), (c * n).sum(1).numpy(), (p * n).sum(1).numpy())
+    types = np.array([r["neg_type"] for r in scored])
+    per_type = [_score(t, s_cp[types == t], s_cn[types == t], s_pn[types == t]) for t in sorted(set(types))]
+    return _score("all", s_cp, s_cn, s_pn), per_type, c, p
+
+
 def evaluate_table(model: SentenceTransformer, table: pa.Table, batch_size: int = 64,
                    retention_file: Path | None = None) -> EvalReport:
     """Score ``model`` on a negatives table (a test split); retention on the report half of ``retention_file``
@@ -155,17 +169,11 @@ def evaluate_table(model: SentenceTransformer, table: pa.Table, batch_size: int 
     if not scored:
         raise DatasetError(f"evaluation: expected rows with a paraphrase positive, found none of {len(rows)}. "
                            "Fix: generate with paraphrases on (negatives.paraphrase) or more captions")
-    emb = encode_unique(model, [t for r in scored for t in (r["caption"], r["positive"], r["negative"])], batch_size)
-    c = torch.stack([emb[r["caption"]] for r in scored])  # [R, D]
-    p = torch.stack([emb[r["positive"]] for r in scored])  # [R, D]
-    n = torch.stack([emb[r["negative"]] for r in scored])  # [R, D]
-    s_cp, s_cn, s_pn = ((c * p).sum(1).numpy(), (c * n).sum(1).numpy(), (p * n).sum(1).numpy())
-    types = np.array([r["neg_type"] for r in scored])
-    per_type = [_score(t, s_cp[types == t], s_cn[types == t], s_pn[types == t]) for t in sorted(set(types))]
+    overall, per_type, c, p = typed_scores(model, scored, batch_size)
     uniq = {r["caption"]: i for i, r in enumerate(scored)}
     idx = list(uniq.values())
     align, uniform = _align_uniform(c[idx], p[idx])
-    return EvalReport(_score("all", s_cp, s_cn, s_pn), per_type, align, uniform,
+    return EvalReport(overall, per_type, align, uniform,
                       retention(model, retention_pairs("report", retention_file), batch_size,
                                 "bundled" if retention_file is None else Path(retention_file).name),
                       len(rows) - len(scored))

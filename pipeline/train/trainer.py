@@ -8,7 +8,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import pyarrow as pa
 import torch
 from sentence_transformers import SentenceTransformer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -21,7 +20,7 @@ from pipeline.train.batch import Embedded, layout, split_embeddings
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Group, batches
 from pipeline.train.encode import cached_step, embed_frozen, plain_step
-from pipeline.train.evaluate import evaluate_table, retention, retention_pairs
+from pipeline.train.evaluate import retention, retention_pairs, typed_scores
 from pipeline.train.losses import combined
 
 log = logging.getLogger("contrastgen.train")
@@ -57,11 +56,10 @@ class TrainResult:
         return self.examples / self.seconds if self.seconds else 0.0
 
 
-def groups_table(groups: list[Group]) -> pa.Table:
+def groups_rows(groups: list[Group]) -> list[dict]:
     """Groups back as negatives rows (for scoring the validation groups like a test split)."""
-    rows = [{"caption": g.anchor, "positive": g.positive, "negative": n, "neg_type": t}
+    return [{"caption": g.anchor, "positive": g.positive, "negative": n, "neg_type": t}
             for g in groups for n, t in zip(g.negatives, g.neg_types)]
-    return pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in ("caption", "positive", "negative", "neg_type")]))
 
 
 class Trainer:
@@ -111,7 +109,7 @@ class Trainer:
     def validate(self, step: int, val: list[Group], base_check: float | None) -> Validation:
         self.student.eval()
         with torch.no_grad():
-            overall = evaluate_table(self.student, groups_table(val), self.cfg.eval.batch_size, self.cfg.eval.retention).overall
+            overall = typed_scores(self.student, groups_rows(val), self.cfg.eval.batch_size)[0]  # no retention report here
             check = retention(self.student, retention_pairs("check", self.cfg.eval.retention), self.cfg.eval.batch_size).spearman
         self.student.train()
         eligible = base_check is None or check >= base_check - self.cfg.eval.max_retention_drop

@@ -16,13 +16,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import replace
 
-import numpy as np
-import torch
 from sentence_transformers import SentenceTransformer
 
 from pipeline.errors import DatasetError
 from pipeline.train.data import Group
-from pipeline.train.evaluate import TypeScore, _score, encode_unique
+from pipeline.train.evaluate import TypeScore, typed_scores
 from pipeline.train.rules import RULE_TYPES, rule_negatives
 
 
@@ -32,13 +30,8 @@ def evaluate_transfer(model: SentenceTransformer, rows: list[dict], batch_size: 
     if not rows:
         raise DatasetError("transfer set: expected rows {anchor, positive, negative, neg_type}, found none. "
                            "Fix: build it from more images (coco_transfer_set(images=...))")
-    emb = encode_unique(model, [r[k] for r in rows for k in ("anchor", "positive", "negative")], batch_size)
-    a, p, n = (torch.stack([emb[r[k]] for r in rows]) for k in ("anchor", "positive", "negative"))
-    s_ap, s_an, s_pn = ((a * p).sum(1).numpy(), (a * n).sum(1).numpy(), (p * n).sum(1).numpy())
-    types = np.array([r["neg_type"] for r in rows])
-    out = {t: _score(t, s_ap[types == t], s_an[types == t], s_pn[types == t]) for t in sorted(set(types))}
-    out["all"] = _score("all", s_ap, s_an, s_pn)
-    return out
+    overall, per_type, _, _ = typed_scores(model, [{**r, "caption": r["anchor"]} for r in rows], batch_size)
+    return {**{s.neg_type: s for s in per_type}, "all": overall}
 
 
 def rule_groups(groups: list[Group], seed: int = 0, types: tuple[str, ...] = RULE_TYPES) -> list[Group]:
