@@ -11,7 +11,7 @@ VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test venv venv-vllm bench bench-vllm clean
+.PHONY: demo test venv venv-vllm browser bench bench-vllm clean
 
 $(STAMP): pyproject.toml
 	date +%s > /tmp/.contrastgen-venv-start-$$PPID
@@ -52,8 +52,14 @@ demo: $(STAMP)
 	$(BIN)/contrastgen inspect $(DEMO_OUT)
 	$(BIN)/contrastgen train $(DEMO_OUT) --out $(DEMO_MODEL)
 
+# The browser test of `contrastgen view` drives Debian's headless Chromium (installed as root, or with sudo).
+browser:
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { S=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$S apt-get install -y -q chromium >/dev/null || \
+	    { $$S apt-get update -q >/dev/null && $$S apt-get install -y -q chromium >/dev/null; }; }
+
 # The main suite, then the vLLM set in its own environment (tests/vllm: real vLLM on CPU, one engine load).
-test: $(STAMP) $(VLLM_STAMP)
+test: $(STAMP) $(VLLM_STAMP) browser
 	$(BIN)/python -m pytest tests
 	$(VLLM_BIN)/python -m pytest tests/vllm
 

@@ -20,6 +20,7 @@ from flows.retry import ENGINE_RETRIES
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool
 from pipeline.kinds import kind_of
+from pipeline.progress import Meter
 from pipeline.run import generate as steps
 from pipeline.run.common import Progress, Timing
 from pipeline.run.store import store_of
@@ -34,8 +35,8 @@ def plan_stage(kind, ctx, store, name: str) -> tuple[int, int, int]:
 
 
 @task(cache_policy=NO_CACHE, **ENGINE_RETRIES)
-def generate_stage(kind, ctx, pool: EnginePool, store, name: str) -> int:
-    return steps.generate_stage(kind, ctx, pool, store, name)
+def generate_stage(kind, ctx, pool: EnginePool, store, name: str, meter: Meter) -> int:
+    return steps.generate_stage(kind, ctx, pool, store, name, meter)
 
 
 @task(cache_policy=NO_CACHE)
@@ -46,23 +47,30 @@ def finalize(kind, ctx, store, timing: Timing, progress: Progress):
 @flow(name="contrastgen-generate", persist_result=False)
 def generate_flow(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     k, cfg, timing, progress, pool = kind_of(kind), RunConfig.model_validate(config), Timing(), Progress(), None
-    with store_of(cfg, kind) as store:
+    meter = Meter(f"generate {kind}", unit="units")
+    with store_of(cfg, kind) as store, meter:
         with timing.measure("plan_seconds"):
             ctx = steps.start(k, cfg, store)
-        for block in steps.blocks(ctx, store):
+        blocks = steps.block_count(ctx)
+        for i, block in enumerate(steps.blocks(ctx, store)):
+            if blocks > 1:
+                meter.advance(block=f"{i + 1}/{blocks} (total grows as blocks are planned)")
             for name in k.stages(cfg):
                 with timing.measure("plan_seconds"):
                     # quote: Prefect would otherwise walk every unit and record of the block for its task graph
                     units, reused, pending = plan_stage(k, quote(block), store, name)
                 progress.units, progress.reused, progress.generated = (progress.units + units, progress.reused + reused,
                                                                        progress.generated + pending)
+                meter.grow(pending)
                 if not pending:
                     continue
                 if pool is None:
                     with timing.measure("startup_seconds"):
                         pool = EnginePool(cfg.engine, cfg.ray)
+                    meter.begin()
                 with timing.measure("generation_seconds"):
-                    generate_stage(k, quote(block), pool, store, name)
+                    generate_stage(k, quote(block), pool, store, name, quote(meter))
+        meter.close()
         with timing.measure("finalize_seconds"):
             summary = asdict(finalize(k, quote(ctx), store, timing, progress))
         return {**summary, "finalize_seconds": timing.finalize_seconds}

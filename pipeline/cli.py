@@ -15,6 +15,7 @@ from typing import Any
 from pipeline.config import load_config
 from pipeline.errors import OS_FIXES, ContrastgenError
 from pipeline.kinds import KINDS
+from pipeline.progress import quiet_libraries
 from pipeline.train.config import LossName
 
 
@@ -43,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="show what a dataset's card says")
     ins.add_argument("dir", type=Path)
     ins.add_argument("--json", action="store_true")
+    vw = sub.add_parser("view", help="browse a dataset in a local web page (rows with word diffs, rejected rows, funnel)")
+    vw.add_argument("dir", type=Path)
+    vw.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    vw.add_argument("--port", type=int, default=8765)
     tr = sub.add_parser("train", help="train an encoder on the train split of contrastgen datasets")
     tr.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="contrastgen dataset folders")
     tr.add_argument("--out", type=Path, help="output sentence-transformers model folder")
@@ -64,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--model-path", type=Path, help="a .gguf file or transformers folder (default: bundled SmolLM2)")
     srv.add_argument("--device", help="torch device (cpu, cuda)")
     srv.add_argument("--config", type=Path, help="YAML run config; its `engine:` section is used")
+    srv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every /v1 request (default: "
+                     "$CONTRASTGEN_API_KEY; needed for a --host other than loopback)")
+    srv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="refuse larger request bodies with 413 (default 1 MiB)")
     dep = sub.add_parser("deploy", help="serve Prefect deployments of the flows on cron/interval schedules (needs a Prefect API)",
                          description="Reads a run file (YAML: deployments: [{name, kind, cron | interval, config, run}]), "
                          "registers one Prefect deployment per entry and runs their scheduled and hand-triggered runs "
@@ -147,13 +155,14 @@ def _generate(a: argparse.Namespace) -> int:
     preflight(KINDS[a.kind], cfg)
     # Ephemeral Prefect needs no server; its telemetry heartbeat only contends for the local sqlite file.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if a.json:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     import ray
 
     from pipeline.engines.pool import ensure_ray, needs_ray
 
     from flows.generate import generate_flow
+
+    if not getattr(a, "verbose", False):
+        quiet_libraries()  # again: Ray's and Prefect's handlers exist now
 
     # SIGTERM becomes SystemExit so the finally below stops the local Ray we started (its actors would
     # otherwise outlive us and keep burning CPU). After SIGKILL nothing runs: `ray stop` cleans up.
@@ -227,6 +236,15 @@ def _evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _view(a: argparse.Namespace) -> int:
+    from pipeline.view import Dataset, serve_view
+
+    Dataset(a.dir)  # a folder that is not a dataset: one clear line before a server starts
+    print(f"contrastgen view: {a.dir} at http://{a.host}:{a.port}/ (Ctrl-C stops it)", flush=True)
+    serve_view(a.dir, a.host, a.port)
+    return 0
+
+
 def _inspect(a: argparse.Namespace) -> int:
     from pipeline.report import inspect_summary, print_report
 
@@ -238,12 +256,14 @@ def _inspect(a: argparse.Namespace) -> int:
 
 
 def _serve(a: argparse.Namespace) -> int:
-    from pipeline.serve import serve
+    from pipeline.serve import api_key, check_exposure, serve
 
+    key = api_key(a.api_key)
+    check_exposure(a.host, key)
     cfg = load_config(a.config, _nest({("engine", "model_path"): a.model_path, ("engine", "device"): a.device}))
     print(f"contrastgen serve: loading {cfg.engine.model_id()} on {cfg.engine.device}; "
-          f"API at http://{a.host}:{a.port}/v1", flush=True)
-    serve(cfg, a.host, a.port)
+          f"API at http://{a.host}:{a.port}/v1 ({'API key required' if key else 'no API key: this machine only'})", flush=True)
+    serve(cfg, a.host, a.port, key, a.max_body_bytes)
     return 0
 
 
@@ -255,7 +275,7 @@ def _deploy(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": _generate, "serve": _serve, "deploy": _deploy, "filter": _filter, "inspect": _inspect, "train": _train, "evaluate": _evaluate}
+COMMANDS = {"generate": _generate, "serve": _serve, "deploy": _deploy, "filter": _filter, "inspect": _inspect, "view": _view, "train": _train, "evaluate": _evaluate}
 
 
 def user_error(exc: BaseException) -> str | None:
@@ -293,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = bool(getattr(a, "verbose", False))
     if not verbose:
         _quiet_library_tracebacks()
+        quiet_libraries()
     try:
         return COMMANDS[a.command](a)
     except (ContrastgenError, OSError) as exc:

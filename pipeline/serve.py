@@ -6,6 +6,12 @@ that engine is tested against a real server. Endpoints: ``GET /v1/models``, ``PO
 A newline stop is reported as vLLM does (``finish_reason: stop``, ``stop_reason: "\\n"``). Fields this
 engine cannot honour (structured outputs, other stop strings, streaming) get a 400 naming the field.
 
+Access, as ``vllm serve``: with an API key (``--api-key`` or ``$CONTRASTGEN_API_KEY``) every ``/v1`` request
+must carry ``Authorization: Bearer <key>`` (401 otherwise; the ``openai`` engine sends the key from
+``$OPENAI_API_KEY``, or the variable ``engine.openai.api_key_env`` names); ``GET /health`` stays open. Binding to
+a host other than loopback without a key is refused. A request body over ``max_body_bytes`` gets a 413 before
+it is parsed.
+
 Concurrent requests are batched: a collector takes every request that arrived while the engine was busy
 (up to ``max_batch``, a burst ends at a 20 ms gap) and runs them as one :meth:`EmbeddedEngine.generate`
 call, so the HTTP path keeps the in-process engine's batching (``bench/engines.py`` measures the overhead). Ray Serve's ``@serve.batch``
@@ -15,6 +21,10 @@ does the same inside a Ray Serve deployment; a single local process does not nee
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
+import json
+import os
 import secrets
 import time
 import uuid
@@ -24,7 +34,11 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.errors import ConfigError
 from pipeline.records import Completion, GenerationRequest, Sampling
+
+API_KEY_ENV = "CONTRASTGEN_API_KEY"
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: a chat request of a few thousand tokens is a few tens of KiB
 
 UNSUPPORTED = ("structured_outputs", "guided_choice", "guided_json", "guided_regex", "guided_grammar", "tools", "logprobs")
 
@@ -120,7 +134,66 @@ class Batcher:
                     fut.set_result(out)
 
 
-def build_app(engine, max_batch: int = 256, default_max_tokens: int = 256) -> FastAPI:
+class Guard:
+    """ASGI middleware: the bearer key on every ``/v1`` request (constant-time compare) and a body size cap
+    counted on the bytes received, so a body without Content-Length is capped too."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+        self.app, self.key, self.max_body = app, (api_key or "").encode(), max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.key and scope["path"].startswith("/v1"):
+            auth = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(auth, b"Bearer " + self.key):
+                return await _reply(send, 401, "missing or wrong API key: expected the header 'Authorization: Bearer "
+                                    "<key>' with the key the server was started with (--api-key / $" + API_KEY_ENV + ")")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            return await _reply(send, 413, f"request body of {int(declared)} bytes: expected at most {self.max_body}")
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await _reply(send, 413, f"request body over {self.max_body} bytes: expected at most {self.max_body}")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _reply(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def check_exposure(host: str, api_key: str | None) -> None:
+    """Refuse to serve beyond this machine without a key (vLLM serves open by default; we do not)."""
+    if api_key:
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(f"serve --host {host}: expected an API key to serve beyond this machine, got none. Fix: "
+                          f"--api-key KEY or ${API_KEY_ENV}=KEY (clients send it as $OPENAI_API_KEY), or bind 127.0.0.1")
+
+
+def build_app(engine, max_batch: int = 256, default_max_tokens: int = 256, api_key: str | None = None,
+              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     state: dict = {}
 
     @asynccontextmanager
@@ -131,6 +204,11 @@ def build_app(engine, max_batch: int = 256, default_max_tokens: int = 256) -> Fa
         task.cancel()
 
     app = FastAPI(title="contrastgen serve", lifespan=lifespan)
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -146,12 +224,18 @@ def build_app(engine, max_batch: int = 256, default_max_tokens: int = 256) -> Fa
     return app
 
 
-def serve(cfg, host: str, port: int) -> None:
-    """Load the embedded engine once and serve it until interrupted."""
+def api_key(flag: str | None) -> str | None:
+    """The key: the flag, else $CONTRASTGEN_API_KEY, else none."""
+    return flag or os.environ.get(API_KEY_ENV) or None
+
+
+def serve(cfg, host: str, port: int, key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    """Load the embedded engine once and serve it until interrupted (the exposure check comes first)."""
     import uvicorn
 
     from pipeline.engines.embedded import EmbeddedEngine
 
+    check_exposure(host, key)
     engine = EmbeddedEngine(cfg.engine)
     engine.warmup()
-    uvicorn.run(build_app(engine), host=host, port=port, log_level="warning")
+    uvicorn.run(build_app(engine, api_key=key, max_body_bytes=max_body_bytes), host=host, port=port, log_level="warning")

@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The key the session's `contrastgen serve` requires and the openai engine sends (set before Ray starts, so its
+# workers inherit it). A developer's own OPENAI_API_KEY is used as is (and needed for an external server).
+os.environ.setdefault("OPENAI_API_KEY", "contrastgen-test-" + os.urandom(8).hex())
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -170,28 +173,35 @@ def openai_server(tmp_path_factory):
         yield os.environ["CONTRASTGEN_TEST_OPENAI_BASE_URL"], os.environ.get("CONTRASTGEN_TEST_OPENAI_MODEL")
         return
     cli = str(Path(sys.executable).parent / "contrastgen")
-    proc, url = start_server(lambda port: [cli, "serve", "--port", str(port)], tmp_path_factory.mktemp("serve") / "serve.log")
+    env = {**os.environ, "CONTRASTGEN_API_KEY": os.environ["OPENAI_API_KEY"]}
+    proc, url = start_server(lambda port: [cli, "serve", "--port", str(port)], tmp_path_factory.mktemp("serve") / "serve.log", env)
     yield url, None
     proc.terminate()
     proc.wait(30)
 
 
-def start_server(argv_for_port, log: Path, env: dict | None = None, timeout_s: float = 400):
+def start_server(argv_for_port, log: Path, env: dict | None = None, timeout_s: float = 400, root: str = "/v1",
+                 probe: str = "/models"):
     """Start an OpenAI-compatible server on a free 127.0.0.1 port (``argv_for_port(port)``), logging to a file (a
-    full pipe would block it), and wait until /v1/models answers. Returns (process, base URL)."""
+    full pipe would block it), and wait until ``root + probe`` (/v1/models) answers (a 401 of a keyed server is an
+    answer). Returns (process, base URL = http://127.0.0.1:PORT + root)."""
     import socket
     import subprocess
     import time
+    import urllib.error
     import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(argv_for_port(port), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    url, deadline = f"http://127.0.0.1:{port}/v1", time.time() + timeout_s
+    url, deadline = f"http://127.0.0.1:{port}{root}", time.time() + timeout_s
     while True:
         try:
-            urllib.request.urlopen(url + "/models", timeout=2)
+            urllib.request.urlopen(url + probe, timeout=2)
+            return proc, url
+        except urllib.error.HTTPError as e:
+            assert e.code == 401, f"{url}{probe} answered HTTP {e.code}"
             return proc, url
         except OSError:
             assert proc.poll() is None, log.read_text(errors="replace")[-3000:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,11 +84,15 @@ def test_out_naming_a_file_is_one_line(tmp_path):
 
 
 def _generate(capsys, *args: str) -> tuple[int, dict]:
-    """``contrastgen generate negatives ... --json`` in this process (it reuses the session's Ray and engine actor)."""
+    """``contrastgen generate negatives ... --json`` in this process (it reuses the session's Ray and engine actor);
+    the summary gets the run's stderr under "stderr"."""
     capsys.readouterr()
     rc = main(["generate", "negatives", *args, "--json"])
     out, err = capsys.readouterr()
-    return rc, json.loads(out.strip().splitlines()[-1]) if out.strip() else {"stderr": err}
+    if not out.strip():
+        return rc, {"stderr": err}
+    assert len(out.strip().splitlines()) == 1, out  # --json: one clean object on stdout, progress on stderr
+    return rc, {**json.loads(out), "stderr": err}
 
 
 def test_overwrite_writes_beside_user_files_and_they_survive_reruns(tmp_path, ray_session, prefect_session, capsys):
@@ -100,6 +105,10 @@ def test_overwrite_writes_beside_user_files_and_they_survive_reruns(tmp_path, ra
     assert _generate(capsys, *args)[0] == 2  # not ours, and no --overwrite
     rc, first = _generate(capsys, *args, "--overwrite")
     assert rc == 0 and first["units"] == 4
+    # the final progress lines (stderr is not a terminal: plain lines): units, valid/rejected by type, the filter
+    assert re.search(r"generate negatives: 4/4 units \(100%\), 1 part, \d+ tok/s; valid \d+, rejected \d+ .*swap_obj \d+/\d+",
+                     first["stderr"]), first["stderr"]
+    assert re.search(r"filter: 2/2 block passes .*kept \d+", first["stderr"]), first["stderr"]
     # files a user adds inside the dataset, even with names a dataset uses for its own
     (out / "data" / "mine.arrow").write_bytes(b"my bytes")
     (out / "plots" / "mine.png").write_bytes(b"my picture")

@@ -18,8 +18,13 @@ pytestmark = pytest.mark.integration
 OURS = not os.environ.get("CONTRASTGEN_TEST_OPENAI_BASE_URL")  # comparisons with the in-process engine need our server
 
 
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(url + "/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+def _auth(key: str | None = None) -> dict:
+    return {"Authorization": f"Bearer {key or os.environ['OPENAI_API_KEY']}"}
+
+
+def _post(url: str, body: dict | bytes, headers: dict | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url + "/chat/completions", data, {"Content-Type": "application/json", **_auth(), **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -29,7 +34,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 
 def test_models_and_chat_completions(openai_server):
     url, model = openai_server
-    served = json.loads(urllib.request.urlopen(url + "/models").read())["data"][0]["id"]
+    served = json.loads(urllib.request.urlopen(urllib.request.Request(url + "/models", headers=_auth())).read())["data"][0]["id"]
     model = model or served
     body = {"model": model, "messages": [{"role": "user", "content": "Name a color."}], "n": 2, "max_tokens": 8,
             "temperature": 0.7, "seed": 5}
@@ -43,6 +48,37 @@ def test_models_and_chat_completions(openai_server):
 def test_serve_refuses_what_it_cannot_honour(openai_server):
     status, out = _post(openai_server[0], {"messages": [{"role": "user", "content": "x"}], "stop": ["END"]})
     assert status == 400 and "stop" in out["detail"]
+
+
+@pytest.mark.skipif(not OURS, reason="checks contrastgen serve's own key and size checks")
+def test_serve_checks_the_key_on_every_request_and_caps_the_body(openai_server):
+    url = openai_server[0]
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+    def get(path: str, headers: dict) -> int:
+        try:
+            return urllib.request.urlopen(urllib.request.Request(path if "://" in path else url + path, headers=headers), timeout=30).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert get("/models", {}) == 401 and get("/models", _auth("wrong")) == 401 and get("/models", _auth()) == 200
+    status, out = _post(url, body, {"Authorization": "Bearer wrong"})
+    assert status == 401 and "CONTRASTGEN_API_KEY" in out["detail"]
+    assert get(url.removesuffix("/v1") + "/health", {}) == 200  # the health check stays open, like vLLM's
+    status, out = _post(url, b'{"messages": [' + b" " * (1 << 20) + b"]}")
+    assert status == 413 and "at most" in out["detail"]
+
+
+def test_openai_engine_with_a_wrong_key_says_which_variable_to_set(openai_server, monkeypatch):
+    from pipeline.engines.openai_compat import OpenAIEngine
+    from pipeline.errors import EngineError
+
+    url, model = openai_server
+    monkeypatch.setenv("CG_WRONG_KEY", "not-the-key")
+    cfg = load_config(None, {"engine": {"kind": "openai", "openai": {"base_url": url, "api_key_env": "CG_WRONG_KEY",
+                                                                      "max_retries": 0, **({"model": model} if model else {})}}})
+    with pytest.raises(EngineError, match=r"refused the API key.*\$CG_WRONG_KEY"):
+        OpenAIEngine(cfg.engine).warmup()
 
 
 def test_full_negatives_run_through_the_openai_engine(openai_server, negatives_run, prefect_session, tmp_path):

@@ -34,6 +34,8 @@ def test_readme_example_commands_run(tmp_path):
         argv[0] = str(bindir / argv[0])
         res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
+        if argv[1] == "train":  # its progress: the final plain line (stderr is not a terminal here)
+            assert re.search(r"train: (\d+)/\1 steps \(100%\), .*loss \d", res.stderr), res.stderr[-3000:]
         outputs.append(res.stdout)
     summary = json.loads(outputs[0].strip().splitlines()[-1])
     assert summary["units"] == 2 * 3 and summary["generated"] == 6
@@ -74,6 +76,8 @@ def test_readme_train_example_runs(negatives_run, tmp_path):
         argv[0] = str(bindir / argv[0])
         res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
+        if argv[1] == "train":  # its progress: the final plain line (stderr is not a terminal here)
+            assert re.search(r"train: (\d+)/\1 steps \(100%\), .*loss \d", res.stderr), res.stderr[-3000:]
         outputs.append(res.stdout)
     assert "before" in outputs[0] and "after" in outputs[0] and "retention" in outputs[0]
     report = json.loads(outputs[1].strip().splitlines()[-1])

@@ -49,8 +49,11 @@ def request_body(s: Sampling, structured: bool) -> dict:
     return body
 
 
-def _failure(exc: Exception, base_url: str) -> Exception:
+def _failure(exc: Exception, base_url: str, key_env: str = "OPENAI_API_KEY") -> Exception:
     """Our error for what the client raised once its own retries were spent."""
+    if isinstance(exc, openai.AuthenticationError):
+        return EngineError(f"openai engine at {base_url}: the server refused the API key (HTTP 401: {exc.message}). "
+                           f"Fix: set ${key_env} (engine.openai.api_key_env) to the key the server was started with")
     if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)):
         return TransientEngineError(f"openai engine at {base_url}: still failing after retries: {exc}. "
                                     "Fix: check the server is up and not overloaded, or lower engine.openai.concurrency")
@@ -125,7 +128,7 @@ class OpenAIEngine:
             except EngineError:  # ours already (an unknown finish reason, an abort)
                 raise
             except Exception as exc:  # noqa: BLE001 - classified into our two engine errors
-                raise _failure(exc, self.cfg.base_url) from exc
+                raise _failure(exc, self.cfg.base_url, self.cfg.api_key_env) from exc
         if len(texts) != req.sampling.n:
             raise EngineError(f"openai engine at {self.cfg.base_url}: expected {req.sampling.n} choices for {req.key}, "
                               f"got {len(texts)}. Fix: use a server that supports the `n` parameter, or set sampling.n: 1")

@@ -92,6 +92,7 @@ class Kind(Protocol):
     card_template: str  # file name of its card body beside this module (cards/<name>.md)
     tags: tuple[str, ...]  # Hugging Face tags on the card
     positive_task: str | None  # set when a row may lose its positive alone (negatives: the paraphrase)
+    part_assembles: bool  # a part's results assemble alone (live valid/rejected counts by type while generating)
     flags: tuple[Flag, ...]  # its `generate <name>` flags
 
     def check(self, cfg: RunConfig) -> None: ...

@@ -203,6 +203,7 @@ class Negatives:
     card_template: str = "negatives.md"
     tags: tuple[str, ...] = ("hard-negatives", "compositionality")
     positive_task: str | None = PARAPHRASE
+    part_assembles: bool = True
     flags: tuple[Flag, ...] = (
         Flag("--types", "negatives", "types", {"nargs": "+", "choices": [t.value for t in NegType], "metavar": "TYPE",
              "help": f"negative types (default: all): {', '.join(t.value for t in NegType)}"}),

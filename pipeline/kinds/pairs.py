@@ -314,6 +314,7 @@ class Pairs:
     card_template: str = "pairs.md"
     tags: tuple[str, ...] = ("sentence-pairs", "nli", "sentence-embeddings")
     positive_task: str | None = None
+    part_assembles: bool = False  # the judge stage reads the generate stage
     flags: tuple[Flag, ...] = (Flag("--topics", "pairs", "topics", {"nargs": "+", "metavar": "TOPIC",
                                     "help": "from-scratch mode: generate seed sentences about these"}),)
 

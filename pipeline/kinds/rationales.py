@@ -275,6 +275,7 @@ class Rationales:
     card_template: str = "rationales.md"
     tags: tuple[str, ...] = ("rationales", "chain-of-thought", "reasoning")
     positive_task: str | None = None
+    part_assembles: bool = False  # a question's samples may span parts
     flags: tuple[Flag, ...] = (Flag("--k", "rationales", "k", {"type": int, "help": "rationales sampled per question (default 5)"}),)
 
     def check(self, cfg: RunConfig) -> None:

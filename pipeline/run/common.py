@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -61,11 +62,12 @@ class Summary:
 
 
 def commit_part(pool: EnginePool, index: int, units: list[Unit], requests: list[GenerationRequest], modes: list[str],
-                store: RunStore) -> ShardInfo | None:
+                store: RunStore, seen: Callable[[list[RawResult], list[Rejection]], None] | None = None) -> ShardInfo | None:
     """Run ``requests`` (one per unit) on the pool and commit the results as one atomic raw part. Provenance
     records each request's own sampling (a kind may sample its tasks differently). Units the engine could not
     complete (a poison request, a deadline missed twice) are committed first as failures with their reason:
-    they become rejected rows, and the rest of the part is kept. Returns None when no unit completed."""
+    they become rejected rows, and the rest of the part is kept. ``seen`` gets the committed results and
+    failures (live progress). Returns None when no unit completed."""
     outcomes = pool.generate(index, requests)
     results, failures = [], []
     for u, req, mode, c in zip(units, requests, modes, outcomes, strict=True):
@@ -86,7 +88,10 @@ def commit_part(pool: EnginePool, index: int, units: list[Unit], requests: list[
                                  c.finish_reasons, prov, __version__))
     if failures:
         store.write_failures(failures)
-    return store.write_part(results) if results else None
+    info = store.write_part(results) if results else None
+    if seen is not None:
+        seen(results, failures)
+    return info
 
 
 @dataclass

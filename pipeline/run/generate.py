@@ -36,6 +36,7 @@ from pipeline.filters.scorers import stage_scorers
 from pipeline.filters.spill import ScoredSpill
 from pipeline.filters.stage import Decisions, Pairs, StageResult, decide
 from pipeline.kinds.base import Assembled, Context, Kind, Stage, Tally
+from pipeline.progress import Meter
 from pipeline.records import RawResult, Rejection, Unit
 from pipeline.run.common import Progress, Summary, Timing, commit_part, finished, part_size
 from pipeline.run.store import RunStore, store_of
@@ -97,22 +98,42 @@ def _pending(units: list[Unit], store: RunStore) -> list[Unit]:
     return [u for u, d in zip(units, store.done([u.key for u in units]).tolist()) if not d]
 
 
-def generate_part(kind: Kind, ctx: Context, pool: EnginePool, index: int, units: list[Unit], store: RunStore) -> ShardInfo | None:
+def part_seen(kind: Kind, ctx: Context, meter: Meter | None) -> Callable[[list[RawResult], list[Rejection]], None] | None:
+    """What a committed part adds to the live progress: units, output tokens, and (for a kind whose parts assemble
+    alone) valid and rejected outputs by type."""
+    if meter is None:
+        return None
+
+    def seen(raws: list[RawResult], failed: list[Rejection]) -> None:
+        kept: Counter[str] = Counter()
+        rejected = Counter(r.task or "?" for r in failed)
+        if kind.part_assembles:
+            a = kind.assemble(ctx, raws)
+            kept.update(kind.reject_task(r) for r in a.rows)
+            rejected.update(r.task or "?" for r in a.rejects)
+        meter.advance(len(raws) + len(failed), tokens=sum(r.provenance.tokens_out for r in raws), parts=1,
+                      kept=kept, rejected=rejected)
+
+    return seen
+
+
+def generate_part(kind: Kind, ctx: Context, pool: EnginePool, index: int, units: list[Unit], store: RunStore,
+                  meter: Meter | None = None) -> ShardInfo | None:
     """Generate one chunk of units on the pool and commit it as one atomic raw part."""
     requests = [kind.render(u, ctx) for u in units]
-    return commit_part(pool, index, units, requests, [kind.mode(u, ctx.cfg) for u in units], store)
+    return commit_part(pool, index, units, requests, [kind.mode(u, ctx.cfg) for u in units], store, part_seen(kind, ctx, meter))
 
 
-def generate_stage(kind: Kind, ctx: Context, pool: EnginePool, store: RunStore, name: str) -> int:
+def generate_stage(kind: Kind, ctx: Context, pool: EnginePool, store: RunStore, name: str, meter: Meter | None = None) -> int:
     """Generate a planned stage's units not done yet, as many chunks at once as the pool has slots (two per
     replica: one generating, one ready at its door); the first failure is raised once every chunk has ended
     (the others are committed: a retry or a rerun finds them done). Returns the units sent."""
     chunks = chunk_units(kind, _pending(ctx.stages[name].units, store), ctx.cfg)  # again: a retry finds its commits
     if ctx.cfg.ray.clients and chunks:  # (the config allows clients with the openai engine only)
-        stream_parts(kind, ctx, store, chunks)
+        stream_parts(kind, ctx, store, chunks, meter)
         return sum(len(c) for c in chunks)
     with ThreadPoolExecutor(max_workers=pool.slots, thread_name_prefix="part") as ex:
-        futures = [ex.submit(generate_part, kind, ctx, pool, i, chunk, store) for i, chunk in enumerate(chunks)]
+        futures = [ex.submit(generate_part, kind, ctx, pool, i, chunk, store, meter) for i, chunk in enumerate(chunks)]
     for f in futures:
         f.result()  # re-raise the first failure
     return sum(len(c) for c in chunks)
@@ -248,12 +269,14 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
     sha = settings_sha(cfg, kind.name)
     release = previous_release(root, sha)
     shutil.rmtree(root / SPOOL, ignore_errors=True)
-    res = _decide(kind, cfg, walk, store, release, root / SPOOL / "filter")
+    meter = Meter("filter", 2 * block_count(ctx), "block passes (score, then write)", kept_word="kept")
+    res = _decide(kind, cfg, walk, store, release, root / SPOOL / "filter", meter)
     spools = {split: Spool(root / SPOOL / f"{split}.arrow", kind.schema) for split in ("train", "test")}
     spools["rejected"] = Spool(root / SPOOL / "rejected.arrow", REJECTED_SCHEMA)
     spools["rejected"].write(rejected_table(ctx.inputs.rejects))
     plan_keys = Spool(root / SPOOL / "plan.arrow", PLAN_SCHEMA)
-    w = _write_blocks(kind, cfg, walk, store, release, res, spools, plan_keys)
+    w = _write_blocks(kind, cfg, walk, store, release, res, spools, plan_keys, meter)
+    meter.close()
     shards, published = publish(root, spools, cfg.output.rows_per_shard, sha, run_id, release.ids if release else None)
     splits = published_splits(shards)  # the dataset's rows and rejections: earlier releases' included
     by_stage, by_reason, w.tally.reasons = _published_counts(root, shards)
@@ -277,8 +300,13 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
     return summary
 
 
+def block_count(ctx: Context) -> int:
+    """How many blocks :func:`blocks` yields."""
+    return max(1, -(-len(ctx.inputs.records) // ctx.cfg.output.block_sources))
+
+
 def _decide(kind: Kind, cfg: RunConfig, walk: Callable[[], Iterator[Context]], store: RunStore,
-            release: Release | None, folder: Path) -> Decisions:
+            release: Release | None, folder: Path, meter: Meter | None = None) -> Decisions:
     """Pass 1: score every block's rows and spill the numbers to Arrow in ``folder`` (each block's texts and vectors
     are dropped after it), then make the global decisions on them out of core."""
     if cfg.ray.scorers:
@@ -289,6 +317,8 @@ def _decide(kind: Kind, cfg: RunConfig, walk: Callable[[], Iterator[Context]], s
         b = _assemble(kind, c, store, release)
         spill.add(score(_pairs(kind, b.rows, cfg, b.pinned), fcfg, scorers))
         scorers.forget()
+        if meter is not None:
+            meter.advance(1, rows=f"{spill.n} scored")
     return decide(spill, fcfg)
 
 
@@ -304,7 +334,7 @@ class _Written:
 
 
 def _write_blocks(kind: Kind, cfg: RunConfig, walk: Callable[[], Iterator[Context]], store: RunStore, release: Release | None,
-                  res: Decisions, spools: dict[str, Spool], plan_keys: Spool) -> _Written:
+                  res: Decisions, spools: dict[str, Spool], plan_keys: Spool, meter: Meter | None = None) -> _Written:
     """Pass 2: assemble each block again, apply the decisions, append its rows, rejections and unit keys to the
     spools; count what the summary and the card need."""
     w = _Written(Tally())
@@ -324,4 +354,6 @@ def _write_blocks(kind: Kind, cfg: RunConfig, walk: Callable[[], Iterator[Contex
         w.units += len(b.keys)
         w.tokens_out += sum(r.provenance.tokens_out for r in b.raws)
         w.engine = w.engine or (b.raws[0].provenance.engine if b.raws else None)
+        if meter is not None:
+            meter.advance(1, kept=Counter(kind.reject_task(r) for r in kept), rejected=Counter(r.task or "?" for r in rejects))
     return w

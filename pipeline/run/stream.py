@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.engines.config import EngineConfig, RayConfig
 from pipeline.kinds.base import Context, Kind
+from pipeline.progress import Meter
 from pipeline.raydata import stream
 from pipeline.records import Unit
 from pipeline.run.store import RunStore
@@ -54,7 +55,7 @@ class PartClient:
         return {"file": [n for n, _ in self.store.journal], "keys": [k for _, k in self.store.journal]}
 
 
-def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Unit]]) -> None:
+def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Unit]], meter: Meter | None = None) -> None:
     """Generate and commit ``chunks`` (one part each) on ``ray.clients`` Ray Data workers; the driver indexes what
     they committed as it streams back. The first error a client raises ends the stream, raised here as an instance of
     its own class (``raise_original_map_exception``), so a transient one is retried by the stage's task."""
@@ -65,4 +66,7 @@ def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Un
     # may take two call deadlines (the client tries it twice): Ray Data's watchdog must not end it first
     for batch in stream(rows, PartClient, (cfg.engine.model_dump_json(), str(store.root)), cfg.ray.clients,
                         no_progress_s=2 * cfg.engine.call_timeout_s + 600):
-        store.adopt(zip(batch.column("file").to_pylist(), batch.column("keys").to_pylist()))
+        files, keys = batch.column("file").to_pylist(), batch.column("keys").to_pylist()
+        store.adopt(zip(files, keys))
+        if meter is not None:  # units and parts only: the results stay in the workers' files
+            meter.advance(sum(len(k) for k in keys), parts=len(files))

@@ -29,6 +29,7 @@ class LossName(str, Enum):
     degla_local = "degla_local"
     ema_distill = "ema_distill"
     mw_auc = "mw_auc"
+    view_local = "view_local"
 
 
 class DataSection(Section):

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import torch
 from sentence_transformers import SentenceTransformer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from pipeline.errors import ConfigError, DatasetError
+from pipeline.progress import Meter
 from pipeline.train import distributed as ddp
 from pipeline.train.batch import Embedded, layout, split_embeddings
 from pipeline.train.config import TrainConfig
@@ -164,7 +164,7 @@ class Trainer:
             res.validations.append(self.validate(0, val, None))
             self._best = self._snapshot()
         self.student.train()
-        bar = tqdm(total=total, desc="train", disable=self.rank != 0, unit="batch")
+        meter = Meter("train", total, "steps", silent=self.rank != 0)
         for epoch, epoch_batches in enumerate(plan):
             for i, batch in enumerate(epoch_batches):
                 start = time.perf_counter()  # examples/s counts training steps only, not validation
@@ -175,17 +175,20 @@ class Trainer:
                 entry = {"step": res.steps, "epoch": epoch, "loss": round(ddp.all_mean(loss), 5), **terms,
                          "lr": sched.get_last_lr()[0], "examples_per_s": round(res.examples_per_s, 2)}
                 res.losses.append(entry)
-                bar.update(1)
-                bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}", ex_s=f"{entry['examples_per_s']:.1f}")
+                meter.advance(1, epoch=f"{epoch + 1}/{o.epochs}", loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}",
+                              anchors_per_s=f"{entry['examples_per_s']:.1f}")
                 due = res.steps % self.cfg.eval.every_steps == 0 if self.cfg.eval.every_steps else i == len(epoch_batches) - 1
-                if val and due and self._check(res, val):
-                    res.stopped_early = True
-                    break
+                if val and due:
+                    stop = self._check(res, val)
+                    meter.advance(val_acc=f"{res.validations[-1].val_acc:.1f}", kept_step=res.best_step)
+                    if stop:
+                        res.stopped_early = True
+                        break
             log.info("epoch %d: %d steps, loss %.4f, lr %.2e, %.1f anchors/s", epoch, res.steps, entry["loss"], entry["lr"],
                      res.examples_per_s)
             if res.stopped_early:
                 break
-        bar.close()
+        meter.close()
         if val:
             self.student.load_state_dict(self._best)
         else:

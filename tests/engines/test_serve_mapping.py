@@ -6,7 +6,8 @@ import pytest
 from fastapi import HTTPException
 
 from pipeline.records import Completion
-from pipeline.serve import ChatRequest, to_request, to_response
+from pipeline.errors import ConfigError
+from pipeline.serve import ChatRequest, check_exposure, to_request, to_response
 
 
 def _req(**kw) -> ChatRequest:
@@ -37,3 +38,24 @@ def test_newline_stop_is_reported_as_vllm_does():
     assert [c["message"]["content"] for c in ch] == ["A cat.", "A do", "x"]
     assert [(c["finish_reason"], c["stop_reason"]) for c in ch] == [("stop", "\n"), ("length", None), ("stop", None)]
     assert body["usage"] == {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_needs_no_key(host):
+    check_exposure(host, None)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "myhost.example"])
+def test_serving_beyond_this_machine_without_a_key_is_refused(host):
+    with pytest.raises(ConfigError, match="--api-key"):
+        check_exposure(host, None)
+    check_exposure(host, "k")
+
+
+def test_serve_cli_refuses_a_public_host_before_loading_the_model(monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.delenv("CONTRASTGEN_API_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "expected an API key" in err and "CONTRASTGEN_API_KEY" in err

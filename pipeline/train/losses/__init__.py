@@ -12,12 +12,14 @@ from pipeline.train.losses.degla_local import degla_local
 from pipeline.train.losses.ema_distill import ema_distill
 from pipeline.train.losses.mnrl import mnrl
 from pipeline.train.losses.mw_auc import mw_auc
+from pipeline.train.losses.view_local import view_local
 
 LOSSES: dict[LossName, Callable[[Embedded], torch.Tensor]] = {
     LossName.mnrl: mnrl,
     LossName.degla_local: degla_local,
     LossName.ema_distill: ema_distill,
     LossName.mw_auc: mw_auc,
+    LossName.view_local: view_local,
 }
 
 
