@@ -29,6 +29,8 @@ PAPERS = {
     LossName.degla_local: "DeGLA local text losses (Hu et al. 2025)",
     LossName.ema_distill: "EMA self-distillation (DeGLA, Hu et al. 2025; Mean Teacher, Tarvainen & Valpola 2017)",
     LossName.mw_auc: "Wilcoxon-Mann-Whitney AUC surrogate (Yan et al. 2003)",
+    LossName.view_local: "local contrast from the positive's side (SugarCrepe's choice, Hsieh et al. 2023; NegCLIP, "
+                         "Yuksekgonul et al. 2023)",
 }
 
 

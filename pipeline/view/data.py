@@ -58,6 +58,7 @@ class Dataset:
         self.manifest = load_manifest(self.root)
         self.kind = kind_of_format(self.manifest.get("format"), self.root / "manifest.json")
         self._tables: dict[str, pa.Table] = {}
+        self._values: dict[tuple[str, str], list[str]] = {}  # the folder is read-only while it is viewed
 
     def splits(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -78,12 +79,15 @@ class Dataset:
 
     def values(self, split: str, column: str) -> list[str]:
         """The distinct values of ``column`` in ``split`` (for the filter menus), sorted."""
+        if (split, column) in self._values:
+            return self._values[split, column]
         seen: set[str] = set()
         for shard in self._shards(split):
             t = self._shard(shard)
             if column in t.column_names:
                 seen.update(v for v in pc.unique(t[column]).to_pylist() if v is not None)
-        return sorted(seen)
+        self._values[split, column] = sorted(seen)
+        return self._values[split, column]
 
     def _shards(self, split: str) -> list[dict]:
         return [s for s in self.manifest.get("shards", []) if s["split"] == split]
