@@ -42,6 +42,7 @@ from pipeline.filters.config import (  # noqa: F401 (re-exported: the one run co
 REPO_PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "negatives"
 REPO_RATIONALE_PROMPTS = REPO_PROMPTS.parent / "rationales"
 REPO_PAIR_PROMPTS = REPO_PROMPTS.parent / "pairs"
+REPO_RETRIEVAL_PROMPTS = REPO_PROMPTS.parent / "retrieval"
 
 
 class NegType(str, Enum):
@@ -70,6 +71,7 @@ class InputConfig(Section):
     max_caption_chars: int = Field(2000, gt=0, description="Longer captions (or questions) are rejected (caption_too_long).")
     question_column: str = Field("question", description="Rationales: column holding the question.")
     sentence_column: str = Field("sentence", description="Pairs: column holding the anchor sentence.")
+    passage_column: str = Field("passage", description="Retrieval: column holding the passage (id optional, as for sentences).")
     answer_column: str | None = Field("answer", description="Rationales: gold answer column (a value, or a solution ending in '#### x'); optional.")
     choices_column: str | None = Field(
         "choices", description="Rationales: multiple-choice options (a list, or {label: [...], text: [...]}); optional."
@@ -184,6 +186,85 @@ class PairsConfig(Section):
         return list(dict.fromkeys(v))
 
 
+class QueryType(str, Enum):
+    """Retrieval query types, each with its template ``prompts/retrieval/<type>.yaml`` and its own shape check
+    (:data:`pipeline.kinds.retrieval.SHAPES`): InPars' and Promptagator's queries, in three styles."""
+
+    keyword = "keyword"  # a web-search style query of a few words
+    question = "question"  # a natural question the passage answers
+    claim = "claim"  # a statement the passage supports, in other words (fact-checking style retrieval)
+
+
+class RetrievalJudgeConfig(Section):
+    """LLM-as-judge of (query, passage): 0-5, how well the passage answers the query (InPars filters its queries
+    by the model's own score; here the same model rates them, greedy, one digit)."""
+
+    min_score: int = Field(
+        1, ge=0, le=5,
+        description="Keep a query only when its own passage scores at least this. 1 rejects the queries a judge finds "
+        "unrelated to their passage (0); the embedded SmolLM2-135M does not discriminate (it answers 1 to a query "
+        "with its own passage and with a foreign one alike, docs/retrieval.md), so on the embedded default the judge "
+        "only rejects unparsable scores. With a capable judge (vllm or openai engine) 3 is a stricter bar.")
+    temperature: float = Field(0.0, ge=0.0, description="0: greedy, one deterministic score per pair.")
+    max_tokens: int = Field(4, gt=0, description="A score is one digit.")
+
+
+class FalseNegativeJudgeConfig(Section):
+    """The optional false-negative pass: the judge also rates the closest mined candidates against the query; a
+    candidate it scores as answering the query is not a negative."""
+
+    enabled: bool = Field(False, description="Judge the closest candidates too (one more LLM call per candidate; off "
+                          "by default for speed: mining's positive-aware rule already drops the likeliest ones).")
+    top: int = Field(4, ge=1, le=32, description="The closest this many candidates that passed the mining rules are "
+                     "judged (negatives are then picked from them, in order, then from the unjudged ones).")
+    max_score: int = Field(3, ge=0, le=5, description="Drop a candidate the judge scores at or above this (3: a "
+                           "passage that answers the query reasonably well is not its negative).")
+
+
+class MiningConfig(Section):
+    """Hard negatives from the corpus (sentence-transformers' ``mine_hard_negatives``; NV-Retriever's positive-aware
+    mining, Moreira et al. 2024): the passages closest to the query by cosine, skipping its own passage."""
+
+    model: Path | None = Field(None, description="A sentence-transformers folder; default: the bundled all-MiniLM-L6-v2.")
+    num_negatives: int = Field(3, ge=1, le=32, description="Negatives per query (one row each).")
+    candidates: int = Field(10, ge=1, description="The closest this many passages are considered (mine_hard_negatives' "
+                            "range_max); fewer negatives are kept when the rules drop more.")
+    max_positive_ratio: float | None = Field(
+        0.95, gt=0.0, le=1.0,
+        description="NV-Retriever's TopK-PercPos: drop a candidate whose cosine to the query is above this fraction of "
+        "the positive's (0.95 was the paper's best); none: off.")
+    absolute_margin: float | None = Field(None, description="mine_hard_negatives' absolute_margin: drop a candidate "
+                                          "with cosine > cos(query, positive) - margin; none: off.")
+    max_score: float | None = Field(None, ge=-1.0, le=1.0, description="mine_hard_negatives' max_score: drop a "
+                                    "candidate with cosine above this; none: off.")
+    round_trip: int | None = Field(
+        1, ge=1,
+        description="Promptagator's round-trip consistency: keep a training query only when its own passage ranks in "
+        "the top this many of its pool by cosine (1, the paper's K; a query that finds another passage first is vague "
+        "or about something else, docs/retrieval.md); raise it for corpora with many near-duplicate passages; none: "
+        "off. Test queries are exempt: filtered by the encoder that is then evaluated, the test split would hold only "
+        "the queries that encoder already answers.")
+
+
+class RetrievalConfig(Section):
+    """Retrieval triplets (InPars, Promptagator): per passage, queries of each type written by the LLM and judged
+    answerable, then hard negatives mined from the same corpus (block) with positive-aware false-negative removal."""
+
+    types: list[QueryType] = Field(default_factory=lambda: list(QueryType), description="Query types to write per passage.")
+    max_query_words: int = Field(32, gt=0, description="Longer queries are rejected (too_long).")
+    judge: RetrievalJudgeConfig = Field(default_factory=RetrievalJudgeConfig)
+    fn_judge: FalseNegativeJudgeConfig = Field(default_factory=FalseNegativeJudgeConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    prompts_dir: Path = Field(REPO_RETRIEVAL_PROMPTS, description="Folder of retrieval templates (one per query type, and judge).")
+
+    @field_validator("types")
+    @classmethod
+    def _unique(cls, v: list[QueryType]) -> list[QueryType]:
+        if not v:
+            raise ValueError("expected at least one query type")
+        return list(dict.fromkeys(v))
+
+
 class OutputConfig(Section):
     dir: Path | None = Field(None, description="Output dataset directory.")
     rows_per_shard: int = Field(5000, gt=0, description="Rows per Arrow shard.")
@@ -256,6 +337,7 @@ class RunConfig(Settings):
     negatives: NegativesConfig = Field(default_factory=NegativesConfig)
     rationales: RationalesConfig = Field(default_factory=RationalesConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)

@@ -27,7 +27,8 @@ def inspect_summary(root: Path) -> dict[str, Any]:
     m = load_manifest(root)
     kind = kind_of_format(m.get("format"), Path(root) / "manifest.json").name
     return {"format": m.get("format"), "counts": m["counts"], "per_type": m.get("per_type", []),
-            "rationales": m.get("rationales"), "pairs": m.get("pairs"), "samples": sample_rows(root, m), "run_id": m.get("run_id"),
+            "rationales": m.get("rationales"), "pairs": m.get("pairs"), **({kind: m[kind]} if kind in m else {}),
+            "samples": sample_rows(root, m), "run_id": m.get("run_id"),
             "releases": m.get("publish", {}).get("releases", []),
             "filters": m.get("filters", {}), "scores": score_summary(root, m),
             "blind_splits": m["config"].get("filters", {}).get(kind, {}).get("blind", {}).get("splits", [])}
@@ -88,15 +89,17 @@ def print_report(root: Path, console: Console | None = None) -> None:
     funnel = Table(title=f"Funnel: {root}")
     funnel.add_column("stage")
     funnel.add_column("count", justify="right")
-    rationales = info["rationales"] is not None or info["pairs"] is not None
+    kind = kind_of_format(info["format"], Path(root) / "manifest.json")
+    stats = info.get(kind.name)  # a kind's own manifest section (rationales, pairs, retrieval), if it has one
+    rationales = stats is not None
     for label, key in (("input rows", "inputs"), ("input rows rejected", "input_rejected"), ("units", "units"),
                        ("generated (last run)", "generated"), ("reused", "reused"),
                        ("distinct positives in rows" if rationales else "positives kept", "positives"),
                        ("rows kept" if rationales else "negatives kept", "kept"), ("outputs rejected", "rejected"),
                        ("dropped by filters", "filtered")):
         funnel.add_row(label, str(c.get(key, 0)))
-    for key, n in (info["rationales"] or info["pairs"] or {}).items():
-        if key != "by_source":
+    for key, n in (stats or {}).items():
+        if not isinstance(n, dict):  # counts and means; per-key breakdowns (by_source, with_rows) are not funnel steps
             funnel.add_row(key.replace("_", " "), str(n))
     for split, n in c["splits"].items():
         funnel.add_row(f"rows in {split}", str(n))
@@ -121,7 +124,6 @@ def print_report(root: Path, console: Console | None = None) -> None:
     samples = Table(title="Sample rows (train)")
     for col in ("type", "anchor", "positive", "negative"):
         samples.add_column(col, overflow="fold")
-    kind = kind_of_format(info["format"], Path(root) / "manifest.json")
     for r in info["samples"]:
         samples.add_row(r[kind.sample_key], r[kind.anchor], r["positive"] or "", r["negative"])
     console.print(samples)

@@ -145,9 +145,25 @@ def _pair_filters() -> FilterConfig:
     )
 
 
+def _retrieval_filters() -> FilterConfig:
+    """Retrieval triplets: dedup only. A query shares few words with its passages, so no surface band means anything
+    (negative or positive); the false-negative guard and the margins are the mining rules' job, applied to every
+    candidate before it becomes a row (retrieval.mining, with the query's own positive as the reference); the judge
+    decides whether a query fits its passage; a blind scorer comparing a query with a passage measures nothing; and
+    mining picks negatives *by* their cosine below the positive's, so a propensity model of positive vs negative on
+    that cosine separates them by construction: its weights would only echo the mining threshold."""
+    return FilterConfig(
+        surface=SurfaceSection(enabled=False),
+        semantic=SemanticSection(enabled=False, false_negative=None, positive_min=None, false_negative_exempt=[]),
+        blind=BlindSection(enabled=False),
+        propensity=PropensitySection(enabled=False),
+    )
+
+
 class FiltersConfig(Section):
     """Filter settings per data kind."""
 
     negatives: FilterConfig = Field(default_factory=FilterConfig)
     rationales: FilterConfig = Field(default_factory=_rationale_filters)
     pairs: FilterConfig = Field(default_factory=_pair_filters)
+    retrieval: FilterConfig = Field(default_factory=_retrieval_filters)

@@ -247,3 +247,19 @@ def read_sentences(cfg: InputConfig) -> tuple[list[SentenceRecord], list[Rejecti
     (a missing id is the sentence's hash, so a repeated sentence is a duplicate_id)."""
     path, rows = _rows(cfg, {"sentence_column": cfg.sentence_column})
     return _collect(path, rows, lambda p, line, row: _validate_sentence(p, line, row, cfg), cfg.limit, cfg.id_column)
+
+
+def _validate_passage(path: Path, line: int, row: dict[str, Any], cfg: InputConfig) -> SentenceRecord | Rejection:
+    raw = json.dumps(row, ensure_ascii=False, default=str)
+    passage = _text(path, line, row, cfg.passage_column, "passage", cfg, raw)
+    if isinstance(passage, Rejection):
+        return passage
+    rid = _optional_id(path, line, row, cfg, passage, "p-", raw)
+    return rid if isinstance(rid, Rejection) else SentenceRecord(rid, passage, str(path), line)
+
+
+def read_passages(cfg: InputConfig) -> tuple[list[SentenceRecord], list[Rejection]]:
+    """Retrieval: all valid passages (first ``cfg.limit``; the text in ``sentence``) and all rejected rows, in file
+    order; the id column is optional (a missing id is the passage's hash, so a repeated passage is a duplicate_id)."""
+    path, rows = _rows(cfg, {"passage_column": cfg.passage_column})
+    return _collect(path, rows, lambda p, line, row: _validate_passage(p, line, row, cfg), cfg.limit, cfg.id_column)

@@ -8,11 +8,11 @@ Adding a kind: docs/extending.md.
 from __future__ import annotations
 
 from pipeline.errors import ContrastgenError, DatasetError
-from pipeline.kinds import negatives, pairs, rationales
+from pipeline.kinds import negatives, pairs, rationales, retrieval
 from pipeline.kinds.base import Kind
 from pipeline.shards.folder import dataset_format
 
-KINDS: dict[str, Kind] = {k.name: k for k in (negatives.KIND, rationales.KIND, pairs.KIND)}
+KINDS: dict[str, Kind] = {k.name: k for k in (negatives.KIND, rationales.KIND, pairs.KIND, retrieval.KIND)}
 
 
 def kind_of(name: str) -> Kind:

@@ -13,6 +13,11 @@ Retention is STS-style: Spearman x 100 between cosine similarity and the graded 
 unrelated 0), plus the mean cosine of its paraphrase pairs; or of a user's STS-format file (``eval.retention``,
 ``--retention FILE``): STS Benchmark's own TSV (STS-B dev, human-annotated; Cer et al. 2017) or JSONL rows of
 sentence1/sentence2/score. Rows without a positive are counted, not scored.
+
+A retrieval dataset (``contrastgen generate retrieval``) is also scored as retrieval (:func:`retrieval_scores`):
+every distinct test query against the corpus of distinct test passages (its positives and negatives), ranked by
+cosine; ``recall@k`` is the share of queries whose own passage ranks in the top k, ``mrr@10`` the mean of 1/rank
+(0 past rank 10), as MS MARCO (Nguyen et al. 2016) reports it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,19 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class RetrievalScore:
+    recall_at_1: float  # x 100
+    recall_at_10: float  # x 100
+    mrr_at_10: float  # x 100
+    queries: int
+    passages: int  # the corpus: distinct test passages
+
+    def to_dict(self) -> dict:
+        return {"recall@1": self.recall_at_1, "recall@10": self.recall_at_10, "mrr@10": self.mrr_at_10,
+                "queries": self.queries, "passages": self.passages}
+
+
+@dataclass(frozen=True)
 class EvalReport:
     overall: TypeScore
     per_type: list[TypeScore]
@@ -59,9 +77,15 @@ class EvalReport:
     uniformity: float
     retention: Retention
     no_positive: int
+    retrieval: RetrievalScore | None = None  # retrieval datasets only
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.retrieval is None:
+            del d["retrieval"]
+        else:
+            d["retrieval"] = self.retrieval.to_dict()
+        return d
 
 
 def encode_unique(model: SentenceTransformer, texts: list[str], batch_size: int) -> dict[str, torch.Tensor]:
@@ -160,10 +184,50 @@ def typed_scores(model: SentenceTransformer, scored: list[dict], batch_size: int
     return _score("all", s_cp, s_cn, s_pn), per_type, c, p
 
 
+def ranks(queries: np.ndarray, corpus: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """(Q,) the rank (1 = first) of each query's relevant passage ``relevant[q]`` among ``corpus`` [P, D], by dot product
+    with ``queries`` [Q, D] (unit vectors: cosine); a tie counts against it (rank = passages scoring at least as high).
+
+    >>> ranks(np.eye(2), np.array([[1.0, 0.0], [0.6, 0.8]]), np.array([0, 0])).tolist()
+    [1, 2]
+    """
+    sims = queries @ corpus.T  # [Q, P]
+    own = sims[np.arange(len(queries)), relevant]  # (Q,)
+    return (sims >= own[:, None]).sum(1)  # the relevant passage itself is one of them
+
+
+def retrieval_metrics(rank: np.ndarray) -> dict[str, float]:
+    """recall@1, recall@10 and MRR@10 (x 100) of the relevant passages' ranks (Q,).
+
+    >>> retrieval_metrics(np.array([1, 2, 11, 4]))
+    {'recall@1': 25.0, 'recall@10': 75.0, 'mrr@10': 43.75}
+    """
+    rank = np.asarray(rank)
+    return {"recall@1": round(100 * float(np.mean(rank <= 1)), 2), "recall@10": round(100 * float(np.mean(rank <= 10)), 2),
+            "mrr@10": round(100 * float(np.mean(np.where(rank <= 10, 1.0 / rank, 0.0))), 2)}
+
+
+def retrieval_scores(model: SentenceTransformer, table: pa.Table, batch_size: int = 64) -> RetrievalScore:
+    """Retrieval on a test split in the negatives layout (caption = query): each distinct (query, passage) against the
+    corpus of the split's distinct passages (positives and negatives)."""
+    rows = table.select(["caption", "positive", "negative"]).to_pylist()
+    pairs = list(dict.fromkeys((r["caption"], r["positive"]) for r in rows if r["positive"] is not None))
+    if not pairs:
+        raise DatasetError("retrieval evaluation: expected test rows with a query and its passage, found none. "
+                           "Fix: generate from more passages (or a larger output.test_fraction)")
+    corpus = list(dict.fromkeys([p for _, p in pairs] + [r["negative"] for r in rows]))
+    emb = encode_unique(model, [q for q, _ in pairs] + corpus, batch_size)
+    at = {p: i for i, p in enumerate(corpus)}
+    rank = ranks(torch.stack([emb[q] for q, _ in pairs]).numpy(), torch.stack([emb[p] for p in corpus]).numpy(),  # [Q, D], [P, D]
+                 np.array([at[p] for _, p in pairs]))
+    m = retrieval_metrics(rank)
+    return RetrievalScore(m["recall@1"], m["recall@10"], m["mrr@10"], len(pairs), len(corpus))
+
+
 def evaluate_table(model: SentenceTransformer, table: pa.Table, batch_size: int = 64,
-                   retention_file: Path | None = None) -> EvalReport:
+                   retention_file: Path | None = None, retrieval: bool = False) -> EvalReport:
     """Score ``model`` on a negatives table (a test split); retention on the report half of ``retention_file``
-    (an STS-format file) or of the bundled pairs."""
+    (an STS-format file) or of the bundled pairs; with ``retrieval`` (a retrieval dataset's split) retrieval too."""
     rows = table.select(["caption", "positive", "negative", "neg_type"]).to_pylist()
     scored = [r for r in rows if r["positive"] is not None]
     if not scored:
@@ -176,4 +240,4 @@ def evaluate_table(model: SentenceTransformer, table: pa.Table, batch_size: int 
     return EvalReport(overall, per_type, align, uniform,
                       retention(model, retention_pairs("report", retention_file), batch_size,
                                 "bundled" if retention_file is None else Path(retention_file).name),
-                      len(rows) - len(scored))
+                      len(rows) - len(scored), retrieval_scores(model, table, batch_size) if retrieval else None)

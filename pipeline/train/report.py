@@ -25,6 +25,10 @@ def print_eval(report: EvalReport, title: str, console: Console | None = None) -
     r = report.retention
     console.print(f"alignment {report.alignment}  uniformity {report.uniformity}  retention (Spearman x100, {r.source}) "
                   f"{r.spearman}  paraphrase similarity {r.paraphrase_sim}  rows without positive {report.no_positive}")
+    if report.retrieval is not None:
+        x = report.retrieval
+        console.print(f"retrieval ({x.queries} test queries against {x.passages} test passages, x100): recall@1 "
+                      f"{x.recall_at_1}  recall@10 {x.recall_at_10}  MRR@10 {x.mrr_at_10}")
 
 
 def print_train_summary(s: TrainSummary, console: Console | None = None) -> None:
@@ -46,6 +50,11 @@ def print_train_summary(s: TrainSummary, console: Console | None = None) -> None
         console.print(f"retention (Spearman x100 on {b.retention.source} pairs) {b.retention.spearman} -> {a.retention.spearman}; "
                       f"paraphrase similarity {b.retention.paraphrase_sim} -> {a.retention.paraphrase_sim}; "
                       f"alignment {b.alignment} -> {a.alignment}; uniformity {b.uniformity} -> {a.uniformity}")
+        if b.retrieval is not None and a.retrieval is not None:
+            console.print(f"retrieval ({a.retrieval.queries} test queries against {a.retrieval.passages} test passages, x100): "
+                          f"recall@1 {b.retrieval.recall_at_1} -> {a.retrieval.recall_at_1}; recall@10 "
+                          f"{b.retrieval.recall_at_10} -> {a.retrieval.recall_at_10}; MRR@10 {b.retrieval.mrr_at_10} -> "
+                          f"{a.retrieval.mrr_at_10}")
 
 
 def train_summary_dict(s: TrainSummary) -> dict[str, Any]:

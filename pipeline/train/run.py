@@ -9,6 +9,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from pipeline.errors import ConfigError, DatasetError
+from pipeline.shards.card import load_manifest
+from pipeline.shards.folder import dataset_format
 from pipeline.train import distributed as ddp
 from pipeline.train.card import write_model_card
 from pipeline.train.config import TrainConfig
@@ -33,6 +35,11 @@ def load_data(cfg: TrainConfig) -> TrainData:
         tests[str(d)] = read_split(Path(d), "test")
     train, val = split_groups(groups, cfg.data.val_fraction)
     return TrainData(train, val, skipped, tests)
+
+
+def is_retrieval(d: Path) -> bool:
+    """A retrieval dataset (``contrastgen generate retrieval``) is also scored as retrieval on its test split."""
+    return load_manifest(Path(d)).get("format") == dataset_format("retrieval")
 
 
 def load_encoder(path: Path, device: str, max_seq_length: int | None = None) -> SentenceTransformer:
@@ -64,11 +71,13 @@ def run_train(cfg: TrainConfig) -> TrainSummary:
     torch.manual_seed(cfg.optim.seed + rank)
     data = load_data(cfg)
     student = load_encoder(cfg.model.resolved_base(), device, cfg.model.max_seq_length)
-    before = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention) for d, t in data.tests.items()} if rank == 0 else {}
+    retrieval = {d: is_retrieval(d) for d in data.tests}
+    before = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention, retrieval[d])
+              for d, t in data.tests.items()} if rank == 0 else {}
     result = Trainer(cfg, student, rank).run(data.train, data.val)
     after = {}
     if rank == 0:
-        after = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention) for d, t in data.tests.items()}
+        after = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention, retrieval[d]) for d, t in data.tests.items()}
         student.save(str(cfg.model.out))
     summary = TrainSummary(str(cfg.model.out), data, result, before, after)
     if rank == 0:
@@ -81,4 +90,4 @@ def run_evaluate(model_dir: Path, dataset_dir: Path, batch_size: int = 64, reten
     table = read_split(Path(dataset_dir), "test")  # a missing or damaged dataset fails before the model loads
     if retention_file is not None:
         read_sts(retention_file)  # so does a bad STS file
-    return evaluate_table(load_encoder(model_dir, _device()), table, batch_size, retention_file)
+    return evaluate_table(load_encoder(model_dir, _device()), table, batch_size, retention_file, is_retrieval(dataset_dir))
