@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from pipeline.train.losses.degla_local import degla_local
 from pipeline.train.losses.ema_distill import ema_distill
 from pipeline.train.losses.mnrl import mnrl
 from pipeline.train.losses.mw_auc import mw_auc
+from pipeline.train.losses.view_local import view_local
 
 B, K, D, S = 3, 2, 5, 20.0
 
@@ -69,6 +71,24 @@ def test_degla_local_uses_only_the_anchors_own_negatives_and_the_teacher():
         degla_local(_embedded(teacher=False))
 
 
+def _view_term(e: Embedded, query) -> float:
+    total = 0.0
+    for i in range(B):
+        logits = [S * _cos(query[i], e.anchor[i])]
+        logits += [S * _cos(query[i], e.negatives[i, k]) + math.log(float(e.neg_weight[i, k])) for k in range(K)]
+        total += -(logits[0] - math.log(sum(math.exp(x) for x in logits)))
+    return total / B
+
+
+def test_view_local_asks_the_positive_to_pick_the_anchor_over_the_anchors_negatives():
+    e = _embedded(weight=torch.tensor([[1.0, 0.5], [2.0, 1.0], [1.0, 1.0]]))
+    assert float(view_local(e)) == pytest.approx((_view_term(e, e.positive) + _view_term(e, e.teacher_positive)) / 2, rel=1e-5)
+    alone = _embedded(teacher=False)
+    assert float(view_local(alone)) == pytest.approx(_view_term(alone, alone.positive), rel=1e-5)
+    same = replace(alone, positive=alone.anchor)  # a positive that is the anchor picks it at once
+    assert float(view_local(same)) < float(view_local(alone))
+
+
 def test_ema_distill_is_zero_at_the_teacher_and_grows_away_from_it():
     e = _embedded()
     same = Embedded(*[getattr(e, f) for f in ("anchor", "positive", "negatives", "neg_mask", "neg_weight", "all_positive",
@@ -111,7 +131,7 @@ def test_layout_and_split_put_every_text_back_in_its_slot():
     assert lay.neg_weight.tolist() == [[1.0, 0.5, 0.0], [2.0, 0.0, 0.0]]
 
 
-@pytest.mark.parametrize("name", ["mnrl", "degla_local", "ema_distill", "mw_auc"])
+@pytest.mark.parametrize("name", ["mnrl", "degla_local", "ema_distill", "mw_auc", "view_local"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib
