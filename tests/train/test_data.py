@@ -44,7 +44,7 @@ def test_not_a_dataset_names_what_was_expected(tmp_path):
     with pytest.raises(DatasetError, match="expected a contrastgen dataset folder.*no manifest.json"):
         read_split(tmp_path, "train")
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "something/else"}))
-    with pytest.raises(DatasetError, match="expected format 'contrastgen.negatives/1' or 'contrastgen.rationales/1' or 'contrastgen.pairs/1', found 'something/else'"):
+    with pytest.raises(DatasetError, match="expected format 'contrastgen.negatives/1' or 'contrastgen.rationales/1' or 'contrastgen.pairs/1' or 'contrastgen.retrieval/1', found 'something/else'"):
         read_split(tmp_path, "train")
 
 
