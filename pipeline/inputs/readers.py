@@ -233,33 +233,30 @@ def read_questions(cfg: InputConfig, answer_kind: str = "auto") -> tuple[list[Qu
     return _collect(path, rows, lambda p, line, row: _validate_question(p, line, row, cfg, answer_kind), cfg.limit, cfg.id_column)
 
 
-def _validate_sentence(path: Path, line: int, row: dict[str, Any], cfg: InputConfig) -> SentenceRecord | Rejection:
+def _validate_text_row(path: Path, line: int, row: dict[str, Any], cfg: InputConfig, column: str, what: str,
+                       prefix: str) -> SentenceRecord | Rejection:
+    """One text with an optional id (a missing id is ``prefix`` + the text's hash): a sentence or a passage."""
     raw = json.dumps(row, ensure_ascii=False, default=str)
-    sentence = _text(path, line, row, cfg.sentence_column, "sentence", cfg, raw)
-    if isinstance(sentence, Rejection):
-        return sentence
-    rid = _optional_id(path, line, row, cfg, sentence, "s-", raw)
-    return rid if isinstance(rid, Rejection) else SentenceRecord(rid, sentence, str(path), line)
+    text = _text(path, line, row, column, what, cfg, raw)
+    if isinstance(text, Rejection):
+        return text
+    rid = _optional_id(path, line, row, cfg, text, prefix, raw)
+    return rid if isinstance(rid, Rejection) else SentenceRecord(rid, text, str(path), line)
 
 
 def read_sentences(cfg: InputConfig) -> tuple[list[SentenceRecord], list[Rejection]]:
     """All valid sentences (first ``cfg.limit``) and all rejected rows, in file order; the id column is optional
     (a missing id is the sentence's hash, so a repeated sentence is a duplicate_id)."""
     path, rows = _rows(cfg, {"sentence_column": cfg.sentence_column})
-    return _collect(path, rows, lambda p, line, row: _validate_sentence(p, line, row, cfg), cfg.limit, cfg.id_column)
+    check = lambda p, line, row: _validate_text_row(p, line, row, cfg, cfg.sentence_column, "sentence", "s-")  # noqa: E731
+    return _collect(path, rows, check, cfg.limit, cfg.id_column)
 
 
-def _validate_passage(path: Path, line: int, row: dict[str, Any], cfg: InputConfig) -> SentenceRecord | Rejection:
-    raw = json.dumps(row, ensure_ascii=False, default=str)
-    passage = _text(path, line, row, cfg.passage_column, "passage", cfg, raw)
-    if isinstance(passage, Rejection):
-        return passage
-    rid = _optional_id(path, line, row, cfg, passage, "p-", raw)
-    return rid if isinstance(rid, Rejection) else SentenceRecord(rid, passage, str(path), line)
 
 
 def read_passages(cfg: InputConfig) -> tuple[list[SentenceRecord], list[Rejection]]:
     """Retrieval: all valid passages (first ``cfg.limit``; the text in ``sentence``) and all rejected rows, in file
     order; the id column is optional (a missing id is the passage's hash, so a repeated passage is a duplicate_id)."""
     path, rows = _rows(cfg, {"passage_column": cfg.passage_column})
-    return _collect(path, rows, lambda p, line, row: _validate_passage(p, line, row, cfg), cfg.limit, cfg.id_column)
+    check = lambda p, line, row: _validate_text_row(p, line, row, cfg, cfg.passage_column, "passage", "p-")  # noqa: E731
+    return _collect(path, rows, check, cfg.limit, cfg.id_column)

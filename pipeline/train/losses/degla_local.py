@@ -33,17 +33,24 @@ from pipeline.train.batch import Embedded
 from pipeline.train.losses.mnrl import masked_log_weight
 
 
-def _local_ce(query: torch.Tensor, cand: torch.Tensor, log_w: torch.Tensor, scale: float) -> torch.Tensor:
+def local_ce(query: torch.Tensor, cand: torch.Tensor, log_w: torch.Tensor, scale: float) -> torch.Tensor:
+    """Cross-entropy of each query [B, D] over its own candidates [B, 1+K, D], the first one the target."""
     logits = scale * torch.einsum("bd,bcd->bc", query, cand) + log_w  # [B, 1+K]
     return F.cross_entropy(logits, torch.zeros(query.shape[0], dtype=torch.long, device=query.device))
+
+
+def own_candidates(target: torch.Tensor, e: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
+    """``target`` [B, D] first, then the anchor's own negatives, normalised [B, 1+K, D]; and their log-weights
+    [B, 1+K] (the target weighs 1, padding is -inf)."""
+    cand = F.normalize(torch.cat([target[:, None], e.negatives], dim=1), dim=-1)
+    ones = torch.ones_like(e.neg_weight[:, :1])  # [B, 1]
+    return cand, masked_log_weight(torch.cat([ones, e.neg_weight], 1), torch.cat([ones.bool(), e.neg_mask], 1))
 
 
 def degla_local(e: Embedded) -> torch.Tensor:
     if e.teacher_anchor is None:
         raise ValueError("degla_local: expected the EMA teacher's anchor embeddings, got none")
-    cand = F.normalize(torch.cat([e.positive[:, None], e.negatives], dim=1), dim=-1)  # [B, 1+K, D]
-    ones = torch.ones_like(e.neg_weight[:, :1])  # [B, 1]
-    log_w = masked_log_weight(torch.cat([ones, e.neg_weight], 1), torch.cat([ones.bool(), e.neg_mask], 1))  # [B, 1+K]
+    cand, log_w = own_candidates(e.positive, e)  # [B, 1+K, D], [B, 1+K]
     a = F.normalize(e.anchor, dim=-1)  # [B, D]
     t = F.normalize(e.teacher_anchor, dim=-1)  # [B, D]
-    return (_local_ce(a, cand, log_w, e.scale) + _local_ce(t, cand, log_w, e.scale)) / 2
+    return (local_ce(a, cand, log_w, e.scale) + local_ce(t, cand, log_w, e.scale)) / 2

@@ -30,19 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.batch import Embedded
-from pipeline.train.losses.mnrl import masked_log_weight
-
-
-def _ce(query: torch.Tensor, cand: torch.Tensor, log_w: torch.Tensor, scale: float) -> torch.Tensor:
-    logits = scale * torch.einsum("bd,bcd->bc", query, cand) + log_w  # [B, 1+K]
-    return F.cross_entropy(logits, torch.zeros(query.shape[0], dtype=torch.long, device=query.device))
+from pipeline.train.losses.degla_local import local_ce, own_candidates
 
 
 def view_local(e: Embedded) -> torch.Tensor:
-    cand = F.normalize(torch.cat([e.anchor[:, None], e.negatives], dim=1), dim=-1)  # [B, 1+K, D]
-    ones = torch.ones_like(e.neg_weight[:, :1])  # [B, 1]
-    log_w = masked_log_weight(torch.cat([ones, e.neg_weight], 1), torch.cat([ones.bool(), e.neg_mask], 1))  # [B, 1+K]
-    student = _ce(F.normalize(e.positive, dim=-1), cand, log_w, e.scale)
+    cand, log_w = own_candidates(e.anchor, e)  # the anchor first, then its negatives: [B, 1+K, D], [B, 1+K]
+    student = local_ce(F.normalize(e.positive, dim=-1), cand, log_w, e.scale)
     if e.teacher_positive is None:
         return student
-    return (student + _ce(F.normalize(e.teacher_positive, dim=-1), cand, log_w, e.scale)) / 2
+    return (student + local_ce(F.normalize(e.teacher_positive, dim=-1), cand, log_w, e.scale)) / 2
