@@ -3,6 +3,7 @@
 A page is found without loading the dataset: each shard of the split is opened memory-mapped once (Arrow IPC
 stream; the OS pages in only the columns a request touches), the filter (type, a rejected row's stage and reason,
 text search) is one vectorised ``pyarrow.compute`` mask per shard, and only the page's rows are turned into Python.
+Without a filter, the manifest's row counts place the page: only the shards it covers are opened.
 Shard sizes are checked against the manifest; their sha256 is not (hashing gigabytes would make the page slow
 to open: ``contrastgen inspect`` and training check it).
 """
@@ -110,12 +111,16 @@ class Dataset:
     def page(self, query: Query) -> Page:
         """The rows of ``query.page`` and how many rows match, shard by shard."""
         start, rows, total = query.page * query.size, [], 0
+        unfiltered = not (query.type or query.stage or query.reason or query.q)
         for shard in self._shards(query.split):
+            lo = max(0, start - total)
+            if unfiltered and (lo >= int(shard.get("rows", 0)) or len(rows) >= query.size):
+                total += int(shard.get("rows", 0))  # the manifest's count: a shard off the page is never opened
+                continue
             t = self._shard(shard)
             mask = self._mask(t, query)
             if mask is not None:
                 t = t.filter(mask)
-            lo = max(0, start - total)
             if lo < t.num_rows and len(rows) < query.size:
                 rows += t.slice(lo, query.size - len(rows)).to_pylist()
             total += t.num_rows
