@@ -35,11 +35,19 @@ def refilter_config(src: Path, out: Path, config_file: Path | None) -> RunConfig
                               f"got {extra}. Fix: drop them, or run `contrastgen generate` to change generation.")
     cfg = resolve(RunConfig, config_file, {"output": {"dir": out}}, base=saved)
     now = cfg.model_dump(mode="json")
-    changed = [k for k in _GENERATION if now[k] != saved[k]]
+    changed = [k for k in _GENERATION if not _same(saved.get(k), now[k])]
     if changed:
         raise ConfigError(f"{changed}: expected the generation settings of {src} unchanged (filter makes no LLM call), "
                           "got them changed by the environment. Fix: unset those CONTRASTGEN_* variables.")
     return cfg
+
+
+def _same(saved, now) -> bool:
+    """``now`` says what ``saved`` said; a setting added to the config after DIR was made (absent from its
+    manifest, so it ran at that setting's default) is not a change."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return all(k in now and _same(v, now[k]) for k, v in saved.items())
+    return saved == now
 
 
 def _input_rejects(src: Path, manifest: dict) -> list[Rejection]:
