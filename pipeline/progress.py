@@ -149,6 +149,7 @@ def quiet_libraries() -> None:
     """Keep Ray's and Prefect's notices out of the default output: call it before they are imported (Prefect reads
     its log level then) and again after (their handlers exist then)."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar reads it at import
     drop = _DROP
     for name in ("ray", "prefect", "prefect.server", "prefect.flow_runs", "prefect.task_runs", "sqlalchemy",
                  "ray._private.authentication.authentication_token_setup", "ray._private.worker"):

@@ -4,13 +4,14 @@ Task contract
 - inputs: :class:`CaptionRecord` (``id``, ``caption``, optional ``image_ref``)
 - outputs: :class:`NegativeRow` (kept) or :class:`Rejection` (reason code, raw text)
 - render: :func:`render` (template from ``prompts/negatives/<task>.yaml``, few-shot as chat turns)
-- parse: :func:`parse_unit` (strict parse, apply edit, structural type check)
+- parse: :func:`parse_unit` (strict parse, apply edit, structural type check, word-class check)
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -38,6 +39,7 @@ from pipeline.tasks.edits import (
 )
 from pipeline.tasks.structure import Shape, check_shapes
 from pipeline.tasks.templates import Template, load_templates
+from pipeline.tasks.word_class import CHECKED, parse_captions, word_class_failure
 
 PARAPHRASE = "paraphrase"
 
@@ -115,8 +117,9 @@ def render(unit: Unit, tpl: Template, mode: str, cfg: RunConfig) -> GenerationRe
     return GenerationRequest(unit.key, tuple(msgs), Sampling(s.temperature, s.top_p, s.max_tokens, s.n, unit.seed))
 
 
-def parse_unit(raw: RawResult, tpl: Template) -> Candidate | Rejection:
-    """First valid sample wins; when none is valid the unit is rejected with the first sample's reason."""
+def parse_unit(raw: RawResult, tpl: Template, doc: Any = None) -> Candidate | Rejection:
+    """First valid sample wins; when none is valid the unit is rejected with the first sample's reason.
+    ``doc``: the caption's spaCy parse, for the word-class check (None: not checked)."""
     fmt = "rewrite" if raw.provenance.mode == "rewrite" else tpl.edit_format
     shape = SHAPES[raw.task]
     first_failure: Failure | None = None
@@ -129,6 +132,8 @@ def parse_unit(raw: RawResult, tpl: Template) -> Candidate | Rejection:
                 cand = Failure("too_long", f"{len(cand.text)} chars")
             elif not check_shapes(shape, [raw.caption], [cand.text])[0]:
                 cand = Failure("type_mismatch", f"expected a {shape} of the caption")
+            elif doc is not None and (why := word_class_failure(raw.task, doc, cand.text)):
+                cand = Failure("wrong_word_class", why)
         if isinstance(cand, Candidate):
             return cand
         first_failure = first_failure or cand
@@ -141,9 +146,12 @@ def parse_unit(raw: RawResult, tpl: Template) -> Candidate | Rejection:
     )
 
 
-def assemble(raws: list[RawResult], templates: dict[str, Template]) -> tuple[list[NegativeRow], list[Rejection]]:
-    """Parse every raw unit; pair each valid negative with its caption's valid paraphrase positive."""
-    parsed = {r.unit_key: parse_unit(r, templates[r.task]) for r in raws}
+def assemble(raws: list[RawResult], templates: dict[str, Template], word_class: bool = True
+             ) -> tuple[list[NegativeRow], list[Rejection]]:
+    """Parse every raw unit; pair each valid negative with its caption's valid paraphrase positive.
+    ``word_class``: check the word class of each edit (its caption parsed once)."""
+    docs = parse_captions([r.caption for r in raws if r.task in CHECKED]) if word_class else {}
+    parsed = {r.unit_key: parse_unit(r, templates[r.task], docs.get(r.caption)) for r in raws}
     positives: dict[str, tuple[str, str]] = {}
     for r in raws:
         if r.task == PARAPHRASE and isinstance(parsed[r.unit_key], Candidate):
@@ -236,7 +244,7 @@ class Negatives:
         return mode_for(unit.task, cfg)
 
     def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled:
-        rows, rejects = assemble(raws, ctx.templates)
+        rows, rejects = assemble(raws, ctx.templates, ctx.cfg.negatives.word_class)
         valid_positives = sum(r.task == PARAPHRASE for r in raws) - sum(r.task == PARAPHRASE for r in rejects)
         return Assembled(rows, rejects, valid_positives)
 

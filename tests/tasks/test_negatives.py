@@ -55,3 +55,25 @@ def test_assemble_pairs_negatives_with_their_paraphrase():
     assert [r.neg_type for r in rows] == ["swap_obj"]
     assert rows[0].positive == "On a suitcase, a cat is asleep."
     assert [(r.task, r.reason) for r in rejects] == [("replace_obj", "span_not_found")]
+
+
+def test_wrong_word_class_is_rejected_and_the_next_sample_can_win():
+    cfg = load_config(None, {"negatives": {"types": ["swap_att"]}})
+    tpls = task.templates_for(cfg)
+    cap = CaptionRecord("3", "A boy in a blue shirt holds a red kite.")
+    unit = task.plan_units([cap], cfg, tpls)[0]
+    nouns, attrs = "boy <-> blue", "blue <-> red"
+    rows, rejects = task.assemble([_raw(unit, [nouns])], tpls)
+    assert not rows and rejects[0].reason == "wrong_word_class" and "boy" in rejects[0].detail
+    rows, rejects = task.assemble([_raw(unit, [nouns, attrs])], tpls)
+    assert not rejects and rows[0].negative == "A boy in a red shirt holds a blue kite." and rows[0].edit == attrs
+    rows, _ = task.assemble([_raw(unit, [nouns])], tpls, word_class=False)  # the check off: the noun swap stays
+    assert rows[0].negative == "A blue in a boy shirt holds a red kite."
+
+
+def test_the_word_class_setting_decides_rows_so_it_is_part_of_the_release_settings():
+    from pipeline.shards.publish import settings_sha
+
+    off = load_config(None, {"negatives": {"word_class": False}})
+    assert settings_sha(CFG, "negatives") != settings_sha(off, "negatives")
+    assert settings_sha(CFG, "pairs") == settings_sha(off, "pairs")
