@@ -154,6 +154,8 @@ class Trainer:
     def run(self, train: list[Group], val: list[Group]) -> TrainResult:
         """Train; with validation groups, keep the best eligible checkpoint (step 0, the base, counts)."""
         o = self.cfg.optim
+        # dropout draws from here: a run is the same whatever ran before it in the process (as `run_train` seeds it)
+        torch.manual_seed(o.seed + self.rank)
         per_rank = o.batch_size // ddp.world_size()
         plan = self._plan(train)
         total = sum(len(p) for p in plan)
