@@ -147,10 +147,12 @@ class Guard:
         if self.key and scope["path"].startswith("/v1"):
             auth = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(auth, b"Bearer " + self.key):
+                await _drain(receive)
                 return await _reply(send, 401, "missing or wrong API key: expected the header 'Authorization: Bearer "
                                     "<key>' with the key the server was started with (--api-key / $" + API_KEY_ENV + ")")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await _drain(receive)
             return await _reply(send, 413, f"request body of {int(declared)} bytes: expected at most {self.max_body}")
         seen = 0
 
@@ -165,11 +167,27 @@ class Guard:
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
+            await _drain(receive)
             await _reply(send, 413, f"request body over {self.max_body} bytes: expected at most {self.max_body}")
 
 
 class _TooLarge(Exception):
     pass
+
+
+DRAIN_BYTES = 64 << 20  # of a refused body, read and discard at most this much before answering
+
+
+async def _drain(receive) -> None:
+    """Read and discard the rest of a refused request's body (up to ``DRAIN_BYTES``, a chunk at a time), so the
+    client finishes sending and reads the answer: a server that answers and closes with unread bytes resets the
+    connection, and the client sees a broken pipe instead of the 401/413."""
+    seen = 0
+    while seen <= DRAIN_BYTES:
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if message["type"] == "http.disconnect" or not message.get("more_body"):
+            return
 
 
 async def _reply(send, status: int, detail: str) -> None:

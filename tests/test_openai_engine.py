@@ -65,8 +65,31 @@ def test_serve_checks_the_key_on_every_request_and_caps_the_body(openai_server):
     status, out = _post(url, body, {"Authorization": "Bearer wrong"})
     assert status == 401 and "CONTRASTGEN_API_KEY" in out["detail"]
     assert get(url.removesuffix("/v1") + "/health", {}) == 200  # the health check stays open, like vLLM's
-    status, out = _post(url, b'{"messages": [' + b" " * (1 << 20) + b"]}")
+    status, out = _post_unread(url, b'{"messages": [' + b" " * (1 << 20) + b"]}")
     assert status == 413 and "at most" in out["detail"]
+
+
+def _post_unread(url: str, body: bytes) -> tuple[int, dict]:
+    """POST ``body`` over a raw socket and read the answer even when the server answers before reading the body
+    and closes (what a body cap does): the client's send then fails with a broken pipe, and urllib raises that
+    instead of returning the response the server already sent."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    head = (f"POST {u.path}/chat/completions HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
+            f"Authorization: {_auth()['Authorization']}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    with socket.create_connection((u.hostname, u.port), timeout=60) as sock:
+        try:
+            sock.sendall(head.encode() + body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the whole body was sent
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    reply = b"".join(chunks)
+    status = int(reply.split(b" ", 2)[1])
+    return status, json.loads(reply.split(b"\r\n\r\n", 1)[1])
 
 
 def test_openai_engine_with_a_wrong_key_says_which_variable_to_set(openai_server, monkeypatch):
