@@ -39,7 +39,7 @@ from pipeline.tasks.edits import (
 )
 from pipeline.tasks.structure import Shape, check_shapes
 from pipeline.tasks.templates import Template, load_templates
-from pipeline.tasks.word_class import CHECKED, parse_captions, word_class_failure
+from pipeline.tasks.word_class import CHECKED, load_parser, parse_captions, word_class_failure
 
 PARAPHRASE = "paraphrase"
 
@@ -220,6 +220,10 @@ class Negatives:
 
     def check(self, cfg: RunConfig) -> None:
         check_input_output(cfg)
+        if cfg.negatives.word_class and any(t.value in CHECKED for t in cfg.negatives.types):
+            # Preflight: a missing spaCy model is one clear error before any LLM call, and its load (about 2 s) is
+            # not paid inside the first part's commit, where it would hold the driver while the engines wait.
+            load_parser()
 
     def templates(self, cfg: RunConfig) -> dict[str, Template]:
         return templates_for(cfg)

@@ -52,8 +52,9 @@ SPOOL = ".finalize"  # the spools of a finalize in progress, under the dataset r
 
 
 def preflight(kind: Kind, cfg: RunConfig) -> None:
-    """Cheap checks before Ray and Prefect start: input and output, every template loads, the model is found
-    (an embedded run: the bundled package or engine.model_path), the output folder may be written."""
+    """Checks before Ray and Prefect start: input and output (and what the kind's checks load, e.g. the negatives'
+    spaCy parser), every template loads, the model is found (an embedded run: the bundled package or
+    engine.model_path), the output folder may be written."""
     kind.check(cfg)
     kind.templates(cfg)
     cfg.engine.model_id()
