@@ -49,6 +49,12 @@ class EngineTimeoutError(TransientEngineError):
     """An engine call ran past ``engine.call_timeout_s`` (the pool retries it once, then rejects its units)."""
 
 
+class ReplicaDeadError(TransientEngineError):
+    """The engine inside a replica died for good (vLLM's ``EngineDeadError``: a GPU Xid, an NCCL error, a worker
+    OOM) while its Ray actor lives: not the requests' fault. The pool replaces the replica (kills the actor, Ray
+    restarts it with a fresh engine) and reruns the part on a live one."""
+
+
 class OutputFolderError(ContrastgenError):
     """``--out`` is not a folder contrastgen may write: a file, a foreign folder, another kind's dataset."""
 

@@ -47,7 +47,22 @@ def _vllm(cfg: EngineConfig) -> Engine:
     return VLLMEngine(cfg)
 
 
-ENGINES: dict[str, Callable[[EngineConfig], Engine]] = {"embedded": _embedded, "openai": _openai, "vllm": _vllm}
+def _plugin(cfg: EngineConfig) -> Engine:
+    """The class ``engine.plugin`` names ('module:Class'), built from the config."""
+    import importlib
+
+    from pipeline.errors import ConfigError
+
+    module, _, name = (cfg.plugin or "").partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)(cfg)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"engine.plugin: expected 'module:Class' of an importable Engine, found {cfg.plugin!r} "
+                          f"({exc}). Fix: name a class on the workers' Python path") from None
+
+
+ENGINES: dict[str, Callable[[EngineConfig], Engine]] = {"embedded": _embedded, "openai": _openai, "vllm": _vllm,
+                                                        "plugin": _plugin}
 
 
 def build_engine(cfg: EngineConfig) -> Engine:

@@ -73,7 +73,15 @@ class VLLMEngineConfig(Section):
 
 
 class EngineConfig(Section):
-    kind: Literal["embedded", "openai", "vllm"] = Field("embedded", description="Generation engine.")
+    kind: Literal["embedded", "openai", "vllm", "plugin"] = Field("embedded", description="Generation engine; plugin: "
+                                                                  "the class named by engine.plugin.")
+    plugin: str | None = Field(None, description="engine.kind plugin: 'module:Class' of an Engine (pipeline/engines/base.py) "
+                               "built from this config inside each replica, e.g. a bench-only instant engine. Its model id "
+                               "is engine.model_path's, like the embedded engine's.")
+    calls_in_flight: int | None = Field(None, ge=1, description="Engine calls (parts) a replica works on at once; more "
+                                        "are queued at its door. Default: 4 for vllm (one continuous batch), 1 otherwise.")
+    inject_slow_replica_s: float = Field(0.0, ge=0, description="Fault injection for drills and tests: replica 0 "
+                                         "waits this many seconds before each call (a slow GPU or a noisy neighbour).")
     model_path: Path | None = Field(
         None, description="A .gguf file or a transformers model folder; default: bundled SmolLM2-135M-Instruct."
     )
@@ -111,7 +119,12 @@ class EngineConfig(Section):
     def capacity(self) -> int:
         """Sequences one replica works on at once: the embedded engine's batch, vLLM's scheduler bound (256,
         vLLM's default for the offline LLM, when unset), the openai engine's concurrency bound."""
-        return {"embedded": self.batch_size, "vllm": self.vllm.max_num_seqs or 256, "openai": self.openai.concurrency}[self.kind]
+        return {"embedded": self.batch_size, "plugin": self.batch_size, "vllm": self.vllm.max_num_seqs or 256,
+                "openai": self.openai.concurrency}[self.kind]
+
+    def replica_calls(self) -> int:
+        """Calls in flight per replica (``calls_in_flight``, default 4 for vllm, else 1)."""
+        return self.calls_in_flight or (4 if self.kind == "vllm" else 1)
 
     def model_id(self) -> str:
         """A stable, human-readable model identity for provenance and unit keys."""
