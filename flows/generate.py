@@ -18,7 +18,7 @@ from prefect.utilities.annotations import quote
 
 from flows.retry import ENGINE_RETRIES
 from pipeline.config import RunConfig
-from pipeline.engines.pool import EnginePool
+from pipeline.engines.pool import EnginePool, release_before_finalize
 from pipeline.kinds import kind_of
 from pipeline.progress import Meter
 from pipeline.run import generate as steps
@@ -71,6 +71,8 @@ def generate_flow(kind: str, config: dict[str, Any]) -> dict[str, Any]:
                 with timing.measure("generation_seconds"):
                     generate_stage(k, quote(block), pool, store, name, quote(meter))
         meter.close()
+        if pool is not None and release_before_finalize(pool.engine_cfg, cfg.ray):
+            pool.close()  # finalize's GPU scorers need the GPUs the replicas hold
         with timing.measure("finalize_seconds"):
             summary = asdict(finalize(k, quote(ctx), store, timing, progress))
         return {**summary, "finalize_seconds": timing.finalize_seconds}

@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--model-path", type=Path, help="a .gguf file or transformers folder (default: bundled SmolLM2)")
     srv.add_argument("--device", help="torch device (cpu, cuda)")
+    srv.add_argument("--workers", type=int, help="engine processes (ray.workers); default: one single-threaded process "
+                     "per core, at most 8, on CPU (the pipeline's layout); one on CUDA")
     srv.add_argument("--config", type=Path, help="YAML run config; its `engine:` section is used")
     srv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every /v1 request (default: "
                      "$CONTRASTGEN_API_KEY; needed for a --host other than loopback)")
@@ -157,7 +159,7 @@ def _generate(a: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     import ray
 
-    from pipeline.engines.pool import ensure_ray, needs_ray
+    from pipeline.engines.pool import ensure_ray
 
     from flows.generate import generate_flow
 
@@ -167,7 +169,7 @@ def _generate(a: argparse.Namespace) -> int:
     # SIGTERM becomes SystemExit so the finally below stops the local Ray we started (its actors would
     # otherwise outlive us and keep burning CPU). After SIGKILL nothing runs: `ray stop` cleans up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    started = ensure_ray(cfg.ray) if needs_ray(cfg.engine) else False
+    started = ensure_ray(cfg.ray)  # every engine's parts stream through Ray Data workers
     try:
         summary = generate_flow(a.kind, cfg.model_dump(mode="json"))
     finally:
@@ -260,7 +262,8 @@ def _serve(a: argparse.Namespace) -> int:
 
     key = api_key(a.api_key)
     check_exposure(a.host, key)
-    cfg = load_config(a.config, _nest({("engine", "model_path"): a.model_path, ("engine", "device"): a.device}))
+    cfg = load_config(a.config, _nest({("engine", "model_path"): a.model_path, ("engine", "device"): a.device,
+                                       ("ray", "workers"): a.workers}))
     print(f"contrastgen serve: loading {cfg.engine.model_id()} on {cfg.engine.device}; "
           f"API at http://{a.host}:{a.port}/v1 ({'API key required' if key else 'no API key: this machine only'})", flush=True)
     serve(cfg, a.host, a.port, key, a.max_body_bytes)

@@ -135,7 +135,9 @@ class _DropNoise(logging.Filter):
     """Library records that tell a user of the CLI nothing (kept with ``--verbose``)."""
 
     NOISE = ("Token authentication is enabled", "Started a local Ray instance", "temporary server",
-             "database is locked", "Finished in state Completed", "Beginning flow run")
+             "database is locked", "Finished in state Completed", "Beginning flow run", "execution finished in",
+             "Progress bars disabled", "Starting execution of Dataset", "Execution plan of Dataset",
+             "Registered dataset logger")
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
@@ -151,7 +153,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar reads it at import
     drop = _DROP
-    for name in ("ray", "prefect", "prefect.server", "prefect.flow_runs", "prefect.task_runs", "sqlalchemy",
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # a Dataset's start, end and progress-bar notices, per stage
+    for name in ("ray", "ray.data", "prefect", "prefect.server", "prefect.flow_runs", "prefect.task_runs", "sqlalchemy",
                  "ray._private.authentication.authentication_token_setup", "ray._private.worker"):
         logger = logging.getLogger(name)
         logger.addFilter(drop)

@@ -1,66 +1,111 @@
-"""Engine pools: long-lived Ray actors that each load an engine once, or the driver itself for HTTP engines.
+"""Engine replicas: long-lived Ray actors that each load an engine once, fed by a dispatcher that routes by pull.
 
-Actors are named by a hash of the engine config inside the ``contrastgen`` namespace and fetched with
-``get_if_exists``, so several runs in one driver share a loaded model instead of reloading it per run or
-per Prefect task. vLLM replicas get GPUs: one each, or one STRICT_PACK placement group of
-``tensor_parallel_size`` GPU bundles each (vLLM's Ray executor places its workers in it).
+Replicas are named by a hash of the engine config inside the ``contrastgen`` namespace and fetched with
+``get_if_exists``, so several runs in one driver share a loaded model instead of reloading it per run or per
+Prefect task. vLLM replicas get GPUs: one each, or one STRICT_PACK placement group of ``tensor_parallel_size``
+GPU bundles each (vLLM's Ray executor places its workers in it).
 
-Worker failure: a part whose actor dies (``RayActorError``) is run again one request at a time on that actor,
-which Ray restarts (``ray.actor_restarts``): a poison request is isolated and rejected, the rest complete; a
-dead-for-good actor hands its calls to the next live one. Every call has a deadline (:class:`EnginePool`).
-A part's results are committed only when it returns whole (:func:`pipeline.run.common.commit_part`), so a
-killed part loses nothing and duplicates nothing. The ``openai`` engine is an HTTP client: it runs in the
-driver with no actor.
+A replica is an async actor that works on ``engine.replica_calls()`` calls (parts) at once: an engine with an
+``agenerate`` coroutine (vLLM's AsyncLLM) merges them into one continuous batch; a synchronous engine runs them
+one at a time in a thread, the next one waiting at its door. Its probes (``node``, ``identity``) answer while it
+generates.
+
+Work is pulled, not routed (:mod:`pipeline.engines.dispatch`): the parts that Ray Data part workers
+(:mod:`pipeline.run.stream`) send go to the preferred replica when it has room, else to any replica with room,
+else wait for the first one to free up; so a slow replica takes fewer parts and a lost one's parts go to the
+others at once. The ``openai`` engine is an HTTP client: each part worker holds its own, with no replica.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
-import threading
-import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from pipeline.engines.config import EngineConfig, RayConfig
-from pipeline.errors import ContrastgenError, EngineError, EngineTimeoutError, TransientEngineError
+from pipeline.errors import EngineTimeoutError
 from pipeline.records import Completion, EngineFailure, GenerationRequest
 
 NAMESPACE = "contrastgen"
 log = logging.getLogger("contrastgen.pool")
 
 
+class PartEngine(Protocol):
+    """What a part worker generates with: the pool itself (an HTTP client), or its replicas' dispatcher."""
+
+    engine_name: str
+    model_id: str
+
+    def generate(self, index: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]: ...
+
+
+def visible_devices(gpu_ids: list, environ: dict) -> str | None:
+    """The ``CUDA_VISIBLE_DEVICES`` a one-GPU replica must set itself, or None when Ray set it already. Ray sets it
+    for an actor with ``num_gpus`` unless the cluster sets ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES=1``; then
+    every replica would see all GPUs and use GPU 0, so the replica sets it from ``ray.get_gpu_ids()``.
+
+    >>> visible_devices([3], {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"})
+    '3'
+    >>> visible_devices([3], {}) is None
+    True
+    """
+    if not gpu_ids or environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "0") in ("", "0"):
+        return None
+    return ",".join(str(int(g)) if float(g).is_integer() else str(g) for g in gpu_ids)
+
+
 @ray.remote
 class EngineActor:
-    """Holds one engine for its whole life."""
+    """Holds one engine for its whole life (replica ``index`` of its pool)."""
 
-    def __init__(self, engine_json: str, threads: int):
+    def __init__(self, engine_json: str, threads: int, index: int = 0):
         import torch
 
         from pipeline.engines.base import build_engine
 
+        cfg = EngineConfig.model_validate_json(engine_json)
+        if cfg.kind != "vllm" or cfg.vllm.tensor_parallel_size == 1:  # a TP group's workers get theirs from vLLM
+            devices = visible_devices(ray.get_gpu_ids(), dict(os.environ))
+            if devices is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = devices
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers; we size threads explicitly
-        self.engine = build_engine(EngineConfig.model_validate_json(engine_json))
+        self.engine = build_engine(cfg)
         self.engine.warmup()
+        self.slow_s = cfg.inject_slow_replica_s if index == 0 else 0.0
+        self._one = asyncio.Lock()
 
-    def identity(self) -> tuple[str, str]:
+    async def identity(self) -> tuple[str, str]:
         return self.engine.name, self.engine.model_id
 
-    def pid(self) -> int:
+    async def pid(self) -> int:
         return os.getpid()
 
-    def node(self) -> str:
-        """The Ray node this replica runs on (a probe: it answers once the model is loaded)."""
+    async def node(self) -> str:
+        """The Ray node this replica runs on (a probe: it answers once the model is loaded, also while busy)."""
         return ray.get_runtime_context().get_node_id()
 
-    def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
-        return self.engine.generate(requests)
+    async def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
+        if self.slow_s:
+            await asyncio.sleep(self.slow_s)
+        agenerate = getattr(self.engine, "agenerate", None)
+        if agenerate is not None:
+            return await agenerate(requests)
+        async with self._one:
+            return await asyncio.to_thread(self.engine.generate, requests)
+
+    async def release(self) -> None:
+        """Shut the engine down (its GPUs and child processes), before the actor is killed."""
+        shutdown = getattr(self.engine, "shutdown", None)
+        if shutdown is not None:
+            await asyncio.to_thread(shutdown)
 
 
 def needs_ray(engine: EngineConfig) -> bool:
+    """The engine runs in Ray replicas (the openai engine is an HTTP client in each part worker)."""
     return engine.kind != "openai"
 
 
@@ -86,6 +131,12 @@ def resolve_vllm_device(engine: EngineConfig) -> EngineConfig:
     return engine.model_copy(update={"vllm": engine.vllm.model_copy(update={"device": device})})
 
 
+def uses_gpus(engine: EngineConfig) -> bool:
+    """The replicas hold GPUs (they must let them go before GPU scorers can start)."""
+    return (engine.kind == "vllm" and engine.vllm.device == "cuda") or (
+        engine.kind in ("embedded", "plugin") and engine.device.startswith("cuda"))
+
+
 def _placement(engine: EngineConfig, ray_cfg: RayConfig) -> tuple[int, Callable[[], dict]]:
     """(replicas, a function making one replica's actor options): called only for actors not yet running,
     so a vLLM placement group is never reserved for an actor that already exists."""
@@ -104,108 +155,65 @@ def _placement(engine: EngineConfig, ray_cfg: RayConfig) -> tuple[int, Callable[
     return workers, lambda: {"num_cpus": min(1, cpus), "num_gpus": 1 if gpu else 0, "scheduling_strategy": "SPREAD"}
 
 
-def _actor(name: str, make_options: Callable[[], dict], restarts: int, blob: str, threads: int):
-    """The named engine actor: the running one, or a new one."""
+def _actor(name: str, make_options: Callable[[], dict], engine: EngineConfig, restarts: int, blob: str, threads: int,
+           index: int):
+    """The named engine actor: the running one, or a new one (its calls plus two probes at once)."""
     try:
         return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         pass
-    return EngineActor.options(name=name, namespace=NAMESPACE, get_if_exists=True, max_concurrency=1,
-                               max_restarts=restarts, **make_options()).remote(blob, threads)
-
-
-class _Crash(Exception):
-    """A call's replica died under it (or raised a non-contrastgen error): the requests may be poison."""
-
-
-class _NodeLost(Exception):
-    """A call's replica died with its node (the node left the cluster): nothing the requests did; Ray restarts the
-    replica on a node that is left, and the part runs again whole."""
-
-
-def _alive(node_id: str | None) -> bool:
-    return node_id is None or any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
-
-
-class _Timeout(Exception):
-    """A call ran past ``engine.call_timeout_s``; its replica was killed (Ray restarts it)."""
+    return EngineActor.options(name=name, namespace=NAMESPACE, get_if_exists=True,
+                               max_concurrency=engine.replica_calls() + 2, max_restarts=restarts,
+                               **make_options()).remote(blob, threads, index)
 
 
 class EnginePool:
-    """Engine actors (or the in-driver HTTP engine); part ``index`` goes to actor ``index % n`` first.
-
-    One call at a time per actor (a lock each), so a deadline times only its own call and a crash is
-    attributable to the call that was running. A part whose call crashes its replica is run again one request
-    at a time on that replica (Ray restarts it): the request that crashes it alone ``engine.crash_attempts``
-    times becomes an ``engine_crash`` failure and the others complete, so a poison request restarts one replica
-    twice (its part's crash, then its own) and never reaches the others. A part past its deadline is retried
-    once on the next replica, then its requests fail as ``engine_timeout``.
-    """
+    """The driver's handle on a run's engine: replicas and their dispatcher (Ray engines), or an in-process HTTP
+    client (openai). :meth:`caller` is what part workers use; :meth:`generate` calls the same from here."""
 
     def __init__(self, engine: EngineConfig, ray_cfg: RayConfig):
-        self.engine_cfg, self.ray_cfg, self.local = engine, ray_cfg, None
-        self.started_ray = False
+        self.engine_cfg, self.ray_cfg, self.local, self.actors, self.dispatcher = engine, ray_cfg, None, [], None
         if not needs_ray(engine):
             from pipeline.engines.base import build_engine
 
             self.local = build_engine(engine)
-            self.local.warmup()  # here too when clients stream the parts: a server that is down fails the run at once
-            self.engine_name, self.model_id, self.actors = self.local.name, self.local.model_id, []
-            if ray_cfg.clients:  # the parts go to Ray Data clients (pipeline.run.stream)
-                self.started_ray = ensure_ray(ray_cfg)
+            self.local.warmup()  # in the driver too: a server that is down fails the run at once
+            self.engine_name, self.model_id = self.local.name, self.local.model_id
             return
-        self.started_ray = ensure_ray(ray_cfg)
-        engine = self.engine_cfg = resolve_vllm_device(engine)
+        ensure_ray(ray_cfg)
+        self._start_replicas()
+
+    def _start_replicas(self) -> None:
+        from pipeline.engines.dispatch import start_dispatcher
+
+        engine = self.engine_cfg = resolve_vllm_device(self.engine_cfg)
         blob = engine.model_dump_json()
         tag = hashlib.sha256(blob.encode()).hexdigest()[:12]
-        n, make_options = _placement(engine, ray_cfg)
+        n, make_options = _placement(engine, self.ray_cfg)
         threads = engine.threads or max(1, (os.cpu_count() or 1) // n)
-        self.actors = [_actor(f"engine-{tag}-{i}", make_options, ray_cfg.actor_restarts, blob, threads) for i in range(n)]
-        self._locks = [threading.Lock() for _ in self.actors]
-        self._nodes: list[str | None] = [None] * len(self.actors)  # each replica's node, as of its last call
-        try:
-            self.engine_name, self.model_id = ray.get(self.actors[0].identity.remote(), timeout=engine.start_timeout_s)
-        except GetTimeoutError:
-            raise EngineError(f"expected the engine to load within engine.start_timeout_s = {engine.start_timeout_s:g} s, "
-                              "it did not. Fix: check `ray status` (free CPUs/GPUs for the actors) and the actors' logs, "
-                              "or raise engine.start_timeout_s") from None
+        names = [f"engine-{tag}-{i}" for i in range(n)]
+        self.actors = [_actor(name, make_options, engine, self.ray_cfg.actor_restarts, blob, threads, i)
+                       for i, name in enumerate(names)]
+        self.dispatcher, self.dispatcher_name = start_dispatcher(engine, names, f"dispatch-{tag}-{n}")
+        self.engine_name, self.model_id = ray.get(self.dispatcher.wait_ready.remote())
 
     @property
     def slots(self) -> int:
-        """Parts worth having in flight: two per replica (one generating, one ready behind its lock), two for the
-        in-driver HTTP engine (its requests are concurrent within a part already)."""
-        return 2 * max(1, len(self.actors))
+        """Parts worth having in flight: each replica's calls plus one ready at its door, two for the in-driver
+        HTTP engine (its requests are concurrent within a part already)."""
+        return max(1, len(self.actors)) * (self.engine_cfg.replica_calls() + 1)
+
+    def caller(self) -> PartEngine:
+        """What a part worker generates with: the replicas' dispatcher, by name (picklable)."""
+        from pipeline.engines.dispatch import DispatcherCall
+
+        return DispatcherCall(self.dispatcher_name, self.engine_name, self.model_id)
 
     def generate(self, index: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
-        """One outcome per request, in order: its completion, or why the engine could not complete it. A part
-        whose replica's node leaves the cluster runs again whole once the replica is back (or on another)."""
+        """One outcome per request, in order: its completion, or why the engine could not complete it."""
         if self.local is not None:
             return self._local_generate(requests)
-        for _ in range(1 + len(self.actors)):
-            try:
-                return self._generate(index, requests)
-            except _NodeLost as lost:
-                log.warning("part %d: %s; running it again", index, lost)
-        raise TransientEngineError(f"part {index}: engine replicas kept dying with their nodes. Fix: check `ray status`; "
-                                   "rerun the same command to resume")
-
-    def _generate(self, index: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
-        first = index % len(self.actors)
-        try:
-            return self._call(first, requests)
-        except _Crash as crash:
-            log.warning("part %d crashed engine actor %d (%s); running its %d requests one at a time to find the cause",
-                        index, first, crash, len(requests))
-            return self._isolate(first, requests)
-        except _Timeout as t:
-            again = (first + 1) % len(self.actors)
-            log.warning("part %d: %s; retrying it once on actor %d", index, t, again)
-        try:
-            return self._call(again, requests)
-        except _Crash:
-            return self._isolate(again, requests)
-        except _Timeout as t:
-            return [EngineFailure(r.key, "engine_timeout", f"{t} (twice: on actors {first} and {again})") for r in requests]
+        return self.caller().generate(index, requests)
 
     def _local_generate(self, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
         for attempt in (1, 2):
@@ -216,70 +224,21 @@ class EnginePool:
                 last = exc
         return [EngineFailure(r.key, "engine_timeout", f"{last} (twice)") for r in requests]
 
-    def _isolate(self, i: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
-        """Run a crashed part's requests one at a time on actor ``i``; a lone request that crashes it is a failure.
-        When the first lone requests all crash, the engine is broken rather than fed poison: stop the run."""
-        out: list[Completion | EngineFailure] = []
-        crashes, completed = 0, 0
-        for r in requests:
-            for attempt in range(1, self.engine_cfg.crash_attempts + 1):
-                try:
-                    out.append(self._call(i, [r])[0])
-                    completed += 1
-                    break
-                except _Timeout as t:
-                    out.append(EngineFailure(r.key, "engine_timeout", f"{t} (run alone after its part crashed the engine)"))
-                    break
-                except _Crash as crash:
-                    crashes += 1
-                    if not completed and crashes >= 3:
-                        raise EngineError(f"expected a crash caused by one request, found the engine crashing on each of "
-                                          f"{crashes} requests run alone ({crash}). Fix: check the engine actors' logs "
-                                          "(`ray logs`); the run resumes from its finished parts") from None
-                    if attempt == self.engine_cfg.crash_attempts:
-                        log.warning("request %s crashed engine actor %d alone; its unit is rejected (engine_crash)", r.key, i)
-                        out.append(EngineFailure(r.key, "engine_crash", f"crashed the engine when run alone "
-                                                 f"({attempt}x, after its part crashed it): {crash}"))
-        return out
+    def close(self) -> None:
+        """Shut the replicas and their dispatcher down (their GPUs go back to the cluster)."""
+        if not self.actors:
+            return
+        try:
+            ray.get([a.release.remote() for a in self.actors], timeout=60)
+        except Exception as exc:  # a replica already dead or restarting: killing it is what matters
+            log.info("releasing the engines: %s", exc)
+        for a in [*self.actors, self.dispatcher]:
+            ray.kill(a, no_restart=True)
+        self.actors, self.dispatcher = [], None
 
-    def _call(self, i: int, requests: list[GenerationRequest]) -> list[Completion]:
-        """``requests`` on actor ``i`` (or the next live one) under the call deadline."""
-        for step in range(len(self.actors)):
-            k = (i + step) % len(self.actors)
-            with self._locks[k]:
-                if not self._ready(k):
-                    continue
-                ref = self.actors[k].generate.remote(requests)
-                try:
-                    return ray.get(ref, timeout=self.engine_cfg.call_timeout_s)
-                except GetTimeoutError:
-                    ray.kill(self.actors[k], no_restart=False)  # a hung engine: Ray restarts it for later calls
-                    raise _Timeout(f"engine call of {len(requests)} requests passed engine.call_timeout_s = "
-                                   f"{self.engine_cfg.call_timeout_s:g} s on actor {k}") from None
-                except RayActorError as exc:  # it was up (checked under the lock), so it died running this call
-                    if not _alive(self._nodes[k]):
-                        raise _NodeLost(f"actor {k} died with its node {self._nodes[k]}") from exc
-                    raise _Crash(f"actor {k} died: {type(exc).__name__}") from exc
-                except RayTaskError as exc:
-                    if isinstance(exc, ContrastgenError):  # our own engine errors say what to do; transient ones retry
-                        raise
-                    raise _Crash(f"actor {k} raised {exc.cause!r}"[:500]) from exc
-        raise TransientEngineError(f"all {len(self.actors)} engine actors are dead or not coming back. Fix: check "
-                                   "`ray status` and the actors' logs; rerun the same command to resume")
 
-    def _ready(self, k: int) -> bool:
-        """Actor ``k`` is up: while Ray restarts it (calls then fail at once with ``ActorUnavailableError``) wait up
-        to ``engine.start_timeout_s`` for it to load the model; False when it is dead for good or never came back."""
-        deadline = time.monotonic() + self.engine_cfg.start_timeout_s
-        while True:
-            try:
-                self._nodes[k] = ray.get(self.actors[k].node.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                return True
-            except ActorUnavailableError:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            except (ActorDiedError, GetTimeoutError):
-                break
-        log.warning("engine actor %d is dead or did not come back within engine.start_timeout_s; trying the next one", k)
-        return False
+def release_before_finalize(engine: EngineConfig, ray_cfg: RayConfig) -> bool:
+    """Finalize's model scorers run on Ray Data workers with a GPU each where the cluster has GPUs: replicas holding
+    GPUs would leave them none (they would wait forever), so the engines go first."""
+    return ray_cfg.scorers > 0 and uses_gpus(engine)
+

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pipeline import __version__
-from pipeline.engines.pool import EnginePool
+from pipeline.engines.pool import PartEngine
 from pipeline.engines.base import check_finish_reasons
 from pipeline.records import EngineFailure, GenerationRequest, Provenance, RawResult, Rejection, Unit
 from pipeline.run.store import RunStore
@@ -61,7 +61,7 @@ class Summary:
                           "rejected/ holds each reason")
 
 
-def commit_part(pool: EnginePool, index: int, units: list[Unit], requests: list[GenerationRequest], modes: list[str],
+def commit_part(pool: PartEngine, index: int, units: list[Unit], requests: list[GenerationRequest], modes: list[str],
                 store: RunStore, seen: Callable[[list[RawResult], list[Rejection]], None] | None = None) -> ShardInfo | None:
     """Run ``requests`` (one per unit) on the pool and commit the results as one atomic raw part. Provenance
     records each request's own sampling (a kind may sample its tasks differently). Units the engine could not

@@ -20,7 +20,6 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from pipeline.filters.stage import Decisions, Pairs, StageResult, decide
 from pipeline.kinds.base import Assembled, Context, Kind, Stage, Tally
 from pipeline.progress import Meter
 from pipeline.records import RawResult, Rejection, Unit
-from pipeline.run.common import Progress, Summary, Timing, commit_part, finished, part_size
+from pipeline.run.common import Progress, Summary, Timing, finished, part_size
 from pipeline.run.store import RunStore, store_of
 from pipeline.run.stream import stream_parts
 from pipeline.shards.card import Card, write_card
@@ -99,44 +98,13 @@ def _pending(units: list[Unit], store: RunStore) -> list[Unit]:
     return [u for u, d in zip(units, store.done([u.key for u in units]).tolist()) if not d]
 
 
-def part_seen(kind: Kind, ctx: Context, meter: Meter | None) -> Callable[[list[RawResult], list[Rejection]], None] | None:
-    """What a committed part adds to the live progress: units, output tokens, and (for a kind whose parts assemble
-    alone) valid and rejected outputs by type."""
-    if meter is None:
-        return None
-
-    def seen(raws: list[RawResult], failed: list[Rejection]) -> None:
-        kept: Counter[str] = Counter()
-        rejected = Counter(r.task or "?" for r in failed)
-        if kind.part_assembles:
-            a = kind.assemble(ctx, raws)
-            kept.update(kind.reject_task(r) for r in a.rows)
-            rejected.update(r.task or "?" for r in a.rejects)
-        meter.advance(len(raws) + len(failed), tokens=sum(r.provenance.tokens_out for r in raws), parts=1,
-                      kept=kept, rejected=rejected)
-
-    return seen
-
-
-def generate_part(kind: Kind, ctx: Context, pool: EnginePool, index: int, units: list[Unit], store: RunStore,
-                  meter: Meter | None = None) -> ShardInfo | None:
-    """Generate one chunk of units on the pool and commit it as one atomic raw part."""
-    requests = [kind.render(u, ctx) for u in units]
-    return commit_part(pool, index, units, requests, [kind.mode(u, ctx.cfg) for u in units], store, part_seen(kind, ctx, meter))
-
-
 def generate_stage(kind: Kind, ctx: Context, pool: EnginePool, store: RunStore, name: str, meter: Meter | None = None) -> int:
-    """Generate a planned stage's units not done yet, as many chunks at once as the pool has slots (two per
-    replica: one generating, one ready at its door); the first failure is raised once every chunk has ended
-    (the others are committed: a retry or a rerun finds them done). Returns the units sent."""
+    """Generate a planned stage's units not done yet on Ray Data part workers (:func:`pipeline.run.stream.stream_parts`),
+    one raw part a chunk. The first failure is raised as itself once the stream stops (parts committed before it are
+    kept: a retry or a rerun finds them done). Returns the units sent."""
     chunks = chunk_units(kind, _pending(ctx.stages[name].units, store), ctx.cfg)  # again: a retry finds its commits
-    if ctx.cfg.ray.clients and chunks:  # (the config allows clients with the openai engine only)
-        stream_parts(kind, ctx, store, chunks, meter)
-        return sum(len(c) for c in chunks)
-    with ThreadPoolExecutor(max_workers=pool.slots, thread_name_prefix="part") as ex:
-        futures = [ex.submit(generate_part, kind, ctx, pool, i, chunk, store, meter) for i, chunk in enumerate(chunks)]
-    for f in futures:
-        f.result()  # re-raise the first failure
+    if chunks:
+        stream_parts(kind, ctx, store, chunks, pool if pool.local is None else None, meter)
     return sum(len(c) for c in chunks)
 
 

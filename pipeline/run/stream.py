@@ -1,72 +1,133 @@
-"""A stage's parts streamed through Ray Data workers that generate and commit them (``ray.clients > 0``).
+"""A stage's parts streamed through Ray Data part workers that render, generate, commit and count them: the one
+generation path of every engine.
 
-For an HTTP-served engine (``engine.kind: openai``: vLLM, SGLang or ``contrastgen serve`` behind an
-OpenAI-compatible API, one server per GPU node), the row-parallel work is the client's: rendering the
-JSON, waiting, parsing, checking finish reasons and writing the raw part. Run in the driver it is bounded by one
-process (``bench/scale.py``: about 3.4 ms of driver CPU a request). Here a block's pending parts become a Ray
-Dataset (one row a part) mapped by an actor pool of ``ray.clients`` :class:`PartClient` workers, each with its
-own engine client, which commits every part it generates as one atomic raw part under its content-hash name
-(:func:`pipeline.run.common.commit_part`) and returns the names and keys it wrote; the driver indexes them
-(:meth:`pipeline.run.store.RunStore.adopt`). Ray Data's streaming executor bounds the parts in flight
-(backpressure) and spreads the workers over the cluster's nodes.
+The driver plans a block's stage into parts (pending units, task-major) and hands them to Ray Data as a dataset of
+one row a part; it never renders a prompt, parses an answer or assembles a row. A part worker:
 
-A worker that dies (killed, or lost with its node) is restarted by Ray Data and its part runs again
-(``map_batches`` actors default to unlimited restarts and task retries): a part is a file named by its keys,
-committed whole or not at all, so a part run twice is one file, never a loss or a duplicate. An error the
-client raises (a server down past its retries) ends the stage; a retry of the stage (:mod:`flows.retry`) plans
-again and sends only the units still missing.
+1. renders the part's units into requests (the kind's templates; the rendered text is what the unit key hashed);
+2. generates them: through the engine's dispatcher (:mod:`pipeline.engines.dispatch`) for engines Ray replicas
+   hold (embedded, vllm, plugin), which hands the part to whichever replica has room (pull); or with its own HTTP
+   client for ``engine.kind: openai``;
+3. commits the results as one atomic raw part under its content-hash name (:func:`pipeline.run.common.commit_part`);
+4. for a kind whose parts assemble alone (negatives), parses and validates them (word-class check included) for the
+   live counts, and returns only counts, file names and unit keys; the driver indexes the keys
+   (:meth:`pipeline.run.store.RunStore.adopt`) and advances the progress line.
 
-Engines Ray actors hold (embedded, vllm) stay on :class:`pipeline.engines.pool.EnginePool`; docs/scale.md says
-why (a poison request, the per-call deadline, and a model load per Dataset execution).
+Ray Data's streaming executor bounds the parts in flight (backpressure). For Ray replicas the part workers are Ray
+tasks (Ray reuses their processes across blocks and stages) holding no CPU of their own: the replicas hold the
+cores, and ``engine`` slots bound the tasks in flight. For the openai engine they are ``ray.clients`` actors, one
+HTTP client each. A worker that dies (killed, or lost with its node) is retried by Ray Data: a part is a file named
+by its keys, committed whole or not at all, so a part run twice is one file, never a loss or a duplicate. An error
+a part raises (a server down past its retries, every replica dead) ends the stage as an instance of its own class;
+a retry of the stage (:mod:`flows.retry`) plans again and sends only the units still missing.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pipeline.engines.config import EngineConfig, RayConfig
-from pipeline.kinds.base import Context, Kind
+from pipeline.config import RunConfig
+from pipeline.engines.pool import EnginePool, PartEngine, ensure_ray
+from pipeline.kinds.base import Context, Inputs, Kind
 from pipeline.progress import Meter
 from pipeline.raydata import stream
 from pipeline.records import Unit
 from pipeline.run.store import RunStore
 
 
-class PartClient:
-    """A Ray Data worker: one engine client for its life; each batch row is a part it generates and commits."""
+@dataclass
+class PartJob:
+    """What every part of a stage needs in a worker (shipped once through Ray's object store)."""
 
-    def __init__(self, engine_json: str, root: str):
-        from pipeline.engines.pool import EnginePool
+    kind: str
+    cfg: RunConfig
+    templates: dict[str, Any]
+    root: str
+    engine: PartEngine | None  # a Ray engine's dispatcher; None: the worker holds its own HTTP client
 
-        self.pool = EnginePool(EngineConfig.model_validate_json(engine_json), RayConfig())  # a client in this worker
-        self.store = RunStore(Path(root))  # no lock: the driver holds it; a worker only adds atomic files
+
+class Parts:
+    """Renders, generates, commits and counts parts; one per worker process (its store and engine kept)."""
+
+    def __init__(self, job: PartJob, engine: PartEngine | None = None):
+        from pipeline.kinds import kind_of
+
+        self.job, self.kind = job, kind_of(job.kind)
+        self.ctx = Context(job.cfg, job.templates, Inputs([], [], 0), raws=lambda name: [])
+        self.store = RunStore(Path(job.root))  # no lock: the driver holds it; a worker only adds atomic files
         self.store.journal = []
+        self.engine = engine or job.engine
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from pipeline.run.common import commit_part
 
         self.store.journal.clear()
+        counts = []
         for index, payload in zip(batch["index"].tolist(), batch["payload"]):
-            units, requests, modes = pickle.loads(payload)  # our own records, pickled by the driver below
-            commit_part(self.pool, index, units, requests, modes, self.store)
-        return {"file": [n for n, _ in self.store.journal], "keys": [k for _, k in self.store.journal]}
+            units: list[Unit] = pickle.loads(payload)  # our own records, pickled by the driver below
+            requests = [self.kind.render(u, self.ctx) for u in units]
+            modes = [self.kind.mode(u, self.job.cfg) for u in units]
+            seen: dict = {}
+            commit_part(self.engine, index, units, requests, modes, self.store,
+                        lambda raws, failed: seen.update(self._counts(raws, failed)))
+            counts.append(json.dumps(seen))
+        return {"file": [n for n, _ in self.store.journal], "keys": [k for _, k in self.store.journal],
+                "counts": counts + [""] * (len(self.store.journal) - len(counts))}
+
+    def _counts(self, raws: list, failed: list) -> dict:
+        """What a committed part adds to the live progress: units, output tokens, and (for a kind whose parts
+        assemble alone) valid and rejected outputs by type."""
+        kept: Counter[str] = Counter()
+        rejected = Counter(r.task or "?" for r in failed)
+        if self.kind.part_assembles and raws:
+            a = self.kind.assemble(self.ctx, raws)
+            kept.update(self.kind.reject_task(r) for r in a.rows)
+            rejected.update(r.task or "?" for r in a.rejects)
+        return {"units": len(raws) + len(failed), "tokens": sum(r.provenance.tokens_out for r in raws),
+                "kept": kept, "rejected": rejected}
 
 
-def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Unit]], meter: Meter | None = None) -> None:
-    """Generate and commit ``chunks`` (one part each) on ``ray.clients`` Ray Data workers; the driver indexes what
-    they committed as it streams back. The first error a client raises ends the stream, raised here as an instance of
-    its own class (``raise_original_map_exception``), so a transient one is retried by the stage's task."""
+def run_parts(batch: dict[str, np.ndarray], job: PartJob) -> dict[str, list]:
+    """Ray Data task: the parts of ``batch`` (what a task builds is cheap; models it loads are cached per process)."""
+    return Parts(job)(batch)
+
+
+class PartClient(Parts):
+    """Ray Data actor for the openai engine: one HTTP client for its life."""
+
+    def __init__(self, job: PartJob):
+        super().__init__(job, EnginePool(job.cfg.engine, job.cfg.ray))  # builds the client in this worker
+
+
+def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Unit]], pool: EnginePool | None = None,
+                 meter: Meter | None = None) -> None:
+    """Generate and commit ``chunks`` (one part each) on Ray Data part workers; the driver indexes what they committed
+    as it streams back. ``pool``: the run's engine (its replicas' dispatcher); None for the openai engine. The
+    first error a part raises ends the stream, raised here as an instance of its own class."""
     cfg = ctx.cfg
-    rows = [{"index": i, "payload": pickle.dumps((c, [kind.render(u, ctx) for u in c], [kind.mode(u, cfg) for u in c]))}
-            for i, c in enumerate(chunks)]
-    # one CPU a client (a client's parsing and writing is one busy Python thread); Ray Data spreads its actors. A part
-    # may take two call deadlines (the client tries it twice): Ray Data's watchdog must not end it first
-    for batch in stream(rows, PartClient, (cfg.engine.model_dump_json(), str(store.root)), cfg.ray.clients,
-                        no_progress_s=2 * cfg.engine.call_timeout_s + 600):
+    ensure_ray(cfg.ray)
+    rows = [{"index": i, "payload": pickle.dumps(c)} for i, c in enumerate(chunks)]
+    ray_engine = pool is not None and pool.local is None
+    job = PartJob(kind.name, cfg, ctx.templates, str(store.root), pool.caller() if ray_engine else None)
+    # a part may take two call deadlines and its replica's restart: Ray Data's watchdog must not end it first
+    patience = 2 * cfg.engine.call_timeout_s + cfg.engine.start_timeout_s
+    if ray_engine:
+        results = stream(rows, run_parts, (job,), pool.slots, no_progress_s=patience, tasks=True)
+    else:
+        results = stream(rows, PartClient, (job,), cfg.ray.clients or 2, no_progress_s=patience)
+    for batch in results:
         files, keys = batch.column("file").to_pylist(), batch.column("keys").to_pylist()
         store.adopt(zip(files, keys))
-        if meter is not None:  # units and parts only: the results stay in the workers' files
-            meter.advance(sum(len(k) for k in keys), parts=len(files))
+        if meter is not None:
+            for c in batch.column("counts").to_pylist():
+                if c:
+                    seen = json.loads(c)
+                    meter.advance(seen["units"], tokens=seen["tokens"], parts=1, kept=Counter(seen["kept"]),
+                                  rejected=Counter(seen["rejected"]))

@@ -26,7 +26,7 @@ def pid_log(engine_json: str) -> Path:
 class FaultyEngineActor:
     """Same interface as :class:`pipeline.engines.pool.EngineActor`."""
 
-    def __init__(self, engine_json: str, threads: int):
+    def __init__(self, engine_json: str, threads: int, index: int = 0):
         import torch
 
         from pipeline.engines.base import build_engine
