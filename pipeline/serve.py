@@ -12,10 +12,16 @@ must carry ``Authorization: Bearer <key>`` (401 otherwise; the ``openai`` engine
 a host other than loopback without a key is refused. A request body over ``max_body_bytes`` gets a 413 before
 it is parsed.
 
-Concurrent requests are batched: a collector takes every request that arrived while the engine was busy
-(up to ``max_batch``, a burst ends at a 20 ms gap) and runs them as one :meth:`EmbeddedEngine.generate`
-call, so the HTTP path keeps the in-process engine's batching (``bench/engines.py`` measures the overhead). Ray Serve's ``@serve.batch``
-does the same inside a Ray Serve deployment; a single local process does not need its proxy and controller.
+Requests run in engine processes (:mod:`pipeline.serve_workers`): on CPU one single-threaded process per core,
+the pipeline's layout, fed by a batcher that splits each burst over the free processes and batches what arrives
+while they are busy (up to ``max_batch`` a call, a burst ends at a 20 ms gap), so the HTTP path keeps the
+engine's batching. Ray Serve's ``@serve.batch`` does the same inside a Ray Serve deployment; one machine needs
+neither its proxy and controller nor a Ray cluster.
+
+One client cannot hurt the others: a request whose prompt plus ``max_tokens`` exceeds the model's context gets
+vLLM's 400 ("This model's maximum context length is N tokens. ...") before it is batched, as do sampling values
+the engine cannot run; a batch whose engine call fails is run again in halves, so only the request that fails
+alone gets a 500 (with the engine's error) and the others their answers.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import math
 import os
 import secrets
 import time
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
@@ -36,6 +44,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.errors import ConfigError
 from pipeline.records import Completion, GenerationRequest, Sampling
+from pipeline.serve_workers import Batcher, EngineProcess, Failed, start_engines
 
 API_KEY_ENV = "CONTRASTGEN_API_KEY"
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a chat request of a few thousand tokens is a few tens of KiB
@@ -79,9 +88,52 @@ def to_request(body: ChatRequest, default_max_tokens: int) -> GenerationRequest:
     if not body.messages or not 1 <= body.n <= 16:
         raise HTTPException(400, "expected at least one message and 1 <= n <= 16")
     seed = body.seed if body.seed is not None else secrets.randbits(31)
-    max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
+    max_tokens = next((m for m in (body.max_completion_tokens, body.max_tokens) if m is not None), default_max_tokens)
+    _check_sampling(body, max_tokens, seed)
     sampling = Sampling(body.temperature, body.top_p, max_tokens, body.n, seed, stop_at_newline=bool(stops))
     return GenerationRequest(uuid.uuid4().hex, tuple((m.role, m.content) for m in body.messages), sampling)
+
+
+def _check_sampling(body: ChatRequest, max_tokens: int, seed: int) -> None:
+    """A 400 for sampling values the engine cannot run (vLLM refuses the same ones)."""
+    if max_tokens < 1:
+        raise HTTPException(400, f"max_tokens must be at least 1, got {max_tokens}.")
+    if not (math.isfinite(body.temperature) and body.temperature >= 0):
+        raise HTTPException(400, f"temperature must be a non-negative number, got {body.temperature}.")
+    if not 0 < body.top_p <= 1:
+        raise HTTPException(400, f"top_p must be in (0, 1], got {body.top_p}.")
+    if not -(2**63) <= seed <= 2**63 - 1 - body.n:  # sample i draws with seed + i, a 64-bit generator seed
+        raise HTTPException(400, f"seed must be a 64-bit integer (at most 2**63 - 1 - n), got {seed}.")
+
+
+class ContextLimit:
+    """The model's context length, and its tokenizer to count a request's prompt as the engine renders it.
+
+    A request whose prompt plus ``max_tokens`` exceeds the context gets vLLM's 400 before it reaches a batch:
+    the engine would otherwise reserve its cache for that many tokens (``max_tokens: 100000000`` tried to
+    allocate 76.8 GB and failed its whole batch; issue 31)."""
+
+    def __init__(self, folder: Path):
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder)
+        self.max_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if not self.max_len:
+            raise ConfigError(f"serve: expected the model config in {folder} to give its context length "
+                              "(max_position_embeddings), found none. Fix: serve a model whose config.json has it")
+
+    def prompt_tokens(self, req: GenerationRequest) -> int:
+        msgs = [{"role": r, "content": c} for r, c in req.messages]
+        text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def check(self, req: GenerationRequest) -> None:
+        prompt, completion = self.prompt_tokens(req), req.sampling.max_tokens
+        if prompt + completion > self.max_len:
+            raise HTTPException(400, f"This model's maximum context length is {self.max_len} tokens. However, you "
+                                f"requested {prompt + completion} tokens ({prompt} in the messages, {completion} in "
+                                "the completion). Please reduce the length of the messages or completion.")
 
 
 def to_response(c: Completion, model: str) -> dict:
@@ -95,43 +147,6 @@ def to_response(c: Completion, model: str) -> dict:
     usage = {"prompt_tokens": c.tokens_in, "completion_tokens": c.tokens_out, "total_tokens": c.tokens_in + c.tokens_out}
     return {"id": f"chatcmpl-{c.key}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": choices, "usage": usage}
-
-
-class Batcher:
-    """Collects concurrent requests and runs each collection as one engine call, one call at a time."""
-
-    def __init__(self, engine, max_batch: int, wait_s: float = 0.02):
-        self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
-        self.queue: asyncio.Queue = asyncio.Queue()
-
-    async def submit(self, req: GenerationRequest) -> Completion:
-        fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((req, fut))
-        return await fut
-
-    async def run(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            # Requests of one client burst arrive a few ms apart: keep collecting until a gap of wait_s.
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), self.wait_s))
-                except asyncio.TimeoutError:
-                    break
-            batch = [(r, f) for r, f in batch if not f.cancelled()]  # a client that gave up
-            try:
-                # On the event loop's own thread, on purpose: measured ~9% faster than a worker thread on 2
-                # cores (bench/engines.py). Requests that arrive meanwhile wait in the socket backlog and
-                # form the next batch; the loop answers nothing else while a batch runs.
-                outs = self.engine.generate([r for r, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - every waiting request learns why
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), out in zip(batch, outs, strict=True):
-                if not fut.done():
-                    fut.set_result(out)
 
 
 class Guard:
@@ -210,16 +225,21 @@ def check_exposure(host: str, api_key: str | None) -> None:
                           f"--api-key KEY or ${API_KEY_ENV}=KEY (clients send it as $OPENAI_API_KEY), or bind 127.0.0.1")
 
 
-def build_app(engine, max_batch: int = 256, default_max_tokens: int = 256, api_key: str | None = None,
-              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def build_app(engines: list[EngineProcess], context: ContextLimit, model_id: str, min_share: int, max_batch: int = 256,
+              default_max_tokens: int = 256, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The API over loaded engine processes (:mod:`pipeline.serve_workers`); ``min_share``: the requests a free
+    process takes at least from a backlog (an engine batch)."""
     state: dict = {}
 
     @asynccontextmanager
     async def lifespan(_app):
-        state["batcher"] = Batcher(engine, max_batch)
-        task = asyncio.create_task(state["batcher"].run())
-        yield
-        task.cancel()
+        state["batcher"] = batcher = Batcher(engines, max_batch, min_share)
+        task = asyncio.create_task(batcher.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            batcher.close()
 
     app = FastAPI(title="contrastgen serve", lifespan=lifespan)
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes)
@@ -230,14 +250,21 @@ def build_app(engine, max_batch: int = 256, default_max_tokens: int = 256, api_k
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": engine.model_id, "object": "model", "owned_by": "contrastgen"}]}
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "owned_by": "contrastgen",
+                                            "max_model_len": context.max_len}]}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest) -> dict:
-        if body.model not in (None, engine.model_id):
-            raise HTTPException(404, f"model {body.model!r} not served: expected {engine.model_id!r}")
-        out = await state["batcher"].submit(to_request(body, default_max_tokens))
-        return to_response(out, engine.model_id)
+        if body.model not in (None, model_id):
+            raise HTTPException(404, f"model {body.model!r} not served: expected {model_id!r}")
+        req = to_request(body, default_max_tokens)
+        context.check(req)  # before batching: a request past the context never reaches an engine
+        out = await state["batcher"].submit(req)
+        if isinstance(out, Failed):
+            raise HTTPException(500, f"the engine failed on this request, run alone after its batch failed: {out.error}. "
+                                "The requests batched with it were answered. Fix: see the server log; if this request "
+                                "fails again, change it (its messages or sampling)")
+        return to_response(out, model_id)
 
     return app
 
@@ -248,12 +275,26 @@ def api_key(flag: str | None) -> str | None:
 
 
 def serve(cfg, host: str, port: int, key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
-    """Load the embedded engine once and serve it until interrupted (the exposure check comes first)."""
+    """Start the engine processes (``ray.workers``, ``--workers``; default: the pipeline's, one single-threaded
+    process per core up to 8 on CPU, one on CUDA), then serve until interrupted (the exposure check comes first)."""
     import uvicorn
 
-    from pipeline.engines.embedded import EmbeddedEngine
+    from pipeline.engines.embedded import transformers_folder
 
     check_exposure(host, key)
-    engine = EmbeddedEngine(cfg.engine)
-    engine.warmup()
-    uvicorn.run(build_app(engine, api_key=key, max_body_bytes=max_body_bytes), host=host, port=port, log_level="warning")
+    engine = cfg.engine.model_copy(update={"kind": "embedded"})  # what serve serves, whatever kind the file names
+    cpus = os.cpu_count() or 1
+    workers = cfg.ray.engine_workers(engine, cpus)
+    threads = engine.threads or max(1, cpus // workers)
+    context = ContextLimit(transformers_folder(engine.resolved_model_path()))  # a GGUF dequantized once, before the processes
+    engines = start_engines(engine.model_copy(update={"threads": threads}).model_dump_json(), workers, threads,
+                            engine.start_timeout_s, engine.call_timeout_s)
+    print(f"contrastgen serve: {workers} engine process(es) (pids {', '.join(str(e.pid) for e in engines)}), {threads} "
+          f"torch thread(s) each; context {context.max_len} tokens", flush=True)
+    try:
+        uvicorn.run(build_app(engines, context, engine.model_id(), engine.batch_size, api_key=key,
+                              max_body_bytes=max_body_bytes), host=host, port=port, log_level="warning")
+    finally:
+        for e in engines:
+            e.closed = True
+            e.stop()
