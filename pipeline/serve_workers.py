@@ -79,9 +79,13 @@ def _engine_main(conn, engine_json: str, threads: int) -> None:
         try:
             if faults:
                 _inject_faults(requests)
-            conn.send(("ok", engine.generate(requests)))
+            answer = ("ok", engine.generate(requests))
         except Exception as exc:  # noqa: BLE001 - the server finds the request that caused it and tells its client
-            conn.send(("error", f"{type(exc).__name__}: {exc}"[:1000]))
+            answer = ("error", f"{type(exc).__name__}: {exc}"[:1000])
+        try:
+            conn.send(answer)
+        except OSError:  # the server is gone
+            return
 
 
 class EngineProcess:
@@ -109,6 +113,7 @@ class EngineProcess:
         try:
             _, self.pid = self.conn.recv()
         except EOFError:
+            self.proc.join(5)
             raise EngineError(f"engine process {self.index} exited while loading the model (exit code "
                               f"{self.proc.exitcode}). Fix: see its error above in the server log") from None
 
