@@ -2,6 +2,7 @@
 
     python bench/scale.py [--units 10000 100000 1000000] [--out-root DIR] [--max-minutes 60]
                           [--json-out bench/scale_results.json] [--encoder stub|real] [--keep] [--clients N]
+                          [--engine openai|instant] [--replicas N] [--json]
 
 For each N it writes ceil(N / 9) synthetic captions (the 8 negative types and the paraphrase are 9 tasks per
 caption), starts ``bench/loadserver.py`` (LOAD GENERATOR, benchmarks only; not an engine) on a free 127.0.0.1
@@ -12,6 +13,20 @@ port, and runs the public CLI in a subprocess, exactly as a user would:
 so it keeps working when the pipeline behind the CLI is rewritten (on Ray Data, say). Nothing of the pipeline
 is imported for the runs; the JSON summary's timing fields are read if present.
 
+Two paths (``--engine``):
+
+- ``openai`` (default): the openai engine's HTTP client (in the driver, or in ``--clients N`` Ray Data workers)
+  against the load generator, as above.
+- ``instant``: the engine-actor path. The CLI runs without ``--engine`` and its config sets
+  ``engine: {kind: plugin, plugin: "instant_engine:InstantEngine"}`` (and ``ray.workers: --replicas``), so
+  ``bench/instant_engine.py`` (INSTANT ENGINE, benchmarks only) answers every request at once inside the
+  pipeline's own Ray engine replicas, with the load generator's texts. No LLM and no HTTP: what is measured is
+  the pipeline's own cost. Its rows are labelled "instant engine (bench only)". The replicas import it because
+  the CLI's ``PYTHONPATH`` holds ``bench/`` (and this checkout's root, so the CLI and its workers run the
+  ``pipeline`` next to this file, whichever one the virtual environment has installed); the local Ray the
+  CLI starts hands that environment to its workers. A cluster started elsewhere (``--ray-address``) would
+  need it in its own environment or a ``runtime_env``.
+
 Measured per N: wall seconds per stage from the summary (``plan_seconds``, ``startup_seconds``,
 ``generation_seconds``, ``finalize_seconds``) and units/s; peak RSS of the driver (the CLI process) and of
 every other process of the run (its process tree, and any process whose command line mentions Ray and whose
@@ -20,7 +35,16 @@ A process's overall peak is its kernel high-water mark (``VmHWM``); a stage's pe
 RSS within the stage's wall-clock window (a rise of ``VmHWM`` between two polls counts at its height). The
 windows come from the load generator's clock: CLI start -> first request (plan, including interpreter and
 Prefect start), -> first task request (engine start-up), -> last response (generation), -> CLI exit
-(finalize). CPU seconds per process group (driver, workers, load generator) are reported beside them.
+(finalize); on the instant path the replicas' own clock (``CONTRASTGEN_INSTANT_STATS``) gives the same three
+marks: the first replica built, its first call, the last call's end. CPU seconds per process group (driver,
+workers, load generator) are reported beside them.
+
+``driver_cpu_s_per_unit``: the driver's (the CLI process's own, children excluded) user+sys CPU seconds for the
+whole run, plan to publish, divided by the units; the CLI is waited for without being reaped, so its CPU times
+are read exactly once it has exited. Per stage, the same from the driver's CPU time polled with the RSS,
+interpolated at the stage windows' edges (``stages.<stage>.driver_cpu_s``; the part outside the windows is
+nil: the windows run from the CLI's start to its exit). ``--json`` prints the whole result as one JSON object on
+the last line of stdout, after the report.
 
 The filter stage's model scorers are kept out of the runs: ``filters.negatives.semantic.enabled: false``
 and ``blind.scorers: [bigram]`` (dedup, surface, blind(bigram) and propensity stay on). The stage still
@@ -57,6 +81,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
+import instant_engine
 import loadserver
 import psutil
 
@@ -66,6 +91,8 @@ STAGES = ("plan", "startup", "generation", "finalize")
 GB3_MB = 3 * 1024
 MEM_RATIO_GOAL, TIME_RATIO_GOAL = 1.5, 1.2
 MARKER = "CONTRASTGEN_SCALE_BENCH_RUN"
+PATHS = {"openai": "openai engine against the LOAD GENERATOR (no LLM)",
+         "instant": f"{instant_engine.LABEL} in the Ray engine replicas (no LLM)"}
 
 # ----------------------------------------------------------------------------------------------- captions
 
@@ -170,6 +197,7 @@ class Proc:
         self.hwm_kb = self.last_hwm_kb = 0
         self.cpu_s = 0.0
         self.samples: list[tuple[float, int]] = []  # (time, peak kB in the interval ending then)
+        self.cpu_samples: list[tuple[float, float]] = []  # (time, user+sys CPU seconds so far)
         try:
             self.handle = psutil.Process(pid)
         except psutil.Error:
@@ -187,21 +215,36 @@ class Proc:
             try:
                 t = self.handle.cpu_times()
                 self.cpu_s = t.user + t.system
+                self.cpu_samples.append((now, self.cpu_s))
             except psutil.Error:
                 pass
         return True
+
+    def cpu_at(self, t: float) -> float:
+        """CPU seconds used by time ``t``, interpolated between the samples around it."""
+        pts = self.cpu_samples
+        if not pts or t <= pts[0][0]:
+            return pts[0][1] if pts else 0.0
+        for (ta, ca), (tb, cb) in zip(pts, pts[1:]):
+            if ta <= t <= tb:
+                return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
+        return pts[-1][1]
 
 
 class Monitor:
     """Polls the RSS of the CLI's process tree, of Ray processes carrying ``MARKER=token``, and of the load generator."""
 
-    def __init__(self, root_pid: int, token: str, loadgen_pid: int, interval: float = 0.5):
+    def __init__(self, root_pid: int, token: str, loadgen_pid: int | None, interval: float = 0.5):
         self.root, self.token, self.interval = root_pid, token, interval
         self.procs: dict[int, Proc] = {}
         self.seen_env: dict[int, bool] = {}
         self._stop = threading.Event()
         self._add(root_pid, "driver")
-        self._add(loadgen_pid, "loadgen")
+        self.driver = self.procs.get(root_pid)
+        if self.driver is not None:
+            self.driver.cpu_samples.append((time.time(), 0.0))  # just started
+        if loadgen_pid is not None:
+            self._add(loadgen_pid, "loadgen")
         self.thread = threading.Thread(target=self._run, name="rss-monitor", daemon=True)
 
     def _add(self, pid: int, group: str | None = None) -> None:
@@ -294,17 +337,64 @@ WORKERS = ("ray_worker", "ray_system", "prefect", "other")  # every process of t
 # ----------------------------------------------------------------------------------------------- one run
 
 
-def config_yaml(path: Path, encoder: Path | None, cache: Path, concurrency: int) -> None:
+def config_yaml(path: Path, encoder: Path | None, cache: Path, concurrency: int, engine: str = "openai",
+                replicas: int | None = None) -> None:
     semantic = {"enabled": False, "cache_dir": str(cache)}
     if encoder is not None:  # the stub's cost is per batch, not per text: big batches keep it out of the way
         semantic.update(model=str(encoder), batch_size=1024)
     cfg = {
-        "engine": {"kind": "openai", "openai": {"concurrency": concurrency, "structured": "auto"}},
+        "engine": ({"kind": "openai", "openai": {"concurrency": concurrency, "structured": "auto"}} if engine == "openai"
+                   else {"kind": "plugin", "plugin": "instant_engine:InstantEngine"}),
         "filters": {"negatives": {"semantic": semantic, "blind": {"scorers": ["bigram"]},
                                   "dedup": {"enabled": True}, "surface": {"enabled": True},
                                   "propensity": {"enabled": True}}},
     }
+    if engine == "instant" and replicas:
+        cfg["ray"] = {"workers": replicas}
     path.write_text(json.dumps(cfg, indent=2) + "\n")  # JSON is YAML
+
+
+def cli_env(token: str, cache: Path, root: Path) -> dict:
+    """The CLI's environment: this run's marker, and this checkout's root and ``bench/`` first on ``PYTHONPATH``
+    (the CLI and the Ray workers it starts import this checkout's ``pipeline`` and the instant engine)."""
+    path = os.pathsep.join([str(REPO), str(REPO / "bench")] + [x for x in [os.environ.get("PYTHONPATH")] if x])
+    return {**os.environ, MARKER: token, "CONTRASTGEN_CACHE": str(cache), "PREFECT_HOME": str(root / "prefect-home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
+
+
+def imported_pipeline(env: dict) -> str:
+    """Where the CLI's interpreter, in ``env``, imports ``pipeline`` from (a check that a worktree runs its own)."""
+    out = subprocess.run([sys.executable, "-c", "import pipeline; print(pipeline.__file__)"], env=env,
+                         capture_output=True, text=True, cwd=tempfile.gettempdir())
+    return out.stdout.strip() or out.stderr.strip()[-300:]
+
+
+def checkout() -> dict:
+    """This checkout's commit, and the files of the pipeline's code changed from it (a run of uncommitted code)."""
+    def git(*a: str) -> str:
+        out = subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    changed = git("status", "--porcelain", "--", "pipeline", "flows", "prompts").splitlines()
+    return {"repo": str(REPO), "commit": git("rev-parse", "--short", "HEAD"), "pipeline_changes": changed}
+
+
+def wait_unreaped(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait for ``proc`` to exit without reaping it, so its own CPU times can still be read; False on timeout."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def own_cpu_s(pid: int) -> float | None:
+    """user+sys CPU seconds of the process itself (not its children); works on an unreaped (zombie) process."""
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return t.user + t.system
 
 
 def _kill(monitor: Monitor | None, proc: subprocess.Popen) -> None:
@@ -349,69 +439,96 @@ def run_size(units_wanted: int, root: Path, args, encoder: Path | None, label: s
         shutil.rmtree(work)
     work.mkdir(parents=True)
     inp, cfg, out, cache = work / "captions.jsonl", work / "run.yaml", work / "dataset", work / "scores-cache"
+    instant = args.engine == "instant"
     t = time.perf_counter()
     write_captions(inp, n_captions)
-    config_yaml(cfg, encoder, cache, args.concurrency)
-    result: dict = {"units_requested": units_wanted, "captions": n_captions, "units": units,
-                    "input_seconds": round(time.perf_counter() - t, 2)}
+    config_yaml(cfg, encoder, cache, args.concurrency, args.engine, args.replicas)
+    result: dict = {"units_requested": units_wanted, "captions": n_captions, "units": units, "engine": args.engine,
+                    "path": PATHS[args.engine], "input_seconds": round(time.perf_counter() - t, 2)}
 
-    server, url = loadserver.start_in_subprocess(invalid_rate=args.invalid_rate, log=work / "loadserver.log")
     token = uuid.uuid4().hex
-    env = {**os.environ, MARKER: token, "CONTRASTGEN_CACHE": str(cache), "PREFECT_HOME": str(root / "prefect-home"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1"}
-    cli = [str(Path(sys.executable).parent / "contrastgen"), "generate", "negatives", "--engine", "openai",
-           "--base-url", url, "--input", str(inp), "--out", str(out), "--config", str(cfg), "--json"]
+    env = cli_env(token, cache, root)
+    cli = [str(Path(sys.executable).parent / "contrastgen"), "generate", "negatives"]
+    if instant:  # the engine is the config's (engine.kind plugin); the replicas' clock goes to stats_dir
+        server, url, stats_dir = None, None, work / "instant-stats"
+        stats_dir.mkdir()
+        env.update({instant_engine.STATS_ENV: str(stats_dir), instant_engine.INVALID_RATE_ENV: str(args.invalid_rate)})
+    else:
+        server, url = loadserver.start_in_subprocess(invalid_rate=args.invalid_rate, log=work / "loadserver.log")
+        cli += ["--engine", "openai", "--base-url", url]
+    cli += ["--input", str(inp), "--out", str(out), "--config", str(cfg), "--json"]
     if args.clients:
         cli += ["--clients", str(args.clients)]  # parts generated and committed by Ray Data workers (pipeline.run.stream)
     result["command"] = " ".join(cli)
     with (work / "cli.stdout").open("wb") as so, (work / "cli.stderr").open("wb") as se:
         t0 = time.time()
         proc = subprocess.Popen(cli, stdout=so, stderr=se, env=env, cwd=str(work), start_new_session=True)
-        monitor = Monitor(proc.pid, token, server.pid, args.poll).start()
-        try:
-            rc = proc.wait(args.max_minutes * 60)
-            finished = True
-        except subprocess.TimeoutExpired:
-            _kill(monitor, proc)
-            rc, finished = proc.returncode, False
+        monitor = Monitor(proc.pid, token, server.pid if server else None, args.poll).start()
+        finished = wait_unreaped(proc, args.max_minutes * 60)
         t1 = time.time()
+        driver_cpu = own_cpu_s(proc.pid) if finished else None  # exact: the CLI has exited and is not reaped yet
+        if finished:
+            rc = proc.wait()
+        else:
+            _kill(monitor, proc)
+            rc = proc.returncode
     monitor.stop()
-    try:
-        stats = loadserver.stats(url)
-    except OSError:
-        stats = {}
-    server.terminate()  # after monitor.stop(): its last poll read the load generator's CPU time
-    try:
-        server.wait(15)
-    except subprocess.TimeoutExpired:
-        server.kill()
+    if driver_cpu is None and monitor.driver is not None:
+        driver_cpu = monitor.driver.cpu_s  # killed: its last poll
+    if monitor.driver is not None and driver_cpu is not None:
+        monitor.driver.cpu_samples.append((t1, driver_cpu))
+    if instant:
+        st = instant_engine.read_stats(stats_dir)
+        stats = {"first_request": st["built"], "first_task_request": st["first_call"], "last_response": st["last_call"],
+                 "requests": st["requests"], "task_requests": st["requests"], "samples": None, "errors": None,
+                 "other_requests": 0, "calls": st["calls"], "replicas": st["replicas"]}
+    else:
+        try:
+            stats = loadserver.stats(url)
+        except OSError:
+            stats = {}
+        server.terminate()  # after monitor.stop(): its last poll read the load generator's CPU time
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
     summary = _json_line((work / "cli.stdout").read_text(errors="replace"))
     result.update({"finished": finished, "returncode": rc, "wall_seconds": round(t1 - t0, 2),
                    "status": "ok" if finished and rc == 0 and summary else
                    (f"did not finish in {args.max_minutes:g} minutes" if not finished else f"failed (exit code {rc})"),
-                   "loadgen": {k: stats.get(k) for k in ("requests", "task_requests", "other_requests", "errors", "samples")}})
+                   "loadgen" if not instant else "instant_engine":
+                   {k: stats.get(k) for k in ("requests", "task_requests", "other_requests", "errors", "samples", "calls",
+                                              "replicas") if k in stats}})
     if finished and (rc != 0 or not summary):
         result["stderr_tail"] = (work / "cli.stderr").read_text(errors="replace")[-3000:]
 
-    # stage windows on the load generator's clock (time.time() on this machine)
+    # stage windows on the load generator's (or the replicas') clock: time.time() on this machine
     first, first_task = stats.get("first_request"), stats.get("first_task_request")
     last = stats.get("last_response")
     bounds = {"plan": (t0, first or t1), "startup": (first or t1, first_task or first or t1),
               "generation": (first_task or t1, last or t1), "finalize": (last or t1, t1)}
+    cpu_at = monitor.driver.cpu_at if monitor.driver is not None else (lambda _t: 0.0)
     stages = {}
     for st in STAGES:
         a, b = bounds[st]
         secs = (summary or {}).get(f"{st}_seconds")
+        cpu = max(0.0, cpu_at(b) - cpu_at(a))
         stages[st] = {"seconds": secs, "window_seconds": round(max(0.0, b - a), 2),
                       "units_per_s": round(units / secs, 1) if secs else None,
                       "driver_peak_mb": monitor.peak_mb(("driver",), a, b),
-                      "workers_peak_mb": monitor.peak_mb(WORKERS, a, b)}
+                      "workers_peak_mb": monitor.peak_mb(WORKERS, a, b),
+                      "driver_cpu_s": round(cpu, 2), "driver_cpu_s_per_unit": round(cpu / units, 7)}
     result["stages"] = stages
     result["total"] = {"seconds": result["wall_seconds"], "units_per_s": round(units / result["wall_seconds"], 1),
                        "driver_peak_mb": monitor.peak_mb(("driver",)), "workers_peak_mb": monitor.peak_mb(WORKERS),
                        "loadgen_peak_mb": monitor.peak_mb(("loadgen",)),
                        "seconds_per_unit": result["wall_seconds"] / units}
+    result["driver_cpu_s"] = None if driver_cpu is None else round(driver_cpu, 2)
+    result["driver_cpu_s_per_unit"] = None if driver_cpu is None else round(driver_cpu / units, 7)
+    result["driver_cpu_exact"] = finished  # read from the exited CLI; a killed run has its last poll's value
     result["processes"] = monitor.report()
+    if "driver" in result["processes"] and driver_cpu is not None:
+        result["processes"]["driver"]["cpu_seconds"] = round(driver_cpu, 1)
     if summary:
         neg_units = n_captions * (len(TASKS) - 1)
         result["summary"] = {k: summary.get(k) for k in ("units", "generated", "reused", "kept", "rejected", "filtered",
@@ -488,10 +605,16 @@ def ratios(results: list[dict]) -> list[dict]:
     return out
 
 
-def print_report(results: list[dict], rat: list[dict], scoring: dict | None, encoder_label: str, clients: int = 0) -> None:
-    print(f"\nScale benchmark: contrastgen generate negatives --engine openai against the LOAD GENERATOR "
-          f"(no LLM); filter scorers: semantic off, blind [bigram], encoder {encoder_label}; parts committed by "
-          f"{f'{clients} Ray Data client workers' if clients else 'the driver'}")
+def print_report(results: list[dict], rat: list[dict], scoring: dict | None, encoder_label: str, clients: int = 0,
+                 engine: str = "openai", replicas: int | None = None) -> None:
+    if engine == "instant":
+        print(f"\nScale benchmark: contrastgen generate negatives with the {instant_engine.LABEL} (no LLM, no HTTP) in "
+              f"{replicas or 'the default number of'} Ray engine replicas (engine.kind plugin); filter scorers: semantic "
+              f"off, blind [bigram], encoder {encoder_label}")
+    else:
+        print(f"\nScale benchmark: contrastgen generate negatives --engine openai against the LOAD GENERATOR "
+              f"(no LLM); filter scorers: semantic off, blind [bigram], encoder {encoder_label}; parts committed by "
+              f"{f'{clients} Ray Data client workers' if clients else 'the driver'}")
     head = f"{'N units':>10}  {'stage':<11} {'seconds':>9} {'units/s':>10} {'driver MB':>10} {'workers MB':>11}"
     print(head)
     print("-" * len(head))
@@ -508,16 +631,24 @@ def print_report(results: list[dict], rat: list[dict], scoring: dict | None, enc
                   "   (CLI start, Prefect start and stop, exit)")
         t = r["total"]
         print(f"{'':>10}  {'total (CLI)':<11} {_f(t['seconds'], '{:,.2f}'):>9} {_f(t['units_per_s'], '{:,.0f}'):>10} "
-              f"{_f(t['driver_peak_mb']):>10} {_f(t['workers_peak_mb']):>11}   {r['status']}")
+              f"{_f(t['driver_peak_mb']):>10} {_f(t['workers_peak_mb']):>11}   {r['status']}"
+              + (f"  [{instant_engine.LABEL}]" if r.get("engine") == "instant" else ""))
     print("\nseconds: the summary's *_seconds (total: the CLI process's wall time); MB: peak RSS of the driver / of the "
           "largest other process of the run (stage rows: sampled within the stage's wall-clock window; total: VmHWM)")
     for r in results:
         procs = ", ".join(f"{g} x{v['processes']} {v['peak_rss_mb']:,.0f} MB {v['cpu_seconds']:,.1f} cpu-s"
                           for g, v in sorted(r["processes"].items()))
-        print(f"\nN={r['units']:,}: {r['status']}; processes: {procs}; dataset {r['dataset_mb']:,.1f} MB on disk")
+        tag = f" ({instant_engine.LABEL})" if r.get("engine") == "instant" else ""
+        print(f"\nN={r['units']:,}{tag}: {r['status']}; processes: {procs}; dataset {r['dataset_mb']:,.1f} MB on disk")
         if not r["finished"]:
-            print(f"  the load generator had answered {r['loadgen'].get('task_requests') or 0:,} of {r['units']:,} "
-                  "units when the run was stopped")
+            who = "the instant engine" if r.get("engine") == "instant" else "the load generator"
+            done = (r.get("loadgen") or r.get("instant_engine") or {}).get("task_requests") or 0
+            print(f"  {who} had answered {done:,} of {r['units']:,} units when the run was stopped")
+        if r.get("driver_cpu_s") is not None:
+            per = ", ".join(f"{st} {1e6 * r['stages'][st]['driver_cpu_s_per_unit']:,.0f}" for st in STAGES)
+            print(f"  driver CPU (the CLI process, user+sys): {r['driver_cpu_s']:,.2f} s = "
+                  f"{1e6 * r['driver_cpu_s_per_unit']:,.0f} us a unit for the whole run"
+                  f"{'' if r.get('driver_cpu_exact') else ' (last poll: the run was killed)'}; by stage (us a unit): {per}")
         s = r.get("summary")
         if s:
             neg = r["captions"] * (len(TASKS) - 1)
@@ -565,12 +696,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=256, help="engine.openai.concurrency")
     ap.add_argument("--clients", type=int, default=0,
                     help="ray.clients: Ray Data workers that generate and commit the parts (0: the driver's client)")
+    ap.add_argument("--engine", choices=sorted(PATHS), default="openai",
+                    help="openai: the openai engine against the load generator; instant: the engine-actor path with "
+                         "bench/instant_engine.py (bench only) in the Ray engine replicas")
+    ap.add_argument("--replicas", type=int, default=2,
+                    help="--engine instant: engine replicas (ray.workers); 0: the pipeline's default")
+    ap.add_argument("--json", action="store_true", help="print the whole result as one JSON object on the last line")
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between RSS polls")
     ap.add_argument("--scoring-texts", type=int, default=200)
     ap.add_argument("--skip-scoring", action="store_true")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed 18-unit run before the sizes")
     ap.add_argument("--keep", action="store_true", help="keep the datasets and score caches")
     args = ap.parse_args(argv)
+    if args.engine == "instant" and args.clients:
+        ap.error("--clients is the openai engine's (Ray Data HTTP clients); --engine instant runs in engine replicas")
 
     own_root = args.out_root is None
     root = Path(tempfile.mkdtemp(prefix="contrastgen-scale-")) if own_root else args.out_root.resolve()
@@ -578,6 +717,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     try:
         encoder = build_stub_encoder(root / "stub-encoder") if args.encoder == "stub" else None
+        pipeline_at, code = imported_pipeline(cli_env("check", root / "scores-cache", root)), checkout()
+        print(f"the CLI imports pipeline from {pipeline_at}; checkout {code['commit']}"
+              + (f" with {len(code['pipeline_changes'])} uncommitted changes in pipeline/, flows/, prompts/"
+                 if code["pipeline_changes"] else ""), flush=True)
         if not args.no_warmup:  # Prefect's database, the OS file cache: paid once, before anything is timed
             w = run_size(18, root, args, encoder, label="warmup")
             print(f"warm-up (18 units, untimed): {w['status']}, {w['wall_seconds']:.1f} s", flush=True)
@@ -592,15 +735,20 @@ def main(argv: list[str] | None = None) -> int:
             texts = largest["captions"] * (len(TASKS) - 1) + 2 * largest["captions"] if largest else None
             scoring = scoring_throughput(args.scoring_texts, texts)
         rat = ratios(results)
-        print_report(results, rat, scoring, "stub (0-layer MiniLM)" if encoder else "all-MiniLM-L6-v2", args.clients)
+        print_report(results, rat, scoring, "stub (0-layer MiniLM)" if encoder else "all-MiniLM-L6-v2", args.clients,
+                     args.engine, args.replicas)
         payload = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
-                   "time": time.strftime("%Y-%m-%d %H:%M:%S"), "encoder": args.encoder, "invalid_rate": args.invalid_rate,
+                   "time": time.strftime("%Y-%m-%d %H:%M:%S"), "engine": args.engine, "path": PATHS[args.engine],
+                   "replicas": args.replicas if args.engine == "instant" else None, "pipeline": pipeline_at, "checkout": code,
+                   "encoder": args.encoder, "invalid_rate": args.invalid_rate,
                    "concurrency": args.concurrency, "clients": args.clients, "max_minutes": args.max_minutes, "results": results, "ratios": rat,
                    "scoring": scoring,
                    "goals": {"rss_mb_max": GB3_MB, "rss_ratio_max": MEM_RATIO_GOAL, "time_ratio_max": TIME_RATIO_GOAL}}
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {args.json_out}")
+        if args.json:
+            print(json.dumps(payload), flush=True)
     finally:
         if own_root and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
