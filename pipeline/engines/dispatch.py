@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import ray
@@ -36,14 +37,14 @@ from pipeline.errors import ContrastgenError, EngineError, ReplicaDeadError, Tra
 from pipeline.records import Completion, EngineFailure, GenerationRequest
 
 NAMESPACE = "contrastgen"
-log = logging.getLogger("contrastgen.dispatch")
+_log = logging.getLogger("contrastgen.dispatch")
 
 
 class Slots:
     """Which replica takes the next call: ``cap`` calls at once each; state per replica. Thread-safe."""
 
     def __init__(self, n: int, cap: int):
-        self.cap, self.busy, self.state = cap, [0] * n, ["starting"] * n
+        self.cap, self.busy, self.state, self.calls = cap, [0] * n, ["starting"] * n, [0] * n
         self.draining = [0] * n  # exclusive waiters: no new shared calls start there
         self.cond = threading.Condition()
 
@@ -81,6 +82,7 @@ class Slots:
                             "and the replicas' logs (`ray logs`); rerun the same command to resume")
                     self.cond.wait(timeout=5)
                 self.busy[k] += self.cap if exclusive else 1
+                self.calls[k] += 1
                 return k
             finally:
                 if exclusive:
@@ -122,6 +124,7 @@ class Dispatcher:
         self.slots = Slots(len(names), self.cfg.replica_calls())
         self.nodes: list[str | None] = [None] * len(names)
         self.ident: tuple[str, str] | None = None
+        self.notes: deque[str] = deque(maxlen=200)  # fault notes for the driver's log (drain_notes)
         for k in range(len(names)):
             self._probe_later(k)
 
@@ -145,7 +148,7 @@ class Dispatcher:
                 time.sleep(0.5)
             except (ActorDiedError, GetTimeoutError):
                 break
-        log.warning("engine replica %d did not come up within engine.start_timeout_s = %g s; going on without it",
+        self.warn("engine replica %d did not come up within engine.start_timeout_s = %g s; going on without it",
                     k, self.cfg.start_timeout_s)
         self.slots.set(k, "dead")
 
@@ -160,8 +163,19 @@ class Dispatcher:
                               "the replicas) and their logs, or raise engine.start_timeout_s")
         return self.ident
 
-    def states(self) -> list[str]:
-        return list(self.slots.state)
+    def states(self) -> list[tuple[str, int]]:
+        """Each replica's state and the calls it has taken."""
+        return list(zip(self.slots.state, self.slots.calls))
+
+    def warn(self, msg: str, *args) -> None:
+        """A fault note: in this actor's log, and kept for the driver (:meth:`drain_notes`), whose user sees it."""
+        _log.warning(msg, *args)
+        self.notes.append(msg % args)
+
+    def drain_notes(self) -> list[str]:
+        out = list(self.notes)
+        self.notes.clear()
+        return out
 
     def generate(self, index: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
         """One outcome per request, in order. A part whose replica is lost runs again whole on another."""
@@ -169,7 +183,7 @@ class Dispatcher:
             try:
                 return self._part(index, requests)
             except _Lost as lost:
-                log.warning("part %d: %s; running it again on a ready replica", index, lost)
+                self.warn("part %d: %s; running it again on a ready replica", index, lost)
         raise TransientEngineError(f"part {index}: engine replicas kept dying. Fix: check `ray status` and the replicas' "
                                    "logs; rerun the same command to resume")
 
@@ -177,7 +191,7 @@ class Dispatcher:
         try:
             return self._call(index % len(self.actors), requests)
         except _Timeout as t:
-            log.warning("part %d: %s; retrying it once on another replica", index, t)
+            self.warn("part %d: %s; retrying it once on another replica", index, t)
             first = t.replica
         except _Crash as crash:
             return self._isolate(crash.replica, requests, index)
@@ -192,7 +206,7 @@ class Dispatcher:
     def _isolate(self, k: int, requests: list[GenerationRequest], index: int) -> list[Completion | EngineFailure]:
         """Run a crashed part's requests one at a time on replica ``k`` alone; a lone request that crashes it is a
         failure. When the first lone requests all crash, the engine is broken rather than fed poison: stop."""
-        log.warning("part %d crashed engine replica %d; running its %d requests one at a time to find the cause",
+        self.warn("part %d crashed engine replica %d; running its %d requests one at a time to find the cause",
                     index, k, len(requests))
         out: list[Completion | EngineFailure] = []
         crashes, completed = 0, 0

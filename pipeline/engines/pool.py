@@ -215,6 +215,12 @@ class EnginePool:
             return self._local_generate(requests)
         return self.caller().generate(index, requests)
 
+    def log_notes(self) -> None:
+        """Log here what the dispatcher noted (a replica lost, replaced, left out): the user's log is the driver's."""
+        if self.dispatcher is not None:
+            for note in ray.get(self.dispatcher.drain_notes.remote(), timeout=30):
+                log.warning(note)
+
     def _local_generate(self, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
         for attempt in (1, 2):
             try:

@@ -122,12 +122,22 @@ def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Un
         results = stream(rows, run_parts, (job,), pool.slots, no_progress_s=patience, tasks=True)
     else:
         results = stream(rows, PartClient, (job,), cfg.ray.clients or 2, no_progress_s=patience)
-    for batch in results:
-        files, keys = batch.column("file").to_pylist(), batch.column("keys").to_pylist()
-        store.adopt(zip(files, keys))
-        if meter is not None:
-            for c in batch.column("counts").to_pylist():
-                if c:
-                    seen = json.loads(c)
-                    meter.advance(seen["units"], tokens=seen["tokens"], parts=1, kept=Counter(seen["kept"]),
-                                  rejected=Counter(seen["rejected"]))
+    try:
+        for batch in results:
+            _adopt(batch, store, meter)
+            if ray_engine:
+                pool.log_notes()
+    finally:
+        if ray_engine:
+            pool.log_notes()
+
+
+def _adopt(batch, store: RunStore, meter: Meter | None) -> None:
+    """Index a streamed batch's committed files; advance the progress line by its counts."""
+    files, keys = batch.column("file").to_pylist(), batch.column("keys").to_pylist()
+    store.adopt(zip(files, keys))
+    for c in batch.column("counts").to_pylist() if meter is not None else ():
+        if c:
+            seen = json.loads(c)
+            meter.advance(seen["units"], tokens=seen["tokens"], parts=1, kept=Counter(seen["kept"]),
+                          rejected=Counter(seen["rejected"]))
