@@ -22,6 +22,8 @@ rejects an attribute edit. A failing candidate gets reason ``wrong_word_class``;
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import functools
 from typing import Any
 
@@ -107,7 +109,19 @@ def word_class_failure(neg_type: str, doc: Any, candidate: str) -> str:
     return ""
 
 
+PARSED_CAP = 8192  # parses kept per process: two blocks' captions at the default output.block_sources
+_parsed: OrderedDict[str, Any] = OrderedDict()
+
+
 def parse_captions(captions: list[str], batch_size: int = 256) -> dict[str, Any]:
-    """Each distinct caption parsed once (``nlp.pipe``, batched)."""
+    """Each distinct caption parsed once (``nlp.pipe``, batched), and kept (the last ``PARSED_CAP`` per process):
+    a part worker meets a caption once per task, in parts that follow each other, and finalize twice."""
     uniq = list(dict.fromkeys(captions))
-    return dict(zip(uniq, load_parser().pipe(uniq, batch_size=batch_size), strict=True))
+    new = [c for c in uniq if c not in _parsed]
+    _parsed.update(zip(new, load_parser().pipe(new, batch_size=batch_size), strict=True))
+    out = {c: _parsed[c] for c in uniq}
+    for c in uniq:
+        _parsed.move_to_end(c)
+    while len(_parsed) > PARSED_CAP:
+        _parsed.popitem(last=False)
+    return out
