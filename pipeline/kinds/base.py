@@ -138,6 +138,14 @@ class Tally:
         self.reasons.update((r.task, r.reason) for r in rejects if r.stage in ("generation", "filter"))
         self.no_positive += sum(1 for r in rows if getattr(r, "positive", "") is None)
 
+    def merge(self, other: Tally) -> None:
+        """Add another block's tally (blocks in order: the samples are the first blocks')."""
+        self.samples.extend(other.samples[: max(0, SAMPLE_ROWS - len(self.samples))])
+        self.stats = merge_stats(self.stats, other.stats)
+        for mine, theirs in ((self.units, other.units), (self.kept, other.kept), (self.reasons, other.reasons)):
+            mine.update(theirs)
+        self.no_positive += other.no_positive
+
 
 def merge_stats(a: Any, b: Any) -> Any:
     """Two blocks' statistics as one: numbers added, dicts added key by key, dataclasses field by field (a kind's

@@ -30,13 +30,14 @@ from pipeline import kinds
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool, ensure_ray
 from pipeline.filters.plots import save_histograms
-from pipeline.filters.score import score
+from pipeline.filters.score import Scored, score
 from pipeline.filters.scorers import stage_scorers
 from pipeline.filters.spill import ScoredSpill
 from pipeline.filters.stage import Decisions, Pairs, StageResult, decide
 from pipeline.kinds.base import Assembled, Context, Kind, Stage, Tally
 from pipeline.progress import Meter
 from pipeline.records import RawResult, Rejection, Unit
+from pipeline.run.blockwork import BlockWork, ray_up
 from pipeline.run.common import Progress, Summary, Timing, finished, part_size
 from pipeline.run.store import RunStore, store_of
 from pipeline.run.stream import stream_parts
@@ -232,19 +233,28 @@ def planned_blocks(kind: Kind, ctx: Context, store: RunStore) -> Callable[[], It
 def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: str | None, progress: Progress | None = None,
              walk: Callable[[], Iterator[Context]] | None = None) -> Summary:
     """Assemble, filter, split and publish the planned units' results block by block (``walk``: the planned
-    blocks, by default :func:`planned_blocks`); write the plan, plots, card and manifest."""
+    blocks, by default :func:`planned_blocks`); write the plan, plots, card and manifest. A run of several blocks
+    on Ray does each block's passes on Ray tasks (:mod:`pipeline.run.blockwork`): the driver only merges."""
     cfg, root = ctx.cfg, store.root
+    remote = walk is None and block_count(ctx) > 1 and ray_up()
     walk = walk or planned_blocks(kind, ctx, store)
     sha = settings_sha(cfg, kind.name)
     release = previous_release(root, sha)
     shutil.rmtree(root / SPOOL, ignore_errors=True)
     meter = Meter("filter", 2 * block_count(ctx), "block passes (score, then write)", kept_word="kept")
-    res = _decide(kind, cfg, walk, store, release, root / SPOOL / "filter", meter)
+    if cfg.ray.scorers:
+        ensure_ray(cfg.ray)
+    fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine, cfg.ray.scorers)
+    work = BlockWork.of(kind, ctx, store, release) if remote else None
+    scored = work.scores() if work and not cfg.ray.scorers else (
+        score_block(kind, c, store, release, fcfg, scorers) for c in walk())
+    res = _decide(kind, cfg, scored, root / SPOOL / "filter", fcfg, meter)
     spools = {split: Spool(root / SPOOL / f"{split}.arrow", kind.schema) for split in ("train", "test")}
     spools["rejected"] = Spool(root / SPOOL / "rejected.arrow", REJECTED_SCHEMA)
     spools["rejected"].write(rejected_table(ctx.inputs.rejects))
     plan_keys = Spool(root / SPOOL / "plan.arrow", PLAN_SCHEMA)
-    w = _write_blocks(kind, cfg, walk, store, release, res, spools, plan_keys, meter)
+    outs = work.writes(res) if work else (write_block(kind, c, store, release, res.block(i)) for i, c in enumerate(walk()))
+    w = _write_blocks(outs, spools, plan_keys, meter)
     meter.close()
     shards, published = publish(root, spools, cfg.output.rows_per_shard, sha, run_id, release.ids if release else None)
     splits = published_splits(shards)  # the dataset's rows and rejections: earlier releases' included
@@ -274,21 +284,56 @@ def block_count(ctx: Context) -> int:
     return max(1, -(-len(ctx.inputs.records) // ctx.cfg.output.block_sources))
 
 
-def _decide(kind: Kind, cfg: RunConfig, walk: Callable[[], Iterator[Context]], store: RunStore,
-            release: Release | None, folder: Path, meter: Meter | None = None) -> Decisions:
-    """Pass 1: score every block's rows and spill the numbers to Arrow in ``folder`` (each block's texts and vectors
-    are dropped after it), then make the global decisions on them out of core."""
-    if cfg.ray.scorers:
-        ensure_ray(cfg.ray)
-    fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine, cfg.ray.scorers)
+def score_block(kind: Kind, c: Context, store: RunStore, release: Release | None, fcfg, scorers) -> Scored:
+    """Pass 1 of one planned block: its rows assembled and scored (the numbers the global decisions need)."""
+    b = _assemble(kind, c, store, release)
+    sc = score(_pairs(kind, b.rows, c.cfg, b.pinned), fcfg, scorers)
+    scorers.forget()
+    return sc
+
+
+def _decide(kind: Kind, cfg: RunConfig, scored: Iterator[Scored], folder: Path, fcfg,
+            meter: Meter | None = None) -> Decisions:
+    """Pass 1: spill every block's scores to Arrow in ``folder`` as they come (each block's texts and vectors are
+    dropped in the pass), then make the global decisions on them out of core."""
     spill = ScoredSpill(folder, len(fcfg.blind.scorers) if fcfg.blind.enabled else 0)
-    for c in walk():
-        b = _assemble(kind, c, store, release)
-        spill.add(score(_pairs(kind, b.rows, cfg, b.pinned), fcfg, scorers))
-        scorers.forget()
+    for sc in scored:
+        spill.add(sc)
         if meter is not None:
             meter.advance(1, rows=f"{spill.n} scored")
     return decide(spill, fcfg)
+
+
+@dataclass
+class BlockOut:
+    """Pass 2 of one block: its tables for the spools and what the summary and the card count of it."""
+
+    tables: dict[str, pa.Table]  # train, test, rejected, plan
+    tally: Tally
+    units: int
+    positives: int
+    tokens_out: int
+    engine: str | None
+    kept: Counter
+    rejected: Counter
+
+
+def write_block(kind: Kind, c: Context, store: RunStore, release: Release | None, block: StageResult) -> BlockOut:
+    """Pass 2 of one planned block: assemble it again and apply its share of the decisions."""
+    cfg = c.cfg
+    b = _assemble(kind, c, store, release)
+    kept, filter_rejects = filter_rows(kind, b.rows, cfg, block, b.pinned, b.decided)
+    rejects = sorted(b.assembled.rejects + b.failed, key=lambda r: (r.unit_key or "", r.seed or 0)) + filter_rejects
+    splits = [split_of(r.source_id, cfg.output.test_fraction) for r in kept]
+    tables = {split: kind.table([r for r, sp in zip(kept, splits) if sp == split]) for split in ("train", "test")}
+    tables["rejected"] = rejected_table(rejects)
+    tables["plan"] = pa.table({"unit_key": pa.array(b.keys, pa.string())})
+    drops = len({r.source_id for r in b.rows} & block.positive_drops.keys())
+    tally = Tally()
+    tally.add(kind.type_column, b.raws, b.failed, kept, splits, rejects, b.assembled.stats)
+    return BlockOut(tables, tally, len(b.keys), kind.positives(kept, b.raws, b.assembled, drops),
+                    sum(r.provenance.tokens_out for r in b.raws), b.raws[0].provenance.engine if b.raws else None,
+                    Counter(kind.reject_task(r) for r in kept), Counter(r.task or "?" for r in rejects))
 
 
 @dataclass
@@ -302,27 +347,19 @@ class _Written:
     engine: str | None = None
 
 
-def _write_blocks(kind: Kind, cfg: RunConfig, walk: Callable[[], Iterator[Context]], store: RunStore, release: Release | None,
-                  res: Decisions, spools: dict[str, Spool], plan_keys: Spool, meter: Meter | None = None) -> _Written:
-    """Pass 2: assemble each block again, apply the decisions, append its rows, rejections and unit keys to the
-    spools; count what the summary and the card need."""
+def _write_blocks(outs: Iterator[BlockOut], spools: dict[str, Spool], plan_keys: Spool,
+                  meter: Meter | None = None) -> _Written:
+    """Pass 2: append each block's rows, rejections and unit keys to the spools, in block order; add its counts."""
     w = _Written(Tally())
-    for i, c in enumerate(walk()):
-        b = _assemble(kind, c, store, release)
-        block = res.block(i)
-        kept, filter_rejects = filter_rows(kind, b.rows, cfg, block, b.pinned, b.decided)
-        rejects = sorted(b.assembled.rejects + b.failed, key=lambda r: (r.unit_key or "", r.seed or 0)) + filter_rejects
-        splits = [split_of(r.source_id, cfg.output.test_fraction) for r in kept]
-        for split in ("train", "test"):
-            spools[split].write(kind.table([r for r, sp in zip(kept, splits) if sp == split]))
-        spools["rejected"].write(rejected_table(rejects))
-        plan_keys.write(pa.table({"unit_key": pa.array(b.keys, pa.string())}))
-        drops = len({r.source_id for r in b.rows} & block.positive_drops.keys())
-        w.positives += kind.positives(kept, b.raws, b.assembled, drops)
-        w.tally.add(kind.type_column, b.raws, b.failed, kept, splits, rejects, b.assembled.stats)
-        w.units += len(b.keys)
-        w.tokens_out += sum(r.provenance.tokens_out for r in b.raws)
-        w.engine = w.engine or (b.raws[0].provenance.engine if b.raws else None)
+    for out in outs:
+        for split in ("train", "test", "rejected"):
+            spools[split].write(out.tables[split])
+        plan_keys.write(out.tables["plan"])
+        w.tally.merge(out.tally)
+        w.positives += out.positives
+        w.units += out.units
+        w.tokens_out += out.tokens_out
+        w.engine = w.engine or out.engine
         if meter is not None:
-            meter.advance(1, kept=Counter(kind.reject_task(r) for r in kept), rejected=Counter(r.task or "?" for r in rejects))
+            meter.advance(1, kept=out.kept, rejected=out.rejected)
     return w

@@ -86,6 +86,13 @@ class RunStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    @classmethod
+    def reader(cls, root: Path, index: FileIndex) -> RunStore:
+        """A store that only reads, on another process, with the driver's index of ``raw/`` (no lock, no scan)."""
+        store = cls(root)
+        store._index = index
+        return store
+
     def parts(self) -> list[Path]:
         return sorted(self.raw_dir.glob("part-*.arrow"))
 
