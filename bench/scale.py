@@ -338,7 +338,7 @@ WORKERS = ("ray_worker", "ray_system", "prefect", "other")  # every process of t
 
 
 def config_yaml(path: Path, encoder: Path | None, cache: Path, concurrency: int, engine: str = "openai",
-                replicas: int | None = None) -> None:
+                replicas: int | None = None, block_sources: int | None = None) -> None:
     semantic = {"enabled": False, "cache_dir": str(cache)}
     if encoder is not None:  # the stub's cost is per batch, not per text: big batches keep it out of the way
         semantic.update(model=str(encoder), batch_size=1024)
@@ -351,6 +351,8 @@ def config_yaml(path: Path, encoder: Path | None, cache: Path, concurrency: int,
     }
     if engine == "instant" and replicas:
         cfg["ray"] = {"workers": replicas}
+    if block_sources:
+        cfg["output"] = {"block_sources": block_sources}
     path.write_text(json.dumps(cfg, indent=2) + "\n")  # JSON is YAML
 
 
@@ -442,7 +444,7 @@ def run_size(units_wanted: int, root: Path, args, encoder: Path | None, label: s
     instant = args.engine == "instant"
     t = time.perf_counter()
     write_captions(inp, n_captions)
-    config_yaml(cfg, encoder, cache, args.concurrency, args.engine, args.replicas)
+    config_yaml(cfg, encoder, cache, args.concurrency, args.engine, args.replicas, args.block_sources)
     result: dict = {"units_requested": units_wanted, "captions": n_captions, "units": units, "engine": args.engine,
                     "path": PATHS[args.engine], "input_seconds": round(time.perf_counter() - t, 2)}
 
@@ -701,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
                          "bench/instant_engine.py (bench only) in the Ray engine replicas")
     ap.add_argument("--replicas", type=int, default=2,
                     help="--engine instant: engine replicas (ray.workers); 0: the pipeline's default")
+    ap.add_argument("--block-sources", type=int, default=None,
+                    help="output.block_sources (default: the pipeline's, 4,096 captions a block); a run of several "
+                         "blocks finalizes them on Ray tasks")
     ap.add_argument("--json", action="store_true", help="print the whole result as one JSON object on the last line")
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between RSS polls")
     ap.add_argument("--scoring-texts", type=int, default=200)

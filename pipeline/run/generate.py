@@ -10,7 +10,8 @@ Finalize reads only raw parts (and cached per-text scores), so it is determinist
 ``contrastgen filter`` reruns it on a copy of a dataset's raw parts. It walks the blocks twice: the first pass
 scores each block's rows (:func:`pipeline.filters.score.score`), the global decisions are made on the
 concatenated scores (:func:`pipeline.filters.stage.decide`), the second pass assembles each block again and
-writes its decided rows to on-disk spools, which :func:`pipeline.shards.publish.publish` turns into shards.
+writes its decided rows to on-disk spools, which :func:`pipeline.shards.publish.publish` turns into shards. In a
+run of several blocks each block's pass is a Ray task (:mod:`pipeline.run.blockwork`) and the driver merges.
 Appending to a published dataset, rows the previous release decided keep their decision (see
 :mod:`pipeline.shards.publish`): only new rows are filtered, beside the published ones.
 """
