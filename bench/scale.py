@@ -338,7 +338,7 @@ WORKERS = ("ray_worker", "ray_system", "prefect", "other")  # every process of t
 
 
 def config_yaml(path: Path, encoder: Path | None, cache: Path, concurrency: int, engine: str = "openai",
-                replicas: int | None = None, block_sources: int | None = None) -> None:
+                replicas: int | None = None, block_sources: int | None = None, units_per_part: int | None = None) -> None:
     semantic = {"enabled": False, "cache_dir": str(cache)}
     if encoder is not None:  # the stub's cost is per batch, not per text: big batches keep it out of the way
         semantic.update(model=str(encoder), batch_size=1024)
@@ -351,8 +351,9 @@ def config_yaml(path: Path, encoder: Path | None, cache: Path, concurrency: int,
     }
     if engine == "instant" and replicas:
         cfg["ray"] = {"workers": replicas}
-    if block_sources:
-        cfg["output"] = {"block_sources": block_sources}
+    output = {"block_sources": block_sources, "units_per_part": units_per_part}
+    if any(output.values()):
+        cfg["output"] = {k: v for k, v in output.items() if v}
     path.write_text(json.dumps(cfg, indent=2) + "\n")  # JSON is YAML
 
 
@@ -444,7 +445,7 @@ def run_size(units_wanted: int, root: Path, args, encoder: Path | None, label: s
     instant = args.engine == "instant"
     t = time.perf_counter()
     write_captions(inp, n_captions)
-    config_yaml(cfg, encoder, cache, args.concurrency, args.engine, args.replicas, args.block_sources)
+    config_yaml(cfg, encoder, cache, args.concurrency, args.engine, args.replicas, args.block_sources, args.units_per_part)
     result: dict = {"units_requested": units_wanted, "captions": n_captions, "units": units, "engine": args.engine,
                     "path": PATHS[args.engine], "input_seconds": round(time.perf_counter() - t, 2)}
 
@@ -706,6 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block-sources", type=int, default=None,
                     help="output.block_sources (default: the pipeline's, 4,096 captions a block); a run of several "
                          "blocks finalizes them on Ray tasks")
+    ap.add_argument("--units-per-part", type=int, default=None,
+                    help="output.units_per_part (default: the engine's: 64 for the instant engine's batch of 32, 256 "
+                         "for vLLM's default 256 sequences at n=2)")
     ap.add_argument("--json", action="store_true", help="print the whole result as one JSON object on the last line")
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between RSS polls")
     ap.add_argument("--scoring-texts", type=int, default=200)
