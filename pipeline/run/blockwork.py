@@ -6,7 +6,7 @@ its share of the decisions and writes its rows. In the driver both passes are Py
 unit at 10k units, docs/throughput.md). Here each block's pass is a Ray task: it plans the block from its input
 records (the unit keys are a pure function of them), reads its raw results through the driver's index of
 ``raw/`` (shipped once through the object store: 20 bytes a unit), assembles, and returns numbers (pass 1: the
-block's :class:`~pipeline.filters.score.Scored`) or tables (pass 2: :class:`~pipeline.run.generate.BlockOut`).
+block's :class:`~pipeline.filters.score.Scored`) or tables (pass 2: :class:`~pipeline.run.blocks.BlockOut`).
 The driver consumes them in block order, so the spools, and so the shards, are byte-identical to a finalize in
 the driver; a window of tasks in flight bounds its memory to a few blocks.
 
@@ -53,7 +53,7 @@ class BlockJob:
 def _planned(job: BlockJob, records: list) -> tuple[Kind, Context, Any]:
     """The block of ``records``, planned (its stages' units) as :func:`pipeline.run.generate.planned_blocks` does."""
     from pipeline.kinds import kind_of
-    from pipeline.run.generate import planned_blocks
+    from pipeline.run.blocks import planned_blocks
     from pipeline.run.store import RunStore
 
     kind = kind_of(job.kind)
@@ -75,7 +75,7 @@ def _scorers(fcfg_json: str, engine_json: str):
 
 @ray.remote(num_cpus=0)
 def _score(job: BlockJob, records: list):
-    from pipeline.run.generate import score_block
+    from pipeline.run.blocks import score_block
 
     kind, block, store = _planned(job, records)
     fcfg, scorers = _scorers(getattr(job.cfg.filters, kind.name).model_dump_json(), job.cfg.engine.model_dump_json())
@@ -84,7 +84,7 @@ def _score(job: BlockJob, records: list):
 
 @ray.remote(num_cpus=0)
 def _write(job: BlockJob, records: list, decisions):
-    from pipeline.run.generate import write_block
+    from pipeline.run.blocks import write_block
 
     kind, block, store = _planned(job, records)
     return write_block(kind, block, store, job.release, decisions)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,19 +31,20 @@ from pipeline import kinds
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool, ensure_ray
 from pipeline.filters.plots import save_histograms
-from pipeline.filters.score import Scored, score
+from pipeline.filters.score import Scored
 from pipeline.filters.scorers import stage_scorers
 from pipeline.filters.spill import ScoredSpill
-from pipeline.filters.stage import Decisions, Pairs, StageResult, decide
-from pipeline.kinds.base import Assembled, Context, Kind, Stage, Tally
+from pipeline.filters.stage import Decisions, decide
+from pipeline.kinds.base import Context, Kind, Stage, Tally
 from pipeline.progress import Meter
-from pipeline.records import RawResult, Rejection, Unit
+from pipeline.records import Unit
+from pipeline.run.blocks import BlockOut, block_count, blocks, planned_blocks, score_block, write_block  # noqa: F401 (blocks: the flow walks them here)
 from pipeline.run.blockwork import BlockWork, ray_up
-from pipeline.run.common import Progress, Summary, Timing, finished, part_size
+from pipeline.run.common import Progress, Summary, Timing, part_size
 from pipeline.run.store import RunStore, store_of
 from pipeline.run.stream import stream_parts
 from pipeline.shards.card import Card, write_card
-from pipeline.shards.publish import Release, previous_release, publish, published_splits, settings_sha, split_of
+from pipeline.shards.publish import previous_release, publish, published_splits, settings_sha
 from pipeline.shards.schema import REJECTED_SCHEMA, rejected_table
 from pipeline.shards.writer import ShardInfo, Spool, read_shard
 
@@ -65,16 +66,6 @@ def preflight(kind: Kind, cfg: RunConfig) -> None:
 def start(kind: Kind, cfg: RunConfig, store: RunStore) -> Context:
     """Templates loaded once (the text hashed into unit keys is the text rendered) and the inputs read."""
     return Context(cfg, kind.templates(cfg), kind.read(cfg), raws=lambda name: [])
-
-
-def blocks(ctx: Context, store: RunStore) -> Iterator[Context]:
-    """A context per block of ``output.block_sources`` input rows (one, empty, for no input), whose ``raws(stage)``
-    are that block's stage results read from the store (only the parts that hold them)."""
-    records, size = ctx.inputs.records, ctx.cfg.output.block_sources
-    for lo in range(0, max(len(records), 1), size):
-        block = replace(ctx, inputs=replace(ctx.inputs, records=records[lo : lo + size]), stages={})
-        block.raws = lambda name, b=block: finished(store, sorted(b.stages[name].keys))[0]
-        yield block
 
 
 def chunk_units(kind: Kind, units: list[Unit], cfg: RunConfig) -> list[list[Unit]]:
@@ -110,55 +101,6 @@ def generate_stage(kind: Kind, ctx: Context, pool: EnginePool, store: RunStore, 
     return sum(len(c) for c in chunks)
 
 
-def filter_rows(kind: Kind, rows: list, cfg: RunConfig, res: StageResult, pinned: int = 0,
-                decided: frozenset[str] = frozenset()) -> tuple[list, list[Rejection]]:
-    """Apply the filter stage's decisions ``res`` on one block to its rows (row ``i`` is ``res``'s row ``i``).
-    Kept rows carry the score columns; dropped rows become ``filter`` rejections naming the filter, the reason
-    and the score. A dropped positive drops its rows, except in a kind with a ``positive_task`` (negatives), whose
-    rows then lose only the positive (rejected once). The first ``pinned`` rows are published already: they stay.
-    Rows in ``decided`` (an earlier release rejected them) only counted for the others (dedup, balancing): they
-    are neither kept nor rejected again."""
-    kept, rejects = [], []
-    for i, r in enumerate(rows):
-        if i >= pinned and r.id in decided:
-            continue
-        j = i
-        pos_drop = res.positive_drops.get(r.source_id)
-        row = replace(r, surface_sim=float(res.surface_sim[j]), semantic_sim=float(res.semantic_sim[j]),
-                      propensity=float(res.propensity[j]), weight=float(res.weight[j]))
-        if kind.positive_task and pos_drop:
-            row = replace(row, positive=None, positive_prompt_sha=None)
-        d = res.drop(j) or (None if kind.positive_task else pos_drop)
-        if d is None or i < pinned:
-            kept.append(row)
-        else:
-            rejects.append(_rejection(kind, r, d, r.negative, kind.reject_task(r), r.provenance.prompt_sha))
-    if kind.positive_task:
-        first = {}
-        for r in rows:
-            first.setdefault(r.source_id, r)
-        for group in sorted(first):
-            d = res.positive_drops.get(group)
-            if d is not None:
-                r = first[group]
-                rejects.append(_rejection(kind, r, d, r.positive or "", kind.positive_task, r.positive_prompt_sha))
-    return kept, rejects
-
-
-def _pairs(kind: Kind, rows: list, cfg: RunConfig, pinned: int) -> Pairs:
-    """The filter stage's view of a block's rows (anchor, positive, negative; one group per source; the kind's
-    type column as the stratum)."""
-    return Pairs([r.id for r in rows], [getattr(r, kind.anchor) for r in rows], [r.positive for r in rows],
-                 [r.negative for r in rows], [r.source_id for r in rows], [getattr(r, kind.type_column) for r in rows],
-                 [split_of(r.source_id, cfg.output.test_fraction) for r in rows], pinned)
-
-
-def _rejection(kind: Kind, r, d, text: str, task: str, prompt_sha: str | None) -> Rejection:
-    return Rejection(stage="filter", reason=d.reason, detail=d.detail or f"{kind.anchor}: {getattr(r, kind.anchor)}", raw=text,
-                     source_id=r.source_id, task=task, prompt_sha=prompt_sha, model=r.provenance.model,
-                     seed=r.provenance.seed, filter=d.filter, score=d.score)
-
-
 def _published_counts(root: Path, shards: list[ShardInfo]) -> tuple[Counter, Counter, Counter]:
     """Rejections by stage, by reason, and generation and filter rejections by (task, reason), over every
     published rejected shard (the dataset's, all releases: an append's card counts what earlier releases
@@ -176,59 +118,6 @@ def _published_counts(root: Path, shards: list[ShardInfo]) -> tuple[Counter, Cou
             for row in decided.group_by(["task", "reason"]).aggregate([([], "count_all")]).to_pylist():
                 by_task[(row["task"], row["reason"])] += row["count_all"]
     return by_stage, by_reason, by_task
-
-
-def _over(ctx: Context, raws: list) -> Context:
-    """``ctx`` whose ``raws(stage)`` come from ``raws`` (read once) instead of the store."""
-    by_key = {r.unit_key: r for r in raws}
-    return replace(ctx, raws=lambda name: [by_key[k] for k in sorted(ctx.stages[name].keys) if k in by_key])
-
-
-@dataclass
-class _Block:
-    """One block's assembled rows (published ones first, then by id) and what finalize needs beside them."""
-
-    ctx: Context
-    keys: list[str]
-    raws: list[RawResult]
-    failed: list[Rejection]
-    assembled: Assembled
-    rows: list
-    pinned: int
-    decided: frozenset[str]
-
-
-def _assemble(kind: Kind, ctx: Context, store: RunStore, release: Release | None) -> _Block:
-    """Read a planned block's raw results (only the parts holding them), assemble its rows, and mark the rows a
-    previous release decided (published: pinned first; rejected: ``decided``)."""
-    keys = sorted(frozenset().union(*(st.keys for st in ctx.stages.values())))
-    raws, failed = finished(store, keys)
-    decided: frozenset[str] = frozenset()
-    if release is not None:
-        old = [r for r, o in zip(raws, release.plan.has([r.unit_key for r in raws]).tolist()) if o]
-        decided = frozenset(r.id for r in kind.assemble(_over(ctx, old), old).rows)
-    ctx = _over(ctx, raws)
-    assembled = kind.assemble(ctx, raws)
-    rows = sorted(assembled.rows, key=lambda r: r.id)
-    if release is not None:
-        published = release.ids.has([r.id for r in rows]).tolist()
-        rows = [r for r, p in zip(rows, published) if p] + [r for r, p in zip(rows, published) if not p]
-        return _Block(ctx, keys, raws, failed, assembled, rows, sum(published), decided)
-    return _Block(ctx, keys, raws, failed, assembled, rows, 0, decided)
-
-
-def planned_blocks(kind: Kind, ctx: Context, store: RunStore) -> Callable[[], Iterator[Context]]:
-    """The run's blocks, each planned again (its units are a pure function of its inputs, the templates and
-    its earlier stages' results): finalize walks them without holding every block's units."""
-
-    def walk() -> Iterator[Context]:
-        for block in blocks(ctx, store):
-            for name in kind.stages(ctx.cfg):
-                units = kind.units(name, block)
-                block.stages[name] = Stage(frozenset(u.key for u in units), units, [], 0)  # a kind may assemble from them
-            yield block
-
-    return walk
 
 
 def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: str | None, progress: Progress | None = None,
@@ -280,19 +169,6 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
     return summary
 
 
-def block_count(ctx: Context) -> int:
-    """How many blocks :func:`blocks` yields."""
-    return max(1, -(-len(ctx.inputs.records) // ctx.cfg.output.block_sources))
-
-
-def score_block(kind: Kind, c: Context, store: RunStore, release: Release | None, fcfg, scorers) -> Scored:
-    """Pass 1 of one planned block: its rows assembled and scored (the numbers the global decisions need)."""
-    b = _assemble(kind, c, store, release)
-    sc = score(_pairs(kind, b.rows, c.cfg, b.pinned), fcfg, scorers)
-    scorers.forget()
-    return sc
-
-
 def _decide(kind: Kind, cfg: RunConfig, scored: Iterator[Scored], folder: Path, fcfg,
             meter: Meter | None = None) -> Decisions:
     """Pass 1: spill every block's scores to Arrow in ``folder`` as they come (each block's texts and vectors are
@@ -303,38 +179,6 @@ def _decide(kind: Kind, cfg: RunConfig, scored: Iterator[Scored], folder: Path, 
         if meter is not None:
             meter.advance(1, rows=f"{spill.n} scored")
     return decide(spill, fcfg)
-
-
-@dataclass
-class BlockOut:
-    """Pass 2 of one block: its tables for the spools and what the summary and the card count of it."""
-
-    tables: dict[str, pa.Table]  # train, test, rejected, plan
-    tally: Tally
-    units: int
-    positives: int
-    tokens_out: int
-    engine: str | None
-    kept: Counter
-    rejected: Counter
-
-
-def write_block(kind: Kind, c: Context, store: RunStore, release: Release | None, block: StageResult) -> BlockOut:
-    """Pass 2 of one planned block: assemble it again and apply its share of the decisions."""
-    cfg = c.cfg
-    b = _assemble(kind, c, store, release)
-    kept, filter_rejects = filter_rows(kind, b.rows, cfg, block, b.pinned, b.decided)
-    rejects = sorted(b.assembled.rejects + b.failed, key=lambda r: (r.unit_key or "", r.seed or 0)) + filter_rejects
-    splits = [split_of(r.source_id, cfg.output.test_fraction) for r in kept]
-    tables = {split: kind.table([r for r, sp in zip(kept, splits) if sp == split]) for split in ("train", "test")}
-    tables["rejected"] = rejected_table(rejects)
-    tables["plan"] = pa.table({"unit_key": pa.array(b.keys, pa.string())})
-    drops = len({r.source_id for r in b.rows} & block.positive_drops.keys())
-    tally = Tally()
-    tally.add(kind.type_column, b.raws, b.failed, kept, splits, rejects, b.assembled.stats)
-    return BlockOut(tables, tally, len(b.keys), kind.positives(kept, b.raws, b.assembled, drops),
-                    sum(r.provenance.tokens_out for r in b.raws), b.raws[0].provenance.engine if b.raws else None,
-                    Counter(kind.reject_task(r) for r in kept), Counter(r.task or "?" for r in rejects))
 
 
 @dataclass
