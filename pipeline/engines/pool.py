@@ -50,12 +50,14 @@ def visible_devices(gpu_ids: list, environ: dict) -> str | None:
 
     >>> visible_devices([3], {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"})
     '3'
+    >>> visible_devices(["GPU-3b1f"], {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"})
+    'GPU-3b1f'
     >>> visible_devices([3], {}) is None
     True
     """
     if not gpu_ids or environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "0") in ("", "0"):
         return None
-    return ",".join(str(int(g)) if float(g).is_integer() else str(g) for g in gpu_ids)
+    return ",".join(str(g) for g in gpu_ids)  # under NOSET Ray hands the node's own entries: ids, UUIDs or MIG ids
 
 
 @ray.remote

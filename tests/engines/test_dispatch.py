@@ -77,6 +77,7 @@ def test_one_gpu_replicas_set_their_own_device_where_ray_does_not():
     noset = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
     assert visible_devices([2], noset) == "2"
     assert visible_devices([0, 1], noset) == "0,1"
+    assert visible_devices(["GPU-3b1f", "MIG-7c2e"], noset) == "GPU-3b1f,MIG-7c2e"  # UUIDs and MIG ids as they come
     assert visible_devices([2], {}) is None  # Ray set it already
     assert visible_devices([], noset) is None  # a CPU replica
 
