@@ -219,9 +219,15 @@ class EnginePool:
 
     def log_notes(self) -> None:
         """Log here what the dispatcher noted (a replica lost, replaced, left out): the user's log is the driver's."""
-        if self.dispatcher is not None:
-            for note in ray.get(self.dispatcher.drain_notes.remote(), timeout=30):
-                log.warning(note)
+        if self.dispatcher is None:
+            return
+        try:
+            notes = ray.get(self.dispatcher.drain_notes.remote(), timeout=30)
+        except (ray.exceptions.RayError, TimeoutError) as exc:  # never masks the error a stream is raising
+            log.info("could not read the dispatcher's notes: %s", exc)
+            return
+        for note in notes:
+            log.warning(note)
 
     def _local_generate(self, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
         for attempt in (1, 2):
