@@ -1,6 +1,7 @@
-"""Ray Data for the two streamed stages: generation clients (:mod:`pipeline.run.stream`) and model scorers
+"""Ray Data for the two streamed stages: generation part workers (:mod:`pipeline.run.stream`) and model scorers
 (:mod:`pipeline.filters.scorers`). Both map a list of rows (a part, a chunk of texts) with an actor pool of one
-worker class, one row a call, and read the results back as they finish."""
+worker class (or, for parts on engine replicas, a pool of Ray tasks), one row a call, and read the results back as
+they finish."""
 
 from __future__ import annotations
 

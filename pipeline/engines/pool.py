@@ -201,8 +201,8 @@ class EnginePool:
 
     @property
     def slots(self) -> int:
-        """Parts worth having in flight: each replica's calls plus one ready at its door, two for the in-driver
-        HTTP engine (its requests are concurrent within a part already)."""
+        """Ray Data part tasks worth having in flight: each replica's calls plus one ready at its door (the openai
+        engine's part workers are ``ray.clients`` instead)."""
         return max(1, len(self.actors)) * (self.engine_cfg.replica_calls() + 1)
 
     def caller(self) -> PartEngine:

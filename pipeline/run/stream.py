@@ -54,7 +54,8 @@ class PartJob:
 
 
 class Parts:
-    """Renders, generates, commits and counts parts; one per worker process (its store and engine kept)."""
+    """Renders, generates, commits and counts parts: built per Ray task (:func:`run_parts`: cheap; the models it
+    loads are cached per process), or once per openai client actor (:class:`PartClient`, its HTTP client kept)."""
 
     def __init__(self, job: PartJob, engine: PartEngine | None = None):
         from pipeline.kinds import kind_of
