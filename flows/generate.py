@@ -14,9 +14,11 @@ from typing import Any
 
 from prefect import flow, runtime, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled
 from prefect.utilities.annotations import quote
 
 from flows.retry import ENGINE_RETRIES
+from pipeline import stop
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool, release_before_finalize
 from pipeline.kinds import kind_of
@@ -45,34 +47,46 @@ def finalize(kind, ctx, store, timing: Timing, progress: Progress):
 
 
 @flow(name="contrastgen-generate", persist_result=False)
-def generate_flow(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+def generate_flow(kind: str, config: dict[str, Any]):
+    """The run's summary; or, when the run is stopped (SIGINT, SIGTERM, a Prefect cancel), a Cancelled state whose
+    message is the one line to show (:mod:`pipeline.stop`)."""
     k, cfg, timing, progress, pool = kind_of(kind), RunConfig.model_validate(config), Timing(), Progress(), None
-    meter = Meter(f"generate {kind}", unit="units")
-    with store_of(cfg, kind) as store, meter:
-        with timing.measure("plan_seconds"):
-            ctx = steps.start(k, cfg, store)
-        blocks = steps.block_count(ctx)
-        for i, block in enumerate(steps.blocks(ctx, store)):
-            if blocks > 1:
-                meter.advance(block=f"{i + 1}/{blocks} (total grows as blocks are planned)")
-            for name in k.stages(cfg):
+    meter, planned, blocks = Meter(f"generate {kind}", unit="units"), 0, 0
+    with stop.handling(), store_of(cfg, kind) as store, meter:
+        try:
+            with stop.armed():
                 with timing.measure("plan_seconds"):
-                    # quote: Prefect would otherwise walk every unit and record of the block for its task graph
-                    units, reused, pending = plan_stage(k, quote(block), store, name)
-                progress.units, progress.reused, progress.generated = (progress.units + units, progress.reused + reused,
-                                                                       progress.generated + pending)
-                meter.grow(pending)
-                if not pending:
-                    continue
-                if pool is None:
-                    with timing.measure("startup_seconds"):
-                        pool = EnginePool(cfg.engine, cfg.ray)
-                    meter.begin()
-                with timing.measure("generation_seconds"):
-                    generate_stage(k, quote(block), pool, store, name, quote(meter))
-        meter.close()
-        if pool is not None and release_before_finalize(pool.engine_cfg, cfg.ray):
-            pool.close()  # finalize's GPU scorers need the GPUs the replicas hold
-        with timing.measure("finalize_seconds"):
-            summary = asdict(finalize(k, quote(ctx), store, timing, progress))
+                    ctx = steps.start(k, cfg, store)
+                blocks = steps.block_count(ctx)
+                for i, block in enumerate(steps.blocks(ctx, store)):
+                    planned = i + 1
+                    if blocks > 1:
+                        meter.advance(block=f"{i + 1}/{blocks} (total grows as blocks are planned)")
+                    for name in k.stages(cfg):
+                        with timing.measure("plan_seconds"):
+                            # quote: Prefect would otherwise walk every unit and record of the block for its task graph
+                            units, reused, pending = plan_stage(k, quote(block), store, name)
+                        progress.units, progress.reused, progress.generated = (
+                            progress.units + units, progress.reused + reused, progress.generated + pending)
+                        meter.grow(pending)
+                        if not pending:
+                            continue
+                        if pool is None:
+                            with timing.measure("startup_seconds"):
+                                pool = EnginePool(cfg.engine, cfg.ray)
+                            meter.begin()
+                        with timing.measure("generation_seconds"):
+                            generate_stage(k, quote(block), pool, store, name, quote(meter))
+                        stop.check()
+                meter.close()
+                if pool is not None and release_before_finalize(pool.engine_cfg, cfg.ray):
+                    pool.close()  # finalize's GPU scorers need the GPUs the replicas hold
+                with timing.measure("finalize_seconds"):
+                    summary = asdict(finalize(k, quote(ctx), store, timing, progress))
+        except stop.Stopped as exc:
+            meter.quiet()
+            if pool is not None:
+                pool.close(grace_s=5)  # parts in flight are dropped whole: none was committed half
+            return Cancelled(message=stop.line(exc.signum, progress.reused + meter.done, progress.units, len(store.parts()),
+                                               planned < blocks))
         return {**summary, "finalize_seconds": timing.finalize_seconds}

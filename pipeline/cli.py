@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from pipeline import stop
 from pipeline.config import load_config
 from pipeline.errors import OS_FIXES, ContrastgenError
 from pipeline.kinds import KINDS
@@ -166,15 +167,19 @@ def _generate(a: argparse.Namespace) -> int:
     if not getattr(a, "verbose", False):
         quiet_libraries()  # again: Ray's and Prefect's handlers exist now
 
-    # SIGTERM becomes SystemExit so the finally below stops the local Ray we started (its actors would
-    # otherwise outlive us and keep burning CPU). After SIGKILL nothing runs: `ray stop` cleans up.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    started = ensure_ray(cfg.ray)  # every engine's parts stream through Ray Data workers
-    try:
-        summary = generate_flow(a.kind, cfg.model_dump(mode="json"))
-    finally:
-        if started:
-            ray.shutdown()
+    # a SIGINT or SIGTERM from here on is a stop (pipeline.stop): the flow ends Cancelled with the one line printed
+    # below, and the finally stops the local Ray we started (its actors would otherwise outlive us)
+    with stop.handling():
+        started = ensure_ray(cfg.ray)  # every engine's parts stream through Ray Data workers
+        try:
+            state = generate_flow(a.kind, cfg.model_dump(mode="json"), return_state=True)
+        finally:
+            if started:
+                ray.shutdown()
+    if state.is_cancelled():
+        print(f"contrastgen: {state.message}", file=sys.stderr)
+        return stop.exit_code(stop.asked() or signal.SIGINT)
+    summary = state.result()
     if a.json:
         print(json.dumps(summary))
     else:
@@ -284,7 +289,7 @@ COMMANDS = {"generate": _generate, "serve": _serve, "deploy": _deploy, "filter":
 def user_error(exc: BaseException) -> str | None:
     """The one line a user gets for ``exc`` when it is theirs to fix (our errors, and file-system refusals:
     full disk, permissions, missing paths); None for anything else (a bug: its traceback is shown)."""
-    if isinstance(exc, ContrastgenError):
+    if isinstance(exc, (ContrastgenError, stop.Stopped)):
         return str(exc)
     if isinstance(exc, OSError) and exc.errno in OS_FIXES:
         where = exc.filename if exc.filename is not None else "a file"
@@ -311,12 +316,23 @@ def _quiet_library_tracebacks() -> None:
         handler.addFilter(quiet)
 
 
+SUPERVISED_COMMANDS = ("generate", "train")  # long runs: a stop is forwarded to a worker in its own session
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The console script (``argv`` None: a generate or train run is supervised, see :mod:`pipeline.stop`), or one
+    command run in this process (``argv`` given, as tests do)."""
+    command = next((x for x in sys.argv[1:] if not x.startswith("-")), None)
+    if argv is None and command in SUPERVISED_COMMANDS and not os.environ.get(stop.SUPERVISED):
+        return stop.supervise(sys.argv[1:])
+    if os.environ.get(stop.SUPERVISED):
+        stop.install()
     a = _parser().parse_args(argv)
     verbose = bool(getattr(a, "verbose", False))
     if not verbose:
         _quiet_library_tracebacks()
         quiet_libraries()
+        stop.quiet_after_stop()
     try:
         return COMMANDS[a.command](a)
     except (ContrastgenError, OSError) as exc:
@@ -327,8 +343,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"contrastgen: error: {line}", file=sys.stderr)
         return 2
+    except stop.Stopped as exc:
+        print(f"contrastgen: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("contrastgen: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"contrastgen: stopped by SIGINT; {stop.RESUME}", file=sys.stderr)
         return 130
 
 

@@ -117,6 +117,15 @@ class Meter:
             self._last = now
             print(self.line() + (f" in {_duration(now - self._start)}" if final else ""), file=self.stream, flush=True)
 
+    def quiet(self) -> None:
+        """Close without a final line (a stopped run ends with the stop's line instead)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if self._bar is not None:
+                    self._bar.stop()
+                    self._bar = None
+
     def close(self) -> None:
         """The final line (or the bar's last state); a second call does nothing."""
         with self._lock:

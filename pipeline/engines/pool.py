@@ -238,15 +238,19 @@ class EnginePool:
                 last = exc
         return [EngineFailure(r.key, "engine_timeout", f"{last} (twice)") for r in requests]
 
-    def close(self) -> None:
-        """Shut the replicas and their dispatcher down (their GPUs go back to the cluster)."""
+    def close(self, grace_s: float = 60.0) -> None:
+        """Shut the dispatcher down (no part goes out, none is retried or isolated from now), then the replicas,
+        each given ``grace_s`` to release its engine (vLLM's EngineCore processes end with it); their GPUs go back
+        to the cluster."""
         if not self.actors:
             return
+        if self.dispatcher is not None:
+            ray.kill(self.dispatcher, no_restart=True)
         try:
-            ray.get([a.release.remote() for a in self.actors], timeout=60)
-        except Exception as exc:  # a replica already dead or restarting: killing it is what matters
+            ray.get([a.release.remote() for a in self.actors], timeout=grace_s)
+        except Exception as exc:  # a replica already dead, restarting or still busy: killing it is what matters
             log.info("releasing the engines: %s", exc)
-        for a in [*self.actors, self.dispatcher]:
+        for a in self.actors:
             ray.kill(a, no_restart=True)
         self.actors, self.dispatcher = [], None
 

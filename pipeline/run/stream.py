@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import stop
 from pipeline.config import RunConfig
 from pipeline.engines.pool import EnginePool, PartEngine, ensure_ray
 from pipeline.kinds.base import Context, Inputs, Kind
@@ -128,8 +129,9 @@ def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Un
             _adopt(batch, store, meter)
             if ray_engine:
                 pool.log_notes()
+            stop.check()  # a stop between parts: what is committed is indexed, the stream ends here
     finally:
-        if ray_engine:
+        if ray_engine and stop.asked() is None:
             pool.log_notes()
 
 
