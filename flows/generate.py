@@ -5,6 +5,9 @@ Prefect tasks are stages of a block, not parts: a block's stage is planned from 
 run resumes at any block and stage), then generated as one task whose parts run on the pool's slots; a retry
 of that task (a transient engine error) plans again and sends only the units still missing. The engine pool
 starts only when some stage has units left to generate (a fully reused run never loads the model).
+
+A stop (SIGINT, SIGTERM, a Prefect cancel: :mod:`pipeline.stop`) raises ``Stopped`` wherever the run is; the flow
+closes the engine pool and returns a Cancelled state whose message is the one line the CLI prints.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from prefect.utilities.annotations import quote
 from flows.retry import ENGINE_RETRIES
 from pipeline import stop
 from pipeline.config import RunConfig
-from pipeline.engines.pool import EnginePool, release_before_finalize
+from pipeline.engines.pool import EnginePool, ensure_ray, release_before_finalize, stop_ray
 from pipeline.kinds import kind_of
 from pipeline.progress import Meter
 from pipeline.run import generate as steps
@@ -50,9 +53,20 @@ def finalize(kind, ctx, store, timing: Timing, progress: Progress):
 def generate_flow(kind: str, config: dict[str, Any]):
     """The run's summary; or, when the run is stopped (SIGINT, SIGTERM, a Prefect cancel), a Cancelled state whose
     message is the one line to show (:mod:`pipeline.stop`)."""
-    k, cfg, timing, progress, pool = kind_of(kind), RunConfig.model_validate(config), Timing(), Progress(), None
-    meter, planned, blocks = Meter(f"generate {kind}", unit="units"), 0, 0
-    with stop.handling(), store_of(cfg, kind) as store, meter:
+    cfg = RunConfig.model_validate(config)
+    started = ensure_ray(cfg.ray)  # a deployment's run starts its own Ray; a CLI run finds the one the CLI started
+    try:
+        with stop.handling():  # over Prefect's SIGTERM bridge, which would end the run Crashed
+            return _run(kind_of(kind), cfg)
+    finally:
+        if started:
+            stop_ray()
+
+
+def _run(k, cfg: RunConfig):
+    timing, progress, pool = Timing(), Progress(), None
+    meter, planned, blocks = Meter(f"generate {k.name}", unit="units"), 0, 0
+    with store_of(cfg, k.name) as store, meter:
         try:
             with stop.armed():
                 with timing.measure("plan_seconds"):
@@ -87,6 +101,6 @@ def generate_flow(kind: str, config: dict[str, Any]):
             meter.quiet()
             if pool is not None:
                 pool.close(grace_s=5)  # parts in flight are dropped whole: none was committed half
-            return Cancelled(message=stop.line(exc.signum, progress.reused + meter.done, progress.units, len(store.parts()),
+            return Cancelled(message=stop.line(exc.signum, store.committed_units(), progress.units, len(store.parts()),
                                                planned < blocks))
         return {**summary, "finalize_seconds": timing.finalize_seconds}

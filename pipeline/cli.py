@@ -158,9 +158,7 @@ def _generate(a: argparse.Namespace) -> int:
     preflight(KINDS[a.kind], cfg)
     # Ephemeral Prefect needs no server; its telemetry heartbeat only contends for the local sqlite file.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    import ray
-
-    from pipeline.engines.pool import ensure_ray
+    from pipeline.engines.pool import ensure_ray, stop_ray
 
     from flows.generate import generate_flow
 
@@ -175,7 +173,7 @@ def _generate(a: argparse.Namespace) -> int:
             state = generate_flow(a.kind, cfg.model_dump(mode="json"), return_state=True)
         finally:
             if started:
-                ray.shutdown()
+                stop_ray()
     if state.is_cancelled():
         print(f"contrastgen: {state.message}", file=sys.stderr)
         return stop.exit_code(stop.asked() or signal.SIGINT)
@@ -335,7 +333,18 @@ def main(argv: list[str] | None = None) -> int:
         stop.quiet_after_stop()
     try:
         return COMMANDS[a.command](a)
-    except (ContrastgenError, OSError) as exc:
+    except stop.Stopped as exc:
+        print(f"contrastgen: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"contrastgen: stopped by SIGINT; {stop.RESUME}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if stop.asked() is not None:  # failed because of the stop (a server or worker the same signal ended): the stop
+            if verbose:
+                traceback.print_exc()
+            print(f"contrastgen: {stop.Stopped(stop.asked())}", file=sys.stderr)
+            return stop.exit_code(stop.asked())
         line = user_error(exc)
         if line is None:
             raise
@@ -343,13 +352,6 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"contrastgen: error: {line}", file=sys.stderr)
         return 2
-    except stop.Stopped as exc:
-        print(f"contrastgen: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"contrastgen: stopped by SIGINT; {stop.RESUME}", file=sys.stderr)
-        return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

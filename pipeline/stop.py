@@ -9,7 +9,8 @@ which would then die mid-call and be taken for faults (a connection refused, a p
 forwards the first SIGINT or SIGTERM to the worker alone. A second signal, or a worker still running
 ``GRACE_S`` after the first, makes it kill the worker's whole process group at once; parts are committed
 atomically, so even that loses no committed unit and leaves no half part. When the worker ends, the supervisor
-kills whatever is left in its process group, so nothing of the run outlives it.
+kills whatever is left in its session (Ray gives its workers process groups of their own, in the same session),
+so nothing of the run outlives it.
 
 In the worker, the first signal is only recorded (:func:`asked`) unless the main thread is in an :func:`armed`
 scope (a flow body, a training run), where it raises :class:`Stopped` at once: out of a Ray Data stream, a wait on
@@ -137,13 +138,13 @@ def reset() -> None:
     logging.disable(logging.NOTSET)
 
 
-def line(signum: int, done: int, total: int, parts: int, more: bool) -> str:
-    """The one line a stopped run ends with: how far it got (``done``: units the driver counted; ``parts``: part
-    files in the store, those committed as the stop came included), and how to go on."""
-    if not total:
-        return f"stopped by {signal_name(signum)} before any unit was planned; {RESUME}"
-    of = f"{total} planned so far" if more else f"{total}"
-    return f"stopped by {signal_name(signum)} after {done} of {of} units; {parts} parts are committed; {RESUME}"
+def line(signum: int, committed: int, total: int, parts: int, more: bool) -> str:
+    """The one line a stopped run ends with: how far it got (``committed`` units in ``parts`` part files, read from
+    the store; ``total`` units planned, ``more``: blocks not planned yet), and how to go on."""
+    by = f"stopped by {signal_name(signum)}"
+    if more or not total:
+        return f"{by} with {committed} units committed in {parts} parts ({total} units planned so far); {RESUME}"
+    return f"{by} after {committed} of {total} units; {parts} parts are committed; {RESUME}"
 
 
 def _die_with_parent() -> None:
@@ -155,9 +156,15 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (the worker's): its process group, and Ray's workers, which Ray puts
+    in process groups of their own within the session."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(sid, signal.SIGKILL)
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if pid != os.getpid() and os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
 
 
 def supervise(argv: list[str], grace_s: float = GRACE_S) -> int:
@@ -181,13 +188,13 @@ def supervise(argv: list[str], grace_s: float = GRACE_S) -> int:
             rc = worker.wait(timeout=0.2)
             break
         if len(got) > 1 or (got and time.monotonic() - got[0][1] > grace_s):
-            _kill_group(worker.pid)
+            _kill_session(worker.pid)
             worker.wait()
             why = f"a second {signal_name(got[1][0])}" if len(got) > 1 else f"{signal_name(got[0][0])}, not done after {grace_s:.0f} s"
             print(f"contrastgen: stopped at once by {why}; every part committed before it is kept; {RESUME}",
                   file=sys.stderr, flush=True)
             return exit_code(got[0][0])
-    _kill_group(worker.pid)  # anything of the run left in its process group (Ray's and Prefect's processes)
+    _kill_session(worker.pid)  # anything of the run left in its process group (Ray's and Prefect's processes)
     if rc < 0:  # the worker itself was killed (by the OOM killer, say): say so in one line
         print(f"contrastgen: the run's process was killed by {signal_name(-rc)}; every part committed before it is "
               f"kept; {RESUME}", file=sys.stderr, flush=True)

@@ -212,3 +212,41 @@ def start_server(argv_for_port, log: Path, env: dict | None = None, timeout_s: f
 # tests/vllm needs the vllm package, which lives in its own environment (`make venv-vllm`; `make test` runs the
 # set there with .venv-vllm/bin/python). In an environment without vllm it is not collected.
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+
+
+def stop_after_parts(cmd: list[str], out: Path, sig: int, group: bool, parts: int = 1, log: Path | None = None,
+                     env: dict | None = None) -> tuple[int, str, float]:
+    """Start the console script ``cmd`` (a run into ``out``), send ``sig`` once ``parts`` more raw parts exist: to its
+    process group as a terminal's Ctrl-C does (``group``), or to its pid alone as a scheduler does. Returns (exit
+    code, stderr, seconds from the signal to the exit); asserts that no process of the run is left."""
+    import signal as _signal
+    import subprocess
+    import time
+
+    import psutil
+
+    before = len(list((out / "raw").glob("part-*.arrow")))
+    err = (log or out.parent / f"{out.name}.{_signal.Signals(sig).name}.err")
+    with open(err, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=env, start_new_session=True)
+        deadline = time.time() + 400
+        while len(list((out / "raw").glob("part-*.arrow"))) < before + parts:
+            assert proc.poll() is None, err.read_text()[-3000:]
+            assert time.time() < deadline, "no new raw part appeared in time"
+            time.sleep(0.1)
+        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        t0 = time.monotonic()
+        (os.killpg if group else os.kill)(proc.pid, sig)
+        rc = proc.wait(timeout=60)
+        seconds = time.monotonic() - t0
+    time.sleep(0.5)  # the supervisor's sweep of the worker's process group has returned: nothing may be left
+    def alive(pid: int) -> list[str] | None:
+        try:
+            p = psutil.Process(pid)
+            return None if p.status() == psutil.STATUS_ZOMBIE else p.cmdline()[:3]
+        except psutil.NoSuchProcess:
+            return None
+
+    left = [c for c in map(alive, family) if c is not None]
+    assert not left, f"processes of the stopped run are left: {left}"
+    return rc, err.read_text(), seconds

@@ -1,6 +1,7 @@
 """`contrastgen deploy` against a real `prefect server` started here: the deployment and its schedule are
 registered, runs triggered by hand execute, the card links each flow run, and a rerun after the input grew
-appends new shards without rewriting the old ones."""
+appends new shards without rewriting the old ones; a run cancelled through the Prefect API stops in seconds, leaves
+no Ray process behind, and the next run resumes it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -122,3 +125,113 @@ def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, 
     assert [r["run_id"] for r in json.loads(shown.stdout)["releases"]] == [str(first.id), str(second.id)]
     card = (out / "README.md").read_text()
     assert str(first.id) in card and str(second.id) in card
+
+
+def _raw_keys(root: Path) -> list[str]:
+    """Unit keys of every raw part, in part order (one per generated unit)."""
+    keys = []
+    for part in sorted((root / "raw").glob("part-*.arrow")):
+        with pa.memory_map(str(part)) as src:
+            keys += pa.ipc.open_stream(src).read_all().column("unit_key").to_pylist()
+    return keys
+
+
+def _ray_processes(root: int) -> set[tuple[int, float]]:
+    """(pid, start time) of every Ray process below ``root``: its raylet, GCS and workers (other Ray instances on the
+    machine are not below it)."""
+    found = set()
+    for p in psutil.Process(root).children(recursive=True):
+        try:
+            cmd = p.cmdline()
+            if p.name() in ("raylet", "gcs_server") or (cmd and cmd[0].startswith("ray::")) or any("/ray/" in c for c in cmd):
+                found.add((p.pid, p.create_time()))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _alive(procs: set[tuple[int, float]]) -> list[int]:
+    """Those of ``procs`` still running (a pid reused by a new process does not count)."""
+    left = []
+    for pid, started in procs:
+        try:
+            p = psutil.Process(pid)
+            if p.create_time() == started and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+def test_cancelled_deployment_run_stops_within_30_s_and_the_next_run_resumes(prefect_server, tmp_path):
+    """Prefect's runner answers a cancel with SIGTERM to the run's process (then SIGKILL 30 s later): the flow stops
+    at once (pipeline.stop), ends Cancelled with its one line, its Ray goes with it, and its parts are kept."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import State
+
+    from pipeline.config import RunConfig
+    from pipeline.inputs import read_captions
+    from pipeline.kinds import negatives as task
+
+    inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(12, offset=60))
+    out = tmp_path / "ds"
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump({"deployments": [{
+        "name": "by-hand", "kind": "negatives",
+        "run": {"input": {"path": str(inp)}, "output": {"dir": str(out), "units_per_part": 4},
+                "negatives": {"types": ["swap_obj", "replace_obj", "add_att"]}}}]}))
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(tmp_path / "ph")}
+    log_path = tmp_path / "deploy.log"
+    log_file = open(log_path, "wb")
+    proc = subprocess.Popen([str(BIN / "contrastgen"), "deploy", str(run_file)], stdout=log_file,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log = lambda: log_path.read_text()[-4000:]  # noqa: E731
+    try:
+        with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
+            dep = _wait(proc, lambda: client.read_deployment_by_name("contrastgen-generate/by-hand"), "deployment registered")
+            cfg = RunConfig.model_validate(dep.parameters["config"])
+            planned = {u.key for u in task.plan_units(read_captions(cfg.input)[0], cfg, task.templates_for(cfg))}
+            assert len(planned) == 12 * 4  # three types and a paraphrase per caption: 12 parts, 2 in flight
+
+            first = run_deployment("contrastgen-generate/by-hand", timeout=0)
+            _wait(proc, lambda: list((out / "raw").glob("part-*.arrow")), "a first raw part", timeout=300)
+            ray_procs = _ray_processes(proc.pid)
+            assert ray_procs, f"expected the run's local Ray below the deploy process\n{log()}"
+            cancelled_at = time.time()
+            result = client.set_flow_run_state(first.id, State(type=StateType.CANCELLING))  # as `prefect flow-run cancel`
+            assert result.status.value == "ACCEPT", result
+
+            while not (state := client.read_flow_run(first.id).state).is_cancelled():
+                assert time.time() < cancelled_at + 30, f"{state.type} 30 s after the cancel, expected CANCELLED\n{log()}"
+                time.sleep(0.5)
+            # the flow stopped itself (pipeline.stop), never crashed: its one line is in the run's history
+            history = [(s.type, s.message) for s in client.read_flow_run_states(first.id)]
+            assert StateType.CRASHED not in {t for t, _ in history}, (history, log())
+            assert any(t == StateType.CANCELLED and m and m.startswith("stopped by SIGTERM after ") for t, m in history), \
+                (history, log())
+            left = lambda: _alive(ray_procs) + [pid for pid, _ in _ray_processes(proc.pid)]  # noqa: E731
+            while left() and time.time() < cancelled_at + 30:
+                time.sleep(0.5)
+            assert not left(), f"Ray processes of the cancelled run left 30 s after the cancel: {left()}\n{log()}"
+
+            before = {p.name: p.read_bytes() for p in (out / "raw").glob("part-*.arrow")}
+            kept = len(_raw_keys(out))
+            assert 0 < kept < len(planned), f"the cancel came after the run finished ({kept} units)"
+            assert not (out / "manifest.json").exists()
+
+            second = run_deployment("contrastgen-generate/by-hand", timeout=600)
+            assert second.state.is_completed(), f"{second.state}\n{log()}"
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log_file.close()
+    keys = _raw_keys(out)
+    assert len(keys) == len(set(keys)) and set(keys) == planned  # every planned unit exactly once
+    for name, data in before.items():  # the cancelled run's parts reused as they were
+        assert (out / "raw" / name).read_bytes() == data
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["run_id"] == str(second.id)
+    assert manifest["counts"]["reused"] == kept and manifest["counts"]["generated"] == len(planned) - kept

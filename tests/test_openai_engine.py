@@ -104,18 +104,41 @@ def test_openai_engine_with_a_wrong_key_says_which_variable_to_set(openai_server
         OpenAIEngine(cfg.engine).warmup()
 
 
-def test_full_negatives_run_through_the_openai_engine(openai_server, negatives_run, prefect_session, tmp_path):
-    """The same input as the in-process session run, generated over HTTP: every unit once, provenance says
-    openai, and against `contrastgen serve` the outcome equals the in-process run's (same model, same seeds)."""
-    from flows.generate import generate_flow
+def test_a_negatives_run_through_the_openai_engine_stopped_by_ctrl_c_resumes_to_the_same_dataset(
+        openai_server, negatives_run, tmp_path):
+    """The same input as the in-process session run, generated over HTTP by the CLI with Ray Data clients, stopped
+    by Ctrl-C (SIGINT to the process group) after its first part: exit 130 within 30 s, one line, nothing left
+    running. The rerun finishes: every unit once, provenance says openai, and against `contrastgen serve` the
+    outcome equals the in-process run's (same model, same seeds)."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import stop_after_parts
 
     url, model = openai_server
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
-    engine = {"kind": "openai", "openai": {"base_url": url, **({"model": model} if model else {})}}
-    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp_path / "ds", "units_per_part": 32}, "engine": engine})
-    summary = generate_flow("negatives", cfg.model_dump(mode="json"))
-    assert summary["generated"] == summary["units"] > 0 and summary["kept"] > 0
-    table = pa.concat_tables(pa.ipc.open_stream(p.read_bytes()).read_all() for p in sorted((tmp_path / "ds" / "data").glob("*.arrow")))
+    conf = tmp_path / "run.yaml"
+    conf.write_text(json.dumps({"output": {"units_per_part": 8}, "ray": {"clients": 2},
+                                "engine": {"kind": "openai", "openai": {"base_url": url, **({"model": model} if model else {})}}}))
+    out = tmp_path / "ds"
+    cmd = [str(Path(sys.executable).parent / "contrastgen"), "generate", "negatives", "--input", str(inp), "--out",
+           str(out), "--config", str(conf), "--json"]
+    rc, err, seconds = stop_after_parts(cmd, out, signal.SIGINT, group=True)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("generate negatives:")]
+    assert rc == 130 and seconds < 30 and "Traceback" not in err, (rc, seconds, err[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("contrastgen: stopped by SIGINT after "), err[-3000:]
+    done = len(list((out / "raw").glob("part-*.arrow")))
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert summary["reused"] >= 8 * done - 8 and summary["generated"] == summary["units"] - summary["reused"] > 0
+    keys = [k for p in sorted((out / "raw").glob("part-*.arrow"))
+            for k in pa.ipc.open_stream(p.read_bytes()).read_all().column("unit_key").to_pylist()]
+    assert len(keys) == len(set(keys)) == summary["units"]  # every unit once
+    assert not {"engine_crash", "engine_timeout"} & set(summary["rejected_by_reason"])  # a stop is not a fault
+    table = pa.concat_tables(pa.ipc.open_stream(p.read_bytes()).read_all() for p in sorted((out / "data").glob("*.arrow")))
     assert set(table.column("engine").to_pylist()) == {"openai"} and min(table.column("tokens_out").to_pylist()) > 0
     if OURS:
         _, base = negatives_run

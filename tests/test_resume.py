@@ -77,23 +77,73 @@ def planned_negatives(conf: Path, inp: Path, tmp_path: Path):
     return cfg, {u.key for u in task.plan_units(read_captions(cfg.input)[0], cfg, task.templates_for(cfg))}
 
 
-def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_session, prefect_session):
-    inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(6, offset=20))
-    conf = tmp_path / "run.yaml"
-    conf.write_text("negatives: {types: [swap_obj, replace_obj, add_att]}\noutput: {units_per_part: 4}\n")
-    out = tmp_path / "killed"
-    cmd = [CLI, "generate", "negatives", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
-    summary, keys = kill_then_resume(cmd, out, tmp_path, 24)
-    cfg, planned = planned_negatives(conf, inp, tmp_path)
-    assert len(keys) == len(set(keys)) == 24 and set(keys) == planned  # none lost, none duplicated
+NEGATIVES = "negatives: {types: [swap_obj, replace_obj, add_att]}\noutput: {units_per_part: 4}\n"
 
+
+@pytest.fixture(scope="module")
+def negatives_inputs(tmp_path_factory, ray_session, prefect_session):
+    """(input, config file, the uninterrupted run's config, its summary): 6 captions, 24 units, 4 a part."""
     from flows.generate import generate_flow
 
-    clean = generate_flow("negatives", cfg.model_dump(mode="json"))  # the uninterrupted run
-    assert set(_raw_keys(tmp_path / "clean")) == set(keys)
+    root = tmp_path_factory.mktemp("resume")
+    inp = write_jsonl(root / "in.jsonl", coco_captions(6, offset=20))
+    conf = root / "run.yaml"
+    conf.write_text(NEGATIVES)
+    cfg = load_config(conf, {"input": {"path": inp}, "output": {"dir": root / "clean"}})
+    return inp, conf, cfg, generate_flow("negatives", cfg.model_dump(mode="json"))
+
+
+def _same_as_clean(out: Path, summary: dict, negatives_inputs) -> None:
+    """Every planned unit once, and the rows of the uninterrupted run."""
+    inp, conf, cfg, clean = negatives_inputs
+    keys = _raw_keys(out)
+    planned = {u.key for u in task.plan_units(read_captions(cfg.input)[0], cfg, task.templates_for(cfg))}
+    assert len(keys) == len(set(keys)) == 24 and set(keys) == planned  # none lost, none duplicated
+    assert set(_raw_keys(cfg.output.dir)) == set(keys)
     assert clean["kept"] == summary["kept"]
     ids = lambda root: sorted(r["id"] for split in datasets.load_dataset(str(root)).values() for r in split)  # noqa: E731
-    assert ids(out) == ids(tmp_path / "clean")  # per-unit seeds: same rows whatever the batching
+    assert ids(out) == ids(cfg.output.dir)  # per-unit seeds: same rows whatever the batching
+
+
+def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, negatives_inputs):
+    inp, conf, _, _ = negatives_inputs
+    out = tmp_path / "killed"
+    cmd = [CLI, "generate", "negatives", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
+    summary, _ = kill_then_resume(cmd, out, tmp_path, 24)
+    _same_as_clean(out, summary, negatives_inputs)
+
+
+def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_rerun_resumes(tmp_path, negatives_inputs):
+    """Ctrl-C as a terminal sends it (SIGINT to the process group: Ray's and Prefect's processes get it too), then
+    SIGTERM as a scheduler sends it (to the pid alone): each run stops within 30 s with one line and exit 130 /
+    143, no traceback, nothing of it left running; the third run finishes with every unit once and the rows of
+    the uninterrupted run."""
+    import re
+
+    from tests.conftest import stop_after_parts
+
+    inp, conf, _, _ = negatives_inputs
+    out = tmp_path / "stopped"
+    cmd = [CLI, "generate", "negatives", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
+    done = 0
+    for sig, group, code in ((signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)):
+        rc, err, seconds = stop_after_parts(cmd, out, sig, group)
+        name = signal.Signals(sig).name
+        assert rc == code and seconds < 30, (rc, seconds, err[-3000:])
+        lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("generate negatives:")]
+        assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+        assert re.fullmatch(rf"contrastgen: stopped by {name} after \d+ of 24 units; \d+ parts are committed; "
+                            r"run the same command again to resume", lines[0]), lines[0]
+        assert len(_raw_keys(out)) > done and not (out / "manifest.json").exists()
+        done = len(_raw_keys(out))
+        keys = _raw_keys(out)
+        assert len(keys) == len(set(keys)) and len(keys) % 4 == 0  # whole parts only, none twice
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert (summary["reused"], summary["generated"]) == (done, 24 - done)
+    assert not {"engine_crash", "engine_timeout"} & set(summary["rejected_by_reason"])  # a stop is not a fault
+    _same_as_clean(out, summary, negatives_inputs)
 
 
 def test_rationales_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_session, prefect_session):

@@ -19,9 +19,12 @@ others at once. The ``openai`` engine is an HTTP client: each part worker holds 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
+import signal
+import threading
 from typing import Callable, Protocol
 
 import ray
@@ -116,11 +119,38 @@ def ensure_ray(cfg: RayConfig) -> bool:
     if ray.is_initialized():
         return False
     kwargs = {"namespace": NAMESPACE, "include_dashboard": False, "log_to_driver": False}
-    if cfg.address:
-        ray.init(address=cfg.address, **kwargs)
-    else:
-        ray.init(num_cpus=os.cpu_count(), **kwargs)
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        if cfg.address:
+            ray.init(address=cfg.address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count(), **kwargs)
+    finally:
+        if callable(before):  # ray.init sets SIGTERM -> sys.exit: keep pipeline.stop's handler (or Prefect's bridge)
+            signal.signal(signal.SIGTERM, before)
     return True
+
+
+def stop_ray() -> None:
+    """``ray.shutdown()`` of the local Ray this process started, then of what outlives it: a worker busy in native
+    code when its raylet goes (an engine replica mid-generation) can linger orphaned, holding its cores or its GPU.
+    Ray's processes are this process's descendants; Prefect's temporary server, also a child, is left to Prefect."""
+    import psutil
+
+    def is_ray(p: psutil.Process) -> bool:
+        try:
+            cmd = p.cmdline()
+        except psutil.Error:
+            return False
+        return bool(cmd) and (cmd[0].startswith("ray::") or any("/ray/" in c for c in cmd[:3]))
+
+    family = [p for p in psutil.Process().children(recursive=True) if is_ray(p)]
+    ray.shutdown()
+    _, alive = psutil.wait_procs(family, timeout=3)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def resolve_vllm_device(engine: EngineConfig) -> EngineConfig:

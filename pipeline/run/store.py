@@ -133,6 +133,12 @@ class RunStore:
                 self._index.add(path, self._read_failed(path).column("unit_key").to_pylist())
         return self._index
 
+    def committed_units(self) -> int:
+        """Units in ``raw/`` now, read from disk (a stopped run's count: the workers' last commits, which the driver may
+        not have indexed yet, included)."""
+        return (sum(self._read(p).num_rows for p in self.parts())
+                + sum(self._read_failed(p).num_rows for p in self.failed_parts()))
+
     def done(self, keys: list[str]) -> np.ndarray:
         """(N,) bool: units finished, generated (``part-*``) or given up on (``failed-*``: crashed or timed out for good)."""
         return self.index.done(keys)
