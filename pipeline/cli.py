@@ -314,17 +314,8 @@ def _quiet_library_tracebacks() -> None:
         handler.addFilter(quiet)
 
 
-SUPERVISED_COMMANDS = ("generate", "train")  # long runs: a stop is forwarded to a worker in its own session
-
-
 def main(argv: list[str] | None = None) -> int:
-    """The console script (``argv`` None: a generate or train run is supervised, see :mod:`pipeline.stop`), or one
-    command run in this process (``argv`` given, as tests do)."""
-    command = next((x for x in sys.argv[1:] if not x.startswith("-")), None)
-    if argv is None and command in SUPERVISED_COMMANDS and not os.environ.get(stop.SUPERVISED):
-        return stop.supervise(sys.argv[1:])
-    if os.environ.get(stop.SUPERVISED):
-        stop.install()
+    """One command in this process (the console script, :mod:`pipeline.entry`, supervises generate and train first)."""
     a = _parser().parse_args(argv)
     verbose = bool(getattr(a, "verbose", False))
     if not verbose:
