@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
@@ -13,12 +14,19 @@ from pipeline.shards.card import load_manifest
 from pipeline.shards.writer import read_shard
 
 
-def sample_rows(root: Path, manifest: dict[str, Any], k: int = 5) -> list[dict[str, Any]]:
+def verified_shards(root: Path, manifest: dict[str, Any]) -> dict[str, pa.Table]:
+    """Every shard the manifest lists (path -> table), each checked as :func:`read_shard` checks one: size and sha256 as
+    recorded, a readable Arrow stream. Zero-row shards and every split included: a damaged file fails ``inspect`` even
+    where no row of it would be shown."""
+    return {s["path"]: read_shard(root, s) for s in manifest["shards"]}
+
+
+def sample_rows(root: Path, manifest: dict[str, Any], tables: dict[str, pa.Table], k: int = 5) -> list[dict[str, Any]]:
     """The first ``k`` train rows: their type, anchor, positive and negative columns (names as in the shards)."""
     kind = kind_of_format(manifest.get("format"), Path(root) / "manifest.json")
     for shard in manifest["shards"]:
         if shard["split"] == "train" and shard["rows"]:
-            table = read_shard(root, shard).select([kind.sample_key, kind.anchor, "positive", "negative"])
+            table = tables[shard["path"]].select([kind.sample_key, kind.anchor, "positive", "negative"])
             return table.slice(0, k).to_pylist()
     return []
 
@@ -26,20 +34,21 @@ def sample_rows(root: Path, manifest: dict[str, Any], k: int = 5) -> list[dict[s
 def inspect_summary(root: Path) -> dict[str, Any]:
     m = load_manifest(root)
     kind = kind_of_format(m.get("format"), Path(root) / "manifest.json").name
+    tables = verified_shards(root, m)
     return {"format": m.get("format"), "counts": m["counts"], "per_type": m.get("per_type", []),
             "rationales": m.get("rationales"), "pairs": m.get("pairs"), **({kind: m[kind]} if kind in m else {}),
-            "samples": sample_rows(root, m), "run_id": m.get("run_id"),
+            "samples": sample_rows(root, m, tables), "run_id": m.get("run_id"),
             "releases": m.get("publish", {}).get("releases", []),
-            "filters": m.get("filters", {}), "scores": score_summary(root, m),
+            "filters": m.get("filters", {}), "scores": score_summary(m, tables),
             "blind_splits": m["config"].get("filters", {}).get(kind, {}).get("blind", {}).get("splits", [])}
 
 
-def score_summary(root: Path, manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
+def score_summary(manifest: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, dict[str, float]]:
     """min / mean / max of each filter score column over the kept rows (train and test)."""
-    tables = [read_shard(root, s) for s in manifest["shards"] if s["split"] in ("train", "test") and s["rows"]]
+    kept = [tables[s["path"]] for s in manifest["shards"] if s["split"] in ("train", "test") and s["rows"]]
     out = {}
     for col in ("surface_sim", "semantic_sim", "propensity", "weight"):
-        values = [v for t in tables if col in t.column_names for v in t[col].to_pylist() if v is not None and v == v]
+        values = [v for t in kept if col in t.column_names for v in t[col].to_pylist() if v is not None and v == v]
         if values:
             out[col] = {"min": min(values), "mean": sum(values) / len(values), "max": max(values), "rows": len(values)}
     return out

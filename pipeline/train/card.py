@@ -85,7 +85,8 @@ def write_model_card(cfg: TrainConfig, s: TrainSummary) -> None:
         name=out.name, version=__version__, base=base, out=str(out), datasets=[_dataset_meta(d) for d in s.before],
         train_groups=len(s.data.train), val_groups=len(s.data.val), no_positive=s.data.no_positive,
         losses=[{"name": n.value, "weight": w, "paper": PAPERS[n]} for n, w in cfg.loss.weights.items() if w > 0],
-        result=s.result, evals=[{"dir": d, "before": s.before[d], "after": s.after[d], "rows": _eval_rows(s.before[d], s.after[d])} for d in s.before],
+        result=s.result, evals=[{"dir": d, "before": s.before[d], "after": s.after[d], "rows": _eval_rows(s.before[d], s.after[d])}
+               for d in s.before if d in s.after],  # none when a stop skipped the evaluation after training
         cfg=cfg, config_yaml=yaml.safe_dump(cfg_json, sort_keys=False),
     )
     front = {

@@ -64,6 +64,16 @@ def all_mean(value: float) -> float:
     return float(t) / world_size()
 
 
+def agreed_stop(signum: int | None) -> int | None:
+    """The stop signal any rank was asked to stop by (:mod:`pipeline.stop`), or None: every rank stops at the same
+    step, or the ones that go on would wait in the next step's collectives for ever."""
+    if world_size() == 1:
+        return signum
+    t = torch.tensor([signum or 0], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t) or None
+
+
 def finish() -> None:
     """Leave the process group (after rank 0 has saved): no rank exits while another still needs it."""
     if dist.is_initialized():

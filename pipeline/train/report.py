@@ -12,6 +12,23 @@ from pipeline.train.evaluate import EvalReport
 
 if TYPE_CHECKING:
     from pipeline.train.summary import TrainSummary
+    from pipeline.train.trainer import TrainResult
+
+TRAIN_AGAIN = "run the same command again to train from the start"  # training has no resume: a stop keeps a model
+
+
+def stopped_line(signal_name: str, res: TrainResult | None, out: object) -> str:
+    """The one line a stopped ``contrastgen train`` ends with (after ``contrastgen: ``): how far it got, what it kept
+    where, and how to go on. ``res`` None (or no step done): stopped before training began, nothing saved.
+
+    >>> from pipeline.train.trainer import TrainResult
+    >>> stopped_line("SIGINT", TrainResult(planned_steps=40, steps=12, best_step=10), "m")
+    'train stopped by SIGINT at step 12 of 40; kept the checkpoint of step 10 in m; run the same command again to train from the start'
+    """
+    if res is None or not res.steps:
+        return f"train stopped by {signal_name} before its first step; no model was saved; {TRAIN_AGAIN}"
+    return (f"train stopped by {signal_name} at step {res.steps} of {res.planned_steps}; kept the checkpoint of step "
+            f"{res.best_step} in {out}; {TRAIN_AGAIN}")
 
 
 def print_eval(report: EvalReport, title: str, console: Console | None = None) -> None:

@@ -1,13 +1,16 @@
-"""`contrastgen train` and `contrastgen evaluate`: load data and encoder, evaluate, train, save, card."""
+"""`contrastgen train` and `contrastgen evaluate`: load data and encoder, evaluate, train, save, card (a stop: see
+:func:`run_train`)."""
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import torch
 from sentence_transformers import SentenceTransformer
 
+from pipeline import stop
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.shards.card import load_manifest
 from pipeline.shards.folder import dataset_format
@@ -16,6 +19,7 @@ from pipeline.train.card import write_model_card
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Group, groups_from_table, read_split, split_groups
 from pipeline.train.evaluate import EvalReport, evaluate_table, read_sts
+from pipeline.train.report import stopped_line
 from pipeline.train.summary import TrainData, TrainSummary
 from pipeline.train.trainer import Trainer
 
@@ -62,27 +66,50 @@ def _device() -> str:
 
 
 def run_train(cfg: TrainConfig) -> TrainSummary:
+    """Load the data and the encoder, evaluate, train, evaluate again, save the model with its card.
+
+    Stopping (SIGINT, SIGTERM: :mod:`pipeline.stop`) is an operation, not a crash, and always ends in
+    :class:`~pipeline.stop.Stopped` carrying the one line to show. Before the first step, loading and the first
+    evaluation end at once and nothing is saved. During training the loop ends between steps, the best checkpoint so
+    far is saved with a card that says the run was stopped, and the evaluation after training is skipped.
+    """
     if cfg.model.out is None:
         raise ConfigError("model.out: expected an output model folder, got none. Fix: --out MODEL_DIR")
+    with stop.handling():  # the CLI's worker has them installed already; a script calling this gets them for the run
+        return _run_train(cfg)
+
+
+def _run_train(cfg: TrainConfig) -> TrainSummary:
     device = _device()
     rank, world = ddp.init_from_env(device)
     if world > 1 and device == "cpu":  # ranks share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.optim.seed + rank)
-    data = load_data(cfg)
-    student = load_encoder(cfg.model.resolved_base(), device, cfg.model.max_seq_length)
-    retrieval = {d: is_retrieval(d) for d in data.tests}
-    before = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention, retrieval[d])
-              for d, t in data.tests.items()} if rank == 0 else {}
+    try:
+        with stop.armed():  # nothing to keep yet: a stop ends loading and the first evaluation at once
+            data = load_data(cfg)
+            student = load_encoder(cfg.model.resolved_base(), device, cfg.model.max_seq_length)
+            retrieval = {d: is_retrieval(d) for d in data.tests}
+            before = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention, retrieval[d])
+                      for d, t in data.tests.items()} if rank == 0 else {}
+    except stop.Stopped as exc:
+        raise stop.Stopped(exc.signum, stopped_line(stop.signal_name(exc.signum), None, cfg.model.out)) from None
     result = Trainer(cfg, student, rank).run(data.train, data.val)
     after = {}
-    if rank == 0:
-        after = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention, retrieval[d]) for d, t in data.tests.items()}
-        student.save(str(cfg.model.out))
+    if rank == 0 and not result.stopped:
+        try:
+            with stop.armed():  # a stop as the last step ended skips this evaluation too: the model is saved as is
+                after = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention, retrieval[d])
+                         for d, t in data.tests.items()}
+        except stop.Stopped as exc:
+            result.stopped = stop.signal_name(exc.signum)
     summary = TrainSummary(str(cfg.model.out), data, result, before, after)
-    if rank == 0:
+    if rank == 0 and (result.steps or not result.stopped):  # a stop before the first step leaves no model
+        student.save(str(cfg.model.out))
         write_model_card(cfg, summary)
     ddp.finish()
+    if result.stopped:
+        raise stop.Stopped(signal.Signals[result.stopped], stopped_line(result.stopped, result, cfg.model.out))
     return summary
 
 

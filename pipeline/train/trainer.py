@@ -1,5 +1,8 @@
 """The training loop: batches of anchor groups -> weighted losses -> AdamW, with an EMA teacher,
 optional GradCache, multi-process gradient averaging, and early stopping on a held-out check.
+
+A stop (SIGINT, SIGTERM: :mod:`pipeline.stop`) is honoured between steps, never inside one: the loop ends, the best
+checkpoint so far is loaded as at the normal end, and :attr:`TrainResult.stopped` names the signal.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from sentence_transformers import SentenceTransformer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_linear_schedule_with_warmup
 
+from pipeline import stop
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.progress import Meter
 from pipeline.train import distributed as ddp
@@ -43,11 +47,13 @@ class Validation:
 @dataclass
 class TrainResult:
     steps_per_epoch: int = 0
+    planned_steps: int = 0  # all epochs' steps, as planned before the first
     steps: int = 0
     examples: int = 0
     seconds: float = 0.0  # in training steps (validation excluded)
     best_step: int = 0
     stopped_early: bool = False
+    stopped: str | None = None  # the signal ("SIGINT", "SIGTERM") that stopped training between steps, if one did
     validations: list[Validation] = field(default_factory=list)
     losses: list[dict] = field(default_factory=list)
 
@@ -152,7 +158,8 @@ class Trainer:
         return self.cfg.eval.every_steps or max(1, res.steps_per_epoch)
 
     def run(self, train: list[Group], val: list[Group]) -> TrainResult:
-        """Train; with validation groups, keep the best eligible checkpoint (step 0, the base, counts)."""
+        """Train; with validation groups, keep the best eligible checkpoint (step 0, the base, counts). Asked to stop,
+        it ends between steps with that checkpoint loaded and ``stopped`` set."""
         o = self.cfg.optim
         # dropout draws from here: a run is the same whatever ran before it in the process (as `run_train` seeds it)
         torch.manual_seed(o.seed + self.rank)
@@ -161,7 +168,7 @@ class Trainer:
         total = sum(len(p) for p in plan)
         opt = torch.optim.AdamW(self.student.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         sched = get_linear_schedule_with_warmup(opt, int(o.warmup_ratio * total), total)
-        res = TrainResult(steps_per_epoch=len(plan[0]))
+        res = TrainResult(steps_per_epoch=len(plan[0]), planned_steps=total)
         if val:
             res.validations.append(self.validate(0, val, None))
             self._best = self._snapshot()
@@ -169,6 +176,10 @@ class Trainer:
         meter = Meter("train", total, "steps", silent=self.rank != 0)
         for epoch, epoch_batches in enumerate(plan):
             for i, batch in enumerate(epoch_batches):
+                signum = ddp.agreed_stop(stop.asked())  # between steps only: a step is never cut in half
+                if signum is not None:
+                    res.stopped = stop.signal_name(signum)
+                    break
                 start = time.perf_counter()  # examples/s counts training steps only, not validation
                 loss, terms = self.step(batch[self.rank * per_rank : (self.rank + 1) * per_rank])
                 self._update(opt, sched)
@@ -181,16 +192,21 @@ class Trainer:
                               anchors_per_s=f"{entry['examples_per_s']:.1f}")
                 due = res.steps % self.cfg.eval.every_steps == 0 if self.cfg.eval.every_steps else i == len(epoch_batches) - 1
                 if val and due:
-                    stop = self._check(res, val)
+                    patience_out = self._check(res, val)
                     meter.advance(val_acc=f"{res.validations[-1].val_acc:.1f}", kept_step=res.best_step)
-                    if stop:
+                    if patience_out:
                         res.stopped_early = True
                         break
+            if res.stopped:
+                break
             log.info("epoch %d: %d steps, loss %.4f, lr %.2e, %.1f anchors/s", epoch, res.steps, entry["loss"], entry["lr"],
                      res.examples_per_s)
             if res.stopped_early:
                 break
-        meter.close()
+        if res.stopped:
+            meter.quiet()  # the stop's one line says how far it got
+        else:
+            meter.close()
         if val:
             self.student.load_state_dict(self._best)
         else:
