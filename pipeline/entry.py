@@ -6,6 +6,7 @@ supervised."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -22,7 +23,10 @@ def main() -> int:
         return stop.supervise(sys.argv[1:])
     from pipeline.cli import main as cli_main
 
-    return cli_main()
+    code = cli_main()
+    if stop.asked() is not None:  # a stopped run exits now: no exit-time collection of a run's objects (seconds)
+        gc.freeze()
+    return code
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import logging
 import os
 import signal
@@ -102,11 +103,13 @@ class EngineActor:
         async with self._one:
             return await asyncio.to_thread(self.engine.generate, requests)
 
-    async def release(self) -> None:
-        """Shut the engine down (its GPUs and child processes), before the actor is killed."""
+    async def release(self, timeout_s: float | None = None) -> None:
+        """Shut the engine down (its GPUs and child processes), before the actor is killed; ``timeout_s``: how long
+        an engine that takes one (vLLM) may wait for its processes before it kills them."""
         shutdown = getattr(self.engine, "shutdown", None)
         if shutdown is not None:
-            await asyncio.to_thread(shutdown)
+            takes = "timeout_s" in inspect.signature(shutdown).parameters
+            await asyncio.to_thread(shutdown, **({"timeout_s": timeout_s} if takes and timeout_s is not None else {}))
 
 
 def needs_ray(engine: EngineConfig) -> bool:
@@ -277,7 +280,7 @@ class EnginePool:
         if self.dispatcher is not None:
             ray.kill(self.dispatcher, no_restart=True)
         try:
-            ray.get([a.release.remote() for a in self.actors], timeout=grace_s)
+            ray.get([a.release.remote(min(5.0, max(1.0, grace_s - 4))) for a in self.actors], timeout=grace_s)
         except Exception as exc:  # a replica already dead, restarting or still busy: killing it is what matters
             log.info("releasing the engines: %s", exc)
         for a in self.actors:

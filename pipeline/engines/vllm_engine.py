@@ -347,12 +347,13 @@ class VLLMEngine:
                                 "Fix: none needed, the pool replaces the replica and reruns "
                                 "the part; if replicas keep dying, read the replica's log for the EngineCore's error")
 
-    def shutdown(self) -> None:
-        """Stop vLLM (its EngineCore and workers exit) and the engine's loop; the replica can then release its GPUs."""
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Stop vLLM (its EngineCore and workers exit; after ``timeout_s``, vLLM's default 5 s when None, they are
+        killed) and the engine's loop; the replica can then release its GPUs."""
         llm = getattr(self, "llm", None)
         if llm is not None and not self._loop.is_closed():
             async def stop():
-                llm.shutdown()
+                llm.shutdown(timeout=timeout_s)
 
             try:
                 self._run(stop())
