@@ -167,12 +167,13 @@ def _kill_session(sid: int) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def supervise(argv: list[str], grace_s: float = GRACE_S) -> int:
-    """Run ``contrastgen ARGV`` as a worker in a new session; forward the first SIGINT/SIGTERM to it; stop its
-    process group at once on a second signal or ``grace_s`` after the first; return its exit code."""
+def supervise(argv: list[str], grace_s: float = GRACE_S, program: list[str] | None = None) -> int:
+    """Run ``contrastgen ARGV`` (``program``: another command, for tests) as a worker in a new session; forward the
+    first SIGINT/SIGTERM to it; stop its session at once on a second signal or ``grace_s`` after the first; return
+    its exit code."""
     env = {**os.environ, SUPERVISED: "1"}
-    worker = subprocess.Popen([sys.executable, "-m", "pipeline.entry", *argv], env=env, start_new_session=True,
-                              preexec_fn=_die_with_parent)
+    worker = subprocess.Popen(program or [sys.executable, "-m", "pipeline.entry", *argv], env=env,
+                              start_new_session=True, preexec_fn=_die_with_parent)
     got: list[tuple[int, float]] = []
 
     def forward(signum: int, frame) -> None:
