@@ -451,7 +451,9 @@ def run_size(units_wanted: int, root: Path, args, encoder: Path | None, label: s
 
     token = uuid.uuid4().hex
     env = cli_env(token, cache, root)
-    cli = [str(Path(sys.executable).parent / "contrastgen"), "generate", "negatives"]
+    # the CLI without its supervisor (pipeline/stop.py): the measured driver is the process that runs the pipeline,
+    # and a checkout from before the supervisor runs the same way
+    cli = [sys.executable, "-m", "pipeline.cli", "generate", "negatives"]
     if instant:  # the engine is the config's (engine.kind plugin); the replicas' clock goes to stats_dir
         server, url, stats_dir = None, None, work / "instant-stats"
         stats_dir.mkdir()
