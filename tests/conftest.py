@@ -250,3 +250,14 @@ def stop_after_parts(cmd: list[str], out: Path, sig: int, group: bool, parts: in
     left = [c for c in map(alive, family) if c is not None]
     assert not left, f"processes of the stopped run are left: {left}"
     return rc, err.read_text(), seconds
+
+
+def raw_keys(root: Path) -> list[str]:
+    """Unit keys of every raw part of the run store ``root``, in part order (one per generated unit)."""
+    import pyarrow as pa
+
+    keys = []
+    for part in sorted((root / "raw").glob("part-*.arrow")):
+        with pa.memory_map(str(part)) as src:
+            keys += pa.ipc.open_stream(src).read_all().column("unit_key").to_pylist()
+    return keys

@@ -15,12 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-import pyarrow as pa
 import pytest
 import yaml
 
 from pipeline.shards.writer import sha256_file
-from tests.conftest import coco_captions, write_jsonl
+from tests.conftest import coco_captions, raw_keys as _raw_keys, write_jsonl
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -125,15 +124,6 @@ def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, 
     assert [r["run_id"] for r in json.loads(shown.stdout)["releases"]] == [str(first.id), str(second.id)]
     card = (out / "README.md").read_text()
     assert str(first.id) in card and str(second.id) in card
-
-
-def _raw_keys(root: Path) -> list[str]:
-    """Unit keys of every raw part, in part order (one per generated unit)."""
-    keys = []
-    for part in sorted((root / "raw").glob("part-*.arrow")):
-        with pa.memory_map(str(part)) as src:
-            keys += pa.ipc.open_stream(src).read_all().column("unit_key").to_pylist()
-    return keys
 
 
 def _ray_processes(root: int) -> set[tuple[int, float]]:

@@ -16,18 +16,10 @@ import pytest
 from pipeline.config import load_config
 from pipeline.inputs import read_captions
 from pipeline.kinds import negatives as task
-from tests.conftest import coco_captions, write_jsonl
+from tests.conftest import coco_captions, raw_keys as _raw_keys, write_jsonl
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "contrastgen")
-
-
-def _raw_keys(root: Path) -> list[str]:
-    keys = []
-    for part in sorted((root / "raw").glob("part-*.arrow")):
-        with pa.memory_map(str(part)) as src:
-            keys += pa.ipc.open_stream(src).read_all().column("unit_key").to_pylist()
-    return keys
 
 
 def _kill_after_two_parts(cmd: list[str], out: Path, log_path: Path) -> dict:
