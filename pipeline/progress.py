@@ -163,10 +163,6 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar reads it at import
     drop = _DROP
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # a Dataset's start, end and progress-bar notices, per stage
-    # Ray's C++ core writes to the driver's stderr itself, e.g. an "E ... core_worker.cc" line for every Ray Data actor
-    # pool ("constructor arguments in the object store and max_restarts > 0", Ray 2.60): a local Ray started by the
-    # CLI (its raylet inherits this too) logs only fatal errors; a cluster's own `ray start` processes are unaffected
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     for name in ("ray", "ray.data", "prefect", "prefect.server", "prefect.flow_runs", "prefect.task_runs", "sqlalchemy",
                  "ray._private.authentication.authentication_token_setup", "ray._private.worker"):
         logger = logging.getLogger(name)
