@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,15 @@ def raw_keys(root: Path) -> list[str]:
         with pa.memory_map(str(part)) as src:
             keys += pa.ipc.open_stream(src).read_all().column("unit_key").to_pylist()
     return keys
+
+
+# Ray's C++ core writes its own log lines to the driver's stderr, past Python's logging: in Ray 2.60 an "E ...
+# core_worker.cc" line whenever Ray Data starts an actor pool (its map function's arguments are in the object store
+# and the actors may restart). Not the stop's doing, and not ours to silence without hiding Ray's real errors.
+RAY_CORE_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\] \w+\.cc:\d+: ")
+
+
+def stderr_lines(err: str) -> list[str]:
+    """What a run said on stderr, less its progress lines and Ray's C++ log lines."""
+    return [ln for ln in err.splitlines()
+            if ln.strip() and not ln.startswith("generate negatives:") and not RAY_CORE_LINE.match(ln)]

@@ -115,7 +115,7 @@ def test_a_negatives_run_through_the_openai_engine_stopped_by_ctrl_c_resumes_to_
     import sys
     from pathlib import Path
 
-    from tests.conftest import stop_after_parts
+    from tests.conftest import stderr_lines, stop_after_parts
 
     url, model = openai_server
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
@@ -126,7 +126,7 @@ def test_a_negatives_run_through_the_openai_engine_stopped_by_ctrl_c_resumes_to_
     cmd = [str(Path(sys.executable).parent / "contrastgen"), "generate", "negatives", "--input", str(inp), "--out",
            str(out), "--config", str(conf), "--json"]
     rc, err, seconds = stop_after_parts(cmd, out, signal.SIGINT, group=True)
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("generate negatives:")]
+    lines = stderr_lines(err)
     assert rc == 130 and seconds < 30 and "Traceback" not in err, (rc, seconds, err[-3000:])
     assert len(lines) == 1 and lines[0].startswith("contrastgen: stopped by SIGINT after "), err[-3000:]
     done = len(list((out / "raw").glob("part-*.arrow")))

@@ -112,7 +112,7 @@ def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_rerun_resumes(tmp_path, neg
     the uninterrupted run."""
     import re
 
-    from tests.conftest import stop_after_parts
+    from tests.conftest import stderr_lines, stop_after_parts
 
     inp, conf, _, _ = negatives_inputs
     out = tmp_path / "stopped"
@@ -122,7 +122,7 @@ def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_rerun_resumes(tmp_path, neg
         rc, err, seconds = stop_after_parts(cmd, out, sig, group)
         name = signal.Signals(sig).name
         assert rc == code and seconds < 30, (rc, seconds, err[-3000:])
-        lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("generate negatives:")]
+        lines = stderr_lines(err)
         assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
         assert re.fullmatch(rf"contrastgen: stopped by {name} after \d+ of 24 units; \d+ parts are committed; "
                             r"run the same command again to resume", lines[0]), lines[0]

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from tests.conftest import coco_captions, stop_after_parts, write_jsonl
-from tests.test_resume import _raw_keys, planned_negatives
+from tests.conftest import coco_captions, raw_keys as _raw_keys, stderr_lines, stop_after_parts, write_jsonl
+from tests.test_resume import planned_negatives
 from tests.vllm.conftest import ENGINE
 
 pytestmark = pytest.mark.integration
@@ -117,7 +117,7 @@ def test_ctrl_c_stops_a_vllm_run_in_one_line_and_the_rerun_resumes(model_dir, tm
         watcher.join()
         assert rc == 130 and seconds < 30, (rc, seconds, err[-3000:])
         assert "Traceback" not in err, err[-3000:]
-        lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("generate negatives:")]
+        lines = stderr_lines(err)
         m = re.fullmatch(rf"contrastgen: stopped by SIGINT after (\d+) of {units} units; (\d+) parts are committed; "
                          r"run the same command again to resume", lines[-1] if lines else "")
         assert m and len(lines) == 1, err[-3000:]
