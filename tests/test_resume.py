@@ -47,10 +47,25 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def _settled(out: Path, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
+    """Wait until no raw part has appeared for ``quiet_s``: with ``--ray-address`` the part workers run on a cluster
+    outside the killed process tree, and one finishing its part as Ray ends the dead driver's job still commits it
+    (whole: the rerun reuses it)."""
+    seen, since, deadline = -1, time.monotonic(), time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        now = len(list((out / "raw").glob("part-*.arrow")))
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.2)
+
+
 def kill_then_resume(cmd: list[str], out: Path, tmp_path: Path, units: int) -> tuple[dict, list[str]]:
     """SIGKILL ``cmd`` after two raw parts, rerun it: the rerun reuses every finished unit and generates only the
     rest, the parts finished before the kill stay byte-identical; returns the rerun's summary and raw keys."""
     env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
+    _settled(out)
     before = {p.name: p.read_bytes() for p in (out / "raw").glob("part-*.arrow")}
     done = len(_raw_keys(out))
     assert 0 < done < units and not (out / "manifest.json").exists()
