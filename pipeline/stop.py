@@ -7,7 +7,7 @@ and a **worker** in a session of its own: a terminal's Ctrl-C reaches the whole 
 without the new session it would also reach Prefect's temporary server and every Ray process the run started,
 which would then die mid-call and be taken for faults (a connection refused, a poison request). The supervisor
 forwards the first SIGINT or SIGTERM to the worker alone. A second signal, or a worker still running
-``GRACE_S`` after the first, makes it kill the worker's whole process group at once; parts are committed
+``GRACE_S`` after the first, makes it kill the worker's whole session at once; parts are committed
 atomically, so even that loses no committed unit and leaves no half part. When the worker ends, the supervisor
 kills whatever is left in its session (Ray gives its workers process groups of their own, in the same session),
 so nothing of the run outlives it.
@@ -107,7 +107,7 @@ def _on_signal(signum: int, frame) -> None:
         return
     if not os.environ.get(SUPERVISED):
         raise KeyboardInterrupt  # a second signal and no supervisor to stop the process group: stop at once
-    # supervised: the supervisor kills the process group on a second signal; nothing to do here
+    # supervised: the supervisor kills the worker's session on a second signal; nothing to do here
 
 
 @contextlib.contextmanager
