@@ -60,8 +60,8 @@ browser:
 
 # The main suite, then the vLLM set in its own environment (tests/vllm: real vLLM on CPU, one engine load).
 test: $(STAMP) $(VLLM_STAMP) browser
-	$(BIN)/python -m pytest tests
-	$(VLLM_BIN)/python -m pytest tests/vllm
+	$(BIN)/python -m pytest tests --durations=30
+	$(VLLM_BIN)/python -m pytest tests/vllm --durations=10
 
 bench: $(STAMP)
 	$(BIN)/python bench/generation.py

@@ -2,8 +2,9 @@
 each, so no spare capacity): its engine replicas spread over both nodes, and a run whose worker node is removed
 mid-run finishes by itself, its lost parts done by the head's replica within seconds (the lost replica cannot be
 placed again), with every unit exactly once and the same rows as the undisturbed run. Then the
-same with the parts streamed through Ray Data client workers (``--clients 2``, against `contrastgen serve`) on a
-new worker node: a client on each node, the node removed mid-run, every unit once and the same rows."""
+same with the openai engine's parts streamed through Ray Data part tasks holding a CPU each (``--clients 2``, against
+`contrastgen serve`) on a new worker node: a part task on each node, the node removed mid-run, every unit once and
+the same rows."""
 
 from __future__ import annotations
 
@@ -53,6 +54,16 @@ SCRIPT = textwrap.dedent("""
         return [k for p in sorted((out / "raw").glob("part-*.arrow"))
                 for k in pa.ipc.open_stream(p.read_bytes()).read_all().column("unit_key").to_pylist()]
 
+    def part_worker_nodes(proc, look_s=10.0):  # a part task's process is a child of its node's raylet
+        import psutil
+        raylets = {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "raylet"}
+        found, end = set(), time.time() + look_s
+        while time.time() < end and len(found) < 2 and proc.poll() is None:
+            found |= {p.info["ppid"] for p in psutil.process_iter(["cmdline", "ppid"])
+                      if "MapBatches(run_parts)" in " ".join(p.info["cmdline"] or []) and p.info["ppid"] in raylets}
+            time.sleep(0.1)
+        return found
+
     def actor_nodes(cls):
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
         found = {a["Address"]["NodeID"] for a in ray_state.actors().values() if cls in a["ActorClassName"]}
@@ -69,8 +80,8 @@ SCRIPT = textwrap.dedent("""
             proc = run(root / name, *extra)
             while len(list((root / name / "raw").glob("part-*.arrow"))) < 1 and proc.poll() is None:
                 time.sleep(0.2)
-            if "--clients" in extra:  # where Ray Data placed the clients (a restarted one moves: look before)
-                placed[name] = actor_nodes("PartClient")
+            if "--clients" in extra:  # where Ray Data placed the part tasks (one CPU each; the nodes have one each)
+                placed[name] = part_worker_nodes(proc)
             cluster.remove_node(node)  # the worker node leaves while parts are in flight
             removed = time.time()
             done = summary(proc)
@@ -118,7 +129,7 @@ def test_a_run_spreads_over_two_nodes_and_survives_losing_one(tmp_path, openai_s
     assert any("died with its node" in log for log in out["logs"]), out["logs"]  # a part was in flight there, and ran again
     streamed = out["streamed"]
     assert "rc" not in streamed, out
-    assert out["client_nodes"] == 2  # a client worker on each node (Ray Data's SPREAD)
+    assert out["client_nodes"] == 2  # a part task on each node (Ray Data's SPREAD; one CPU each)
     assert out["streamed_keys"] == out["streamed_distinct"] == 18  # each unit exactly once, committed by the clients
     if not os.environ.get("CONTRASTGEN_TEST_OPENAI_BASE_URL"):  # contrastgen serve: the same model and seeds
         assert (streamed["kept"], streamed["splits"], streamed["rejected_by_reason"]) == (calm["kept"], calm["splits"],

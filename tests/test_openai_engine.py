@@ -175,7 +175,7 @@ def test_ray_data_clients_make_the_same_dataset_and_survive_a_killed_worker(open
         while time.monotonic() < deadline and not list((out / "raw").glob("part-*.arrow")):
             time.sleep(0.05)
         for p in psutil.process_iter(["cmdline"]):
-            if "PartClient" in " ".join(p.info["cmdline"] or []):
+            if "MapBatches(run_parts)" in " ".join(p.info["cmdline"] or []):  # a part worker's title while it works
                 p.send_signal(signal.SIGKILL)
                 killed.append(p.pid)
         parts_at_kill.append(len(list((out / "raw").glob("part-*.arrow"))))

@@ -6,17 +6,19 @@ one row a part; it never renders a prompt, parses an answer or assembles a row. 
 
 1. renders the part's units into requests (the kind's templates; the rendered text is what the unit key hashed);
 2. generates them: through the engine's dispatcher (:mod:`pipeline.engines.dispatch`) for engines Ray replicas
-   hold (embedded, vllm, plugin), which hands the part to whichever replica has room (pull); or with its own HTTP
-   client for ``engine.kind: openai``;
+   hold (embedded, vllm, plugin), which hands the part to whichever replica has room (pull); or with the HTTP
+   client its process keeps for ``engine.kind: openai``;
 3. commits the results as one atomic raw part under its content-hash name (:func:`pipeline.run.common.commit_part`);
 4. for a kind whose parts assemble alone (negatives), parses and validates them (word-class check included) for the
    live counts, and returns only counts, file names and unit keys; the driver indexes the keys
    (:meth:`pipeline.run.store.RunStore.adopt`) and advances the progress line.
 
-Ray Data's streaming executor bounds the parts in flight (backpressure). For Ray replicas the part workers are Ray
-tasks (Ray reuses their processes across blocks and stages) holding no CPU of their own: the replicas hold the
-cores, and ``engine`` slots bound the tasks in flight. For the openai engine they are ``ray.clients`` actors, one
-HTTP client each. A worker that dies (killed, or lost with its node) is retried by Ray Data: a part is a file named
+Ray Data's streaming executor bounds the parts in flight (backpressure). The part workers are Ray tasks (Ray reuses
+their processes across blocks and stages; what a worker loads is kept per process). For Ray replicas they hold no CPU
+of their own: the replicas hold the cores, and ``engine`` slots bound the tasks in flight. For the openai engine each
+holds a CPU (it renders, parses and validates) and an HTTP client, at most ``ray.clients`` at once. Tasks, not an actor
+pool: Ray Data's actor pool cost the driver about 40 ms of CPU a part (295 us a unit at 100k), its tasks about 17 (docs/throughput.md).
+A worker that dies (killed, or lost with its node) is retried by Ray Data: a part is a file named
 by its keys, committed whole or not at all, so a part run twice is one file, never a loss or a duplicate. An error
 a part raises (a server down past its retries, every replica dead) ends the stage as an instance of its own class;
 a retry of the stage (:mod:`flows.retry`) plans again and sends only the units still missing.
@@ -54,18 +56,29 @@ class PartJob:
     engine: PartEngine | None  # a Ray engine's dispatcher; None: the worker holds its own HTTP client
 
 
-class Parts:
-    """Renders, generates, commits and counts parts: built per Ray task (:func:`run_parts`: cheap; the models it
-    loads are cached per process), or once per openai client actor (:class:`PartClient`, its HTTP client kept)."""
+_CLIENTS: dict[str, EnginePool] = {}  # per worker process: the openai engine's HTTP client, by its config
 
-    def __init__(self, job: PartJob, engine: PartEngine | None = None):
+
+def _client(job: PartJob) -> EnginePool:
+    """This process's HTTP client for the run's openai engine (built, and its server probed, once)."""
+    key = job.cfg.engine.model_dump_json()
+    if key not in _CLIENTS:
+        _CLIENTS[key] = EnginePool(job.cfg.engine, job.cfg.ray)
+    return _CLIENTS[key]
+
+
+class Parts:
+    """Renders, generates, commits and counts parts: built per Ray task (:func:`run_parts`: cheap; the models and
+    the HTTP client it uses are kept per process)."""
+
+    def __init__(self, job: PartJob):
         from pipeline.kinds import kind_of
 
         self.job, self.kind = job, kind_of(job.kind)
         self.ctx = Context(job.cfg, job.templates, Inputs([], [], 0), raws=lambda name: [])
         self.store = RunStore(Path(job.root))  # no lock: the driver holds it; a worker only adds atomic files
         self.store.journal = []
-        self.engine = engine or job.engine
+        self.engine = job.engine or _client(job)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from pipeline.run.common import commit_part
@@ -101,13 +114,6 @@ def run_parts(batch: dict[str, np.ndarray], job: PartJob) -> dict[str, list]:
     return Parts(job)(batch)
 
 
-class PartClient(Parts):
-    """Ray Data actor for the openai engine: one HTTP client for its life."""
-
-    def __init__(self, job: PartJob):
-        super().__init__(job, EnginePool(job.cfg.engine, job.cfg.ray))  # builds the client in this worker
-
-
 def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Unit]], pool: EnginePool | None = None,
                  meter: Meter | None = None) -> None:
     """Generate and commit ``chunks`` (one part each) on Ray Data part workers; the driver indexes what they committed
@@ -120,10 +126,9 @@ def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Un
     job = PartJob(kind.name, cfg, ctx.templates, str(store.root), pool.caller() if ray_engine else None)
     # a part may take two call deadlines and its replica's restart: Ray Data's watchdog must not end it first
     patience = 2 * cfg.engine.call_timeout_s + cfg.engine.start_timeout_s
-    if ray_engine:
-        results = stream(rows, run_parts, (job,), pool.slots, no_progress_s=patience, tasks=True)
-    else:
-        results = stream(rows, PartClient, (job,), cfg.ray.clients or 2, no_progress_s=patience)
+    workers = pool.slots if ray_engine else cfg.ray.clients or 2
+    results = stream(rows, run_parts, (job,), workers, no_progress_s=patience, tasks=True,
+                     cpus=0 if ray_engine else 1)
     try:
         for batch in results:
             _adopt(batch, store, meter)
