@@ -149,8 +149,9 @@ class RayConfig(Section):
         return max(1, min(cpus, 8)) if engine.kind == "embedded" and engine.device == "cpu" else 1
     actor_restarts: int = Field(16, ge=0, description="Times Ray restarts a dead engine actor (a crash, or a hung call "
                                 "it was killed for); a poison request costs two (its part's crash and its own).")
-    clients: int = Field(0, ge=0, description="openai engine: Ray Data part workers, each with its own HTTP client, that "
-                         "render, generate, parse and commit the parts (the driver only plans and indexes); 0: two. Ray "
+    clients: int = Field(0, ge=0, description="openai engine: Ray Data part tasks at once (one CPU each; "
+                         "a worker process keeps its HTTP client) that render, generate, parse and commit the parts "
+                         "(the driver only plans and indexes); 0: two. Ray "
                          "engines (embedded, vllm, plugin) stream their parts through Ray tasks sized by their replicas.")
     scorers: int = Field(0, ge=0, description="Ray Data workers that compute the filter stage's model scores (MiniLM "
                          "embeddings, LM log-likelihood) for texts not cached yet, a chunk each, one GPU each when the "

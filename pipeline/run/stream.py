@@ -16,8 +16,8 @@ one row a part; it never renders a prompt, parses an answer or assembles a row. 
 Ray Data's streaming executor bounds the parts in flight (backpressure). The part workers are Ray tasks (Ray reuses
 their processes across blocks and stages; what a worker loads is kept per process). For Ray replicas they hold no CPU
 of their own: the replicas hold the cores, and ``engine`` slots bound the tasks in flight. For the openai engine each
-holds a CPU (it renders, parses and validates) and an HTTP client, at most ``ray.clients`` at once. Tasks, not an actor
-pool: Ray Data's actor pool cost the driver about 40 ms of CPU a part (295 us a unit at 100k), its tasks about 17 (docs/throughput.md).
+holds a CPU (it renders, parses and validates) and an HTTP client, at most ``ray.clients`` at once: one part-worker
+path for every engine (an actor pool cost the driver the same, docs/throughput.md).
 A worker that dies (killed, or lost with its node) is retried by Ray Data: a part is a file named
 by its keys, committed whole or not at all, so a part run twice is one file, never a loss or a duplicate. An error
 a part raises (a server down past its retries, every replica dead) ends the stage as an instance of its own class;
