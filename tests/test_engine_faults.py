@@ -67,7 +67,9 @@ def test_a_run_with_poison_and_a_hung_call_finishes(ray_session, prefect_session
     inp = write_jsonl(tmp_path / "in.jsonl", captions)
     cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp_path / "ds", "units_per_part": 3},
                              "negatives": {"types": ["swap_obj"], "paraphrase": False},
-                             "engine": {"call_timeout_s": 30.0, "start_timeout_s": 300.0}, "ray": {"workers": 1}})
+                             "engine": {"call_timeout_s": 15.0, "start_timeout_s": 300.0}, "ray": {"workers": 1}})
+    # 15 s: a healthy part of 3 units takes 1-3 s here, so the deadline holds at 5x that; each wait on the hung
+    # call costs the test this deadline (it was 30 s: 87 s a run, against 60 now)
     blob = _faulty(monkeypatch, cfg.engine)
     try:
         s = generate_flow("negatives", cfg.model_dump(mode="json"))  # returns: nothing wedges

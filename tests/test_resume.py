@@ -78,6 +78,15 @@ def kill_then_resume(cmd: list[str], out: Path, tmp_path: Path, units: int) -> t
     return summary, _raw_keys(out)
 
 
+def _session_ray() -> list[str]:
+    """``--ray-address`` of the session's Ray: a run joined to it finds the engine replicas loaded there (named by
+    their config) instead of starting Ray and loading the model twice a test. The killed driver is then the
+    user's driver on a cluster; a run that kills its own local Ray is test_sigkill_then_resume_loses_and_duplicates_nothing."""
+    import ray
+
+    return ["--ray-address", ray.get_runtime_context().gcs_address]
+
+
 def planned_negatives(conf: Path, inp: Path, tmp_path: Path):
     """The config of ``conf`` on ``inp`` (output in tmp_path/clean) and the unit keys it plans."""
     cfg = load_config(conf, {"input": {"path": inp}, "output": {"dir": tmp_path / "clean"}})
@@ -161,8 +170,10 @@ def test_rationales_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, r
     conf = tmp_path / "run.yaml"
     conf.write_text("rationales: {k: 2, max_tokens: 80, adversarial: {n: 1}}\noutput: {units_per_part: 1}\n")
     out = tmp_path / "killed"
-    cmd = [CLI, "generate", "rationales", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
+    cmd = [CLI, "generate", "rationales", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json",
+           *_session_ray()]
     env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
+    _settled(out)
     done_before = len(_raw_keys(out))
     assert 0 < done_before < 6 and not (out / "manifest.json").exists()
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -201,8 +212,10 @@ def test_pairs_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_se
     conf = tmp_path / "run.yaml"
     conf.write_text("output: {units_per_part: 1}\n")
     out = tmp_path / "killed"
-    cmd = [CLI, "generate", "pairs", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
+    cmd = [CLI, "generate", "pairs", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json",
+           *_session_ray()]
     env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
+    _settled(out)
     done_before = len(_raw_keys(out))
     assert 0 < done_before < 6 and not (out / "manifest.json").exists()
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
