@@ -3,9 +3,10 @@ crash): the console script, with its own local Ray and vLLM EngineCore, gets SIG
 terminal sends it once the first part is committed; it ends within 30 s with exit 130 and the one stop line, leaves
 no process of the run (EngineCore included), and the same command run again finishes the rest, every unit once.
 
-Two engine starts, both in the runs' own Ray: the stopped run's and the rerun's. The stopped run cannot join the
-session's Ray as the SIGKILL run of tests/vllm/test_vllm_runs.py does: a stop closes the pool, which kills its
-replicas (there, the session's shared engine). And the rerun is the user's: the same command, its own Ray.
+One engine start of its own: the stopped run's, in its own Ray. It cannot join the session's Ray as the SIGKILL run
+of tests/vllm/test_vllm_runs.py does: a stop closes the pool, which kills its replicas (there, the session's shared
+engine). The rerun is the same command joined to the session's Ray (``--ray-address``), so it finds the session's
+loaded engine by its config's name instead of loading vLLM a second time: resuming reads the store, not the engine.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def _describe(procs) -> list:
     return out
 
 
-def test_ctrl_c_stops_a_vllm_run_in_one_line_and_the_rerun_resumes(model_dir, tmp_path):
+def test_ctrl_c_stops_a_vllm_run_in_one_line_and_the_rerun_resumes(vllm_pool, model_dir, tmp_path):
+    import ray
+
     t_test = time.monotonic()
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(6, offset=80))
     conf = tmp_path / "run.yaml"
@@ -135,7 +138,8 @@ def test_ctrl_c_stops_a_vllm_run_in_one_line_and_the_rerun_resumes(model_dir, tm
         failed = sum(pa.ipc.open_stream(p.read_bytes()).read_all().num_rows for p in (out / "raw").glob("failed-*.arrow"))
         assert (int(m[1]), int(m[2])) == (done + failed, len(parts)), (m[0], done, failed)  # the line reads the store
 
-        rerun = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
+        rejoin = [*cmd, "--ray-address", ray.get_runtime_context().gcs_address]  # the session's loaded engine
+        rerun = subprocess.run(rejoin, check=False, capture_output=True, text=True, env=env, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         summary = json.loads(rerun.stdout.strip().splitlines()[-1])
         assert (summary["units"], summary["reused"], summary["generated"]) == (units, done, units - done), summary
