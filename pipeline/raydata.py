@@ -13,8 +13,8 @@ def stream(rows: list[dict], worker, args: tuple, workers: int, gpus: int = 0,
     """``worker(*args)(batch of one row)`` over ``rows`` on up to ``workers`` Ray Data actors (one CPU and ``gpus``
     GPUs each), yielding each result as a pyarrow table as it comes back. ``tasks``: ``worker(batch, *args)`` is a
     function run as up to ``workers`` Ray tasks at once holding ``cpus`` CPUs each (0 where they wait on engine
-    replicas that hold the cores; Ray reuses their processes across streams). ``no_progress_s``: one row may take that long, so Ray Data's
-    no-progress watchdog (30 min by default) is raised to at least that. A worker's error is raised here as an
+    replicas that hold the cores; Ray reuses their processes across streams). ``no_progress_s``: one row may take
+    that long, so Ray Data's no-progress watchdog (30 min by default) is raised to at least that. A worker's error is raised here as an
     instance of its own class."""
     import ray.data
 

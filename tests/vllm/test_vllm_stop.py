@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from tests.conftest import coco_captions, raw_keys as _raw_keys, stderr_lines, stop_after_parts, write_jsonl
-from tests.test_resume import planned_negatives
+from tests.test_resume import _session_ray, planned_negatives
 from tests.vllm.conftest import ENGINE
 
 pytestmark = pytest.mark.integration
@@ -87,8 +87,6 @@ def _describe(procs) -> list:
 
 
 def test_ctrl_c_stops_a_vllm_run_in_one_line_and_the_rerun_resumes(vllm_pool, model_dir, tmp_path):
-    import ray
-
     t_test = time.monotonic()
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(6, offset=80))
     conf = tmp_path / "run.yaml"
@@ -138,7 +136,7 @@ def test_ctrl_c_stops_a_vllm_run_in_one_line_and_the_rerun_resumes(vllm_pool, mo
         failed = sum(pa.ipc.open_stream(p.read_bytes()).read_all().num_rows for p in (out / "raw").glob("failed-*.arrow"))
         assert (int(m[1]), int(m[2])) == (done + failed, len(parts)), (m[0], done, failed)  # the line reads the store
 
-        rejoin = [*cmd, "--ray-address", ray.get_runtime_context().gcs_address]  # the session's loaded engine
+        rejoin = [*cmd, *_session_ray()]  # the session's loaded engine
         rerun = subprocess.run(rejoin, check=False, capture_output=True, text=True, env=env, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         summary = json.loads(rerun.stdout.strip().splitlines()[-1])
