@@ -273,14 +273,20 @@ class EnginePool:
 
     def close(self, grace_s: float = 60.0) -> None:
         """Shut the dispatcher down (no part goes out, none is retried or isolated from now), then the replicas,
-        each given ``grace_s`` to release its engine (vLLM's EngineCore processes end with it); their GPUs go back
-        to the cluster."""
+        each up given ``grace_s`` to release its engine (vLLM's EngineCore processes end with it; one never placed is
+        killed at once: it would never answer); their GPUs go back to the cluster."""
         if not self.actors:
             return
+        up = self.actors
         if self.dispatcher is not None:
+            try:  # a replica never placed (or still loading) would never answer release: it is killed at once
+                up = [a for a, (state, _) in zip(self.actors, ray.get(self.dispatcher.states.remote(), timeout=10))
+                      if state == "ready"]
+            except Exception as exc:  # the dispatcher lost: every replica is asked, within grace_s
+                log.info("reading the replicas' states: %s", exc)
             ray.kill(self.dispatcher, no_restart=True)
         try:
-            ray.get([a.release.remote(min(5.0, max(1.0, grace_s - 4))) for a in self.actors], timeout=grace_s)
+            ray.get([a.release.remote(min(5.0, max(1.0, grace_s - 4))) for a in up], timeout=grace_s)
         except Exception as exc:  # a replica already dead, restarting or still busy: killing it is what matters
             log.info("releasing the engines: %s", exc)
         for a in self.actors:
