@@ -79,6 +79,17 @@ def prefect_session():
         yield
 
 
+def session_prefect_env(**extra: str) -> dict:
+    """The environment for a child run that reports to the session's Prefect server (``prefect_session`` must be
+    up): it starts no temporary server of its own, as a user's runs against `prefect server start` do not (a run
+    with the temporary server is what test_readme and the Ctrl-C tests run)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "session_prefect_env needs the prefect_session fixture"
+    return {**os.environ, "PREFECT_API_URL": url, **extra}
+
+
 @pytest.fixture(scope="session")
 def embedded_engine():
     from pipeline.config import EngineConfig

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import coco_captions, write_jsonl
+from tests.conftest import coco_captions, session_prefect_env, write_jsonl
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -108,13 +108,13 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_run_spreads_over_two_nodes_and_survives_losing_one(tmp_path, openai_server):
+def test_a_run_spreads_over_two_nodes_and_survives_losing_one(tmp_path, openai_server, prefect_session):
     """Engine actors (the embedded default), then Ray Data clients (``--clients 2``, against `contrastgen serve`):
     each spreads over both nodes, and each run survives the worker node leaving mid-run."""
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(2))
     (tmp_path / "cfg.yaml").write_text("output: {units_per_part: 3}\nsampling: {max_tokens: 24}\n", encoding="utf-8")
     res = subprocess.run([sys.executable, "-c", SCRIPT, str(inp), str(tmp_path), openai_server[0]], capture_output=True, text=True,
-                         timeout=1500, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                         timeout=1500, cwd=REPO, env=session_prefect_env(PYTHONPATH=str(REPO)))
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     calm, lost = out["calm"], out["lost"]

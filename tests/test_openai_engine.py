@@ -105,7 +105,7 @@ def test_openai_engine_with_a_wrong_key_says_which_variable_to_set(openai_server
 
 
 def test_a_negatives_run_through_the_openai_engine_stopped_by_ctrl_c_resumes_to_the_same_dataset(
-        openai_server, negatives_run, tmp_path):
+        openai_server, negatives_run, prefect_session, tmp_path):
     """The same input as the in-process session run, generated over HTTP by the CLI with Ray Data clients, stopped
     by Ctrl-C (SIGINT to the process group) after its first part: exit 130 within 30 s, one line, nothing left
     running. The rerun finishes: every unit once, provenance says openai, and against `contrastgen serve` the
@@ -115,7 +115,8 @@ def test_a_negatives_run_through_the_openai_engine_stopped_by_ctrl_c_resumes_to_
     import sys
     from pathlib import Path
 
-    from tests.conftest import stderr_lines, stop_after_parts
+    from tests.conftest import session_prefect_env, stderr_lines, stop_after_parts
+    from tests.test_resume import _session_ray
 
     url, model = openai_server
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
@@ -130,7 +131,8 @@ def test_a_negatives_run_through_the_openai_engine_stopped_by_ctrl_c_resumes_to_
     assert rc == 130 and seconds < 30 and "Traceback" not in err, (rc, seconds, err[-3000:])
     assert len(lines) == 1 and lines[0].startswith("contrastgen: stopped by SIGINT after "), err[-3000:]
     done = len(list((out / "raw").glob("part-*.arrow")))
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    # the rerun joins the session's Ray and Prefect (the stopped run had its own of each, which Ctrl-C had to reach)
+    rerun = subprocess.run([*cmd, *_session_ray()], capture_output=True, text=True, timeout=900, env=session_prefect_env())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert summary["reused"] >= 8 * done - 8 and summary["generated"] == summary["units"] - summary["reused"] > 0

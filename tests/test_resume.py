@@ -16,15 +16,16 @@ import pytest
 from pipeline.config import load_config
 from pipeline.inputs import read_captions
 from pipeline.kinds import negatives as task
-from tests.conftest import coco_captions, raw_keys as _raw_keys, write_jsonl
+from tests.conftest import coco_captions, raw_keys as _raw_keys, session_prefect_env, write_jsonl
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "contrastgen")
 
 
-def _kill_after_two_parts(cmd: list[str], out: Path, log_path: Path) -> dict:
-    """Start the CLI, SIGKILL it and its children once two raw parts exist; return the environment it ran with."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _kill_after_two_parts(cmd: list[str], out: Path, log_path: Path, env: dict | None = None) -> dict:
+    """Start the CLI (in ``env``, default this process's), SIGKILL it and its children once two raw parts exist;
+    return the environment it ran with."""
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.time() + 400
@@ -37,7 +38,8 @@ def _kill_after_two_parts(cmd: list[str], out: Path, log_path: Path) -> dict:
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the CLI and everything it started (local Ray, Prefect's ephemeral server): no cleanup runs."""
+    """SIGKILL the CLI and everything it started (its local Ray; Prefect's temporary server where it has one): no
+    cleanup runs."""
     family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     for pid in family:
         try:
@@ -61,10 +63,12 @@ def _settled(out: Path, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def kill_then_resume(cmd: list[str], out: Path, tmp_path: Path, units: int) -> tuple[dict, list[str]]:
-    """SIGKILL ``cmd`` after two raw parts, rerun it: the rerun reuses every finished unit and generates only the
-    rest, the parts finished before the kill stay byte-identical; returns the rerun's summary and raw keys."""
-    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
+def kill_then_resume(cmd: list[str], out: Path, tmp_path: Path, units: int,
+                     env: dict | None = None) -> tuple[dict, list[str]]:
+    """SIGKILL ``cmd`` (run in ``env``) after two raw parts, rerun it: the rerun reuses every finished unit and
+    generates only the rest, the parts finished before the kill stay byte-identical; returns the rerun's summary
+    and raw keys."""
+    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log", env)
     _settled(out)
     before = {p.name: p.read_bytes() for p in (out / "raw").glob("part-*.arrow")}
     done = len(_raw_keys(out))
@@ -125,7 +129,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, negatives_in
     inp, conf, _, _ = negatives_inputs
     out = tmp_path / "killed"
     cmd = [CLI, "generate", "negatives", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
-    summary, _ = kill_then_resume(cmd, out, tmp_path, 24)
+    summary, _ = kill_then_resume(cmd, out, tmp_path, 24, session_prefect_env())
     _same_as_clean(out, summary, negatives_inputs)
 
 
@@ -154,7 +158,9 @@ def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_rerun_resumes(tmp_path, neg
         done = len(_raw_keys(out))
         keys = _raw_keys(out)
         assert len(keys) == len(set(keys)) and len(keys) % 4 == 0  # whole parts only, none twice
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # the rerun joins the session's Ray and Prefect: it finds the replicas of this config loaded (resuming reads the
+    # store, not the engine); the two stopped runs had their own of each, which the signals had to reach
+    rerun = subprocess.run([*cmd, *_session_ray()], capture_output=True, text=True, timeout=600, env=session_prefect_env())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert (summary["reused"], summary["generated"]) == (done, 24 - done)
@@ -172,7 +178,7 @@ def test_rationales_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, r
     out = tmp_path / "killed"
     cmd = [CLI, "generate", "rationales", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json",
            *_session_ray()]
-    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
+    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log", session_prefect_env())
     _settled(out)
     done_before = len(_raw_keys(out))
     assert 0 < done_before < 6 and not (out / "manifest.json").exists()
@@ -214,7 +220,7 @@ def test_pairs_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_se
     out = tmp_path / "killed"
     cmd = [CLI, "generate", "pairs", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json",
            *_session_ray()]
-    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log")
+    env = _kill_after_two_parts(cmd, out, tmp_path / "first.log", session_prefect_env())
     _settled(out)
     done_before = len(_raw_keys(out))
     assert 0 < done_before < 6 and not (out / "manifest.json").exists()

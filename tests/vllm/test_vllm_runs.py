@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from tests.conftest import coco_captions, write_jsonl
+from tests.conftest import coco_captions, session_prefect_env, write_jsonl
 from tests.test_resume import _session_ray, kill_then_resume, planned_negatives
 from tests.vllm.conftest import ENGINE
 
@@ -47,12 +47,12 @@ def test_a_negatives_run_on_vllm_through_the_actor_pool(vllm_pool, model_dir, pr
     assert "vllm" in card and "swap_obj" in card
 
 
-def test_sigkill_then_resume_on_vllm(vllm_pool, model_dir, tmp_path):
+def test_sigkill_then_resume_on_vllm(vllm_pool, model_dir, prefect_session, tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(8, offset=60))
     conf = _config(tmp_path, units_per_part=2)
     out = tmp_path / "killed"
     cmd = [CLI, "generate", "negatives", "--input", str(inp), "--out", str(out), "--config", str(conf),
            *_session_ray(), "--json"]
-    _, keys = kill_then_resume(cmd, out, tmp_path, 24)
+    _, keys = kill_then_resume(cmd, out, tmp_path, 24, session_prefect_env())
     _, planned = planned_negatives(conf, inp, tmp_path)
     assert len(keys) == len(set(keys)) == 24 and set(keys) == planned  # none lost, none duplicated
