@@ -45,12 +45,15 @@ def _wait(proc: subprocess.Popen, check, what: str, timeout: float = 180):
         time.sleep(0.5)
 
 
-@pytest.fixture
-def prefect_server(tmp_path):
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on 127.0.0.1, shared by this module's tests (their deployments have their own
+    names)."""
+    home = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": "", "PREFECT_SERVER_API_PORT": str(port)}
-    log = open(tmp_path / "server.log", "wb")
+    log = open(home / "server.log", "wb")
     proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
@@ -166,7 +169,7 @@ def test_cancelled_deployment_run_stops_within_30_s_and_the_next_run_resumes(pre
     from pipeline.inputs import read_captions
     from pipeline.kinds import negatives as task
 
-    inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(12, offset=60))
+    inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(8, offset=60))
     out = tmp_path / "ds"
     run_file = tmp_path / "run.yaml"
     run_file.write_text(yaml.safe_dump({"deployments": [{
@@ -184,7 +187,7 @@ def test_cancelled_deployment_run_stops_within_30_s_and_the_next_run_resumes(pre
             dep = _wait(proc, lambda: client.read_deployment_by_name("contrastgen-generate/by-hand"), "deployment registered")
             cfg = RunConfig.model_validate(dep.parameters["config"])
             planned = {u.key for u in task.plan_units(read_captions(cfg.input)[0], cfg, task.templates_for(cfg))}
-            assert len(planned) == 12 * 4  # three types and a paraphrase per caption: 12 parts, 2 in flight
+            assert len(planned) == 8 * 4  # three types and a paraphrase per caption: 8 parts, 2 in flight
 
             first = run_deployment("contrastgen-generate/by-hand", timeout=0)
             _wait(proc, lambda: list((out / "raw").glob("part-*.arrow")), "a first raw part", timeout=300)
