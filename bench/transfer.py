@@ -1,13 +1,15 @@
 """Does the data transfer? The encoder before training, trained on rule-based negatives, and trained on DIR,
 scored on data the generator never touched.
 
-    python bench/transfer.py --data DIR [--coco FILE] [--stsb FILE] [--images 500] [--json]
+    python bench/transfer.py --data DIR [--coco FILE] [--stsb FILE] [--paws FILE] [--images 500] [--json]
 
 - transfer: COCO images whose captions are not in DIR; anchor and positive are two human captions of one image,
   negatives are rule-made from a dependency parse (pipeline.train.rules; swap/replace of objects, attributes,
   relations). Accuracy in percent: the positive (the other human caption, standing in for the image) is closer
   to the anchor than to the anchor's perturbation (SugarCrepe's choice, text only).
 - stsb_dev: Spearman x 100 of cosine against the human score on STS-B dev (all 1,500 pairs).
+- paws_dev: ROC-AUC x 100 of cosine as a paraphrase score on PAWS-Wiki dev (all 8,000 pairs; word-scrambled
+  paraphrases against scrambles that change the meaning; pipeline.train.paws). Evaluation only.
 - rules: the same trainer, config and anchors/positives as DIR's train split, with NegCLIP-style rule negatives
   of each anchor instead of DIR's (the baseline LLM-made negatives must beat). Its validation groups get rule
   negatives too. The rule negatives for training are made with a different seed and a vocabulary from the
@@ -15,7 +17,7 @@ scored on data the generator never touched.
 
 Every model is trained with the default train config (`contrastgen train DIR`), in this process, one after
 the other. With --json the last line is {"base": R, "rules": R, "contrastgen": R}, R = {"transfer":
-{neg_type: accuracy}, "stsb_dev": spearman_x100}.
+{neg_type: accuracy}, "stsb_dev": spearman_x100, "paws_dev": auc_x100}.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="a contrastgen negatives dataset folder")
     ap.add_argument("--coco", type=Path, default=SHARED / "coco_captions" / "test.jsonl")
     ap.add_argument("--stsb", type=Path, default=SHARED / "stsb" / "sts-dev.csv")
+    ap.add_argument("--paws", type=Path, default=SHARED / "paws" / "dev.tsv")
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -44,6 +47,7 @@ def main() -> None:
     from pipeline.train.config import load_train_config
     from pipeline.train.data import read_split
     from pipeline.train.evaluate import read_sts, retention
+    from pipeline.train.paws import paraphrase_auc, read_paws
     from pipeline.train.rules import read_coco, coco_transfer_set
     from pipeline.train.run import _device, load_data, load_encoder
     from pipeline.train.trainer import Trainer
@@ -53,9 +57,10 @@ def main() -> None:
     exclude = frozenset(name for name, caps in read_coco(a.coco) if used & set(caps))
     t0 = time.perf_counter()
     rows = coco_transfer_set(a.coco, a.images, exclude)
-    sts = read_sts(a.stsb)
+    sts, paws = read_sts(a.stsb), read_paws(a.paws)
     print(f"transfer set: {len(rows)} rows from {a.images} COCO images ({len(exclude)} excluded: their captions are "
-          f"in {a.data}); STS-B dev: {len(sts)} pairs; built in {time.perf_counter() - t0:.1f} s")
+          f"in {a.data}); STS-B dev: {len(sts)} pairs; PAWS dev: {len(paws)} pairs; built in "
+          f"{time.perf_counter() - t0:.1f} s")
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_train_config(None, {"data": {"dirs": [str(a.data)]}, "model": {"out": str(Path(tmp) / "model")}})
@@ -65,7 +70,8 @@ def main() -> None:
             t = evaluate_transfer(model, rows, cfg.eval.batch_size)
             return {"transfer": {k: v.acc_positive for k, v in t.items()}, "rows": {k: v.rows for k, v in t.items()},
                     "anchor_direction": {k: v.acc_caption for k, v in t.items()},
-                    "stsb_dev": retention(model, sts, cfg.eval.batch_size).spearman}
+                    "stsb_dev": retention(model, sts, cfg.eval.batch_size).spearman,
+                    "paws_dev": paraphrase_auc(model, paws, cfg.eval.batch_size)}
 
         def trained(train, val) -> dict:
             student = load_encoder(cfg.model.resolved_base(), _device(), cfg.model.max_seq_length)
@@ -85,9 +91,10 @@ def main() -> None:
     for t in types:
         print(f"{t:<22}{out['base']['rows'][t]:>6}" + "".join(f"{out[n]['transfer'][t]:>13.1f}" for n in out))
     print(f"{'STS-B dev (Spearman)':<28}" + "".join(f"{out[n]['stsb_dev']:>13.2f}" for n in out))
+    print(f"{'PAWS dev (ROC-AUC)':<28}" + "".join(f"{out[n]['paws_dev']:>13.2f}" for n in out))
     print(f"{'(anchor direction, all)':<28}" + "".join(f"{out[n]['anchor_direction']['all']:>13.1f}" for n in out))
     if a.json:
-        print(json.dumps({n: {"transfer": r["transfer"], "stsb_dev": r["stsb_dev"]} for n, r in out.items()}))
+        print(json.dumps({n: {k: r[k] for k in ("transfer", "stsb_dev", "paws_dev")} for n, r in out.items()}))
 
 
 if __name__ == "__main__":
