@@ -68,6 +68,10 @@ class InputConfig(Section):
     image_column: str | None = Field(
         "image", description="Optional image reference column, passed through untouched as `image_ref`."
     )
+    group_column: str | None = Field(
+        None, description="Optional group column (e.g. an image id; COCO has five human captions an image): captions "
+        "of one group are positives of each other in training, share a split, and are recorded as `group`.",
+    )
     max_caption_chars: int = Field(2000, gt=0, description="Longer captions (or questions) are rejected (caption_too_long).")
     question_column: str = Field("question", description="Rationales: column holding the question.")
     sentence_column: str = Field("sentence", description="Pairs: column holding the anchor sentence.")

@@ -17,6 +17,7 @@ class CaptionRecord:
     image_ref: str | None = None
     file: str = ""
     line: int = 0
+    group: str | None = None  # input.group_column: captions of one group are human views of one thing
 
     @property
     def text(self) -> str:
@@ -193,6 +194,7 @@ class RawResult:
     finish_reasons: tuple[str, ...]  # per text: stop | newline | length
     provenance: Provenance
     code_version: str
+    group: str | None = None  # the source's input.group_column value (absent in raw parts of older runs)
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ class NegativeRow:
     semantic_sim: float = float("nan")  # cosine of caption and negative embeddings
     propensity: float = float("nan")  # P(positive | surface and semantic features of the pair), cross-fitted
     weight: float = 1.0  # inverse-propensity weight of the negative, self-normalised (the trainer reads it)
+    group: str | None = None  # input.group_column: the captions of a group are positives of each other
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,16 @@ def _validate(path: Path, line: int, row: dict[str, Any], cfg: InputConfig) -> C
     if len(caption) > cfg.max_caption_chars:
         return _reject(path, line, "caption_too_long", f"{len(caption)} > {cfg.max_caption_chars} chars", raw, cfg.caption_column)
     image = row.get(cfg.image_column) if cfg.image_column else None
-    return CaptionRecord(str(rid).strip(), caption, None if image is None else str(image), str(path), line)
+    group = None
+    if cfg.group_column:
+        group = row.get(cfg.group_column)
+        if group is None:
+            return _reject(path, line, "missing_field", f"expected field '{cfg.group_column}' (input.group_column)", raw,
+                           cfg.group_column)
+        if not isinstance(group, (str, int)) or isinstance(group, bool) or not str(group).strip():
+            return _reject(path, line, "wrong_type", "expected a non-empty string or integer group", raw, cfg.group_column)
+        group = str(group).strip()
+    return CaptionRecord(str(rid).strip(), caption, None if image is None else str(image), str(path), line, group)
 
 
 def _rows(cfg: InputConfig, required: dict[str, str]) -> tuple[Path, Iterator[RawRow]]:
@@ -168,7 +177,10 @@ def _collect(path: Path, rows: Iterator[RawRow], validate, limit: int | None, id
 
 def read_captions(cfg: InputConfig) -> tuple[list[CaptionRecord], list[Rejection]]:
     """All valid captions (first ``cfg.limit``) and all rejected rows, in file order."""
-    path, rows = _rows(cfg, {"id_column": cfg.id_column, "caption_column": cfg.caption_column})
+    required = {"id_column": cfg.id_column, "caption_column": cfg.caption_column}
+    if cfg.group_column:
+        required["group_column"] = cfg.group_column
+    path, rows = _rows(cfg, required)
     return _collect(path, rows, lambda p, line, row: _validate(p, line, row, cfg), cfg.limit, cfg.id_column)
 
 

@@ -1,7 +1,7 @@
 """Typed negative captions (DeGLA, SugarCrepe) plus one paraphrase positive per caption.
 
 Task contract
-- inputs: :class:`CaptionRecord` (``id``, ``caption``, optional ``image_ref``)
+- inputs: :class:`CaptionRecord` (``id``, ``caption``, optional ``image_ref`` and ``group``)
 - outputs: :class:`NegativeRow` (kept) or :class:`Rejection` (reason code, raw text)
 - render: :func:`render` (template from ``prompts/negatives/<task>.yaml``, few-shot as chat turns)
 - parse: :func:`parse_unit` (strict parse, apply edit, structural type check, word-class check)
@@ -47,7 +47,8 @@ PARAPHRASE = "paraphrase"
 SCHEMA = pa.schema([
     pa.field("caption", pa.string()), pa.field("positive", pa.string()), pa.field("negative", pa.string()),
     pa.field("neg_type", pa.string()), pa.field("id", pa.string()), pa.field("source_id", pa.string()),
-    pa.field("image_ref", pa.string()), pa.field("surface_sim", pa.float32()), pa.field("edit", pa.string()),
+    pa.field("image_ref", pa.string()), pa.field("group", pa.string()), pa.field("surface_sim", pa.float32()),
+    pa.field("edit", pa.string()),
     pa.field("positive_prompt_sha", pa.string()), *PROVENANCE_FIELDS,
     pa.field("semantic_sim", pa.float32()), pa.field("propensity", pa.float32()), pa.field("weight", pa.float32()),
 ])
@@ -79,8 +80,10 @@ def mode_for(task: str, cfg: RunConfig) -> str:
 
 
 def unit_key(src: CaptionRecord, task: str, tpl: Template, cfg: RunConfig) -> str:
-    """Hash of input row, template text, model, sampling params, seed, mode and code version."""
-    return _unit_key([src.id, src.caption, src.image_ref], task, tpl.sha256, cfg.sampling, cfg, mode=mode_for(task, cfg))
+    """Hash of input row, template text, model, sampling params, seed, mode and code version. The group enters
+    the row only when the caption has one (the raw result carries it to the rows): ungrouped keys stay as they were."""
+    row = [src.id, src.caption, src.image_ref] + ([src.group] if src.group is not None else [])
+    return _unit_key(row, task, tpl.sha256, cfg.sampling, cfg, mode=mode_for(task, cfg))
 
 
 def unit_seed(run_seed: int, source_id: str, task: str) -> int:
@@ -166,7 +169,7 @@ def assemble(raws: list[RawResult], templates: dict[str, Template], word_class: 
             rows.append(NegativeRow(
                 id=row_id(r.source_id, r.task, out.text), caption=r.caption, positive=pos, negative=out.text,
                 neg_type=r.task, source_id=r.source_id, image_ref=r.image_ref, surface_sim=0.0,
-                edit=out.edit, positive_prompt_sha=pos_sha, provenance=r.provenance,
+                edit=out.edit, positive_prompt_sha=pos_sha, provenance=r.provenance, group=r.group,
             ))
     return rows, rejects
 
@@ -194,6 +197,25 @@ def per_type_stats(tally: Tally) -> list[TypeStats]:
         top = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons[t].items(), key=lambda x: (-x[1], x[0]))[:3])
         out.append(TypeStats(t, units, k, k / units if units else 0.0, k - test if t != PARAPHRASE else 0, test, top))
     return out
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """The input groups (``input.group_column``): captions of one group are positives of each other in training."""
+
+    groups: int
+    grouped_captions: int
+    largest: int
+    views_per_caption: float  # mean number of other captions in a caption's group (its human-view positives)
+
+
+def group_stats(captions: list[CaptionRecord]) -> GroupStats | None:
+    """Counts of the input groups, or None when the captions have none."""
+    sizes = Counter(c.group for c in captions if c.group is not None)
+    if not sizes:
+        return None
+    n = sum(sizes.values())
+    return GroupStats(len(sizes), n, max(sizes.values()), round(sum(s * (s - 1) for s in sizes.values()) / n, 2))
 
 
 @dataclass(frozen=True)
@@ -262,10 +284,11 @@ class Negatives:
         return assembled.stats - positive_drops  # valid paraphrases the filters kept
 
     def card(self, ctx: Context, tally: Tally) -> CardFacts:
-        per_type = per_type_stats(tally)
-        return CardFacts(samples=pick_samples(tally.samples, "neg_type", 2, 16), per_type=per_type,
+        per_type, groups = per_type_stats(tally), group_stats(ctx.inputs.records)
+        return CardFacts(samples=pick_samples(tally.samples, "neg_type", 2, 16), per_type=per_type, stats=groups,
                          no_positive=tally.no_positive, mode=ctx.cfg.negatives.mode,
-                         manifest={"per_type": [asdict(s) for s in per_type]})
+                         manifest={"per_type": [asdict(s) for s in per_type],
+                                   **({"groups": asdict(groups)} if groups else {})})
 
     def as_negatives(self, table: pa.Table) -> pa.Table:
         return table

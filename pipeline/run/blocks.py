@@ -18,7 +18,7 @@ from pipeline.kinds.base import Assembled, Context, Kind, Stage, Tally
 from pipeline.records import RawResult, Rejection
 from pipeline.run.common import finished
 from pipeline.run.store import RunStore
-from pipeline.shards.publish import Release, split_of
+from pipeline.shards.publish import Release, split_key, split_of
 from pipeline.shards.schema import rejected_table
 
 
@@ -72,7 +72,7 @@ def _pairs(kind: Kind, rows: list, cfg: RunConfig, pinned: int) -> Pairs:
     type column as the stratum)."""
     return Pairs([r.id for r in rows], [getattr(r, kind.anchor) for r in rows], [r.positive for r in rows],
                  [r.negative for r in rows], [r.source_id for r in rows], [getattr(r, kind.type_column) for r in rows],
-                 [split_of(r.source_id, cfg.output.test_fraction) for r in rows], pinned)
+                 [split_of(split_key(r), cfg.output.test_fraction) for r in rows], pinned)
 
 
 def _rejection(kind: Kind, r, d, text: str, task: str, prompt_sha: str | None) -> Rejection:
@@ -167,7 +167,7 @@ def write_block(kind: Kind, c: Context, store: RunStore, release: Release | None
     b = _assemble(kind, c, store, release)
     kept, filter_rejects = filter_rows(kind, b.rows, cfg, block, b.pinned, b.decided)
     rejects = sorted(b.assembled.rejects + b.failed, key=lambda r: (r.unit_key or "", r.seed or 0)) + filter_rejects
-    splits = [split_of(r.source_id, cfg.output.test_fraction) for r in kept]
+    splits = [split_of(split_key(r), cfg.output.test_fraction) for r in kept]
     tables = {split: kind.table([r for r, sp in zip(kept, splits) if sp == split]) for split in ("train", "test")}
     tables["rejected"] = rejected_table(rejects)
     tables["plan"] = pa.table({"unit_key": pa.array(b.keys, pa.string())})

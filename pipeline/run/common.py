@@ -85,7 +85,7 @@ def commit_part(pool: PartEngine, index: int, units: list[Unit], requests: list[
             tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_s=c.latency_s,
         )
         results.append(RawResult(u.key, u.source.id, u.source.text, getattr(u.source, "image_ref", None), u.task, c.texts,
-                                 c.finish_reasons, prov, __version__))
+                                 c.finish_reasons, prov, __version__, getattr(u.source, "group", None)))
     if failures:
         store.write_failures(failures)
     info = store.write_part(results) if results else None

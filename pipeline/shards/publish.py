@@ -189,6 +189,12 @@ def split_of(source_id: str, test_fraction: float) -> str:
     return "test" if bucket < test_fraction else "train"
 
 
+def split_key(row) -> str:
+    """The id a row's split is drawn from: its group where it has one (the captions of a group are positives of
+    each other, so one in test and another in train would leak), else its source id."""
+    return getattr(row, "group", None) or row.source_id
+
+
 def published_splits(shards: list[ShardInfo]) -> dict[str, int]:
     out: dict[str, int] = {}
     for s in shards:

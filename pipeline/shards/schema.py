@@ -28,7 +28,7 @@ RAW_SCHEMA = pa.schema([
     pa.field("unit_key", pa.string()), pa.field("source_id", pa.string()), pa.field("caption", pa.string()),
     pa.field("image_ref", pa.string()), pa.field("task", pa.string()), pa.field("texts", pa.list_(pa.string())),
     pa.field("finish_reasons", pa.list_(pa.string())),
-    pa.field("code_version", pa.string()), *PROVENANCE_FIELDS,
+    pa.field("code_version", pa.string()), *PROVENANCE_FIELDS, pa.field("group", pa.string()),
 ])
 
 

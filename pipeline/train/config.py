@@ -35,6 +35,9 @@ class LossName(str, Enum):
 class DataSection(Section):
     dirs: list[Path] = Field(default_factory=list, description="contrastgen dataset folders to train on (train split).")
     max_negatives: int = Field(8, ge=1, description="Typed negatives per anchor (padded; extra ones are dropped).")
+    positives_per_anchor: int = Field(
+        1, ge=1, description="Positives an anchor is paired with each epoch, from its paraphrase and the other captions "
+        "of its group (input.group_column), taken in turn so that epochs go through all of them.")
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of train captions held back for early stopping (never the test split)."
     )

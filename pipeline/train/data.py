@@ -1,7 +1,12 @@
 """Training data: contrastgen shards (of any kind, in the negatives layout its kind gives them) -> anchor groups ->
 batches without duplicate anchors.
 
-A *group* is one caption (the anchor) with its paraphrase positive and its own typed negatives.
+A *group* is one caption (the anchor) with its positives and its own typed negatives. Its positives are its
+paraphrase and, where the dataset was made with ``input.group_column``, the other captions of its group (human
+views of one image: READ, arXiv:2510.16540, found that keeping these close is what moves text encoders on
+paraphrase-vs-edit tests). A caption's negatives are never anyone's positive. Each epoch an anchor is paired with
+``positives_per_anchor`` of its positives, in turn (:func:`pair_positives`); a batch never holds two anchors of
+one group, so no in-batch negative is a human view of the anchor's own image.
 Shards are read memory-mapped (Arrow IPC streams, only the needed columns are touched); groups then hold
 their texts, about 300 bytes a row for captions, so ten million rows need a few GB of RAM.
 """
@@ -9,7 +14,7 @@ their texts, about 300 bytes a row for captions, so ten million rows need a few 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +31,22 @@ REQUIRED = ("caption", "positive", "negative", "neg_type", "source_id")
 
 @dataclass(frozen=True)
 class Group:
-    """One anchor caption, its positive and its typed negatives (equal-length tuples)."""
+    """One anchor caption, its positive (the one it is paired with now) and its typed negatives (equal-length
+    tuples); ``positives``: all of them, the paraphrase first (empty: ``positive`` is the only one); ``group``: the
+    input group (captions of one image), if the dataset has one."""
 
     anchor: str
     positive: str
     negatives: tuple[str, ...]
     neg_types: tuple[str, ...]
     weights: tuple[float, ...]
+    positives: tuple[str, ...] = ()
+    group: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What may appear once in a batch: the group, else the anchor."""
+        return self.group if self.group is not None else self.anchor
 
 
 def _shards(root: Path, split: str) -> tuple[list[dict], dict]:
@@ -71,28 +85,61 @@ def _weights(table: pa.Table) -> np.ndarray:
     return pc.fill_null(table["weight"], 1.0).to_numpy(zero_copy_only=False).astype(np.float32)
 
 
+def _views(table: pa.Table) -> dict[str, list[str]]:
+    """group -> its distinct captions, in order of first appearance (empty where the table has no groups)."""
+    if "group" not in table.column_names or table["group"].null_count == table.num_rows:
+        return {}
+    views: dict[str, list[str]] = {}
+    for g, caption in zip(table["group"].to_pylist(), table["caption"].to_pylist()):
+        if g is not None and caption not in views.setdefault(g, []):
+            views[g].append(caption)
+    return views
+
+
 def groups_from_table(table: pa.Table, max_negatives: int) -> tuple[list[Group], int]:
-    """Group rows by caption id; rows without a positive cannot form a pair and are counted, not used."""
-    has_pos = pc.is_valid(table["positive"])
-    skipped = table.num_rows - pc.sum(has_pos).as_py() if table.num_rows else 0
-    table = table.filter(has_pos)
+    """Group rows by caption id. An anchor's positives: its paraphrase, then the other captions of its input group;
+    rows of an anchor with none cannot form a pair and are counted, not used."""
+    views = _views(table)
     idx = table.append_column("_row", pa.array(np.arange(table.num_rows)))
     grouped = idx.group_by("source_id").aggregate([("_row", "list")]).sort_by("source_id")
-    cols = {c: table[c].to_pylist() for c in ("caption", "positive", "negative", "neg_type")}
+    names = ("caption", "positive", "negative", "neg_type") + (("group",) if views else ())
+    cols = {c: table[c].to_pylist() for c in names}
     weights = _weights(table)
-    groups = []
+    groups, skipped = [], 0
     for rows in grouped["_row_list"].to_pylist():
-        rows = sorted(rows)[:max_negatives]
+        rows = sorted(rows)
+        anchor, gid = cols["caption"][rows[0]], cols["group"][rows[0]] if views else None
+        own = next((cols["positive"][r] for r in rows if cols["positive"][r] is not None), None)
+        positives = ([own] if own is not None else []) + [v for v in views.get(gid, ()) if v != anchor and v != own]
+        if not positives:
+            skipped += len(rows)
+            continue
+        rows = rows[:max_negatives]
         groups.append(Group(
-            anchor=cols["caption"][rows[0]], positive=cols["positive"][rows[0]],
-            negatives=tuple(cols["negative"][r] for r in rows), neg_types=tuple(cols["neg_type"][r] for r in rows),
-            weights=tuple(float(weights[r]) for r in rows),
+            anchor=anchor, positive=positives[0], negatives=tuple(cols["negative"][r] for r in rows),
+            neg_types=tuple(cols["neg_type"][r] for r in rows), weights=tuple(float(weights[r]) for r in rows),
+            positives=tuple(positives), group=gid,
         ))
     return groups, skipped
 
 
+def pair_positives(groups: list[Group], per_anchor: int, seed: int, epoch: int) -> list[Group]:
+    """Each group paired with ``per_anchor`` of its positives for this epoch (one copy of the group each, at most
+    as many as it has): taken in turn from a start fixed by the anchor and ``seed``, so that consecutive epochs
+    go through all of them."""
+    import hashlib
+
+    out = []
+    for g in groups:
+        pos = g.positives or (g.positive,)
+        start = int(hashlib.sha256(f"{seed}:{g.anchor}".encode()).hexdigest()[:8], 16) + epoch * per_anchor
+        out += [replace(g, positive=pos[(start + i) % len(pos)]) for i in range(min(per_anchor, len(pos)))]
+    return out
+
+
 def batches(groups: list[Group], batch_size: int, seed: int, epoch: int, drop_last: bool) -> list[list[Group]]:
-    """Shuffled batches in which no anchor or positive text appears twice (in-batch negatives stay true).
+    """Shuffled batches in which no anchor or positive text, and no input group, appears twice (in-batch negatives
+    stay true).
 
     One pass: a group that clashes with the open batch waits and is offered to the next batches first.
     """
@@ -104,10 +151,10 @@ def batches(groups: list[Group], batch_size: int, seed: int, epoch: int, drop_la
     waiting: list[Group] = []
 
     def offer(g: Group) -> bool:
-        if g.anchor in seen or g.positive in seen:
+        if g.anchor in seen or g.positive in seen or g.key in seen:
             return False
         batch.append(g)
-        seen.update((g.anchor, g.positive))
+        seen.update((g.anchor, g.positive, g.key))
         return True
 
     for g in order:
@@ -129,11 +176,12 @@ def batches(groups: list[Group], batch_size: int, seed: int, epoch: int, drop_la
 
 
 def split_groups(groups: list[Group], fraction: float) -> tuple[list[Group], list[Group]]:
-    """Deterministic (train, validation) split by a hash of the anchor text, for early stopping."""
+    """Deterministic (train, validation) split by a hash of the anchor text (of the group, where there is one: its
+    captions are positives of each other), for early stopping."""
     import hashlib
 
     def bucket(g: Group) -> float:
-        return int(hashlib.sha256(g.anchor.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return int(hashlib.sha256(g.key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
     val = [g for g in groups if bucket(g) < fraction]
     return [g for g in groups if bucket(g) >= fraction], val

@@ -209,6 +209,22 @@ def read_coco(path: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
+def coco_grouped_rows(path: str | Path, skip_images: int = 0, images: int | None = None) -> list[dict]:
+    """The flat, grouped form of an HL/COCO captions file (one JSON object per image): one row ``{"id", "caption",
+    "group", "image"}`` per distinct object caption (case-insensitive) of each image after the first
+    ``skip_images`` (the transfer set's: :func:`coco_transfer_set` takes the first images), ``images`` images at
+    most. ``group`` is the image's file name: ``input.group_column: group`` makes its captions positives of each
+    other."""
+    rows = []
+    for name, caps in read_coco(Path(path))[skip_images:][:images]:
+        seen: set[str] = set()
+        for i, caption in enumerate(c for c in caps if c):
+            if caption.lower() not in seen:
+                seen.add(caption.lower())
+                rows.append({"id": f"{Path(name).stem}-{i}", "caption": caption, "group": name, "image": name})
+    return rows
+
+
 def coco_transfer_set(path: str | Path, images: int = 500, exclude: frozenset[str] = frozenset(),
                       seed: int = 0) -> list[dict]:
     """Rows ``{"image", "anchor", "positive", "negative", "neg_type"}`` for the first ``images`` images of

@@ -22,7 +22,7 @@ from pipeline.progress import Meter
 from pipeline.train import distributed as ddp
 from pipeline.train.batch import Embedded, layout, split_embeddings
 from pipeline.train.config import TrainConfig
-from pipeline.train.data import Group, batches
+from pipeline.train.data import Group, batches, pair_positives
 from pipeline.train.encode import cached_step, embed_frozen, plain_step
 from pipeline.train.evaluate import retention, retention_pairs, typed_scores
 from pipeline.train.losses import combined
@@ -125,7 +125,9 @@ class Trainer:
         o, world = self.cfg.optim, ddp.world_size()
         if o.batch_size % world:
             raise ConfigError(f"optim.batch_size: expected a multiple of the {world} ranks, got {o.batch_size}")
-        plan = [batches(train, o.batch_size, o.seed, ep, drop_last=world > 1) for ep in range(o.epochs)]
+        per = self.cfg.data.positives_per_anchor
+        plan = [batches(pair_positives(train, per, o.seed, ep), o.batch_size, o.seed, ep, drop_last=world > 1)
+                for ep in range(o.epochs)]
         if not any(plan):
             raise DatasetError(f"training: expected at least one batch of {o.batch_size} anchors, got {len(train)} anchors "
                                "with a positive. Fix: a smaller --batch-size or more captions")

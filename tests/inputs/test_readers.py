@@ -140,3 +140,21 @@ def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
     csv_file.write_bytes(bom + "id,caption\n1,a dog on a sofa\n".encode("utf-8"))
     good, bad = read_captions(InputConfig(path=csv_file))
     assert [(c.id, c.caption) for c in good] == [("1", "a dog on a sofa")] and not bad
+
+
+def test_a_group_column_groups_captions_and_a_row_without_one_is_rejected(tmp_path):
+    path = tmp_path / "in.jsonl"
+    rows = [{"id": "a", "caption": "A dog on a couch.", "img": 7}, {"id": "b", "caption": "A dog lies on a sofa.", "img": "7"},
+            {"id": "c", "caption": "A cat in a box."}, {"id": "d", "caption": "A red bus.", "img": True}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    good, bad = read_captions(InputConfig(path=path, group_column="img"))
+    assert [(g.id, g.group) for g in good] == [("a", "7"), ("b", "7")]
+    assert [(r.line, r.reason, r.field) for r in bad] == [(3, "missing_field", "img"), (4, "wrong_type", "img")]
+    assert "input.group_column" in bad[0].detail
+    assert [g.group for g in read_captions(InputConfig(path=path))[0]] == [None] * 4  # no group column: no groups
+    with pytest.raises(InputFileError, match="no row has the field 'image_id'"):
+        read_captions(InputConfig(path=path, group_column="image_id"))
+    csv = tmp_path / "in.csv"
+    csv.write_text("id,caption\n1,A dog.\n")
+    with pytest.raises(InputFileError, match="expected a column 'img' in the CSV header.*input.group_column"):
+        read_captions(InputConfig(path=csv, group_column="img"))

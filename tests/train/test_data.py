@@ -14,6 +14,7 @@ from pipeline.train.data import (
     Group,
     batches,
     groups_from_table,
+    pair_positives,
     read_split,
     split_groups,
 )
@@ -100,3 +101,50 @@ def test_a_test_split_without_positives_cannot_be_scored(tmp_path):
     root = write_dataset(tmp_path / "ds", {"test": [ROWS[3]]})
     with pytest.raises(DatasetError, match="expected rows with a paraphrase positive, found none of 1"):
         evaluate_table(None, read_split(root, "test"))
+
+
+GROUPED = [  # two human captions of image A (the second has no paraphrase), one of image B, one ungrouped
+    {**row("a dog on a sofa", "a dog lying on a couch", "a sofa on a dog", "swap_obj", "1", weight=1.0), "group": "A"},
+    {**row("a dog on a sofa", "a dog lying on a couch", "a cat on a sofa", "replace_obj", "1"), "group": "A"},
+    {**row("a brown dog rests on a couch", None, "a couch rests on a brown dog", "swap_obj", "2"), "group": "A"},
+    {**row("a red bus", None, "a blue bus", "replace_att", "3"), "group": "B"},
+    {**row("a man with a hat", "a man wearing a hat", "a hat with a man", "swap_obj", "4"), "group": None},
+]
+
+
+def test_the_captions_of_a_group_are_positives_of_each_other_and_negatives_never_are(tmp_path):
+    root = write_dataset(tmp_path / "ds", {"train": GROUPED})
+    groups, skipped = groups_from_table(read_split(root, "train"), max_negatives=8)
+    by = {g.anchor: g for g in groups}
+    assert skipped == 1 and "a red bus" not in by  # alone in its group and no paraphrase: no pair
+    assert by["a dog on a sofa"].positives == ("a dog lying on a couch", "a brown dog rests on a couch")  # paraphrase first
+    assert by["a brown dog rests on a couch"].positives == ("a dog on a sofa",)  # no paraphrase: its group's view
+    assert by["a brown dog rests on a couch"].positive == "a dog on a sofa"
+    assert by["a man with a hat"].positives == ("a man wearing a hat",) and by["a man with a hat"].group is None
+    negatives = {n for g in groups for n in g.negatives}
+    assert not negatives & {p for g in groups for p in g.positives}
+    assert {g.key for g in groups} == {"A", "a man with a hat"}
+
+
+def test_epochs_pair_each_anchor_with_its_positives_in_turn():
+    g = Group("a", "p0", ("n",), ("swap_obj",), (1.0,), positives=("p0", "p1", "p2"), group="A")
+    seen = [pair_positives([g], 1, seed=0, epoch=e)[0].positive for e in range(3)]
+    assert sorted(seen) == ["p0", "p1", "p2"]  # three epochs, each positive once
+    two = pair_positives([g], 2, seed=0, epoch=0)
+    assert len(two) == 2 and len({x.positive for x in two}) == 2 and all(x.negatives == ("n",) for x in two)
+    assert len(pair_positives([g], 5, seed=0, epoch=0)) == 3  # never more copies than positives
+    plain = Group("b", "q", ("n",), ("swap_obj",), (1.0,))
+    assert pair_positives([plain], 2, seed=0, epoch=3) == [plain]  # ungrouped data trains as before
+
+
+def test_a_batch_never_holds_two_anchors_of_one_group():
+    groups = [Group(f"a{i}", f"p{i}", (), (), (), positives=(f"p{i}",), group=f"g{i % 3}") for i in range(12)]
+    out = batches(pair_positives(groups, 1, 0, 0), batch_size=3, seed=0, epoch=0, drop_last=False)
+    assert sorted(g.anchor for b in out for g in b) == sorted(g.anchor for g in groups)
+    assert all(len({g.group for g in b}) == len(b) for b in out)
+
+
+def test_validation_takes_whole_groups():
+    groups = [Group(f"a{i}", f"p{i}", (), (), (), group=f"g{i % 10}") for i in range(200)]
+    train, val = split_groups(groups, 0.3)
+    assert val and not {g.group for g in train} & {g.group for g in val}
