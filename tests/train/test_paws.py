@@ -62,11 +62,12 @@ def test_auc_counts_ties_half_and_matches_the_pairwise_definition():
         auc(np.array([0.1, 0.2]), np.array([1, 1]))
 
 
-def test_the_bundled_encoder_is_near_chance_on_word_scrambled_pairs():
-    """What PAWS is for: MiniLM's cosine barely separates paraphrases from scrambles of the same words."""
+def test_the_bundled_encoder_scores_the_word_scrambled_pairs_in_its_known_band():
+    """What PAWS is for: MiniLM's cosine separates paraphrases from scrambles of the same words only weakly (63.68
+    on these 400 pairs, 63.15 on all 8,000; 50 is chance), so the trained encoders have room to show a change."""
     from sentence_transformers import SentenceTransformer
 
     from pipeline.train.config import bundled_encoder
 
     score = paraphrase_auc(SentenceTransformer(str(bundled_encoder()), device="cpu"), read_paws(PAWS, limit=400))
-    assert 35 < score < 70, score
+    assert 60 < score < 67, score
