@@ -123,17 +123,25 @@ def groups_from_table(table: pa.Table, max_negatives: int) -> tuple[list[Group],
     return groups, skipped
 
 
-def pair_positives(groups: list[Group], per_anchor: int, seed: int, epoch: int) -> list[Group]:
+def pair_positives(groups: list[Group], per_anchor: int, seed: int, epoch: int,
+                   made: dict[tuple[int, int], Group] | None = None) -> list[Group]:
     """Each group paired with ``per_anchor`` of its positives for this epoch (one copy of the group each, at most
     as many as it has): taken in turn from a start fixed by the anchor and ``seed``, so that consecutive epochs
-    go through all of them."""
+    go through all of them. A group keeps its own object for its first positive (ungrouped data is not copied);
+    ``made`` keeps the other pairings across epochs, so a plan of many epochs holds at most one object per
+    positive, not one per epoch."""
     import hashlib
 
+    made = {} if made is None else made
     out = []
     for g in groups:
         pos = g.positives or (g.positive,)
         start = int(hashlib.sha256(f"{seed}:{g.anchor}".encode()).hexdigest()[:8], 16) + epoch * per_anchor
-        out += [replace(g, positive=pos[(start + i) % len(pos)]) for i in range(min(per_anchor, len(pos)))]
+        for k in sorted({(start + i) % len(pos) for i in range(min(per_anchor, len(pos)))}):
+            if pos[k] == g.positive:
+                out.append(g)
+            else:
+                out.append(made.setdefault((id(g), k), replace(g, positive=pos[k])))
     return out
 
 

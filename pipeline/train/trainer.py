@@ -125,8 +125,8 @@ class Trainer:
         o, world = self.cfg.optim, ddp.world_size()
         if o.batch_size % world:
             raise ConfigError(f"optim.batch_size: expected a multiple of the {world} ranks, got {o.batch_size}")
-        per = self.cfg.data.positives_per_anchor
-        plan = [batches(pair_positives(train, per, o.seed, ep), o.batch_size, o.seed, ep, drop_last=world > 1)
+        per, made = self.cfg.data.positives_per_anchor, {}
+        plan = [batches(pair_positives(train, per, o.seed, ep, made), o.batch_size, o.seed, ep, drop_last=world > 1)
                 for ep in range(o.epochs)]
         if not any(plan):
             raise DatasetError(f"training: expected at least one batch of {o.batch_size} anchors, got {len(train)} anchors "

@@ -134,7 +134,10 @@ def test_epochs_pair_each_anchor_with_its_positives_in_turn():
     assert len(two) == 2 and len({x.positive for x in two}) == 2 and all(x.negatives == ("n",) for x in two)
     assert len(pair_positives([g], 5, seed=0, epoch=0)) == 3  # never more copies than positives
     plain = Group("b", "q", ("n",), ("swap_obj",), (1.0,))
-    assert pair_positives([plain], 2, seed=0, epoch=3) == [plain]  # ungrouped data trains as before
+    assert pair_positives([plain], 2, seed=0, epoch=3)[0] is plain  # ungrouped data trains as before, not copied
+    made: dict = {}
+    plans = [pair_positives([g], 1, 0, e, made) for e in range(9)]
+    assert len({id(x) for p in plans for x in p}) == 3  # nine epochs, one object per positive
 
 
 def test_a_batch_never_holds_two_anchors_of_one_group():
