@@ -24,7 +24,14 @@ from pipeline.errors import DatasetError, RunLockedError
 from pipeline.records import RawResult, Rejection
 from pipeline.shards.folder import check_output, claim_output
 from pipeline.shards.keys import FileIndex
-from pipeline.shards.schema import RAW_SCHEMA, REJECTED_SCHEMA, raw_results, raw_table, rejected_table
+from pipeline.shards.schema import (
+    RAW_SCHEMA,
+    RAW_SCHEMA_BEFORE_GROUPS,
+    REJECTED_SCHEMA,
+    raw_results,
+    raw_table,
+    rejected_table,
+)
 from pipeline.shards.writer import ShardInfo, atomically, read_stream, sha256_file, write_atomic
 
 
@@ -106,6 +113,8 @@ class RunStore:
 
     def _read(self, path: Path) -> pa.Table:
         table = self._checked(path)
+        if table.schema == RAW_SCHEMA_BEFORE_GROUPS:  # an earlier version's part: no group column, read as ungrouped
+            table = table.append_column(RAW_SCHEMA.field("group"), pa.nulls(table.num_rows, pa.string()))
         if table.schema != RAW_SCHEMA:
             raise DatasetError(f"{path}: expected the raw-part schema of this contrastgen version, found {table.schema}. "
                                "Fix: resume with the contrastgen version that wrote it, or use another --out")

@@ -30,6 +30,9 @@ RAW_SCHEMA = pa.schema([
     pa.field("finish_reasons", pa.list_(pa.string())),
     pa.field("code_version", pa.string()), *PROVENANCE_FIELDS, pa.field("group", pa.string()),
 ])
+# Raw parts written before input groups (issue 32) lack the last column; they are read with a null group, so a run
+# made then resumes now (its ungrouped unit keys did not change).
+RAW_SCHEMA_BEFORE_GROUPS = pa.schema(list(RAW_SCHEMA)[:-1])
 
 
 def _flat(records) -> list[dict]:
