@@ -128,7 +128,7 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
     cfg, root = ctx.cfg, store.root
     remote = walk is None and block_count(ctx) > 1 and ray_up()
     walk = walk or planned_blocks(kind, ctx, store)
-    sha = settings_sha(cfg, kind.name)
+    sha = settings_sha(cfg, kind.name, kind.schema.names)
     release = previous_release(root, sha)
     shutil.rmtree(root / SPOOL, ignore_errors=True)
     meter = Meter("filter", 2 * block_count(ctx), "block passes (score, then write)", kept_word="kept")

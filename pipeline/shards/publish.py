@@ -38,11 +38,12 @@ LEDGER = ".publish-ledger.json"  # shard paths a publish writes, recorded before
 REJECTION_KEY = ("stage", "reason", "source_id", "task", "unit_key", "file", "line", "raw")
 
 
-def settings_sha(cfg, kind: str) -> str:
-    """Hash of what decides a kind's rows once its units are generated."""
+def settings_sha(cfg, kind: str, columns: list[str] | tuple[str, ...] = ()) -> str:
+    """Hash of what decides a kind's rows once its units are generated, and of the rows' ``columns``: an append
+    never adds shards of another layout beside published ones (a new column republishes the dataset whole)."""
     blob = {"kind": kind, "filters": getattr(cfg.filters, kind).model_dump(mode="json"),
             "test_fraction": cfg.output.test_fraction, "version": __version__,
-            "block_sources": cfg.output.block_sources}
+            "block_sources": cfg.output.block_sources, "columns": list(columns)}
     if kind == "negatives":  # the word-class check decides rows at assembly, after generation
         blob["word_class"] = cfg.negatives.word_class
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]

@@ -77,3 +77,4 @@ def test_the_word_class_setting_decides_rows_so_it_is_part_of_the_release_settin
     off = load_config(None, {"negatives": {"word_class": False}})
     assert settings_sha(CFG, "negatives") != settings_sha(off, "negatives")
     assert settings_sha(CFG, "pairs") == settings_sha(off, "pairs")
+    assert settings_sha(CFG, "negatives", ["caption", "group"]) != settings_sha(CFG, "negatives", ["caption"])  # a layout
