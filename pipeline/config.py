@@ -109,6 +109,11 @@ class SamplingConfig(Section):
 class NegativesConfig(Section):
     types: list[NegType] = Field(default_factory=lambda: list(NegType), description="Negative types to make.")
     paraphrase: bool = Field(True, description="Also make one paraphrase positive per caption.")
+    paraphrase_candidates: int | None = Field(
+        None, ge=1, le=16, description="Paraphrase samples per caption (default: sampling.n). With several, the valid "
+        "ones that keep the caption's nouns and numbers are ordered least surface-similar first and the filter stage "
+        "keeps the first inside the positive's band and embedding floor (pipeline/tasks/paraphrase.py); the others' "
+        "failures go to rejected/ as stage `candidate`.")
     mode: Literal["edit", "rewrite"] = Field(
         "edit",
         description="edit: the model names the edit (spans) and code applies it; rewrite: the model "

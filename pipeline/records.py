@@ -216,6 +216,8 @@ class NegativeRow:
     propensity: float = float("nan")  # P(positive | surface and semantic features of the pair), cross-fitted
     weight: float = 1.0  # inverse-propensity weight of the negative, self-normalised (the trainer reads it)
     group: str | None = None  # input.group_column: the captions of a group are positives of each other
+    positive_alternatives: tuple[str, ...] = ()  # the other valid paraphrase candidates, best first (not a column:
+    # the filter stage takes the first of positive + these inside its band and floor)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ class Pairs:
     strata: list[str]
     splits: list[str]
     pinned: int = 0  # the first ``pinned`` rows are published already: never dropped; a duplicate of one is rejected
+    alternatives: list[tuple[str, ...]] | None = None  # per row: the anchor's other positive candidates, best first
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Scored:
     pos_kept: np.ndarray  # (G,) bool
     pos_feats: np.ndarray  # (G, 4) f32
     positive_drops: dict[str, Drop] = field(default_factory=dict)  # group -> why its positive was dropped
+    pos_choice: np.ndarray | None = None  # (G,) i64 the candidate kept (0: the positive, k: its k-th alternative)
 
     @property
     def n(self) -> int:
@@ -116,12 +118,14 @@ class _Texts:
     def __init__(self, p: Pairs, scorers: Scorers):
         self.scorers = scorers
         n, has_pos = len(p.ids), np.array([x is not None for x in p.positives], dtype=bool)
-        every = np.array([*p.anchors, *p.negatives, *(x for x in p.positives if x is not None)], dtype=object)
+        alts = sorted({a for row in p.alternatives or () for a in row})  # positive candidates (few rows have any)
+        every = np.array([*p.anchors, *p.negatives, *(x for x in p.positives if x is not None), *alts], dtype=object)
         codes, uniq = pd.factorize(every)  # one number per distinct text, one hash lookup per text
         self.texts: list[str] = uniq.tolist()
+        self.code = dict(zip(self.texts, range(len(self.texts)))) if alts else {}  # text -> number, for candidates
         self.anchor, self.negative = codes[:n], codes[n : 2 * n]  # (N,), (N,)
         self.positive = np.full(n, -1, dtype=np.int64)  # (N,)
-        self.positive[has_pos] = codes[2 * n :]
+        self.positive[has_pos] = codes[2 * n : 2 * n + int(has_pos.sum())]
         # (M, D) embeddings and (U,) the row of each distinct text in them
         self.matrix, self.emb_row = scorers.embed_rows(self.texts) if self.texts else (np.zeros((0, 1), np.float32), np.zeros(0, np.int64))
 
@@ -168,6 +172,7 @@ def score(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> Scored:
     sc = Scored(np.asarray([i.encode() for i in p.ids], dtype="S") if n else np.zeros(0, "S1"), _shared(p.strata),
                 _shared(p.splits), pinned, surface_sim.astype(np.float32), np.asarray(band, np.float32), semantic_sim,
                 pos.of_row, dup_key, near, np.zeros((n, 0)), np.zeros((n, 4), np.float32), *pos.columns(), pos.drops)
+    sc.pos_choice = pos.choice
     alive = pinned | _locally_alive(sc, cfg, local_dup)
     sc.gaps = _blind_gaps(p, cfg, texts, alive)
     if cfg.propensity.enabled:
@@ -227,6 +232,7 @@ class _Positives:
     kept: np.ndarray  # (G,) bool
     of_row: np.ndarray  # (N,)
     drops: dict
+    choice: np.ndarray  # (G,) the candidate kept: 0 the row's positive, k its k-th alternative
 
     def columns(self) -> tuple:
         return (self.groups, self.ratio.astype(np.float32), self.cos.astype(np.float32), self.kept,
@@ -243,8 +249,14 @@ def _positives(p: Pairs, cfg: FilterConfig, texts: _Texts) -> _Positives:
     order = has[np.argsort(names[has], kind="stable")]  # groups with a positive, by name
     rows, groups = first[order], names[order].tolist()
     anchors, positives = [p.anchors[i] for i in rows.tolist()], [p.positives[i] for i in rows.tolist()]
+    choice, pos_codes = np.zeros(len(groups), dtype=np.int64), texts.positive[rows]
+    if p.alternatives and any(p.alternatives[i] for i in rows.tolist()):
+        cands = [(pos, *p.alternatives[i]) for pos, i in zip(positives, rows.tolist())]
+        choice = _choose(anchors, cands, rows, cfg, texts)
+        positives = [c[k] for c, k in zip(cands, choice.tolist())]
+        pos_codes = np.array([texts.code[x] for x in positives], dtype=np.int64)
     surf = surface_scores(anchors, positives, cfg.surface.scorer)  # (G,)
-    sem = texts.cos(texts.anchor[rows], texts.positive[rows])  # (G,)
+    sem = texts.cos(texts.anchor[rows], pos_codes)  # (G,)
     reasons = np.full(len(groups), "", dtype=object)
     if cfg.surface.enabled:
         reasons[~in_band(surf, cfg.surface.positive.low, cfg.surface.positive.high)] = "positive_out_of_band"
@@ -258,7 +270,28 @@ def _positives(p: Pairs, cfg: FilterConfig, texts: _Texts) -> _Positives:
     ratio = surf if cfg.surface.scorer == "ratio" else surface_similarity(anchors, positives)  # (G,) as the column
     slot = np.full(len(names), -1, dtype=np.int64)
     slot[order] = np.arange(len(order))
-    return _Positives(groups, anchors, positives, np.asarray(ratio), sem, reasons == "", slot[gid], drops)
+    return _Positives(groups, anchors, positives, np.asarray(ratio), sem, reasons == "", slot[gid], drops, choice)
+
+
+def _choose(anchors: list[str], cands: list[tuple[str, ...]], rows: np.ndarray, cfg: FilterConfig,
+            texts: _Texts) -> np.ndarray:
+    """(G,) for each group, the first of its positive candidates (best first: least surface-similar) inside the
+    positive's surface band and above its embedding floor; 0 (the first) when none is, which the rules then drop."""
+    sizes = np.array([len(c) for c in cands], dtype=np.int64)  # (G,)
+    owner = np.repeat(np.arange(len(cands)), sizes)  # (C,) the group of each candidate
+    flat = [x for c in cands for x in c]
+    ok = np.ones(len(flat), dtype=bool)  # (C,)
+    if cfg.surface.enabled:
+        surf = surface_scores([anchors[g] for g in owner.tolist()], flat, cfg.surface.scorer)
+        ok &= in_band(surf, cfg.surface.positive.low, cfg.surface.positive.high)
+    if cfg.semantic.enabled and cfg.semantic.positive_min is not None:
+        ok &= texts.cos(texts.anchor[rows][owner], np.array([texts.code[x] for x in flat], dtype=np.int64)) >= cfg.semantic.positive_min
+    rank = np.arange(len(flat)) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # (C,) the candidate's place in its group
+    choice = np.zeros(len(cands), dtype=np.int64)
+    good = np.flatnonzero(ok)
+    grp, first = np.unique(owner[good], return_index=True)  # the first good candidate of each group that has one
+    choice[grp] = rank[good[first]]
+    return choice
 
 
 def positive_funnel(sc: Scored) -> tuple[int, dict[str, int]]:

@@ -41,7 +41,8 @@ def _row_schema(scorers: int) -> pa.Schema:
 
 GROUP_SCHEMA = pa.schema([("group", pa.string()), ("ratio", pa.float32()), ("cos", pa.float32()), ("kept", pa.bool_()),
                           *((f"feat{j}", pa.float32()) for j in range(FEATS)), ("drop_filter", pa.string()),
-                          ("drop_reason", pa.string()), ("drop_score", pa.float32()), ("drop_detail", pa.string())])
+                          ("drop_reason", pa.string()), ("drop_score", pa.float32()), ("drop_detail", pa.string()),
+                          ("choice", pa.int32())])
 
 
 class ScoredSpill:
@@ -81,7 +82,8 @@ class ScoredSpill:
             pa.array(sc.pos_groups, pa.string()), pa.array(sc.pos_ratio, pa.float32()), pa.array(sc.pos_cos, pa.float32()),
             pa.array(sc.pos_kept, pa.bool_()), *(pa.array(pf[:, j], pa.float32()) for j in range(FEATS)),
             pa.array([d and d.filter for d in drops], pa.string()), pa.array([d and d.reason for d in drops], pa.string()),
-            pa.array([d and d.score for d in drops], pa.float32()), pa.array([d and d.detail for d in drops], pa.string())],
+            pa.array([d and d.score for d in drops], pa.float32()), pa.array([d and d.detail for d in drops], pa.string()),
+            pa.array(np.zeros(len(sc.pos_groups)) if sc.pos_choice is None else sc.pos_choice, pa.int32())],
             schema=GROUP_SCHEMA))
         self.offsets.append(self.offsets[-1] + sc.n)
         self.group_offsets.append(self.group_offsets[-1] + len(sc.pos_groups))
@@ -118,7 +120,8 @@ def scored_of(rows: pa.RecordBatch, groups: pa.RecordBatch, scorers: int) -> Sco
                   _np(rows, "dup_key"), _np(rows, "near"), gaps.reshape(n, scorers),
                   np.column_stack([_np(rows, f"feat{j}") for j in range(FEATS)]).reshape(n, FEATS),
                   groups.column("group").to_pylist(), _np(groups, "ratio"), _np(groups, "cos"), _np(groups, "kept"),
-                  np.column_stack([_np(groups, f"feat{j}") for j in range(FEATS)]).reshape(g, FEATS), drops)
+                  np.column_stack([_np(groups, f"feat{j}") for j in range(FEATS)]).reshape(g, FEATS), drops,
+                  _np(groups, "choice").astype(np.int64))
 
 
 class Smallest:

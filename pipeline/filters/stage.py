@@ -73,6 +73,7 @@ class StageResult:
     gaps: np.ndarray | None = None  # (N, S) blind score gaps, when blind balancing ran (NaN: dropped before it)
     gap_names: tuple[str, ...] = ()
     notes: dict[int, str] = field(default_factory=dict)  # row -> detail of its drop (the published row it repeats)
+    positive_choice: dict[str, int] = field(default_factory=dict)  # group -> its k-th alternative became the positive
 
     def drop(self, i: int) -> Drop | None:
         """Why row ``i`` was dropped (None when kept); blind drops carry every scorer's gap as detail."""
@@ -195,7 +196,8 @@ class Decisions:
         notes = {i: v for i, v in enumerate(col["note"].tolist()) if v}
         return StageResult(keep, col["filter"], col["reason"], col["score"].astype(np.float32), sc.positive_drops,
                            sc.surface_sim, sc.semantic_sim, col["propensity"].astype(np.float32), weight, self.funnel,
-                           self.report, self.histograms, sc.gaps if self.blind else None, self.gap_names, notes)
+                           self.report, self.histograms, sc.gaps if self.blind else None, self.gap_names, notes,
+                           {g: int(k) for g, k in zip(sc.pos_groups, sc.pos_choice) if k} if sc.pos_choice is not None else {})
 
 
 def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:

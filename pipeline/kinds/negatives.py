@@ -10,7 +10,7 @@ Task contract
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -37,6 +37,7 @@ from pipeline.tasks.edits import (
     apply_swap,
     parse_answer,
 )
+from pipeline.tasks.paraphrase import by_wording, content_failure
 from pipeline.tasks.structure import Shape, check_shapes
 from pipeline.tasks.templates import Template, load_templates
 from pipeline.tasks.word_class import CHECKED, load_parser, parse_captions, word_class_failure
@@ -83,7 +84,13 @@ def unit_key(src: CaptionRecord, task: str, tpl: Template, cfg: RunConfig) -> st
     """Hash of input row, template text, model, sampling params, seed, mode and code version. The group enters
     the row only when the caption has one (the raw result carries it to the rows): ungrouped keys stay as they were."""
     row = [src.id, src.caption, src.image_ref] + ([src.group] if src.group is not None else [])
-    return _unit_key(row, task, tpl.sha256, cfg.sampling, cfg, mode=mode_for(task, cfg))
+    extra = {"candidates": k} if (k := candidates_for(task, cfg)) is not None else {}
+    return _unit_key(row, task, tpl.sha256, cfg.sampling, cfg, mode=mode_for(task, cfg), **extra)
+
+
+def candidates_for(task: str, cfg: RunConfig) -> int | None:
+    """The paraphrase unit's own sample count (``negatives.paraphrase_candidates``), None for the rest."""
+    return cfg.negatives.paraphrase_candidates if task == PARAPHRASE else None
 
 
 def unit_seed(run_seed: int, source_id: str, task: str) -> int:
@@ -117,60 +124,116 @@ def render(unit: Unit, tpl: Template, mode: str, cfg: RunConfig) -> GenerationRe
         msgs += [("user", tpl.render_user(ex.caption)), ("assistant", example_answer(tpl, ex.caption, ex.answer, mode))]
     msgs.append(("user", tpl.render_user(unit.source.caption)))
     s = cfg.sampling
-    return GenerationRequest(unit.key, tuple(msgs), Sampling(s.temperature, s.top_p, s.max_tokens, s.n, unit.seed))
+    n = candidates_for(unit.task, cfg) or s.n
+    return GenerationRequest(unit.key, tuple(msgs), Sampling(s.temperature, s.top_p, s.max_tokens, n, unit.seed))
+
+
+def parse_sample(raw: RawResult, tpl: Template, text: str, finish: str, doc: Any = None) -> Candidate | Failure:
+    """One sample of a unit: strict parse, not a copy, not too long, the type's shape, the word class (``doc``: the
+    caption's spaCy parse; None: not checked)."""
+    fmt = "rewrite" if raw.provenance.mode == "rewrite" else tpl.edit_format
+    shape = SHAPES[raw.task]
+    cand = parse_answer(raw.caption, text, fmt, finish)
+    if isinstance(cand, Candidate):
+        if cand.text.strip().lower() == raw.caption.strip().lower():
+            cand = Failure("copy_of_input")
+        elif len(cand.text) > 3 * len(raw.caption) + 40:
+            cand = Failure("too_long", f"{len(cand.text)} chars")
+        elif not check_shapes(shape, [raw.caption], [cand.text])[0]:
+            cand = Failure("type_mismatch", f"expected a {shape} of the caption")
+        elif doc is not None and (why := word_class_failure(raw.task, doc, cand.text)):
+            cand = Failure("wrong_word_class", why)
+    return cand
+
+
+def _rejection(raw: RawResult, failure: Failure, text: str, stage: str = "generation") -> Rejection:
+    p = raw.provenance
+    return Rejection(stage=stage, reason=failure.reason, detail=failure.detail, raw=text, source_id=raw.source_id,
+                     task=raw.task, unit_key=raw.unit_key, prompt_sha=p.prompt_sha, model=p.model, seed=p.seed)
 
 
 def parse_unit(raw: RawResult, tpl: Template, doc: Any = None) -> Candidate | Rejection:
     """First valid sample wins; when none is valid the unit is rejected with the first sample's reason.
     ``doc``: the caption's spaCy parse, for the word-class check (None: not checked)."""
-    fmt = "rewrite" if raw.provenance.mode == "rewrite" else tpl.edit_format
-    shape = SHAPES[raw.task]
     first_failure: Failure | None = None
     for text, finish in zip(raw.texts, raw.finish_reasons, strict=True):
-        cand = parse_answer(raw.caption, text, fmt, finish)
-        if isinstance(cand, Candidate):
-            if cand.text.strip().lower() == raw.caption.strip().lower():
-                cand = Failure("copy_of_input")
-            elif len(cand.text) > 3 * len(raw.caption) + 40:
-                cand = Failure("too_long", f"{len(cand.text)} chars")
-            elif not check_shapes(shape, [raw.caption], [cand.text])[0]:
-                cand = Failure("type_mismatch", f"expected a {shape} of the caption")
-            elif doc is not None and (why := word_class_failure(raw.task, doc, cand.text)):
-                cand = Failure("wrong_word_class", why)
+        cand = parse_sample(raw, tpl, text, finish, doc)
         if isinstance(cand, Candidate):
             return cand
         first_failure = first_failure or cand
     assert first_failure is not None
-    p = raw.provenance
-    return Rejection(
-        stage="generation", reason=first_failure.reason, detail=first_failure.detail,
-        raw=" ||| ".join(raw.texts), source_id=raw.source_id, task=raw.task, unit_key=raw.unit_key,
-        prompt_sha=p.prompt_sha, model=p.model, seed=p.seed,
-    )
+    return _rejection(raw, first_failure, " ||| ".join(raw.texts))
+
+
+def paraphrase_candidates(raw: RawResult, tpl: Template, docs: dict[str, Any] | None
+                          ) -> tuple[list[str], list[Rejection]]:
+    """A paraphrase unit's valid samples, least surface-similar to the caption first, and a ``candidate``
+    rejection for each other sample (parse, shape, or content lost or added where ``docs``, spaCy parses of the
+    caption and the samples, can tell). No valid sample: the unit's one ``generation`` rejection, as
+    :func:`parse_unit` gives it."""
+    valid, failed = [], []
+    for i, (text, finish) in enumerate(zip(raw.texts, raw.finish_reasons, strict=True)):
+        cand = parse_sample(raw, tpl, text, finish)
+        if isinstance(cand, Candidate) and docs is not None and (why := content_failure(docs[raw.caption], docs[cand.text])):
+            cand = Failure("content_changed", why)
+        if isinstance(cand, Candidate):
+            valid.append(cand.text)
+        else:
+            failed.append(_rejection(raw, replace(cand, detail=f"sample {i + 1} of {len(raw.texts)}: {cand.detail}".rstrip(": ")),
+                                     text, "candidate"))
+    if not valid:
+        return [], [_rejection(raw, Failure(failed[0].reason, failed[0].detail), " ||| ".join(raw.texts))]
+    uniq = list(dict.fromkeys(valid))
+    return [uniq[j] for j in by_wording(raw.caption, uniq)], failed
+
+
+def _paraphrases(raws: list[RawResult], templates: dict[str, Template], word_class: bool
+                 ) -> tuple[dict[str, tuple[list[str], str]], list[Rejection]]:
+    """source -> (its paraphrase candidates, best first; the template's sha) and the paraphrase rejections. A
+    unit of one sample keeps its first valid one (:func:`parse_unit`); of several, see :func:`paraphrase_candidates`."""
+    several = [r for r in raws if r.task == PARAPHRASE and len(r.texts) > 1]
+    docs = None
+    if several and word_class:  # the caption and every sample that parses, parsed once
+        texts = [r.caption for r in several] + [t for r in several for t in r.texts]
+        docs = parse_captions(texts)
+    out, rejects = {}, []
+    for r in raws:
+        if r.task != PARAPHRASE:
+            continue
+        if len(r.texts) > 1:
+            cands, failed = paraphrase_candidates(r, templates[r.task], docs)
+        else:
+            one = parse_unit(r, templates[r.task])
+            cands, failed = ([one.text], []) if isinstance(one, Candidate) else ([], [one])
+        rejects += failed
+        if cands:
+            out[r.source_id] = (cands, r.provenance.prompt_sha)
+    return out, rejects
 
 
 def assemble(raws: list[RawResult], templates: dict[str, Template], word_class: bool = True
              ) -> tuple[list[NegativeRow], list[Rejection]]:
-    """Parse every raw unit; pair each valid negative with its caption's valid paraphrase positive.
-    ``word_class``: check the word class of each edit (its caption parsed once)."""
+    """Parse every raw unit; pair each valid negative with its caption's paraphrase positive (the least
+    surface-similar valid candidate; the others, in order, are its alternatives for the filter stage).
+    ``word_class``: check the word class of each edit (its caption parsed once), and a paraphrase candidate's
+    content."""
     docs = parse_captions([r.caption for r in raws if r.task in CHECKED]) if word_class else {}
-    parsed = {r.unit_key: parse_unit(r, templates[r.task], docs.get(r.caption)) for r in raws}
-    positives: dict[str, tuple[str, str]] = {}
+    positives, rejects = _paraphrases(raws, templates, word_class)
+    rows = []
     for r in raws:
-        if r.task == PARAPHRASE and isinstance(parsed[r.unit_key], Candidate):
-            positives[r.source_id] = (parsed[r.unit_key].text, r.provenance.prompt_sha)
-    rows, rejects = [], []
-    for r in raws:
-        out = parsed[r.unit_key]
+        if r.task == PARAPHRASE:
+            continue
+        out = parse_unit(r, templates[r.task], docs.get(r.caption))
         if isinstance(out, Rejection):
             rejects.append(out)
-        elif r.task != PARAPHRASE:
-            pos, pos_sha = positives.get(r.source_id, (None, None))
-            rows.append(NegativeRow(
-                id=row_id(r.source_id, r.task, out.text), caption=r.caption, positive=pos, negative=out.text,
-                neg_type=r.task, source_id=r.source_id, image_ref=r.image_ref, surface_sim=0.0,
-                edit=out.edit, positive_prompt_sha=pos_sha, provenance=r.provenance, group=r.group,
-            ))
+            continue
+        cands, pos_sha = positives.get(r.source_id, ([None], None))
+        rows.append(NegativeRow(
+            id=row_id(r.source_id, r.task, out.text), caption=r.caption, positive=cands[0], negative=out.text,
+            neg_type=r.task, source_id=r.source_id, image_ref=r.image_ref, surface_sim=0.0,
+            edit=out.edit, positive_prompt_sha=pos_sha, provenance=r.provenance, group=r.group,
+            positive_alternatives=tuple(cands[1:]),
+        ))
     return rows, rejects
 
 
@@ -271,7 +334,8 @@ class Negatives:
 
     def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled:
         rows, rejects = assemble(raws, ctx.templates, ctx.cfg.negatives.word_class)
-        valid_positives = sum(r.task == PARAPHRASE for r in raws) - sum(r.task == PARAPHRASE for r in rejects)
+        valid_positives = sum(r.task == PARAPHRASE for r in raws) - sum(
+            r.task == PARAPHRASE and r.stage == "generation" for r in rejects)  # candidates rejected beside a valid one: not units
         return Assembled(rows, rejects, valid_positives)
 
     def reject_task(self, row: NegativeRow) -> str:

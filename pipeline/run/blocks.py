@@ -50,6 +50,8 @@ def filter_rows(kind: Kind, rows: list, cfg: RunConfig, res: StageResult, pinned
                       propensity=float(res.propensity[j]), weight=float(res.weight[j]))
         if kind.positive_task and pos_drop:
             row = replace(row, positive=None, positive_prompt_sha=None)
+        elif k := res.positive_choice.get(r.source_id):  # a better-worded candidate was kept (negatives.paraphrase_candidates)
+            row = replace(row, positive=r.positive_alternatives[k - 1])
         d = res.drop(j) or (None if kind.positive_task else pos_drop)
         if d is None or i < pinned:
             kept.append(row)
@@ -72,7 +74,8 @@ def _pairs(kind: Kind, rows: list, cfg: RunConfig, pinned: int) -> Pairs:
     type column as the stratum)."""
     return Pairs([r.id for r in rows], [getattr(r, kind.anchor) for r in rows], [r.positive for r in rows],
                  [r.negative for r in rows], [r.source_id for r in rows], [getattr(r, kind.type_column) for r in rows],
-                 [split_of(split_key(r), cfg.output.test_fraction) for r in rows], pinned)
+                 [split_of(split_key(r), cfg.output.test_fraction) for r in rows], pinned,
+                 [getattr(r, "positive_alternatives", ()) for r in rows])
 
 
 def _rejection(kind: Kind, r, d, text: str, task: str, prompt_sha: str | None) -> Rejection:

@@ -66,13 +66,15 @@ def test_coco_grouped_rows_are_flat_distinct_and_skip_the_transfer_images():
 
 @pytest.fixture(scope="module")
 def grouped_run(tmp_path_factory, ray_session, prefect_session):
-    """A real run on two COCO images' human captions with ``input.group_column: group`` (SmolLM2 through Ray)."""
+    """A real run on two COCO images' human captions with ``input.group_column: group`` and three paraphrase
+    candidates a caption (SmolLM2 through Ray)."""
     from flows.generate import generate_flow
 
     root = tmp_path_factory.mktemp("grouped")
     inp = write_jsonl(root / "in.jsonl", [r for r in coco_grouped_rows(COCO, skip_images=700, images=2)])
     cfg = load_config(None, {"input": {"path": inp, "group_column": "group"}, "output": {"dir": root / "ds"},
-                             "negatives": {"types": ["swap_obj", "replace_obj"]}, "sampling": {"max_tokens": 24}})
+                             "negatives": {"types": ["swap_obj", "replace_obj"], "paraphrase_candidates": 3},
+                             "sampling": {"max_tokens": 24}})
     return cfg, generate_flow("negatives", cfg.model_dump(mode="json"))
 
 
@@ -103,6 +105,13 @@ def test_a_grouped_run_writes_groups_and_the_trainer_pairs_human_views(grouped_r
     views = {r["caption"] for r in inputs}
     assert any(p in views for g in groups for p in g.positives)  # human views are positives
     assert all(p != g.anchor for g in groups for p in g.positives)
+    from pipeline.run.store import RunStore
+
+    samples = {r.source_id: r.texts for r in RunStore(out).read_raw() if r.task == "paraphrase"}
+    assert samples and all(len(t) == 3 for t in samples.values())  # negatives.paraphrase_candidates
+    for t in tables.values():  # each kept positive is one of its caption's own samples
+        for sid, pos in zip(t["source_id"].to_pylist(), t["positive"].to_pylist()):
+            assert pos is None or pos in samples[sid]
     page = Dataset(out).page(Query(split=split, size=5))
     assert page.rows and all(r["group"] in split_of_group for r in page.rows)
     from fastapi.testclient import TestClient
