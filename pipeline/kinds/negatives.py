@@ -187,11 +187,12 @@ def paraphrase_candidates(raw: RawResult, tpl: Template, docs: dict[str, Any] | 
     return [uniq[j] for j in by_wording(raw.caption, uniq)], failed
 
 
-def _paraphrases(raws: list[RawResult], templates: dict[str, Template], word_class: bool
+def _paraphrases(raws: list[RawResult], templates: dict[str, Template], word_class: bool, candidates: bool
                  ) -> tuple[dict[str, tuple[list[str], str]], list[Rejection]]:
-    """source -> (its paraphrase candidates, best first; the template's sha) and the paraphrase rejections. A
-    unit of one sample keeps its first valid one (:func:`parse_unit`); of several, see :func:`paraphrase_candidates`."""
-    several = [r for r in raws if r.task == PARAPHRASE and len(r.texts) > 1]
+    """source -> (its paraphrase candidates, best first; the template's sha) and the paraphrase rejections. With
+    ``candidates`` (``negatives.paraphrase_candidates`` set) see :func:`paraphrase_candidates`; without, a unit keeps
+    its first valid sample (:func:`parse_unit`), as ``sampling.n`` samples always did."""
+    several = [r for r in raws if r.task == PARAPHRASE and len(r.texts) > 1] if candidates else []
     docs = None
     if several and word_class:  # the caption and every sample that parses, parsed once
         texts = [r.caption for r in several] + [t for r in several for t in r.texts]
@@ -200,7 +201,7 @@ def _paraphrases(raws: list[RawResult], templates: dict[str, Template], word_cla
     for r in raws:
         if r.task != PARAPHRASE:
             continue
-        if len(r.texts) > 1:
+        if candidates and len(r.texts) > 1:
             cands, failed = paraphrase_candidates(r, templates[r.task], docs)
         else:
             one = parse_unit(r, templates[r.task])
@@ -211,14 +212,14 @@ def _paraphrases(raws: list[RawResult], templates: dict[str, Template], word_cla
     return out, rejects
 
 
-def assemble(raws: list[RawResult], templates: dict[str, Template], word_class: bool = True
-             ) -> tuple[list[NegativeRow], list[Rejection]]:
+def assemble(raws: list[RawResult], templates: dict[str, Template], word_class: bool = True,
+             candidates: bool = False) -> tuple[list[NegativeRow], list[Rejection]]:
     """Parse every raw unit; pair each valid negative with its caption's paraphrase positive (the least
     surface-similar valid candidate; the others, in order, are its alternatives for the filter stage).
     ``word_class``: check the word class of each edit (its caption parsed once), and a paraphrase candidate's
-    content."""
+    content; ``candidates``: the paraphrase units' samples are candidates (``negatives.paraphrase_candidates``)."""
     docs = parse_captions([r.caption for r in raws if r.task in CHECKED]) if word_class else {}
-    positives, rejects = _paraphrases(raws, templates, word_class)
+    positives, rejects = _paraphrases(raws, templates, word_class, candidates)
     rows = []
     for r in raws:
         if r.task == PARAPHRASE:
@@ -333,7 +334,8 @@ class Negatives:
         return mode_for(unit.task, cfg)
 
     def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled:
-        rows, rejects = assemble(raws, ctx.templates, ctx.cfg.negatives.word_class)
+        rows, rejects = assemble(raws, ctx.templates, ctx.cfg.negatives.word_class,
+                                 ctx.cfg.negatives.paraphrase_candidates is not None)
         valid_positives = sum(r.task == PARAPHRASE for r in raws) - sum(
             r.task == PARAPHRASE and r.stage == "generation" for r in rejects)  # candidates rejected beside a valid one: not units
         return Assembled(rows, rejects, valid_positives)
