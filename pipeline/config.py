@@ -110,8 +110,9 @@ class NegativesConfig(Section):
     types: list[NegType] = Field(default_factory=lambda: list(NegType), description="Negative types to make.")
     paraphrase: bool = Field(True, description="Also make one paraphrase positive per caption.")
     paraphrase_candidates: int | None = Field(
-        None, ge=1, le=16, description="Paraphrase samples per caption (default: sampling.n). With several, the valid "
-        "ones that keep the caption's nouns and numbers are ordered least surface-similar first and the filter stage "
+        None, ge=1, le=16, description="Paraphrase samples per caption, chosen among (unset: sampling.n samples, the "
+        "first valid one kept). The valid ones that keep the caption's noun phrases and numbers are ordered least "
+        "surface-similar first and the filter stage "
         "keeps the first inside the positive's band and embedding floor (pipeline/tasks/paraphrase.py); the others' "
         "failures go to rejected/ as stage `candidate`.")
     mode: Literal["edit", "rewrite"] = Field(
