@@ -165,15 +165,14 @@ def parse_unit(raw: RawResult, tpl: Template, doc: Any = None) -> Candidate | Re
     return _rejection(raw, first_failure, " ||| ".join(raw.texts))
 
 
-def paraphrase_candidates(raw: RawResult, tpl: Template, docs: dict[str, Any] | None
+def paraphrase_candidates(raw: RawResult, samples: list[Candidate | Failure], docs: dict[str, Any] | None
                           ) -> tuple[list[str], list[Rejection]]:
-    """A paraphrase unit's valid samples, least surface-similar to the caption first, and a ``candidate``
-    rejection for each other sample (parse, shape, or content lost or added where ``docs``, spaCy parses of the
-    caption and the samples, can tell). No valid sample: the unit's one ``generation`` rejection, as
-    :func:`parse_unit` gives it."""
+    """A paraphrase unit's valid samples (``samples``: each parsed by :func:`parse_sample`), least surface-similar
+    to the caption first, and a ``candidate`` rejection for each other sample (parse, shape, or content lost or
+    added where ``docs``, spaCy parses of the caption and of the parsed candidates, can tell). No valid sample: the
+    unit's one ``generation`` rejection, as :func:`parse_unit` gives it."""
     valid, failed = [], []
-    for i, (text, finish) in enumerate(zip(raw.texts, raw.finish_reasons, strict=True)):
-        cand = parse_sample(raw, tpl, text, finish)
+    for i, (text, cand) in enumerate(zip(raw.texts, samples, strict=True)):
         if isinstance(cand, Candidate) and docs is not None and (why := content_failure(docs[raw.caption], docs[cand.text])):
             cand = Failure("content_changed", why)
         if isinstance(cand, Candidate):
@@ -193,16 +192,18 @@ def _paraphrases(raws: list[RawResult], templates: dict[str, Template], word_cla
     ``candidates`` (``negatives.paraphrase_candidates`` set) see :func:`paraphrase_candidates`; without, a unit keeps
     its first valid sample (:func:`parse_unit`), as ``sampling.n`` samples always did."""
     several = [r for r in raws if r.task == PARAPHRASE and len(r.texts) > 1] if candidates else []
+    samples = {r.unit_key: [parse_sample(r, templates[r.task], t, f) for t, f in zip(r.texts, r.finish_reasons, strict=True)]
+               for r in several}
     docs = None
-    if several and word_class:  # the caption and every sample that parses, parsed once
-        texts = [r.caption for r in several] + [t for r in several for t in r.texts]
-        docs = parse_captions(texts)
+    if several and word_class:  # the captions and every candidate text, parsed in one batch
+        docs = parse_captions([r.caption for r in several] + [c.text for cs in samples.values() for c in cs
+                                                               if isinstance(c, Candidate)])
     out, rejects = {}, []
     for r in raws:
         if r.task != PARAPHRASE:
             continue
-        if candidates and len(r.texts) > 1:
-            cands, failed = paraphrase_candidates(r, templates[r.task], docs)
+        if r.unit_key in samples:
+            cands, failed = paraphrase_candidates(r, samples[r.unit_key], docs)
         else:
             one = parse_unit(r, templates[r.task])
             cands, failed = ([one.text], []) if isinstance(one, Candidate) else ([], [one])

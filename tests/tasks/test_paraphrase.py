@@ -37,11 +37,11 @@ def test_several_samples_make_a_positive_and_its_alternatives_and_failures_are_c
     plain = load_config(None, {"negatives": {"types": ["swap_obj"]}})
     assert para.key != next(u.key for u in task.plan_units([CaptionRecord("2", CAPTION)], plain, tpls) if u.task == "paraphrase")
     swap = next(u for u in units if u.task == "swap_obj")
-    samples = ["A dog is running on the beach.", "A dog runs.", "A puppy sprints along the shore.", CAPTION]
+    samples = ["A dog is running on the beach.", "A dog runs.", '  "A puppy sprints along the shore."\n', CAPTION]
     first = task.assemble([_raw(swap, ["dog <-> beach"]), _raw(para, samples, "rewrite")], tpls)  # sampling.n samples
     assert [(r.positive, r.positive_alternatives) for r in first[0]] == [(samples[0], ())] and not first[1]
     rows, rejects = task.assemble([_raw(swap, ["dog <-> beach"]), _raw(para, samples, "rewrite")], tpls, candidates=True)
-    assert [(r.positive, r.positive_alternatives) for r in rows] == [("A puppy sprints along the shore.",
+    assert [(r.positive, r.positive_alternatives) for r in rows] == [("A puppy sprints along the shore",  # as parsed
                                                                       ("A dog is running on the beach.",))]
     assert sorted((r.stage, r.reason) for r in rejects) == [("candidate", "content_changed"), ("candidate", "copy_of_input")]
     assert all(r.task == "paraphrase" and r.unit_key == para.key and "of 4" in r.detail for r in rejects)
