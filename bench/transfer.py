@@ -2,6 +2,7 @@
 scored on data the generator never touched.
 
     python bench/transfer.py --data DIR [--coco FILE] [--stsb FILE] [--paws FILE] [--images 500] [--json]
+                             [--config TRAIN_YAML] [--variants YAML] [--no-rules]
 
 - transfer: COCO images whose captions are not in DIR; anchor and positive are two human captions of one image,
   negatives are rule-made from a dependency parse (pipeline.train.rules; swap/replace of objects, attributes,
@@ -15,9 +16,12 @@ scored on data the generator never touched.
   negatives too. The rule negatives for training are made with a different seed and a vocabulary from the
   training anchors, not from the transfer set's captions.
 
-Every model is trained with the default train config (`contrastgen train DIR`), in this process, one after
-the other. With --json the last line is {"base": R, "rules": R, "contrastgen": R}, R = {"transfer":
-{neg_type: accuracy}, "stsb_dev": spearman_x100, "paws_dev": auc_x100}.
+Every model is trained with the train config of `contrastgen train DIR` (defaults, or --config's file), in this
+process, one after the other. ``--variants YAML`` (a mapping: name -> train config overrides, e.g.
+``k4: {data: {positives_per_anchor: 4}}``) also trains DIR with each variant, on the same anchors and in the
+same run as the baseline, so a lever is judged against a baseline measured beside it. With --json the last line
+is {"base": R, "rules": R, "contrastgen": R, "contrastgen:NAME": R, ...}, R = {"transfer": {neg_type:
+accuracy}, "stsb_dev": spearman_x100, "paws_dev": auc_x100, "train_s": seconds, "steps": n}.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,7 +48,14 @@ def main() -> None:
     ap.add_argument("--paws", type=Path, default=SHARED / "paws" / "dev.tsv")
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--config", type=Path, default=None, help="train config YAML for every trained model")
+    ap.add_argument("--variants", type=Path, default=None, help="YAML: variant name -> train config overrides")
+    ap.add_argument("--no-rules", action="store_true", help="skip the rules baseline (a sweep's later runs)")
     a = ap.parse_args()
+    variants = yaml.safe_load(a.variants.read_text(encoding="utf-8")) if a.variants else {}
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise SystemExit(f"{a.variants}: expected a mapping of variant name -> train config overrides, e.g. "
+                         "'k4: {data: {positives_per_anchor: 4}}'")
 
     from pipeline.train.config import load_train_config
     from pipeline.train.data import read_split
@@ -63,7 +76,11 @@ def main() -> None:
           f"{time.perf_counter() - t0:.1f} s")
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_train_config(None, {"data": {"dirs": [str(a.data)]}, "model": {"out": str(Path(tmp) / "model")}})
+        def config(overrides: dict):
+            base = {"data": {"dirs": [str(a.data)]}, "model": {"out": str(Path(tmp) / "model")}}
+            return load_train_config(a.config, _merge(base, overrides))
+
+        cfg = config({})
         data = load_data(cfg)
 
         def score(model) -> dict:
@@ -73,28 +90,44 @@ def main() -> None:
                     "stsb_dev": retention(model, sts, cfg.eval.batch_size).spearman,
                     "paws_dev": paraphrase_auc(model, paws, cfg.eval.batch_size)}
 
-        def trained(train, val) -> dict:
-            student = load_encoder(cfg.model.resolved_base(), _device(), cfg.model.max_seq_length)
+        def trained(c, train, val) -> dict:
+            student = load_encoder(c.model.resolved_base(), _device(), c.model.max_seq_length)
             t = time.perf_counter()
-            res = Trainer(cfg, student).run(train, val)
-            print(f"  trained {res.steps} steps on {len(train)} anchors in {time.perf_counter() - t:.0f} s (kept step {res.best_step})")
-            return score(student)
+            res = Trainer(c, student).run(train, val)
+            took = time.perf_counter() - t
+            print(f"  trained {res.steps} steps on {len(train)} anchors in {took:.0f} s (kept step {res.best_step})", flush=True)
+            return {**score(student), "train_s": round(took, 1), "steps": res.steps, "kept_step": res.best_step}
 
         out = {"base": score(load_encoder(cfg.model.resolved_base(), _device(), cfg.model.max_seq_length))}
-        print("rules: NegCLIP-style rule negatives of the same anchors")
-        out["rules"] = trained(rule_groups(data.train, seed=1), rule_groups(data.val, seed=1))
-        print(f"contrastgen: {a.data}")
-        out["contrastgen"] = trained(data.train, data.val)
+        if not a.no_rules:
+            print("rules: NegCLIP-style rule negatives of the same anchors", flush=True)
+            out["rules"] = trained(cfg, rule_groups(data.train, seed=1), rule_groups(data.val, seed=1))
+        print(f"contrastgen: {a.data}", flush=True)
+        out["contrastgen"] = trained(cfg, data.train, data.val)
+        for name, overrides in variants.items():
+            print(f"contrastgen:{name}: {overrides}", flush=True)
+            c = config(overrides)
+            d = load_data(c)
+            out[f"contrastgen:{name}"] = trained(c, d.train, d.val)
 
-    types = list(out["base"]["transfer"])
-    print(f"\n{'transfer accuracy (%)':<22}{'rows':>6}" + "".join(f"{n:>13}" for n in out))
+    types, w = list(out["base"]["transfer"]), max(13, *(len(n) + 2 for n in out))
+    print(f"\n{'transfer accuracy (%)':<22}{'rows':>6}" + "".join(f"{n:>{w}}" for n in out))
     for t in types:
-        print(f"{t:<22}{out['base']['rows'][t]:>6}" + "".join(f"{out[n]['transfer'][t]:>13.1f}" for n in out))
-    print(f"{'STS-B dev (Spearman)':<28}" + "".join(f"{out[n]['stsb_dev']:>13.2f}" for n in out))
-    print(f"{'PAWS dev (ROC-AUC)':<28}" + "".join(f"{out[n]['paws_dev']:>13.2f}" for n in out))
-    print(f"{'(anchor direction, all)':<28}" + "".join(f"{out[n]['anchor_direction']['all']:>13.1f}" for n in out))
+        print(f"{t:<22}{out['base']['rows'][t]:>6}" + "".join(f"{out[n]['transfer'][t]:>{w}.1f}" for n in out))
+    print(f"{'STS-B dev (Spearman)':<28}" + "".join(f"{out[n]['stsb_dev']:>{w}.2f}" for n in out))
+    print(f"{'PAWS dev (ROC-AUC)':<28}" + "".join(f"{out[n]['paws_dev']:>{w}.2f}" for n in out))
+    print(f"{'(anchor direction, all)':<28}" + "".join(f"{out[n]['anchor_direction']['all']:>{w}.1f}" for n in out))
     if a.json:
-        print(json.dumps({n: {k: r[k] for k in ("transfer", "stsb_dev", "paws_dev")} for n, r in out.items()}))
+        keys = ("transfer", "stsb_dev", "paws_dev", "train_s", "steps", "kept_step")
+        print(json.dumps({n: {k: r[k] for k in keys if k in r} for n, r in out.items()}))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, section by section (a variant's data.* keeps data.dirs)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ def test_deploy_refuses_without_a_prefect_api(tmp_path):
     assert out.returncode == 2 and "no Prefect API is configured" in out.stderr and "prefect server start" in out.stderr
 
 
-def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, tmp_path):
+def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, ray_session, tmp_path):
+    """Both flow runs join the session's Ray (``ray.address``), as a deployment on a cluster does, and find the
+    engine replicas loaded there; the cancel test below runs a local Ray of its own, whose processes it counts."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -83,6 +85,7 @@ def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, 
     run_file.write_text(yaml.safe_dump({"deployments": [{
         "name": "yearly", "kind": "negatives", "cron": "0 0 1 1 *",
         "run": {"input": {"path": str(inp)}, "output": {"dir": str(out)},
+                "ray": {"address": ray_session.get_runtime_context().gcs_address},
                 "negatives": {"types": ["swap_att", "replace_obj"], "paraphrase": False}}}]}))
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(tmp_path / "ph")}
     log = open(tmp_path / "deploy.log", "wb")
