@@ -21,7 +21,8 @@ process, one after the other. ``--variants YAML`` (a mapping: name -> train conf
 ``k4: {data: {positives_per_anchor: 4}}``) also trains DIR with each variant, on the same anchors and in the
 same run as the baseline, so a lever is judged against a baseline measured beside it. With --json the last line
 is {"base": R, "rules": R, "contrastgen": R, "contrastgen:NAME": R, ...}, R = {"transfer": {neg_type:
-accuracy}, "stsb_dev": spearman_x100, "paws_dev": auc_x100, "train_s": seconds, "steps": n}.
+accuracy}, "stsb_dev": spearman_x100, "paws_dev": auc_x100, "train_s": seconds, "steps": n,
+"kept_step": n} (base: the first three only).
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -52,8 +51,11 @@ def main() -> None:
     ap.add_argument("--variants", type=Path, default=None, help="YAML: variant name -> train config overrides")
     ap.add_argument("--no-rules", action="store_true", help="skip the rules baseline (a sweep's later runs)")
     a = ap.parse_args()
-    variants = yaml.safe_load(a.variants.read_text(encoding="utf-8")) if a.variants else {}
-    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+
+    from pipeline.config import deep_merge, read_yaml
+
+    variants = read_yaml(a.variants) if a.variants else {}
+    if not all(isinstance(v, dict) for v in variants.values()):
         raise SystemExit(f"{a.variants}: expected a mapping of variant name -> train config overrides, e.g. "
                          "'k4: {data: {positives_per_anchor: 4}}'")
 
@@ -78,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         def config(overrides: dict):
             base = {"data": {"dirs": [str(a.data)]}, "model": {"out": str(Path(tmp) / "model")}}
-            return load_train_config(a.config, _merge(base, overrides))
+            return load_train_config(a.config, deep_merge(base, overrides))
 
         cfg = config({})
         data = load_data(cfg)
@@ -95,7 +97,8 @@ def main() -> None:
             t = time.perf_counter()
             res = Trainer(c, student).run(train, val)
             took = time.perf_counter() - t
-            print(f"  trained {res.steps} steps on {len(train)} anchors in {took:.0f} s (kept step {res.best_step})", flush=True)
+            print(f"  trained {res.steps} steps on {len(train)} anchors in {took:.0f} s (kept step {res.best_step})",
+                  flush=True)
             return {**score(student), "train_s": round(took, 1), "steps": res.steps, "kept_step": res.best_step}
 
         out = {"base": score(load_encoder(cfg.model.resolved_base(), _device(), cfg.model.max_seq_length))}
@@ -120,14 +123,6 @@ def main() -> None:
     if a.json:
         keys = ("transfer", "stsb_dev", "paws_dev", "train_s", "steps", "kept_step")
         print(json.dumps({n: {k: r[k] for k in keys if k in r} for n, r in out.items()}))
-
-
-def _merge(base: dict, over: dict) -> dict:
-    """``over`` on top of ``base``, section by section (a variant's data.* keeps data.dirs)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 if __name__ == "__main__":
