@@ -24,7 +24,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--coco", type=Path, default=SHARED / "coco_captions" / "test.jsonl")
-    ap.add_argument("--skip-images", type=int, default=500, help="the transfer set's images (bench/transfer.py --images)")
+    ap.add_argument(
+        "--skip-images", type=int, default=500, help="the transfer set's images (bench/transfer.py --images)"
+    )
     ap.add_argument("--images", type=int, default=None)
     a = ap.parse_args()
 
@@ -32,7 +34,10 @@ def main() -> None:
 
     rows = coco_grouped_rows(a.coco, a.skip_images, a.images)
     a.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    print(f"{a.out}: {len(rows)} captions in {len({r['group'] for r in rows})} groups (images {a.skip_images}+ of {a.coco})")
+    print(
+        f"{a.out}: {len(rows)} captions in {len({r['group'] for r in rows})} groups (images {a.skip_images}+ of "
+        f"{a.coco})"
+    )
 
 
 if __name__ == "__main__":

@@ -51,15 +51,30 @@ def block(rng, b: int, n: int):
     key = rng.integers(0, 2**63, n).astype(np.uint64)
     repeat = rng.random(n) < 0.03
     key[repeat] = np.uint64(12345) + rng.integers(0, 1000, int(repeat.sum())).astype(np.uint64)  # shared across blocks
-    types = np.array(["swap_att", "swap_obj", "replace_att", "replace_obj", "replace_rel", "add_att", "add_obj", "reshuffle"], dtype=object)
+    types = np.array(
+        ["swap_att", "swap_obj", "replace_att", "replace_obj", "replace_rel", "add_att", "add_obj", "reshuffle"],
+        dtype=object,
+    )
     return Scored(
-        np.char.add(f"{b:06d}-".encode(), np.arange(n).astype("S8")), types[rng.integers(0, 8, n)],
-        np.array(["train", "test"], dtype=object)[(rng.random(n) < 0.05).astype(int)], np.zeros(n, bool),
-        rng.random(n).astype(np.float32), rng.uniform(0.3, 0.9, n).astype(np.float32), rng.uniform(0.2, 0.9, n).astype(np.float32),
-        np.where(has[group], slot[group], -1), key, (rng.random(n) * 0.8).astype(np.float32),
-        rng.normal(0.3, 1, (n, 2)), rng.random((n, 4)).astype(np.float32), names, rng.random(len(names)).astype(np.float32),
-        rng.uniform(0.5, 0.9, len(names)).astype(np.float32), kept, rng.random((len(names), 4)).astype(np.float32),
-        {g: Drop("surface", "positive_out_of_band", 0.1) for g, k in zip(names, kept) if not k})
+        np.char.add(f"{b:06d}-".encode(), np.arange(n).astype("S8")),
+        types[rng.integers(0, 8, n)],
+        np.array(["train", "test"], dtype=object)[(rng.random(n) < 0.05).astype(int)],
+        np.zeros(n, bool),
+        rng.random(n).astype(np.float32),
+        rng.uniform(0.3, 0.9, n).astype(np.float32),
+        rng.uniform(0.2, 0.9, n).astype(np.float32),
+        np.where(has[group], slot[group], -1),
+        key,
+        (rng.random(n) * 0.8).astype(np.float32),
+        rng.normal(0.3, 1, (n, 2)),
+        rng.random((n, 4)).astype(np.float32),
+        names,
+        rng.random(len(names)).astype(np.float32),
+        rng.uniform(0.5, 0.9, len(names)).astype(np.float32),
+        kept,
+        rng.random((len(names), 4)).astype(np.float32),
+        {g: Drop("surface", "positive_out_of_band", 0.1) for g, k in zip(names, kept) if not k},
+    )
 
 
 def one(rows: int, size: int) -> dict:
@@ -82,9 +97,18 @@ def one(rows: int, size: int) -> dict:
         t2 = time.perf_counter()
         kept = sum(int(dec.block(b).keep.sum()) for b in range(spill.blocks))
         t3 = time.perf_counter()
-        return {"rows": rows, "blocks": spill.blocks, "kept": kept, "spill_s": round(t1 - t0, 1), "decide_s": round(t2 - t1, 1),
-                "read_s": round(t3 - t2, 1), "base_mb": round(base), "peak_mb": round(hwm_mb()),
-                "growth_mb": round(hwm_mb() - base), "funnel": [(f.filter, f.rows_out) for f in dec.funnel]}
+        return {
+            "rows": rows,
+            "blocks": spill.blocks,
+            "kept": kept,
+            "spill_s": round(t1 - t0, 1),
+            "decide_s": round(t2 - t1, 1),
+            "read_s": round(t3 - t2, 1),
+            "base_mb": round(base),
+            "peak_mb": round(hwm_mb()),
+            "growth_mb": round(hwm_mb() - base),
+            "funnel": [(f.filter, f.rows_out) for f in dec.funnel],
+        }
 
 
 def main() -> None:
@@ -99,20 +123,32 @@ def main() -> None:
         return
     results = []
     for rows in a.rows:
-        out = subprocess.run([sys.executable, __file__, "--one", str(rows), "--block", str(a.block)], capture_output=True,
-                             text=True, check=True, cwd=ROOT)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(rows), "--block", str(a.block)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
-        print(f"{r['rows']:>11,} rows {r['blocks']:>4} blocks  spill {r['spill_s']:>7.1f} s  decide {r['decide_s']:>7.1f} s"
-              f"  read {r['read_s']:>6.1f} s  ({r['rows'] / max(r['decide_s'], 1e-9):>9,.0f} rows/s)  "
-              f"base {r['base_mb']:>5} MB  peak {r['peak_mb']:>5} MB  growth {r['growth_mb']:>5} MB  kept {r['kept']:,}", flush=True)
+        print(
+            f"{r['rows']:>11,} rows {r['blocks']:>4} blocks  spill {r['spill_s']:>7.1f} s  "
+            f"decide {r['decide_s']:>7.1f} "
+            f"s"
+            f"  read {r['read_s']:>6.1f} s  ({r['rows'] / max(r['decide_s'], 1e-9):>9,.0f} rows/s)  "
+            f"base {r['base_mb']:>5} MB  peak {r['peak_mb']:>5} MB  growth {r['growth_mb']:>5} MB  kept {r['kept']:,}",
+            flush=True,
+        )
     for small in results:  # every pair of sizes 10x apart, as bench/scale.py compares them
         for r in (r for r in results if r["rows"] == 10 * small["rows"]):
             ratio = r["growth_mb"] / max(small["growth_mb"], 1)
             per_row = (r["decide_s"] / r["rows"]) / max(small["decide_s"] / small["rows"], 1e-12)
-            print(f"{r['rows']:,} vs {small['rows']:,} rows: decisions' memory growth x{ratio:.2f} "
-                  f"({'PASS' if ratio <= 1.5 else 'FAIL'} at most 1.5), peak x{r['peak_mb'] / small['peak_mb']:.2f}, "
-                  f"time per row x{per_row:.2f}")
+            print(
+                f"{r['rows']:,} vs {small['rows']:,} rows: decisions' memory growth x{ratio:.2f} "
+                f"({'PASS' if ratio <= 1.5 else 'FAIL'} at most 1.5), peak x{r['peak_mb'] / small['peak_mb']:.2f}, "
+                f"time per row x{per_row:.2f}"
+            )
     if a.json_out:
         a.json_out.write_text(json.dumps(results, indent=2) + "\n")
 

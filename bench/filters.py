@@ -35,19 +35,25 @@ from rapidfuzz import fuzz, process  # noqa: E402
 from pipeline.filters.scorers import TextScorers  # noqa: E402
 from pipeline.filters.stage import Pairs, run_stage  # noqa: E402
 from pipeline.filters.surface import surface_scores  # noqa: E402
-from pipeline.shards.publish import split_of  # noqa: E402
+from pipeline.kinds import negatives as task  # noqa: E402
 from pipeline.run.refilter import refilter_config  # noqa: E402
 from pipeline.run.store import RunStore  # noqa: E402
-from pipeline.kinds import negatives as task  # noqa: E402
+from pipeline.shards.publish import split_of  # noqa: E402
 
 
 def base_pairs(data: Path) -> tuple[Pairs, object]:
     cfg = refilter_config(data, data / "unused", None)
     rows, _ = task.assemble(RunStore(data).read_raw(), task.templates_for(cfg))
     rows.sort(key=lambda r: r.id)
-    return Pairs([r.id for r in rows], [r.caption for r in rows], [r.positive for r in rows], [r.negative for r in rows],
-                 [r.source_id for r in rows], [r.neg_type for r in rows],
-                 [split_of(r.source_id, cfg.output.test_fraction) for r in rows]), cfg
+    return Pairs(
+        [r.id for r in rows],
+        [r.caption for r in rows],
+        [r.positive for r in rows],
+        [r.negative for r in rows],
+        [r.source_id for r in rows],
+        [r.neg_type for r in rows],
+        [split_of(r.source_id, cfg.output.test_fraction) for r in rows],
+    ), cfg
 
 
 def scaled(base: Pairs, n: int) -> Pairs:
@@ -116,22 +122,38 @@ def main() -> None:
     kept = int(result.keep.sum())
 
     anchors, cands = big.anchors, big.negatives
-    bare_s, ours_s = best_of_alternating([lambda: process.cpdist(anchors, cands, scorer=fuzz.ratio, workers=-1),
-                                          lambda: surface_scores(anchors, cands, "ratio")], max(a.repeats, 20))  # ~10 ms each
+    bare_s, ours_s = best_of_alternating(
+        [
+            lambda: process.cpdist(anchors, cands, scorer=fuzz.ratio, workers=-1),
+            lambda: surface_scores(anchors, cands, "ratio"),
+        ],
+        max(a.repeats, 20),
+    )  # ~10 ms each
     ours = surface_scores(anchors, cands, "ratio")
     bare = process.cpdist(anchors, cands, scorer=fuzz.ratio, workers=-1) / 100
     assert np.allclose(ours, bare, atol=1e-4), "the wrapped scorer must return what rapidfuzz returns"
 
     out = {
-        "pairs": a.pairs, "base_rows": len(base.ids), "kept": kept, "cores": os.cpu_count(),
-        "stage_seconds": round(stage_s, 3), "stage_pairs_per_s": round(a.pairs / stage_s),
-        "rapidfuzz_ours_s": round(ours_s, 4), "rapidfuzz_bare_s": round(bare_s, 4), "rapidfuzz_ratio": round(bare_s / ours_s, 3),
+        "pairs": a.pairs,
+        "base_rows": len(base.ids),
+        "kept": kept,
+        "cores": os.cpu_count(),
+        "stage_seconds": round(stage_s, 3),
+        "stage_pairs_per_s": round(a.pairs / stage_s),
+        "rapidfuzz_ours_s": round(ours_s, 4),
+        "rapidfuzz_bare_s": round(bare_s, 4),
+        "rapidfuzz_ratio": round(bare_s / ours_s, 3),
     }
-    print(f"filter stage: {a.pairs:,} pairs in {stage_s:.2f} s = {out['stage_pairs_per_s']:,} pairs/s "
-          f"(goal >= 50,000; {kept:,} kept) on {os.cpu_count()} cores")
+    print(
+        f"filter stage: {a.pairs:,} pairs in {stage_s:.2f} s = {out['stage_pairs_per_s']:,} pairs/s "
+        f"(goal >= 50,000; {kept:,} kept) on {os.cpu_count()} cores"
+    )
     for step in result.funnel:
         print(f"  {step.filter:10s} {step.rows_in:>8,} -> {step.rows_out:>8,}  {step.dropped}")
-    print(f"rapidfuzz: ours {ours_s * 1e3:.1f} ms vs bare cpdist {bare_s * 1e3:.1f} ms = {out['rapidfuzz_ratio']:.3f}x (goal >= 0.8x)")
+    print(
+        f"rapidfuzz: ours {ours_s * 1e3:.1f} ms vs bare cpdist {bare_s * 1e3:.1f} ms = {out['rapidfuzz_ratio']:.3f}x "
+        f"(goal >= 0.8x)"
+    )
     print(json.dumps(out))
     shutil.rmtree(tmp)
 

@@ -1,6 +1,7 @@
 """Generation throughput: the whole pipeline vs the bare embedded engine on the same prompts.
 
-    python bench/generation.py [--kind negatives|rationales|pairs] [--captions 24] [--questions 12] [--sentences 24] [--sweep]
+    python bench/generation.py [--kind negatives|rationales|pairs] [--captions 24] [--questions 12] [--sentences 24]
+    [--sweep]
 
 Prints tok/s of the bare engine (in-process, same requests, same chunking) and of the pipeline
 (Prefect flow -> Ray actor -> raw parts -> finalize), and their ratio (goal: >= 0.95x), on the prompts of
@@ -39,7 +40,9 @@ def captions_file(n: int, tmp: Path) -> Path:
     out = tmp / "captions.jsonl"
     if shared.exists():
         rows = [json.loads(line) for line in shared.open()][:n]
-        out.write_text("".join(json.dumps({"id": r["file_name"], "caption": r["captions"]["object"][0]}) + "\n" for r in rows))
+        out.write_text(
+            "".join(json.dumps({"id": r["file_name"], "caption": r["captions"]["object"][0]}) + "\n" for r in rows)
+        )
     else:
         out.write_text("".join((REPO / "data" / "sample_captions.jsonl").read_text().splitlines(True)[:n]))
     return out
@@ -91,7 +94,9 @@ def bare(kind_name: str, cfg, engine) -> tuple[int, float]:
             for u, c in zip(chunk, engine.generate([kind.render(u, ctx) for u in chunk])):
                 tokens += c.tokens_out
                 prov = Provenance("embedded", "m", u.prompt_sha, kind.mode(u, cfg), 0, 0, 0, u.seed, 0, 0, 0)
-                done[name].append(RawResult(u.key, u.source.id, u.source.text, None, u.task, c.texts, c.finish_reasons, prov, ""))
+                done[name].append(
+                    RawResult(u.key, u.source.id, u.source.text, None, u.task, c.texts, c.finish_reasons, prov, "")
+                )
     return tokens, time.perf_counter() - t0
 
 
@@ -107,8 +112,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        inp = {"negatives": lambda: captions_file(args.captions, tmp), "rationales": lambda: questions_file(args.questions, tmp),
-               "pairs": lambda: sentences_file(args.sentences, tmp)}[args.kind]()
+        inp = {
+            "negatives": lambda: captions_file(args.captions, tmp),
+            "rationales": lambda: questions_file(args.questions, tmp),
+            "pairs": lambda: sentences_file(args.sentences, tmp),
+        }[args.kind]()
         # One engine actor with all cores, like the bare engine in this process: the ratio is the pipeline's own
         # overhead. (The default layout, one single-threaded actor per core, is measured by bench/engines.py.)
         cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp / "out"}, "ray": {"workers": 1}})
@@ -137,8 +145,12 @@ def main() -> None:
         b_rate = sum(rates) / len(rates)
         p_rate = s["tokens_out"] / s["generation_seconds"]
         p_cold = s["tokens_out"] / (s["generation_seconds"] + s["startup_seconds"])
-        print(f"pipeline    : {s['tokens_out']} tokens in {s['generation_seconds']:.1f}s of generation = {p_rate:.1f} tok/s "
-              f"(+{s['startup_seconds']:.1f}s engine start-up: Ray worker, imports, model load, warm-up); whole flow {wall:.1f}s")
+        print(
+            f"pipeline    : {s['tokens_out']} tokens in {s['generation_seconds']:.1f}s of generation = {p_rate:.1f} "
+            f"tok/s "
+            f"(+{s['startup_seconds']:.1f}s engine start-up: Ray worker, imports, model load, warm-up); whole flow "
+            f"{wall:.1f}s"
+        )
         print(f"bare baseline: mean {b_rate:.1f} tok/s, spread {100 * (max(rates) - min(rates)) / b_rate:.1f}%")
         print(f"ratio pipeline/bare, generation  : {p_rate / b_rate:.3f}x (goal >= 0.95x) on {args.kind} prompts")
         print(f"ratio pipeline/bare, incl. start : {p_cold / b_rate:.3f}x (start-up is paid once per run)")
@@ -150,7 +162,9 @@ def main() -> None:
 def sweep(cfg) -> None:
     from pipeline.engines.embedded import EmbeddedEngine
 
-    one = load_config(None, {"input": cfg.input.model_dump(), "negatives": {"types": ["swap_obj"], "paraphrase": False}})
+    one = load_config(
+        None, {"input": cfg.input.model_dump(), "negatives": {"types": ["swap_obj"], "paraphrase": False}}
+    )
     captions, _ = read_captions(one.input)
     tpls = task.templates_for(one)
     reqs = [task.render(u, tpls["swap_obj"], "edit", one) for u in task.plan_units((captions * 3)[:64], one, tpls)]

@@ -41,8 +41,11 @@ def free_port() -> int:
 
 
 def start_server(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "contrastgen"), "serve", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "contrastgen"), "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 180
     while time.time() < deadline:
         try:
@@ -68,8 +71,13 @@ def timed(engine, parts, rounds: int) -> dict:
 def config(a, tmp: Path, port: int):
     """(the run config with the openai engine at ``port``, the parts of the demo's first a.captions captions)."""
     parts, _, cfg = parts_of(a.captions, tmp)
-    return cfg.model_copy(update={"engine": load_config(None, {"engine": {"kind": "openai", "openai": {
-        "base_url": f"http://127.0.0.1:{port}/v1"}}}).engine}), parts
+    return cfg.model_copy(
+        update={
+            "engine": load_config(
+                None, {"engine": {"kind": "openai", "openai": {"base_url": f"http://127.0.0.1:{port}/v1"}}}
+            ).engine
+        }
+    ), parts
 
 
 def in_process(a) -> None:
@@ -101,7 +109,9 @@ def main() -> None:
 
     port = free_port()
     cfg, parts = config(a, Path(tempfile.mkdtemp()), port)
-    print(f"{sum(map(len, parts))} requests in {len(parts)} parts, {os.cpu_count()} cores, {a.rounds} timed rounds each")
+    print(
+        f"{sum(map(len, parts))} requests in {len(parts)} parts, {os.cpu_count()} cores, {a.rounds} timed rounds each"
+    )
     base = child(a, None)
     print(f"embedded in-process: {base['tokens']} tokens in {base['seconds']:.1f} s = {base['rate']:.1f} tok/s")
     server = start_server(port)

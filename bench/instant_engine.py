@@ -75,8 +75,15 @@ class InstantEngine:
         self.server = loadserver.LoadServer(invalid_rate=rate, model=self.model_id)
         folder = os.environ.get(STATS_ENV)
         self.stats_path = Path(folder) / f"{os.getpid()}.json" if folder else None
-        self.stats = {"label": LABEL, "pid": os.getpid(), "built": time.time(), "first_call": None,
-                      "last_call": None, "calls": 0, "requests": 0}
+        self.stats = {
+            "label": LABEL,
+            "pid": os.getpid(),
+            "built": time.time(),
+            "first_call": None,
+            "last_call": None,
+            "calls": 0,
+            "requests": 0,
+        }
         self._lock = threading.Lock()  # a replica may run several calls at once (engine.calls_in_flight)
         self._save()
 
@@ -90,9 +97,14 @@ class InstantEngine:
             t = time.perf_counter()
             resp = self.server.chat(chat_body(req))
             choices = [SimpleNamespace(**ch) for ch in resp["choices"]]
-            c = Completion(req.key, tuple(ch.message["content"] for ch in choices), resp["usage"]["prompt_tokens"],
-                           resp["usage"]["completion_tokens"], round(time.perf_counter() - t, 6),
-                           tuple(finish_reason(ch) for ch in choices))
+            c = Completion(
+                req.key,
+                tuple(ch.message["content"] for ch in choices),
+                resp["usage"]["prompt_tokens"],
+                resp["usage"]["completion_tokens"],
+                round(time.perf_counter() - t, 6),
+                tuple(finish_reason(ch) for ch in choices),
+            )
             check_finish_reasons(c, req.sampling.n)
             out.append(c)
         with self._lock:
@@ -117,6 +129,11 @@ def read_stats(folder: Path) -> dict:
     files = [json.loads(p.read_text()) for p in Path(folder).glob("*.json")]
     first = [f["first_call"] for f in files if f.get("first_call")]
     last = [f["last_call"] for f in files if f.get("last_call")]
-    return {"replicas": len(files), "built": min((f["built"] for f in files), default=None),
-            "first_call": min(first, default=None), "last_call": max(last, default=None),
-            "calls": sum(f["calls"] for f in files), "requests": sum(f["requests"] for f in files)}
+    return {
+        "replicas": len(files),
+        "built": min((f["built"] for f in files), default=None),
+        "first_call": min(first, default=None),
+        "last_call": max(last, default=None),
+        "calls": sum(f["calls"] for f in files),
+        "requests": sum(f["requests"] for f in files),
+    }

@@ -66,34 +66,182 @@ PROMPTS = REPO / "prompts" / "negatives"
 
 # The synthetic captions' words by part of speech (bench/scale.py builds its captions from these lists).
 LEXICON: dict[str, tuple[str, ...]] = {
-    "colour": ("red", "blue", "green", "yellow", "black", "white", "brown", "orange", "purple", "grey", "pink",
-               "golden", "silver", "dark", "pale"),
-    "quality": ("small", "large", "tiny", "huge", "wooden", "metal", "plastic", "shiny", "tall", "short", "round",
-                "striped", "heavy", "soft", "dusty"),
-    "agent": ("dog", "cat", "man", "woman", "child", "horse", "bird", "girl", "boy", "cow", "sheep", "chef", "farmer",
-              "surfer", "skier", "rider", "player", "dancer", "monkey", "goat"),
-    "object": ("ball", "kite", "umbrella", "bicycle", "ladder", "basket", "bottle", "chair", "table", "book", "phone",
-               "hat", "bag", "box", "plate", "lamp", "skateboard", "frisbee", "suitcase", "guitar"),
-    "verb": ("holds", "carries", "chases", "watches", "pushes", "pulls", "drops", "lifts", "throws", "paints", "grabs",
-             "follows", "kicks", "touches", "rides"),
-    "prep": ("near", "beside", "behind", "under", "above", "across", "along", "inside", "outside", "toward", "past",
-             "around"),
-    "place": ("river", "park", "beach", "kitchen", "street", "garden", "station", "fence", "bridge", "market", "lake",
-              "field", "forest", "harbor", "stadium"),
+    "colour": (
+        "red",
+        "blue",
+        "green",
+        "yellow",
+        "black",
+        "white",
+        "brown",
+        "orange",
+        "purple",
+        "grey",
+        "pink",
+        "golden",
+        "silver",
+        "dark",
+        "pale",
+    ),
+    "quality": (
+        "small",
+        "large",
+        "tiny",
+        "huge",
+        "wooden",
+        "metal",
+        "plastic",
+        "shiny",
+        "tall",
+        "short",
+        "round",
+        "striped",
+        "heavy",
+        "soft",
+        "dusty",
+    ),
+    "agent": (
+        "dog",
+        "cat",
+        "man",
+        "woman",
+        "child",
+        "horse",
+        "bird",
+        "girl",
+        "boy",
+        "cow",
+        "sheep",
+        "chef",
+        "farmer",
+        "surfer",
+        "skier",
+        "rider",
+        "player",
+        "dancer",
+        "monkey",
+        "goat",
+    ),
+    "object": (
+        "ball",
+        "kite",
+        "umbrella",
+        "bicycle",
+        "ladder",
+        "basket",
+        "bottle",
+        "chair",
+        "table",
+        "book",
+        "phone",
+        "hat",
+        "bag",
+        "box",
+        "plate",
+        "lamp",
+        "skateboard",
+        "frisbee",
+        "suitcase",
+        "guitar",
+    ),
+    "verb": (
+        "holds",
+        "carries",
+        "chases",
+        "watches",
+        "pushes",
+        "pulls",
+        "drops",
+        "lifts",
+        "throws",
+        "paints",
+        "grabs",
+        "follows",
+        "kicks",
+        "touches",
+        "rides",
+    ),
+    "prep": (
+        "near",
+        "beside",
+        "behind",
+        "under",
+        "above",
+        "across",
+        "along",
+        "inside",
+        "outside",
+        "toward",
+        "past",
+        "around",
+    ),
+    "place": (
+        "river",
+        "park",
+        "beach",
+        "kitchen",
+        "street",
+        "garden",
+        "station",
+        "fence",
+        "bridge",
+        "market",
+        "lake",
+        "field",
+        "forest",
+        "harbor",
+        "stadium",
+    ),
     "time": ("at night", "in the morning", "during the day", "after the rain", "before sunset", "in the snow"),
 }
 POS: dict[str, str] = {w: pos for pos, ws in LEXICON.items() if pos != "time" for w in ws}
 NOUNS, ADJECTIVES, RELATIONS = ("agent", "object", "place"), ("colour", "quality"), ("verb", "prep")
-STOP = frozenset(("a", "an", "the", "and", "or", "of", "to", "in", "on", "at", "with", "while", "is", "are", "its", "his",
-                  "her", "their", "this", "that"))
+STOP = frozenset(
+    (
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "with",
+        "while",
+        "is",
+        "are",
+        "its",
+        "his",
+        "her",
+        "their",
+        "this",
+        "that",
+    )
+)
 _TOKEN = re.compile(r"[A-Za-z]+")
 
 # Each task's structural shape, as pipeline.kinds.negatives.SHAPES.
-SHAPE = {"reshuffle_order": "permutation", "swap_obj": "permutation", "swap_att": "permutation",
-         "replace_att": "replace_span", "replace_obj": "replace_span", "replace_rel": "replace_span",
-         "add_obj": "insertion", "add_att": "insertion", "paraphrase": "paraphrase"}
-INVALID = ("Sure! Here is the new caption:", "", "I'm sorry, I cannot help with that.", "qqzx -> vvjk",
-           "{caption}\nand another line", "LONG")
+SHAPE = {
+    "reshuffle_order": "permutation",
+    "swap_obj": "permutation",
+    "swap_att": "permutation",
+    "replace_att": "replace_span",
+    "replace_obj": "replace_span",
+    "replace_rel": "replace_span",
+    "add_obj": "insertion",
+    "add_att": "insertion",
+    "paraphrase": "paraphrase",
+}
+INVALID = (
+    "Sure! Here is the new caption:",
+    "",
+    "I'm sorry, I cannot help with that.",
+    "qqzx -> vvjk",
+    "{caption}\nand another line",
+    "LONG",
+)
 
 
 def load_task_index(folder: Path = PROMPTS) -> dict[str, tuple[Template, str]]:
@@ -148,26 +296,36 @@ def _edit(task: str, caption: str, rng: random.Random) -> str | None:
     if task == "swap_obj":
         pair = _pick_two(rng, _of(words, NOUNS), content)
     elif task == "swap_att":
-        pair = _pick_two(rng, _of(words, ADJECTIVES), _of(words, RELATIONS),  # nouns last: they are swap_obj's
-                         [w for w in content if POS.get(w) not in NOUNS], content)
+        pair = _pick_two(
+            rng,
+            _of(words, ADJECTIVES),
+            _of(words, RELATIONS),  # nouns last: they are swap_obj's
+            [w for w in content if POS.get(w) not in NOUNS],
+            content,
+        )
     elif task == "reshuffle_order":  # two phrases exchange places: the verb phrase and a prepositional phrase
         toks = caption.rstrip(".").split()
         low = [t.lower() for t in toks]
         verbs = [i for i, w in enumerate(low) if POS.get(w) == "verb"]
         preps = [i for i, w in enumerate(low) if POS.get(w) == "prep" and i + 2 < len(low) and low[i + 1] == "the"]
-        phrases = [(" ".join(toks[v:p]), " ".join(toks[p:p + 3])) for v in verbs for p in preps if v + 1 < p]
+        phrases = [(" ".join(toks[v:p]), " ".join(toks[p : p + 3])) for v in verbs for p in preps if v + 1 < p]
         if phrases:
             pair = rng.choice(phrases)
         else:  # any two non-overlapping two-word spans that start with a content word (not an article)
-            spans = [(i, " ".join(toks[i:i + 2])) for i in range(len(toks) - 1) if low[i] not in STOP]
+            spans = [(i, " ".join(toks[i : i + 2])) for i in range(len(toks) - 1) if low[i] not in STOP]
             pairs = [(a, b) for i, a in spans for j, b in spans if j >= i + 2 and a.lower() != b.lower()]
             pair = rng.choice(pairs) if pairs else _pick_two(rng, content)
     else:
         pair = None
     if task in ("swap_obj", "swap_att", "reshuffle_order"):
         return f"{pair[0]} <-> {pair[1]}" if pair else None
-    groups = {"replace_att": ADJECTIVES, "replace_obj": NOUNS, "replace_rel": RELATIONS,
-              "add_obj": NOUNS, "add_att": NOUNS}.get(task)
+    groups = {
+        "replace_att": ADJECTIVES,
+        "replace_obj": NOUNS,
+        "replace_rel": RELATIONS,
+        "add_obj": NOUNS,
+        "add_att": NOUNS,
+    }.get(task)
     if groups is None:
         return None
     targets = _of(words, groups) or content
@@ -178,7 +336,9 @@ def _edit(task: str, caption: str, rng: random.Random) -> str | None:
         return f"{old} -> {old} and a {_other(old, rng, words, LEXICON['object'])}"
     if task == "add_att":
         return f"{old} -> {_other(old, rng, words, LEXICON[rng.choice(ADJECTIVES)])} {old}"
-    pool = None if old in POS else LEXICON[{"replace_att": "colour", "replace_obj": "object", "replace_rel": "prep"}[task]]
+    pool = (
+        None if old in POS else LEXICON[{"replace_att": "colour", "replace_obj": "object", "replace_rel": "prep"}[task]]
+    )
     return f"{old} -> {_other(old, rng, words, pool)}"
 
 
@@ -199,8 +359,12 @@ def _paraphrase(caption: str, rng: random.Random) -> str:
 def _valid(caption: str, text: str, fmt: str, shape: str) -> bool:
     """What pipeline.kinds.negatives.parse_unit accepts: parsed, not a copy, not too long, the task's shape."""
     cand = parse_answer(caption, text, fmt, "stop")
-    return (isinstance(cand, Candidate) and cand.text.strip().lower() != caption.strip().lower()
-            and len(cand.text) <= 3 * len(caption) + 40 and check_shapes(shape, [caption], [cand.text])[0])
+    return (
+        isinstance(cand, Candidate)
+        and cand.text.strip().lower() != caption.strip().lower()
+        and len(cand.text) <= 3 * len(caption) + 40
+        and check_shapes(shape, [caption], [cand.text])[0]
+    )
 
 
 def answer(tpl: Template, mode: str, caption: str, seed: int, index: int, invalid_rate: float = 0.0) -> str:
@@ -248,8 +412,13 @@ def _example(schema: dict):
         return {k: _example(v) for k, v in (schema.get("properties") or {}).items()}
     if kind == "array":
         return [_example(schema.get("items") or {}) for _ in range(schema.get("minItems", 0))]
-    return {"string": "x", "integer": schema.get("minimum", 0), "number": schema.get("minimum", 0.0),
-            "boolean": True, "null": None}.get(kind, "x")
+    return {
+        "string": "x",
+        "integer": schema.get("minimum", 0),
+        "number": schema.get("minimum", 0.0),
+        "boolean": True,
+        "null": None,
+    }.get(kind, "x")
 
 
 class BadRequest(Exception):
@@ -263,9 +432,20 @@ class LoadServer:
         self.index = load_task_index(prompts)
         self.users = {tpl.task: tpl.user.split(SLOT, 1) for tpl, _ in self.index.values()}
         self.invalid_rate, self.model = invalid_rate, model
-        self.stats = {"label": LABEL, "requests": 0, "task_requests": 0, "other_requests": 0, "errors": 0,
-                      "samples": 0, "by_task": {}, "first_request": None, "first_task_request": None,
-                      "last_task_request": None, "last_response": None, "pid": os.getpid()}
+        self.stats = {
+            "label": LABEL,
+            "requests": 0,
+            "task_requests": 0,
+            "other_requests": 0,
+            "errors": 0,
+            "samples": 0,
+            "by_task": {},
+            "first_request": None,
+            "first_task_request": None,
+            "last_task_request": None,
+            "last_response": None,
+            "pid": os.getpid(),
+        }
 
     def chat(self, body: dict) -> dict:
         now = time.time()
@@ -315,20 +495,32 @@ class LoadServer:
             if _tokens(text) > max_tokens:  # a real server stops at max_tokens
                 text, finish, stop_reason = " ".join(words[: max(1, int(max_tokens / 1.3))]), "length", None
             completion += _tokens(text)
-            out.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                        "finish_reason": finish, "stop_reason": stop_reason})
+            out.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "stop_reason": stop_reason,
+                }
+            )
         st["samples"] += n
         prompt = math.ceil(prompt_words * 1.3)
         st["last_response"] = time.time()
-        return {"id": f"chatcmpl-load-{st['requests']}", "object": "chat.completion", "created": int(now),
-                "model": body.get("model") or self.model, "choices": out,
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
+        return {
+            "id": f"chatcmpl-load-{st['requests']}",
+            "object": "chat.completion",
+            "created": int(now),
+            "model": body.get("model") or self.model,
+            "choices": out,
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        }
 
     def _caption(self, tpl: Template, msgs: list[dict]) -> str:
         user = next((m.get("content") or "" for m in reversed(msgs) if m.get("role") == "user"), "")
         before, after = self.users[tpl.task]
         if user.startswith(before) and user.endswith(after) and len(user) >= len(before) + len(after):
-            return user[len(before): len(user) - len(after)]
+            return user[len(before) : len(user) - len(after)]
         return user
 
     @staticmethod
@@ -337,8 +529,9 @@ class LoadServer:
         so = body.get("structured_outputs") or {}
         for field in ("regex", "grammar", "structural_tag"):
             if so.get(field) or body.get(f"guided_{field}"):
-                raise BadRequest(f"unsupported field structured_outputs.{field}: the load generator honours choice "
-                                 "and json only")
+                raise BadRequest(
+                    f"unsupported field structured_outputs.{field}: the load generator honours choice and json only"
+                )
         choices = so.get("choice") or body.get("guided_choice")
         schema = so.get("json") or body.get("guided_json")
         rf = body.get("response_format") or {}
@@ -351,8 +544,10 @@ class LoadServer:
         return ([str(c) for c in choices] if choices else None), schema
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "contrastgen-loadgen",
-                                            "created": 0}]}
+        return {
+            "object": "list",
+            "data": [{"id": self.model, "object": "model", "owned_by": "contrastgen-loadgen", "created": 0}],
+        }
 
 
 def build_app(server: LoadServer):
@@ -360,8 +555,13 @@ def build_app(server: LoadServer):
 
     async def send_json(send, status: int, payload) -> None:
         data = orjson.dumps(payload)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     async def app(scope, receive, send):
@@ -394,12 +594,22 @@ def build_app(server: LoadServer):
                 return await send_json(send, 200, server.models())
             if method == "GET" and path == "/bench/stats":
                 return await send_json(send, 200, server.stats)
-            return await send_json(send, 404, {"error": {"message": f"{method} {path}: not served ({LABEL})",
-                                                         "type": "not_found_error", "code": 404}})
+            return await send_json(
+                send,
+                404,
+                {
+                    "error": {
+                        "message": f"{method} {path}: not served ({LABEL})",
+                        "type": "not_found_error",
+                        "code": 404,
+                    }
+                },
+            )
         except BadRequest as exc:
             server.stats["errors"] += 1
-            return await send_json(send, 400, {"error": {"message": str(exc), "type": "invalid_request_error",
-                                                         "param": None, "code": 400}})
+            return await send_json(
+                send, 400, {"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": 400}}
+            )
 
     return app
 
@@ -408,8 +618,16 @@ def serve(host: str = "127.0.0.1", port: int = 8011, invalid_rate: float = 0.0, 
     import uvicorn
 
     print(f"{LABEL}: http://{host}:{port}/v1 (invalid rate {invalid_rate:g})", flush=True)
-    uvicorn.run(build_app(LoadServer(prompts, invalid_rate)), host=host, port=port, log_level="warning",
-                access_log=False, backlog=4096, timeout_keep_alive=60, lifespan="on")
+    uvicorn.run(
+        build_app(LoadServer(prompts, invalid_rate)),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+        timeout_keep_alive=60,
+        lifespan="on",
+    )
 
 
 def free_port() -> int:
@@ -418,13 +636,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_in_subprocess(port: int | None = None, invalid_rate: float = 0.0, log: Path | None = None,
-                        timeout_s: float = 60.0) -> tuple[subprocess.Popen, str]:
+def start_in_subprocess(
+    port: int | None = None, invalid_rate: float = 0.0, log: Path | None = None, timeout_s: float = 60.0
+) -> tuple[subprocess.Popen, str]:
     """Start the load generator in a child process on 127.0.0.1 and wait until it answers; (process, base URL)."""
     port = port or free_port()
     out = log.open("wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--port", str(port),
-                             "--invalid-rate", str(invalid_rate)], stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--port", str(port), "--invalid-rate", str(invalid_rate)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     url, deadline = f"http://127.0.0.1:{port}/v1", time.time() + timeout_s
     while True:
         try:
@@ -433,8 +655,10 @@ def start_in_subprocess(port: int | None = None, invalid_rate: float = 0.0, log:
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError(f"the load generator did not answer on {url} within {timeout_s:g} s"
-                                   + (f"; see {log}" if log else "")) from None
+                raise RuntimeError(
+                    f"the load generator did not answer on {url} within {timeout_s:g} s"
+                    + (f"; see {log}" if log else "")
+                ) from None
             time.sleep(0.2)
 
 
@@ -444,13 +668,21 @@ def stats(base_url: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=LABEL + ": an OpenAI-compatible server that answers the negatives "
-                                 "kind's requests at once with valid outputs")
+    ap = argparse.ArgumentParser(
+        description=LABEL + ": an OpenAI-compatible server that answers the negatives "
+        "kind's requests at once with valid outputs"
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8011)
-    ap.add_argument("--invalid-rate", type=float, default=0.0,
-                    help="fraction of units (by hash) whose samples are all invalid (default 0)")
-    ap.add_argument("--prompts", type=Path, default=PROMPTS, help="negatives templates folder (default prompts/negatives)")
+    ap.add_argument(
+        "--invalid-rate",
+        type=float,
+        default=0.0,
+        help="fraction of units (by hash) whose samples are all invalid (default 0)",
+    )
+    ap.add_argument(
+        "--prompts", type=Path, default=PROMPTS, help="negatives templates folder (default prompts/negatives)"
+    )
     a = ap.parse_args(argv)
     serve(a.host, a.port, a.invalid_rate, a.prompts)
 

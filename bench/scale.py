@@ -85,14 +85,25 @@ import instant_engine
 import loadserver
 import psutil
 
-TASKS = ("reshuffle_order", "swap_obj", "swap_att", "replace_att", "replace_obj", "replace_rel", "add_obj",
-         "add_att", "paraphrase")
+TASKS = (
+    "reshuffle_order",
+    "swap_obj",
+    "swap_att",
+    "replace_att",
+    "replace_obj",
+    "replace_rel",
+    "add_obj",
+    "add_att",
+    "paraphrase",
+)
 STAGES = ("plan", "startup", "generation", "finalize")
 GB3_MB = 3 * 1024
 MEM_RATIO_GOAL, TIME_RATIO_GOAL = 1.5, 1.2
 MARKER = "CONTRASTGEN_SCALE_BENCH_RUN"
-PATHS = {"openai": "openai engine against the LOAD GENERATOR (no LLM)",
-         "instant": f"{instant_engine.LABEL} in the Ray engine replicas (no LLM)"}
+PATHS = {
+    "openai": "openai engine against the LOAD GENERATOR (no LLM)",
+    "instant": f"{instant_engine.LABEL} in the Ray engine replicas (no LLM)",
+}
 
 # ----------------------------------------------------------------------------------------------- captions
 
@@ -101,12 +112,18 @@ L = loadserver.LEXICON
 SHAPES = (
     ("a {colour} {agent} {prep} the {place}", ("colour", "agent", "prep", "place")),
     ("a {colour} {agent} {verb} a {quality} {object}", ("colour", "agent", "verb", "quality", "object")),
-    ("a {colour} {agent} {verb} a {quality} {object} {prep} the {place}",
-     ("colour", "agent", "verb", "quality", "object", "prep", "place")),
-    ("the {colour} {agent} {verb} a {quality} {object} {prep} the {place} {time}",
-     ("colour", "agent", "verb", "quality", "object", "prep", "place", "time")),
-    ("a {colour} {agent} {verb} a {quality} {object} {prep} the {place} while a {agent2} watches",
-     ("colour", "agent", "verb", "quality", "object", "prep", "place", "agent2")),
+    (
+        "a {colour} {agent} {verb} a {quality} {object} {prep} the {place}",
+        ("colour", "agent", "verb", "quality", "object", "prep", "place"),
+    ),
+    (
+        "the {colour} {agent} {verb} a {quality} {object} {prep} the {place} {time}",
+        ("colour", "agent", "verb", "quality", "object", "prep", "place", "time"),
+    ),
+    (
+        "a {colour} {agent} {verb} a {quality} {object} {prep} the {place} while a {agent2} watches",
+        ("colour", "agent", "verb", "quality", "object", "prep", "place", "agent2"),
+    ),
 )
 STRIDE = 1_000_003  # a prime: j -> j * STRIDE mod size is a bijection for sizes made of 2, 3, 5 and 7
 
@@ -157,8 +174,10 @@ def build_stub_encoder(folder: Path) -> Path:
     bert.encoder.layer = nn.ModuleList()
     bert.config.num_hidden_layers = 0
     model.save(str(folder))
-    (folder / "STUB.txt").write_text("bench/scale.py stub encoder: all-MiniLM-L6-v2 with 0 transformer layers "
-                                     "(benchmark only; its embeddings are not meaningful)\n")
+    (folder / "STUB.txt").write_text(
+        "bench/scale.py stub encoder: all-MiniLM-L6-v2 with 0 transformer layers "
+        "(benchmark only; its embeddings are not meaningful)\n"
+    )
     return folder
 
 
@@ -208,7 +227,9 @@ class Proc:
         if st is None or not st[1]:
             return False
         rss, hwm = st
-        peak = hwm if hwm > self.last_hwm_kb else rss  # the high-water mark rose since the last poll: it was reached now
+        peak = (
+            hwm if hwm > self.last_hwm_kb else rss
+        )  # the high-water mark rose since the last poll: it was reached now
         self.last_hwm_kb = self.hwm_kb = max(self.hwm_kb, hwm)
         self.samples.append((now, peak))
         if self.handle is not None:
@@ -232,7 +253,8 @@ class Proc:
 
 
 class Monitor:
-    """Polls the RSS of the CLI's process tree, of Ray processes carrying ``MARKER=token``, and of the load generator."""
+    """Polls the RSS of the CLI's process tree, of Ray processes carrying ``MARKER=token``, and of the load
+    generator."""
 
     def __init__(self, root_pid: int, token: str, loadgen_pid: int | None, interval: float = 0.5):
         self.root, self.token, self.interval = root_pid, token, interval
@@ -337,17 +359,34 @@ WORKERS = ("ray_worker", "ray_system", "prefect", "other")  # every process of t
 # ----------------------------------------------------------------------------------------------- one run
 
 
-def config_yaml(path: Path, encoder: Path | None, cache: Path, concurrency: int, engine: str = "openai",
-                replicas: int | None = None, block_sources: int | None = None, units_per_part: int | None = None) -> None:
+def config_yaml(
+    path: Path,
+    encoder: Path | None,
+    cache: Path,
+    concurrency: int,
+    engine: str = "openai",
+    replicas: int | None = None,
+    block_sources: int | None = None,
+    units_per_part: int | None = None,
+) -> None:
     semantic = {"enabled": False, "cache_dir": str(cache)}
     if encoder is not None:  # the stub's cost is per batch, not per text: big batches keep it out of the way
         semantic.update(model=str(encoder), batch_size=1024)
     cfg = {
-        "engine": ({"kind": "openai", "openai": {"concurrency": concurrency, "structured": "auto"}} if engine == "openai"
-                   else {"kind": "plugin", "plugin": "instant_engine:InstantEngine"}),
-        "filters": {"negatives": {"semantic": semantic, "blind": {"scorers": ["bigram"]},
-                                  "dedup": {"enabled": True}, "surface": {"enabled": True},
-                                  "propensity": {"enabled": True}}},
+        "engine": (
+            {"kind": "openai", "openai": {"concurrency": concurrency, "structured": "auto"}}
+            if engine == "openai"
+            else {"kind": "plugin", "plugin": "instant_engine:InstantEngine"}
+        ),
+        "filters": {
+            "negatives": {
+                "semantic": semantic,
+                "blind": {"scorers": ["bigram"]},
+                "dedup": {"enabled": True},
+                "surface": {"enabled": True},
+                "propensity": {"enabled": True},
+            }
+        },
     }
     if engine == "instant" and replicas:
         cfg["ray"] = {"workers": replicas}
@@ -361,22 +400,36 @@ def cli_env(token: str, cache: Path, root: Path) -> dict:
     """The CLI's environment: this run's marker, and this checkout's root and ``bench/`` first on ``PYTHONPATH``
     (the CLI and the Ray workers it starts import this checkout's ``pipeline`` and the instant engine)."""
     path = os.pathsep.join([str(REPO), str(REPO / "bench")] + [x for x in [os.environ.get("PYTHONPATH")] if x])
-    return {**os.environ, MARKER: token, "CONTRASTGEN_CACHE": str(cache), "PREFECT_HOME": str(root / "prefect-home"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
+    return {
+        **os.environ,
+        MARKER: token,
+        "CONTRASTGEN_CACHE": str(cache),
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": path,
+    }
 
 
 def imported_pipeline(env: dict) -> str:
     """Where the CLI's interpreter, in ``env``, imports ``pipeline`` from (a check that a worktree runs its own)."""
-    out = subprocess.run([sys.executable, "-c", "import pipeline; print(pipeline.__file__)"], env=env,
-                         capture_output=True, text=True, cwd=tempfile.gettempdir())
+    out = subprocess.run(
+        [sys.executable, "-c", "import pipeline; print(pipeline.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     return out.stdout.strip() or out.stderr.strip()[-300:]
 
 
 def checkout() -> dict:
     """This checkout's commit, and the files of the pipeline's code changed from it (a run of uncommitted code)."""
+
     def git(*a: str) -> str:
         out = subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True)
         return out.stdout.strip() if out.returncode == 0 else ""
+
     changed = git("status", "--porcelain", "--", "pipeline", "flows", "prompts").splitlines()
     return {"repo": str(REPO), "commit": git("rev-parse", "--short", "HEAD"), "pipeline_changes": changed}
 
@@ -411,7 +464,7 @@ def _kill(monitor: Monitor | None, proc: subprocess.Popen) -> None:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         pass
-    for pid in (monitor.pids() if monitor else [proc.pid]):
+    for pid in monitor.pids() if monitor else [proc.pid]:
         try:
             psutil.Process(pid).kill()
         except psutil.Error:
@@ -445,9 +498,17 @@ def run_size(units_wanted: int, root: Path, args, encoder: Path | None, label: s
     instant = args.engine == "instant"
     t = time.perf_counter()
     write_captions(inp, n_captions)
-    config_yaml(cfg, encoder, cache, args.concurrency, args.engine, args.replicas, args.block_sources, args.units_per_part)
-    result: dict = {"units_requested": units_wanted, "captions": n_captions, "units": units, "engine": args.engine,
-                    "path": PATHS[args.engine], "input_seconds": round(time.perf_counter() - t, 2)}
+    config_yaml(
+        cfg, encoder, cache, args.concurrency, args.engine, args.replicas, args.block_sources, args.units_per_part
+    )
+    result: dict = {
+        "units_requested": units_wanted,
+        "captions": n_captions,
+        "units": units,
+        "engine": args.engine,
+        "path": PATHS[args.engine],
+        "input_seconds": round(time.perf_counter() - t, 2),
+    }
 
     token = uuid.uuid4().hex
     env = cli_env(token, cache, root)
@@ -463,7 +524,10 @@ def run_size(units_wanted: int, root: Path, args, encoder: Path | None, label: s
         cli += ["--engine", "openai", "--base-url", url]
     cli += ["--input", str(inp), "--out", str(out), "--config", str(cfg), "--json"]
     if args.clients:
-        cli += ["--clients", str(args.clients)]  # parts generated and committed by Ray Data workers (pipeline.run.stream)
+        cli += [
+            "--clients",
+            str(args.clients),
+        ]  # parts generated and committed by Ray Data workers (pipeline.run.stream)
     result["command"] = " ".join(cli)
     with (work / "cli.stdout").open("wb") as so, (work / "cli.stderr").open("wb") as se:
         t0 = time.time()
@@ -484,9 +548,18 @@ def run_size(units_wanted: int, root: Path, args, encoder: Path | None, label: s
         monitor.driver.cpu_samples.append((t1, driver_cpu))
     if instant:
         st = instant_engine.read_stats(stats_dir)
-        stats = {"first_request": st["built"], "first_task_request": st["first_call"], "last_response": st["last_call"],
-                 "requests": st["requests"], "task_requests": st["requests"], "samples": None, "errors": None,
-                 "other_requests": 0, "calls": st["calls"], "replicas": st["replicas"]}
+        stats = {
+            "first_request": st["built"],
+            "first_task_request": st["first_call"],
+            "last_response": st["last_call"],
+            "requests": st["requests"],
+            "task_requests": st["requests"],
+            "samples": None,
+            "errors": None,
+            "other_requests": 0,
+            "calls": st["calls"],
+            "replicas": st["replicas"],
+        }
     else:
         try:
             stats = loadserver.stats(url)
@@ -498,36 +571,57 @@ def run_size(units_wanted: int, root: Path, args, encoder: Path | None, label: s
         except subprocess.TimeoutExpired:
             server.kill()
     summary = _json_line((work / "cli.stdout").read_text(errors="replace"))
-    result.update({"finished": finished, "returncode": rc, "wall_seconds": round(t1 - t0, 2),
-                   "status": "ok" if finished and rc == 0 and summary else
-                   (f"did not finish in {args.max_minutes:g} minutes" if not finished else f"failed (exit code {rc})"),
-                   "loadgen" if not instant else "instant_engine":
-                   {k: stats.get(k) for k in ("requests", "task_requests", "other_requests", "errors", "samples", "calls",
-                                              "replicas") if k in stats}})
+    result.update(
+        {
+            "finished": finished,
+            "returncode": rc,
+            "wall_seconds": round(t1 - t0, 2),
+            "status": "ok"
+            if finished and rc == 0 and summary
+            else (f"did not finish in {args.max_minutes:g} minutes" if not finished else f"failed (exit code {rc})"),
+            "loadgen" if not instant else "instant_engine": {
+                k: stats.get(k)
+                for k in ("requests", "task_requests", "other_requests", "errors", "samples", "calls", "replicas")
+                if k in stats
+            },
+        }
+    )
     if finished and (rc != 0 or not summary):
         result["stderr_tail"] = (work / "cli.stderr").read_text(errors="replace")[-3000:]
 
     # stage windows on the load generator's (or the replicas') clock: time.time() on this machine
     first, first_task = stats.get("first_request"), stats.get("first_task_request")
     last = stats.get("last_response")
-    bounds = {"plan": (t0, first or t1), "startup": (first or t1, first_task or first or t1),
-              "generation": (first_task or t1, last or t1), "finalize": (last or t1, t1)}
+    bounds = {
+        "plan": (t0, first or t1),
+        "startup": (first or t1, first_task or first or t1),
+        "generation": (first_task or t1, last or t1),
+        "finalize": (last or t1, t1),
+    }
     cpu_at = monitor.driver.cpu_at if monitor.driver is not None else (lambda _t: 0.0)
     stages = {}
     for st in STAGES:
         a, b = bounds[st]
         secs = (summary or {}).get(f"{st}_seconds")
         cpu = max(0.0, cpu_at(b) - cpu_at(a))
-        stages[st] = {"seconds": secs, "window_seconds": round(max(0.0, b - a), 2),
-                      "units_per_s": round(units / secs, 1) if secs else None,
-                      "driver_peak_mb": monitor.peak_mb(("driver",), a, b),
-                      "workers_peak_mb": monitor.peak_mb(WORKERS, a, b),
-                      "driver_cpu_s": round(cpu, 2), "driver_cpu_s_per_unit": round(cpu / units, 7)}
+        stages[st] = {
+            "seconds": secs,
+            "window_seconds": round(max(0.0, b - a), 2),
+            "units_per_s": round(units / secs, 1) if secs else None,
+            "driver_peak_mb": monitor.peak_mb(("driver",), a, b),
+            "workers_peak_mb": monitor.peak_mb(WORKERS, a, b),
+            "driver_cpu_s": round(cpu, 2),
+            "driver_cpu_s_per_unit": round(cpu / units, 7),
+        }
     result["stages"] = stages
-    result["total"] = {"seconds": result["wall_seconds"], "units_per_s": round(units / result["wall_seconds"], 1),
-                       "driver_peak_mb": monitor.peak_mb(("driver",)), "workers_peak_mb": monitor.peak_mb(WORKERS),
-                       "loadgen_peak_mb": monitor.peak_mb(("loadgen",)),
-                       "seconds_per_unit": result["wall_seconds"] / units}
+    result["total"] = {
+        "seconds": result["wall_seconds"],
+        "units_per_s": round(units / result["wall_seconds"], 1),
+        "driver_peak_mb": monitor.peak_mb(("driver",)),
+        "workers_peak_mb": monitor.peak_mb(WORKERS),
+        "loadgen_peak_mb": monitor.peak_mb(("loadgen",)),
+        "seconds_per_unit": result["wall_seconds"] / units,
+    }
     result["driver_cpu_s"] = None if driver_cpu is None else round(driver_cpu, 2)
     result["driver_cpu_s_per_unit"] = None if driver_cpu is None else round(driver_cpu / units, 7)
     result["driver_cpu_exact"] = finished  # read from the exited CLI; a killed run has its last poll's value
@@ -536,10 +630,26 @@ def run_size(units_wanted: int, root: Path, args, encoder: Path | None, label: s
         result["processes"]["driver"]["cpu_seconds"] = round(driver_cpu, 1)
     if summary:
         neg_units = n_captions * (len(TASKS) - 1)
-        result["summary"] = {k: summary.get(k) for k in ("units", "generated", "reused", "kept", "rejected", "filtered",
-                                                          "positives", "splits", "rejected_by_reason", "tokens_out",
-                                                          "plan_seconds", "startup_seconds", "generation_seconds",
-                                                          "finalize_seconds", "empty")}
+        result["summary"] = {
+            k: summary.get(k)
+            for k in (
+                "units",
+                "generated",
+                "reused",
+                "kept",
+                "rejected",
+                "filtered",
+                "positives",
+                "splits",
+                "rejected_by_reason",
+                "tokens_out",
+                "plan_seconds",
+                "startup_seconds",
+                "generation_seconds",
+                "finalize_seconds",
+                "empty",
+            )
+        }
         result["kept_fraction_of_negative_units"] = round((summary.get("kept") or 0) / neg_units, 4)
     result["dataset_mb"] = _du_mb(out)
     if not args.keep:
@@ -568,11 +678,15 @@ def scoring_throughput(n_texts: int, largest_texts: int | None) -> dict:
             fn(texts[:8])  # loads the model
             load = time.perf_counter() - t
             t = time.perf_counter()
-            fn(texts[16:16 + n_texts])
+            fn(texts[16 : 16 + n_texts])
             secs = time.perf_counter() - t
             rate = n_texts / secs
-            out[name] = {"load_seconds": round(load, 2), "seconds": round(secs, 2), "texts_per_s": round(rate, 1),
-                         "hours_per_1m_texts": round(1e6 / rate / 3600, 2)}
+            out[name] = {
+                "load_seconds": round(load, 2),
+                "seconds": round(secs, 2),
+                "texts_per_s": round(rate, 1),
+                "hours_per_1m_texts": round(1e6 / rate / 3600, 2),
+            }
             if largest_texts:
                 out[name]["hours_at_largest_run"] = round(largest_texts / rate / 3600, 2)
     return out
@@ -610,16 +724,27 @@ def ratios(results: list[dict]) -> list[dict]:
     return out
 
 
-def print_report(results: list[dict], rat: list[dict], scoring: dict | None, encoder_label: str, clients: int = 0,
-                 engine: str = "openai", replicas: int | None = None) -> None:
+def print_report(
+    results: list[dict],
+    rat: list[dict],
+    scoring: dict | None,
+    encoder_label: str,
+    clients: int = 0,
+    engine: str = "openai",
+    replicas: int | None = None,
+) -> None:
     if engine == "instant":
-        print(f"\nScale benchmark: contrastgen generate negatives with the {instant_engine.LABEL} (no LLM, no HTTP) in "
-              f"{replicas or 'the default number of'} Ray engine replicas (engine.kind plugin); filter scorers: semantic "
-              f"off, blind [bigram], encoder {encoder_label}")
+        print(
+            f"\nScale benchmark: contrastgen generate negatives with the {instant_engine.LABEL} (no LLM, no HTTP) in "
+            f"{replicas or 'the default number of'} Ray engine replicas (engine.kind plugin); filter scorers: semantic "
+            f"off, blind [bigram], encoder {encoder_label}"
+        )
     else:
-        print(f"\nScale benchmark: contrastgen generate negatives --engine openai against the LOAD GENERATOR "
-              f"(no LLM); filter scorers: semantic off, blind [bigram], encoder {encoder_label}; parts committed by "
-              f"{f'{clients} Ray Data client workers' if clients else 'the driver'}")
+        print(
+            f"\nScale benchmark: contrastgen generate negatives --engine openai against the LOAD GENERATOR "
+            f"(no LLM); filter scorers: semantic off, blind [bigram], encoder {encoder_label}; parts committed by "
+            f"{f'{clients} Ray Data client workers' if clients else 'the driver'}"
+        )
     head = f"{'N units':>10}  {'stage':<11} {'seconds':>9} {'units/s':>10} {'driver MB':>10} {'workers MB':>11}"
     print(head)
     print("-" * len(head))
@@ -627,22 +752,33 @@ def print_report(results: list[dict], rat: list[dict], scoring: dict | None, enc
         n = f"{r['units']:,}"
         for st in STAGES:
             s = r["stages"][st]
-            print(f"{n:>10}  {st:<11} {_f(s['seconds'], '{:,.2f}'):>9} {_f(s['units_per_s'], '{:,.0f}'):>10} "
-                  f"{_f(s['driver_peak_mb']):>10} {_f(s['workers_peak_mb']):>11}")
+            print(
+                f"{n:>10}  {st:<11} {_f(s['seconds'], '{:,.2f}'):>9} {_f(s['units_per_s'], '{:,.0f}'):>10} "
+                f"{_f(s['driver_peak_mb']):>10} {_f(s['workers_peak_mb']):>11}"
+            )
             n = ""
         staged = [r["stages"][st]["seconds"] for st in STAGES]
         if all(x is not None for x in staged):
-            print(f"{'':>10}  {'outside':<11} {_f(r['wall_seconds'] - sum(staged), '{:,.2f}'):>9} {'':>10} {'':>10} {'':>11}"
-                  "   (CLI start, Prefect start and stop, exit)")
+            print(
+                f"{'':>10}  {'outside':<11} {_f(r['wall_seconds'] - sum(staged), '{:,.2f}'):>9} {'':>10} {'':>10} "
+                f"{'':>11}"
+                "   (CLI start, Prefect start and stop, exit)"
+            )
         t = r["total"]
-        print(f"{'':>10}  {'total (CLI)':<11} {_f(t['seconds'], '{:,.2f}'):>9} {_f(t['units_per_s'], '{:,.0f}'):>10} "
-              f"{_f(t['driver_peak_mb']):>10} {_f(t['workers_peak_mb']):>11}   {r['status']}"
-              + (f"  [{instant_engine.LABEL}]" if r.get("engine") == "instant" else ""))
-    print("\nseconds: the summary's *_seconds (total: the CLI process's wall time); MB: peak RSS of the driver / of the "
-          "largest other process of the run (stage rows: sampled within the stage's wall-clock window; total: VmHWM)")
+        print(
+            f"{'':>10}  {'total (CLI)':<11} {_f(t['seconds'], '{:,.2f}'):>9} {_f(t['units_per_s'], '{:,.0f}'):>10} "
+            f"{_f(t['driver_peak_mb']):>10} {_f(t['workers_peak_mb']):>11}   {r['status']}"
+            + (f"  [{instant_engine.LABEL}]" if r.get("engine") == "instant" else "")
+        )
+    print(
+        "\nseconds: the summary's *_seconds (total: the CLI process's wall time); MB: peak RSS of the driver / of the "
+        "largest other process of the run (stage rows: sampled within the stage's wall-clock window; total: VmHWM)"
+    )
     for r in results:
-        procs = ", ".join(f"{g} x{v['processes']} {v['peak_rss_mb']:,.0f} MB {v['cpu_seconds']:,.1f} cpu-s"
-                          for g, v in sorted(r["processes"].items()))
+        procs = ", ".join(
+            f"{g} x{v['processes']} {v['peak_rss_mb']:,.0f} MB {v['cpu_seconds']:,.1f} cpu-s"
+            for g, v in sorted(r["processes"].items())
+        )
         tag = f" ({instant_engine.LABEL})" if r.get("engine") == "instant" else ""
         print(f"\nN={r['units']:,}{tag}: {r['status']}; processes: {procs}; dataset {r['dataset_mb']:,.1f} MB on disk")
         if not r["finished"]:
@@ -651,67 +787,113 @@ def print_report(results: list[dict], rat: list[dict], scoring: dict | None, enc
             print(f"  {who} had answered {done:,} of {r['units']:,} units when the run was stopped")
         if r.get("driver_cpu_s") is not None:
             per = ", ".join(f"{st} {1e6 * r['stages'][st]['driver_cpu_s_per_unit']:,.0f}" for st in STAGES)
-            print(f"  driver CPU (the CLI process, user+sys): {r['driver_cpu_s']:,.2f} s = "
-                  f"{1e6 * r['driver_cpu_s_per_unit']:,.0f} us a unit for the whole run"
-                  f"{'' if r.get('driver_cpu_exact') else ' (last poll: the run was killed)'}; by stage (us a unit): {per}")
+            print(
+                f"  driver CPU (the CLI process, user+sys): {r['driver_cpu_s']:,.2f} s = "
+                f"{1e6 * r['driver_cpu_s_per_unit']:,.0f} us a unit for the whole run"
+                f"{'' if r.get('driver_cpu_exact') else ' (last poll: the run was killed)'}; by stage (us a unit): "
+                f"{per}"
+            )
         s = r.get("summary")
         if s:
             neg = r["captions"] * (len(TASKS) - 1)
-            print(f"  kept {s['kept']:,} of {neg:,} negative units ({100 * r['kept_fraction_of_negative_units']:.1f}%), "
-                  f"positives {s['positives']:,}, rejected {s['rejected']:,}, filtered {s['filtered']:,}, "
-                  f"splits {s['splits']}")
+            print(
+                f"  kept {s['kept']:,} of {neg:,} negative units ({100 * r['kept_fraction_of_negative_units']:.1f}%), "
+                f"positives {s['positives']:,}, rejected {s['rejected']:,}, filtered {s['filtered']:,}, "
+                f"splits {s['splits']}"
+            )
             print(f"  rejected by reason: {s['rejected_by_reason']}")
             if s.get("empty"):
                 print(f"  EMPTY: {s['empty']}")
         if r.get("stderr_tail"):
             print("  stderr tail:\n" + r["stderr_tail"])
         every = max(r["total"]["driver_peak_mb"] or 0, r["total"]["workers_peak_mb"] or 0)
-        print(f"  goal: every process under 3 GB: {'PASS' if every < GB3_MB and r['status'] == 'ok' else 'FAIL'} "
-              f"(largest {every:,.0f} MB)")
+        print(
+            f"  goal: every process under 3 GB: {'PASS' if every < GB3_MB and r['status'] == 'ok' else 'FAIL'} "
+            f"(largest {every:,.0f} MB)"
+        )
     if rat:
         print("\nGoals between sizes 10x apart (memory <= 1.5x, time per unit <= 1.2x):")
         for row in rat:
             if "verdict" in row:
                 print(f"  {row['small_units']:,} -> {row['large_units']:,}: {row['verdict']}")
                 continue
-            parts = [f"{who} RSS x{row[f'{who}_rss_ratio']:.2f} {row[f'{who}_rss_verdict']}"
-                     for who in ("driver", "workers") if f"{who}_rss_ratio" in row]
+            parts = [
+                f"{who} RSS x{row[f'{who}_rss_ratio']:.2f} {row[f'{who}_rss_verdict']}"
+                for who in ("driver", "workers")
+                if f"{who}_rss_ratio" in row
+            ]
             parts.append(f"time/unit x{row['time_per_unit_ratio']:.2f} {row['time_per_unit_verdict']}")
             print(f"  {row['small_units']:,} -> {row['large_units']:,}: " + "; ".join(parts))
     else:
         print("\n(no two sizes 10x apart: no ratios)")
     if scoring:
-        print(f"\nModel scorers, measured separately ({scoring['texts']} fresh texts, {scoring['torch_threads']} torch threads):")
+        print(
+            f"\nModel scorers, measured separately ({scoring['texts']} fresh texts, {scoring['torch_threads']} torch "
+            f"threads):"
+        )
         for name in ("minilm_embed", "lm_loglik"):
             v = scoring[name]
-            extra = f", {v['hours_at_largest_run']:.2f} h for the largest run's texts" if "hours_at_largest_run" in v else ""
-            print(f"  {name:<13} {v['texts_per_s']:>8,.1f} texts/s -> {v['hours_per_1m_texts']:.2f} h per 1M texts{extra} "
-                  f"(model load {v['load_seconds']:.1f} s)")
+            extra = (
+                f", {v['hours_at_largest_run']:.2f} h for the largest run's texts"
+                if "hours_at_largest_run" in v
+                else ""
+            )
+            print(
+                f"  {name:<13} {v['texts_per_s']:>8,.1f} texts/s -> "
+                f"{v['hours_per_1m_texts']:.2f} h per 1M texts{extra} "
+                f"(model load {v['load_seconds']:.1f} s)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--units", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--out-root", type=Path, default=None, help="work folder (default: a new temp folder, removed after)")
+    ap.add_argument(
+        "--out-root", type=Path, default=None, help="work folder (default: a new temp folder, removed after)"
+    )
     ap.add_argument("--max-minutes", type=float, default=60.0, help="per size; a run past it is killed and reported")
     ap.add_argument("--json-out", type=Path, default=REPO / "bench" / "scale_results.json")
-    ap.add_argument("--encoder", choices=["stub", "real"], default="stub",
-                    help="model the filter stage embeds texts with (it always does): a 0-layer MiniLM stub, or MiniLM")
+    ap.add_argument(
+        "--encoder",
+        choices=["stub", "real"],
+        default="stub",
+        help="model the filter stage embeds texts with (it always does): a 0-layer MiniLM stub, or MiniLM",
+    )
     ap.add_argument("--invalid-rate", type=float, default=0.1, help="units the load generator answers invalidly")
     ap.add_argument("--concurrency", type=int, default=256, help="engine.openai.concurrency")
-    ap.add_argument("--clients", type=int, default=0,
-                    help="ray.clients: Ray Data workers that generate and commit the parts (0: the driver's client)")
-    ap.add_argument("--engine", choices=sorted(PATHS), default="openai",
-                    help="openai: the openai engine against the load generator; instant: the engine-actor path with "
-                         "bench/instant_engine.py (bench only) in the Ray engine replicas")
-    ap.add_argument("--replicas", type=int, default=2,
-                    help="--engine instant: engine replicas (ray.workers); 0: the pipeline's default")
-    ap.add_argument("--block-sources", type=int, default=None,
-                    help="output.block_sources (default: the pipeline's, 4,096 captions a block); a run of several "
-                         "blocks finalizes them on Ray tasks")
-    ap.add_argument("--units-per-part", type=int, default=None,
-                    help="output.units_per_part (default: the engine's: 64 for the instant engine's batch of 32, 256 "
-                         "for vLLM's default 256 sequences at n=2)")
+    ap.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="ray.clients: Ray Data workers that generate and commit the parts (0: the driver's client)",
+    )
+    ap.add_argument(
+        "--engine",
+        choices=sorted(PATHS),
+        default="openai",
+        help="openai: the openai engine against the load generator; instant: the engine-actor path with "
+        "bench/instant_engine.py (bench only) in the Ray engine replicas",
+    )
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="--engine instant: engine replicas (ray.workers); 0: the pipeline's default",
+    )
+    ap.add_argument(
+        "--block-sources",
+        type=int,
+        default=None,
+        help="output.block_sources (default: the pipeline's, 4,096 captions a block); a run of several "
+        "blocks finalizes them on Ray tasks",
+    )
+    ap.add_argument(
+        "--units-per-part",
+        type=int,
+        default=None,
+        help="output.units_per_part (default: the engine's: 64 for the instant engine's batch of 32, 256 "
+        "for vLLM's default 256 sequences at n=2)",
+    )
     ap.add_argument("--json", action="store_true", help="print the whole result as one JSON object on the last line")
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between RSS polls")
     ap.add_argument("--scoring-texts", type=int, default=200)
@@ -729,9 +911,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         encoder = build_stub_encoder(root / "stub-encoder") if args.encoder == "stub" else None
         pipeline_at, code = imported_pipeline(cli_env("check", root / "scores-cache", root)), checkout()
-        print(f"the CLI imports pipeline from {pipeline_at}; checkout {code['commit']}"
-              + (f" with {len(code['pipeline_changes'])} uncommitted changes in pipeline/, flows/, prompts/"
-                 if code["pipeline_changes"] else ""), flush=True)
+        print(
+            f"the CLI imports pipeline from {pipeline_at}; checkout {code['commit']}"
+            + (
+                f" with {len(code['pipeline_changes'])} uncommitted changes in pipeline/, flows/, prompts/"
+                if code["pipeline_changes"]
+                else ""
+            ),
+            flush=True,
+        )
         if not args.no_warmup:  # Prefect's database, the OS file cache: paid once, before anything is timed
             w = run_size(18, root, args, encoder, label="warmup")
             print(f"warm-up (18 units, untimed): {w['status']}, {w['wall_seconds']:.1f} s", flush=True)
@@ -746,15 +934,33 @@ def main(argv: list[str] | None = None) -> int:
             texts = largest["captions"] * (len(TASKS) - 1) + 2 * largest["captions"] if largest else None
             scoring = scoring_throughput(args.scoring_texts, texts)
         rat = ratios(results)
-        print_report(results, rat, scoring, "stub (0-layer MiniLM)" if encoder else "all-MiniLM-L6-v2", args.clients,
-                     args.engine, args.replicas)
-        payload = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
-                   "time": time.strftime("%Y-%m-%d %H:%M:%S"), "engine": args.engine, "path": PATHS[args.engine],
-                   "replicas": args.replicas if args.engine == "instant" else None, "pipeline": pipeline_at, "checkout": code,
-                   "encoder": args.encoder, "invalid_rate": args.invalid_rate,
-                   "concurrency": args.concurrency, "clients": args.clients, "max_minutes": args.max_minutes, "results": results, "ratios": rat,
-                   "scoring": scoring,
-                   "goals": {"rss_mb_max": GB3_MB, "rss_ratio_max": MEM_RATIO_GOAL, "time_ratio_max": TIME_RATIO_GOAL}}
+        print_report(
+            results,
+            rat,
+            scoring,
+            "stub (0-layer MiniLM)" if encoder else "all-MiniLM-L6-v2",
+            args.clients,
+            args.engine,
+            args.replicas,
+        )
+        payload = {
+            "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "engine": args.engine,
+            "path": PATHS[args.engine],
+            "replicas": args.replicas if args.engine == "instant" else None,
+            "pipeline": pipeline_at,
+            "checkout": code,
+            "encoder": args.encoder,
+            "invalid_rate": args.invalid_rate,
+            "concurrency": args.concurrency,
+            "clients": args.clients,
+            "max_minutes": args.max_minutes,
+            "results": results,
+            "ratios": rat,
+            "scoring": scoring,
+            "goals": {"rss_mb_max": GB3_MB, "rss_ratio_max": MEM_RATIO_GOAL, "time_ratio_max": TIME_RATIO_GOAL},
+        }
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {args.json_out}")

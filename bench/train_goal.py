@@ -38,15 +38,28 @@ def main() -> None:
         if t.rows >= a.min_rows:
             checks.append((f"{t.neg_type} ({t.rows} rows) rises", delta > 0, f"{b[t.neg_type].acc:.1f} -> {t.acc:.1f}"))
         if t.neg_type in ("swap_obj", "swap_att"):
-            checks.append((f"{t.neg_type} +20 points", delta >= 20, f"{b[t.neg_type].acc:.1f} -> {t.acc:.1f} ({delta:+.1f})"))
+            checks.append(
+                (f"{t.neg_type} +20 points", delta >= 20, f"{b[t.neg_type].acc:.1f} -> {t.acc:.1f} ({delta:+.1f})")
+            )
         print(f"{t.neg_type:16} rows {t.rows:4}  {b[t.neg_type].acc:5.1f} -> {t.acc:5.1f} ({delta:+.1f})")
     drop = before.retention.spearman - after.retention.spearman
-    checks.append(("retention drop <= 1 point", drop <= 1.0, f"{before.retention.spearman} -> {after.retention.spearman}"))
+    checks.append(
+        ("retention drop <= 1 point", drop <= 1.0, f"{before.retention.spearman} -> {after.retention.spearman}")
+    )
     print(f"{'all':16} rows {after.overall.rows:4}  {before.overall.acc:5.1f} -> {after.overall.acc:5.1f}")
     for name, ok, detail in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
-    print(json.dumps({"passed": all(ok for _, ok, _ in checks), "checks": [[n, ok, d] for n, ok, d in checks],
-                      "steps": s.result.steps, "best_step": s.result.best_step, "train_seconds": s.result.seconds}))
+    print(
+        json.dumps(
+            {
+                "passed": all(ok for _, ok, _ in checks),
+                "checks": [[n, ok, d] for n, ok, d in checks],
+                "steps": s.result.steps,
+                "best_step": s.result.best_step,
+                "train_seconds": s.result.seconds,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

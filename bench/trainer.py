@@ -44,8 +44,11 @@ def ours(groups: list[Group], batch: int, steps: int) -> float:
     from pipeline.train.run import load_encoder
     from pipeline.train.trainer import Trainer
 
-    cfg = TrainConfig(optim={"batch_size": batch, "epochs": 1, "warmup_ratio": 0.0}, data={"max_negatives": 1},
-                      loss={"weights": {"mnrl": 1.0}})
+    cfg = TrainConfig(
+        optim={"batch_size": batch, "epochs": 1, "warmup_ratio": 0.0},
+        data={"max_negatives": 1},
+        loss={"weights": {"mnrl": 1.0}},
+    )
     model = load_encoder(bundled_encoder(), "cpu", cfg.model.max_seq_length)
     t0 = time.perf_counter()  # the whole run() call, as trainer.train() is timed for sentence-transformers
     res = Trainer(cfg, model).run(groups[: batch * steps], [])
@@ -63,16 +66,30 @@ def sentence_transformers_trainer(groups: list[Group], batch: int, steps: int, o
 
     model = SentenceTransformer(str(bundled_encoder()), device="cpu")
     model.max_seq_length = TrainConfig().model.max_seq_length
-    ds = Dataset.from_dict({"anchor": [g.anchor for g in groups[: batch * steps]],
-                            "positive": [g.positive for g in groups[: batch * steps]],
-                            "negative": [g.negatives[0] for g in groups[: batch * steps]]})
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=batch, max_steps=steps, learning_rate=2e-5,
-        warmup_ratio=0.0, logging_steps=steps, save_strategy="no", report_to="none", seed=0,
-        dataloader_drop_last=False, disable_tqdm=True, use_cpu=True,
+    ds = Dataset.from_dict(
+        {
+            "anchor": [g.anchor for g in groups[: batch * steps]],
+            "positive": [g.positive for g in groups[: batch * steps]],
+            "negative": [g.negatives[0] for g in groups[: batch * steps]],
+        }
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
-                                         loss=MultipleNegativesRankingLoss(model, scale=20.0))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=2e-5,
+        warmup_ratio=0.0,
+        logging_steps=steps,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        dataloader_drop_last=False,
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=ds, loss=MultipleNegativesRankingLoss(model, scale=20.0)
+    )
     t0 = time.perf_counter()
     trainer.train()
     return batch * steps / (time.perf_counter() - t0)
@@ -94,8 +111,10 @@ def one_step_peak(data: Path, batch: int, chunk: int | None) -> float:
 
 
 def peak_in_subprocess(data: Path, batch: int, chunk: int | None) -> float:
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.trainer import one_step_peak; "
-            f"from pathlib import Path; print(one_step_peak(Path({str(data)!r}), {batch}, {chunk}))")
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.trainer import one_step_peak; "
+        f"from pathlib import Path; print(one_step_peak(Path({str(data)!r}), {batch}, {chunk}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -123,8 +142,10 @@ def main() -> None:
         m32 = peak_in_subprocess(a.data, 32, 32)
         m1024 = peak_in_subprocess(a.data, 1024, 32)
         plain256 = peak_in_subprocess(a.data, 256, None)
-        print(f"peak RSS, GradCache chunk 32: batch 32 {m32:.0f} MiB, batch 1024 {m1024:.0f} MiB -> "
-              f"{m1024 / m32:.3f}x (goal <= 1.2x)")
+        print(
+            f"peak RSS, GradCache chunk 32: batch 32 {m32:.0f} MiB, batch 1024 {m1024:.0f} MiB -> "
+            f"{m1024 / m32:.3f}x (goal <= 1.2x)"
+        )
         print(f"peak RSS, no GradCache, batch 256: {plain256:.0f} MiB ({plain256 / m32:.2f}x batch 32 cached)")
         result.update(rss_mib={"cached_32": m32, "cached_1024": m1024, "plain_256": plain256}, memory_ratio=m1024 / m32)
     print(json.dumps(result))

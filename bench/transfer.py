@@ -56,14 +56,16 @@ def main() -> None:
 
     variants = read_yaml(a.variants) if a.variants else {}
     if not all(isinstance(v, dict) for v in variants.values()):
-        raise SystemExit(f"{a.variants}: expected a mapping of variant name -> train config overrides, e.g. "
-                         "'k4: {data: {positives_per_anchor: 4}}'")
+        raise SystemExit(
+            f"{a.variants}: expected a mapping of variant name -> train config overrides, e.g. "
+            "'k4: {data: {positives_per_anchor: 4}}'"
+        )
 
     from pipeline.train.config import load_train_config
     from pipeline.train.data import read_split
     from pipeline.train.evaluate import read_sts, retention
     from pipeline.train.paws import paraphrase_auc, read_paws
-    from pipeline.train.rules import read_coco, coco_transfer_set
+    from pipeline.train.rules import coco_transfer_set, read_coco
     from pipeline.train.run import _device, load_data, load_encoder
     from pipeline.train.trainer import Trainer
     from pipeline.train.transfer import evaluate_transfer, rule_groups
@@ -73,11 +75,14 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = coco_transfer_set(a.coco, a.images, exclude)
     sts, paws = read_sts(a.stsb), read_paws(a.paws)
-    print(f"transfer set: {len(rows)} rows from {a.images} COCO images ({len(exclude)} excluded: their captions are "
-          f"in {a.data}); STS-B dev: {len(sts)} pairs; PAWS dev: {len(paws)} pairs; built in "
-          f"{time.perf_counter() - t0:.1f} s")
+    print(
+        f"transfer set: {len(rows)} rows from {a.images} COCO images ({len(exclude)} excluded: their captions are "
+        f"in {a.data}); STS-B dev: {len(sts)} pairs; PAWS dev: {len(paws)} pairs; built in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
+
         def config(overrides: dict):
             base = {"data": {"dirs": [str(a.data)]}, "model": {"out": str(Path(tmp) / "model")}}
             return load_train_config(a.config, deep_merge(base, overrides))
@@ -87,18 +92,23 @@ def main() -> None:
 
         def score(model) -> dict:
             t = evaluate_transfer(model, rows, cfg.eval.batch_size)
-            return {"transfer": {k: v.acc_positive for k, v in t.items()}, "rows": {k: v.rows for k, v in t.items()},
-                    "anchor_direction": {k: v.acc_caption for k, v in t.items()},
-                    "stsb_dev": retention(model, sts, cfg.eval.batch_size).spearman,
-                    "paws_dev": paraphrase_auc(model, paws, cfg.eval.batch_size)}
+            return {
+                "transfer": {k: v.acc_positive for k, v in t.items()},
+                "rows": {k: v.rows for k, v in t.items()},
+                "anchor_direction": {k: v.acc_caption for k, v in t.items()},
+                "stsb_dev": retention(model, sts, cfg.eval.batch_size).spearman,
+                "paws_dev": paraphrase_auc(model, paws, cfg.eval.batch_size),
+            }
 
         def trained(c, train, val) -> dict:
             student = load_encoder(c.model.resolved_base(), _device(), c.model.max_seq_length)
             t = time.perf_counter()
             res = Trainer(c, student).run(train, val)
             took = time.perf_counter() - t
-            print(f"  trained {res.steps} steps on {len(train)} anchors in {took:.0f} s (kept step {res.best_step})",
-                  flush=True)
+            print(
+                f"  trained {res.steps} steps on {len(train)} anchors in {took:.0f} s (kept step {res.best_step})",
+                flush=True,
+            )
             return {**score(student), "train_s": round(took, 1), "steps": res.steps, "kept_step": res.best_step}
 
         out = {"base": score(load_encoder(cfg.model.resolved_base(), _device(), cfg.model.max_seq_length))}

@@ -45,15 +45,24 @@ def make(src: Path, rows: int, out: Path) -> None:
             t = base.slice(0, min(base.num_rows, n - sum(p.num_rows for p in parts)))
             tag = pa.scalar(f" #{copy}")
             t = t.set_column(t.column_names.index("id"), "id", pc.binary_join_element_wise(t["id"], tag, ""))
-            t = t.set_column(t.column_names.index("caption"), "caption", pc.binary_join_element_wise(t["caption"], tag, ""))
+            t = t.set_column(
+                t.column_names.index("caption"), "caption", pc.binary_join_element_wise(t["caption"], tag, "")
+            )
             parts.append(t)
             copy += 1
         path = out / "data" / f"train-{len(shards):05d}.arrow"
         table = pa.concat_tables(parts)
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
             w.write_table(table)
-        shards.append({"path": str(path.relative_to(out)), "split": "train", "rows": n, "sha256": sha256_file(path),
-                       "num_bytes": path.stat().st_size})
+        shards.append(
+            {
+                "path": str(path.relative_to(out)),
+                "split": "train",
+                "rows": n,
+                "sha256": sha256_file(path),
+                "num_bytes": path.stat().st_size,
+            }
+        )
         made += n
     (out / "manifest.json").write_text(json.dumps({**manifest, "shards": shards}))
 
@@ -101,12 +110,18 @@ def main() -> None:
         for n in a.rows:
             root = Path(tmp) / str(n)
             make(a.data, n, root)
-            child = subprocess.run([sys.executable, __file__, "--measure", str(root)], capture_output=True, text=True, check=True)
+            child = subprocess.run(
+                [sys.executable, __file__, "--measure", str(root)], capture_output=True, text=True, check=True
+            )
             results[n] = json.loads(child.stdout.strip().splitlines()[-1])
             print(n, results[n], flush=True)
     sizes = sorted(results)
     for small, big in zip(sizes, sizes[1:]):
-        r = {k: round(results[big][k] / max(results[small][k], 0.1), 2) for k in results[big] if k.endswith(("_ms", "_mib"))}
+        r = {
+            k: round(results[big][k] / max(results[small][k], 0.1), 2)
+            for k in results[big]
+            if k.endswith(("_ms", "_mib"))
+        }
         print(f"{big} vs {small} rows ({big / small:.0f}x): {r}")
     if a.json:
         print(json.dumps(results))

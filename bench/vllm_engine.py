@@ -76,12 +76,18 @@ def bare_vllm(cfg, requests) -> tuple[int, float, int]:
     llm = vllm.LLM(**llm_kwargs(cfg.engine))
     llm.chat([[{"role": "user", "content": "Hi"}]], vllm.SamplingParams(max_tokens=2), use_tqdm=False)  # warm-up
     t0 = time.perf_counter()
-    outs = llm.chat([[{"role": r, "content": c} for r, c in q.messages] for q in requests],
-                    sampling_params=[sampling_params(vllm, q.sampling, True) for q in requests], use_tqdm=False)
+    outs = llm.chat(
+        [[{"role": r, "content": c} for r, c in q.messages] for q in requests],
+        sampling_params=[sampling_params(vllm, q.sampling, True) for q in requests],
+        use_tqdm=False,
+    )
     sec = time.perf_counter() - t0
     llm.llm_engine.engine_core.shutdown()
-    return (sum(len(o.token_ids) for out in outs for o in out.outputs), sec,
-            sum(len(out.prompt_token_ids) * len(out.outputs) for out in outs))
+    return (
+        sum(len(o.token_ids) for out in outs for o in out.outputs),
+        sec,
+        sum(len(out.prompt_token_ids) * len(out.outputs) for out in outs),
+    )
 
 
 def llm_class_limits(kw: dict) -> dict:
@@ -107,8 +113,10 @@ def request_rows(requests) -> list[dict]:
         s = sampling_kwargs(q.sampling, True)
         n, seed = s.pop("n"), s.get("seed")
         messages = [{"role": r, "content": c} for r, c in q.messages]
-        rows += [{"messages": messages, "sampling_params": {**s, "n": 1, "seed": None if seed is None else seed + i}}
-                 for i in range(n)]
+        rows += [
+            {"messages": messages, "sampling_params": {**s, "n": 1, "seed": None if seed is None else seed + i}}
+            for i in range(n)
+        ]
     return rows
 
 
@@ -131,16 +139,24 @@ def ray_data_llm(cfg, requests, batch_size: int, concurrent: int) -> dict:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         config = vLLMEngineProcessorConfig(
-            model_source=model, engine_kwargs=kw, batch_size=batch_size, max_concurrent_batches=concurrent,
-            concurrency=1, log_engine_metrics=False,
+            model_source=model,
+            engine_kwargs=kw,
+            batch_size=batch_size,
+            max_concurrent_batches=concurrent,
+            concurrency=1,
+            log_engine_metrics=False,
             # Without a placement group config the engine stage asks Ray for num_gpus = tp * pp per replica
             # (vllm_engine_stage.py vLLMEngineStage.post_init): on a CPU node it would never be scheduled. One CPU
             # bundle makes it an actor with num_cpus=1, as the pipeline's CPU replica.
             **({"placement_group_config": {"bundles": [{"CPU": 1}]}} if cfg.engine.vllm.device == "cpu" else {}),
             # vLLM tokenizes and detokenizes itself (as in LLM.chat); the tokenizer stages would be two more actors
-            chat_template_stage={"num_cpus": 0.25}, tokenize_stage=False, detokenize_stage=False)
-        processor = build_processor(config, preprocess_map_kwargs={"num_cpus": 0.1},
-                                    postprocess_map_kwargs={"num_cpus": 0.1})
+            chat_template_stage={"num_cpus": 0.25},
+            tokenize_stage=False,
+            detokenize_stage=False,
+        )
+        processor = build_processor(
+            config, preprocess_map_kwargs={"num_cpus": 0.1}, postprocess_map_kwargs={"num_cpus": 0.1}
+        )
         ds = processor(ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size))))
         t0 = time.perf_counter()  # CLOCK_MONOTONIC, as vLLM's engine-core timestamps (time.monotonic)
         out = ds.take_all()
@@ -149,9 +165,14 @@ def ray_data_llm(cfg, requests, batch_size: int, concurrent: int) -> dict:
         ray.shutdown()
     queued = min(r["metrics"]["queued_ts"] for r in out)
     last = max(r["metrics"]["last_token_ts"] for r in out)
-    return {"tokens": sum(r["num_generated_tokens"] for r in out),
-            "prompt_tokens": sum(r["num_input_tokens"] for r in out), "rows": len(out),
-            "generation_s": last - queued, "start_s": queued - t0, "wall_s": t1 - t0}
+    return {
+        "tokens": sum(r["num_generated_tokens"] for r in out),
+        "prompt_tokens": sum(r["num_input_tokens"] for r in out),
+        "rows": len(out),
+        "generation_s": last - queued,
+        "start_s": queued - t0,
+        "wall_s": t1 - t0,
+    }
 
 
 def embedded(parts) -> tuple[int, float]:
@@ -169,10 +190,29 @@ def pipeline(settings: dict, inp: Path, out: Path) -> dict:
     conf = out.parent / "run.yaml"
     conf.write_text(yaml.safe_dump({"engine": settings["engine"]}))
     cli = Path(sys.executable).parent / "contrastgen"
-    res = subprocess.run([str(cli), "generate", "negatives", "--input", str(inp), "--out", str(out), "--engine", "vllm",
-                          "--config", str(conf), "--json"], capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [
+            str(cli),
+            "generate",
+            "negatives",
+            "--input",
+            str(inp),
+            "--out",
+            str(out),
+            "--engine",
+            "vllm",
+            "--config",
+            str(conf),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if res.returncode:
-        raise SystemExit(f"bench/vllm_engine.py: the pipeline run failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+        raise SystemExit(
+            f"bench/vllm_engine.py: the pipeline run failed (exit {res.returncode}):\n{res.stderr[-3000:]}"
+        )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -197,9 +237,14 @@ def main() -> None:
     ap.add_argument("--bare-once", action="store_true", help="measure bare vLLM before the pipeline only (GPU budget)")
     ap.add_argument("--no-embedded", action="store_true", help="skip the embedded engine (GPU machines)")
     ap.add_argument("--json", action="store_true", help="stdout: one JSON object; progress on stderr")
-    ap.add_argument("--ray-data-llm", nargs="*", type=batch_setting, metavar="BATCH:CONCURRENT",
-                    help="also run ray.data.llm's vLLM processor on the same requests, once per setting of batch_size "
-                         "(rows) and max_concurrent_batches (default: 32:8 512:4)")
+    ap.add_argument(
+        "--ray-data-llm",
+        nargs="*",
+        type=batch_setting,
+        metavar="BATCH:CONCURRENT",
+        help="also run ray.data.llm's vLLM processor on the same requests, once per setting of batch_size "
+        "(rows) and max_concurrent_batches (default: 32:8 512:4)",
+    )
     a = ap.parse_args()
     if a.ray_data_llm == []:
         a.ray_data_llm = [(32, 8), (512, 4)]
@@ -210,61 +255,100 @@ def main() -> None:
         tmp = Path(tmp)
         inp = captions_file(a.captions, tmp)
         # one replica: the pipeline's engine against the one bare engine, also on a node with more GPUs
-        vllm_section = {"device": a.device, "tensor_parallel_size": a.tp, "replicas": 1,
-                        **({"model": a.model} if a.model else {})}
+        vllm_section = {
+            "device": a.device,
+            "tensor_parallel_size": a.tp,
+            "replicas": 1,
+            **({"model": a.model} if a.model else {}),
+        }
         settings = {"engine": {"kind": "vllm", "vllm": vllm_section, "start_timeout_s": 1200}}
         cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp / "out"}, **settings})
         parts = run_requests(cfg)
         requests = [q for part in parts for q in part]
-        say(f"{len(requests)} requests ({a.captions} captions; the pipeline makes {len(parts)} parts of them), "
-            f"vllm on {a.device}")
+        say(
+            f"{len(requests)} requests ({a.captions} captions; the pipeline makes {len(parts)} parts of them), "
+            f"vllm on {a.device}"
+        )
         tok, sec, prompt_tokens = bare_vllm(cfg, requests)
         rates, bare_tokens, bare_secs = [tok / sec], tok, [sec]
         say(f"bare, one LLM.chat (before): {tok} tokens in {sec:.1f}s = {tok / sec:.1f} tok/s")
         s = pipeline(settings, inp, tmp / "out")
         p_rate = s["tokens_out"] / s["generation_seconds"]
-        say(f"pipeline (contrastgen CLI): {s['tokens_out']} tokens in {s['generation_seconds']:.1f}s of generation = "
-            f"{p_rate:.1f} tok/s (+{s['startup_seconds']:.1f}s engine start-up)")
+        say(
+            f"pipeline (contrastgen CLI): {s['tokens_out']} tokens in {s['generation_seconds']:.1f}s of generation = "
+            f"{p_rate:.1f} tok/s (+{s['startup_seconds']:.1f}s engine start-up)"
+        )
         rdl = []
         for b, c in a.ray_data_llm if a.ray_data_llm is not None else []:
             r = ray_data_llm(cfg, requests, b, c)
-            rdl.append({"batch_size": b, "max_concurrent_batches": c,
-                        "tok_s": round(r["tokens"] / r["generation_s"], 1),
-                        "tok_s_with_start": round(r["tokens"] / r["wall_s"], 1),
-                        "generation_s": round(r["generation_s"], 1), "start_s": round(r["start_s"], 1),
-                        "wall_s": round(r["wall_s"], 1), "tokens": r["tokens"], "rows": r["rows"],
-                        "same_tokens": r["tokens"] == bare_tokens,
-                        "same_prompt_tokens": r["prompt_tokens"] == prompt_tokens})
-            say(f"ray.data.llm (batch_size {b}, max_concurrent_batches {c}): {r['tokens']} tokens in "
+            rdl.append(
+                {
+                    "batch_size": b,
+                    "max_concurrent_batches": c,
+                    "tok_s": round(r["tokens"] / r["generation_s"], 1),
+                    "tok_s_with_start": round(r["tokens"] / r["wall_s"], 1),
+                    "generation_s": round(r["generation_s"], 1),
+                    "start_s": round(r["start_s"], 1),
+                    "wall_s": round(r["wall_s"], 1),
+                    "tokens": r["tokens"],
+                    "rows": r["rows"],
+                    "same_tokens": r["tokens"] == bare_tokens,
+                    "same_prompt_tokens": r["prompt_tokens"] == prompt_tokens,
+                }
+            )
+            say(
+                f"ray.data.llm (batch_size {b}, max_concurrent_batches {c}): {r['tokens']} tokens in "
                 f"{r['generation_s']:.1f}s of generation = {rdl[-1]['tok_s']} tok/s (+{r['start_s']:.1f}s to the first "
-                f"request queued; {rdl[-1]['tok_s_with_start']} tok/s over the whole execution, {r['wall_s']:.1f}s)")
+                f"request queued; {rdl[-1]['tok_s_with_start']} tok/s over the whole execution, {r['wall_s']:.1f}s)"
+            )
         if not a.bare_once:
             tok, sec, _ = bare_vllm(cfg, requests)
             rates.append(tok / sec)
             bare_secs.append(sec)
             say(f"bare, one LLM.chat (after): {tok} tokens in {sec:.1f}s = {tok / sec:.1f} tok/s")
         b_rate = sum(rates) / len(rates)
-        out = {"bare_tok_s": round(b_rate, 1), "pipeline_tok_s": round(p_rate, 1), "ratio": round(p_rate / b_rate, 3),
-               "bare_spread_pct": round(100 * (max(rates) - min(rates)) / b_rate, 1), "bare_tokens": bare_tokens,
-               "pipeline_tokens": s["tokens_out"], "same_tokens": bare_tokens == s["tokens_out"],
-               "requests": len(requests), "parts": len(parts), "bare_s": round(sum(bare_secs) / len(bare_secs), 1),
-               "pipeline_generation_s": round(s["generation_seconds"], 1), "pipeline_startup_s": s["startup_seconds"],
-               "device": a.device}
+        out = {
+            "bare_tok_s": round(b_rate, 1),
+            "pipeline_tok_s": round(p_rate, 1),
+            "ratio": round(p_rate / b_rate, 3),
+            "bare_spread_pct": round(100 * (max(rates) - min(rates)) / b_rate, 1),
+            "bare_tokens": bare_tokens,
+            "pipeline_tokens": s["tokens_out"],
+            "same_tokens": bare_tokens == s["tokens_out"],
+            "requests": len(requests),
+            "parts": len(parts),
+            "bare_s": round(sum(bare_secs) / len(bare_secs), 1),
+            "pipeline_generation_s": round(s["generation_seconds"], 1),
+            "pipeline_startup_s": s["startup_seconds"],
+            "device": a.device,
+        }
         if rdl:  # the best setting's rate against bare and the pipeline; every setting in ray_data_llm
             best = max(rdl, key=lambda r: r["tok_s"])
-            out.update({"ray_data_llm_tok_s": best["tok_s"], "ray_data_llm_over_bare": round(best["tok_s"] / b_rate, 3),
-                        "pipeline_over_ray_data_llm": round(p_rate / best["tok_s"], 3), "ray_data_llm": rdl})
-            say(f"ray.data.llm/bare {out['ray_data_llm_over_bare']:.3f}x, pipeline/ray.data.llm "
+            out.update(
+                {
+                    "ray_data_llm_tok_s": best["tok_s"],
+                    "ray_data_llm_over_bare": round(best["tok_s"] / b_rate, 3),
+                    "pipeline_over_ray_data_llm": round(p_rate / best["tok_s"], 3),
+                    "ray_data_llm": rdl,
+                }
+            )
+            say(
+                f"ray.data.llm/bare {out['ray_data_llm_over_bare']:.3f}x, pipeline/ray.data.llm "
                 f"{out['pipeline_over_ray_data_llm']:.3f}x (best setting: batch_size {best['batch_size']}, "
-                f"max_concurrent_batches {best['max_concurrent_batches']})")
-        say(f"ratio pipeline/bare: {out['ratio']:.3f}x (goal >= 0.90x); bare spread {out['bare_spread_pct']}%; "
-            f"same output tokens: {out['same_tokens']}")
+                f"max_concurrent_batches {best['max_concurrent_batches']})"
+            )
+        say(
+            f"ratio pipeline/bare: {out['ratio']:.3f}x (goal >= 0.90x); bare spread {out['bare_spread_pct']}%; "
+            f"same output tokens: {out['same_tokens']}"
+        )
         if not a.no_embedded:
             tok, sec = embedded(parts)
             out["embedded_tok_s"] = round(tok / sec, 1)
             out["vllm_over_embedded"] = round(b_rate / (tok / sec), 3)
-            say(f"embedded engine: {tok} tokens in {sec:.1f}s = {tok / sec:.1f} tok/s; "
-                f"vllm/embedded {out['vllm_over_embedded']:.2f}x")
+            say(
+                f"embedded engine: {tok} tokens in {sec:.1f}s = {tok / sec:.1f} tok/s; "
+                f"vllm/embedded {out['vllm_over_embedded']:.2f}x"
+            )
         if a.json:
             os.write(result_fd, (json.dumps(out) + "\n").encode())
 

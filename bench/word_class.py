@@ -46,8 +46,11 @@ def blocks(raws: list, copies: int, block: int):
     groups = list(by_caption.values())
     for c in range(copies):
         for i in range(0, len(groups), block):
-            yield [dataclasses.replace(r, caption=f"{r.caption} ({c})" if c else r.caption)
-                   for g in groups[i : i + block] for r in g]
+            yield [
+                dataclasses.replace(r, caption=f"{r.caption} ({c})" if c else r.caption)
+                for g in groups[i : i + block]
+                for r in g
+            ]
 
 
 def main() -> None:
@@ -61,7 +64,10 @@ def main() -> None:
     raws = read_raws(a.data)
     t = time.perf_counter()
     load_parser()
-    print(f"{len(raws)} raw units, {len({r.caption for r in raws})} captions; parser loaded in {time.perf_counter() - t:.1f} s")
+    print(
+        f"{len(raws)} raw units, {len({r.caption for r in raws})} captions; parser loaded in "
+        f"{time.perf_counter() - t:.1f} s"
+    )
     results = []
     for copies in a.copies:
         row = {"copies": copies, "units": len(raws) * copies}
@@ -74,12 +80,16 @@ def main() -> None:
         row["captions_per_s"] = round(captions / max(row["on"]["s"] - row["off"]["s"], 1e-9))
         row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         results.append(row)
-        print(f"x{copies}: assemble {row['off']['s']} s without the check, {row['on']['s']} s with it "
-              f"({row['ratio']}x; kept {row['off']['kept']} -> {row['on']['kept']}); {row['captions_per_s']} captions "
-              f"parsed/s; peak RSS {row['peak_rss_mib']} MiB")
+        print(
+            f"x{copies}: assemble {row['off']['s']} s without the check, {row['on']['s']} s with it "
+            f"({row['ratio']}x; kept {row['off']['kept']} -> {row['on']['kept']}); {row['captions_per_s']} captions "
+            f"parsed/s; peak RSS {row['peak_rss_mib']} MiB"
+        )
     if len(results) > 1:
-        print(f"peak RSS x{results[-1]['copies']} / x{results[0]['copies']}: "
-              f"{results[-1]['peak_rss_mib'] / results[0]['peak_rss_mib']:.2f}")
+        print(
+            f"peak RSS x{results[-1]['copies']} / x{results[0]['copies']}: "
+            f"{results[-1]['peak_rss_mib'] / results[0]['peak_rss_mib']:.2f}"
+        )
     if a.json:
         print(json.dumps(results))
 

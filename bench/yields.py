@@ -21,8 +21,8 @@ sys.path.insert(0, str(REPO))
 from bench.generation import captions_file  # noqa: E402
 from pipeline.config import NegType, load_config  # noqa: E402
 from pipeline.inputs import read_captions  # noqa: E402
-from pipeline.records import Provenance, RawResult, Rejection  # noqa: E402
 from pipeline.kinds import negatives as task  # noqa: E402
+from pipeline.records import Provenance, RawResult, Rejection  # noqa: E402
 from pipeline.tasks.word_class import CHECKED, parse_captions  # noqa: E402
 
 
@@ -37,7 +37,9 @@ def yields(engine, inp: Path, mode: str) -> tuple[dict[str, float], Counter]:
         mine = [u for u in units if u.task == t]
         outs = engine.generate([task.render(u, tpls[t], mode, cfg) for u in mine])
         for u, c in zip(mine, outs):
-            prov = Provenance("embedded", "m", u.prompt_sha, mode, 0.7, 0.95, 40, u.seed, c.tokens_in, c.tokens_out, 0.0)
+            prov = Provenance(
+                "embedded", "m", u.prompt_sha, mode, 0.7, 0.95, 40, u.seed, c.tokens_in, c.tokens_out, 0.0
+            )
             raw = RawResult(u.key, u.source.id, u.source.caption, None, t, c.texts, c.finish_reasons, prov, "bench")
             res = task.parse_unit(raw, tpls[t], docs[u.source.caption] if t in CHECKED else None)
             total[t] += 1
@@ -70,8 +72,10 @@ def main() -> None:
     print(f"\n{'type':<16}{'edit':>8}{'rewrite':>9}{'edit/rewrite':>14}   top edit rejections | top rewrite rejections")
     for t in (n.value for n in NegType):
         e, r = results["edit"][0][t], results["rewrite"][0][t]
-        print(f"{t:<16}{e:>8.1%}{r:>9.1%}{(e / r if r else float('inf')):>14.2f}   "
-              f"{top_reasons(results['edit'][1], t)} | {top_reasons(results['rewrite'][1], t)}")
+        print(
+            f"{t:<16}{e:>8.1%}{r:>9.1%}{(e / r if r else float('inf')):>14.2f}   "
+            f"{top_reasons(results['edit'][1], t)} | {top_reasons(results['rewrite'][1], t)}"
+        )
     e_all = sum(results["edit"][0].values()) / len(NegType)
     r_all = sum(results["rewrite"][0].values()) / len(NegType)
     print(f"{'mean':<16}{e_all:>8.1%}{r_all:>9.1%}{(e_all / r_all if r_all else float('inf')):>14.2f}")

@@ -81,7 +81,10 @@ def _run(k, cfg: RunConfig):
                             # quote: Prefect would otherwise walk every unit and record of the block for its task graph
                             units, reused, pending = plan_stage(k, quote(block), store, name)
                         progress.units, progress.reused, progress.generated = (
-                            progress.units + units, progress.reused + reused, progress.generated + pending)
+                            progress.units + units,
+                            progress.reused + reused,
+                            progress.generated + pending,
+                        )
                         meter.grow(pending)
                         if not pending:
                             continue
@@ -101,6 +104,9 @@ def _run(k, cfg: RunConfig):
             meter.quiet()
             if pool is not None:
                 pool.close(grace_s=5)  # parts in flight are dropped whole: none was committed half
-            return Cancelled(message=stop.line(exc.signum, store.committed_units(), progress.units, len(store.parts()),
-                                               planned < blocks))
+            return Cancelled(
+                message=stop.line(
+                    exc.signum, store.committed_units(), progress.units, len(store.parts()), planned < blocks
+                )
+            )
         return {**summary, "finalize_seconds": timing.finalize_seconds}

@@ -23,5 +23,9 @@ def transient_only(task, task_run, state) -> bool:
     return False
 
 
-ENGINE_RETRIES = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=10),
-                  "retry_jitter_factor": 0.5, "retry_condition_fn": transient_only}
+ENGINE_RETRIES = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": transient_only,
+}

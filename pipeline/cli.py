@@ -22,9 +22,16 @@ from pipeline.train.config import LossName
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
-                        help="show library logs and the traceback of an error (default: one line per error)")
-    p = argparse.ArgumentParser(prog="contrastgen", description="Contrastive training data made with LLMs.", parents=[common])
+    common.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show library logs and the traceback of an error (default: one line per error)",
+    )
+    p = argparse.ArgumentParser(
+        prog="contrastgen", description="Contrastive training data made with LLMs.", parents=[common]
+    )
     sub = p.add_subparsers(dest="command", required=True)
     _add = sub.add_parser
     sub.add_parser = lambda *args, **kw: _add(*args, parents=[common], **kw)  # every command takes --verbose
@@ -45,23 +52,36 @@ def _parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="show what a dataset's card says")
     ins.add_argument("dir", type=Path)
     ins.add_argument("--json", action="store_true")
-    vw = sub.add_parser("view", help="browse a dataset in a local web page (rows with word diffs, rejected rows, funnel)")
+    vw = sub.add_parser(
+        "view", help="browse a dataset in a local web page (rows with word diffs, rejected rows, funnel)"
+    )
     vw.add_argument("dir", type=Path)
     vw.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     vw.add_argument("--port", type=int, default=8765)
     tr = sub.add_parser("train", help="train an encoder on the train split of contrastgen datasets")
     tr.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="contrastgen dataset folders")
     tr.add_argument("--out", type=Path, help="output sentence-transformers model folder")
-    tr.add_argument("--base", type=Path, help="base sentence-transformers model folder (default: bundled all-MiniLM-L6-v2)")
-    tr.add_argument("--loss", nargs="+", metavar="NAME[=WEIGHT]",
-                    help=f"losses to combine (weight 1 unless given): {', '.join(n.value for n in LossName)}")
+    tr.add_argument(
+        "--base", type=Path, help="base sentence-transformers model folder (default: bundled all-MiniLM-L6-v2)"
+    )
+    tr.add_argument(
+        "--loss",
+        nargs="+",
+        metavar="NAME[=WEIGHT]",
+        help=f"losses to combine (weight 1 unless given): {', '.join(n.value for n in LossName)}",
+    )
     tr.add_argument("--batch-size", type=int, help="anchors per batch (global)")
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--lr", type=float)
     tr.add_argument("--grad-cache", type=int, metavar="CHUNK", help="GradCache with CHUNK texts per forward")
     tr.add_argument("--seed", type=int)
-    tr.add_argument("--retention", type=Path, metavar="FILE", help="STS-format file for the checkpoint check and the "
-                    "retention report (eval.retention); default: the bundled pairs")
+    tr.add_argument(
+        "--retention",
+        type=Path,
+        metavar="FILE",
+        help="STS-format file for the checkpoint check and the "
+        "retention report (eval.retention); default: the bundled pairs",
+    )
     tr.add_argument("--config", type=Path, help="YAML train config (flags and CONTRASTGEN_TRAIN_* env override it)")
     tr.add_argument("--json", action="store_true", help="print one JSON summary object")
     srv = sub.add_parser("serve", help="serve the embedded engine as an OpenAI-compatible API (for --engine openai)")
@@ -69,22 +89,39 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--model-path", type=Path, help="a .gguf file or transformers folder (default: bundled SmolLM2)")
     srv.add_argument("--device", help="torch device (cpu, cuda)")
-    srv.add_argument("--workers", type=int, help="engine processes (ray.workers); default: one single-threaded process "
-                     "per core, at most 8, on CPU (the pipeline's layout); one on CUDA")
+    srv.add_argument(
+        "--workers",
+        type=int,
+        help="engine processes (ray.workers); default: one single-threaded process "
+        "per core, at most 8, on CPU (the pipeline's layout); one on CUDA",
+    )
     srv.add_argument("--config", type=Path, help="YAML run config; its `engine:` section is used")
-    srv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every /v1 request (default: "
-                     "$CONTRASTGEN_API_KEY; needed for a --host other than loopback)")
-    srv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="refuse larger request bodies with 413 (default 1 MiB)")
-    dep = sub.add_parser("deploy", help="serve Prefect deployments of the flows on cron/interval schedules (needs a Prefect API)",
-                         description="Reads a run file (YAML: deployments: [{name, kind, cron | interval, config, run}]), "
-                         "registers one Prefect deployment per entry and runs their scheduled and hand-triggered runs "
-                         "until stopped. Needs PREFECT_API_URL (e.g. `prefect server start`).")
+    srv.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on every /v1 request (default: "
+        "$CONTRASTGEN_API_KEY; needed for a --host other than loopback)",
+    )
+    srv.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="refuse larger request bodies with 413 (default 1 MiB)"
+    )
+    dep = sub.add_parser(
+        "deploy",
+        help="serve Prefect deployments of the flows on cron/interval schedules (needs a Prefect API)",
+        description="Reads a run file (YAML: deployments: [{name, kind, cron | interval, config, run}]), "
+        "registers one Prefect deployment per entry and runs their scheduled and hand-triggered runs "
+        "until stopped. Needs PREFECT_API_URL (e.g. `prefect server start`).",
+    )
     dep.add_argument("run_file", type=Path, metavar="RUN_FILE")
     ev = sub.add_parser("evaluate", help="score a model on a dataset's held-out test split")
     ev.add_argument("model", type=Path, metavar="MODEL_DIR")
     ev.add_argument("dir", type=Path, metavar="DIR")
-    ev.add_argument("--retention", type=Path, metavar="FILE", help="STS-format file for the retention score (STS-B's "
-                    "sts-dev.csv, or JSONL of sentence1/sentence2/score); default: the bundled pairs")
+    ev.add_argument(
+        "--retention",
+        type=Path,
+        metavar="FILE",
+        help="STS-format file for the retention score (STS-B's "
+        "sts-dev.csv, or JSONL of sentence1/sentence2/score); default: the bundled pairs",
+    )
     ev.add_argument("--json", action="store_true")
     return p
 
@@ -97,12 +134,18 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use only the first N valid input rows")
     p.add_argument("--seed", type=int, help="run seed")
     p.add_argument("--workers", type=int, help="engine actors")
-    p.add_argument("--clients", type=int, help="openai engine: Ray Data workers that generate and commit parts (ray.clients)")
+    p.add_argument(
+        "--clients", type=int, help="openai engine: Ray Data workers that generate and commit parts (ray.clients)"
+    )
     p.add_argument("--ray-address", help="join a Ray cluster (auto, ray://host:port); default: local Ray")
     p.add_argument("--config", type=Path, help="YAML run config (flags and CONTRASTGEN_* env override it)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object")
-    p.add_argument("--overwrite", action="store_true", default=None,
-                   help="write into a non-empty folder that is not a contrastgen dataset (your files there are never replaced)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="write into a non-empty folder that is not a contrastgen dataset (your files there are never replaced)",
+    )
 
 
 def _loss_weights(specs: list[str] | None) -> dict[str, float] | None:
@@ -116,16 +159,24 @@ def _loss_weights(specs: list[str] | None) -> dict[str, float] | None:
         try:
             out[name] = float(weight) if weight else 1.0
         except ValueError:
-            raise ContrastgenError(f"--loss {spec}: expected NAME or NAME=WEIGHT with a number, got {weight!r}") from None
+            raise ContrastgenError(
+                f"--loss {spec}: expected NAME or NAME=WEIGHT with a number, got {weight!r}"
+            ) from None
     return out
 
 
 def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
     flags = {
-        ("data", "dirs"): a.dirs, ("model", "out"): a.out, ("model", "base"): a.base,
-        ("loss", "weights"): _loss_weights(a.loss), ("optim", "batch_size"): a.batch_size,
-        ("optim", "epochs"): a.epochs, ("optim", "lr"): a.lr, ("optim", "grad_cache_chunk"): a.grad_cache,
-        ("optim", "seed"): a.seed, ("eval", "retention"): a.retention,
+        ("data", "dirs"): a.dirs,
+        ("model", "out"): a.out,
+        ("model", "base"): a.base,
+        ("loss", "weights"): _loss_weights(a.loss),
+        ("optim", "batch_size"): a.batch_size,
+        ("optim", "epochs"): a.epochs,
+        ("optim", "lr"): a.lr,
+        ("optim", "grad_cache_chunk"): a.grad_cache,
+        ("optim", "seed"): a.seed,
+        ("eval", "retention"): a.retention,
     }
     return _nest(flags)
 
@@ -140,9 +191,15 @@ def _nest(flags: dict[tuple[str, str], Any]) -> dict[str, Any]:
 
 def _overrides(a: argparse.Namespace) -> dict[str, Any]:
     flags = {
-        ("input", "path"): a.input, ("input", "limit"): a.limit, ("output", "dir"): a.out,
-        ("engine", "kind"): a.engine, **{(f.section, f.key): getattr(a, f"{f.section}.{f.key}") for f in KINDS[a.kind].flags},
-        ("sampling", "seed"): a.seed, ("ray", "workers"): a.workers, ("ray", "clients"): a.clients, ("ray", "address"): a.ray_address,
+        ("input", "path"): a.input,
+        ("input", "limit"): a.limit,
+        ("output", "dir"): a.out,
+        ("engine", "kind"): a.engine,
+        **{(f.section, f.key): getattr(a, f"{f.section}.{f.key}") for f in KINDS[a.kind].flags},
+        ("sampling", "seed"): a.seed,
+        ("ray", "workers"): a.workers,
+        ("ray", "clients"): a.clients,
+        ("ray", "address"): a.ray_address,
         ("output", "overwrite"): a.overwrite,
     }
     out = _nest(flags)
@@ -158,9 +215,8 @@ def _generate(a: argparse.Namespace) -> int:
     preflight(KINDS[a.kind], cfg)
     # Ephemeral Prefect needs no server; its telemetry heartbeat only contends for the local sqlite file.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from pipeline.engines.pool import ensure_ray, stop_ray
-
     from flows.generate import generate_flow
+    from pipeline.engines.pool import ensure_ray, stop_ray
 
     if not getattr(a, "verbose", False):
         quiet_libraries()  # again: Ray's and Prefect's handlers exist now
@@ -181,18 +237,23 @@ def _generate(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(summary))
     else:
-        print(f"wrote {summary['kept']} {a.kind} rows ({summary['splits']}) to {summary['out']}; "
-              f"generated {summary['generated']} units, reused {summary['reused']}, rejected {summary['rejected']}, "
-              f"filtered {summary['filtered']}")
+        print(
+            f"wrote {summary['kept']} {a.kind} rows ({summary['splits']}) to {summary['out']}; "
+            f"generated {summary['generated']} units, reused {summary['reused']}, rejected {summary['rejected']}, "
+            f"filtered {summary['filtered']}"
+        )
     return _empty_is_an_error(summary, a.input)
 
 
 def _empty_is_an_error(summary: dict, source) -> int:
     """A run that wrote a valid but empty dataset still ends with one error line and exit 2: nothing was made."""
     if summary.get("empty"):
-        print(f"contrastgen: error: {source or 'the input'}: expected rows to make a dataset from, found none: "
-              f"{summary['empty']}. The dataset in {summary['out']} is valid but empty. Fix: check the input file and "
-              "the input.*_column settings (`contrastgen inspect` shows the rejected rows by reason)", file=sys.stderr)
+        print(
+            f"contrastgen: error: {source or 'the input'}: expected rows to make a dataset from, found none: "
+            f"{summary['empty']}. The dataset in {summary['out']} is valid but empty. Fix: check the input file and "
+            "the input.*_column settings (`contrastgen inspect` shows the rejected rows by reason)",
+            file=sys.stderr,
+        )
         return 2
     return 0
 
@@ -206,8 +267,10 @@ def _filter(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(summary))
     else:
-        print(f"wrote {summary['kept']} negatives ({summary['splits']}) to {summary['out']}; "
-              f"filters dropped {summary['filtered']} rows; no LLM call")
+        print(
+            f"wrote {summary['kept']} negatives ({summary['splits']}) to {summary['out']}; "
+            f"filters dropped {summary['filtered']} rows; no LLM call"
+        )
     return _empty_is_an_error(summary, a.dir)
 
 
@@ -265,10 +328,15 @@ def _serve(a: argparse.Namespace) -> int:
 
     key = api_key(a.api_key)
     check_exposure(a.host, key)
-    cfg = load_config(a.config, _nest({("engine", "model_path"): a.model_path, ("engine", "device"): a.device,
-                                       ("ray", "workers"): a.workers}))
-    print(f"contrastgen serve: loading {cfg.engine.model_id()} on {cfg.engine.device}; "
-          f"API at http://{a.host}:{a.port}/v1 ({'API key required' if key else 'no API key: this machine only'})", flush=True)
+    cfg = load_config(
+        a.config,
+        _nest({("engine", "model_path"): a.model_path, ("engine", "device"): a.device, ("ray", "workers"): a.workers}),
+    )
+    print(
+        f"contrastgen serve: loading {cfg.engine.model_id()} on {cfg.engine.device}; "
+        f"API at http://{a.host}:{a.port}/v1 ({'API key required' if key else 'no API key: this machine only'})",
+        flush=True,
+    )
     serve(cfg, a.host, a.port, key, a.max_body_bytes)
     return 0
 
@@ -281,7 +349,16 @@ def _deploy(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": _generate, "serve": _serve, "deploy": _deploy, "filter": _filter, "inspect": _inspect, "view": _view, "train": _train, "evaluate": _evaluate}
+COMMANDS = {
+    "generate": _generate,
+    "serve": _serve,
+    "deploy": _deploy,
+    "filter": _filter,
+    "inspect": _inspect,
+    "view": _view,
+    "train": _train,
+    "evaluate": _evaluate,
+}
 
 
 def user_error(exc: BaseException) -> str | None:
@@ -291,7 +368,10 @@ def user_error(exc: BaseException) -> str | None:
         return str(exc)
     if isinstance(exc, OSError) and exc.errno in OS_FIXES:
         where = exc.filename if exc.filename is not None else "a file"
-        return f"{where}: expected to read or write it, but the system said: {os.strerror(exc.errno)}. Fix: {OS_FIXES[exc.errno]}"
+        return (
+            f"{where}: expected to read or write it, but the system said: {os.strerror(exc.errno)}. Fix: "
+            f"{OS_FIXES[exc.errno]}"
+        )
     return None
 
 
@@ -343,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"contrastgen: error: {line}", file=sys.stderr)
         return 2
+
 
 if __name__ == "__main__":
     sys.exit(main())

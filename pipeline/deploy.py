@@ -1,4 +1,5 @@
-"""``contrastgen deploy``: Prefect deployments of the generate flow (any kind), on cron or interval schedules, from a run file.
+"""``contrastgen deploy``: Prefect deployments of the generate flow (any kind), on cron or interval schedules, from a
+run file.
 
 Run file (YAML)::
 
@@ -81,8 +82,11 @@ def read_run_file(path: Path) -> list[Planned]:
         run_file = RunFile.model_validate(read_yaml(path))
     except ValidationError as exc:
         lines = problem_lines(exc)
-        raise ConfigError(f"{path}: invalid run file, {len(lines)} problem(s):\n" + "\n".join(lines)
-                          + "\nFix: see `contrastgen deploy --help` for the layout") from None
+        raise ConfigError(
+            f"{path}: invalid run file, {len(lines)} problem(s):\n"
+            + "\n".join(lines)
+            + "\nFix: see `contrastgen deploy --help` for the layout"
+        ) from None
     out = []
     for spec in run_file.deployments:
         config = spec.config if spec.config is None or spec.config.is_absolute() else path.parent / spec.config
@@ -117,11 +121,17 @@ def deployments(planned: list[Planned]) -> list:
 
     out = []
     for p in planned:
-        out.append(generate_flow.to_deployment(
-            name=p.spec.name, cron=p.spec.cron, interval=timedelta(seconds=p.spec.interval) if p.spec.interval else None,
-            parameters={"kind": p.spec.kind, "config": p.cfg.model_dump(mode="json")}, tags=["contrastgen", p.spec.kind],
-            description=p.spec.description or f"contrastgen {p.spec.kind} into {p.cfg.output.dir}", concurrency_limit=1,
-        ))
+        out.append(
+            generate_flow.to_deployment(
+                name=p.spec.name,
+                cron=p.spec.cron,
+                interval=timedelta(seconds=p.spec.interval) if p.spec.interval else None,
+                parameters={"kind": p.spec.kind, "config": p.cfg.model_dump(mode="json")},
+                tags=["contrastgen", p.spec.kind],
+                description=p.spec.description or f"contrastgen {p.spec.kind} into {p.cfg.output.dir}",
+                concurrency_limit=1,
+            )
+        )
     return out
 
 

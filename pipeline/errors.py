@@ -18,9 +18,7 @@ class InputFileError(ContrastgenError):
     """An input file cannot be read at all (not a row-level problem: those become rejected rows)."""
 
     def __init__(self, path: object, message: str, line: int | None = None, field: str | None = None):
-        where = f"{path}" + (f", line {line}" if line is not None else "") + (
-            f", field '{field}'" if field else ""
-        )
+        where = f"{path}" + (f", line {line}" if line is not None else "") + (f", field '{field}'" if field else "")
         super().__init__(f"{where}: {message}")
         self.path, self.line, self.field = path, line, field
 
@@ -61,14 +59,16 @@ class OutputFolderError(ContrastgenError):
 
 # What a user can do about a file-system refusal, by errno: the CLI's one line for any OSError that reaches it,
 # and the fix of an OutputWriteError.
-OS_FIXES = {errno.ENOSPC: "free space on that file system (or pass another --out); rerun the same command to resume",
-            errno.EDQUOT: "raise the quota (or pass another --out); rerun the same command to resume",
-            errno.EROFS: "use a folder on a writable file system",
-            errno.EACCES: "fix the permissions, or use another folder",
-            errno.EPERM: "fix the permissions, or use another folder",
-            errno.ENOENT: "check the path",
-            errno.ENOTDIR: "check the path: a part of it is a file",
-            errno.EISDIR: "pass a file, not a folder"}
+OS_FIXES = {
+    errno.ENOSPC: "free space on that file system (or pass another --out); rerun the same command to resume",
+    errno.EDQUOT: "raise the quota (or pass another --out); rerun the same command to resume",
+    errno.EROFS: "use a folder on a writable file system",
+    errno.EACCES: "fix the permissions, or use another folder",
+    errno.EPERM: "fix the permissions, or use another folder",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "check the path: a part of it is a file",
+    errno.EISDIR: "pass a file, not a folder",
+}
 
 
 class OutputWriteError(ContrastgenError):
@@ -77,6 +77,8 @@ class OutputWriteError(ContrastgenError):
     def __init__(self, path: object, exc: OSError):
         what = os.strerror(exc.errno) if exc.errno else str(exc)
         fix = OS_FIXES.get(exc.errno, "check the file system")
-        super().__init__(f"{path}: expected to write this file, but the file system said: {what}. Fix: {fix} "
-                         "(finished parts are kept and reused)")
+        super().__init__(
+            f"{path}: expected to write this file, but the file system said: {what}. Fix: {fix} "
+            "(finished parts are kept and reused)"
+        )
         self.path, self.errno = path, exc.errno

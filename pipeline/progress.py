@@ -31,9 +31,19 @@ def _duration(seconds: float) -> str:
 class Meter:
     """Progress of one step: ``advance`` from any thread, ``close`` once (also as a context manager)."""
 
-    def __init__(self, label: str, total: int = 0, unit: str = "units", *, stream: TextIO | None = None,
-                 every_s: float = 15.0, live: bool | None = None, clock=time.monotonic, silent: bool = False,
-                 kept_word: str = "valid"):
+    def __init__(
+        self,
+        label: str,
+        total: int = 0,
+        unit: str = "units",
+        *,
+        stream: TextIO | None = None,
+        every_s: float = 15.0,
+        live: bool | None = None,
+        clock=time.monotonic,
+        silent: bool = False,
+        kept_word: str = "valid",
+    ):
         self.label, self.total, self.unit, self.every_s, self.clock = label, total, unit, every_s, clock
         self.stream = stream or sys.stderr
         self.done = self.parts = self.tokens = 0
@@ -51,9 +61,15 @@ class Meter:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                                 console=Console(file=self.stream), transient=False)
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=Console(file=self.stream),
+                transient=False,
+            )
             self._task = self._bar.add_task(label, total=total or None, status="")
             self._bar.start()
 
@@ -74,8 +90,16 @@ class Meter:
             self.total += n
             self._refresh(False)
 
-    def advance(self, n: int = 0, *, tokens: int = 0, parts: int = 0, kept: Mapping[str, int] | None = None,
-                rejected: Mapping[str, int] | None = None, **info: object) -> None:
+    def advance(
+        self,
+        n: int = 0,
+        *,
+        tokens: int = 0,
+        parts: int = 0,
+        kept: Mapping[str, int] | None = None,
+        rejected: Mapping[str, int] | None = None,
+        **info: object,
+    ) -> None:
         """``n`` units done, with their output tokens, parts, per-type kept / rejected counts and free fields
         (``loss=0.41``) shown as they are."""
         with self._lock:
@@ -98,8 +122,10 @@ class Meter:
         if self.kept or self.rejected:
             types = sorted(set(self.kept) | set(self.rejected))
             per = ", ".join(f"{t} {self.kept[t]}/{self.rejected[t]}" for t in types)
-            out += (f"; {self.kept_word} {sum(self.kept.values())}, rejected {sum(self.rejected.values())} "
-                    f"({self.kept_word}/rejected by type: {per})")
+            out += (
+                f"; {self.kept_word} {sum(self.kept.values())}, rejected {sum(self.rejected.values())} "
+                f"({self.kept_word}/rejected by type: {per})"
+            )
         return out
 
     def line(self) -> str:
@@ -143,10 +169,19 @@ class Meter:
 class _DropNoise(logging.Filter):
     """Library records that tell a user of the CLI nothing (kept with ``--verbose``)."""
 
-    NOISE = ("Token authentication is enabled", "Started a local Ray instance", "temporary server",
-             "database is locked", "Finished in state Completed", "Beginning flow run", "execution finished in",
-             "Progress bars disabled", "Starting execution of Dataset", "Execution plan of Dataset",
-             "Registered dataset logger")
+    NOISE = (
+        "Token authentication is enabled",
+        "Started a local Ray instance",
+        "temporary server",
+        "database is locked",
+        "Finished in state Completed",
+        "Beginning flow run",
+        "execution finished in",
+        "Progress bars disabled",
+        "Starting execution of Dataset",
+        "Execution plan of Dataset",
+        "Registered dataset logger",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
@@ -163,8 +198,17 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar reads it at import
     drop = _DROP
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # a Dataset's start, end and progress-bar notices, per stage
-    for name in ("ray", "ray.data", "prefect", "prefect.server", "prefect.flow_runs", "prefect.task_runs", "sqlalchemy",
-                 "ray._private.authentication.authentication_token_setup", "ray._private.worker"):
+    for name in (
+        "ray",
+        "ray.data",
+        "prefect",
+        "prefect.server",
+        "prefect.flow_runs",
+        "prefect.task_runs",
+        "sqlalchemy",
+        "ray._private.authentication.authentication_token_setup",
+        "ray._private.worker",
+    ):
         logger = logging.getLogger(name)
         logger.addFilter(drop)
         for handler in logger.handlers:

@@ -8,13 +8,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 
-def stream(rows: list[dict], worker, args: tuple, workers: int, gpus: int = 0,
-           no_progress_s: float | None = None, tasks: bool = False, cpus: float = 0) -> Iterator:
+def stream(
+    rows: list[dict],
+    worker,
+    args: tuple,
+    workers: int,
+    gpus: int = 0,
+    no_progress_s: float | None = None,
+    tasks: bool = False,
+    cpus: float = 0,
+) -> Iterator:
     """``worker(*args)(batch of one row)`` over ``rows`` on up to ``workers`` Ray Data actors (one CPU and ``gpus``
     GPUs each), yielding each result as a pyarrow table as it comes back. ``tasks``: ``worker(batch, *args)`` is a
     function run as up to ``workers`` Ray tasks at once holding ``cpus`` CPUs each (0 where they wait on engine
     replicas that hold the cores; Ray reuses their processes across streams). ``no_progress_s``: one row may take
-    that long, so Ray Data's no-progress watchdog (30 min by default) is raised to at least that. A worker's error is raised here as an
+    that long, so Ray Data's no-progress watchdog (30 min by default) is raised to at least that. A worker's error is
+    raised here as an
     instance of its own class."""
     import ray.data
 
@@ -29,11 +38,16 @@ def stream(rows: list[dict], worker, args: tuple, workers: int, gpus: int = 0,
     top = max(1, min(workers, len(rows)))
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     if tasks:
-        yield from ds.map_batches(worker, fn_args=args, batch_size=1, num_cpus=cpus,
-                                  compute=ray.data.TaskPoolStrategy(size=top)).iter_batches(batch_size=None,
-                                                                                             batch_format="pyarrow")
+        yield from ds.map_batches(
+            worker, fn_args=args, batch_size=1, num_cpus=cpus, compute=ray.data.TaskPoolStrategy(size=top)
+        ).iter_batches(batch_size=None, batch_format="pyarrow")
         return
     ds = ds.map_batches(
-        worker, fn_constructor_args=args, batch_size=1, num_cpus=1, num_gpus=gpus,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=top, initial_size=top))
+        worker,
+        fn_constructor_args=args,
+        batch_size=1,
+        num_cpus=1,
+        num_gpus=gpus,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=top, initial_size=top),
+    )
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")

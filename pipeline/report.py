@@ -35,12 +35,20 @@ def inspect_summary(root: Path) -> dict[str, Any]:
     m = load_manifest(root)
     kind = kind_of_format(m.get("format"), Path(root) / "manifest.json").name
     tables = verified_shards(root, m)
-    return {"format": m.get("format"), "counts": m["counts"], "per_type": m.get("per_type", []),
-            "rationales": m.get("rationales"), "pairs": m.get("pairs"), **({kind: m[kind]} if kind in m else {}),
-            "samples": sample_rows(root, m, tables), "run_id": m.get("run_id"),
-            "releases": m.get("publish", {}).get("releases", []),
-            "filters": m.get("filters", {}), "scores": score_summary(m, tables),
-            "blind_splits": m["config"].get("filters", {}).get(kind, {}).get("blind", {}).get("splits", [])}
+    return {
+        "format": m.get("format"),
+        "counts": m["counts"],
+        "per_type": m.get("per_type", []),
+        "rationales": m.get("rationales"),
+        "pairs": m.get("pairs"),
+        **({kind: m[kind]} if kind in m else {}),
+        "samples": sample_rows(root, m, tables),
+        "run_id": m.get("run_id"),
+        "releases": m.get("publish", {}).get("releases", []),
+        "filters": m.get("filters", {}),
+        "scores": score_summary(m, tables),
+        "blind_splits": m["config"].get("filters", {}).get(kind, {}).get("blind", {}).get("splits", []),
+    }
 
 
 def score_summary(manifest: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, dict[str, float]]:
@@ -67,7 +75,13 @@ def print_filters(info: dict[str, Any], console: Console) -> None:
         funnel.add_column(col)
     for step in f["funnel"]:
         reasons = ", ".join(f"{r} {n}" for r, n in step["dropped"].items())
-        funnel.add_row(step["filter"], str(step["rows_in"]), str(step["rows_in"] - step["rows_out"]), str(step["rows_out"]), reasons)
+        funnel.add_row(
+            step["filter"],
+            str(step["rows_in"]),
+            str(step["rows_in"] - step["rows_out"]),
+            str(step["rows_out"]),
+            reasons,
+        )
     console.print(funnel)
     report = f["report"]
     checks = Table(title="Bias checks (goal after: 50% / 0.5)")
@@ -101,11 +115,17 @@ def print_report(root: Path, console: Console | None = None) -> None:
     kind = kind_of_format(info["format"], Path(root) / "manifest.json")
     stats = info.get(kind.name)  # a kind's own manifest section (rationales, pairs, retrieval), if it has one
     rationales = stats is not None
-    for label, key in (("input rows", "inputs"), ("input rows rejected", "input_rejected"), ("units", "units"),
-                       ("generated (last run)", "generated"), ("reused", "reused"),
-                       ("distinct positives in rows" if rationales else "positives kept", "positives"),
-                       ("rows kept" if rationales else "negatives kept", "kept"), ("outputs rejected", "rejected"),
-                       ("dropped by filters", "filtered")):
+    for label, key in (
+        ("input rows", "inputs"),
+        ("input rows rejected", "input_rejected"),
+        ("units", "units"),
+        ("generated (last run)", "generated"),
+        ("reused", "reused"),
+        ("distinct positives in rows" if rationales else "positives kept", "positives"),
+        ("rows kept" if rationales else "negatives kept", "kept"),
+        ("outputs rejected", "rejected"),
+        ("dropped by filters", "filtered"),
+    ):
         funnel.add_row(label, str(c.get(key, 0)))
     for key, n in (stats or {}).items():
         if not isinstance(n, dict):  # counts and means; per-key breakdowns (by_source, with_rows) are not funnel steps
@@ -114,14 +134,25 @@ def print_report(root: Path, console: Console | None = None) -> None:
         funnel.add_row(f"rows in {split}", str(n))
     if info["releases"]:
         last = info["releases"][-1]
-        funnel.add_row("releases (published, never rewritten)", f"{len(info['releases'])}; last: run {last['run_id']}, {last['mode']}")
+        funnel.add_row(
+            "releases (published, never rewritten)",
+            f"{len(info['releases'])}; last: run {last['run_id']}, {last['mode']}",
+        )
     console.print(funnel)
     if info["per_type"]:
         types = Table(title="Per type")
         for col in ("task", "units", "kept", "yield", "train", "test", "top rejection reasons"):
             types.add_column(col)
         for t in info["per_type"]:
-            types.add_row(t["task"], str(t["units"]), str(t["kept"]), f"{100 * t['yield_']:.1f}%", str(t["train"]), str(t["test"]), t["reasons"])
+            types.add_row(
+                t["task"],
+                str(t["units"]),
+                str(t["kept"]),
+                f"{100 * t['yield_']:.1f}%",
+                str(t["train"]),
+                str(t["test"]),
+                t["reasons"],
+            )
         console.print(types)
     reasons = Table(title="Rejected by reason")
     reasons.add_column("reason")

@@ -49,7 +49,15 @@ from pipeline.serve_workers import Batcher, EngineProcess, Failed, start_engines
 API_KEY_ENV = "CONTRASTGEN_API_KEY"
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a chat request of a few thousand tokens is a few tens of KiB
 
-UNSUPPORTED = ("structured_outputs", "guided_choice", "guided_json", "guided_regex", "guided_grammar", "tools", "logprobs")
+UNSUPPORTED = (
+    "structured_outputs",
+    "guided_choice",
+    "guided_json",
+    "guided_regex",
+    "guided_grammar",
+    "tools",
+    "logprobs",
+)
 
 
 class Message(BaseModel):
@@ -77,9 +85,13 @@ def to_request(body: ChatRequest, default_max_tokens: int) -> GenerationRequest:
     """Map a chat request onto ours, or raise a 400 that names the field and the fix."""
     extra = sorted(k for k in (body.model_extra or {}) if k in UNSUPPORTED and body.model_extra[k])
     if extra:
-        raise HTTPException(400, f"unsupported field(s) {extra}: the embedded engine has no structured outputs; parse the text")
+        raise HTTPException(
+            400, f"unsupported field(s) {extra}: the embedded engine has no structured outputs; parse the text"
+        )
     if body.response_format and body.response_format.get("type") not in (None, "text"):
-        raise HTTPException(400, "unsupported field response_format: expected type 'text' (no JSON mode in the embedded engine)")
+        raise HTTPException(
+            400, "unsupported field response_format: expected type 'text' (no JSON mode in the embedded engine)"
+        )
     if body.stream:
         raise HTTPException(400, "unsupported field stream: expected false")
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
@@ -120,8 +132,10 @@ class ContextLimit:
         config = AutoConfig.from_pretrained(folder)
         self.max_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if not self.max_len:
-            raise ConfigError(f"serve: expected the model config in {folder} to give its context length "
-                              "(max_position_embeddings), found none. Fix: serve a model whose config.json has it")
+            raise ConfigError(
+                f"serve: expected the model config in {folder} to give its context length "
+                "(max_position_embeddings), found none. Fix: serve a model whose config.json has it"
+            )
 
     def prompt_tokens(self, req: GenerationRequest) -> int:
         msgs = [{"role": r, "content": c} for r, c in req.messages]
@@ -131,22 +145,39 @@ class ContextLimit:
     def check(self, req: GenerationRequest) -> None:
         prompt, completion = self.prompt_tokens(req), req.sampling.max_tokens
         if prompt + completion > self.max_len:
-            raise HTTPException(400, f"This model's maximum context length is {self.max_len} tokens. However, you "
-                                f"requested {prompt + completion} tokens ({prompt} in the messages, {completion} in "
-                                "the completion). Please reduce the length of the messages or completion.")
+            raise HTTPException(
+                400,
+                f"This model's maximum context length is {self.max_len} tokens. However, you "
+                f"requested {prompt + completion} tokens ({prompt} in the messages, {completion} in "
+                "the completion). Please reduce the length of the messages or completion.",
+            )
 
 
 def to_response(c: Completion, model: str) -> dict:
     choices = []
     for i, (text, reason) in enumerate(zip(c.texts, c.finish_reasons, strict=True)):
         newline = reason == "newline"
-        choices.append({
-            "index": i, "message": {"role": "assistant", "content": text.split("\n")[0] if newline else text},
-            "finish_reason": "length" if reason == "length" else "stop", "stop_reason": "\n" if newline else None,
-        })
-    usage = {"prompt_tokens": c.tokens_in, "completion_tokens": c.tokens_out, "total_tokens": c.tokens_in + c.tokens_out}
-    return {"id": f"chatcmpl-{c.key}", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": choices, "usage": usage}
+        choices.append(
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text.split("\n")[0] if newline else text},
+                "finish_reason": "length" if reason == "length" else "stop",
+                "stop_reason": "\n" if newline else None,
+            }
+        )
+    usage = {
+        "prompt_tokens": c.tokens_in,
+        "completion_tokens": c.tokens_out,
+        "total_tokens": c.tokens_in + c.tokens_out,
+    }
+    return {
+        "id": f"chatcmpl-{c.key}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    }
 
 
 class Guard:
@@ -163,8 +194,12 @@ class Guard:
             auth = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(auth, b"Bearer " + self.key):
                 await _drain(receive)
-                return await _reply(send, 401, "missing or wrong API key: expected the header 'Authorization: Bearer "
-                                    "<key>' with the key the server was started with (--api-key / $" + API_KEY_ENV + ")")
+                return await _reply(
+                    send,
+                    401,
+                    "missing or wrong API key: expected the header 'Authorization: Bearer "
+                    "<key>' with the key the server was started with (--api-key / $" + API_KEY_ENV + ")",
+                )
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             await _drain(receive)
@@ -207,8 +242,13 @@ async def _drain(receive) -> None:
 
 async def _reply(send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -221,12 +261,22 @@ def check_exposure(host: str, api_key: str | None) -> None:
     except ValueError:
         loopback = False
     if not loopback:
-        raise ConfigError(f"serve --host {host}: expected an API key to serve beyond this machine, got none. Fix: "
-                          f"--api-key KEY or ${API_KEY_ENV}=KEY (clients send it as $OPENAI_API_KEY), or bind 127.0.0.1")
+        raise ConfigError(
+            f"serve --host {host}: expected an API key to serve beyond this machine, got none. Fix: "
+            f"--api-key KEY or ${API_KEY_ENV}=KEY (clients send it as $OPENAI_API_KEY), or bind 127.0.0.1"
+        )
 
 
-def build_app(engines: list[EngineProcess], context: ContextLimit, model_id: str, min_share: int, max_batch: int = 256,
-              default_max_tokens: int = 256, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def build_app(
+    engines: list[EngineProcess],
+    context: ContextLimit,
+    model_id: str,
+    min_share: int,
+    max_batch: int = 256,
+    default_max_tokens: int = 256,
+    api_key: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
     """The API over loaded engine processes (:mod:`pipeline.serve_workers`); ``min_share``: the requests a free
     process takes at least from a backlog (an engine batch)."""
     state: dict = {}
@@ -250,8 +300,10 @@ def build_app(engines: list[EngineProcess], context: ContextLimit, model_id: str
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "owned_by": "contrastgen",
-                                            "max_model_len": context.max_len}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_id, "object": "model", "owned_by": "contrastgen", "max_model_len": context.max_len}],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest) -> dict:
@@ -261,9 +313,12 @@ def build_app(engines: list[EngineProcess], context: ContextLimit, model_id: str
         context.check(req)  # before batching: a request past the context never reaches an engine
         out = await state["batcher"].submit(req)
         if isinstance(out, Failed):
-            raise HTTPException(500, f"the engine failed on this request, run alone after its batch failed: {out.error}. "
-                                "The requests batched with it were answered. Fix: see the server log; if this request "
-                                "fails again, change it (its messages or sampling)")
+            raise HTTPException(
+                500,
+                f"the engine failed on this request, run alone after its batch failed: {out.error}. "
+                "The requests batched with it were answered. Fix: see the server log; if this request "
+                "fails again, change it (its messages or sampling)",
+            )
         return to_response(out, model_id)
 
     return app
@@ -286,14 +341,30 @@ def serve(cfg, host: str, port: int, key: str | None = None, max_body_bytes: int
     cpus = os.cpu_count() or 1
     workers = cfg.ray.engine_workers(engine, cpus)
     threads = engine.threads or max(1, cpus // workers)
-    context = ContextLimit(transformers_folder(engine.resolved_model_path()))  # a GGUF dequantized once, before the processes
-    engines = start_engines(engine.model_copy(update={"threads": threads}).model_dump_json(), workers, threads,
-                            engine.start_timeout_s, engine.call_timeout_s)
-    print(f"contrastgen serve: {workers} engine process(es) (pids {', '.join(str(e.pid) for e in engines)}), {threads} "
-          f"torch thread(s) each; context {context.max_len} tokens", flush=True)
+    context = ContextLimit(
+        transformers_folder(engine.resolved_model_path())
+    )  # a GGUF dequantized once, before the processes
+    engines = start_engines(
+        engine.model_copy(update={"threads": threads}).model_dump_json(),
+        workers,
+        threads,
+        engine.start_timeout_s,
+        engine.call_timeout_s,
+    )
+    print(
+        f"contrastgen serve: {workers} engine process(es) (pids {', '.join(str(e.pid) for e in engines)}), {threads} "
+        f"torch thread(s) each; context {context.max_len} tokens",
+        flush=True,
+    )
     try:
-        uvicorn.run(build_app(engines, context, engine.model_id(), engine.batch_size, api_key=key,
-                              max_body_bytes=max_body_bytes), host=host, port=port, log_level="warning")
+        uvicorn.run(
+            build_app(
+                engines, context, engine.model_id(), engine.batch_size, api_key=key, max_body_bytes=max_body_bytes
+            ),
+            host=host,
+            port=port,
+            log_level="warning",
+        )
     finally:
         for e in engines:
             e.closed = True

@@ -99,23 +99,31 @@ class EngineProcess:
     def start(self) -> None:
         ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools or event loop
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_engine_main, args=(child, self.engine_json, self.threads), daemon=True,
-                                name=f"contrastgen-serve-engine-{self.index}")
+        self.proc = ctx.Process(
+            target=_engine_main,
+            args=(child, self.engine_json, self.threads),
+            daemon=True,
+            name=f"contrastgen-serve-engine-{self.index}",
+        )
         self.proc.start()
         child.close()
 
     def wait_ready(self) -> None:
         if not self.conn.poll(self.start_timeout_s):
             self.stop()
-            raise EngineError(f"engine process {self.index}: expected it to load the model within engine.start_timeout_s "
-                              f"= {self.start_timeout_s:g} s, it did not. Fix: check free memory and the server log, "
-                              "or raise engine.start_timeout_s")
+            raise EngineError(
+                f"engine process {self.index}: expected it to load the model within engine.start_timeout_s "
+                f"= {self.start_timeout_s:g} s, it did not. Fix: check free memory and the server log, "
+                "or raise engine.start_timeout_s"
+            )
         try:
             _, self.pid = self.conn.recv()
         except EOFError:
             self.proc.join(5)
-            raise EngineError(f"engine process {self.index} exited while loading the model (exit code "
-                              f"{self.proc.exitcode}). Fix: see its error above in the server log") from None
+            raise EngineError(
+                f"engine process {self.index} exited while loading the model (exit code "
+                f"{self.proc.exitcode}). Fix: see its error above in the server log"
+            ) from None
 
     def call(self, requests: list[GenerationRequest]) -> list[Completion]:
         """The engine's completions of ``requests``; :class:`_CallFailed` when the call fails, after replacing a
@@ -124,8 +132,10 @@ class EngineProcess:
             self.conn.send(requests)
             if not self.conn.poll(self.call_timeout_s):
                 self.restart()
-                raise _CallFailed(f"the engine call of {len(requests)} requests passed engine.call_timeout_s = "
-                                  f"{self.call_timeout_s:g} s; its process was replaced")
+                raise _CallFailed(
+                    f"the engine call of {len(requests)} requests passed engine.call_timeout_s = "
+                    f"{self.call_timeout_s:g} s; its process was replaced"
+                )
             status, value = self.conn.recv()
         except (EOFError, OSError):
             self.proc.join(5)
@@ -153,8 +163,9 @@ class EngineProcess:
         self.conn.close()
 
 
-def start_engines(engine_json: str, workers: int, threads: int, start_timeout_s: float,
-                  call_timeout_s: float) -> list[EngineProcess]:
+def start_engines(
+    engine_json: str, workers: int, threads: int, start_timeout_s: float, call_timeout_s: float
+) -> list[EngineProcess]:
     """``workers`` engine processes, loading side by side; returns once every one answered (or raises)."""
     engines = [EngineProcess(i, engine_json, threads, start_timeout_s, call_timeout_s) for i in range(workers)]
     try:
@@ -228,8 +239,12 @@ class Batcher:
             if len(requests) == 1:
                 log.warning("contrastgen serve: request %s failed alone: %s", requests[0].key, exc)
                 return [Failed(requests[0].key, str(exc))]
-            log.warning("contrastgen serve: a batch of %d requests failed (%s); running it again in halves to find "
-                        "the request that causes it", len(requests), exc)
+            log.warning(
+                "contrastgen serve: a batch of %d requests failed (%s); running it again in halves to find "
+                "the request that causes it",
+                len(requests),
+                exc,
+            )
             mid = len(requests) // 2
             return await self._run(engine, requests[:mid]) + await self._run(engine, requests[mid:])
 

@@ -172,8 +172,12 @@ def supervise(argv: list[str], grace_s: float = GRACE_S, program: list[str] | No
     first SIGINT/SIGTERM to it; stop its session at once on a second signal or ``grace_s`` after the first; return
     its exit code."""
     env = {**os.environ, SUPERVISED: "1"}
-    worker = subprocess.Popen(program or [sys.executable, "-m", "pipeline.entry", *argv], env=env,
-                              start_new_session=True, preexec_fn=_die_with_parent)
+    worker = subprocess.Popen(
+        program or [sys.executable, "-m", "pipeline.entry", *argv],
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
     got: list[tuple[int, float]] = []
 
     def forward(signum: int, frame) -> None:
@@ -191,13 +195,24 @@ def supervise(argv: list[str], grace_s: float = GRACE_S, program: list[str] | No
         if len(got) > 1 or (got and time.monotonic() - got[0][1] > grace_s):
             _kill_session(worker.pid)
             worker.wait()
-            why = f"a second {signal_name(got[1][0])}" if len(got) > 1 else f"{signal_name(got[0][0])}, not done after {grace_s:.0f} s"
-            print(f"contrastgen: stopped at once by {why}; every part committed before it is kept; {RESUME}",
-                  file=sys.stderr, flush=True)
+            why = (
+                f"a second {signal_name(got[1][0])}"
+                if len(got) > 1
+                else f"{signal_name(got[0][0])}, not done after {grace_s:.0f} s"
+            )
+            print(
+                f"contrastgen: stopped at once by {why}; every part committed before it is kept; {RESUME}",
+                file=sys.stderr,
+                flush=True,
+            )
             return exit_code(got[0][0])
     _kill_session(worker.pid)  # anything of the run left in its process group (Ray's and Prefect's processes)
     if rc < 0:  # the worker itself was killed (by the OOM killer, say): say so in one line
-        print(f"contrastgen: the run's process was killed by {signal_name(-rc)}; every part committed before it is "
-              f"kept; {RESUME}", file=sys.stderr, flush=True)
+        print(
+            f"contrastgen: the run's process was killed by {signal_name(-rc)}; every part committed before it is "
+            f"kept; {RESUME}",
+            file=sys.stderr,
+            flush=True,
+        )
         return exit_code(-rc)
     return rc

@@ -28,8 +28,13 @@ def coco_captions(n: int, offset: int = 0) -> list[dict]:
     with path.open() as fh:
         for line in fh:
             r = json.loads(line)
-            rows.append({"id": r["file_name"].rsplit("_", 1)[-1].split(".")[0], "caption": r["captions"]["object"][0],
-                         "image": r["file_name"]})
+            rows.append(
+                {
+                    "id": r["file_name"].rsplit("_", 1)[-1].split(".")[0],
+                    "caption": r["captions"]["object"][0],
+                    "image": r["file_name"],
+                }
+            )
     return rows[offset : offset + n]
 
 
@@ -136,8 +141,14 @@ def rationales_run(tmp_path_factory, ray_session, prefect_session):
 
     root = tmp_path_factory.mktemp("rationales")
     inp = write_jsonl(root / "in.jsonl", reasoning_questions() + [{"id": "bad", "question": "   "}])
-    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": root / "ds", "units_per_part": 4},
-                             "rationales": {"k": 3, "max_tokens": 100, "adversarial": {"n": 2}}})
+    cfg = load_config(
+        None,
+        {
+            "input": {"path": inp},
+            "output": {"dir": root / "ds", "units_per_part": 4},
+            "rationales": {"k": 3, "max_tokens": 100, "adversarial": {"n": 2}},
+        },
+    )
     return cfg, generate_flow("rationales", cfg.model_dump(mode="json"))
 
 
@@ -186,14 +197,17 @@ def openai_server(tmp_path_factory):
         return
     cli = str(Path(sys.executable).parent / "contrastgen")
     env = {**os.environ, "CONTRASTGEN_API_KEY": os.environ["OPENAI_API_KEY"]}
-    proc, url = start_server(lambda port: [cli, "serve", "--port", str(port)], tmp_path_factory.mktemp("serve") / "serve.log", env)
+    proc, url = start_server(
+        lambda port: [cli, "serve", "--port", str(port)], tmp_path_factory.mktemp("serve") / "serve.log", env
+    )
     yield url, None
     proc.terminate()
     proc.wait(30)
 
 
-def start_server(argv_for_port, log: Path, env: dict | None = None, timeout_s: float = 400, root: str = "/v1",
-                 probe: str = "/models"):
+def start_server(
+    argv_for_port, log: Path, env: dict | None = None, timeout_s: float = 400, root: str = "/v1", probe: str = "/models"
+):
     """Start an OpenAI-compatible server on a free 127.0.0.1 port (``argv_for_port(port)``), logging to a file (a
     full pipe would block it), and wait until ``root + probe`` (/v1/models) answers (a 401 of a keyed server is an
     answer). Returns (process, base URL = http://127.0.0.1:PORT + root)."""
@@ -226,8 +240,9 @@ def start_server(argv_for_port, log: Path, env: dict | None = None, timeout_s: f
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
 
 
-def stop_after_parts(cmd: list[str], out: Path, sig: int, group: bool, parts: int = 1, log: Path | None = None,
-                     env: dict | None = None) -> tuple[int, str, float]:
+def stop_after_parts(
+    cmd: list[str], out: Path, sig: int, group: bool, parts: int = 1, log: Path | None = None, env: dict | None = None
+) -> tuple[int, str, float]:
     """Start the console script ``cmd`` (a run into ``out``), send ``sig`` once ``parts`` more raw parts exist: to its
     process group as a terminal's Ctrl-C does (``group``), or to its pid alone as a scheduler does. Returns (exit
     code, stderr, seconds from the signal to the exit); asserts that no process of the run is left."""
@@ -238,7 +253,7 @@ def stop_after_parts(cmd: list[str], out: Path, sig: int, group: bool, parts: in
     import psutil
 
     before = len(list((out / "raw").glob("part-*.arrow")))
-    err = (log or out.parent / f"{out.name}.{_signal.Signals(sig).name}.err")
+    err = log or out.parent / f"{out.name}.{_signal.Signals(sig).name}.err"
     with open(err, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=env, start_new_session=True)
         deadline = time.time() + 400
@@ -252,6 +267,7 @@ def stop_after_parts(cmd: list[str], out: Path, sig: int, group: bool, parts: in
         rc = proc.wait(timeout=60)
         seconds = time.monotonic() - t0
     time.sleep(0.5)  # the supervisor's sweep of the worker's process group has returned: nothing may be left
+
     def alive(pid: int) -> list[str] | None:
         try:
             p = psutil.Process(pid)
@@ -283,5 +299,8 @@ RAY_CORE_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\] \w+\.c
 
 def stderr_lines(err: str) -> list[str]:
     """What a run said on stderr, less its progress lines and Ray's C++ log lines."""
-    return [ln for ln in err.splitlines()
-            if ln.strip() and not ln.startswith("generate negatives:") and not RAY_CORE_LINE.match(ln)]
+    return [
+        ln
+        for ln in err.splitlines()
+        if ln.strip() and not ln.startswith("generate negatives:") and not RAY_CORE_LINE.match(ln)
+    ]

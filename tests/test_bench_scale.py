@@ -19,7 +19,9 @@ import instant_engine  # noqa: E402
 import loadserver  # noqa: E402
 import scale  # noqa: E402
 
-sys.path[:] = [p for p in sys.path if p != str(BENCH)]  # bench/ has filters.py, engines.py, view.py: keep them out of later imports
+sys.path[:] = [
+    p for p in sys.path if p != str(BENCH)
+]  # bench/ has filters.py, engines.py, view.py: keep them out of later imports
 from pipeline.engines.config import EngineConfig  # noqa: E402
 from pipeline.records import GenerationRequest, Sampling  # noqa: E402
 from pipeline.tasks.templates import SLOT  # noqa: E402
@@ -34,7 +36,9 @@ def _requests(n_captions: int = 12) -> tuple[list[GenerationRequest], list[tuple
         cap = scale.caption(i)
         for system, (tpl, mode) in sorted(index.items()):
             s = Sampling(0.7, 0.95, 40, 2, 1000 + i)
-            reqs.append(GenerationRequest(f"k{len(reqs)}", (("system", system), ("user", tpl.user.replace(SLOT, cap))), s))
+            reqs.append(
+                GenerationRequest(f"k{len(reqs)}", (("system", system), ("user", tpl.user.replace(SLOT, cap))), s)
+            )
             expected.append((tpl, mode, cap, s.seed))
     return reqs, expected
 

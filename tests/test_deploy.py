@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from pipeline.shards.writer import sha256_file
-from tests.conftest import coco_captions, raw_keys as _raw_keys, write_jsonl
+from tests.conftest import coco_captions, write_jsonl
+from tests.conftest import raw_keys as _raw_keys
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -51,11 +52,21 @@ def prefect_server(tmp_path_factory):
     names)."""
     home = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": "", "PREFECT_SERVER_API_PORT": str(port)}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": "",
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
     log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/api"
     _wait(proc, lambda: urllib.request.urlopen(url + "/health", timeout=2).status == 200, "prefect server")
     yield url
@@ -65,9 +76,26 @@ def prefect_server(tmp_path_factory):
 
 def test_deploy_refuses_without_a_prefect_api(tmp_path):
     run_file = tmp_path / "run.yaml"
-    run_file.write_text(yaml.safe_dump({"deployments": [{"name": "n", "kind": "negatives", "cron": "0 2 * * *", "run": {
-        "input": {"path": str(write_jsonl(tmp_path / "in.jsonl", coco_captions(1)))}, "output": {"dir": str(tmp_path / "o")}}}]}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {"PREFECT_HOME": str(tmp_path / "ph")}
+    run_file.write_text(
+        yaml.safe_dump(
+            {
+                "deployments": [
+                    {
+                        "name": "n",
+                        "kind": "negatives",
+                        "cron": "0 2 * * *",
+                        "run": {
+                            "input": {"path": str(write_jsonl(tmp_path / "in.jsonl", coco_captions(1)))},
+                            "output": {"dir": str(tmp_path / "o")},
+                        },
+                    }
+                ]
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {
+        "PREFECT_HOME": str(tmp_path / "ph")
+    }
     out = subprocess.run([str(BIN / "contrastgen"), "deploy", str(run_file)], capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "no Prefect API is configured" in out.stderr and "prefect server start" in out.stderr
 
@@ -82,17 +110,37 @@ def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, 
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(2, offset=40))
     out = tmp_path / "ds"
     run_file = tmp_path / "run.yaml"
-    run_file.write_text(yaml.safe_dump({"deployments": [{
-        "name": "yearly", "kind": "negatives", "cron": "0 0 1 1 *",
-        "run": {"input": {"path": str(inp)}, "output": {"dir": str(out)},
-                "ray": {"address": ray_session.get_runtime_context().gcs_address},
-                "negatives": {"types": ["swap_att", "replace_obj"], "paraphrase": False}}}]}))
+    run_file.write_text(
+        yaml.safe_dump(
+            {
+                "deployments": [
+                    {
+                        "name": "yearly",
+                        "kind": "negatives",
+                        "cron": "0 0 1 1 *",
+                        "run": {
+                            "input": {"path": str(inp)},
+                            "output": {"dir": str(out)},
+                            "ray": {"address": ray_session.get_runtime_context().gcs_address},
+                            "negatives": {"types": ["swap_att", "replace_obj"], "paraphrase": False},
+                        },
+                    }
+                ]
+            }
+        )
+    )
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(tmp_path / "ph")}
     log = open(tmp_path / "deploy.log", "wb")
-    proc = subprocess.Popen([str(BIN / "contrastgen"), "deploy", str(run_file)], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "contrastgen"), "deploy", str(run_file)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     try:
         with temporary_settings({PREFECT_API_URL: prefect_server}):
+
             async def read():
                 async with get_client() as client:
                     return await client.read_deployment_by_name("contrastgen-generate/yearly")
@@ -124,9 +172,13 @@ def test_deployment_schedule_manual_runs_and_incremental_append(prefect_server, 
     assert new and all((out / s["path"]).is_file() for s in new)
     assert sum(s["rows"] for s in manifest["shards"] if s["split"] != "rejected") == manifest["counts"]["kept"]
     assert manifest["counts"]["reused"] == 2 * 2  # the first captions' units were not generated again
-    assert releases[1]["added"]["train"] + releases[1]["added"]["test"] + first_added["train"] + first_added["test"] \
+    assert (
+        releases[1]["added"]["train"] + releases[1]["added"]["test"] + first_added["train"] + first_added["test"]
         == manifest["counts"]["kept"]
-    shown = subprocess.run([str(BIN / "contrastgen"), "inspect", str(out), "--json"], capture_output=True, text=True, check=True)
+    )
+    shown = subprocess.run(
+        [str(BIN / "contrastgen"), "inspect", str(out), "--json"], capture_output=True, text=True, check=True
+    )
     assert [r["run_id"] for r in json.loads(shown.stdout)["releases"]] == [str(first.id), str(second.id)]
     card = (out / "README.md").read_text()
     assert str(first.id) in card and str(second.id) in card
@@ -139,7 +191,11 @@ def _ray_processes(root: int) -> set[tuple[int, float]]:
     for p in psutil.Process(root).children(recursive=True):
         try:
             cmd = p.cmdline()
-            if p.name() in ("raylet", "gcs_server") or (cmd and cmd[0].startswith("ray::")) or any("/ray/" in c for c in cmd):
+            if (
+                p.name() in ("raylet", "gcs_server")
+                or (cmd and cmd[0].startswith("ray::"))
+                or any("/ray/" in c for c in cmd)
+            ):
                 found.add((p.pid, p.create_time()))
         except psutil.NoSuchProcess:
             pass
@@ -175,19 +231,39 @@ def test_cancelled_deployment_run_stops_within_30_s_and_the_next_run_resumes(pre
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(8, offset=60))
     out = tmp_path / "ds"
     run_file = tmp_path / "run.yaml"
-    run_file.write_text(yaml.safe_dump({"deployments": [{
-        "name": "by-hand", "kind": "negatives",
-        "run": {"input": {"path": str(inp)}, "output": {"dir": str(out), "units_per_part": 4},
-                "negatives": {"types": ["swap_obj", "replace_obj", "add_att"]}}}]}))
+    run_file.write_text(
+        yaml.safe_dump(
+            {
+                "deployments": [
+                    {
+                        "name": "by-hand",
+                        "kind": "negatives",
+                        "run": {
+                            "input": {"path": str(inp)},
+                            "output": {"dir": str(out), "units_per_part": 4},
+                            "negatives": {"types": ["swap_obj", "replace_obj", "add_att"]},
+                        },
+                    }
+                ]
+            }
+        )
+    )
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(tmp_path / "ph")}
     log_path = tmp_path / "deploy.log"
     log_file = open(log_path, "wb")
-    proc = subprocess.Popen([str(BIN / "contrastgen"), "deploy", str(run_file)], stdout=log_file,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "contrastgen"), "deploy", str(run_file)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     log = lambda: log_path.read_text()[-4000:]  # noqa: E731
     try:
         with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
-            dep = _wait(proc, lambda: client.read_deployment_by_name("contrastgen-generate/by-hand"), "deployment registered")
+            dep = _wait(
+                proc, lambda: client.read_deployment_by_name("contrastgen-generate/by-hand"), "deployment registered"
+            )
             cfg = RunConfig.model_validate(dep.parameters["config"])
             planned = {u.key for u in task.plan_units(read_captions(cfg.input)[0], cfg, task.templates_for(cfg))}
             assert len(planned) == 8 * 4  # three types and a paraphrase per caption: 8 parts, 2 in flight
@@ -197,17 +273,22 @@ def test_cancelled_deployment_run_stops_within_30_s_and_the_next_run_resumes(pre
             ray_procs = _ray_processes(proc.pid)
             assert ray_procs, f"expected the run's local Ray below the deploy process\n{log()}"
             cancelled_at = time.time()
-            result = client.set_flow_run_state(first.id, State(type=StateType.CANCELLING))  # as `prefect flow-run cancel`
+            result = client.set_flow_run_state(
+                first.id, State(type=StateType.CANCELLING)
+            )  # as `prefect flow-run cancel`
             assert result.status.value == "ACCEPT", result
 
             while not (state := client.read_flow_run(first.id).state).is_cancelled():
-                assert time.time() < cancelled_at + 30, f"{state.type} 30 s after the cancel, expected CANCELLED\n{log()}"
+                assert time.time() < cancelled_at + 30, (
+                    f"{state.type} 30 s after the cancel, expected CANCELLED\n{log()}"
+                )
                 time.sleep(0.5)
             # the flow stopped itself (pipeline.stop), never crashed: its one line is in the run's history
             history = [(s.type, s.message) for s in client.read_flow_run_states(first.id)]
             assert StateType.CRASHED not in {t for t, _ in history}, (history, log())
-            assert any(t == StateType.CANCELLED and m and m.startswith("stopped by SIGTERM after ") for t, m in history), \
-                (history, log())
+            assert any(
+                t == StateType.CANCELLED and m and m.startswith("stopped by SIGTERM after ") for t, m in history
+            ), (history, log())
             left = lambda: _alive(ray_procs) + [pid for pid, _ in _ray_processes(proc.pid)]  # noqa: E731
             while left() and time.time() < cancelled_at + 30:
                 time.sleep(0.5)

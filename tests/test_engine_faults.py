@@ -38,8 +38,11 @@ def _kill(engine: EngineConfig, n: int) -> None:
 
 
 def _req(i: int, text: str = "") -> GenerationRequest:
-    return GenerationRequest(f"k{i}", (("user", f"Write one sentence about the number {i}. {text}"),),
-                             Sampling(0.7, 0.95, 16, 1, i, stop_at_newline=False))
+    return GenerationRequest(
+        f"k{i}",
+        (("user", f"Write one sentence about the number {i}. {text}"),),
+        Sampling(0.7, 0.95, 16, 1, i, stop_at_newline=False),
+    )
 
 
 def test_a_poison_request_is_isolated_with_one_more_restart(ray_session, embedded_engine, monkeypatch):
@@ -51,7 +54,9 @@ def test_a_poison_request_is_isolated_with_one_more_restart(ray_session, embedde
         out = pool.generate(0, reqs)
         assert [o.key for o in out] == [r.key for r in reqs]
         assert isinstance(out[2], EngineFailure) and out[2].reason == "engine_crash" and "died" in out[2].detail
-        healthy = embedded_engine.generate([reqs[i] for i in (0, 1, 3)])  # per-request seeds: same texts alone or batched
+        healthy = embedded_engine.generate(
+            [reqs[i] for i in (0, 1, 3)]
+        )  # per-request seeds: same texts alone or batched
         assert [o.texts for o in out if isinstance(o, Completion)] == [c.texts for c in healthy]
         starts = pid_log(blob).read_text().split()
         assert len(starts) == 3  # the first start, the part's crash, the poison's own crash: no other replica touched
@@ -62,12 +67,21 @@ def test_a_poison_request_is_isolated_with_one_more_restart(ray_session, embedde
 def test_a_run_with_poison_and_a_hung_call_finishes(ray_session, prefect_session, monkeypatch, tmp_path):
     from flows.generate import generate_flow
 
-    captions = coco_captions(5) + [{"id": "poison", "caption": f"a {POISON} dog on a red sofa"},
-                                   {"id": "hang", "caption": f"a {HANG} cat under a blue table"}]
+    captions = coco_captions(5) + [
+        {"id": "poison", "caption": f"a {POISON} dog on a red sofa"},
+        {"id": "hang", "caption": f"a {HANG} cat under a blue table"},
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", captions)
-    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp_path / "ds", "units_per_part": 3},
-                             "negatives": {"types": ["swap_obj"], "paraphrase": False},
-                             "engine": {"call_timeout_s": 15.0, "start_timeout_s": 300.0}, "ray": {"workers": 1}})
+    cfg = load_config(
+        None,
+        {
+            "input": {"path": inp},
+            "output": {"dir": tmp_path / "ds", "units_per_part": 3},
+            "negatives": {"types": ["swap_obj"], "paraphrase": False},
+            "engine": {"call_timeout_s": 15.0, "start_timeout_s": 300.0},
+            "ray": {"workers": 1},
+        },
+    )
     # 15 s: a healthy part of 3 units takes 1-3 s here, so the deadline holds at 5x that; each wait on the hung
     # call costs the test this deadline (it was 30 s: 87 s a run, against 60 now)
     blob = _faulty(monkeypatch, cfg.engine)
@@ -75,7 +89,11 @@ def test_a_run_with_poison_and_a_hung_call_finishes(ray_session, prefect_session
         s = generate_flow("negatives", cfg.model_dump(mode="json"))  # returns: nothing wedges
     finally:
         _kill(cfg.engine, 1)
-    assert s["units"] == 7 and s["rejected_by_reason"]["engine_crash"] == 1 and s["rejected_by_reason"]["engine_timeout"] == 1
+    assert (
+        s["units"] == 7
+        and s["rejected_by_reason"]["engine_crash"] == 1
+        and s["rejected_by_reason"]["engine_timeout"] == 1
+    )
     import datasets
 
     rejected = datasets.load_dataset(str(tmp_path / "ds"), "rejected")["rejected"]

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from pipeline.errors import RunLockedError
+from pipeline.kinds import negatives as task
 from pipeline.run.store import RunStore
 from pipeline.shards.writer import sha256_file
-from pipeline.kinds import negatives as task
 from pipeline.tasks.structure import check_shapes
 from tests.conftest import assert_rerun_makes_no_llm_call
 
@@ -51,7 +51,12 @@ def test_loads_with_datasets_both_ways_and_rows_are_valid(run):
     for r in rows:
         assert r["prompt_sha"] == tpls[r["neg_type"]].sha256
         assert r["engine"] == "embedded" and r["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
-        assert r["tokens_out"] > 0 and r["tokens_in"] > 0 and r["seed"] is not None and r["temperature"] == pytest.approx(0.7)
+        assert (
+            r["tokens_out"] > 0
+            and r["tokens_in"] > 0
+            and r["seed"] is not None
+            and r["temperature"] == pytest.approx(0.7)
+        )
         assert 0.0 < r["surface_sim"] < 1.0 and -1.0 <= r["semantic_sim"] < 1.0
         assert r["weight"] > 0 and 0.0 < r["propensity"] < 1.0
         assert check_shapes(task.SHAPES[r["neg_type"]], [r["caption"]], [r["negative"]]) == [True]
@@ -126,7 +131,9 @@ def test_inspect_json_reports_what_the_card_says(run):
 
 
 def _tree(root):
-    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"
+    }
 
 
 def test_filter_reruns_filters_on_raw_generations_without_llm(run, tmp_path, capsys):
@@ -136,18 +143,24 @@ def test_filter_reruns_filters_on_raw_generations_without_llm(run, tmp_path, cap
     src = cfg.output.dir
     before = _tree(src)
     loose = tmp_path / "loose.yaml"
-    loose.write_text("filters:\n  negatives:\n    blind: {enabled: false}\n    dedup: {enabled: false}\n"
-                     "    semantic: {enabled: false}\n    surface: {negative: {low: 0.0}, positive: {high: 1.0}}\n")
+    loose.write_text(
+        "filters:\n  negatives:\n    blind: {enabled: false}\n    dedup: {enabled: false}\n"
+        "    semantic: {enabled: false}\n    surface: {negative: {low: 0.0}, positive: {high: 1.0}}\n"
+    )
     assert main(["filter", str(src), "--out", str(tmp_path / "loose"), "--config", str(loose), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert _tree(src) == before  # DIR untouched
     assert (out["generated"], out["reused"], out["units"], out["inputs"]) == (0, s["units"], s["units"], s["inputs"])
-    assert out["kept"] > s["kept"] and out["kept"] + out["rejected"] + out["filtered"] + out["positives"] == out["units"]
+    assert (
+        out["kept"] > s["kept"] and out["kept"] + out["rejected"] + out["filtered"] + out["positives"] == out["units"]
+    )
     assert out["rejected"] == s["rejected"] and out["input_rejected"] == s["input_rejected"]
     manifest = json.loads((tmp_path / "loose" / "manifest.json").read_text())
     assert manifest["config"]["filters"]["negatives"]["blind"]["enabled"] is False
     assert manifest["config"]["sampling"] == json.loads((src / "manifest.json").read_text())["config"]["sampling"]
-    assert [p["sha256"] for p in manifest["raw_parts"]] == [p["sha256"] for p in json.loads((src / "manifest.json").read_text())["raw_parts"]]
+    assert [p["sha256"] for p in manifest["raw_parts"]] == [
+        p["sha256"] for p in json.loads((src / "manifest.json").read_text())["raw_parts"]
+    ]
     assert [f["filter"] for f in manifest["filters"]["funnel"]] == ["positives", "surface"]
     assert (out["kept"], out["filtered"], out["positives"]) == (23, 0, 9)  # nothing dropped: every valid row back
     assert manifest["filters"]["report"]["propensity"]["negatives"] == 23
@@ -182,7 +195,9 @@ def test_filter_with_blind_balancing_on_the_test_split(run, tmp_path, capsys):
     assert train_rates["before"] == train_rates["after"]  # measured, not balanced
     rej = datasets.load_dataset(str(tmp_path / "b"), "rejected")["rejected"]
     blind = [r for r in rej if r["filter"] == "blind"]
-    assert len(blind) == s["splits"]["test"] - out["splits"]["test"] and all(r["reason"] == "blind_balance" for r in blind)
+    assert len(blind) == s["splits"]["test"] - out["splits"]["test"] and all(
+        r["reason"] == "blind_balance" for r in blind
+    )
     assert all("lm_loglik gap" in r["detail"] for r in blind)
     body = (tmp_path / "b" / "README.md").read_text()
     assert "| test | yes | `lm_loglik` |" in body and "| train | no | `lm_loglik` |" in body
@@ -219,15 +234,23 @@ def test_blocks_of_sources_make_the_same_dataset(run, tmp_path, monkeypatch):
     out = {}
     for name, size in (("one", 1000), ("four", 3)):
         shutil.copytree(cfg.output.dir, tmp_path / name)
-        blocked = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": tmp_path / name, "block_sources": size})})
+        blocked = cfg.model_copy(
+            update={"output": cfg.output.model_copy(update={"dir": tmp_path / name, "block_sources": size})}
+        )
         out[name] = flows.generate.generate_flow("negatives", blocked.model_dump(mode="json"))
         assert (out[name]["generated"], out[name]["reused"], out[name]["units"]) == (0, s["units"], s["units"])
     for key in ("kept", "rejected", "filtered", "positives", "splits", "rejected_by_reason"):
         assert out["one"][key] == out["four"][key] == s[key], key
 
     def rows(root, split):
-        return sorted(datasets.load_dataset(str(root), split=split)["id"]) if split != "rejected" else sorted(
-            (r["unit_key"] or "", r["reason"], r["raw"] or "") for r in datasets.load_dataset(str(root), "rejected")["rejected"])
+        return (
+            sorted(datasets.load_dataset(str(root), split=split)["id"])
+            if split != "rejected"
+            else sorted(
+                (r["unit_key"] or "", r["reason"], r["raw"] or "")
+                for r in datasets.load_dataset(str(root), "rejected")["rejected"]
+            )
+        )
 
     for split in ("train", "test", "rejected"):
         assert rows(tmp_path / "four", split) == rows(tmp_path / "one", split) == rows(cfg.output.dir, split), split

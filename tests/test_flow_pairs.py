@@ -9,8 +9,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from pipeline.run.store import RunStore
 from pipeline.kinds import pairs as task
+from pipeline.run.store import RunStore
 from tests.conftest import assert_rerun_makes_no_llm_call, snli_premises
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,9 @@ def test_every_sentence_ends_as_a_row_or_a_rejection(pairs_run):
     sentences = {x["sentence"] for x in snli_premises(4)}
     assert {r.caption for r in raws} == sentences  # each raw result records its source text (the copy check needs it)
     rejected = datasets.load_dataset(str(cfg.output.dir), "rejected")["rejected"].to_list()
-    ids = {r["source_id"] for r in _rows(cfg.output.dir, s["kept"])} | {r["source_id"] for r in rejected if r["stage"] != "input"}
+    ids = {r["source_id"] for r in _rows(cfg.output.dir, s["kept"])} | {
+        r["source_id"] for r in rejected if r["stage"] != "input"
+    }
     assert len(ids) == 4  # every sentence is accounted for
     # Golden counts for seed 0, SmolLM2-135M Q4_1, torch 2.13 CPU: re-pin deliberately, with the reason.
     assert (s["kept"], s["rejected"], s["filtered"]) == GOLDEN, s
@@ -42,7 +44,9 @@ def test_rows_follow_the_keep_rule_and_record_their_instructions(pairs_run):
     for r in _rows(cfg.output.dir, s["kept"]):
         assert r["pos_score"] >= j.positive_min and r["neg_score"] <= j.negative_max and r["pos_score"] > r["neg_score"]
         variants = (cfg.pairs.entail, cfg.pairs.contradict)
-        assert (r["pos_instruction"], r["neg_instruction"]) in [(a, b) for a in variants[r["swapped"]] for b in variants[not r["swapped"]]]
+        assert (r["pos_instruction"], r["neg_instruction"]) in [
+            (a, b) for a in variants[r["swapped"]] for b in variants[not r["swapped"]]
+        ]
         assert r["prompt_sha"] == tpls[r["neg_instruction"]].sha256 and r["weight"] > 0
         assert r["positive"] != r["anchor"] != r["negative"]
 
@@ -55,7 +59,11 @@ def test_inspect_card_and_trainer_understand_pairs(pairs_run):
     res = subprocess.run([cli, "inspect", str(cfg.output.dir), "--json"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
-    assert info["format"] == "contrastgen.pairs/1" and info["pairs"]["sentences"] == 4 and info["counts"]["kept"] == s["kept"]
+    assert (
+        info["format"] == "contrastgen.pairs/1"
+        and info["pairs"]["sentences"] == 4
+        and info["counts"]["kept"] == s["kept"]
+    )
     card = (cfg.output.dir / "README.md").read_text()
     assert "filters.pairs" in card and "judged" in card
     split = "train" if s["splits"]["train"] else "test"
@@ -68,7 +76,9 @@ def test_from_scratch_mode_generates_its_own_anchors(tmp_path, ray_session, pref
     from flows.generate import generate_flow
     from pipeline.config import load_config
 
-    cfg = load_config(None, {"output": {"dir": tmp_path / "ds"}, "pairs": {"topics": ["a city street"], "seeds_per_topic": 3}})
+    cfg = load_config(
+        None, {"output": {"dir": tmp_path / "ds"}, "pairs": {"topics": ["a city street"], "seeds_per_topic": 3}}
+    )
     s = generate_flow("pairs", cfg.model_dump(mode="json"))
     st = json.loads((cfg.output.dir / "manifest.json").read_text())["pairs"]
     raws = RunStore(cfg.output.dir).read_raw()

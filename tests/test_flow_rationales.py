@@ -1,4 +1,5 @@
-"""End to end: bundled easy questions and real SVAMP, GSM8K and CommonsenseQA ones -> Prefect flow -> Ray actor running SmolLM2 ->
+"""End to end: bundled easy questions and real SVAMP, GSM8K and CommonsenseQA ones -> Prefect flow -> Ray actor running
+SmolLM2 ->
 rationale shards, card, manifest; then inspect and the trainer read them."""
 
 import json
@@ -11,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline.inputs import read_questions
-from pipeline.run.store import RunStore
 from pipeline.kinds import rationales as task
+from pipeline.run.store import RunStore
 from tests.conftest import assert_rerun_makes_no_llm_call
 
 pytestmark = pytest.mark.integration
@@ -77,7 +78,11 @@ def test_the_trainer_reads_rationales_with_the_question_as_anchor(rationales_run
     split = "train" if s["splits"]["train"] else "test"
     table = read_split(cfg.output.dir, split)
     groups, _ = groups_from_table(table, 8)
-    questions = set(pa.ipc.open_stream(pa.memory_map(str(next((cfg.output.dir / "data").glob(f"{split}-*.arrow"))))).read_all()["question"].to_pylist())
+    questions = set(
+        pa.ipc.open_stream(pa.memory_map(str(next((cfg.output.dir / "data").glob(f"{split}-*.arrow")))))
+        .read_all()["question"]
+        .to_pylist()
+    )
     assert groups and {g.anchor for g in groups} <= questions
     assert all(g.positive not in g.negatives for g in groups)
 

@@ -53,8 +53,10 @@ def users_folder(root: Path) -> Path:
     """A folder of another dataset: its own card and an Arrow file with a name contrastgen would use."""
     (root / "data").mkdir(parents=True)
     (root / "README.md").write_text("# my dataset\nDo not touch.\n")
-    with pa.OSFile(str(root / "data" / "train-00000-of-00001.arrow"), "wb") as sink, \
-            pa.ipc.new_stream(sink, pa.schema([("x", pa.int64())])) as w:
+    with (
+        pa.OSFile(str(root / "data" / "train-00000-of-00001.arrow"), "wb") as sink,
+        pa.ipc.new_stream(sink, pa.schema([("x", pa.int64())])) as w,
+    ):
         w.write_table(pa.table({"x": [1, 2, 3]}))
     return root
 
@@ -69,17 +71,28 @@ def test_a_folder_that_is_not_ours_is_refused_and_left_as_it_was(tmp_path):
     assert tree(theirs) == before
     # a dataset of another kind is not this kind's either
     (tmp_path / "rat").mkdir()
-    (tmp_path / "rat" / ".contrastgen").write_text(json.dumps({"format": "contrastgen.rationales/1", "contrastgen_version": "0.1.0"}))
+    (tmp_path / "rat" / ".contrastgen").write_text(
+        json.dumps({"format": "contrastgen.rationales/1", "contrastgen_version": "0.1.0"})
+    )
     one_clear_line(cli("generate", "negatives", "--input", inp, "--out", tmp_path / "rat"), "contrastgen.rationales/1")
 
 
 def test_out_naming_a_file_is_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    res = cli("generate", "negatives", "--input", REPO / "data" / "sample_captions.jsonl", "--out", tmp_path / "notes.txt")
+    res = cli(
+        "generate", "negatives", "--input", REPO / "data" / "sample_captions.jsonl", "--out", tmp_path / "notes.txt"
+    )
     one_clear_line(res, "notes.txt", "regular file")
     assert (tmp_path / "notes.txt").read_text() == "mine"
-    verbose = cli("generate", "negatives", "--input", REPO / "data" / "sample_captions.jsonl", "--out",
-                  tmp_path / "notes.txt", "--verbose")
+    verbose = cli(
+        "generate",
+        "negatives",
+        "--input",
+        REPO / "data" / "sample_captions.jsonl",
+        "--out",
+        tmp_path / "notes.txt",
+        "--verbose",
+    )
     assert verbose.returncode == 2 and "Traceback" in verbose.stderr  # --verbose shows where it came from
 
 
@@ -106,14 +119,19 @@ def test_overwrite_writes_beside_user_files_and_they_survive_reruns(tmp_path, ra
     rc, first = _generate(capsys, *args, "--overwrite")
     assert rc == 0 and first["units"] == 4
     # the final progress lines (stderr is not a terminal: plain lines): units, valid/rejected by type, the filter
-    assert re.search(r"generate negatives: 4/4 units \(100%\), 1 part, \d+ tok/s; valid \d+, rejected \d+ .*swap_obj \d+/\d+",
-                     first["stderr"]), first["stderr"]
+    assert re.search(
+        r"generate negatives: 4/4 units \(100%\), 1 part, \d+ tok/s; valid \d+, rejected \d+ .*swap_obj \d+/\d+",
+        first["stderr"],
+    ), first["stderr"]
     assert re.search(r"filter: 2/2 block passes .*kept \d+", first["stderr"]), first["stderr"]
     # files a user adds inside the dataset, even with names a dataset uses for its own
     (out / "data" / "mine.arrow").write_bytes(b"my bytes")
     (out / "plots" / "mine.png").write_bytes(b"my picture")
     (out / "rejected" / "notes.txt").write_text("why")
-    users = {p: tree(out)[p] for p in ("notes.md", "extra/table.csv", "data/mine.arrow", "plots/mine.png", "rejected/notes.txt")}
+    users = {
+        p: tree(out)[p]
+        for p in ("notes.md", "extra/table.csv", "data/mine.arrow", "plots/mine.png", "rejected/notes.txt")
+    }
     rc, again = _generate(capsys, *args)  # now ours: no --overwrite needed
     assert rc == 0 and again["generated"] == 0
     write_jsonl(inp, coco_captions(3))  # the input grows: an append release
@@ -151,7 +169,9 @@ def test_empty_input_finishes_with_a_valid_empty_dataset(tmp_path, ray_session, 
 
 def _mount_tmpfs(path: Path, size: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if res.returncode != 0:  # not root (CI runs as root): a size-limited file system cannot be made here
         pytest.skip(f"cannot mount a small tmpfs to fill: {res.stderr.strip()}")
 
@@ -188,7 +208,9 @@ def test_a_damaged_shard_is_named_by_every_reader(negatives_run, tmp_path):
         if shard["split"] in damaged or not shard["rows"]:
             continue
         path = ds / shard["path"]
-        path.write_bytes(path.read_bytes()[: shard["num_bytes"] // 2])  # truncated, as a full disk or a bad copy leaves it
+        path.write_bytes(
+            path.read_bytes()[: shard["num_bytes"] // 2]
+        )  # truncated, as a full disk or a bad copy leaves it
         damaged[shard["split"]] = shard["path"]
     assert set(damaged) == {"train", "test", "rejected"}
     one_clear_line(cli("inspect", ds), damaged["train"], "truncated")
@@ -207,7 +229,18 @@ def test_an_unreadable_folder_is_one_line(negatives_run, tmp_path):
         one_clear_line(cli("train", ds, "--out", tmp_path / "m", unprivileged=True), "Permission denied")
         locked = tmp_path / "locked"
         locked.mkdir(mode=0)
-        one_clear_line(cli("generate", "negatives", "--input", REPO / "data" / "sample_captions.jsonl", "--out", locked,
-                           unprivileged=True), str(locked), "permission denied")
+        one_clear_line(
+            cli(
+                "generate",
+                "negatives",
+                "--input",
+                REPO / "data" / "sample_captions.jsonl",
+                "--out",
+                locked,
+                unprivileged=True,
+            ),
+            str(locked),
+            "permission denied",
+        )
     finally:
         ds.chmod(0o755)

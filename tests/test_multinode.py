@@ -99,7 +99,8 @@ SCRIPT = textwrap.dedent("""
         # ray.clients: parts streamed through Ray Data client workers on both nodes, against the OpenAI server
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        streamed, reran, n_keys, n_distinct = lose_a_node("streamed", worker, "--engine", "openai", "--base-url", sys.argv[3],
+        streamed, reran, n_keys, n_distinct = lose_a_node("streamed", worker, "--engine", "openai", "--base-url",
+        sys.argv[3],
                                                           "--clients", "2")
         print(json.dumps({**out, "streamed": streamed, "streamed_reran": reran, "streamed_keys": n_keys,
                           "streamed_distinct": n_distinct, "client_nodes": len(placed["streamed"])}))
@@ -113,8 +114,14 @@ def test_a_run_spreads_over_two_nodes_and_survives_losing_one(tmp_path, openai_s
     each spreads over both nodes, and each run survives the worker node leaving mid-run."""
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(2))
     (tmp_path / "cfg.yaml").write_text("output: {units_per_part: 3}\nsampling: {max_tokens: 24}\n", encoding="utf-8")
-    res = subprocess.run([sys.executable, "-c", SCRIPT, str(inp), str(tmp_path), openai_server[0]], capture_output=True, text=True,
-                         timeout=1500, cwd=REPO, env=session_prefect_env(PYTHONPATH=str(REPO)))
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(inp), str(tmp_path), openai_server[0]],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        cwd=REPO,
+        env=session_prefect_env(PYTHONPATH=str(REPO)),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     calm, lost = out["calm"], out["lost"]
@@ -124,13 +131,24 @@ def test_a_run_spreads_over_two_nodes_and_survives_losing_one(tmp_path, openai_s
     assert out["after_removal_s"] < 180, out["after_removal_s"]
     assert out["nodes"] == 2  # one engine actor on each node
     assert calm["units"] == lost["units"] == 18 and out["keys"] == out["distinct_keys"] == 18  # each unit exactly once
-    assert (lost["kept"], lost["splits"], lost["rejected_by_reason"]) == (calm["kept"], calm["splits"], calm["rejected_by_reason"])
-    assert not {"engine_crash", "engine_timeout"} & set(lost["rejected_by_reason"])  # a lost node is not the units' fault
-    assert any("died with its node" in log for log in out["logs"]), out["logs"]  # a part was in flight there, and ran again
+    assert (lost["kept"], lost["splits"], lost["rejected_by_reason"]) == (
+        calm["kept"],
+        calm["splits"],
+        calm["rejected_by_reason"],
+    )
+    assert not {"engine_crash", "engine_timeout"} & set(
+        lost["rejected_by_reason"]
+    )  # a lost node is not the units' fault
+    assert any("died with its node" in log for log in out["logs"]), out[
+        "logs"
+    ]  # a part was in flight there, and ran again
     streamed = out["streamed"]
     assert "rc" not in streamed, out
     assert out["client_nodes"] == 2  # a part task on each node (Ray Data's SPREAD; one CPU each)
     assert out["streamed_keys"] == out["streamed_distinct"] == 18  # each unit exactly once, committed by the clients
     if not os.environ.get("CONTRASTGEN_TEST_OPENAI_BASE_URL"):  # contrastgen serve: the same model and seeds
-        assert (streamed["kept"], streamed["splits"], streamed["rejected_by_reason"]) == (calm["kept"], calm["splits"],
-                                                                                           calm["rejected_by_reason"])
+        assert (streamed["kept"], streamed["splits"], streamed["rejected_by_reason"]) == (
+            calm["kept"],
+            calm["splits"],
+            calm["rejected_by_reason"],
+        )

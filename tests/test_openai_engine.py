@@ -24,7 +24,9 @@ def _auth(key: str | None = None) -> dict:
 
 def _post(url: str, body: dict | bytes, headers: dict | None = None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url + "/chat/completions", data, {"Content-Type": "application/json", **_auth(), **(headers or {})})
+    req = urllib.request.Request(
+        url + "/chat/completions", data, {"Content-Type": "application/json", **_auth(), **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -34,10 +36,18 @@ def _post(url: str, body: dict | bytes, headers: dict | None = None) -> tuple[in
 
 def test_models_and_chat_completions(openai_server):
     url, model = openai_server
-    served = json.loads(urllib.request.urlopen(urllib.request.Request(url + "/models", headers=_auth())).read())["data"][0]["id"]
+    served = json.loads(urllib.request.urlopen(urllib.request.Request(url + "/models", headers=_auth())).read())[
+        "data"
+    ][0]["id"]
     model = model or served
-    body = {"model": model, "messages": [{"role": "user", "content": "Name a color."}], "n": 2, "max_tokens": 8,
-            "temperature": 0.7, "seed": 5}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Name a color."}],
+        "n": 2,
+        "max_tokens": 8,
+        "temperature": 0.7,
+        "seed": 5,
+    }
     status, out = _post(url, body)
     assert status == 200 and len(out["choices"]) == 2 and out["usage"]["completion_tokens"] > 0
     assert all(c["finish_reason"] in ("stop", "length") for c in out["choices"])
@@ -57,7 +67,9 @@ def test_serve_checks_the_key_on_every_request_and_caps_the_body(openai_server):
 
     def get(path: str, headers: dict) -> int:
         try:
-            return urllib.request.urlopen(urllib.request.Request(path if "://" in path else url + path, headers=headers), timeout=30).status
+            return urllib.request.urlopen(
+                urllib.request.Request(path if "://" in path else url + path, headers=headers), timeout=30
+            ).status
         except urllib.error.HTTPError as e:
             return e.code
 
@@ -77,8 +89,10 @@ def _post_unread(url: str, body: bytes) -> tuple[int, dict]:
     from urllib.parse import urlsplit
 
     u = urlsplit(url)
-    head = (f"POST {u.path}/chat/completions HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
-            f"Authorization: {_auth()['Authorization']}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    head = (
+        f"POST {u.path}/chat/completions HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
+        f"Authorization: {_auth()['Authorization']}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     with socket.create_connection((u.hostname, u.port), timeout=60) as sock:
         try:
             sock.sendall(head.encode() + body)
@@ -98,14 +112,27 @@ def test_openai_engine_with_a_wrong_key_says_which_variable_to_set(openai_server
 
     url, model = openai_server
     monkeypatch.setenv("CG_WRONG_KEY", "not-the-key")
-    cfg = load_config(None, {"engine": {"kind": "openai", "openai": {"base_url": url, "api_key_env": "CG_WRONG_KEY",
-                                                                      "max_retries": 0, **({"model": model} if model else {})}}})
+    cfg = load_config(
+        None,
+        {
+            "engine": {
+                "kind": "openai",
+                "openai": {
+                    "base_url": url,
+                    "api_key_env": "CG_WRONG_KEY",
+                    "max_retries": 0,
+                    **({"model": model} if model else {}),
+                },
+            }
+        },
+    )
     with pytest.raises(EngineError, match=r"refused the API key.*\$CG_WRONG_KEY"):
         OpenAIEngine(cfg.engine).warmup()
 
 
 def test_a_negatives_run_through_the_openai_engine_stopped_by_ctrl_c_resumes_to_the_same_dataset(
-        openai_server, negatives_run, prefect_session, tmp_path):
+    openai_server, negatives_run, prefect_session, tmp_path
+):
     """The same input as the in-process session run, generated over HTTP by the CLI with Ray Data clients, stopped
     by Ctrl-C (SIGINT to the process group) after its first part: exit 130 within 30 s, one line, nothing left
     running. The rerun finishes: every unit once, provenance says openai, and against `contrastgen serve` the
@@ -121,26 +148,50 @@ def test_a_negatives_run_through_the_openai_engine_stopped_by_ctrl_c_resumes_to_
     url, model = openai_server
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
     conf = tmp_path / "run.yaml"
-    conf.write_text(json.dumps({"output": {"units_per_part": 8}, "ray": {"clients": 2},
-                                "engine": {"kind": "openai", "openai": {"base_url": url, **({"model": model} if model else {})}}}))
+    conf.write_text(
+        json.dumps(
+            {
+                "output": {"units_per_part": 8},
+                "ray": {"clients": 2},
+                "engine": {"kind": "openai", "openai": {"base_url": url, **({"model": model} if model else {})}},
+            }
+        )
+    )
     out = tmp_path / "ds"
-    cmd = [str(Path(sys.executable).parent / "contrastgen"), "generate", "negatives", "--input", str(inp), "--out",
-           str(out), "--config", str(conf), "--json"]
+    cmd = [
+        str(Path(sys.executable).parent / "contrastgen"),
+        "generate",
+        "negatives",
+        "--input",
+        str(inp),
+        "--out",
+        str(out),
+        "--config",
+        str(conf),
+        "--json",
+    ]
     rc, err, seconds = stop_after_parts(cmd, out, signal.SIGINT, group=True)
     lines = stderr_lines(err)
     assert rc == 130 and seconds < 30 and "Traceback" not in err, (rc, seconds, err[-3000:])
     assert len(lines) == 1 and lines[0].startswith("contrastgen: stopped by SIGINT after "), err[-3000:]
     done = len(list((out / "raw").glob("part-*.arrow")))
     # the rerun joins the session's Ray and Prefect (the stopped run had its own of each, which Ctrl-C had to reach)
-    rerun = subprocess.run([*cmd, *_session_ray()], capture_output=True, text=True, timeout=900, env=session_prefect_env())
+    rerun = subprocess.run(
+        [*cmd, *_session_ray()], capture_output=True, text=True, timeout=900, env=session_prefect_env()
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert summary["reused"] >= 8 * done - 8 and summary["generated"] == summary["units"] - summary["reused"] > 0
-    keys = [k for p in sorted((out / "raw").glob("part-*.arrow"))
-            for k in pa.ipc.open_stream(p.read_bytes()).read_all().column("unit_key").to_pylist()]
+    keys = [
+        k
+        for p in sorted((out / "raw").glob("part-*.arrow"))
+        for k in pa.ipc.open_stream(p.read_bytes()).read_all().column("unit_key").to_pylist()
+    ]
     assert len(keys) == len(set(keys)) == summary["units"]  # every unit once
     assert not {"engine_crash", "engine_timeout"} & set(summary["rejected_by_reason"])  # a stop is not a fault
-    table = pa.concat_tables(pa.ipc.open_stream(p.read_bytes()).read_all() for p in sorted((out / "data").glob("*.arrow")))
+    table = pa.concat_tables(
+        pa.ipc.open_stream(p.read_bytes()).read_all() for p in sorted((out / "data").glob("*.arrow"))
+    )
     assert set(table.column("engine").to_pylist()) == {"openai"} and min(table.column("tokens_out").to_pylist()) > 0
     if OURS:
         _, base = negatives_run
@@ -148,8 +199,9 @@ def test_a_negatives_run_through_the_openai_engine_stopped_by_ctrl_c_resumes_to_
             assert summary[key] == base[key], key
 
 
-def test_ray_data_clients_make_the_same_dataset_and_survive_a_killed_worker(openai_server, negatives_run, prefect_session,
-                                                                          tmp_path):
+def test_ray_data_clients_make_the_same_dataset_and_survive_a_killed_worker(
+    openai_server, negatives_run, prefect_session, tmp_path
+):
     """ray.clients: a stage's parts stream through a Ray Data worker that is its own HTTP client and commits its own
     parts. SIGKILLed while a part is in flight, the worker is restarted by Ray Data and the part runs again: every
     unit once, and (against `contrastgen serve`) the same dataset as the in-process run. ray.scorers: the filter
@@ -167,8 +219,16 @@ def test_ray_data_clients_make_the_same_dataset_and_survive_a_killed_worker(open
     engine = {"kind": "openai", "openai": {"base_url": url, **({"model": model} if model else {})}}
     out = tmp_path / "ds"
     scores = tmp_path / "scores"  # a fresh cache: every model score is computed by the Ray Data scorers
-    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": out, "units_per_part": 32}, "engine": engine,
-                             "ray": {"clients": 1, "scorers": 1}, "filters": {"negatives": {"semantic": {"cache_dir": scores}}}})
+    cfg = load_config(
+        None,
+        {
+            "input": {"path": inp},
+            "output": {"dir": out, "units_per_part": 32},
+            "engine": engine,
+            "ray": {"clients": 1, "scorers": 1},
+            "filters": {"negatives": {"semantic": {"cache_dir": scores}}},
+        },
+    )
     killed: list[int] = []
     parts_at_kill: list[int] = []
 
@@ -188,8 +248,11 @@ def test_ray_data_clients_make_the_same_dataset_and_survive_a_killed_worker(open
     watcher.join(5)
     assert killed, "the test meant to kill the Ray Data client while it generated"
     assert parts_at_kill[0] < -(-summary["units"] // 32), "the kill came after the last part: it tested nothing"
-    keys = [k for p in sorted((out / "raw").glob("part-*.arrow"))
-            for k in pa.ipc.open_stream(p.read_bytes()).read_all().column("unit_key").to_pylist()]
+    keys = [
+        k
+        for p in sorted((out / "raw").glob("part-*.arrow"))
+        for k in pa.ipc.open_stream(p.read_bytes()).read_all().column("unit_key").to_pylist()
+    ]
     assert len(keys) == len(set(keys)) == summary["units"] == summary["generated"]
     assert list(scores.rglob("part-*.arrow")), "the scorers wrote no cache part"
     if OURS:

@@ -28,19 +28,27 @@ def test_plain_lines_come_every_period_and_at_the_end_with_rate_eta_and_counts()
     m.advance(20, tokens=1000, parts=1, kept={"replace_att": 18}, rejected={"replace_att": 2})
     line = out.getvalue().strip()
     # 40 of 100 units in 10 s: 200 tok/s, 60 left at 4 units/s = 15 s
-    assert line == ("generate negatives: 40/100 units (40%), 2 parts, 200 tok/s, ETA 15s; valid 33, rejected 7 "
-                    "(valid/rejected by type: replace_att 18/2, swap_obj 15/5)")
+    assert line == (
+        "generate negatives: 40/100 units (40%), 2 parts, 200 tok/s, ETA 15s; valid 33, rejected 7 "
+        "(valid/rejected by type: replace_att 18/2, swap_obj 15/5)"
+    )
     clock.t = 12
     m.advance(60)
     m.close()
     m.close()  # once only
     lines = out.getvalue().strip().splitlines()
-    assert len(lines) == 2 and lines[-1].startswith("generate negatives: 100/100 units (100%)") and lines[-1].endswith(" in 12s")
+    assert (
+        len(lines) == 2
+        and lines[-1].startswith("generate negatives: 100/100 units (100%)")
+        and lines[-1].endswith(" in 12s")
+    )
 
 
 def test_counts_from_many_threads_add_up():
     m = Meter("x", 8000, stream=io.StringIO(), live=False)
-    threads = [threading.Thread(target=lambda: [m.advance(1, tokens=2, kept={"a": 1}) for _ in range(1000)]) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: [m.advance(1, tokens=2, kept={"a": 1}) for _ in range(1000)]) for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:

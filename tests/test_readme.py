@@ -46,8 +46,11 @@ def test_cli_reports_errors_clearly(tmp_path):
     cli = str(Path(sys.executable).parent / "contrastgen")
     res = subprocess.run([cli, "inspect", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 2 and "expected a contrastgen dataset" in res.stderr
-    res = subprocess.run([cli, "generate", "negatives", "--input", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [cli, "generate", "negatives", "--input", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2 and "file not found" in res.stderr and "x.jsonl" in res.stderr
 
 
@@ -57,8 +60,19 @@ def test_second_cli_run_on_a_locked_dir_fails_at_once(tmp_path):
     cli = str(Path(sys.executable).parent / "contrastgen")
     with RunStore(tmp_path / "o", "negatives"):  # a run in progress (it claimed the folder)
         t0 = time.perf_counter()
-        res = subprocess.run([cli, "generate", "negatives", "--input", str(REPO / "data" / "sample_captions.jsonl"),
-                              "--out", str(tmp_path / "o")], capture_output=True, text=True)
+        res = subprocess.run(
+            [
+                cli,
+                "generate",
+                "negatives",
+                "--input",
+                str(REPO / "data" / "sample_captions.jsonl"),
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert time.perf_counter() - t0 < 20  # no Ray, no Prefect, no model start-up first
     assert res.returncode == 2 and "another contrastgen run" in res.stderr
 

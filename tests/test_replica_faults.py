@@ -68,14 +68,22 @@ SCRIPT = textwrap.dedent("""
 def test_a_slow_replica_takes_few_parts_and_an_unplaceable_one_none(tmp_path, prefect_session):
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(10))
     env = session_prefect_env(PYTHONPATH=str(REPO))
-    res = subprocess.run([sys.executable, "-c", SCRIPT, str(inp), str(tmp_path)], capture_output=True, text=True,
-                         timeout=1200, cwd=REPO, env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(inp), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=REPO,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     s, states = out["summary"], out["states"]
     assert s["units"] == s["generated"] == 10 and out["keys"] == out["distinct"] == 10  # every unit exactly once
     (_, slow), (_, fast), (third, never) = states
-    assert slow + fast == 5 and fast >= 3 and slow <= 2, states  # the fast replica pulled the parts the slow one could not
+    assert slow + fast == 5 and fast >= 3 and slow <= 2, (
+        states
+    )  # the fast replica pulled the parts the slow one could not
     assert third != "ready" and never == 0, states  # never placed: no part waited for it
     assert any("replica 2 did not come up within engine.start_timeout_s" in n for n in out["notes"]), out["notes"]
     assert out["error"] and "none did" in out["error"] and "ray status" in out["error"]  # one clear error

@@ -16,7 +16,8 @@ import pytest
 from pipeline.config import load_config
 from pipeline.inputs import read_captions
 from pipeline.kinds import negatives as task
-from tests.conftest import coco_captions, raw_keys as _raw_keys, session_prefect_env, write_jsonl
+from tests.conftest import coco_captions, session_prefect_env, write_jsonl
+from tests.conftest import raw_keys as _raw_keys
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "contrastgen")
@@ -63,8 +64,9 @@ def _settled(out: Path, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def kill_then_resume(cmd: list[str], out: Path, tmp_path: Path, units: int,
-                     env: dict | None = None) -> tuple[dict, list[str]]:
+def kill_then_resume(
+    cmd: list[str], out: Path, tmp_path: Path, units: int, env: dict | None = None
+) -> tuple[dict, list[str]]:
     """SIGKILL ``cmd`` (run in ``env``) after two raw parts, rerun it: the rerun reuses every finished unit and
     generates only the rest, the parts finished before the kill stay byte-identical; returns the rerun's summary
     and raw keys."""
@@ -85,7 +87,8 @@ def kill_then_resume(cmd: list[str], out: Path, tmp_path: Path, units: int,
 def _session_ray() -> list[str]:
     """``--ray-address`` of the session's Ray: a run joined to it finds the engine replicas loaded there (named by
     their config) instead of starting Ray and loading the model twice a test. The killed driver is then the
-    user's driver on a cluster; a run that kills its own local Ray is test_sigkill_then_resume_loses_and_duplicates_nothing."""
+    user's driver on a cluster; a run that kills its own local Ray is
+    test_sigkill_then_resume_loses_and_duplicates_nothing."""
     import ray
 
     return ["--ray-address", ray.get_runtime_context().gcs_address]
@@ -152,15 +155,20 @@ def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_rerun_resumes(tmp_path, neg
         assert rc == code and seconds < 30, (rc, seconds, err[-3000:])
         lines = stderr_lines(err)
         assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-        assert re.fullmatch(rf"contrastgen: stopped by {name} after \d+ of 24 units; \d+ parts are committed; "
-                            r"run the same command again to resume", lines[0]), lines[0]
+        assert re.fullmatch(
+            rf"contrastgen: stopped by {name} after \d+ of 24 units; \d+ parts are committed; "
+            r"run the same command again to resume",
+            lines[0],
+        ), lines[0]
         assert len(_raw_keys(out)) > done and not (out / "manifest.json").exists()
         done = len(_raw_keys(out))
         keys = _raw_keys(out)
         assert len(keys) == len(set(keys)) and len(keys) % 4 == 0  # whole parts only, none twice
     # the rerun joins the session's Ray and Prefect: it finds the replicas of this config loaded (resuming reads the
     # store, not the engine); the two stopped runs had their own of each, which the signals had to reach
-    rerun = subprocess.run([*cmd, *_session_ray()], capture_output=True, text=True, timeout=600, env=session_prefect_env())
+    rerun = subprocess.run(
+        [*cmd, *_session_ray()], capture_output=True, text=True, timeout=600, env=session_prefect_env()
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert (summary["reused"], summary["generated"]) == (done, 24 - done)
@@ -176,8 +184,19 @@ def test_rationales_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, r
     conf = tmp_path / "run.yaml"
     conf.write_text("rationales: {k: 2, max_tokens: 80, adversarial: {n: 1}}\noutput: {units_per_part: 1}\n")
     out = tmp_path / "killed"
-    cmd = [CLI, "generate", "rationales", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json",
-           *_session_ray()]
+    cmd = [
+        CLI,
+        "generate",
+        "rationales",
+        "--input",
+        str(inp),
+        "--out",
+        str(out),
+        "--config",
+        str(conf),
+        "--json",
+        *_session_ray(),
+    ]
     env = _kill_after_two_parts(cmd, out, tmp_path / "first.log", session_prefect_env())
     _settled(out)
     done_before = len(_raw_keys(out))
@@ -197,15 +216,21 @@ def test_rationales_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, r
     assert len(keys) == len(set(keys)) == 6 and set(keys) == planned  # none lost, none duplicated
     clean = generate_flow("rationales", cfg.model_dump(mode="json"))  # the uninterrupted run
     assert (clean["kept"], clean["rejected"]) == (summary["kept"], summary["rejected"])
-    assert _outcome(out) == _outcome(tmp_path / "clean")  # per-sample seeds: same rows and rejections whatever the batching
+    assert _outcome(out) == _outcome(
+        tmp_path / "clean"
+    )  # per-sample seeds: same rows and rejections whatever the batching
 
 
 def _outcome(root: Path) -> tuple[list, list]:
     """(ids of kept rows, (unit, seed, reason) of rejected samples) read from the shards."""
-    tables = {sub: [pa.ipc.open_stream(pa.memory_map(str(p))).read_all() for p in sorted((root / sub).glob("*.arrow"))]
-              for sub in ("data", "rejected")}
+    tables = {
+        sub: [pa.ipc.open_stream(pa.memory_map(str(p))).read_all() for p in sorted((root / sub).glob("*.arrow"))]
+        for sub in ("data", "rejected")
+    }
     ids = sorted(i for t in tables["data"] for i in t["id"].to_pylist())
-    rejected = sorted((r["unit_key"] or "", r["seed"] or 0, r["reason"]) for t in tables["rejected"] for r in t.to_pylist())
+    rejected = sorted(
+        (r["unit_key"] or "", r["seed"] or 0, r["reason"]) for t in tables["rejected"] for r in t.to_pylist()
+    )
     return ids, rejected
 
 
@@ -218,8 +243,19 @@ def test_pairs_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, ray_se
     conf = tmp_path / "run.yaml"
     conf.write_text("output: {units_per_part: 1}\n")
     out = tmp_path / "killed"
-    cmd = [CLI, "generate", "pairs", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json",
-           *_session_ray()]
+    cmd = [
+        CLI,
+        "generate",
+        "pairs",
+        "--input",
+        str(inp),
+        "--out",
+        str(out),
+        "--config",
+        str(conf),
+        "--json",
+        *_session_ray(),
+    ]
     env = _kill_after_two_parts(cmd, out, tmp_path / "first.log", session_prefect_env())
     _settled(out)
     done_before = len(_raw_keys(out))

@@ -1,4 +1,5 @@
-"""Task-level retries of generation stages: transient engine errors only, bounded, on the flow's stage task (a retry sends
+"""Task-level retries of generation stages: transient engine errors only, bounded, on the flow's stage task (a retry
+sends
 only the units still missing: parts commit atomically)."""
 
 from __future__ import annotations

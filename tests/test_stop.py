@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 STUBBORN = """
 import os, signal, subprocess, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN)
-child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
-                         preexec_fn=os.setpgrp)
+sleeper = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+child = subprocess.Popen([sys.executable, "-c", sleeper], preexec_fn=os.setpgrp)
 open(sys.argv[1], "w").write(str(child.pid))
 time.sleep(600 if sys.argv[2] == "wait" else 0.1)
 """
@@ -33,10 +33,19 @@ time.sleep(600 if sys.argv[2] == "wait" else 0.1)
 def _supervisor(tmp_path: Path, mode: str, grace_s: float) -> tuple[subprocess.Popen, int]:
     """A real supervisor process running the stand-in worker; returns it and the grandchild's pid."""
     pid_file = tmp_path / "grandchild.pid"
-    code = (f"import sys; from pipeline.stop import supervise; "
-            f"sys.exit(supervise([], grace_s={grace_s}, program=[sys.executable, '-c', {STUBBORN!r}, {str(pid_file)!r}, {mode!r}]))")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    code = (
+        f"import sys; from pipeline.stop import supervise; "
+        f"sys.exit(supervise([], grace_s={grace_s}, program=[sys.executable, '-c', {STUBBORN!r}, {str(pid_file)!r}, "
+        f"{mode!r}]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+    )
     deadline = time.time() + 60
     while not (pid_file.exists() and pid_file.read_text()):
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
@@ -53,7 +62,9 @@ def _gone(pid: int) -> bool:
 
 def test_a_second_ctrl_c_kills_the_workers_session_at_once(tmp_path):
     proc, grandchild = _supervisor(tmp_path, "wait", grace_s=60)
-    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the worker (own session) does not get it, it ignores it anyway
+    os.killpg(
+        proc.pid, signal.SIGINT
+    )  # a terminal's Ctrl-C: the worker (own session) does not get it, it ignores it anyway
     time.sleep(1.0)
     assert proc.poll() is None  # the first one is forwarded, and this worker does not stop
     t0 = time.monotonic()
@@ -61,8 +72,9 @@ def test_a_second_ctrl_c_kills_the_workers_session_at_once(tmp_path):
     proc.wait(timeout=10)
     assert proc.returncode == 130 and time.monotonic() - t0 < 5
     err = proc.stderr.read()
-    assert err.strip().splitlines() == ["contrastgen: stopped at once by a second SIGINT; every part committed before "
-                                        f"it is kept; {stop.RESUME}"], err
+    assert err.strip().splitlines() == [
+        f"contrastgen: stopped at once by a second SIGINT; every part committed before it is kept; {stop.RESUME}"
+    ], err
     time.sleep(0.3)
     assert _gone(grandchild)  # in its own process group, but in the worker's session: killed too
 
@@ -91,5 +103,6 @@ def test_stopped_says_how_to_go_on_and_exits_as_a_shell_would(sig, code):
     exc = stop.Stopped(sig)
     assert exc.exit_code == code and str(exc) == f"stopped by {signal.Signals(sig).name}; {stop.RESUME}"
     assert stop.line(sig, 256, 900, 4, more=False) == (
-        f"stopped by {signal.Signals(sig).name} after 256 of 900 units; 4 parts are committed; {stop.RESUME}")
+        f"stopped by {signal.Signals(sig).name} after 256 of 900 units; 4 parts are committed; {stop.RESUME}"
+    )
     assert "planned so far" in stop.line(sig, 256, 900, 4, more=True)

@@ -34,8 +34,9 @@ def test_pages_cover_every_row_once_and_filters_hold(negatives_run):
     assert typed.total > 0 and {r["neg_type"] for r in typed.rows} == {kind}
     word = typed.rows[0]["caption"].split()[1].upper()  # search ignores case
     found = ds.page(Query(split="train", q=word, size=200))
-    assert found.total > 0 and all(any(word.lower() in (r[c] or "").lower() for c in ("caption", "positive", "negative"))
-                                   for r in found.rows)
+    assert found.total > 0 and all(
+        any(word.lower() in (r[c] or "").lower() for c in ("caption", "positive", "negative")) for r in found.rows
+    )
     rejected = ds.page(Query(split="rejected", reason="empty_caption", size=200))
     assert rejected.total >= 1 and all(r["reason"] == "empty_caption" for r in rejected.rows)
 
@@ -51,13 +52,19 @@ def test_texts_are_escaped_and_bad_requests_named(negatives_run):
 
 def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe, "expected Debian's chromium on PATH for the browser test. Fix: `apt-get install -y chromium` (make browser)"
+    assert exe, (
+        "expected Debian's chromium on PATH for the browser test. Fix: `apt-get install -y chromium` (make browser)"
+    )
     return exe
 
 
 def _browser(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_a_browser_sees_moved_words_and_rejection_reasons(negatives_run, tmp_path):
@@ -65,7 +72,9 @@ def test_a_browser_sees_moved_words_and_rejection_reasons(negatives_run, tmp_pat
     ds = Dataset(root)
     swap = next(r for t in ("swap_obj", "swap_att") for r in ds.page(Query(split="train", type=t, size=200)).rows)
     cli = str(Path(sys.executable).parent / "contrastgen")
-    proc, base = start_server(lambda port: [cli, "view", str(root), "--port", str(port)], tmp_path / "view.log", root="", probe="/")
+    proc, base = start_server(
+        lambda port: [cli, "view", str(root), "--port", str(port)], tmp_path / "view.log", root="", probe="/"
+    )
     try:
         dom = _browser("--dump-dom", f"{base}/rows?type={swap['neg_type']}").stdout
         block = re.search(rf'<div class="row" id="{swap["id"]}">(.*?)</div>\s*</div>', dom, re.S)

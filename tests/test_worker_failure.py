@@ -23,8 +23,14 @@ ENGINE = EngineConfig(batch_size=8)
 
 
 def _requests(n: int) -> list[GenerationRequest]:
-    return [GenerationRequest(f"k{i}", (("user", f"Write one sentence about the number {i}."),),
-                              Sampling(0.7, 0.95, 24, 1, i, stop_at_newline=False)) for i in range(n)]
+    return [
+        GenerationRequest(
+            f"k{i}",
+            (("user", f"Write one sentence about the number {i}."),),
+            Sampling(0.7, 0.95, 24, 1, i, stop_at_newline=False),
+        )
+        for i in range(n)
+    ]
 
 
 def _kill_when_busy(actor, delay_s: float) -> threading.Thread:
@@ -72,7 +78,9 @@ def test_run_with_a_killed_actor_loses_and_duplicates_nothing(ray_session, prefe
 
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(10) + [{"id": "bad", "caption": " "}])
     out = tmp_path / "ds"
-    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": out, "units_per_part": 32}, "ray": {"workers": 2}})
+    cfg = load_config(
+        None, {"input": {"path": inp}, "output": {"dir": out, "units_per_part": 32}, "ray": {"workers": 2}}
+    )
     pool = EnginePool(cfg.engine, cfg.ray)  # the flow's pool finds these same named actors
     victim = pool.actors[0]
 

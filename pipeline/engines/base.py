@@ -57,12 +57,18 @@ def _plugin(cfg: EngineConfig) -> Engine:
     try:
         return getattr(importlib.import_module(module), name)(cfg)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"engine.plugin: expected 'module:Class' of an importable Engine, found {cfg.plugin!r} "
-                          f"({exc}). Fix: name a class on the workers' Python path") from None
+        raise ConfigError(
+            f"engine.plugin: expected 'module:Class' of an importable Engine, found {cfg.plugin!r} "
+            f"({exc}). Fix: name a class on the workers' Python path"
+        ) from None
 
 
-ENGINES: dict[str, Callable[[EngineConfig], Engine]] = {"embedded": _embedded, "openai": _openai, "vllm": _vllm,
-                                                        "plugin": _plugin}
+ENGINES: dict[str, Callable[[EngineConfig], Engine]] = {
+    "embedded": _embedded,
+    "openai": _openai,
+    "vllm": _vllm,
+    "plugin": _plugin,
+}
 
 
 def build_engine(cfg: EngineConfig) -> Engine:

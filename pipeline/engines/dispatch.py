@@ -78,8 +78,10 @@ class Slots:
                 while (k := self._pick(prefer, exclusive, only, avoid)) is None:
                     if all(s == "dead" for s in self.state):
                         raise TransientEngineError(
-                            f"all {len(self.state)} engine replicas are dead or not coming back. Fix: check `ray status` "
-                            "and the replicas' logs (`ray logs`); rerun the same command to resume")
+                            f"all {len(self.state)} engine replicas are dead or not coming back. Fix: check `ray "
+                            f"status` "
+                            "and the replicas' logs (`ray logs`); rerun the same command to resume"
+                        )
                     self.cond.wait(timeout=5)
                 self.busy[k] += self.cap if exclusive else 1
                 self.calls[k] += 1
@@ -148,8 +150,11 @@ class Dispatcher:
                 time.sleep(0.5)
             except (ActorDiedError, GetTimeoutError):
                 break
-        self.warn("engine replica %d did not come up within engine.start_timeout_s = %g s; going on without it",
-                    k, self.cfg.start_timeout_s)
+        self.warn(
+            "engine replica %d did not come up within engine.start_timeout_s = %g s; going on without it",
+            k,
+            self.cfg.start_timeout_s,
+        )
         self.slots.set(k, "dead")
 
     def wait_ready(self) -> tuple[str, str]:
@@ -158,9 +163,11 @@ class Dispatcher:
             while "ready" not in self.slots.state and "starting" in self.slots.state:
                 self.slots.cond.wait(timeout=5)
         if self.ident is None:
-            raise EngineError(f"expected an engine replica to load within engine.start_timeout_s = "
-                              f"{self.cfg.start_timeout_s:g} s, none did. Fix: check `ray status` (free CPUs/GPUs for "
-                              "the replicas) and their logs, or raise engine.start_timeout_s")
+            raise EngineError(
+                f"expected an engine replica to load within engine.start_timeout_s = "
+                f"{self.cfg.start_timeout_s:g} s, none did. Fix: check `ray status` (free CPUs/GPUs for "
+                "the replicas) and their logs, or raise engine.start_timeout_s"
+            )
         return self.ident
 
     def states(self) -> list[tuple[str, int]]:
@@ -184,8 +191,10 @@ class Dispatcher:
                 return self._part(index, requests)
             except _Lost as lost:
                 self.warn("part %d: %s; running it again on a ready replica", index, lost)
-        raise TransientEngineError(f"part {index}: engine replicas kept dying. Fix: check `ray status` and the replicas' "
-                                   "logs; rerun the same command to resume")
+        raise TransientEngineError(
+            f"part {index}: engine replicas kept dying. Fix: check `ray status` and the replicas' "
+            "logs; rerun the same command to resume"
+        )
 
     def _part(self, index: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
         try:
@@ -198,16 +207,22 @@ class Dispatcher:
         try:
             return self._call(first, requests, avoid=first)
         except _Timeout as t:
-            return [EngineFailure(r.key, "engine_timeout", f"{t} (twice: on replicas {first} and {t.replica})")
-                    for r in requests]
+            return [
+                EngineFailure(r.key, "engine_timeout", f"{t} (twice: on replicas {first} and {t.replica})")
+                for r in requests
+            ]
         except _Crash as crash:
             return self._isolate(crash.replica, requests, index)
 
     def _isolate(self, k: int, requests: list[GenerationRequest], index: int) -> list[Completion | EngineFailure]:
         """Run a crashed part's requests one at a time on replica ``k`` alone; a lone request that crashes it is a
         failure. When the first lone requests all crash, the engine is broken rather than fed poison: stop."""
-        self.warn("part %d crashed engine replica %d; running its %d requests one at a time to find the cause",
-                    index, k, len(requests))
+        self.warn(
+            "part %d crashed engine replica %d; running its %d requests one at a time to find the cause",
+            index,
+            k,
+            len(requests),
+        )
         out: list[Completion | EngineFailure] = []
         crashes, completed = 0, 0
         for r in requests:
@@ -217,36 +232,51 @@ class Dispatcher:
                     completed += 1
                     break
                 except _Timeout as t:
-                    out.append(EngineFailure(r.key, "engine_timeout", f"{t} (run alone after its part crashed the engine)"))
+                    out.append(
+                        EngineFailure(r.key, "engine_timeout", f"{t} (run alone after its part crashed the engine)")
+                    )
                     break
                 except _Crash as crash:
                     crashes += 1
                     if not completed and crashes >= 3:
-                        raise EngineError(f"expected a crash caused by one request, found the engine crashing on each of "
-                                          f"{crashes} requests run alone ({crash}). Fix: check the engine replicas' logs "
-                                          "(`ray logs`); the run resumes from its finished parts") from None
+                        raise EngineError(
+                            f"expected a crash caused by one request, found the engine crashing on each of "
+                            f"{crashes} requests run alone ({crash}). Fix: check the engine replicas' logs "
+                            "(`ray logs`); the run resumes from its finished parts"
+                        ) from None
                     if attempt == self.cfg.crash_attempts:
-                        out.append(EngineFailure(r.key, "engine_crash", f"crashed the engine when run alone "
-                                                 f"({attempt}x, after its part crashed it): {crash}"))
+                        out.append(
+                            EngineFailure(
+                                r.key,
+                                "engine_crash",
+                                f"crashed the engine when run alone ({attempt}x, after its part crashed it): {crash}",
+                            )
+                        )
         return out
 
-    def _call(self, prefer: int, requests: list[GenerationRequest], exclusive: bool = False,
-              avoid: int | None = None) -> list[Completion]:
+    def _call(
+        self, prefer: int, requests: list[GenerationRequest], exclusive: bool = False, avoid: int | None = None
+    ) -> list[Completion]:
         """``requests`` on a replica with room under the call deadline (see :meth:`Slots.acquire`)."""
         k = self.slots.acquire(prefer, exclusive=exclusive, only=exclusive, avoid=avoid)
         try:
             return ray.get(self.actors[k].generate.remote(requests), timeout=self.cfg.call_timeout_s)
         except GetTimeoutError:
             self._restart(k, kill=True)  # a hung engine: Ray restarts it for later calls
-            raise _Timeout(k, f"engine call of {len(requests)} requests passed engine.call_timeout_s = "
-                              f"{self.cfg.call_timeout_s:g} s on replica {k}") from None
+            raise _Timeout(
+                k,
+                f"engine call of {len(requests)} requests passed engine.call_timeout_s = "
+                f"{self.cfg.call_timeout_s:g} s on replica {k}",
+            ) from None
         except RayActorError as exc:
             self._restart(k)
             if self.nodes[k] is not None and not _alive(self.nodes[k]):
                 raise _Lost(f"replica {k} died with its node {self.nodes[k]}") from exc
             raise _Crash(k, f"replica {k} died: {type(exc).__name__}") from exc
         except RayTaskError as exc:
-            if isinstance(exc, ReplicaDeadError):  # the engine inside died: replace the replica, not the requests' fault
+            if isinstance(
+                exc, ReplicaDeadError
+            ):  # the engine inside died: replace the replica, not the requests' fault
                 self._restart(k, kill=True)
                 raise _Lost(f"replica {k}'s engine died ({str(exc).splitlines()[-1][:300]}); replacing it") from exc
             if isinstance(exc, ContrastgenError):  # our own engine errors say what to do; transient ones retry
@@ -280,8 +310,9 @@ def start_dispatcher(engine: EngineConfig, names: list[str], name: str):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    handle = Dispatcher.options(name=name, namespace=NAMESPACE, get_if_exists=True, max_concurrency=256, num_cpus=0,
-                                scheduling_strategy=here).remote(engine.model_dump_json(), names)
+    handle = Dispatcher.options(
+        name=name, namespace=NAMESPACE, get_if_exists=True, max_concurrency=256, num_cpus=0, scheduling_strategy=here
+    ).remote(engine.model_dump_json(), names)
     return handle, name
 
 

@@ -174,7 +174,7 @@ class EmbeddedEngine:
         """(shared prefix, per-request suffix): the prefix is every turn before the last user turn."""
         full = self.prompt_text(req)
         prefix = self._chat(req.messages[:-1], generation_prompt=False) if len(req.messages) > 1 else ""
-        return (prefix, full[len(prefix):]) if full.startswith(prefix) else ("", full)
+        return (prefix, full[len(prefix) :]) if full.startswith(prefix) else ("", full)
 
     def generate(self, requests: list[GenerationRequest]) -> list[Completion]:
         # Rows: n samples per request (sample i uses seed + i); grouped by shared prefix so its KV cache
@@ -189,7 +189,9 @@ class EmbeddedEngine:
             for b in range(0, len(group), self.cfg.batch_size):
                 part = group[b : b + self.cfg.batch_size]
                 t0 = time.perf_counter()
-                results = self._run([requests[qi] for qi, *_ in part], [si for _, si, *_ in part], prefix, [r[3] for r in part])
+                results = self._run(
+                    [requests[qi] for qi, *_ in part], [si for _, si, *_ in part], prefix, [r[3] for r in part]
+                )
                 dt = time.perf_counter() - t0
                 for (qi, si, *_), out in zip(part, results):
                     outs[(qi, si)] = out[:3]
@@ -197,8 +199,11 @@ class EmbeddedEngine:
                     latency[qi] = max(latency[qi], dt)
         return [
             Completion(
-                key=q.key, texts=tuple(outs[(qi, si)][0] for si in range(q.sampling.n)), tokens_in=tokens_in[qi],
-                tokens_out=sum(outs[(qi, si)][1] for si in range(q.sampling.n)), latency_s=round(latency[qi], 4),
+                key=q.key,
+                texts=tuple(outs[(qi, si)][0] for si in range(q.sampling.n)),
+                tokens_in=tokens_in[qi],
+                tokens_out=sum(outs[(qi, si)][1] for si in range(q.sampling.n)),
+                latency_s=round(latency[qi], 4),
                 finish_reasons=tuple(outs[(qi, si)][2] for si in range(q.sampling.n)),
             )
             for qi, q in enumerate(requests)
@@ -221,8 +226,13 @@ class EmbeddedEngine:
         distinct prompt is prefilled once; the prefix is already in ``cache``."""
         if ids.shape[1] - 1 > n_prefix:
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
-            self.model(input_ids=ids[:, n_prefix:-1], attention_mask=mask[:, :-1],
-                       position_ids=positions[:, n_prefix:-1], use_cache=True, **{self._cache_kw: cache})
+            self.model(
+                input_ids=ids[:, n_prefix:-1],
+                attention_mask=mask[:, :-1],
+                position_ids=positions[:, n_prefix:-1],
+                use_cache=True,
+                **{self._cache_kw: cache},
+            )
 
     @torch.inference_mode()
     def _run(self, reqs: list[GenerationRequest], sample_idx: list[int], prefix: str, suffixes: list[str]):
@@ -262,12 +272,20 @@ class EmbeddedEngine:
         tokens: list[list[int]] = [[] for _ in reqs]
         step, positions = ids[:, -1:], mask.sum(-1, keepdim=True) - 1
         for n in range(1, int(limits.max()) + 1):
-            logits = self.model(input_ids=step, attention_mask=mask, position_ids=positions, use_cache=True,
-                                logits_to_keep=1, **{self._cache_kw: cache}).logits[:, -1]
+            logits = self.model(
+                input_ids=step,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kw: cache},
+            ).logits[:, -1]
             picks = sampler(logits)
             for row, tok in zip(live.tolist(), picks.tolist()):
                 tokens[row].append(tok)
-            ended = (picks == self.eos_id) | (limits[live] <= n) | (one_line[live] & torch.isin(picks, self.newline_ids))
+            ended = (
+                (picks == self.eos_id) | (limits[live] <= n) | (one_line[live] & torch.isin(picks, self.newline_ids))
+            )
             if bool(ended.all()):
                 break
             if bool(ended.any()):

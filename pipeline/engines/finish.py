@@ -38,16 +38,26 @@ def finish_reason(output) -> str:
     if reason == "stop":
         return "newline" if getattr(output, "stop_reason", None) == "\n" else "stop"
     if reason in ("abort", "error"):  # vLLM (v1/engine FinishReason): aborted, or a retryable request-level error
-        raise TransientEngineError(f"the engine ended a request with finish_reason {reason!r}: its text is incomplete. "
-                                   "Fix: none needed, the part is retried; if it persists, check the server's logs")
-    raise EngineError(f"expected a finish reason 'stop' or 'length' for every output, got {reason!r}: a text whose end "
-                      "is unknown may be truncated. Fix: use a server that reports finish_reason (vLLM, llama.cpp, "
-                      "contrastgen serve)")
+        raise TransientEngineError(
+            f"the engine ended a request with finish_reason {reason!r}: its text is incomplete. "
+            "Fix: none needed, the part is retried; if it persists, check the server's logs"
+        )
+    raise EngineError(
+        f"expected a finish reason 'stop' or 'length' for every output, got {reason!r}: a text whose end "
+        "is unknown may be truncated. Fix: use a server that reports finish_reason (vLLM, llama.cpp, "
+        "contrastgen serve)"
+    )
 
 
 def check_finish_reasons(c: Completion, n: int) -> None:
     """A completion holds ``n`` texts, each with one known finish reason; else :class:`EngineError`."""
-    if len(c.texts) != n or len(c.finish_reasons) != len(c.texts) or any(r not in FINISH_REASONS for r in c.finish_reasons):
-        raise EngineError(f"completion {c.key}: expected {n} texts, each with a finish reason in {FINISH_REASONS}, "
-                          f"got {len(c.texts)} texts with finish reasons {c.finish_reasons!r}. A missing reason is never "
-                          "taken as 'stop' (the text may be truncated). Fix: the engine adapter must report one per text")
+    if (
+        len(c.texts) != n
+        or len(c.finish_reasons) != len(c.texts)
+        or any(r not in FINISH_REASONS for r in c.finish_reasons)
+    ):
+        raise EngineError(
+            f"completion {c.key}: expected {n} texts, each with a finish reason in {FINISH_REASONS}, "
+            f"got {len(c.texts)} texts with finish reasons {c.finish_reasons!r}. A missing reason is never "
+            "taken as 'stop' (the text may be truncated). Fix: the engine adapter must report one per text"
+        )

@@ -96,7 +96,9 @@ def prefix_attention(module, query, key, value, attention_mask, scaling=None, dr
     sees. Returns (B, q, heads, dim) like transformers' attention functions; SDPA when no layer is attached."""
     layer = getattr(module, "kv_layer", None)
     if layer is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     b, heads, q, d = query.shape
     kv_heads, p = key.shape[1], layer.prefix_len
     rep = heads // kv_heads
@@ -110,7 +112,9 @@ def prefix_attention(module, query, key, value, attention_mask, scaling=None, dr
         g = query[r, :, pads[r] :].reshape(kv_heads, rep * n, d)  # query head h reads kv head h // rep
         scores = torch.matmul(g, key[r, :, :own].transpose(-1, -2))  # (kv heads, rep * n, own)
         if n > 1:  # causal: query i is the row's token own - n + i
-            seen = torch.arange(own, device=key.device)[None, :] <= torch.arange(own - n, own, device=key.device)[:, None]
+            seen = (
+                torch.arange(own, device=key.device)[None, :] <= torch.arange(own - n, own, device=key.device)[:, None]
+            )
             scores = scores.view(kv_heads, rep, n, own).masked_fill(~seen, float("-inf")).view(kv_heads, rep * n, own)
         if p:
             scores = torch.cat([torch.matmul(g, layer.prefix[0][0].transpose(-1, -2)), scores], -1)
@@ -149,8 +153,10 @@ def batch_cache(config, prefix: DynamicCache | None, pads: torch.Tensor, capacit
         cache.batch_repeat_interleave(rows)
         return cache
     cache = DynamicCache(config=config)
-    cache.layers = [GrowingLayer(capacity, None if prefix is None else (prefix.layers[i].keys, prefix.layers[i].values), pads)
-                    for i in range(len(cache.layers))]
+    cache.layers = [
+        GrowingLayer(capacity, None if prefix is None else (prefix.layers[i].keys, prefix.layers[i].values), pads)
+        for i in range(len(cache.layers))
+    ]
     return cache
 
 

@@ -30,7 +30,6 @@ from pipeline.engines.finish import finish_reason, sampling_args
 from pipeline.errors import EngineError, EngineTimeoutError, TransientEngineError
 from pipeline.records import Completion, GenerationRequest, Sampling
 
-
 PROBE_CHOICES = ("qz-7", "vk-3")  # the structured-outputs probe's allowed answers (see OpenAIEngine.warmup)
 
 
@@ -39,30 +38,44 @@ def request_body(s: Sampling, structured: bool) -> dict:
 
     >>> request_body(Sampling(0.7, 0.95, 40, 2, 11), structured=False)
     {'n': 2, 'temperature': 0.7, 'top_p': 0.95, 'max_tokens': 40, 'seed': 11, 'stop': ['\\n']}
-    >>> request_body(Sampling(0.0, 1.0, 4, 1, 3, stop_at_newline=False, choices=("0", "1")), structured=True)["extra_body"]
+    >>> greedy = Sampling(0.0, 1.0, 4, 1, 3, stop_at_newline=False, choices=("0", "1"))
+    >>> request_body(greedy, structured=True)["extra_body"]
     {'structured_outputs': {'choice': ['0', '1']}}
     """
     body = sampling_args(s)
     if structured and s.choices:
         body["extra_body"] = {"structured_outputs": {"choice": list(s.choices)}}
     elif structured and s.json_schema:
-        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": json.loads(s.json_schema)}}
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": json.loads(s.json_schema)},
+        }
     return body
 
 
 def _failure(exc: Exception, base_url: str, key_env: str = "OPENAI_API_KEY") -> Exception:
     """Our error for what the client raised once its own retries were spent."""
     if isinstance(exc, openai.AuthenticationError):
-        return EngineError(f"openai engine at {base_url}: the server refused the API key (HTTP 401: {exc.message}). "
-                           f"Fix: set ${key_env} (engine.openai.api_key_env) to the key the server was started with")
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)):
-        return TransientEngineError(f"openai engine at {base_url}: still failing after retries: {exc}. "
-                                    "Fix: check the server is up and not overloaded, or lower engine.openai.concurrency")
+        return EngineError(
+            f"openai engine at {base_url}: the server refused the API key (HTTP 401: {exc.message}). "
+            f"Fix: set ${key_env} (engine.openai.api_key_env) to the key the server was started with"
+        )
+    if isinstance(
+        exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
+    ):
+        return TransientEngineError(
+            f"openai engine at {base_url}: still failing after retries: {exc}. "
+            "Fix: check the server is up and not overloaded, or lower engine.openai.concurrency"
+        )
     if isinstance(exc, openai.APIStatusError):
-        return EngineError(f"openai engine at {base_url}: expected a completion, got HTTP {exc.status_code}: "
-                           f"{exc.message}. Fix: check engine.openai.model and the server's supported parameters")
-    return EngineError(f"openai engine at {base_url}: expected an OpenAI chat completion, got a malformed answer "
-                       f"({type(exc).__name__}: {exc}). Fix: point engine.openai.base_url at an OpenAI-compatible /v1 root")
+        return EngineError(
+            f"openai engine at {base_url}: expected a completion, got HTTP {exc.status_code}: "
+            f"{exc.message}. Fix: check engine.openai.model and the server's supported parameters"
+        )
+    return EngineError(
+        f"openai engine at {base_url}: expected an OpenAI chat completion, got a malformed answer "
+        f"({type(exc).__name__}: {exc}). Fix: point engine.openai.base_url at an OpenAI-compatible /v1 root"
+    )
 
 
 class OpenAIEngine:
@@ -79,8 +92,10 @@ class OpenAIEngine:
 
     async def _open(self):
         client = openai.AsyncOpenAI(
-            base_url=self.cfg.base_url, api_key=os.environ.get(self.cfg.api_key_env) or "none",
-            max_retries=self.cfg.max_retries, timeout=self.cfg.timeout_s,
+            base_url=self.cfg.base_url,
+            api_key=os.environ.get(self.cfg.api_key_env) or "none",
+            max_retries=self.cfg.max_retries,
+            timeout=self.cfg.timeout_s,
         )
         return client, asyncio.Semaphore(self.cfg.concurrency)
 
@@ -90,9 +105,11 @@ class OpenAIEngine:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
             fut.cancel()  # cancels the gather: its in-flight requests are dropped
-            raise EngineTimeoutError(f"openai engine at {self.cfg.base_url}: expected the call to finish within "
-                                     f"engine.call_timeout_s = {timeout:g} s, it did not. Fix: check the server's load, or "
-                                     "raise engine.call_timeout_s") from None
+            raise EngineTimeoutError(
+                f"openai engine at {self.cfg.base_url}: expected the call to finish within "
+                f"engine.call_timeout_s = {timeout:g} s, it did not. Fix: check the server's load, or "
+                "raise engine.call_timeout_s"
+            ) from None
 
     def warmup(self) -> None:
         """Check the server answers, and probe structured outputs (``engine.openai.structured: auto``)."""
@@ -101,7 +118,9 @@ class OpenAIEngine:
             # that ignores the field answers "Yes" (or chatter) and fails; one that honours it must pick one.
             probe = Sampling(0.0, 1.0, 8, 1, 0, stop_at_newline=False, choices=PROBE_CHOICES)
             try:
-                c = self.generate([GenerationRequest("probe", (("user", "Answer yes or no: is 2 > 1?"),), probe)], structured=True)[0]
+                c = self.generate(
+                    [GenerationRequest("probe", (("user", "Answer yes or no: is 2 > 1?"),), probe)], structured=True
+                )[0]
                 self.structured = c.texts[0] in probe.choices
             except EngineError:
                 self.structured = False
@@ -118,8 +137,11 @@ class OpenAIEngine:
         """The request's JSON body, posted as it is: ``chat.completions.create`` would walk it through the SDK's
         typed-dict transform first, about a third of a part worker's Python time for fields that are already
         plain JSON (docs/throughput.md). ``extra_body`` merges at the top, as the SDK merges it."""
-        body = {"model": self.model_id, "messages": [{"role": r, "content": c} for r, c in req.messages],
-                **request_body(req.sampling, structured)}
+        body = {
+            "model": self.model_id,
+            "messages": [{"role": r, "content": c} for r, c in req.messages],
+            **request_body(req.sampling, structured),
+        }
         body.update(body.pop("extra_body", {}))
         return body
 
@@ -127,8 +149,9 @@ class OpenAIEngine:
         async with self._sem:
             start = time.perf_counter()
             try:
-                resp = await self._client.post("/chat/completions", body=self._body(req, structured),
-                                               cast_to=ChatCompletion)
+                resp = await self._client.post(
+                    "/chat/completions", body=self._body(req, structured), cast_to=ChatCompletion
+                )
                 choices = sorted(resp.choices, key=lambda ch: ch.index)
                 texts = tuple(ch.message.content or "" for ch in choices)
                 reasons = tuple(finish_reason(ch) for ch in choices)
@@ -138,7 +161,15 @@ class OpenAIEngine:
             except Exception as exc:  # noqa: BLE001 - classified into our two engine errors
                 raise _failure(exc, self.cfg.base_url, self.cfg.api_key_env) from exc
         if len(texts) != req.sampling.n:
-            raise EngineError(f"openai engine at {self.cfg.base_url}: expected {req.sampling.n} choices for {req.key}, "
-                              f"got {len(texts)}. Fix: use a server that supports the `n` parameter, or set sampling.n: 1")
-        return Completion(req.key, texts, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
-                          round(time.perf_counter() - start, 4), reasons)
+            raise EngineError(
+                f"openai engine at {self.cfg.base_url}: expected {req.sampling.n} choices for {req.key}, "
+                f"got {len(texts)}. Fix: use a server that supports the `n` parameter, or set sampling.n: 1"
+            )
+        return Completion(
+            req.key,
+            texts,
+            usage.prompt_tokens if usage else 0,
+            usage.completion_tokens if usage else 0,
+            round(time.perf_counter() - start, 4),
+            reasons,
+        )

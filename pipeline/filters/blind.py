@@ -40,8 +40,14 @@ def _fold_of(groups: list[str], folds: int) -> np.ndarray:
     return fold[codes]
 
 
-def bigram_logprob(anchors: list[str], candidates: list[str], groups: list[str], folds: int = 5,
-                   k: float = 0.1, words: Words | None = None) -> tuple[np.ndarray, np.ndarray]:
+def bigram_logprob(
+    anchors: list[str],
+    candidates: list[str],
+    groups: list[str],
+    folds: int = 5,
+    k: float = 0.1,
+    words: Words | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean token log-prob of each anchor and candidate under an add-k word-bigram LM of the anchors, cross-fitted.
 
     Words are lower-cased with ASCII punctuation removed; the end of a text is a token (so a text's
@@ -121,8 +127,10 @@ def lm_mean_logprob(texts: list[str], model, tokenizer, batch_size: int = 64) ->
 
 def gap_edges(gaps: np.ndarray, bins: int) -> list[np.ndarray]:
     """Per scorer, the ``bins - 1`` quantiles of |gap| that cut a stratum's rows into ``bins`` bins; gaps (N, S)."""
-    return [np.quantile(np.abs(g), np.linspace(0, 1, bins + 1)[1:-1]) if bins > 1 and len(g) else np.zeros(0)
-            for g in np.asarray(gaps, dtype=np.float64).T]
+    return [
+        np.quantile(np.abs(g), np.linspace(0, 1, bins + 1)[1:-1]) if bins > 1 and len(g) else np.zeros(0)
+        for g in np.asarray(gaps, dtype=np.float64).T
+    ]
 
 
 def cell_codes(gaps: np.ndarray, edges: list[np.ndarray], bins: int) -> np.ndarray:
@@ -159,7 +167,9 @@ def key_rank(keys: list[str]) -> np.ndarray:
     return np.frombuffer(digest, dtype=">u8").astype(np.uint64) if keys else np.zeros(0, np.uint64)
 
 
-def balance_mask(gaps: np.ndarray, strata: list[str], keys: list[str], bins: int = 3, max_rate: float = 0.5) -> np.ndarray:
+def balance_mask(
+    gaps: np.ndarray, strata: list[str], keys: list[str], bins: int = 3, max_rate: float = 0.5
+) -> np.ndarray:
     """Keep mask (N,) such that, within each stratum, every cell of signed |gap| bins holds about as many rows
     as its mirror cell (all gaps negated): each blind scorer then prefers the anchor for about half the rows.
 

@@ -39,8 +39,14 @@ class TextCache:
     ([2.0, 3.0, 2.0], 2)
     """
 
-    def __init__(self, root: Path, encode: Callable[[list[str]], np.ndarray], scorer_id: str, chunk: int = 8192,
-                 mapper: Callable[[list[list[str]]], Iterable[tuple[int, np.ndarray]]] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        encode: Callable[[list[str]], np.ndarray],
+        scorer_id: str,
+        chunk: int = 8192,
+        mapper: Callable[[list[list[str]]], Iterable[tuple[int, np.ndarray]]] | None = None,
+    ):
         self.encode, self.chunk = encode, chunk
         # chunks of texts -> (chunk index, vectors) as each is done; default: encode them here, one after another
         self.mapper = mapper or (lambda chunks: ((i, self.encode(c)) for i, c in enumerate(chunks)))
@@ -110,8 +116,11 @@ class TextCache:
             self._compute(texts, keys)
             rows = np.fromiter(map(self._row.__getitem__, keys), dtype=np.int64, count=len(keys))
         if self._matrix is None:
-            self._matrix = (self._blocks[0] if len(self._blocks) == 1 else np.concatenate(self._blocks)) if self._blocks \
-                else np.zeros((0, 0), dtype=np.float32)  # (cached texts, D)
+            self._matrix = (
+                (self._blocks[0] if len(self._blocks) == 1 else np.concatenate(self._blocks))
+                if self._blocks
+                else np.zeros((0, 0), dtype=np.float32)
+            )  # (cached texts, D)
         return self._matrix, rows
 
     def _compute(self, texts: list[str], keys: list[str]) -> None:
@@ -125,7 +134,9 @@ class TextCache:
         for i, new in self.mapper([[by_key[k] for k in c] for c in chunks]):
             new_keys = chunks[i]
             new = np.asarray(new, dtype=np.float32).reshape(len(new_keys), -1)
-            table = pa.table({"key": new_keys, "vector": pa.array(list(new), type=pa.list_(pa.float32(), new.shape[1]))})
+            table = pa.table(
+                {"key": new_keys, "vector": pa.array(list(new), type=pa.list_(pa.float32(), new.shape[1]))}
+            )
             path = self.dir / f"part-{hashlib.sha256(''.join(new_keys).encode()).hexdigest()[:20]}.arrow"
             write_atomic(path, table)
             if self._index is not None:

@@ -32,9 +32,13 @@ class Band(Section):
 
 
 class DedupSection(Section):
-    enabled: bool = Field(True, description="Drop exact duplicates across the dataset and near duplicates within a group.")
+    enabled: bool = Field(
+        True, description="Drop exact duplicates across the dataset and near duplicates within a group."
+    )
     near_threshold: float | None = Field(
-        0.95, gt=0.0, le=1.0,
+        0.95,
+        gt=0.0,
+        le=1.0,
         description="rapidfuzz ratio (0-1) of two normalised negatives of one anchor at or above which the later "
         "one is a near duplicate; none: exact duplicates only.",
     )
@@ -42,7 +46,10 @@ class DedupSection(Section):
 
 class SurfaceSection(Section):
     enabled: bool = True
-    scorer: Scorer = Field("ratio", description="rapidfuzz scorer of the bands (ratio, token_sort_ratio, token_set_ratio, word_levenshtein).")
+    scorer: Scorer = Field(
+        "ratio",
+        description="rapidfuzz scorer of the bands (ratio, token_sort_ratio, token_set_ratio, word_levenshtein).",
+    )
     negative: Band = Field(
         default_factory=lambda: Band(low=0.4, high=1.0),
         description="A negative must stay lexically close to its anchor: its score must lie in this band.",
@@ -56,14 +63,25 @@ class SurfaceSection(Section):
 
 class SemanticSection(Section):
     enabled: bool = True
-    model: Path | None = Field(None, description="A sentence-transformers folder; default: the bundled all-MiniLM-L6-v2.")
+    model: Path | None = Field(
+        None, description="A sentence-transformers folder; default: the bundled all-MiniLM-L6-v2."
+    )
     batch_size: int = Field(128, gt=0)
     false_negative: float | None = Field(
-        0.95, gt=0.0, le=1.0, description="Drop a negative whose cosine to its anchor is at or above this (same meaning)."
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="Drop a negative whose cosine to its anchor is at or above this (same meaning).",
     )
-    max_score: float | None = Field(None, ge=-1.0, le=1.0, description="mine_hard_negatives' max_score: drop cosine above.")
-    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="mine_hard_negatives' min_score: drop cosine below.")
-    absolute_margin: float | None = Field(None, description="Drop a negative with cosine > cos(anchor, positive) - margin.")
+    max_score: float | None = Field(
+        None, ge=-1.0, le=1.0, description="mine_hard_negatives' max_score: drop cosine above."
+    )
+    min_score: float | None = Field(
+        None, ge=-1.0, le=1.0, description="mine_hard_negatives' min_score: drop cosine below."
+    )
+    absolute_margin: float | None = Field(
+        None, description="Drop a negative with cosine > cos(anchor, positive) - margin."
+    )
     relative_margin: float | None = Field(
         None, ge=0.0, le=1.0, description="Drop a negative with cosine > cos(anchor, positive) * (1 - margin)."
     )
@@ -78,18 +96,23 @@ class SemanticSection(Section):
         0.5, ge=-1.0, le=1.0, description="Drop a positive whose cosine to its anchor is below this (meaning lost)."
     )
     cache_dir: Path | None = Field(
-        None, description="Per-text score cache (embeddings, LM scores); default $CONTRASTGEN_CACHE or ~/.cache/contrastgen."
+        None,
+        description="Per-text score cache (embeddings, LM scores); default $CONTRASTGEN_CACHE or ~/.cache/contrastgen.",
     )
 
 
 class PropensitySection(Section):
     enabled: bool = Field(True, description="Write propensity and inverse-propensity `weight` columns (DebCSE).")
-    clip: float = Field(0.05, gt=0.0, lt=0.5, description="Propensities are clipped to [clip, 1 - clip] before inverting.")
+    clip: float = Field(
+        0.05, gt=0.0, lt=0.5, description="Propensities are clipped to [clip, 1 - clip] before inverting."
+    )
     folds: int = Field(5, ge=2, description="Cross-fitting folds (each row is scored by a model that never saw it).")
 
 
 class BlindSection(Section):
-    enabled: bool = Field(True, description="Balance negatives so that blind text-only scorers pick the anchor about half the time.")
+    enabled: bool = Field(
+        True, description="Balance negatives so that blind text-only scorers pick the anchor about half the time."
+    )
     scorers: list[BlindScorer] = Field(default_factory=lambda: list(BlindScorer))
     splits: list[Literal["train", "test"]] = Field(
         default_factory=list,
@@ -97,13 +120,19 @@ class BlindSection(Section):
         "With SmolLM2's negatives, balancing keeps about a quarter of a split and 1 in 10 swap negatives "
         "(docs/filters.md); [test] makes evaluation immune to fluency cues on large runs.",
     )
-    bins: int = Field(2, ge=1, le=20, description="Bins of |score gap| per scorer (quantiles); cells are balanced jointly.")
+    bins: int = Field(
+        2, ge=1, le=20, description="Bins of |score gap| per scorer (quantiles); cells are balanced jointly."
+    )
     max_rate: float = Field(
-        0.54, ge=0.5, lt=1.0,
+        0.54,
+        ge=0.5,
+        lt=1.0,
         description="Largest share of kept rows any blind scorer may get right (0.5: exact balance, fewest rows kept).",
     )
     per_type: bool = Field(True, description="Balance each negative type on its own (SugarCrepe does, per category).")
-    lm_model: Path | None = Field(None, description="LM of the lm_loglik scorer (.gguf or transformers folder); default: engine.model_path.")
+    lm_model: Path | None = Field(
+        None, description="LM of the lm_loglik scorer (.gguf or transformers folder); default: engine.model_path."
+    )
     lm_batch_size: int = Field(64, gt=0)
 
     @model_validator(mode="after")

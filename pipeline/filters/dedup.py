@@ -86,11 +86,13 @@ def near_duplicate_scores(norm: list[str], groups: list[str]) -> np.ndarray:
     All within-group pairs (i < j) are scored in one ``cpdist`` call (one call per group costs more in
     thread start-up than in scoring).
 
-    >>> [round(float(x), 2) for x in near_duplicate_scores(["a big red car", "a big red cars", "a blue car"], ["g"] * 3)]
+    >>> scores = near_duplicate_scores(["a big red car", "a big red cars", "a blue car"], ["g"] * 3)
+    >>> [round(float(x), 2) for x in scores]
     [0.0, 0.96, 0.7]
     """
-    gid = np.fromiter(map({g: i for i, g in enumerate(dict.fromkeys(groups))}.__getitem__, groups), dtype=np.int64,
-                      count=len(groups))  # (N,) group number
+    gid = np.fromiter(
+        map({g: i for i, g in enumerate(dict.fromkeys(groups))}.__getitem__, groups), dtype=np.int64, count=len(groups)
+    )  # (N,) group number
     order = np.argsort(gid, kind="stable")  # rows grouped, original order kept within each group
     g_sorted = gid[order]
     first_parts, later_parts = [], []
@@ -103,8 +105,16 @@ def near_duplicate_scores(norm: list[str], groups: list[str]) -> np.ndarray:
     out = np.zeros(len(norm), dtype=np.float32)
     if not len(first):
         return out
-    sim = process.cpdist([norm[i] for i in first.tolist()], [norm[j] for j in later.tolist()], scorer=fuzz.ratio, dtype=np.float32,
-                         workers=-1) / 100.0  # (P,) one score per within-group pair
+    sim = (
+        process.cpdist(
+            [norm[i] for i in first.tolist()],
+            [norm[j] for j in later.tolist()],
+            scorer=fuzz.ratio,
+            dtype=np.float32,
+            workers=-1,
+        )
+        / 100.0
+    )  # (P,) one score per within-group pair
     np.maximum.at(out, later, sim)
     return out
 

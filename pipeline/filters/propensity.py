@@ -24,8 +24,9 @@ from pipeline.filters.words import Words
 FEATURES = ("ratio", "token_set_ratio", "word_levenshtein", "length_ratio")
 
 
-def surface_features(anchors: list[str], candidates: list[str], ratio: np.ndarray | None = None,
-                     words: Words | None = None) -> np.ndarray:
+def surface_features(
+    anchors: list[str], candidates: list[str], ratio: np.ndarray | None = None, words: Words | None = None
+) -> np.ndarray:
     """(N, 4) features of each pair: char ratio, word-set overlap, word Levenshtein, length ratio (short/long).
 
     ``ratio``: the pairs' ``ratio`` scores when already computed (the stage has them as a column);
@@ -50,7 +51,9 @@ def cross_fit(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: in
     when a label has fewer rows than two folds need)."""
     labels = np.asarray(labels).astype(int)
     if set(np.unique(labels)) != {0, 1}:
-        raise ValueError(f"propensity: expected labels 0 (negative) and 1 (positive), got {sorted(set(labels.tolist()))}")
+        raise ValueError(
+            f"propensity: expected labels 0 (negative) and 1 (positive), got {sorted(set(labels.tolist()))}"
+        )
     n_folds = int(min(folds, np.bincount(labels).min()))
     p = np.empty(len(labels), dtype=np.float64)
     if n_folds < 2:  # too few of one label to cross-fit: no evidence of bias, uniform weights
@@ -78,8 +81,9 @@ def inverse_weights(p: np.ndarray, labels: np.ndarray, clip: float) -> tuple[np.
     return p, np.where(np.asarray(labels) == 1, 1 / p, 1 / (1 - p))
 
 
-def propensity_weights(features: np.ndarray, labels: np.ndarray, clip: float = 0.05, folds: int = 5,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def propensity_weights(
+    features: np.ndarray, labels: np.ndarray, clip: float = 0.05, folds: int = 5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(propensity P(label=1 | features), inverse-propensity weight) per row; both shape (N,).
 
     Cross-fitted: each row's propensity comes from a model fitted on the other folds.

@@ -127,7 +127,9 @@ class _Texts:
         self.positive = np.full(n, -1, dtype=np.int64)  # (N,)
         self.positive[has_pos] = codes[2 * n : 2 * n + int(has_pos.sum())]
         # (M, D) embeddings and (U,) the row of each distinct text in them
-        self.matrix, self.emb_row = scorers.embed_rows(self.texts) if self.texts else (np.zeros((0, 1), np.float32), np.zeros(0, np.int64))
+        self.matrix, self.emb_row = (
+            scorers.embed_rows(self.texts) if self.texts else (np.zeros((0, 1), np.float32), np.zeros(0, np.int64))
+        )
 
     @functools.cached_property
     def words(self) -> Words:
@@ -135,7 +137,8 @@ class _Texts:
         return Words(self.texts)
 
     def cos(self, a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        """Row-wise cosine of the texts at rows ``a`` and ``b``; shape (len(a),). Chunked: gathered rows stay in cache."""
+        """Row-wise cosine of the texts at rows ``a`` and ``b``; shape (len(a),). Chunked: gathered rows stay in
+        cache."""
         out = np.zeros(len(a), dtype=np.float32)
         ea, eb = self.emb_row[a], self.emb_row[b]
         for i in range(0, len(a), chunk):
@@ -169,15 +172,30 @@ def score(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> Scored:
         idx = np.flatnonzero(~local_dup)
         near[idx] = near_duplicate_scores([norm[i] for i in texts.negative[idx].tolist()], [p.groups[i] for i in idx])
     pinned = np.arange(n) < p.pinned
-    sc = Scored(np.asarray([i.encode() for i in p.ids], dtype="S") if n else np.zeros(0, "S1"), _shared(p.strata),
-                _shared(p.splits), pinned, surface_sim.astype(np.float32), np.asarray(band, np.float32), semantic_sim,
-                pos.of_row, dup_key, near, np.zeros((n, 0)), np.zeros((n, 4), np.float32), *pos.columns(), pos.drops)
+    sc = Scored(
+        np.asarray([i.encode() for i in p.ids], dtype="S") if n else np.zeros(0, "S1"),
+        _shared(p.strata),
+        _shared(p.splits),
+        pinned,
+        surface_sim.astype(np.float32),
+        np.asarray(band, np.float32),
+        semantic_sim,
+        pos.of_row,
+        dup_key,
+        near,
+        np.zeros((n, 0)),
+        np.zeros((n, 4), np.float32),
+        *pos.columns(),
+        pos.drops,
+    )
     sc.pos_choice = pos.choice
     alive = pinned | _locally_alive(sc, cfg, local_dup)
     sc.gaps = _blind_gaps(p, cfg, texts, alive)
     if cfg.propensity.enabled:
         sc.feats = surface_features(p.anchors, p.negatives, surface_sim, texts.words)
-        sc.pos_feats = surface_features(pos.anchors, pos.positives, pos.ratio, texts.words) if pos.groups else sc.pos_feats
+        sc.pos_feats = (
+            surface_features(pos.anchors, pos.positives, pos.ratio, texts.words) if pos.groups else sc.pos_feats
+        )
     return sc
 
 
@@ -199,10 +217,22 @@ def _locally_alive(sc: Scored, cfg: FilterConfig, local_dup: np.ndarray) -> np.n
 def semantic_reasons_of(sc: Scored, cfg: FilterConfig) -> np.ndarray:
     """(N,) the semantic rule each row fails ("" when none)."""
     s = cfg.semantic
-    guard = None if s.false_negative is None else np.where(  # (N,) exempt types never count as false negatives
-        np.isin(sc.strata.astype(str), s.false_negative_exempt), np.inf, s.false_negative)
-    return semantic_reasons(sc.semantic_sim, sc.row_cos(), false_negative=guard, max_score=s.max_score, min_score=s.min_score,
-                            absolute_margin=s.absolute_margin, relative_margin=s.relative_margin)
+    guard = (
+        None
+        if s.false_negative is None
+        else np.where(  # (N,) exempt types never count as false negatives
+            np.isin(sc.strata.astype(str), s.false_negative_exempt), np.inf, s.false_negative
+        )
+    )
+    return semantic_reasons(
+        sc.semantic_sim,
+        sc.row_cos(),
+        false_negative=guard,
+        max_score=s.max_score,
+        min_score=s.min_score,
+        absolute_margin=s.absolute_margin,
+        relative_margin=s.relative_margin,
+    )
 
 
 def _blind_gaps(p: Pairs, cfg: FilterConfig, texts: _Texts, alive: np.ndarray) -> np.ndarray:
@@ -235,8 +265,13 @@ class _Positives:
     choice: np.ndarray  # (G,) the candidate kept: 0 the row's positive, k its k-th alternative
 
     def columns(self) -> tuple:
-        return (self.groups, self.ratio.astype(np.float32), self.cos.astype(np.float32), self.kept,
-                np.zeros((len(self.groups), 4), np.float32))
+        return (
+            self.groups,
+            self.ratio.astype(np.float32),
+            self.cos.astype(np.float32),
+            self.kept,
+            np.zeros((len(self.groups), 4), np.float32),
+        )
 
 
 def _positives(p: Pairs, cfg: FilterConfig, texts: _Texts) -> _Positives:
@@ -265,16 +300,20 @@ def _positives(p: Pairs, cfg: FilterConfig, texts: _Texts) -> _Positives:
     drops = {}
     for j in np.flatnonzero(reasons != ""):
         r = reasons[j]
-        drops[groups[j]] = Drop("surface" if r == "positive_out_of_band" else "semantic", r,
-                                float(surf[j] if r == "positive_out_of_band" else sem[j]))
+        drops[groups[j]] = Drop(
+            "surface" if r == "positive_out_of_band" else "semantic",
+            r,
+            float(surf[j] if r == "positive_out_of_band" else sem[j]),
+        )
     ratio = surf if cfg.surface.scorer == "ratio" else surface_similarity(anchors, positives)  # (G,) as the column
     slot = np.full(len(names), -1, dtype=np.int64)
     slot[order] = np.arange(len(order))
     return _Positives(groups, anchors, positives, np.asarray(ratio), sem, reasons == "", slot[gid], drops, choice)
 
 
-def _choose(anchors: list[str], cands: list[tuple[str, ...]], rows: np.ndarray, cfg: FilterConfig,
-            texts: _Texts) -> np.ndarray:
+def _choose(
+    anchors: list[str], cands: list[tuple[str, ...]], rows: np.ndarray, cfg: FilterConfig, texts: _Texts
+) -> np.ndarray:
     """(G,) for each group, the first of its positive candidates (best first: least surface-similar) inside the
     positive's surface band and above its embedding floor; 0 (the first) when none is, which the rules then drop."""
     sizes = np.array([len(c) for c in cands], dtype=np.int64)  # (G,)
@@ -285,7 +324,10 @@ def _choose(anchors: list[str], cands: list[tuple[str, ...]], rows: np.ndarray, 
         surf = surface_scores([anchors[g] for g in owner.tolist()], flat, cfg.surface.scorer)
         ok &= in_band(surf, cfg.surface.positive.low, cfg.surface.positive.high)
     if cfg.semantic.enabled and cfg.semantic.positive_min is not None:
-        ok &= texts.cos(texts.anchor[rows][owner], np.array([texts.code[x] for x in flat], dtype=np.int64)) >= cfg.semantic.positive_min
+        ok &= (
+            texts.cos(texts.anchor[rows][owner], np.array([texts.code[x] for x in flat], dtype=np.int64))
+            >= cfg.semantic.positive_min
+        )
     rank = np.arange(len(flat)) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # (C,) the candidate's place in its group
     choice = np.zeros(len(cands), dtype=np.int64)
     good = np.flatnonzero(ok)

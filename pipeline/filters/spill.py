@@ -32,17 +32,39 @@ BUCKET_BITS = 10  # blind selection: 2**10 buckets of id hash per cell
 
 
 def _row_schema(scorers: int) -> pa.Schema:
-    return pa.schema([("id", pa.binary()), ("rank", pa.uint64()), ("stratum", pa.string()), ("split", pa.string()),
-                      ("pinned", pa.bool_()), ("surface_sim", pa.float32()), ("band", pa.float32()),
-                      ("semantic_sim", pa.float32()), ("pos_of_row", pa.int64()), ("dup_key", pa.uint64()),
-                      ("near", pa.float32()), *((f"gap{j}", pa.float64()) for j in range(scorers)),
-                      *((f"feat{j}", pa.float32()) for j in range(FEATS))])
+    return pa.schema(
+        [
+            ("id", pa.binary()),
+            ("rank", pa.uint64()),
+            ("stratum", pa.string()),
+            ("split", pa.string()),
+            ("pinned", pa.bool_()),
+            ("surface_sim", pa.float32()),
+            ("band", pa.float32()),
+            ("semantic_sim", pa.float32()),
+            ("pos_of_row", pa.int64()),
+            ("dup_key", pa.uint64()),
+            ("near", pa.float32()),
+            *((f"gap{j}", pa.float64()) for j in range(scorers)),
+            *((f"feat{j}", pa.float32()) for j in range(FEATS)),
+        ]
+    )
 
 
-GROUP_SCHEMA = pa.schema([("group", pa.string()), ("ratio", pa.float32()), ("cos", pa.float32()), ("kept", pa.bool_()),
-                          *((f"feat{j}", pa.float32()) for j in range(FEATS)), ("drop_filter", pa.string()),
-                          ("drop_reason", pa.string()), ("drop_score", pa.float32()), ("drop_detail", pa.string()),
-                          ("choice", pa.int32())])
+GROUP_SCHEMA = pa.schema(
+    [
+        ("group", pa.string()),
+        ("ratio", pa.float32()),
+        ("cos", pa.float32()),
+        ("kept", pa.bool_()),
+        *((f"feat{j}", pa.float32()) for j in range(FEATS)),
+        ("drop_filter", pa.string()),
+        ("drop_reason", pa.string()),
+        ("drop_score", pa.float32()),
+        ("drop_detail", pa.string()),
+        ("choice", pa.int32()),
+    ]
+)
 
 
 class ScoredSpill:
@@ -69,22 +91,45 @@ class ScoredSpill:
         gaps = gaps.reshape(sc.n, -1) if gaps.size else np.zeros((sc.n, self.scorers))
         if gaps.shape[1] != self.scorers:
             raise ValueError(f"ScoredSpill: expected {self.scorers} blind gap columns, got {gaps.shape[1]}")
-        self.rows.write(pa.record_batch([
-            pa.array(sc.ids.tolist(), pa.binary()), pa.array(key_rank([i.decode() for i in sc.ids.tolist()])),
-            pa.array(sc.strata.tolist(), pa.string()), pa.array(sc.splits.tolist(), pa.string()), pa.array(sc.pinned),
-            pa.array(sc.surface_sim, pa.float32()), pa.array(sc.band, pa.float32()), pa.array(sc.semantic_sim, pa.float32()),
-            pa.array(sc.pos_of_row, pa.int64()), pa.array(sc.dup_key, pa.uint64()), pa.array(sc.near, pa.float32()),
-            *(pa.array(gaps[:, j], pa.float64()) for j in range(self.scorers)),
-            *(pa.array(feats[:, j], pa.float32()) for j in range(FEATS))], schema=self.rows.schema))
+        self.rows.write(
+            pa.record_batch(
+                [
+                    pa.array(sc.ids.tolist(), pa.binary()),
+                    pa.array(key_rank([i.decode() for i in sc.ids.tolist()])),
+                    pa.array(sc.strata.tolist(), pa.string()),
+                    pa.array(sc.splits.tolist(), pa.string()),
+                    pa.array(sc.pinned),
+                    pa.array(sc.surface_sim, pa.float32()),
+                    pa.array(sc.band, pa.float32()),
+                    pa.array(sc.semantic_sim, pa.float32()),
+                    pa.array(sc.pos_of_row, pa.int64()),
+                    pa.array(sc.dup_key, pa.uint64()),
+                    pa.array(sc.near, pa.float32()),
+                    *(pa.array(gaps[:, j], pa.float64()) for j in range(self.scorers)),
+                    *(pa.array(feats[:, j], pa.float32()) for j in range(FEATS)),
+                ],
+                schema=self.rows.schema,
+            )
+        )
         drops = [sc.positive_drops.get(g) for g in sc.pos_groups]
         pf = np.asarray(sc.pos_feats).reshape(len(sc.pos_groups), FEATS)
-        self.groups.write(pa.record_batch([
-            pa.array(sc.pos_groups, pa.string()), pa.array(sc.pos_ratio, pa.float32()), pa.array(sc.pos_cos, pa.float32()),
-            pa.array(sc.pos_kept, pa.bool_()), *(pa.array(pf[:, j], pa.float32()) for j in range(FEATS)),
-            pa.array([d and d.filter for d in drops], pa.string()), pa.array([d and d.reason for d in drops], pa.string()),
-            pa.array([d and d.score for d in drops], pa.float32()), pa.array([d and d.detail for d in drops], pa.string()),
-            pa.array(np.zeros(len(sc.pos_groups)) if sc.pos_choice is None else sc.pos_choice, pa.int32())],
-            schema=GROUP_SCHEMA))
+        self.groups.write(
+            pa.record_batch(
+                [
+                    pa.array(sc.pos_groups, pa.string()),
+                    pa.array(sc.pos_ratio, pa.float32()),
+                    pa.array(sc.pos_cos, pa.float32()),
+                    pa.array(sc.pos_kept, pa.bool_()),
+                    *(pa.array(pf[:, j], pa.float32()) for j in range(FEATS)),
+                    pa.array([d and d.filter for d in drops], pa.string()),
+                    pa.array([d and d.reason for d in drops], pa.string()),
+                    pa.array([d and d.score for d in drops], pa.float32()),
+                    pa.array([d and d.detail for d in drops], pa.string()),
+                    pa.array(np.zeros(len(sc.pos_groups)) if sc.pos_choice is None else sc.pos_choice, pa.int32()),
+                ],
+                schema=GROUP_SCHEMA,
+            )
+        )
         self.offsets.append(self.offsets[-1] + sc.n)
         self.group_offsets.append(self.group_offsets[-1] + len(sc.pos_groups))
 
@@ -110,18 +155,33 @@ def scored_of(rows: pa.RecordBatch, groups: pa.RecordBatch, scorers: int) -> Sco
     n, g = rows.num_rows, groups.num_rows
     gaps = np.column_stack([_np(rows, f"gap{j}") for j in range(scorers)]) if scorers else np.zeros((n, 0))
     drops = {}
-    for name, f, r, s, d in zip(*(groups.column(c).to_pylist() for c in ("group", "drop_filter", "drop_reason",
-                                                                          "drop_score", "drop_detail"))):
+    for name, f, r, s, d in zip(
+        *(groups.column(c).to_pylist() for c in ("group", "drop_filter", "drop_reason", "drop_score", "drop_detail"))
+    ):
         if r is not None:
             drops[name] = Drop(f, r, s, d)
     ids = np.asarray(rows.column("id").to_pylist(), dtype="S") if n else np.zeros(0, "S1")
-    return Scored(ids, _shared(_np(rows, "stratum").tolist()), _shared(_np(rows, "split").tolist()), _np(rows, "pinned"),
-                  _np(rows, "surface_sim"), _np(rows, "band"), _np(rows, "semantic_sim"), _np(rows, "pos_of_row"),
-                  _np(rows, "dup_key"), _np(rows, "near"), gaps.reshape(n, scorers),
-                  np.column_stack([_np(rows, f"feat{j}") for j in range(FEATS)]).reshape(n, FEATS),
-                  groups.column("group").to_pylist(), _np(groups, "ratio"), _np(groups, "cos"), _np(groups, "kept"),
-                  np.column_stack([_np(groups, f"feat{j}") for j in range(FEATS)]).reshape(g, FEATS), drops,
-                  _np(groups, "choice").astype(np.int64))
+    return Scored(
+        ids,
+        _shared(_np(rows, "stratum").tolist()),
+        _shared(_np(rows, "split").tolist()),
+        _np(rows, "pinned"),
+        _np(rows, "surface_sim"),
+        _np(rows, "band"),
+        _np(rows, "semantic_sim"),
+        _np(rows, "pos_of_row"),
+        _np(rows, "dup_key"),
+        _np(rows, "near"),
+        gaps.reshape(n, scorers),
+        np.column_stack([_np(rows, f"feat{j}") for j in range(FEATS)]).reshape(n, FEATS),
+        groups.column("group").to_pylist(),
+        _np(groups, "ratio"),
+        _np(groups, "cos"),
+        _np(groups, "kept"),
+        np.column_stack([_np(groups, f"feat{j}") for j in range(FEATS)]).reshape(g, FEATS),
+        drops,
+        _np(groups, "choice").astype(np.int64),
+    )
 
 
 class Smallest:
@@ -167,8 +227,15 @@ class Duplicates:
             rb = spill.batch(b)
             key = rb.column("dup_key").to_numpy()
             published = rb.column("pinned")  # only a published row's id is ever named: the others' stay null
-            table = pa.table([rb.column("dup_key"), pa.array(spill.offsets[b] + np.arange(rb.num_rows)), published,
-                              pc.if_else(published, rb.column("id"), pa.scalar(None, pa.binary()))], schema=self.SCHEMA)
+            table = pa.table(
+                [
+                    rb.column("dup_key"),
+                    pa.array(spill.offsets[b] + np.arange(rb.num_rows)),
+                    published,
+                    pc.if_else(published, rb.column("id"), pa.scalar(None, pa.binary())),
+                ],
+                schema=self.SCHEMA,
+            )
             for p, s in enumerate(spools):
                 s.write(table.filter(pa.array(key % np.uint64(parts) == p)) if parts > 1 else table)
         self.found = []
@@ -183,8 +250,12 @@ class Duplicates:
             at = np.argsort(row[order[dup]])
             dup_rows, firsts = row[order[dup]][at], first[dup][at]
             out = Spool(folder / f"found-{p}.arrow", self.FOUND)
-            out.write(pa.table([pa.array(dup_rows), pa.array(pinned[firsts]), t.column("id").take(pa.array(firsts))],
-                               schema=self.FOUND))
+            out.write(
+                pa.table(
+                    [pa.array(dup_rows), pa.array(pinned[firsts]), t.column("id").take(pa.array(firsts))],
+                    schema=self.FOUND,
+                )
+            )
             out.close()
             s.close()
             s.path.unlink()
@@ -246,7 +317,9 @@ class Cells:
         for s, cells in self.hist.items():
             codes = np.array(sorted(cells), dtype=np.int64)
             counts = np.array([cells[c].sum() for c in codes.tolist()], dtype=np.int64)
-            for c, quota in zip(codes.tolist(), cell_quotas(codes, counts, self.bins, self.scorers, self.max_rate).tolist()):
+            for c, quota in zip(
+                codes.tolist(), cell_quotas(codes, counts, self.bins, self.scorers, self.max_rate).tolist()
+            ):
                 cum = np.cumsum(cells[c])
                 at = int(np.searchsorted(cum, quota, side="left")) if quota else -1  # the bucket where the quota is met
                 self.cut[(s, c)] = (at, quota - (int(cum[at - 1]) if at > 0 else 0))

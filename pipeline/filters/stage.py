@@ -112,8 +112,12 @@ def _add_funnel(total: dict[str, FunnelStep], steps: list[FunnelStep]) -> None:
     for f in steps:
         t = total.get(f.filter)
         if t is not None:
-            f = FunnelStep(f.filter, t.rows_in + f.rows_in, dict(sorted((Counter(t.dropped) + Counter(f.dropped)).items())),
-                           t.rows_out + f.rows_out)
+            f = FunnelStep(
+                f.filter,
+                t.rows_in + f.rows_in,
+                dict(sorted((Counter(t.dropped) + Counter(f.dropped)).items())),
+                t.rows_out + f.rows_out,
+            )
         total[f.filter] = f
 
 
@@ -128,7 +132,9 @@ def _rules(sc: Scored, cfg: FilterConfig, dups: tuple | None) -> tuple[_Why, np.
         reasons[rows] = np.where(first_pinned, "duplicate_of_published", "exact_duplicate")
         scores = np.zeros(n)
         scores[rows] = 1.0  # an exact duplicate scores 1; a near one its ratio
-        why.notes = {int(i): f"repeats published row {f.decode()}" for i, p, f in zip(rows, first_pinned, first_ids) if p}
+        why.notes = {
+            int(i): f"repeats published row {f.decode()}" for i, p, f in zip(rows, first_pinned, first_ids) if p
+        }
         if cfg.dedup.near_threshold is not None:
             hit = (reasons == "") & (sc.near >= cfg.dedup.near_threshold)
             reasons[hit], scores[hit] = "near_duplicate", sc.near[hit]
@@ -143,8 +149,11 @@ def _rules(sc: Scored, cfg: FilterConfig, dups: tuple | None) -> tuple[_Why, np.
 
 def _strata(sc: Scored, cfg: FilterConfig) -> np.ndarray:
     """(N,) the blind stratum of each row: its split, and its type when balancing is per type."""
-    return np.char.add(np.char.add(sc.splits.astype(str), "/"), sc.strata.astype(str)) if cfg.blind.per_type \
+    return (
+        np.char.add(np.char.add(sc.splits.astype(str), "/"), sc.strata.astype(str))
+        if cfg.blind.per_type
         else sc.splits.astype(str)
+    )
 
 
 class _Rates:
@@ -166,12 +175,28 @@ class _Rates:
             n = c[k, 0, j]
             return float((c[k, 1, j] + 0.5 * c[k, 2, j]) / n) if n else float("nan")  # as pick_rate of no row
 
-        return {nm: {"before": rate(0, j), "after": rate(1, j), "rows_before": int(c[0, 0, j]), "rows_after": int(c[1, 0, j])}
-                for j, nm in enumerate(self.names)}
+        return {
+            nm: {
+                "before": rate(0, j),
+                "after": rate(1, j),
+                "rows_before": int(c[0, 0, j]),
+                "rows_after": int(c[1, 0, j]),
+            }
+            for j, nm in enumerate(self.names)
+        }
 
 
-DECISION_SCHEMA = pa.schema([("keep", pa.bool_()), ("filter", pa.string()), ("reason", pa.string()), ("score", pa.float32()),
-                             ("note", pa.string()), ("propensity", pa.float32()), ("weight", pa.float64())])
+DECISION_SCHEMA = pa.schema(
+    [
+        ("keep", pa.bool_()),
+        ("filter", pa.string()),
+        ("reason", pa.string()),
+        ("score", pa.float32()),
+        ("note", pa.string()),
+        ("propensity", pa.float32()),
+        ("weight", pa.float64()),
+    ]
+)
 
 
 @dataclass
@@ -194,10 +219,24 @@ class Decisions:
         keep = col["keep"].astype(bool)
         weight = np.where(keep & ~np.isnan(col["propensity"]), col["weight"] / self.weight_mean, 1.0).astype(np.float32)
         notes = {i: v for i, v in enumerate(col["note"].tolist()) if v}
-        return StageResult(keep, col["filter"], col["reason"], col["score"].astype(np.float32), sc.positive_drops,
-                           sc.surface_sim, sc.semantic_sim, col["propensity"].astype(np.float32), weight, self.funnel,
-                           self.report, self.histograms, sc.gaps if self.blind else None, self.gap_names, notes,
-                           {g: int(k) for g, k in zip(sc.pos_groups, sc.pos_choice) if k} if sc.pos_choice is not None else {})
+        return StageResult(
+            keep,
+            col["filter"],
+            col["reason"],
+            col["score"].astype(np.float32),
+            sc.positive_drops,
+            sc.surface_sim,
+            sc.semantic_sim,
+            col["propensity"].astype(np.float32),
+            weight,
+            self.funnel,
+            self.report,
+            self.histograms,
+            sc.gaps if self.blind else None,
+            self.gap_names,
+            notes,
+            {g: int(k) for g, k in zip(sc.pos_groups, sc.pos_choice) if k} if sc.pos_choice is not None else {},
+        )
 
 
 def run_stage(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> StageResult:
@@ -268,11 +307,24 @@ def _decide(spill: ScoredSpill, cfg: FilterConfig) -> Decisions:
         if cfg.propensity.enabled:
             _fit_sample(fit, sc, alive, rows, spill.n + spill.group_offsets[b])
         n = sc.n
-        out.write(pa.record_batch([pa.array(alive), pa.array(why.filter.tolist(), pa.string()),
-                                   pa.array(why.reason.tolist(), pa.string()), pa.array(why.score, pa.float32()),
-                                   pa.array([why.notes.get(i, "") for i in range(n)], pa.string()),
-                                   pa.array(np.full(n, np.nan, np.float32)), pa.array(np.ones(n))], schema=DECISION_SCHEMA))
-    steps = [FunnelStep("positives", groups, dict(sorted(dropped.items())), groups - sum(dropped.values())), *funnel.values()]
+        out.write(
+            pa.record_batch(
+                [
+                    pa.array(alive),
+                    pa.array(why.filter.tolist(), pa.string()),
+                    pa.array(why.reason.tolist(), pa.string()),
+                    pa.array(why.score, pa.float32()),
+                    pa.array([why.notes.get(i, "") for i in range(n)], pa.string()),
+                    pa.array(np.full(n, np.nan, np.float32)),
+                    pa.array(np.ones(n)),
+                ],
+                schema=DECISION_SCHEMA,
+            )
+        )
+    steps = [
+        FunnelStep("positives", groups, dict(sorted(dropped.items())), groups - sum(dropped.values())),
+        *funnel.values(),
+    ]
     report: dict = {}
     if names:
         report["blind"] = rates.report("")
@@ -297,7 +349,10 @@ def _plot(plots: dict, name: str, label: str, rank: np.ndarray, values: np.ndarr
 def _plots(plots: dict, sc: Scored, rank: np.ndarray, alive: np.ndarray) -> None:
     """The block's rows in the card's score plots (a sample of ``PLOT_SAMPLE`` rows per series)."""
     group_rank = key_rank(sc.pos_groups)
-    for name, column, positive in (("surface_sim", sc.surface_sim, sc.pos_ratio), ("semantic_sim", sc.semantic_sim, sc.pos_cos)):
+    for name, column, positive in (
+        ("surface_sim", sc.surface_sim, sc.pos_ratio),
+        ("semantic_sim", sc.semantic_sim, sc.pos_cos),
+    ):
         _plot(plots, name, "positive", group_rank[sc.pos_kept], positive[sc.pos_kept])
         _plot(plots, name, "negative kept", rank[alive], column[alive])
         _plot(plots, name, "negative dropped", rank[~alive], column[~alive])
@@ -320,8 +375,9 @@ def _fit_sample(fit: Smallest, sc: Scored, alive: np.ndarray, rows: np.ndarray, 
     """Add the block's pairs to the fitting sample, ordered as the in-memory fit orders them: negatives by row, then
     positives by group (``group_base``: past every row)."""
     idx, grp, feats, labels = _pair_features(sc, alive)
-    rank = np.concatenate([key_rank([i.decode() for i in sc.ids[idx].tolist()]),
-                           key_rank([sc.pos_groups[i] for i in grp.tolist()])])
+    rank = np.concatenate(
+        [key_rank([i.decode() for i in sc.ids[idx].tolist()]), key_rank([sc.pos_groups[i] for i in grp.tolist()])]
+    )
     fit.add(rank, order=np.concatenate([rows[idx], group_base + grp]), feats=feats, label=labels)
 
 
@@ -361,10 +417,15 @@ def _propensity(dec: Decisions, fit: Smallest, cfg: FilterConfig) -> dict:
     w_fit = w_fit / mean[labels]
     surf, sem = s["feats"][:, 0], s["feats"][:, 4]
     report = {
-        "pairs": int(counts.sum()), "positives": int(counts[1]), "negatives": int(counts[0]),
-        "auc_surface_before": weighted_auc(surf, labels), "auc_surface_after": weighted_auc(surf, labels, w_fit),
-        "auc_semantic_before": weighted_auc(sem, labels), "auc_semantic_after": weighted_auc(sem, labels, w_fit),
-        "weight_min": float((mins / mean).min()), "weight_max": float((maxs / mean).max()),
+        "pairs": int(counts.sum()),
+        "positives": int(counts[1]),
+        "negatives": int(counts[0]),
+        "auc_surface_before": weighted_auc(surf, labels),
+        "auc_surface_after": weighted_auc(surf, labels, w_fit),
+        "auc_semantic_before": weighted_auc(sem, labels),
+        "auc_semantic_after": weighted_auc(sem, labels, w_fit),
+        "weight_min": float((mins / mean).min()),
+        "weight_max": float((maxs / mean).max()),
     }
     if outside is not None:
         report["fitted_on"] = f"a sample of {len(labels)} pairs (smallest id hash); the AUCs are the sample's"

@@ -27,8 +27,9 @@ SCORERS: dict[str, tuple[Callable, Callable | None, float]] = {
 }
 
 
-def surface_scores(anchors: list[str], candidates: list[str], scorer: Scorer = "ratio",
-                   words: Words | None = None) -> np.ndarray:
+def surface_scores(
+    anchors: list[str], candidates: list[str], scorer: Scorer = "ratio", words: Words | None = None
+) -> np.ndarray:
     """Score of each (anchor, candidate) pair with ``scorer``, in [0, 1]; shape (N,). ``words``: the texts
     already split (:class:`~pipeline.filters.words.Words` of a superset of them), used by ``word_levenshtein``.
 
@@ -36,7 +37,9 @@ def surface_scores(anchors: list[str], candidates: list[str], scorer: Scorer = "
     [1.0]
     """
     if len(anchors) != len(candidates):
-        raise ValueError(f"surface_scores: expected as many candidates as anchors, got {len(candidates)} and {len(anchors)}")
+        raise ValueError(
+            f"surface_scores: expected as many candidates as anchors, got {len(candidates)} and {len(anchors)}"
+        )
     if not anchors:
         return np.zeros(0, dtype=np.float32)
     fn, processor, divisor = SCORERS[scorer]

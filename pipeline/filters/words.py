@@ -3,7 +3,8 @@ scorer (:func:`pipeline.filters.surface.surface_scores`) and the bigram proxy
 (:func:`pipeline.filters.blind.bigram_logprob`).
 
 Words are what ``str.split()`` returns (a NUL character counts as a space). The work per token is C-level
-(one join, one split, one hash lookup per token in ``pandas.factorize``); everything after that is numpy over the token array, and
+(one join, one split, one hash lookup per token in ``pandas.factorize``); everything after that is numpy over the token
+array, and
 per-word work (lower-casing, punctuation) runs once per distinct word.
 """
 

@@ -32,19 +32,24 @@ def _detect(path: Path, fmt: str) -> str:
     for name, exts in {"jsonl": (".jsonl", ".json", ".ndjson"), "csv": (".csv",), "parquet": (".parquet",)}.items():
         if suffix in exts:
             return name
-    raise InputFileError(path, f"cannot tell the format from the extension {suffix!r}; expected .jsonl, .csv, "
-                         ".parquet or a datasets folder. Fix: set input.format")
+    raise InputFileError(
+        path,
+        f"cannot tell the format from the extension {suffix!r}; expected .jsonl, .csv, "
+        ".parquet or a datasets folder. Fix: set input.format",
+    )
 
 
 def _reject(path: Path, line: int, reason: str, detail: str, raw: str = "", field: str | None = None) -> Rejection:
-    return Rejection(stage="input", reason=reason, detail=detail, raw=raw[:2000], file=str(path), line=line, field=field)
+    return Rejection(
+        stage="input", reason=reason, detail=detail, raw=raw[:2000], file=str(path), line=line, field=field
+    )
 
 
 def _jsonl_rows(path: Path) -> Iterator[RawRow]:
     with path.open("rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             if line_no == 1 and raw.startswith(codecs.BOM_UTF8):  # Windows tools start UTF-8 files with a BOM
-                raw = raw[len(codecs.BOM_UTF8):]
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -70,13 +75,21 @@ def _csv_rows(path: Path, required: dict[str, str]) -> Iterator[RawRow]:
         header = reader.fieldnames or []
         for setting, col in required.items():
             if col not in header:
-                raise InputFileError(path, f"expected a column '{col}' in the CSV header, found {header}. "
-                                     f"Fix: set input.{setting}", line=1, field=col)
+                raise InputFileError(
+                    path,
+                    f"expected a column '{col}' in the CSV header, found {header}. Fix: set input.{setting}",
+                    line=1,
+                    field=col,
+                )
         for row in reader:
             line_no = reader.line_num
             bad = [k for k, v in row.items() if isinstance(v, str) and _has_surrogates(v)]
             if bad:
-                raw = ",".join(v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for v in row.values() if isinstance(v, str))
+                raw = ",".join(
+                    v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    for v in row.values()
+                    if isinstance(v, str)
+                )
                 yield line_no, None, _reject(path, line_no, "invalid_utf8", "undecodable bytes", raw, bad[0])
                 continue
             yield line_no, row, None
@@ -101,7 +114,9 @@ def _table_rows(path: Path, fmt: str, required: dict[str, str]) -> Iterator[RawR
 
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
-                raise InputFileError(path, f"expected one dataset, found splits {list(ds)}; point input.path at one split folder")
+                raise InputFileError(
+                    path, f"expected one dataset, found splits {list(ds)}; point input.path at one split folder"
+                )
             table = ds.data.table
     except InputFileError:
         raise
@@ -109,8 +124,9 @@ def _table_rows(path: Path, fmt: str, required: dict[str, str]) -> Iterator[RawR
         raise InputFileError(path, f"cannot read as {fmt}: {exc}") from exc
     for setting, col in required.items():
         if col not in table.column_names:
-            raise InputFileError(path, f"expected a column '{col}', found {table.column_names}. "
-                                 f"Fix: set input.{setting}", field=col)
+            raise InputFileError(
+                path, f"expected a column '{col}', found {table.column_names}. Fix: set input.{setting}", field=col
+            )
     for i, row in enumerate(table.to_pylist(), start=1):
         yield i, row, None
 
@@ -122,23 +138,40 @@ def _validate(path: Path, line: int, row: dict[str, Any], cfg: InputConfig) -> C
             return _reject(path, line, "missing_field", f"expected field '{col}'", raw, col)
     rid, caption = row[cfg.id_column], row[cfg.caption_column]
     if not isinstance(caption, str):
-        return _reject(path, line, "wrong_type", f"expected a string caption, got {type(caption).__name__}", raw, cfg.caption_column)
+        return _reject(
+            path,
+            line,
+            "wrong_type",
+            f"expected a string caption, got {type(caption).__name__}",
+            raw,
+            cfg.caption_column,
+        )
     if not isinstance(rid, (str, int)) or isinstance(rid, bool) or not str(rid).strip():
         return _reject(path, line, "wrong_type", "expected a non-empty string or integer id", raw, cfg.id_column)
     caption = " ".join(caption.split())
     if not caption:
         return _reject(path, line, "empty_caption", "caption is empty or whitespace", raw, cfg.caption_column)
     if len(caption) > cfg.max_caption_chars:
-        return _reject(path, line, "caption_too_long", f"{len(caption)} > {cfg.max_caption_chars} chars", raw, cfg.caption_column)
+        return _reject(
+            path, line, "caption_too_long", f"{len(caption)} > {cfg.max_caption_chars} chars", raw, cfg.caption_column
+        )
     image = row.get(cfg.image_column) if cfg.image_column else None
     group = None
     if cfg.group_column:
         group = row.get(cfg.group_column)
         if group is None:
-            return _reject(path, line, "missing_field", f"expected field '{cfg.group_column}' (input.group_column)", raw,
-                           cfg.group_column)
+            return _reject(
+                path,
+                line,
+                "missing_field",
+                f"expected field '{cfg.group_column}' (input.group_column)",
+                raw,
+                cfg.group_column,
+            )
         if not isinstance(group, (str, int)) or isinstance(group, bool) or not str(group).strip():
-            return _reject(path, line, "wrong_type", "expected a non-empty string or integer group", raw, cfg.group_column)
+            return _reject(
+                path, line, "wrong_type", "expected a non-empty string or integer group", raw, cfg.group_column
+            )
         group = str(group).strip()
     return CaptionRecord(str(rid).strip(), caption, None if image is None else str(image), str(path), line, group)
 
@@ -151,7 +184,13 @@ def _rows(cfg: InputConfig, required: dict[str, str]) -> tuple[Path, Iterator[Ra
     if not path.exists():
         raise InputFileError(path, "file not found. Fix: check --input")
     fmt = _detect(path, cfg.format)
-    rows = _jsonl_rows(path) if fmt == "jsonl" else _csv_rows(path, required) if fmt == "csv" else _table_rows(path, fmt, required)
+    rows = (
+        _jsonl_rows(path)
+        if fmt == "jsonl"
+        else _csv_rows(path, required)
+        if fmt == "csv"
+        else _table_rows(path, fmt, required)
+    )
     return path, rows
 
 
@@ -163,7 +202,14 @@ def _collect(path: Path, rows: Iterator[RawRow], validate, limit: int | None, id
             break
         rec = problem if problem is not None else validate(path, line, row)
         if not isinstance(rec, Rejection) and rec.id in seen:
-            rec = _reject(path, line, "duplicate_id", f"id {rec.id!r} seen before", json.dumps(row, ensure_ascii=False, default=str), id_field)
+            rec = _reject(
+                path,
+                line,
+                "duplicate_id",
+                f"id {rec.id!r} seen before",
+                json.dumps(row, ensure_ascii=False, default=str),
+                id_field,
+            )
         if not isinstance(rec, Rejection):
             seen.add(rec.id)
             good.append(rec)
@@ -171,7 +217,9 @@ def _collect(path: Path, rows: Iterator[RawRow], validate, limit: int | None, id
             bad.append(rec)
     if not good and bad and all(r.reason == "missing_field" for r in bad):
         field = bad[0].field
-        raise InputFileError(path, f"no row has the field '{field}'. Fix: set the input.*_column setting that names it", field=field)
+        raise InputFileError(
+            path, f"no row has the field '{field}'. Fix: set the input.*_column setting that names it", field=field
+        )
     return good, bad
 
 
@@ -185,7 +233,8 @@ def read_captions(cfg: InputConfig) -> tuple[list[CaptionRecord], list[Rejection
 
 
 def _choices(value: Any) -> tuple[str, ...] | None:
-    """Options as a tuple of strings: a list, or the Hugging Face layout {label: [...], text: [...]}; None if neither."""
+    """Options as a tuple of strings: a list, or the Hugging Face layout {label: [...], text: [...]}; None if
+    neither."""
     if isinstance(value, dict) and isinstance(value.get("text"), list):
         value = value["text"]
     if isinstance(value, (list, tuple)) and all(isinstance(c, str) for c in value) and 0 < len(value) <= 5:
@@ -193,7 +242,9 @@ def _choices(value: Any) -> tuple[str, ...] | None:
     return None
 
 
-def _text(path: Path, line: int, row: dict[str, Any], column: str, what: str, cfg: InputConfig, raw: str) -> str | Rejection:
+def _text(
+    path: Path, line: int, row: dict[str, Any], column: str, what: str, cfg: InputConfig, raw: str
+) -> str | Rejection:
     """The whitespace-normalised text of ``column``, or the rejection naming file, line and field."""
     value = row.get(column)
     if value is None:
@@ -206,7 +257,9 @@ def _text(path: Path, line: int, row: dict[str, Any], column: str, what: str, cf
     return text
 
 
-def _optional_id(path: Path, line: int, row: dict[str, Any], cfg: InputConfig, text: str, prefix: str, raw: str) -> str | Rejection:
+def _optional_id(
+    path: Path, line: int, row: dict[str, Any], cfg: InputConfig, text: str, prefix: str, raw: str
+) -> str | Rejection:
     """The row's id, or (files without one: GSM8K, SVAMP, SNLI) a hash of its text."""
     rid = row.get(cfg.id_column)
     if rid is None:
@@ -216,7 +269,9 @@ def _optional_id(path: Path, line: int, row: dict[str, Any], cfg: InputConfig, t
     return str(rid).strip()
 
 
-def _validate_question(path: Path, line: int, row: dict[str, Any], cfg: InputConfig, kind: str) -> QuestionRecord | Rejection:
+def _validate_question(
+    path: Path, line: int, row: dict[str, Any], cfg: InputConfig, kind: str
+) -> QuestionRecord | Rejection:
     raw = json.dumps(row, ensure_ascii=False, default=str)
     question = _text(path, line, row, cfg.question_column, "question", cfg, raw)
     if isinstance(question, Rejection):
@@ -225,15 +280,28 @@ def _validate_question(path: Path, line: int, row: dict[str, Any], cfg: InputCon
     if cfg.choices_column and row.get(cfg.choices_column) is not None:
         parsed = _choices(row[cfg.choices_column])
         if parsed is None:
-            return _reject(path, line, "wrong_type", "expected 1-5 choice strings (a list, or {label, text})", raw, cfg.choices_column)
+            return _reject(
+                path,
+                line,
+                "wrong_type",
+                "expected 1-5 choice strings (a list, or {label, text})",
+                raw,
+                cfg.choices_column,
+            )
         choices = parsed
     answer_kind = ("choice" if choices else "number") if kind == "auto" else kind
     gold = None
     if cfg.answer_column and row.get(cfg.answer_column) is not None:
         gold = gold_answer(row[cfg.answer_column], answer_kind, choices)
         if gold is None:
-            return _reject(path, line, "bad_answer", f"expected a {answer_kind} answer (or a solution ending in '#### x')",
-                           raw, cfg.answer_column)
+            return _reject(
+                path,
+                line,
+                "bad_answer",
+                f"expected a {answer_kind} answer (or a solution ending in '#### x')",
+                raw,
+                cfg.answer_column,
+            )
     rid = _optional_id(path, line, row, cfg, question, "q-", raw)
     return rid if isinstance(rid, Rejection) else QuestionRecord(rid, question, gold, choices, str(path), line)
 
@@ -242,11 +310,14 @@ def read_questions(cfg: InputConfig, answer_kind: str = "auto") -> tuple[list[Qu
     """All valid questions (first ``cfg.limit``) and all rejected rows, in file order. The id column is
     optional (a missing id is the hash of the question); the gold answer is optional (the vote labels)."""
     path, rows = _rows(cfg, {"question_column": cfg.question_column})
-    return _collect(path, rows, lambda p, line, row: _validate_question(p, line, row, cfg, answer_kind), cfg.limit, cfg.id_column)
+    return _collect(
+        path, rows, lambda p, line, row: _validate_question(p, line, row, cfg, answer_kind), cfg.limit, cfg.id_column
+    )
 
 
-def _validate_text_row(path: Path, line: int, row: dict[str, Any], cfg: InputConfig, column: str, what: str,
-                       prefix: str) -> SentenceRecord | Rejection:
+def _validate_text_row(
+    path: Path, line: int, row: dict[str, Any], cfg: InputConfig, column: str, what: str, prefix: str
+) -> SentenceRecord | Rejection:
     """One text with an optional id (a missing id is ``prefix`` + the text's hash): a sentence or a passage."""
     raw = json.dumps(row, ensure_ascii=False, default=str)
     text = _text(path, line, row, column, what, cfg, raw)
@@ -262,8 +333,6 @@ def read_sentences(cfg: InputConfig) -> tuple[list[SentenceRecord], list[Rejecti
     path, rows = _rows(cfg, {"sentence_column": cfg.sentence_column})
     check = lambda p, line, row: _validate_text_row(p, line, row, cfg, cfg.sentence_column, "sentence", "s-")  # noqa: E731
     return _collect(path, rows, check, cfg.limit, cfg.id_column)
-
-
 
 
 def read_passages(cfg: InputConfig) -> tuple[list[SentenceRecord], list[Rejection]]:

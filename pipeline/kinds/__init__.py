@@ -18,7 +18,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (negatives.KIND, rationales.KIND, p
 def kind_of(name: str) -> Kind:
     """The kind called ``name``; an error naming the known kinds otherwise."""
     if name not in KINDS:
-        raise ContrastgenError(f"expected a data kind, one of {sorted(KINDS)}, got {name!r}. Fix: use one of those names")
+        raise ContrastgenError(
+            f"expected a data kind, one of {sorted(KINDS)}, got {name!r}. Fix: use one of those names"
+        )
     return KINDS[name]
 
 
@@ -28,9 +30,12 @@ def format_of(kind: Kind) -> str:
 
 
 def kind_of_format(fmt: str | None, where: object) -> Kind:
-    """The kind whose datasets have manifest format ``fmt``; ``where`` (the manifest's path) names the file in the error."""
+    """The kind whose datasets have manifest format ``fmt``; ``where`` (the manifest's path) names the file in the
+    error."""
     for k in KINDS.values():
         if format_of(k) == fmt:
             return k
-    raise DatasetError(f"{where}: expected format {' or '.join(repr(format_of(k)) for k in KINDS.values())}, found {fmt!r}. "
-                       "Fix: pass a folder written by `contrastgen generate`")
+    raise DatasetError(
+        f"{where}: expected format {' or '.join(repr(format_of(k)) for k in KINDS.values())}, found {fmt!r}. "
+        "Fix: pass a folder written by `contrastgen generate`"
+    )

@@ -129,8 +129,16 @@ class Tally:
     reasons: Counter = field(default_factory=Counter)
     no_positive: int = 0
 
-    def add(self, type_column: str, raws: list[RawResult], failed: list[Rejection], rows: list[Any], splits: list[str],
-            rejects: list[Rejection], stats: Any) -> None:
+    def add(
+        self,
+        type_column: str,
+        raws: list[RawResult],
+        failed: list[Rejection],
+        rows: list[Any],
+        splits: list[str],
+        rejects: list[Rejection],
+        stats: Any,
+    ) -> None:
         self.samples.extend(rows[: max(0, SAMPLE_ROWS - len(self.samples))])
         self.stats = merge_stats(self.stats, stats)
         self.units.update([r.task for r in raws] + [r.task for r in failed])
@@ -194,9 +202,18 @@ def unit_key(row: list, task: str, template_sha: str, sampling: Any, cfg: RunCon
     sampling, the run seed and the code version (plus any ``extra``, e.g. the negatives mode). A rerun finds a
     unit done exactly when nothing of this changed."""
     s = sampling
-    return sha({"row": row, "task": task, "template": template_sha, "model": cfg.engine.model_id(),
-                "sampling": [s.temperature, s.top_p, s.max_tokens, s.n], "seed": cfg.sampling.seed,
-                "code": __version__, **extra})
+    return sha(
+        {
+            "row": row,
+            "task": task,
+            "template": template_sha,
+            "model": cfg.engine.model_id(),
+            "sampling": [s.temperature, s.top_p, s.max_tokens, s.n],
+            "seed": cfg.sampling.seed,
+            "code": __version__,
+            **extra,
+        }
+    )
 
 
 def unit_seed(run_seed: int, *parts: str) -> int:
@@ -212,8 +229,14 @@ def check_input_output(cfg: RunConfig, input_required: bool = True) -> None:
     """--out given, --input given (when the kind needs one), and the input exists."""
     from pipeline.errors import ContrastgenError, InputFileError
 
-    missing = [n for n, v, need in (("input.path (--input)", cfg.input.path, input_required),
-                                    ("output.dir (--out)", cfg.output.dir, True)) if need and v is None]
+    missing = [
+        n
+        for n, v, need in (
+            ("input.path (--input)", cfg.input.path, input_required),
+            ("output.dir (--out)", cfg.output.dir, True),
+        )
+        if need and v is None
+    ]
     if missing:
         raise ContrastgenError(f"expected {' and '.join(missing)}, got none. Fix: pass the flag or set it in --config")
     if cfg.input.path is not None and not Path(cfg.input.path).exists():

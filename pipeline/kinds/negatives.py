@@ -17,7 +17,17 @@ import pyarrow as pa
 
 from pipeline.config import NegType, RunConfig
 from pipeline.inputs import read_captions
-from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, Tally, check_input_output, pick_samples, row_id
+from pipeline.kinds.base import (
+    Assembled,
+    CardFacts,
+    Context,
+    Flag,
+    Inputs,
+    Tally,
+    check_input_output,
+    pick_samples,
+    row_id,
+)
 from pipeline.kinds.base import unit_key as _unit_key
 from pipeline.kinds.base import unit_seed as _unit_seed
 from pipeline.records import (
@@ -45,14 +55,25 @@ from pipeline.tasks.word_class import CHECKED, load_parser, parse_captions, word
 PARAPHRASE = "paraphrase"
 
 # Ordered so that select_columns(["caption", "positive", "negative"]) feeds sentence-transformers.
-SCHEMA = pa.schema([
-    pa.field("caption", pa.string()), pa.field("positive", pa.string()), pa.field("negative", pa.string()),
-    pa.field("neg_type", pa.string()), pa.field("id", pa.string()), pa.field("source_id", pa.string()),
-    pa.field("image_ref", pa.string()), pa.field("group", pa.string()), pa.field("surface_sim", pa.float32()),
-    pa.field("edit", pa.string()),
-    pa.field("positive_prompt_sha", pa.string()), *PROVENANCE_FIELDS,
-    pa.field("semantic_sim", pa.float32()), pa.field("propensity", pa.float32()), pa.field("weight", pa.float32()),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("caption", pa.string()),
+        pa.field("positive", pa.string()),
+        pa.field("negative", pa.string()),
+        pa.field("neg_type", pa.string()),
+        pa.field("id", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("image_ref", pa.string()),
+        pa.field("group", pa.string()),
+        pa.field("surface_sim", pa.float32()),
+        pa.field("edit", pa.string()),
+        pa.field("positive_prompt_sha", pa.string()),
+        *PROVENANCE_FIELDS,
+        pa.field("semantic_sim", pa.float32()),
+        pa.field("propensity", pa.float32()),
+        pa.field("weight", pa.float32()),
+    ]
+)
 
 # Explicit dispatch: each task's structural shape, beside the task names.
 SHAPES: dict[str, Shape] = {
@@ -101,7 +122,8 @@ def plan_units(captions: list[CaptionRecord], cfg: RunConfig, templates: dict[st
     """One unit per caption x task, in a deterministic order."""
     return [
         Unit(unit_key(c, t, templates[t], cfg), c, t, templates[t].sha256, unit_seed(cfg.sampling.seed, c.id, t))
-        for c in captions for t in task_names(cfg)
+        for c in captions
+        for t in task_names(cfg)
     ]
 
 
@@ -148,8 +170,18 @@ def parse_sample(raw: RawResult, tpl: Template, text: str, finish: str, doc: Any
 
 def _rejection(raw: RawResult, failure: Failure, text: str, stage: str = "generation") -> Rejection:
     p = raw.provenance
-    return Rejection(stage=stage, reason=failure.reason, detail=failure.detail, raw=text, source_id=raw.source_id,
-                     task=raw.task, unit_key=raw.unit_key, prompt_sha=p.prompt_sha, model=p.model, seed=p.seed)
+    return Rejection(
+        stage=stage,
+        reason=failure.reason,
+        detail=failure.detail,
+        raw=text,
+        source_id=raw.source_id,
+        task=raw.task,
+        unit_key=raw.unit_key,
+        prompt_sha=p.prompt_sha,
+        model=p.model,
+        seed=p.seed,
+    )
 
 
 def parse_unit(raw: RawResult, tpl: Template, doc: Any = None) -> Candidate | Rejection:
@@ -165,39 +197,54 @@ def parse_unit(raw: RawResult, tpl: Template, doc: Any = None) -> Candidate | Re
     return _rejection(raw, first_failure, " ||| ".join(raw.texts))
 
 
-def paraphrase_candidates(raw: RawResult, samples: list[Candidate | Failure], docs: dict[str, Any] | None
-                          ) -> tuple[list[str], list[Rejection]]:
+def paraphrase_candidates(
+    raw: RawResult, samples: list[Candidate | Failure], docs: dict[str, Any] | None
+) -> tuple[list[str], list[Rejection]]:
     """A paraphrase unit's valid samples (``samples``: each parsed by :func:`parse_sample`), least surface-similar
     to the caption first, and a ``candidate`` rejection for each other sample (parse, shape, or content lost or
     added where ``docs``, spaCy parses of the caption and of the parsed candidates, can tell). No valid sample: the
     unit's one ``generation`` rejection, as :func:`parse_unit` gives it."""
     valid, failed = [], []
     for i, (text, cand) in enumerate(zip(raw.texts, samples, strict=True)):
-        if isinstance(cand, Candidate) and docs is not None and (why := content_failure(docs[raw.caption], docs[cand.text])):
+        if (
+            isinstance(cand, Candidate)
+            and docs is not None
+            and (why := content_failure(docs[raw.caption], docs[cand.text]))
+        ):
             cand = Failure("content_changed", why)
         if isinstance(cand, Candidate):
             valid.append(cand.text)
         else:
-            failed.append(_rejection(raw, replace(cand, detail=f"sample {i + 1} of {len(raw.texts)}: {cand.detail}".rstrip(": ")),
-                                     text, "candidate"))
+            failed.append(
+                _rejection(
+                    raw,
+                    replace(cand, detail=f"sample {i + 1} of {len(raw.texts)}: {cand.detail}".rstrip(": ")),
+                    text,
+                    "candidate",
+                )
+            )
     if not valid:
         return [], [_rejection(raw, Failure(failed[0].reason, failed[0].detail), " ||| ".join(raw.texts))]
     uniq = list(dict.fromkeys(valid))
     return [uniq[j] for j in by_wording(raw.caption, uniq)], failed
 
 
-def _paraphrases(raws: list[RawResult], templates: dict[str, Template], word_class: bool, candidates: bool
-                 ) -> tuple[dict[str, tuple[list[str], str]], list[Rejection]]:
+def _paraphrases(
+    raws: list[RawResult], templates: dict[str, Template], word_class: bool, candidates: bool
+) -> tuple[dict[str, tuple[list[str], str]], list[Rejection]]:
     """source -> (its paraphrase candidates, best first; the template's sha) and the paraphrase rejections. With
     ``candidates`` (``negatives.paraphrase_candidates`` set) see :func:`paraphrase_candidates`; without, a unit keeps
     its first valid sample (:func:`parse_unit`), as ``sampling.n`` samples always did."""
     several = [r for r in raws if r.task == PARAPHRASE and len(r.texts) > 1] if candidates else []
-    samples = {r.unit_key: [parse_sample(r, templates[r.task], t, f) for t, f in zip(r.texts, r.finish_reasons, strict=True)]
-               for r in several}
+    samples = {
+        r.unit_key: [parse_sample(r, templates[r.task], t, f) for t, f in zip(r.texts, r.finish_reasons, strict=True)]
+        for r in several
+    }
     docs = None
     if several and word_class:  # the captions and every candidate text, parsed in one batch
-        docs = parse_captions([r.caption for r in several] + [c.text for cs in samples.values() for c in cs
-                                                               if isinstance(c, Candidate)])
+        docs = parse_captions(
+            [r.caption for r in several] + [c.text for cs in samples.values() for c in cs if isinstance(c, Candidate)]
+        )
     out, rejects = {}, []
     for r in raws:
         if r.task != PARAPHRASE:
@@ -213,8 +260,9 @@ def _paraphrases(raws: list[RawResult], templates: dict[str, Template], word_cla
     return out, rejects
 
 
-def assemble(raws: list[RawResult], templates: dict[str, Template], word_class: bool = True,
-             candidates: bool = False) -> tuple[list[NegativeRow], list[Rejection]]:
+def assemble(
+    raws: list[RawResult], templates: dict[str, Template], word_class: bool = True, candidates: bool = False
+) -> tuple[list[NegativeRow], list[Rejection]]:
     """Parse every raw unit; pair each valid negative with its caption's paraphrase positive (the least
     surface-similar valid candidate; the others, in order, are its alternatives for the filter stage).
     ``word_class``: check the word class of each edit (its caption parsed once), and a paraphrase candidate's
@@ -230,12 +278,23 @@ def assemble(raws: list[RawResult], templates: dict[str, Template], word_class: 
             rejects.append(out)
             continue
         cands, pos_sha = positives.get(r.source_id, ([None], None))
-        rows.append(NegativeRow(
-            id=row_id(r.source_id, r.task, out.text), caption=r.caption, positive=cands[0], negative=out.text,
-            neg_type=r.task, source_id=r.source_id, image_ref=r.image_ref, surface_sim=0.0,
-            edit=out.edit, positive_prompt_sha=pos_sha, provenance=r.provenance, group=r.group,
-            positive_alternatives=tuple(cands[1:]),
-        ))
+        rows.append(
+            NegativeRow(
+                id=row_id(r.source_id, r.task, out.text),
+                caption=r.caption,
+                positive=cands[0],
+                negative=out.text,
+                neg_type=r.task,
+                source_id=r.source_id,
+                image_ref=r.image_ref,
+                surface_sim=0.0,
+                edit=out.edit,
+                positive_prompt_sha=pos_sha,
+                provenance=r.provenance,
+                group=r.group,
+                positive_alternatives=tuple(cands[1:]),
+            )
+        )
     return rows, rejects
 
 
@@ -300,9 +359,23 @@ class Negatives:
     positive_task: str | None = PARAPHRASE
     part_assembles: bool = True
     flags: tuple[Flag, ...] = (
-        Flag("--types", "negatives", "types", {"nargs": "+", "choices": [t.value for t in NegType], "metavar": "TYPE",
-             "help": f"negative types (default: all): {', '.join(t.value for t in NegType)}"}),
-        Flag("--mode", "negatives", "mode", {"choices": ["edit", "rewrite"], "help": "edit (model names the edit) or rewrite"}),
+        Flag(
+            "--types",
+            "negatives",
+            "types",
+            {
+                "nargs": "+",
+                "choices": [t.value for t in NegType],
+                "metavar": "TYPE",
+                "help": f"negative types (default: all): {', '.join(t.value for t in NegType)}",
+            },
+        ),
+        Flag(
+            "--mode",
+            "negatives",
+            "mode",
+            {"choices": ["edit", "rewrite"], "help": "edit (model names the edit) or rewrite"},
+        ),
     )
 
     def check(self, cfg: RunConfig) -> None:
@@ -335,10 +408,12 @@ class Negatives:
         return mode_for(unit.task, cfg)
 
     def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled:
-        rows, rejects = assemble(raws, ctx.templates, ctx.cfg.negatives.word_class,
-                                 ctx.cfg.negatives.paraphrase_candidates is not None)
+        rows, rejects = assemble(
+            raws, ctx.templates, ctx.cfg.negatives.word_class, ctx.cfg.negatives.paraphrase_candidates is not None
+        )
         valid_positives = sum(r.task == PARAPHRASE for r in raws) - sum(
-            r.task == PARAPHRASE and r.stage == "generation" for r in rejects)  # candidates rejected beside a valid one: not units
+            r.task == PARAPHRASE and r.stage == "generation" for r in rejects
+        )  # candidates rejected beside a valid one: not units
         return Assembled(rows, rejects, valid_positives)
 
     def reject_task(self, row: NegativeRow) -> str:
@@ -347,15 +422,21 @@ class Negatives:
     def table(self, rows: list[NegativeRow]) -> pa.Table:
         return rows_table(rows, SCHEMA)
 
-    def positives(self, rows: list[NegativeRow], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int:
+    def positives(
+        self, rows: list[NegativeRow], raws: list[RawResult], assembled: Assembled, positive_drops: int
+    ) -> int:
         return assembled.stats - positive_drops  # valid paraphrases the filters kept
 
     def card(self, ctx: Context, tally: Tally) -> CardFacts:
         per_type, groups = per_type_stats(tally), group_stats(ctx.inputs.records)
-        return CardFacts(samples=pick_samples(tally.samples, "neg_type", 2, 16), per_type=per_type, stats=groups,
-                         no_positive=tally.no_positive, mode=ctx.cfg.negatives.mode,
-                         manifest={"per_type": [asdict(s) for s in per_type],
-                                   **({"groups": asdict(groups)} if groups else {})})
+        return CardFacts(
+            samples=pick_samples(tally.samples, "neg_type", 2, 16),
+            per_type=per_type,
+            stats=groups,
+            no_positive=tally.no_positive,
+            mode=ctx.cfg.negatives.mode,
+            manifest={"per_type": [asdict(s) for s in per_type], **({"groups": asdict(groups)} if groups else {})},
+        )
 
     def as_negatives(self, table: pa.Table) -> pa.Table:
         return table

@@ -24,9 +24,20 @@ import pyarrow as pa
 from pipeline.config import RunConfig
 from pipeline.errors import ContrastgenError, TemplateError
 from pipeline.inputs import read_sentences
-from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, Tally, check_input_output, pick_samples, row_id, sha
+from pipeline.kinds.base import (
+    Assembled,
+    CardFacts,
+    Context,
+    Flag,
+    Inputs,
+    Tally,
+    check_input_output,
+    pick_samples,
+    row_id,
+    sha,
+    unit_seed,
+)
 from pipeline.kinds.base import unit_key as _unit_key
-from pipeline.kinds.base import unit_seed
 from pipeline.records import (
     GenerationRequest,
     JudgeItem,
@@ -50,14 +61,26 @@ _SCORE = re.compile(r"^\W*([0-5])(?:\.\d+)?(?:\s*(?:/\s*5|out of 5))?\W*$")
 GENERATE = "generate"  # the stage of the entail and contradict units
 
 # Anchor first: select_columns(["anchor", "positive", "negative"]) feeds sentence-transformers.
-SCHEMA = pa.schema([
-    pa.field("anchor", pa.string()), pa.field("positive", pa.string()), pa.field("negative", pa.string()),
-    pa.field("pos_score", pa.int32()), pa.field("neg_score", pa.int32()), pa.field("swapped", pa.bool_()),
-    pa.field("pos_instruction", pa.string()), pa.field("neg_instruction", pa.string()), pa.field("id", pa.string()),
-    pa.field("source_id", pa.string()), pa.field("judge_model", pa.string()), *PROVENANCE_FIELDS,
-    pa.field("surface_sim", pa.float32()), pa.field("semantic_sim", pa.float32()), pa.field("propensity", pa.float32()),
-    pa.field("weight", pa.float32()),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("anchor", pa.string()),
+        pa.field("positive", pa.string()),
+        pa.field("negative", pa.string()),
+        pa.field("pos_score", pa.int32()),
+        pa.field("neg_score", pa.int32()),
+        pa.field("swapped", pa.bool_()),
+        pa.field("pos_instruction", pa.string()),
+        pa.field("neg_instruction", pa.string()),
+        pa.field("id", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("judge_model", pa.string()),
+        *PROVENANCE_FIELDS,
+        pa.field("surface_sim", pa.float32()),
+        pa.field("semantic_sim", pa.float32()),
+        pa.field("propensity", pa.float32()),
+        pa.field("weight", pa.float32()),
+    ]
+)
 
 
 def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
@@ -68,7 +91,9 @@ def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
     for name, task in names.items():
         tpl = load_chat_template(p.prompts_dir / f"{name}.yaml", SLOTS[task])
         if tpl.task != task:
-            raise TemplateError(f"{tpl.path}: field 'task' says {tpl.task!r}, expected {task!r} (it is listed under pairs.{task})")
+            raise TemplateError(
+                f"{tpl.path}: field 'task' says {tpl.task!r}, expected {task!r} (it is listed under pairs.{task})"
+            )
         out[name] = tpl
     return out
 
@@ -101,8 +126,15 @@ def seed_units(cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]
     units = []
     for topic in dict.fromkeys(cfg.pairs.topics):
         rec = TopicRecord("t-" + sha(topic)[:12], topic)
-        units.append(Unit(_key([rec.id, topic], SEED, tpl, sampling_of(SEED, 0, cfg), cfg), rec, SEED, tpl.sha256,
-                          _unit_seed(cfg, rec.id, SEED)))
+        units.append(
+            Unit(
+                _key([rec.id, topic], SEED, tpl, sampling_of(SEED, 0, cfg), cfg),
+                rec,
+                SEED,
+                tpl.sha256,
+                _unit_seed(cfg, rec.id, SEED),
+            )
+        )
     return units
 
 
@@ -119,8 +151,16 @@ def generation_units(sentences: list[SentenceRecord], cfg: RunConfig, templates:
 
 def judge_units(items: list[JudgeItem], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
     tpl = templates[JUDGE]
-    return [Unit(_key([it.id, it.sentence, it.candidate, it.role], JUDGE, tpl, sampling_of(JUDGE, 0, cfg), cfg), it,
-                 JUDGE, tpl.sha256, _unit_seed(cfg, it.id, it.role, JUDGE)) for it in items]
+    return [
+        Unit(
+            _key([it.id, it.sentence, it.candidate, it.role], JUDGE, tpl, sampling_of(JUDGE, 0, cfg), cfg),
+            it,
+            JUDGE,
+            tpl.sha256,
+            _unit_seed(cfg, it.id, it.role, JUDGE),
+        )
+        for it in items
+    ]
 
 
 def render(unit: Unit, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> GenerationRequest:
@@ -141,8 +181,18 @@ def instruction_of(raw: RawResult, templates: dict[str, ChatTemplate]) -> str:
 
 def _rejection(raw: RawResult, reason: str, detail: str, text: str, seed: int | None = None) -> Rejection:
     p = raw.provenance
-    return Rejection(stage="generation", reason=reason, detail=detail, raw=text, source_id=raw.source_id, task=raw.task,
-                     unit_key=raw.unit_key, prompt_sha=p.prompt_sha, model=p.model, seed=p.seed if seed is None else seed)
+    return Rejection(
+        stage="generation",
+        reason=reason,
+        detail=detail,
+        raw=text,
+        source_id=raw.source_id,
+        task=raw.task,
+        unit_key=raw.unit_key,
+        prompt_sha=p.prompt_sha,
+        model=p.model,
+        seed=p.seed if seed is None else seed,
+    )
 
 
 def parse_candidate(raw: RawResult) -> Candidate | Rejection:
@@ -205,15 +255,20 @@ def seed_sentences(raws: list[RawResult]) -> tuple[list[SentenceRecord], list[Re
             if isinstance(cand, Failure):
                 rejects.append(_rejection(raw, cand.reason, cand.detail, text, raw.provenance.seed + i))
             elif cand.text.lower() in seen:
-                rejects.append(_rejection(raw, "duplicate_seed", "an earlier seed sample said the same", text, raw.provenance.seed + i))
+                rejects.append(
+                    _rejection(
+                        raw, "duplicate_seed", "an earlier seed sample said the same", text, raw.provenance.seed + i
+                    )
+                )
             else:
                 seen.add(cand.text.lower())
                 sentences.append(SentenceRecord("s-" + sha(cand.text)[:12], cand.text))
     return sentences, rejects
 
 
-def candidates(raws: list[RawResult], templates: dict[str, ChatTemplate]
-               ) -> tuple[dict[tuple[str, str], Generated], list[Rejection]]:
+def candidates(
+    raws: list[RawResult], templates: dict[str, ChatTemplate]
+) -> tuple[dict[tuple[str, str], Generated], list[Rejection]]:
     """Each sentence's valid entailment and contradiction, by (sentence id, task); failures as rejections."""
     out, rejects = {}, []
     for raw in raws:
@@ -227,8 +282,12 @@ def candidates(raws: list[RawResult], templates: dict[str, ChatTemplate]
 
 def judge_items(sentences: list[SentenceRecord], cands: dict[tuple[str, str], Generated]) -> list[JudgeItem]:
     """Both candidates of every sentence that has both (a lone candidate cannot make a triplet: not judged)."""
-    return [JudgeItem(s.id, s.sentence, cands[(s.id, role)].text, role)
-            for s in sentences if (s.id, ENTAIL) in cands and (s.id, CONTRADICT) in cands for role in (ENTAIL, CONTRADICT)]
+    return [
+        JudgeItem(s.id, s.sentence, cands[(s.id, role)].text, role)
+        for s in sentences
+        if (s.id, ENTAIL) in cands and (s.id, CONTRADICT) in cands
+        for role in (ENTAIL, CONTRADICT)
+    ]
 
 
 @dataclass
@@ -252,21 +311,35 @@ class Stats:
         return d
 
 
-def assemble(sentences: list[SentenceRecord], cands: dict[tuple[str, str], Generated],
-             scores: dict[tuple[str, str], tuple[str, RawResult]], cfg: RunConfig) -> tuple[list[PairRow], list[Rejection], Stats]:
+def assemble(
+    sentences: list[SentenceRecord],
+    cands: dict[tuple[str, str], Generated],
+    scores: dict[tuple[str, str], tuple[str, RawResult]],
+    cfg: RunConfig,
+) -> tuple[list[PairRow], list[Rejection], Stats]:
     """Apply the keep rule to every sentence with two judged candidates; a lone candidate is rejected (no_partner)."""
     j, rows, rejects = cfg.pairs.judge, [], []
-    st = Stats(sentences=len(sentences), valid_entail=sum(k[1] == ENTAIL for k in cands),
-               valid_contradict=sum(k[1] == CONTRADICT for k in cands))
+    st = Stats(
+        sentences=len(sentences),
+        valid_entail=sum(k[1] == ENTAIL for k in cands),
+        valid_contradict=sum(k[1] == CONTRADICT for k in cands),
+    )
     for s in sentences:
         e, c = cands.get((s.id, ENTAIL)), cands.get((s.id, CONTRADICT))
         if e is None or c is None:
-            rejects += [_rejection(g.raw, "no_partner", "the other candidate of this sentence was rejected", g.text)
-                        for g in (e, c) if g is not None]
+            rejects += [
+                _rejection(g.raw, "no_partner", "the other candidate of this sentence was rejected", g.text)
+                for g in (e, c)
+                if g is not None
+            ]
             continue
         if (s.id, ENTAIL) not in scores or (s.id, CONTRADICT) not in scores:  # the engine gave up on a judge unit
-            rejects += [_rejection(g.raw, "no_score", "the judge of this pair failed (see its engine_crash/engine_timeout row)",
-                                   g.text) for g in (e, c)]
+            rejects += [
+                _rejection(
+                    g.raw, "no_score", "the judge of this pair failed (see its engine_crash/engine_timeout row)", g.text
+                )
+                for g in (e, c)
+            ]
             continue
         (e_text, e_raw), (c_text, c_raw) = scores[(s.id, ENTAIL)], scores[(s.id, CONTRADICT)]
         e_score, c_score = parse_score(e_text), parse_score(c_text)
@@ -278,17 +351,37 @@ def assemble(sentences: list[SentenceRecord], cands: dict[tuple[str, str], Gener
         kept, swapped, reason = keep_rule(e_score, c_score, j.positive_min, j.negative_max)
         pos, neg = (c, e) if swapped else (e, c)
         if not kept:
-            rejects.append(_rejection(neg.raw, reason, f"positive {max(e_score, c_score)}, negative {min(e_score, c_score)}: "
-                                      f"{pos.text}", neg.text))
+            rejects.append(
+                _rejection(
+                    neg.raw,
+                    reason,
+                    f"positive {max(e_score, c_score)}, negative {min(e_score, c_score)}: {pos.text}",
+                    neg.text,
+                )
+            )
             continue
         st.swapped += swapped
-        rows.append(PairRow(
-            id=row_id(s.id, pos.text, neg.text), anchor=s.sentence, positive=pos.text, negative=neg.text,
-            pos_score=max(e_score, c_score), neg_score=min(e_score, c_score), swapped=swapped,
-            pos_instruction=pos.instruction, neg_instruction=neg.instruction, source_id=s.id,
-            judge_model=e_raw.provenance.model, provenance=neg.raw.provenance,
-        ))
-    st.rows, st.pos_score_sum, st.neg_score_sum = len(rows), sum(r.pos_score for r in rows), sum(r.neg_score for r in rows)
+        rows.append(
+            PairRow(
+                id=row_id(s.id, pos.text, neg.text),
+                anchor=s.sentence,
+                positive=pos.text,
+                negative=neg.text,
+                pos_score=max(e_score, c_score),
+                neg_score=min(e_score, c_score),
+                swapped=swapped,
+                pos_instruction=pos.instruction,
+                neg_instruction=neg.instruction,
+                source_id=s.id,
+                judge_model=e_raw.provenance.model,
+                provenance=neg.raw.provenance,
+            )
+        )
+    st.rows, st.pos_score_sum, st.neg_score_sum = (
+        len(rows),
+        sum(r.pos_score for r in rows),
+        sum(r.neg_score for r in rows),
+    )
     return rows, rejects, st
 
 
@@ -305,8 +398,10 @@ class Pairs:
 
     name: str = "pairs"
     help: str = "synthetic sentence pairs (entailment positive, contradiction negative, judged)"
-    input_help: str = ("sentences file (.jsonl/.csv/.parquet) or datasets folder; field `sentence` (id optional); "
-                       "omit it and pass --topics for from-scratch mode")
+    input_help: str = (
+        "sentences file (.jsonl/.csv/.parquet) or datasets folder; field `sentence` (id optional); "
+        "omit it and pass --topics for from-scratch mode"
+    )
     anchor: str = "anchor"
     type_column: str = "neg_instruction"
     sample_key: str = "neg_instruction"
@@ -315,15 +410,23 @@ class Pairs:
     tags: tuple[str, ...] = ("sentence-pairs", "nli", "sentence-embeddings")
     positive_task: str | None = None
     part_assembles: bool = False  # the judge stage reads the generate stage
-    flags: tuple[Flag, ...] = (Flag("--topics", "pairs", "topics", {"nargs": "+", "metavar": "TOPIC",
-                                    "help": "from-scratch mode: generate seed sentences about these"}),)
+    flags: tuple[Flag, ...] = (
+        Flag(
+            "--topics",
+            "pairs",
+            "topics",
+            {"nargs": "+", "metavar": "TOPIC", "help": "from-scratch mode: generate seed sentences about these"},
+        ),
+    )
 
     def check(self, cfg: RunConfig) -> None:
         if cfg.output.dir is None:
             raise ContrastgenError("expected output.dir (--out), got none. Fix: pass --out DIR or set it in --config")
         if cfg.input.path is None and not cfg.pairs.topics:
-            raise ContrastgenError("expected --input (sentences) or pairs.topics (from-scratch mode), got neither. "
-                                   "Fix: pass --input FILE, or --topics T1 T2 ...")
+            raise ContrastgenError(
+                "expected --input (sentences) or pairs.topics (from-scratch mode), got neither. "
+                "Fix: pass --input FILE, or --topics T1 T2 ..."
+            )
         check_input_output(cfg, input_required=False)
 
     def templates(self, cfg: RunConfig) -> dict[str, ChatTemplate]:
@@ -368,8 +471,11 @@ class Pairs:
     def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled:
         by_key = {r.unit_key: r for r in raws}
         cands, cand_rejects = candidates(ctx.raws(GENERATE), ctx.templates)
-        scores = {(u.source.id, u.source.role): (by_key[u.key].texts[0], by_key[u.key]) for u in ctx.stages[JUDGE].units
-                  if u.key in by_key}  # a judge unit the engine gave up on leaves its pair unjudged (rejected as no_score)
+        scores = {
+            (u.source.id, u.source.role): (by_key[u.key].texts[0], by_key[u.key])
+            for u in ctx.stages[JUDGE].units
+            if u.key in by_key
+        }  # a judge unit the engine gave up on leaves its pair unjudged (rejected as no_score)
         sentences, seed_rejects = self.sentences(ctx)
         rows, judge_rejects, stats = assemble(sentences, cands, scores, ctx.cfg)
         stats.seeds = len(sentences) if SEED in ctx.stages else 0
@@ -386,7 +492,9 @@ class Pairs:
 
     def card(self, ctx: Context, tally: Tally) -> CardFacts:
         stats = (tally.stats or Stats()).means()
-        return CardFacts(samples=pick_samples(tally.samples, "neg_instruction", 3), stats=stats, manifest={"pairs": finite(stats)})
+        return CardFacts(
+            samples=pick_samples(tally.samples, "neg_instruction", 3), stats=stats, manifest={"pairs": finite(stats)}
+        )
 
     def as_negatives(self, table: pa.Table) -> pa.Table:
         return _pairs_as_negatives(table)

@@ -29,8 +29,19 @@ import pyarrow.compute as pc
 
 from pipeline.config import RunConfig
 from pipeline.inputs import read_questions
-from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, Tally, check_input_output, pick_samples, row_id
-from pipeline.kinds.base import unit_key, unit_seed
+from pipeline.kinds.base import (
+    Assembled,
+    CardFacts,
+    Context,
+    Flag,
+    Inputs,
+    Tally,
+    check_input_output,
+    pick_samples,
+    row_id,
+    unit_key,
+    unit_seed,
+)
 from pipeline.records import (
     GenerationRequest,
     QuestionRecord,
@@ -50,16 +61,30 @@ TEMPLATES = {"number": ("solve", ("question",)), "choice": ("solve_choice", ("qu
 MODE = "cot"  # provenance `mode` of every rationale
 
 # Question as the anchor: select_columns(["question", "positive", "negative"]) feeds sentence-transformers.
-SCHEMA = pa.schema([
-    pa.field("question", pa.string()), pa.field("positive", pa.string()), pa.field("negative", pa.string()),
-    pa.field("neg_source", pa.string()), pa.field("answer", pa.string()), pa.field("label_source", pa.string()),
-    pa.field("pos_answer", pa.string()), pa.field("neg_answer", pa.string()), pa.field("votes_for_label", pa.int32()),
-    pa.field("votes_total", pa.int32()), pa.field("pos_quality", pa.float32()), pa.field("neg_quality", pa.float32()),
-    pa.field("id", pa.string()), pa.field("source_id", pa.string()), pa.field("pos_seed", pa.int64()),
-    *PROVENANCE_FIELDS,
-    pa.field("surface_sim", pa.float32()), pa.field("semantic_sim", pa.float32()), pa.field("propensity", pa.float32()),
-    pa.field("weight", pa.float32()),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("question", pa.string()),
+        pa.field("positive", pa.string()),
+        pa.field("negative", pa.string()),
+        pa.field("neg_source", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("label_source", pa.string()),
+        pa.field("pos_answer", pa.string()),
+        pa.field("neg_answer", pa.string()),
+        pa.field("votes_for_label", pa.int32()),
+        pa.field("votes_total", pa.int32()),
+        pa.field("pos_quality", pa.float32()),
+        pa.field("neg_quality", pa.float32()),
+        pa.field("id", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("pos_seed", pa.int64()),
+        *PROVENANCE_FIELDS,
+        pa.field("surface_sim", pa.float32()),
+        pa.field("semantic_sim", pa.float32()),
+        pa.field("propensity", pa.float32()),
+        pa.field("weight", pa.float32()),
+    ]
+)
 
 
 def task_names(cfg: RunConfig) -> list[str]:
@@ -182,11 +207,23 @@ def _label(q: QuestionRecord, majority: str | None, counts: dict[str, int]) -> t
 
 def _reject(raw: RawResult, text: str, seed: int, reason: str, detail: str) -> Rejection:
     p = raw.provenance
-    return Rejection(stage="generation", reason=reason, detail=detail, raw=text, source_id=raw.source_id, task=raw.task,
-                     unit_key=raw.unit_key, prompt_sha=p.prompt_sha, model=p.model, seed=seed)
+    return Rejection(
+        stage="generation",
+        reason=reason,
+        detail=detail,
+        raw=text,
+        source_id=raw.source_id,
+        task=raw.task,
+        unit_key=raw.unit_key,
+        prompt_sha=p.prompt_sha,
+        model=p.model,
+        seed=seed,
+    )
 
 
-def _samples(raws: list[RawResult], q: QuestionRecord, cfg: RunConfig, rejects: list[Rejection]) -> dict[str, list[Sample]]:
+def _samples(
+    raws: list[RawResult], q: QuestionRecord, cfg: RunConfig, rejects: list[Rejection]
+) -> dict[str, list[Sample]]:
     valid: dict[str, list[Sample]] = {SAMPLED: [], ADVERSARIAL: []}
     for raw in raws:
         for i, (text, finish) in enumerate(zip(raw.texts, raw.finish_reasons, strict=True)):
@@ -198,8 +235,9 @@ def _samples(raws: list[RawResult], q: QuestionRecord, cfg: RunConfig, rejects: 
     return valid
 
 
-def assemble(raws: list[RawResult], questions: dict[str, QuestionRecord], cfg: RunConfig
-             ) -> tuple[list[RationaleRow], list[Rejection], Stats]:
+def assemble(
+    raws: list[RawResult], questions: dict[str, QuestionRecord], cfg: RunConfig
+) -> tuple[list[RationaleRow], list[Rejection], Stats]:
     """Parse every rationale, label each question, and pair each negative with a positive (best quality first,
     round robin, so every positive is used once before any is reused)."""
     by_q: dict[str, list[RawResult]] = defaultdict(list)
@@ -219,34 +257,52 @@ def assemble(raws: list[RawResult], questions: dict[str, QuestionRecord], cfg: R
             st.vote_correct += majority == q.answer
         if label is None:
             st.no_label += 1
-            rejects += [_reject(s.raw, s.text, s.seed, "no_label", f"no gold answer and no clear majority in {counts}")
-                        for s in valid[SAMPLED] + valid[ADVERSARIAL]]
+            rejects += [
+                _reject(s.raw, s.text, s.seed, "no_label", f"no gold answer and no clear majority in {counts}")
+                for s in valid[SAMPLED] + valid[ADVERSARIAL]
+            ]
             continue
         st.label_gold += source == "gold"
         st.label_majority += source == "majority"
         st.adversarial_correct += sum(s.answer == label for s in valid[ADVERSARIAL])
-        scored = {id(s): quality(s, label, counts, cfg.rationales.min_chars) for s in valid[SAMPLED] + valid[ADVERSARIAL]}
+        scored = {
+            id(s): quality(s, label, counts, cfg.rationales.min_chars) for s in valid[SAMPLED] + valid[ADVERSARIAL]
+        }
         pos = sorted((s for s in valid[SAMPLED] if s.answer == label), key=lambda s: (-scored[id(s)], s.seed))
         negs = [(s, "sampled_wrong") for s in valid[SAMPLED] if s.answer != label]
         negs += [(s, ADVERSARIAL) for s in valid[ADVERSARIAL] if s.answer != label]
         if not pos:
             st.no_positive += bool(negs)
-            rejects += [_reject(s.raw, s.text, s.seed, "no_positive", f"no rationale reached the label {label}")
-                        for s, _ in negs]
+            rejects += [
+                _reject(s.raw, s.text, s.seed, "no_positive", f"no rationale reached the label {label}")
+                for s, _ in negs
+            ]
             continue
         st.with_rows += bool(negs)
         for j, (neg, src) in enumerate(negs):
             p = pos[j % len(pos)]
             st.by_source[src] = st.by_source.get(src, 0) + 1
-            rows.append(RationaleRow(
-                id=row_id(qid, p.text, neg.text), question=q.question, positive=p.text, negative=neg.text,
-                neg_source=src, answer=label, label_source=source, pos_answer=p.answer, neg_answer=neg.answer,
-                votes_for_label=counts.get(label, 0), votes_total=sum(counts.values()), pos_quality=scored[id(p)],
-                neg_quality=scored[id(neg)], source_id=qid, pos_seed=p.seed,
-                provenance=replace(neg.raw.provenance, seed=neg.seed),  # the negative's own sample seed
-            ))
+            rows.append(
+                RationaleRow(
+                    id=row_id(qid, p.text, neg.text),
+                    question=q.question,
+                    positive=p.text,
+                    negative=neg.text,
+                    neg_source=src,
+                    answer=label,
+                    label_source=source,
+                    pos_answer=p.answer,
+                    neg_answer=neg.answer,
+                    votes_for_label=counts.get(label, 0),
+                    votes_total=sum(counts.values()),
+                    pos_quality=scored[id(p)],
+                    neg_quality=scored[id(neg)],
+                    source_id=qid,
+                    pos_seed=p.seed,
+                    provenance=replace(neg.raw.provenance, seed=neg.seed),  # the negative's own sample seed
+                )
+            )
     return rows, rejects, st
-
 
 
 def _as_groups_of_positives(table: pa.Table) -> pa.Table:
@@ -254,8 +310,9 @@ def _as_groups_of_positives(table: pa.Table) -> pa.Table:
     (question, positive) is its own group (a question has several positives; the batch sampler never puts
     two groups with the same anchor in one batch, so they are never each other's in-batch negatives)."""
     group = pc.binary_join_element_wise(table["source_id"], pc.cast(table["pos_seed"], pa.string()), "/")
-    table = table.rename_columns(["caption" if c == "question" else "neg_type" if c == "neg_source" else c
-                                  for c in table.column_names])
+    table = table.rename_columns(
+        ["caption" if c == "question" else "neg_type" if c == "neg_source" else c for c in table.column_names]
+    )
     return table.set_column(table.column_names.index("source_id"), "source_id", group)
 
 
@@ -266,8 +323,10 @@ class Rationales:
 
     name: str = "rationales"
     help: str = "contrastive rationales (sampled chains of thought, split by answer)"
-    input_help: str = ("questions file (.jsonl/.csv/.parquet) or datasets folder; fields question, answer (optional), "
-                       "choices (optional)")
+    input_help: str = (
+        "questions file (.jsonl/.csv/.parquet) or datasets folder; fields question, answer (optional), "
+        "choices (optional)"
+    )
     anchor: str = "question"
     type_column: str = "neg_source"
     sample_key: str = "neg_source"
@@ -276,7 +335,9 @@ class Rationales:
     tags: tuple[str, ...] = ("rationales", "chain-of-thought", "reasoning")
     positive_task: str | None = None
     part_assembles: bool = False  # a question's samples may span parts
-    flags: tuple[Flag, ...] = (Flag("--k", "rationales", "k", {"type": int, "help": "rationales sampled per question (default 5)"}),)
+    flags: tuple[Flag, ...] = (
+        Flag("--k", "rationales", "k", {"type": int, "help": "rationales sampled per question (default 5)"}),
+    )
 
     def check(self, cfg: RunConfig) -> None:
         check_input_output(cfg)
@@ -312,12 +373,18 @@ class Rationales:
     def table(self, rows: list[RationaleRow]) -> pa.Table:
         return rows_table(rows, SCHEMA)
 
-    def positives(self, rows: list[RationaleRow], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int:
+    def positives(
+        self, rows: list[RationaleRow], raws: list[RawResult], assembled: Assembled, positive_drops: int
+    ) -> int:
         return len({(r.source_id, r.positive) for r in rows})  # distinct positive rationales in rows
 
     def card(self, ctx: Context, tally: Tally) -> CardFacts:
         stats = tally.stats or Stats()
-        return CardFacts(samples=pick_samples(tally.samples, "neg_source", 3), stats=stats, manifest={"rationales": finite(asdict(stats))})
+        return CardFacts(
+            samples=pick_samples(tally.samples, "neg_source", 3),
+            stats=stats,
+            manifest={"rationales": finite(asdict(stats))},
+        )
 
     def as_negatives(self, table: pa.Table) -> pa.Table:
         return _as_groups_of_positives(table)

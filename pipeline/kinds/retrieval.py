@@ -36,8 +36,19 @@ from pipeline.config import FilterConfig, QueryType, RunConfig, SemanticSection
 from pipeline.errors import TemplateError
 from pipeline.filters.scorers import TextScorers
 from pipeline.inputs import read_passages
-from pipeline.kinds.base import Assembled, CardFacts, Context, Flag, Inputs, Tally, check_input_output, pick_samples, row_id
-from pipeline.kinds.base import unit_key, unit_seed
+from pipeline.kinds.base import (
+    Assembled,
+    CardFacts,
+    Context,
+    Flag,
+    Inputs,
+    Tally,
+    check_input_output,
+    pick_samples,
+    row_id,
+    unit_key,
+    unit_seed,
+)
 from pipeline.kinds.negatives import TypeStats
 from pipeline.kinds.pairs import SCORES, parse_score
 from pipeline.records import GenerationRequest, Provenance, RawResult, Rejection, Sampling, SentenceRecord, Unit
@@ -52,15 +63,29 @@ from pipeline.tasks.templates import ChatTemplate, load_chat_template
 QUERY, JUDGE, FN_JUDGE, MINE = "query", "judge", "fn_judge", "mine"  # stages (query: one task per type), reject tasks
 
 # Query first: select_columns(["query", "positive", "negative"]) feeds sentence-transformers.
-SCHEMA = pa.schema([
-    pa.field("query", pa.string()), pa.field("positive", pa.string()), pa.field("negative", pa.string()),
-    pa.field("query_type", pa.string()), pa.field("pos_sim", pa.float32()), pa.field("neg_sim", pa.float32()),
-    pa.field("neg_rank", pa.int32()), pa.field("judge_score", pa.int32()), pa.field("fn_score", pa.int32()),
-    pa.field("id", pa.string()), pa.field("source_id", pa.string()), pa.field("passage_id", pa.string()),
-    pa.field("negative_id", pa.string()), pa.field("judge_model", pa.string()), *PROVENANCE_FIELDS,
-    pa.field("surface_sim", pa.float32()), pa.field("semantic_sim", pa.float32()), pa.field("propensity", pa.float32()),
-    pa.field("weight", pa.float32()),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("query", pa.string()),
+        pa.field("positive", pa.string()),
+        pa.field("negative", pa.string()),
+        pa.field("query_type", pa.string()),
+        pa.field("pos_sim", pa.float32()),
+        pa.field("neg_sim", pa.float32()),
+        pa.field("neg_rank", pa.int32()),
+        pa.field("judge_score", pa.int32()),
+        pa.field("fn_score", pa.int32()),
+        pa.field("id", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("passage_id", pa.string()),
+        pa.field("negative_id", pa.string()),
+        pa.field("judge_model", pa.string()),
+        *PROVENANCE_FIELDS,
+        pa.field("surface_sim", pa.float32()),
+        pa.field("semantic_sim", pa.float32()),
+        pa.field("propensity", pa.float32()),
+        pa.field("weight", pa.float32()),
+    ]
+)
 
 
 def query_id(passage_id: str, query_type: str, test_fraction: float) -> str:
@@ -148,22 +173,49 @@ def query_units(passages: list[SentenceRecord], cfg: RunConfig, templates: dict[
     for p in passages:
         for t in (t.value for t in cfg.retrieval.types):
             tpl = templates[t]
-            units.append(Unit(unit_key([p.id, p.sentence], t, tpl.sha256, sampling_of(t, 0, cfg), cfg), p, t, tpl.sha256,
-                              unit_seed(cfg.sampling.seed, p.id, t)))
+            units.append(
+                Unit(
+                    unit_key([p.id, p.sentence], t, tpl.sha256, sampling_of(t, 0, cfg), cfg),
+                    p,
+                    t,
+                    tpl.sha256,
+                    unit_seed(cfg.sampling.seed, p.id, t),
+                )
+            )
     return units
 
 
 def judge_units(items: list[Judged], task: str, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
     tpl = templates[JUDGE]
-    return [Unit(unit_key([it.id, it.query, it.passage_id, it.passage], task, tpl.sha256, sampling_of(task, 0, cfg), cfg),
-                 it, task, tpl.sha256, unit_seed(cfg.sampling.seed, it.id, it.passage_id, task)) for it in items]
+    return [
+        Unit(
+            unit_key([it.id, it.query, it.passage_id, it.passage], task, tpl.sha256, sampling_of(task, 0, cfg), cfg),
+            it,
+            task,
+            tpl.sha256,
+            unit_seed(cfg.sampling.seed, it.id, it.passage_id, task),
+        )
+        for it in items
+    ]
 
 
-def _rejection(raw: RawResult | None, reason: str, detail: str, text: str, source_id: str, task: str, **kw) -> Rejection:
+def _rejection(
+    raw: RawResult | None, reason: str, detail: str, text: str, source_id: str, task: str, **kw
+) -> Rejection:
     p = raw.provenance if raw is not None else None
-    return Rejection(stage=kw.pop("stage", "generation"), reason=reason, detail=detail, raw=text, source_id=source_id,
-                     task=task, unit_key=raw.unit_key if raw else None, prompt_sha=p.prompt_sha if p else None,
-                     model=p.model if p else None, seed=p.seed if p else None, **kw)
+    return Rejection(
+        stage=kw.pop("stage", "generation"),
+        reason=reason,
+        detail=detail,
+        raw=text,
+        source_id=source_id,
+        task=task,
+        unit_key=raw.unit_key if raw else None,
+        prompt_sha=p.prompt_sha if p else None,
+        model=p.model if p else None,
+        seed=p.seed if p else None,
+        **kw,
+    )
 
 
 def parse_query(raw: RawResult, passage: SentenceRecord, cfg: RunConfig) -> Query | Rejection:
@@ -228,19 +280,33 @@ def answerable(ctx: Context, qs: list[Query]) -> tuple[list[tuple[Query, int, Ra
         raw = scores.get((q.id, q.passage.id))
         score = parse_score(raw.texts[0]) if raw else None
         if raw is None:
-            rejects.append(_rejection(q.raw, "no_score", "the judge of this query failed (see its engine row)", q.text, q.id, q.type))
+            rejects.append(
+                _rejection(
+                    q.raw, "no_score", "the judge of this query failed (see its engine row)", q.text, q.id, q.type
+                )
+            )
         elif score is None:
             rejects.append(_rejection(raw, "unparsable_score", "expected one digit 0-5", raw.texts[0], q.id, q.type))
         elif score < j.min_score:
-            rejects.append(_rejection(raw, "not_answerable", f"judge {score} < {j.min_score}: {q.passage.sentence}", q.text,
-                                      q.id, q.type, score=float(score)))
+            rejects.append(
+                _rejection(
+                    raw,
+                    "not_answerable",
+                    f"judge {score} < {j.min_score}: {q.passage.sentence}",
+                    q.text,
+                    q.id,
+                    q.type,
+                    score=float(score),
+                )
+            )
         else:
             kept.append((q, score, raw))
     return kept, rejects
 
 
 def encoder(cfg: RunConfig) -> TextScorers:
-    """The mining encoder, its vectors cached per text where the filter stage caches them (shared when the same model)."""
+    """The mining encoder, its vectors cached per text where the filter stage caches them (shared when the same
+    model)."""
     semantic = SemanticSection(model=cfg.retrieval.mining.model, cache_dir=cfg.filters.retrieval.semantic.cache_dir)
     return TextScorers(FilterConfig(semantic=semantic), None)
 
@@ -253,8 +319,13 @@ def mined(ctx: Context, qs: list[Query]) -> list[Mined]:
     row = {p.id: i for i, p in enumerate(passages)}
     emb = encoder(ctx.cfg).embed([p.sentence for p in passages] + [q.text for q in qs])  # [P + Q, D]
     pools = np.array([split_of(p.id, ctx.cfg.output.test_fraction) == "test" for p in passages])
-    return mine(emb[len(passages):], emb[: len(passages)], np.array([row[q.passage.id] for q in qs]), pools,
-                ctx.cfg.retrieval.mining)
+    return mine(
+        emb[len(passages) :],
+        emb[: len(passages)],
+        np.array([row[q.passage.id] for q in qs]),
+        pools,
+        ctx.cfg.retrieval.mining,
+    )
 
 
 @dataclass(frozen=True)
@@ -268,26 +339,42 @@ class Kept:
 
 
 def kept_queries(ctx: Context) -> tuple[list[Kept], list[Rejection], Stats]:
-    """The block's valid, answerable queries, round-trip consistent (training queries), mined; the others as rejections."""
+    """The block's valid, answerable queries, round-trip consistent (training queries), mined; the others as
+    rejections."""
     qs, rejects = queries(ctx)
     judged, judge_rejects = answerable(ctx, qs)
     k, tf = ctx.cfg.retrieval.mining.round_trip, ctx.cfg.output.test_fraction
     kept = []
     for (q, score, raw), m in zip(judged, mined(ctx, [q for q, _, _ in judged])):
         if k is not None and m.pos_rank > k and split_of(q.id, tf) == "train":
-            judge_rejects.append(_rejection(q.raw, "round_trip", f"its passage ranks {m.pos_rank} in its pool (> {k}); "
-                                            f"cosine {m.pos_sim:.4f}", q.text, q.id, q.type, score=float(m.pos_rank)))
+            judge_rejects.append(
+                _rejection(
+                    q.raw,
+                    "round_trip",
+                    f"its passage ranks {m.pos_rank} in its pool (> {k}); cosine {m.pos_sim:.4f}",
+                    q.text,
+                    q.id,
+                    q.type,
+                    score=float(m.pos_rank),
+                )
+            )
         else:
             kept.append(Kept(q, score, raw, m))
-    return kept, rejects + judge_rejects, Stats(passages=len(ctx.inputs.records), queries=len(qs), answerable=len(judged),
-                                                round_trip=len(kept))
+    return (
+        kept,
+        rejects + judge_rejects,
+        Stats(passages=len(ctx.inputs.records), queries=len(qs), answerable=len(judged), round_trip=len(kept)),
+    )
 
 
 def fn_items(ctx: Context, kept: list[Kept]) -> list[Judged]:
     """The candidates the false-negative judge rates: each query's closest ``fn_judge.top`` that passed the rules."""
     p, top = ctx.inputs.records, ctx.cfg.retrieval.fn_judge.top
-    return [Judged(k.query.id, k.query.text, k.query.type, p[c.passage].id, p[c.passage].sentence)
-            for k in kept for c in [c for c in k.mined.candidates if not c.reason][:top]]
+    return [
+        Judged(k.query.id, k.query.text, k.query.type, p[c.passage].id, p[c.passage].sentence)
+        for k in kept
+        for c in [c for c in k.mined.candidates if not c.reason][:top]
+    ]
 
 
 def assemble(ctx: Context) -> Assembled:
@@ -298,31 +385,68 @@ def assemble(ctx: Context) -> Assembled:
     rows = []
     for k in kept:
         q, m = k.query, k.mined
-        fn_scores = {c.passage: (parse_score(fn[key].texts[0]) if key in fn else None)
-                     for c in m.candidates if (key := (q.id, passages[c.passage].id)) in planned}
-        keep, drops = select(m.candidates, fn_scores, cfg.retrieval.mining.num_negatives, cfg.retrieval.fn_judge.max_score)
+        fn_scores = {
+            c.passage: (parse_score(fn[key].texts[0]) if key in fn else None)
+            for c in m.candidates
+            if (key := (q.id, passages[c.passage].id)) in planned
+        }
+        keep, drops = select(
+            m.candidates, fn_scores, cfg.retrieval.mining.num_negatives, cfg.retrieval.fn_judge.max_score
+        )
         st.candidates, st.fn_judged = st.candidates + len(keep) + len(drops), st.fn_judged + len(fn_scores)
         for d in drops:
             neg = passages[d.candidate.passage]
             by_llm = d.reason in ("false_negative", "fn_no_score")
             st.mining_dropped, st.false_negatives = st.mining_dropped + (not by_llm), st.false_negatives + by_llm
-            rejects.append(_rejection(fn.get((q.id, neg.id)) if by_llm else None, d.reason,
-                                      f"candidate {neg.id} rank {d.candidate.rank}, cosine {d.candidate.sim:.4f}, positive "
-                                      f"{m.pos_sim:.4f}; query: {q.text}", neg.sentence, q.id, FN_JUDGE if by_llm else MINE,
-                                      stage="filter", filter=FN_JUDGE if by_llm else "mining", score=d.score))
+            rejects.append(
+                _rejection(
+                    fn.get((q.id, neg.id)) if by_llm else None,
+                    d.reason,
+                    f"candidate {neg.id} rank {d.candidate.rank}, cosine {d.candidate.sim:.4f}, positive "
+                    f"{m.pos_sim:.4f}; query: {q.text}",
+                    neg.sentence,
+                    q.id,
+                    FN_JUDGE if by_llm else MINE,
+                    stage="filter",
+                    filter=FN_JUDGE if by_llm else "mining",
+                    score=d.score,
+                )
+            )
         if not keep:
             st.no_negative += 1
-            rejects.append(_rejection(q.raw, "no_negative", f"{len(drops)} candidates dropped, none left (pool too small?)",
-                                      q.text, q.id, q.type))
+            rejects.append(
+                _rejection(
+                    q.raw,
+                    "no_negative",
+                    f"{len(drops)} candidates dropped, none left (pool too small?)",
+                    q.text,
+                    q.id,
+                    q.type,
+                )
+            )
             continue
         st.with_rows[q.type] = st.with_rows.get(q.type, 0) + 1
         for c in keep:
             neg = passages[c.passage]
-            rows.append(RetrievalRow(
-                id=row_id(q.id, q.text, neg.id), query=q.text, positive=q.passage.sentence, negative=neg.sentence,
-                query_type=q.type, pos_sim=m.pos_sim, neg_sim=c.sim, neg_rank=c.rank, judge_score=k.score,
-                fn_score=fn_scores.get(c.passage), source_id=q.id, passage_id=q.passage.id, negative_id=neg.id,
-                judge_model=k.judge.provenance.model, provenance=q.raw.provenance))
+            rows.append(
+                RetrievalRow(
+                    id=row_id(q.id, q.text, neg.id),
+                    query=q.text,
+                    positive=q.passage.sentence,
+                    negative=neg.sentence,
+                    query_type=q.type,
+                    pos_sim=m.pos_sim,
+                    neg_sim=c.sim,
+                    neg_rank=c.rank,
+                    judge_score=k.score,
+                    fn_score=fn_scores.get(c.passage),
+                    source_id=q.id,
+                    passage_id=q.passage.id,
+                    negative_id=neg.id,
+                    judge_model=k.judge.provenance.model,
+                    provenance=q.raw.provenance,
+                )
+            )
     st.rows = len(rows)
     st.pos_sim_sum, st.neg_sim_sum = sum(r.pos_sim for r in rows), sum(r.neg_sim for r in rows)
     st.judge_score_sum = sum(r.judge_score for r in rows)
@@ -339,7 +463,11 @@ def per_type_stats(tally: Tally, stats: Stats, cfg: RunConfig) -> list[TypeStats
     for t in (t.value for t in cfg.retrieval.types):
         units, kept = tally.units[t], stats.with_rows.get(t, 0)
         top = ", ".join(f"{r} {n}" for r, n in sorted(reasons[t].items(), key=lambda x: (-x[1], x[0]))[:3])
-        out.append(TypeStats(t, units, kept, kept / units if units else 0.0, tally.kept[(t, "train")], tally.kept[(t, "test")], top))
+        out.append(
+            TypeStats(
+                t, units, kept, kept / units if units else 0.0, tally.kept[(t, "train")], tally.kept[(t, "test")], top
+            )
+        )
     return out
 
 
@@ -366,10 +494,28 @@ class Retrieval:
     positive_task: str | None = None
     part_assembles: bool = False  # the judge stage reads the query stage
     flags: tuple[Flag, ...] = (
-        Flag("--types", "retrieval", "types", {"nargs": "+", "choices": [t.value for t in QueryType], "metavar": "TYPE",
-             "help": f"query types (default: all): {', '.join(t.value for t in QueryType)}"}),
-        Flag("--fn-judge", "retrieval", "fn_judge", {"action": "store_const", "const": {"enabled": True},
-             "help": "also ask the LLM whether the closest mined candidates answer the query (drops false negatives)"}),
+        Flag(
+            "--types",
+            "retrieval",
+            "types",
+            {
+                "nargs": "+",
+                "choices": [t.value for t in QueryType],
+                "metavar": "TYPE",
+                "help": f"query types (default: all): {', '.join(t.value for t in QueryType)}",
+            },
+        ),
+        Flag(
+            "--fn-judge",
+            "retrieval",
+            "fn_judge",
+            {
+                "action": "store_const",
+                "const": {"enabled": True},
+                "help": "also ask the LLM whether the closest mined candidates answer the query "
+                "(drops false negatives)",
+            },
+        ),
     )
 
     def check(self, cfg: RunConfig) -> None:
@@ -393,13 +539,21 @@ class Retrieval:
         if stage == QUERY:
             return query_units(ctx.inputs.records, cfg, ctx.templates)
         if stage == JUDGE:
-            return judge_units([Judged(q.id, q.text, q.type, q.passage.id, q.passage.sentence) for q in queries(ctx)[0]],
-                               JUDGE, cfg, ctx.templates)
+            return judge_units(
+                [Judged(q.id, q.text, q.type, q.passage.id, q.passage.sentence) for q in queries(ctx)[0]],
+                JUDGE,
+                cfg,
+                ctx.templates,
+            )
         return judge_units(fn_items(ctx, kept_queries(ctx)[0]), FN_JUDGE, cfg, ctx.templates)
 
     def render(self, unit: Unit, ctx: Context) -> GenerationRequest:
         src, tpl = unit.source, ctx.templates[JUDGE if unit.task in (JUDGE, FN_JUDGE) else unit.task]
-        values = {"query": src.query, "passage": src.passage} if unit.task in (JUDGE, FN_JUDGE) else {"passage": src.sentence}
+        values = (
+            {"query": src.query, "passage": src.passage}
+            if unit.task in (JUDGE, FN_JUDGE)
+            else {"passage": src.sentence}
+        )
         return GenerationRequest(unit.key, tpl.messages(values), sampling_of(unit.task, unit.seed, ctx.cfg))
 
     def mode(self, unit: Unit, cfg: RunConfig) -> str:
@@ -414,15 +568,21 @@ class Retrieval:
     def table(self, rows: list[RetrievalRow]) -> pa.Table:
         return rows_table(rows, SCHEMA)
 
-    def positives(self, rows: list[RetrievalRow], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int:
+    def positives(
+        self, rows: list[RetrievalRow], raws: list[RawResult], assembled: Assembled, positive_drops: int
+    ) -> int:
         return len({r.passage_id for r in rows})  # distinct positive passages in rows
 
     def card(self, ctx: Context, tally: Tally) -> CardFacts:
         stats = tally.stats or Stats()
         per_type = per_type_stats(tally, stats, ctx.cfg)
         means = stats.means()
-        return CardFacts(samples=pick_samples(tally.samples, "query_type", 3, 12), stats=means, per_type=per_type,
-                         manifest={"retrieval": finite(means), "per_type": [asdict(s) for s in per_type]})
+        return CardFacts(
+            samples=pick_samples(tally.samples, "query_type", 3, 12),
+            stats=means,
+            per_type=per_type,
+            manifest={"retrieval": finite(means), "per_type": [asdict(s) for s in per_type]},
+        )
 
     def as_negatives(self, table: pa.Table) -> pa.Table:
         return _as_negatives(table)

@@ -32,8 +32,9 @@ def blocks(ctx: Context, store: RunStore) -> Iterator[Context]:
         yield block
 
 
-def filter_rows(kind: Kind, rows: list, cfg: RunConfig, res: StageResult, pinned: int = 0,
-                decided: frozenset[str] = frozenset()) -> tuple[list, list[Rejection]]:
+def filter_rows(
+    kind: Kind, rows: list, cfg: RunConfig, res: StageResult, pinned: int = 0, decided: frozenset[str] = frozenset()
+) -> tuple[list, list[Rejection]]:
     """Apply the filter stage's decisions ``res`` on one block to its rows (row ``i`` is ``res``'s row ``i``).
     Kept rows carry the score columns; dropped rows become ``filter`` rejections naming the filter, the reason
     and the score. A dropped positive drops its rows, except in a kind with a ``positive_task`` (negatives), whose
@@ -46,11 +47,18 @@ def filter_rows(kind: Kind, rows: list, cfg: RunConfig, res: StageResult, pinned
             continue
         j = i
         pos_drop = res.positive_drops.get(r.source_id)
-        row = replace(r, surface_sim=float(res.surface_sim[j]), semantic_sim=float(res.semantic_sim[j]),
-                      propensity=float(res.propensity[j]), weight=float(res.weight[j]))
+        row = replace(
+            r,
+            surface_sim=float(res.surface_sim[j]),
+            semantic_sim=float(res.semantic_sim[j]),
+            propensity=float(res.propensity[j]),
+            weight=float(res.weight[j]),
+        )
         if kind.positive_task and pos_drop:
             row = replace(row, positive=None, positive_prompt_sha=None)
-        elif k := res.positive_choice.get(r.source_id):  # a better-worded candidate was kept (negatives.paraphrase_candidates)
+        elif k := res.positive_choice.get(
+            r.source_id
+        ):  # a better-worded candidate was kept (negatives.paraphrase_candidates)
             row = replace(row, positive=r.positive_alternatives[k - 1])
         d = res.drop(j) or (None if kind.positive_task else pos_drop)
         if d is None or i < pinned:
@@ -72,16 +80,33 @@ def filter_rows(kind: Kind, rows: list, cfg: RunConfig, res: StageResult, pinned
 def _pairs(kind: Kind, rows: list, cfg: RunConfig, pinned: int) -> Pairs:
     """The filter stage's view of a block's rows (anchor, positive, negative; one group per source; the kind's
     type column as the stratum)."""
-    return Pairs([r.id for r in rows], [getattr(r, kind.anchor) for r in rows], [r.positive for r in rows],
-                 [r.negative for r in rows], [r.source_id for r in rows], [getattr(r, kind.type_column) for r in rows],
-                 [split_of(split_key(r), cfg.output.test_fraction) for r in rows], pinned,
-                 [getattr(r, "positive_alternatives", ()) for r in rows])
+    return Pairs(
+        [r.id for r in rows],
+        [getattr(r, kind.anchor) for r in rows],
+        [r.positive for r in rows],
+        [r.negative for r in rows],
+        [r.source_id for r in rows],
+        [getattr(r, kind.type_column) for r in rows],
+        [split_of(split_key(r), cfg.output.test_fraction) for r in rows],
+        pinned,
+        [getattr(r, "positive_alternatives", ()) for r in rows],
+    )
 
 
 def _rejection(kind: Kind, r, d, text: str, task: str, prompt_sha: str | None) -> Rejection:
-    return Rejection(stage="filter", reason=d.reason, detail=d.detail or f"{kind.anchor}: {getattr(r, kind.anchor)}", raw=text,
-                     source_id=r.source_id, task=task, prompt_sha=prompt_sha, model=r.provenance.model,
-                     seed=r.provenance.seed, filter=d.filter, score=d.score)
+    return Rejection(
+        stage="filter",
+        reason=d.reason,
+        detail=d.detail or f"{kind.anchor}: {getattr(r, kind.anchor)}",
+        raw=text,
+        source_id=r.source_id,
+        task=task,
+        prompt_sha=prompt_sha,
+        model=r.provenance.model,
+        seed=r.provenance.seed,
+        filter=d.filter,
+        score=d.score,
+    )
 
 
 def _over(ctx: Context, raws: list) -> Context:
@@ -131,7 +156,9 @@ def planned_blocks(kind: Kind, ctx: Context, store: RunStore) -> Callable[[], It
         for block in blocks(ctx, store):
             for name in kind.stages(ctx.cfg):
                 units = kind.units(name, block)
-                block.stages[name] = Stage(frozenset(u.key for u in units), units, [], 0)  # a kind may assemble from them
+                block.stages[name] = Stage(
+                    frozenset(u.key for u in units), units, [], 0
+                )  # a kind may assemble from them
             yield block
 
     return walk
@@ -177,6 +204,13 @@ def write_block(kind: Kind, c: Context, store: RunStore, release: Release | None
     drops = len({r.source_id for r in b.rows} & block.positive_drops.keys())
     tally = Tally()
     tally.add(kind.type_column, b.raws, b.failed, kept, splits, rejects, b.assembled.stats)
-    return BlockOut(tables, tally, len(b.keys), kind.positives(kept, b.raws, b.assembled, drops),
-                    sum(r.provenance.tokens_out for r in b.raws), b.raws[0].provenance.engine if b.raws else None,
-                    Counter(kind.reject_task(r) for r in kept), Counter(r.task or "?" for r in rejects))
+    return BlockOut(
+        tables,
+        tally,
+        len(b.keys),
+        kind.positives(kept, b.raws, b.assembled, drops),
+        sum(r.provenance.tokens_out for r in b.raws),
+        b.raws[0].provenance.engine if b.raws else None,
+        Counter(kind.reject_task(r) for r in kept),
+        Counter(r.task or "?" for r in rejects),
+    )

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pipeline import __version__
-from pipeline.engines.pool import PartEngine
 from pipeline.engines.base import check_finish_reasons
+from pipeline.engines.pool import PartEngine
 from pipeline.records import EngineFailure, GenerationRequest, Provenance, RawResult, Rejection, Unit
 from pipeline.run.store import RunStore
 from pipeline.shards.writer import ShardInfo
@@ -56,13 +56,22 @@ class Summary:
 
     def __post_init__(self) -> None:
         if not self.kept and not self.empty:
-            self.empty = (f"the dataset has no row: {self.inputs} input rows ({self.input_rejected} rejected), "
-                          f"{self.units} units, {self.rejected} outputs rejected, {self.filtered} dropped by filters; "
-                          "rejected/ holds each reason")
+            self.empty = (
+                f"the dataset has no row: {self.inputs} input rows ({self.input_rejected} rejected), "
+                f"{self.units} units, {self.rejected} outputs rejected, {self.filtered} dropped by filters; "
+                "rejected/ holds each reason"
+            )
 
 
-def commit_part(pool: PartEngine, index: int, units: list[Unit], requests: list[GenerationRequest], modes: list[str],
-                store: RunStore, seen: Callable[[list[RawResult], list[Rejection]], None] | None = None) -> ShardInfo | None:
+def commit_part(
+    pool: PartEngine,
+    index: int,
+    units: list[Unit],
+    requests: list[GenerationRequest],
+    modes: list[str],
+    store: RunStore,
+    seen: Callable[[list[RawResult], list[Rejection]], None] | None = None,
+) -> ShardInfo | None:
     """Run ``requests`` (one per unit) on the pool and commit the results as one atomic raw part. Provenance
     records each request's own sampling (a kind may sample its tasks differently). Units the engine could not
     complete (a poison request, a deadline missed twice) are committed first as failures with their reason:
@@ -74,18 +83,49 @@ def commit_part(pool: PartEngine, index: int, units: list[Unit], requests: list[
         if c.key != u.key:
             raise RuntimeError(f"engine returned completion {c.key} for unit {u.key}: order must be kept")
         if isinstance(c, EngineFailure):
-            failures.append(Rejection(stage="generation", reason=c.reason, detail=c.detail, source_id=u.source.id, task=u.task,
-                                      unit_key=u.key, prompt_sha=u.prompt_sha, model=pool.model_id, seed=u.seed))
+            failures.append(
+                Rejection(
+                    stage="generation",
+                    reason=c.reason,
+                    detail=c.detail,
+                    source_id=u.source.id,
+                    task=u.task,
+                    unit_key=u.key,
+                    prompt_sha=u.prompt_sha,
+                    model=pool.model_id,
+                    seed=u.seed,
+                )
+            )
             continue
         check_finish_reasons(c, req.sampling.n)
         s = req.sampling
         prov = Provenance(
-            engine=pool.engine_name, model=pool.model_id, prompt_sha=u.prompt_sha, mode=mode,
-            temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=u.seed,
-            tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_s=c.latency_s,
+            engine=pool.engine_name,
+            model=pool.model_id,
+            prompt_sha=u.prompt_sha,
+            mode=mode,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+            seed=u.seed,
+            tokens_in=c.tokens_in,
+            tokens_out=c.tokens_out,
+            latency_s=c.latency_s,
         )
-        results.append(RawResult(u.key, u.source.id, u.source.text, getattr(u.source, "image_ref", None), u.task, c.texts,
-                                 c.finish_reasons, prov, __version__, getattr(u.source, "group", None)))
+        results.append(
+            RawResult(
+                u.key,
+                u.source.id,
+                u.source.text,
+                getattr(u.source, "image_ref", None),
+                u.task,
+                c.texts,
+                c.finish_reasons,
+                prov,
+                __version__,
+                getattr(u.source, "group", None),
+            )
+        )
     if failures:
         store.write_failures(failures)
     info = store.write_part(results) if results else None
@@ -109,7 +149,9 @@ def finished(store: RunStore, keys: list[str]) -> tuple[list[RawResult], list[Re
     raws, failed = store.read_raw(keys), store.read_failures(keys)
     missing = len(keys) - len(raws) - len(failed)
     if missing:
-        raise RuntimeError(f"{store.root}: {missing} planned units have no raw result; rerun the same command to resume")
+        raise RuntimeError(
+            f"{store.root}: {missing} planned units have no raw result; rerun the same command to resume"
+        )
     return raws, failed
 
 

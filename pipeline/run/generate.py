@@ -82,7 +82,9 @@ def plan_stage(kind: Kind, ctx: Context, store: RunStore, name: str) -> Stage:
     not done yet."""
     units = kind.units(name, ctx)
     pending = _pending(units, store)
-    ctx.stages[name] = Stage(frozenset(u.key for u in units), units, chunk_units(kind, pending, ctx.cfg), len(units) - len(pending))
+    ctx.stages[name] = Stage(
+        frozenset(u.key for u in units), units, chunk_units(kind, pending, ctx.cfg), len(units) - len(pending)
+    )
     return ctx.stages[name]
 
 
@@ -91,8 +93,11 @@ def _pending(units: list[Unit], store: RunStore) -> list[Unit]:
     return [u for u, d in zip(units, store.done([u.key for u in units]).tolist()) if not d]
 
 
-def generate_stage(kind: Kind, ctx: Context, pool: EnginePool, store: RunStore, name: str, meter: Meter | None = None) -> int:
-    """Generate a planned stage's units not done yet on Ray Data part workers (:func:`pipeline.run.stream.stream_parts`),
+def generate_stage(
+    kind: Kind, ctx: Context, pool: EnginePool, store: RunStore, name: str, meter: Meter | None = None
+) -> int:
+    """Generate a planned stage's units not done yet on Ray Data part workers
+    (:func:`pipeline.run.stream.stream_parts`),
     one raw part a chunk. The first failure is raised as itself once the stream stops (parts committed before it are
     kept: a retry or a rerun finds them done). Returns the units sent."""
     chunks = chunk_units(kind, _pending(ctx.stages[name].units, store), ctx.cfg)  # again: a retry finds its commits
@@ -120,8 +125,15 @@ def _published_counts(root: Path, shards: list[ShardInfo]) -> tuple[Counter, Cou
     return by_stage, by_reason, by_task
 
 
-def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: str | None, progress: Progress | None = None,
-             walk: Callable[[], Iterator[Context]] | None = None) -> Summary:
+def finalize(
+    kind: Kind,
+    ctx: Context,
+    store: RunStore,
+    timing: Timing,
+    run_id: str | None,
+    progress: Progress | None = None,
+    walk: Callable[[], Iterator[Context]] | None = None,
+) -> Summary:
     """Assemble, filter, split and publish the planned units' results block by block (``walk``: the planned
     blocks, by default :func:`planned_blocks`); write the plan, plots, card and manifest. A run of several blocks
     on Ray does each block's passes on Ray tasks (:mod:`pipeline.run.blockwork`): the driver only merges."""
@@ -136,14 +148,19 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
         ensure_ray(cfg.ray)
     fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine, cfg.ray.scorers)
     work = BlockWork.of(kind, ctx, store, release) if remote else None
-    scored = work.scores() if work and not cfg.ray.scorers else (
-        score_block(kind, c, store, release, fcfg, scorers) for c in walk())
+    scored = (
+        work.scores()
+        if work and not cfg.ray.scorers
+        else (score_block(kind, c, store, release, fcfg, scorers) for c in walk())
+    )
     res = _decide(kind, cfg, scored, root / SPOOL / "filter", fcfg, meter)
     spools = {split: Spool(root / SPOOL / f"{split}.arrow", kind.schema) for split in ("train", "test")}
     spools["rejected"] = Spool(root / SPOOL / "rejected.arrow", REJECTED_SCHEMA)
     spools["rejected"].write(rejected_table(ctx.inputs.rejects))
     plan_keys = Spool(root / SPOOL / "plan.arrow", PLAN_SCHEMA)
-    outs = work.writes(res) if work else (write_block(kind, c, store, release, res.block(i)) for i, c in enumerate(walk()))
+    outs = (
+        work.writes(res) if work else (write_block(kind, c, store, release, res.block(i)) for i, c in enumerate(walk()))
+    )
     w = _write_blocks(outs, spools, plan_keys, meter)
     meter.close()
     shards, published = publish(root, spools, cfg.output.rows_per_shard, sha, run_id, release.ids if release else None)
@@ -151,26 +168,55 @@ def finalize(kind: Kind, ctx: Context, store: RunStore, timing: Timing, run_id: 
     by_stage, by_reason, w.tally.reasons = _published_counts(root, shards)
     progress = progress or Progress(w.units, 0, w.units)
     summary = Summary(
-        out=str(root), inputs=ctx.inputs.count, input_rejected=len(ctx.inputs.rejects), units=w.units,
-        generated=progress.generated, reused=progress.reused, kept=sum(splits.values()), rejected=by_stage["generation"],
-        positives=w.positives, filtered=by_stage["filter"], splits=splits, rejected_by_reason=dict(sorted(by_reason.items())),
-        startup_seconds=timing.startup_seconds, generation_seconds=timing.generation_seconds,
-        tokens_out=w.tokens_out, plan_seconds=timing.plan_seconds,
+        out=str(root),
+        inputs=ctx.inputs.count,
+        input_rejected=len(ctx.inputs.rejects),
+        units=w.units,
+        generated=progress.generated,
+        reused=progress.reused,
+        kept=sum(splits.values()),
+        rejected=by_stage["generation"],
+        positives=w.positives,
+        filtered=by_stage["filter"],
+        splits=splits,
+        rejected_by_reason=dict(sorted(by_reason.items())),
+        startup_seconds=timing.startup_seconds,
+        generation_seconds=timing.generation_seconds,
+        tokens_out=w.tokens_out,
+        plan_seconds=timing.plan_seconds,
     )
     plan = store.write_plan(plan_keys.tables())
     shutil.rmtree(root / SPOOL, ignore_errors=True)
     plots = save_histograms(res.histograms, root / "plots")
-    write_card(root, Card(
-        kind=kind.name, anchor=kind.anchor, schema=kind.schema, tags=kind.tags, template=CARDS / kind.card_template, cfg=cfg,
-        summary=summary, run_id=run_id, engine=w.engine or cfg.engine.kind, prompts=ctx.templates,
-        shards=shards, raw_parts=store.part_infos(), plan=plan, published=published, funnel=res.funnel,
-        filter_report=res.report, plots=plots, facts=kind.card(ctx, w.tally),
-    ))
+    write_card(
+        root,
+        Card(
+            kind=kind.name,
+            anchor=kind.anchor,
+            schema=kind.schema,
+            tags=kind.tags,
+            template=CARDS / kind.card_template,
+            cfg=cfg,
+            summary=summary,
+            run_id=run_id,
+            engine=w.engine or cfg.engine.kind,
+            prompts=ctx.templates,
+            shards=shards,
+            raw_parts=store.part_infos(),
+            plan=plan,
+            published=published,
+            funnel=res.funnel,
+            filter_report=res.report,
+            plots=plots,
+            facts=kind.card(ctx, w.tally),
+        ),
+    )
     return summary
 
 
-def _decide(kind: Kind, cfg: RunConfig, scored: Iterator[Scored], folder: Path, fcfg,
-            meter: Meter | None = None) -> Decisions:
+def _decide(
+    kind: Kind, cfg: RunConfig, scored: Iterator[Scored], folder: Path, fcfg, meter: Meter | None = None
+) -> Decisions:
     """Pass 1: spill every block's scores to Arrow in ``folder`` as they come (each block's texts and vectors are
     dropped in the pass), then make the global decisions on them out of core."""
     spill = ScoredSpill(folder, len(fcfg.blind.scorers) if fcfg.blind.enabled else 0)
@@ -192,8 +238,9 @@ class _Written:
     engine: str | None = None
 
 
-def _write_blocks(outs: Iterator[BlockOut], spools: dict[str, Spool], plan_keys: Spool,
-                  meter: Meter | None = None) -> _Written:
+def _write_blocks(
+    outs: Iterator[BlockOut], spools: dict[str, Spool], plan_keys: Spool, meter: Meter | None = None
+) -> _Written:
     """Pass 2: append each block's rows, rejections and unit keys to the spools, in block order; add its counts."""
     w = _Written(Tally())
     for out in outs:

@@ -31,14 +31,18 @@ def refilter_config(src: Path, out: Path, config_file: Path | None) -> RunConfig
     if config_file is not None:
         extra = sorted(set(read_yaml(config_file)) - set(TUNABLE))
         if extra:
-            raise ConfigError(f"{config_file}: expected only the sections {list(TUNABLE)} (filter reruns no generation), "
-                              f"got {extra}. Fix: drop them, or run `contrastgen generate` to change generation.")
+            raise ConfigError(
+                f"{config_file}: expected only the sections {list(TUNABLE)} (filter reruns no generation), "
+                f"got {extra}. Fix: drop them, or run `contrastgen generate` to change generation."
+            )
     cfg = resolve(RunConfig, config_file, {"output": {"dir": out}}, base=saved)
     now = cfg.model_dump(mode="json")
     changed = [k for k in _GENERATION if not _same(saved.get(k), now[k])]
     if changed:
-        raise ConfigError(f"{changed}: expected the generation settings of {src} unchanged (filter makes no LLM call), "
-                          "got them changed by the environment. Fix: unset those CONTRASTGEN_* variables.")
+        raise ConfigError(
+            f"{changed}: expected the generation settings of {src} unchanged (filter makes no LLM call), "
+            "got them changed by the environment. Fix: unset those CONTRASTGEN_* variables."
+        )
     return cfg
 
 
@@ -63,12 +67,16 @@ def _input_rejects(src: Path, manifest: dict) -> list[Rejection]:
 def refilter(src: Path, out: Path, config_file: Path | None = None) -> Summary:
     src, out = Path(src), Path(out)
     if out.resolve() == src.resolve():
-        raise ContrastgenError(f"--out {out}: expected a new folder, got DIR itself. Fix: pass another --out; DIR is kept as it is.")
+        raise ContrastgenError(
+            f"--out {out}: expected a new folder, got DIR itself. Fix: pass another --out; DIR is kept as it is."
+        )
     manifest = load_manifest(src)
     if manifest.get("format") != "contrastgen.negatives/1":
-        raise DatasetError(f"{src}: `contrastgen filter` reruns the filters of negatives datasets, got format "
-                           f"{manifest.get('format')!r}. Fix: rerun the same `contrastgen generate` command with the new "
-                           "`filters:` in --config: every unit is reused from raw/, so no LLM call is made.")
+        raise DatasetError(
+            f"{src}: `contrastgen filter` reruns the filters of negatives datasets, got format "
+            f"{manifest.get('format')!r}. Fix: rerun the same `contrastgen generate` command with the new "
+            "`filters:` in --config: every unit is reused from raw/, so no LLM call is made."
+        )
     cfg = refilter_config(src, out, config_file)
     kind = KINDS["negatives"]
     templates = kind.templates(cfg)
@@ -76,21 +84,29 @@ def refilter(src: Path, out: Path, config_file: Path | None = None) -> Summary:
         for part in manifest["raw_parts"]:
             source = src / part["path"]
             if not source.is_file() or sha256_file(source) != part["sha256"]:
-                raise DatasetError(f"{source}: expected the raw part listed in {src}/manifest.json (sha256 {part['sha256'][:12]}), "
-                                   "found it missing or changed. Fix: regenerate DIR, or restore the part.")
+                raise DatasetError(
+                    f"{source}: expected the raw part listed in {src}/manifest.json (sha256 {part['sha256'][:12]}), "
+                    "found it missing or changed. Fix: regenerate DIR, or restore the part."
+                )
             shutil.copyfile(source, store.root / part["path"])
         plan = manifest.get("plan")
         if plan is None or sha256_file(src / plan["path"]) != plan["sha256"]:
-            raise DatasetError(f"{src}: expected plan.arrow (the unit keys of the dataset) as listed in its manifest, "
-                               "found it missing or changed. Fix: rerun `contrastgen generate` on DIR (it reuses every unit).")
+            raise DatasetError(
+                f"{src}: expected plan.arrow (the unit keys of the dataset) as listed in its manifest, "
+                "found it missing or changed. Fix: rerun `contrastgen generate` on DIR (it reuses every unit)."
+            )
         shutil.copyfile(src / plan["path"], store.root / plan["path"])
         raws = store.read_raw(store.read_plan())
         stale = sorted({r.task for r in raws if r.provenance.prompt_sha != templates[r.task].sha256})
         if stale:
-            raise DatasetError(f"{src}: the prompt templates of {stale} changed since DIR was generated (prompt_sha "
-                               "differs), so its raw answers would be parsed against other templates. Fix: filter with "
-                               "the contrastgen version that generated DIR, or regenerate.")
+            raise DatasetError(
+                f"{src}: the prompt templates of {stale} changed since DIR was generated (prompt_sha "
+                "differs), so its raw answers would be parsed against other templates. Fix: filter with "
+                "the contrastgen version that generated DIR, or regenerate."
+            )
         keys = frozenset(r.unit_key for r in raws)
         inputs = Inputs([], _input_rejects(src, manifest), manifest["counts"]["inputs"])
-        ctx = Context(cfg, templates, inputs, raws=lambda name: raws, stages={"generate": Stage(keys, [], [], len(keys))})
+        ctx = Context(
+            cfg, templates, inputs, raws=lambda name: raws, stages={"generate": Stage(keys, [], [], len(keys))}
+        )
         return finalize(kind, ctx, store, Timing(), manifest.get("run_id"), walk=lambda: iter([ctx]))

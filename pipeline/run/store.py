@@ -3,7 +3,8 @@
 Raw LLM results are kept in ``raw/part-<hash>.arrow`` files, one row per unit, written atomically;
 a part exists only complete, and its name is the hash of the unit keys it holds. On a rerun, every
 unit whose key is in a part is reused; only missing units are generated. Which unit is in which file is held
-as 16-byte digests (:class:`~pipeline.shards.keys.FileIndex`, built once per run from the files' ``unit_key`` columns and grown by each
+as 16-byte digests (:class:`~pipeline.shards.keys.FileIndex`, built once per run from the files' ``unit_key`` columns
+and grown by each
 commit): a resumed run of millions of units holds no key as a Python string. ``DIR/.lock`` (flock)
 keeps a second concurrent run out; the kernel drops the lock when a run dies, even by SIGKILL.
 """
@@ -107,24 +108,30 @@ class RunStore:
         try:
             return read_stream(path)
         except (OSError, pa.ArrowException) as exc:
-            raise DatasetError(f"{path}: expected a complete raw part (they are written atomically), found an unreadable "
-                               f"file ({exc}): it was damaged after it was written. Fix: delete it; a rerun generates its "
-                               "units again") from exc
+            raise DatasetError(
+                f"{path}: expected a complete raw part (they are written atomically), found an unreadable "
+                f"file ({exc}): it was damaged after it was written. Fix: delete it; a rerun generates its "
+                "units again"
+            ) from exc
 
     def _read(self, path: Path) -> pa.Table:
         table = self._checked(path)
         if table.schema == RAW_SCHEMA_BEFORE_GROUPS:  # an earlier version's part: no group column, read as ungrouped
             table = table.append_column(RAW_SCHEMA.field("group"), pa.nulls(table.num_rows, pa.string()))
         if table.schema != RAW_SCHEMA:
-            raise DatasetError(f"{path}: expected the raw-part schema of this contrastgen version, found {table.schema}. "
-                               "Fix: resume with the contrastgen version that wrote it, or use another --out")
+            raise DatasetError(
+                f"{path}: expected the raw-part schema of this contrastgen version, found {table.schema}. "
+                "Fix: resume with the contrastgen version that wrote it, or use another --out"
+            )
         return table
 
     def _read_failed(self, path: Path) -> pa.Table:
         table = self._checked(path)
         if table.schema != REJECTED_SCHEMA:
-            raise DatasetError(f"{path}: expected the rejected-row schema of this contrastgen version, found {table.schema}. "
-                               "Fix: delete the file (its units are generated again)")
+            raise DatasetError(
+                f"{path}: expected the rejected-row schema of this contrastgen version, found {table.schema}. "
+                "Fix: delete the file (its units are generated again)"
+            )
         return table
 
     def failed_parts(self) -> list[Path]:
@@ -145,11 +152,13 @@ class RunStore:
     def committed_units(self) -> int:
         """Units in ``raw/`` now, read from disk (a stopped run's count: the workers' last commits, which the driver may
         not have indexed yet, included)."""
-        return (sum(self._read(p).num_rows for p in self.parts())
-                + sum(self._read_failed(p).num_rows for p in self.failed_parts()))
+        return sum(self._read(p).num_rows for p in self.parts()) + sum(
+            self._read_failed(p).num_rows for p in self.failed_parts()
+        )
 
     def done(self, keys: list[str]) -> np.ndarray:
-        """(N,) bool: units finished, generated (``part-*``) or given up on (``failed-*``: crashed or timed out for good)."""
+        """(N,) bool: units finished, generated (``part-*``) or given up on (``failed-*``: crashed or timed out for
+        good)."""
         return self.index.done(keys)
 
     def _committed(self, name: str, keys: list[str]) -> None:
@@ -213,7 +222,10 @@ class RunStore:
         return read_stream(self.root / "plan.arrow").column("unit_key").to_pylist()
 
     def part_infos(self) -> list[ShardInfo]:
-        return [ShardInfo(f"raw/{p.name}", "raw", self._read(p).num_rows, sha256_file(p), p.stat().st_size) for p in self.parts()]
+        return [
+            ShardInfo(f"raw/{p.name}", "raw", self._read(p).num_rows, sha256_file(p), p.stat().st_size)
+            for p in self.parts()
+        ]
 
     def read_raw(self, keys: list[str] | None = None) -> list[RawResult]:
         """Raw results (only ``keys`` when given: only the parts that hold them are read), one per unit key,

@@ -90,11 +90,21 @@ class Parts:
             requests = [self.kind.render(u, self.ctx) for u in units]
             modes = [self.kind.mode(u, self.job.cfg) for u in units]
             seen: dict = {}
-            commit_part(self.engine, index, units, requests, modes, self.store,
-                        lambda raws, failed: seen.update(self._counts(raws, failed)))
+            commit_part(
+                self.engine,
+                index,
+                units,
+                requests,
+                modes,
+                self.store,
+                lambda raws, failed: seen.update(self._counts(raws, failed)),
+            )
             counts.append(json.dumps(seen))
-        return {"file": [n for n, _ in self.store.journal], "keys": [k for _, k in self.store.journal],
-                "counts": counts + [""] * (len(self.store.journal) - len(counts))}
+        return {
+            "file": [n for n, _ in self.store.journal],
+            "keys": [k for _, k in self.store.journal],
+            "counts": counts + [""] * (len(self.store.journal) - len(counts)),
+        }
 
     def _counts(self, raws: list, failed: list) -> dict:
         """What a committed part adds to the live progress: units, output tokens, and (for a kind whose parts
@@ -105,8 +115,12 @@ class Parts:
             a = self.kind.assemble(self.ctx, raws)
             kept.update(self.kind.reject_task(r) for r in a.rows)
             rejected.update(r.task or "?" for r in a.rejects)
-        return {"units": len(raws) + len(failed), "tokens": sum(r.provenance.tokens_out for r in raws),
-                "kept": kept, "rejected": rejected}
+        return {
+            "units": len(raws) + len(failed),
+            "tokens": sum(r.provenance.tokens_out for r in raws),
+            "kept": kept,
+            "rejected": rejected,
+        }
 
 
 def run_parts(batch: dict[str, np.ndarray], job: PartJob) -> dict[str, list]:
@@ -114,8 +128,14 @@ def run_parts(batch: dict[str, np.ndarray], job: PartJob) -> dict[str, list]:
     return Parts(job)(batch)
 
 
-def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Unit]], pool: EnginePool | None = None,
-                 meter: Meter | None = None) -> None:
+def stream_parts(
+    kind: Kind,
+    ctx: Context,
+    store: RunStore,
+    chunks: list[list[Unit]],
+    pool: EnginePool | None = None,
+    meter: Meter | None = None,
+) -> None:
     """Generate and commit ``chunks`` (one part each) on Ray Data part workers; the driver indexes what they committed
     as it streams back. ``pool``: the run's engine (its replicas' dispatcher); None for the openai engine. The
     first error a part raises ends the stream, raised here as an instance of its own class."""
@@ -127,8 +147,7 @@ def stream_parts(kind: Kind, ctx: Context, store: RunStore, chunks: list[list[Un
     # a part may take two call deadlines and its replica's restart: Ray Data's watchdog must not end it first
     patience = 2 * cfg.engine.call_timeout_s + cfg.engine.start_timeout_s
     workers = pool.slots if ray_engine else cfg.ray.clients or 2
-    results = stream(rows, run_parts, (job,), workers, no_progress_s=patience, tasks=True,
-                     cpus=0 if ray_engine else 1)
+    results = stream(rows, run_parts, (job,), workers, no_progress_s=patience, tasks=True, cpus=0 if ray_engine else 1)
     try:
         for batch in results:
             _adopt(batch, store, meter)
@@ -147,5 +166,10 @@ def _adopt(batch, store: RunStore, meter: Meter | None) -> None:
     for c in batch.column("counts").to_pylist() if meter is not None else ():
         if c:
             seen = json.loads(c)
-            meter.advance(seen["units"], tokens=seen["tokens"], parts=1, kept=Counter(seen["kept"]),
-                          rejected=Counter(seen["rejected"]))
+            meter.advance(
+                seen["units"],
+                tokens=seen["tokens"],
+                parts=1,
+                kept=Counter(seen["kept"]),
+                rejected=Counter(seen["rejected"]),
+            )

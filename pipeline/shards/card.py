@@ -107,14 +107,31 @@ def _split_info(split: str, shards: list[ShardInfo]) -> dict[str, Any]:
     return {"name": split, "num_bytes": sum(s.num_bytes for s in mine), "num_examples": sum(s.rows for s in mine)}
 
 
-def front_matter(cfg, summary, shards: list[ShardInfo], schema: pa.Schema, kind: str, tags: tuple[str, ...]) -> dict[str, Any]:
+def front_matter(
+    cfg, summary, shards: list[ShardInfo], schema: pa.Schema, kind: str, tags: tuple[str, ...]
+) -> dict[str, Any]:
     splits = [s for s in summary.splits if summary.splits[s]]  # `datasets` refuses a declared split with no rows
     configs = [{"config_name": "rejected", "data_files": [{"split": "rejected", "path": "rejected/rejected-*.arrow"}]}]
-    infos = [{"config_name": "rejected", "features": _features(REJECTED_SCHEMA), "splits": [_split_info("rejected", shards)]}]
+    infos = [
+        {"config_name": "rejected", "features": _features(REJECTED_SCHEMA), "splits": [_split_info("rejected", shards)]}
+    ]
     if splits:  # a run that kept no row still loads: its rejected config is then the only one
-        configs.insert(0, {"config_name": "default", "default": True,
-                           "data_files": [{"split": s, "path": f"data/{s}-*.arrow"} for s in splits]})
-        infos.insert(0, {"config_name": "default", "features": _features(schema), "splits": [_split_info(s, shards) for s in splits]})
+        configs.insert(
+            0,
+            {
+                "config_name": "default",
+                "default": True,
+                "data_files": [{"split": s, "path": f"data/{s}-*.arrow"} for s in splits],
+            },
+        )
+        infos.insert(
+            0,
+            {
+                "config_name": "default",
+                "features": _features(schema),
+                "splits": [_split_info(s, shards) for s in splits],
+            },
+        )
     return {
         "configs": configs,
         "dataset_info": infos,
@@ -169,8 +186,9 @@ def _cell(text: str) -> str:
 def _render(template: Path, params: Any) -> str:
     """Render a card body; values are data (autoescape off, StrictUndefined: a missing field is an error)."""
     loader = jinja2.FileSystemLoader([template.parent, Path(__file__).parent])  # the shared parts live here
-    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
-                             autoescape=False, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=loader, undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
     env.filters["cell"] = _cell
     env.filters["rate"] = lambda x: "n/a" if x is None or x != x else f"{100 * x:.1f}%"
     env.filters["num"] = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"
@@ -185,27 +203,55 @@ def write_card(root: Path, card: Card) -> None:
     front = front_matter(card.cfg, card.summary, card.shards, card.schema, card.kind, card.tags)
     f = card.facts
     params = CardParams(
-        pretty_name=front["pretty_name"], version=__version__, root=str(root), run_id=card.run_id, summary=card.summary,
-        per_type=f.per_type, stats=f.stats, samples=f.samples, no_positive=f.no_positive, engine=card.engine,
-        model=card.cfg.engine.model_id(), mode=f.mode, cfg=card.cfg, prompts={t: tpl.sha256 for t, tpl in card.prompts.items()},
-        config_yaml=yaml.safe_dump(cfg_json, sort_keys=False), funnel=card.funnel, filter_report=card.filter_report,
-        thresholds=cfg_json["filters"][card.kind], plots=card.plots, releases=card.published["releases"], kind=card.kind,
+        pretty_name=front["pretty_name"],
+        version=__version__,
+        root=str(root),
+        run_id=card.run_id,
+        summary=card.summary,
+        per_type=f.per_type,
+        stats=f.stats,
+        samples=f.samples,
+        no_positive=f.no_positive,
+        engine=card.engine,
+        model=card.cfg.engine.model_id(),
+        mode=f.mode,
+        cfg=card.cfg,
+        prompts={t: tpl.sha256 for t, tpl in card.prompts.items()},
+        config_yaml=yaml.safe_dump(cfg_json, sort_keys=False),
+        funnel=card.funnel,
+        filter_report=card.filter_report,
+        thresholds=cfg_json["filters"][card.kind],
+        plots=card.plots,
+        releases=card.published["releases"],
+        kind=card.kind,
         anchor=card.anchor,
     )
     text = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + _render(card.template, params)
     write_bytes_atomic(root / "README.md", text.encode("utf-8"))
-    write_bytes_atomic(root / "manifest.json", (json.dumps(manifest(card), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_bytes_atomic(
+        root / "manifest.json", (json.dumps(manifest(card), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    )
 
 
 def manifest(card: Card) -> dict[str, Any]:
     """The manifest: format and versions, the resolved config, prompt hashes, every shard and raw part with its
     sha256, the plan, the releases, the counts, the filter report, and the kind's own sections."""
     return {
-        "format": dataset_format(card.kind), "contrastgen_version": __version__, "run_id": card.run_id,
-        "config": card.cfg.model_dump(mode="json"), "versions": versions(),
+        "format": dataset_format(card.kind),
+        "contrastgen_version": __version__,
+        "run_id": card.run_id,
+        "config": card.cfg.model_dump(mode="json"),
+        "versions": versions(),
         "prompts": {t: {"sha256": tpl.sha256, "file": tpl.path.name} for t, tpl in card.prompts.items()},
-        "shards": [asdict(s) for s in card.shards], "raw_parts": [asdict(s) for s in card.raw_parts],
-        "plan": asdict(card.plan), "publish": card.published, "counts": asdict(card.summary), **card.facts.manifest,
-        "filters": {"funnel": [asdict(f) for f in card.funnel], "report": finite(card.filter_report),
-                    "plots": [f"plots/{p}" for p in card.plots]},
+        "shards": [asdict(s) for s in card.shards],
+        "raw_parts": [asdict(s) for s in card.raw_parts],
+        "plan": asdict(card.plan),
+        "publish": card.published,
+        "counts": asdict(card.summary),
+        **card.facts.manifest,
+        "filters": {
+            "funnel": [asdict(f) for f in card.funnel],
+            "report": finite(card.filter_report),
+            "plots": [f"plots/{p}" for p in card.plots],
+        },
     }

@@ -24,7 +24,18 @@ from pipeline.shards.writer import write_bytes_atomic
 
 MARKER = ".contrastgen"
 # The names a dataset folder is made of: with --overwrite, a foreign folder may hold none of them.
-RESERVED = ("README.md", "manifest.json", "plan.arrow", MARKER, ".lock", ".publish-ledger.json", "data", "rejected", "raw", "plots")
+RESERVED = (
+    "README.md",
+    "manifest.json",
+    "plan.arrow",
+    MARKER,
+    ".lock",
+    ".publish-ledger.json",
+    "data",
+    "rejected",
+    "raw",
+    "plots",
+)
 
 
 def dataset_format(kind: str) -> str:
@@ -37,7 +48,11 @@ def _declared(path: Path) -> dict | None:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if isinstance(obj, dict) and str(obj.get("format", "")).startswith("contrastgen.") and obj.get("contrastgen_version"):
+    if (
+        isinstance(obj, dict)
+        and str(obj.get("format", "")).startswith("contrastgen.")
+        and obj.get("contrastgen_version")
+    ):
         return obj
     return None
 
@@ -61,32 +76,42 @@ def check_output(root: Path, kind: str, overwrite: bool = False) -> None:
     whose files no dataset name collides with. Reads only."""
     root = Path(root)
     if root.exists() and not root.is_dir():
-        raise OutputFolderError(f"--out {root}: expected a folder (new, empty, or a contrastgen dataset), found a "
-                                f"{'regular file' if root.is_file() else 'non-folder'}. Fix: pass another --out")
+        raise OutputFolderError(
+            f"--out {root}: expected a folder (new, empty, or a contrastgen dataset), found a "
+            f"{'regular file' if root.is_file() else 'non-folder'}. Fix: pass another --out"
+        )
     if not root.exists():
         return
     try:
         entries = list(root.iterdir())
     except PermissionError:
-        raise OutputFolderError(f"--out {root}: expected a folder contrastgen can read and write, found one it may not "
-                                "read (permission denied). Fix: fix its permissions, or pass another --out") from None
+        raise OutputFolderError(
+            f"--out {root}: expected a folder contrastgen can read and write, found one it may not "
+            "read (permission denied). Fix: fix its permissions, or pass another --out"
+        ) from None
     if not entries:
         return
     found = owner_format(root)
     if found == dataset_format(kind):
         return
     if found is not None:
-        raise OutputFolderError(f"--out {root}: expected a new folder or a {dataset_format(kind)} dataset, found a "
-                                f"{found} dataset. Fix: pass another --out (a folder holds one kind of dataset)")
+        raise OutputFolderError(
+            f"--out {root}: expected a new folder or a {dataset_format(kind)} dataset, found a "
+            f"{found} dataset. Fix: pass another --out (a folder holds one kind of dataset)"
+        )
     if not overwrite:
-        raise OutputFolderError(f"--out {root}: expected a new or empty folder, or a contrastgen dataset, found a folder "
-                                f"that is not one (it holds {_listing(root)}). Fix: pass another --out, or add "
-                                "--overwrite to write into it (contrastgen never replaces files it did not write)")
+        raise OutputFolderError(
+            f"--out {root}: expected a new or empty folder, or a contrastgen dataset, found a folder "
+            f"that is not one (it holds {_listing(root)}). Fix: pass another --out, or add "
+            "--overwrite to write into it (contrastgen never replaces files it did not write)"
+        )
     taken = [n for n in RESERVED if (root / n).exists() or (root / n).is_symlink()]
     if taken:
-        raise OutputFolderError(f"--out {root}: --overwrite writes a dataset beside your files but never replaces them, "
-                                f"and this folder already holds {', '.join(taken)}, which a dataset needs. "
-                                "Fix: pass another --out, or move those out of the way")
+        raise OutputFolderError(
+            f"--out {root}: --overwrite writes a dataset beside your files but never replaces them, "
+            f"and this folder already holds {', '.join(taken)}, which a dataset needs. "
+            "Fix: pass another --out, or move those out of the way"
+        )
 
 
 def claim_output(root: Path, kind: str, overwrite: bool = False) -> None:
@@ -96,12 +121,19 @@ def claim_output(root: Path, kind: str, overwrite: bool = False) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
         if owner_format(root) is None:
-            marker = {"format": dataset_format(kind), "contrastgen_version": __version__,
-                      "note": "this folder is a contrastgen dataset (see README.md once a run has finished)"}
+            marker = {
+                "format": dataset_format(kind),
+                "contrastgen_version": __version__,
+                "note": "this folder is a contrastgen dataset (see README.md once a run has finished)",
+            }
             write_bytes_atomic(root / MARKER, (json.dumps(marker, indent=2) + "\n").encode("utf-8"))
     except PermissionError:
-        raise OutputFolderError(f"--out {root}: expected a folder contrastgen may write, found it read-only for this "
-                                f"user (permission denied). Fix: fix its permissions, or pass another --out") from None
+        raise OutputFolderError(
+            f"--out {root}: expected a folder contrastgen may write, found it read-only for this "
+            f"user (permission denied). Fix: fix its permissions, or pass another --out"
+        ) from None
     except OSError as exc:
-        raise OutputFolderError(f"--out {root}: cannot create the dataset folder ({os.strerror(exc.errno or 0)}). "
-                                "Fix: pass another --out, or free space on its file system") from None
+        raise OutputFolderError(
+            f"--out {root}: cannot create the dataset folder ({os.strerror(exc.errno or 0)}). "
+            "Fix: pass another --out, or free space on its file system"
+        ) from None

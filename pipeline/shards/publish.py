@@ -31,8 +31,16 @@ import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.shards.keys import KeySet
-from pipeline.shards.writer import (ShardInfo, ShardWriter, Spool, read_shard, read_stream, sha256_file, shard_names,
-                                    write_bytes_atomic)
+from pipeline.shards.writer import (
+    ShardInfo,
+    ShardWriter,
+    Spool,
+    read_shard,
+    read_stream,
+    sha256_file,
+    shard_names,
+    write_bytes_atomic,
+)
 
 LEDGER = ".publish-ledger.json"  # shard paths a publish writes, recorded before it writes them
 REJECTION_KEY = ("stage", "reason", "source_id", "task", "unit_key", "file", "line", "raw")
@@ -41,9 +49,14 @@ REJECTION_KEY = ("stage", "reason", "source_id", "task", "unit_key", "file", "li
 def settings_sha(cfg, kind: str, columns: list[str] | tuple[str, ...] = ()) -> str:
     """Hash of what decides a kind's rows once its units are generated, and of the rows' ``columns``: an append
     never adds shards of another layout beside published ones (a new column republishes the dataset whole)."""
-    blob = {"kind": kind, "filters": getattr(cfg.filters, kind).model_dump(mode="json"),
-            "test_fraction": cfg.output.test_fraction, "version": __version__,
-            "block_sources": cfg.output.block_sources, "columns": list(columns)}
+    blob = {
+        "kind": kind,
+        "filters": getattr(cfg.filters, kind).model_dump(mode="json"),
+        "test_fraction": cfg.output.test_fraction,
+        "version": __version__,
+        "block_sources": cfg.output.block_sources,
+        "columns": list(columns),
+    }
     if kind == "negatives":  # the word-class check decides rows at assembly, after generation
         blob["word_class"] = cfg.negatives.word_class
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -63,7 +76,11 @@ def _previous(m: dict | None, root: Path, sha: str) -> tuple[list[ShardInfo], li
     """(shards, releases) of the folder's manifest when its settings match ``sha``, every listed shard is there and
     the plan it lists is the one on disk, else None (publish whole). A run killed after it replaced ``plan.arrow``
     and before its manifest left a newer plan, whose units were never published: they must not count as decided."""
-    if m is None or m.get("publish", {}).get("settings_sha") != sha or not all((root / s["path"]).is_file() for s in m["shards"]):
+    if (
+        m is None
+        or m.get("publish", {}).get("settings_sha") != sha
+        or not all((root / s["path"]).is_file() for s in m["shards"])
+    ):
         return None
     plan = m.get("plan")
     if plan is not None and (not (root / plan["path"]).is_file() or sha256_file(root / plan["path"]) != plan["sha256"]):
@@ -134,7 +151,9 @@ def _batches(rows: pa.Table | Spool):
     return [rows] if isinstance(rows, pa.Table) else rows.tables()
 
 
-def _write(root: Path, split: str, rows: pa.Table | Spool, total: int, rows_per_shard: int, tag: str | None, keep=None) -> list[ShardInfo]:
+def _write(
+    root: Path, split: str, rows: pa.Table | Spool, total: int, rows_per_shard: int, tag: str | None, keep=None
+) -> list[ShardInfo]:
     with ShardWriter(root, split, rows_per_shard, total, subdir=_subdir(split), tag=tag) as w:
         for t in _batches(rows):
             w.write(t if keep is None else keep(t))
@@ -152,8 +171,14 @@ def _names(split: str, rows: int, rows_per_shard: int, tag: str | None) -> list[
     return shard_names(split, rows, rows_per_shard, _subdir(split), tag)
 
 
-def publish(root: Path, tables: dict[str, pa.Table | Spool], rows_per_shard: int, sha: str,
-            run_id: str | None, published_ids: KeySet | None = None) -> tuple[list[ShardInfo], dict]:
+def publish(
+    root: Path,
+    tables: dict[str, pa.Table | Spool],
+    rows_per_shard: int,
+    sha: str,
+    run_id: str | None,
+    published_ids: KeySet | None = None,
+) -> tuple[list[ShardInfo], dict]:
     """Write ``tables`` (split -> rows, ``rejected`` included; a table or a :class:`Spool`) whole or incrementally;
     return every published shard and the manifest's ``publish`` record (settings hash and releases). Deletes only
     shards contrastgen wrote: those the old manifest lists and those in the ledger of an earlier, interrupted
@@ -163,21 +188,36 @@ def publish(root: Path, tables: dict[str, pa.Table | Spool], rows_per_shard: int
     ours = {s["path"] for s in (m or {}).get("shards", [])} | {p for p in _ledger(root) if (root / p).exists()}
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if prev is None:
-        _record(root, [*ours, *(n for split, t in tables.items() for n in _names(split, t.num_rows, rows_per_shard, None))])
+        _record(
+            root, [*ours, *(n for split, t in tables.items() for n in _names(split, t.num_rows, rows_per_shard, None))]
+        )
         shards = [s for split, t in tables.items() for s in _write(root, split, t, t.num_rows, rows_per_shard, None)]
-        releases = [{"release": 0, "run_id": run_id, "time": stamp, "mode": "whole",
-                     "added": {split: t.num_rows for split, t in tables.items()}}]
+        releases = [
+            {
+                "release": 0,
+                "run_id": run_id,
+                "time": stamp,
+                "mode": "whole",
+                "added": {split: t.num_rows for split, t in tables.items()},
+            }
+        ]
     else:
         shards, releases = prev
         tag = f"r{len(releases):03d}"
         keep = {split: _fresh(root, shards, split, published_ids) for split in tables}
         fresh = {split: sum(keep[split](b).num_rows for b in _batches(t)) for split, t in tables.items()}
         _record(root, [*ours, *(n for split, k in fresh.items() if k for n in _names(split, k, rows_per_shard, tag))])
-        new = [s for split, t in tables.items() if fresh[split] for s in _write(root, split, t, fresh[split], rows_per_shard, tag, keep[split])]
+        new = [
+            s
+            for split, t in tables.items()
+            if fresh[split]
+            for s in _write(root, split, t, fresh[split], rows_per_shard, tag, keep[split])
+        ]
         if new:
             shards = shards + new
-            releases.append({"release": len(releases), "run_id": run_id, "time": stamp, "mode": "append",
-                             "added": dict(fresh)})
+            releases.append(
+                {"release": len(releases), "run_id": run_id, "time": stamp, "mode": "append", "added": dict(fresh)}
+            )
     for stale in sorted(ours - {s.path for s in shards}):
         (root / stale).unlink(missing_ok=True)
     return shards, {"settings_sha": sha, "releases": releases}
@@ -202,6 +242,3 @@ def published_splits(shards: list[ShardInfo]) -> dict[str, int]:
         if s.split != "rejected":
             out[s.split] = out.get(s.split, 0) + s.rows
     return out
-
-
-

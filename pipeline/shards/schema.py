@@ -10,26 +10,53 @@ import pyarrow as pa
 from pipeline.records import Provenance, RawResult, Rejection
 
 PROVENANCE_FIELDS = [
-    pa.field("engine", pa.string()), pa.field("model", pa.string()), pa.field("prompt_sha", pa.string()),
-    pa.field("mode", pa.string()), pa.field("temperature", pa.float32()), pa.field("top_p", pa.float32()),
-    pa.field("max_tokens", pa.int32()), pa.field("seed", pa.int64()), pa.field("tokens_in", pa.int32()),
-    pa.field("tokens_out", pa.int32()), pa.field("latency_s", pa.float32()),
+    pa.field("engine", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("prompt_sha", pa.string()),
+    pa.field("mode", pa.string()),
+    pa.field("temperature", pa.float32()),
+    pa.field("top_p", pa.float32()),
+    pa.field("max_tokens", pa.int32()),
+    pa.field("seed", pa.int64()),
+    pa.field("tokens_in", pa.int32()),
+    pa.field("tokens_out", pa.int32()),
+    pa.field("latency_s", pa.float32()),
 ]
 
-REJECTED_SCHEMA = pa.schema([
-    pa.field("stage", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string()),
-    pa.field("raw", pa.string()), pa.field("source_id", pa.string()), pa.field("task", pa.string()),
-    pa.field("file", pa.string()), pa.field("line", pa.int64()), pa.field("field", pa.string()),
-    pa.field("unit_key", pa.string()), pa.field("prompt_sha", pa.string()), pa.field("model", pa.string()),
-    pa.field("seed", pa.int64()), pa.field("filter", pa.string()), pa.field("score", pa.float32()),
-])
+REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("stage", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("raw", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("task", pa.string()),
+        pa.field("file", pa.string()),
+        pa.field("line", pa.int64()),
+        pa.field("field", pa.string()),
+        pa.field("unit_key", pa.string()),
+        pa.field("prompt_sha", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("filter", pa.string()),
+        pa.field("score", pa.float32()),
+    ]
+)
 
-RAW_SCHEMA = pa.schema([
-    pa.field("unit_key", pa.string()), pa.field("source_id", pa.string()), pa.field("caption", pa.string()),
-    pa.field("image_ref", pa.string()), pa.field("task", pa.string()), pa.field("texts", pa.list_(pa.string())),
-    pa.field("finish_reasons", pa.list_(pa.string())),
-    pa.field("code_version", pa.string()), *PROVENANCE_FIELDS, pa.field("group", pa.string()),
-])
+RAW_SCHEMA = pa.schema(
+    [
+        pa.field("unit_key", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("image_ref", pa.string()),
+        pa.field("task", pa.string()),
+        pa.field("texts", pa.list_(pa.string())),
+        pa.field("finish_reasons", pa.list_(pa.string())),
+        pa.field("code_version", pa.string()),
+        *PROVENANCE_FIELDS,
+        pa.field("group", pa.string()),
+    ]
+)
 # Raw parts written before input groups (issue 32) lack the last column; they are read with a null group, so a run
 # made then resumes now (its ungrouped unit keys did not change).
 RAW_SCHEMA_BEFORE_GROUPS = pa.schema(list(RAW_SCHEMA)[:-1])
@@ -65,5 +92,9 @@ def raw_results(table: pa.Table) -> list[RawResult]:
     out = []
     for d in table.to_pylist():
         prov = Provenance(**{k: d.pop(k) for k in prov_names})
-        out.append(RawResult(**{**d, "texts": tuple(d["texts"]), "finish_reasons": tuple(d["finish_reasons"])}, provenance=prov))
+        out.append(
+            RawResult(
+                **{**d, "texts": tuple(d["texts"]), "finish_reasons": tuple(d["finish_reasons"])}, provenance=prov
+            )
+        )
     return out

@@ -70,17 +70,23 @@ def read_shard(root: Path, shard: ShardInfo | dict) -> pa.Table:
     truncated or changed file is a :class:`DatasetError` naming it, never a pyarrow traceback."""
     s = shard if isinstance(shard, ShardInfo) else ShardInfo(**shard)
     path = Path(root) / s.path
-    fix = (f"Fix: restore {s.path} from a copy, or delete it and rerun the generate command that made {root} "
-           "(it republishes the dataset from raw/ with no LLM call)")
+    fix = (
+        f"Fix: restore {s.path} from a copy, or delete it and rerun the generate command that made {root} "
+        "(it republishes the dataset from raw/ with no LLM call)"
+    )
     if not path.is_file():
         raise DatasetError(f"{path}: expected the shard listed in {root}/manifest.json, found no file. {fix}")
     size = path.stat().st_size
     if s.num_bytes and size != s.num_bytes:
-        raise DatasetError(f"{path}: expected {s.num_bytes} bytes (as listed in {root}/manifest.json), found {size}: "
-                           f"the file is truncated or changed. {fix}")
+        raise DatasetError(
+            f"{path}: expected {s.num_bytes} bytes (as listed in {root}/manifest.json), found {size}: "
+            f"the file is truncated or changed. {fix}"
+        )
     if sha256_file(path) != s.sha256:
-        raise DatasetError(f"{path}: expected sha256 {s.sha256[:12]}... (as listed in {root}/manifest.json), found "
-                           f"other content: the file is corrupt or changed. {fix}")
+        raise DatasetError(
+            f"{path}: expected sha256 {s.sha256[:12]}... (as listed in {root}/manifest.json), found "
+            f"other content: the file is corrupt or changed. {fix}"
+        )
     try:
         return read_stream(path)
     except (OSError, pa.ArrowException) as exc:
@@ -97,7 +103,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     atomically(path, write)
 
 
-def shard_names(split: str, total_rows: int, rows_per_shard: int, subdir: str = "data", tag: str | None = None) -> list[str]:
+def shard_names(
+    split: str, total_rows: int, rows_per_shard: int, subdir: str = "data", tag: str | None = None
+) -> list[str]:
     """The paths (relative to the dataset root) of a split's shards, known before any is written: a release tag
     keeps appended shards' names apart (``train-r001-00000-of-00001.arrow``)."""
     prefix, n = (f"{split}-{tag}" if tag else split), max(1, math.ceil(total_rows / rows_per_shard))
@@ -114,8 +122,9 @@ class ShardWriter:
     [2, 1]
     """
 
-    def __init__(self, root: Path, split: str, rows_per_shard: int, total_rows: int, subdir: str = "data",
-                 tag: str | None = None):
+    def __init__(
+        self, root: Path, split: str, rows_per_shard: int, total_rows: int, subdir: str = "data", tag: str | None = None
+    ):
         self.root, self.split, self.rows_per_shard, self.subdir = Path(root), split, rows_per_shard, subdir
         self.paths = shard_names(split, total_rows, rows_per_shard, subdir, tag)
         self.total_rows = total_rows
@@ -142,7 +151,9 @@ class ShardWriter:
         chunk, rest = held.slice(0, rows).combine_chunks(), held.slice(rows)
         rel = self.paths[len(self._shards)]
         write_atomic(self.root / rel, chunk)
-        self._shards.append(ShardInfo(rel, self.split, chunk.num_rows, sha256_file(self.root / rel), (self.root / rel).stat().st_size))
+        self._shards.append(
+            ShardInfo(rel, self.split, chunk.num_rows, sha256_file(self.root / rel), (self.root / rel).stat().st_size)
+        )
         self._written += chunk.num_rows
         self._pending, self._held = ([rest] if rest.num_rows else []), rest.num_rows
 

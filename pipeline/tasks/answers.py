@@ -17,7 +17,9 @@ AnswerKind = Literal["number", "choice"]
 _NUMBER = r"-?\$?\s?\d[\d,]*(?:\.\d+)?"
 # Phrases that introduce the final answer, strongest first; the last match in the text wins.
 _CUES = (r"####\s*", r"answer\s*(?:is|:)\s*(?:\*\*)?", r"=\s*(?=[^=]*$)")
-_REFUSALS = re.compile(r"\b(I (?:can ?not|can't|am unable to|won't)|as an AI|I'm sorry|I apologi[sz]e)\b", re.IGNORECASE)
+_REFUSALS = re.compile(
+    r"\b(I (?:can ?not|can't|am unable to|won't)|as an AI|I'm sorry|I apologi[sz]e)\b", re.IGNORECASE
+)
 
 
 def normalise_answer(value: str, kind: AnswerKind) -> str | None:
@@ -51,7 +53,9 @@ def extract_answer(text: str, kind: AnswerKind, choices: tuple[str, ...] = ()) -
     '26'
     >>> extract_answer("People go to a bank. So the answer is (A).", "choice", ("bank", "library"))
     'A'
-    >>> extract_answer("You would find it in a library.", "choice", ("bank", "library")), extract_answer("No idea", "number")
+    >>> extract_answer("You would find it in a library.", "choice", ("bank", "library")), extract_answer(
+    ...     "No idea", "number"
+    ... )
     ('B', None)
     """
     if kind == "choice":
@@ -80,7 +84,9 @@ def gold_answer(value: object, kind: AnswerKind, choices: tuple[str, ...] = ()) 
     """The gold answer of an input row, normalised: a bare value (SVAMP's 51.0, CommonsenseQA's "A"), or a
     worked solution whose last line is "#### <answer>" (GSM8K). None when nothing parses.
 
-    >>> gold_answer("It takes 2/2=<<2/2=1>>1 bolt.\\n#### 3", "number"), gold_answer(51.0, "number"), gold_answer("c", "choice")
+    >>> gold_answer("It takes 2/2=<<2/2=1>>1 bolt.\\n#### 3", "number"), gold_answer(51.0, "number"), gold_answer(
+    ...     "c", "choice"
+    ... )
     ('3', '51', 'C')
     """
     if value is None:

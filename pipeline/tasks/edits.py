@@ -13,7 +13,8 @@ from dataclasses import dataclass
 _REFUSAL = re.compile(r"^\W*(i'?m sorry|sorry|i cannot|i can'?t|i am unable|i'?m unable|as an ai|i won'?t)\b", re.I)
 _CHATTER = re.compile(
     r"^\W*(sure|okay|ok|certainly|of course|here is|here's|here are|the (new|edited|negative|rewritten) "
-    r"(caption|sentence)|new caption|answer|caption|output|negative)\b[:,!.]?", re.I,
+    r"(caption|sentence)|new caption|answer|caption|output|negative)\b[:,!.]?",
+    re.I,
 )
 _SWAP = re.compile(r"^(.+?)\s*<->\s*(.+)$")
 _REPLACE = re.compile(r"^(.+?)\s*->\s*(.+)$")

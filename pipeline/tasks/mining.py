@@ -56,7 +56,8 @@ def candidate_reasons(sims: np.ndarray, pos_sim: float, cfg: MiningConfig) -> np
 
     >>> candidate_reasons(np.array([0.9, 0.78, 0.5]), 0.8, MiningConfig()).tolist()
     ['positive_aware', 'positive_aware', '']
-    >>> candidate_reasons(np.array([0.9, 0.7]), 0.8, MiningConfig(max_positive_ratio=None, absolute_margin=0.05, max_score=0.85)).tolist()
+    >>> absolute = MiningConfig(max_positive_ratio=None, absolute_margin=0.05, max_score=0.85)
+    >>> candidate_reasons(np.array([0.9, 0.7]), 0.8, absolute).tolist()
     ['above_max_score', '']
     """
     out = np.full(len(sims), "", dtype=object)
@@ -80,8 +81,14 @@ class Mined:
     candidates: list[Candidate]
 
 
-def mine(queries: np.ndarray, corpus: np.ndarray, positives: np.ndarray, pools: np.ndarray, cfg: MiningConfig,
-         chunk: int = 1024) -> list[Mined]:
+def mine(
+    queries: np.ndarray,
+    corpus: np.ndarray,
+    positives: np.ndarray,
+    pools: np.ndarray,
+    cfg: MiningConfig,
+    chunk: int = 1024,
+) -> list[Mined]:
     """Each query's :class:`Mined`: its candidates in rank order, each with its rule verdict.
 
     ``queries`` [Q, D] and ``corpus`` [P, D] are unit vectors; ``positives`` (Q,) is each query's passage row in the
@@ -98,8 +105,13 @@ def mine(queries: np.ndarray, corpus: np.ndarray, positives: np.ndarray, pools: 
             pool = np.flatnonzero((pools == pools[p]) & (order_key != p))  # (M,) the positive's pool, without it
             ranked = pool[np.lexsort((pool, -row[pool]))][: cfg.candidates]  # highest cosine first, then corpus order
             reasons = candidate_reasons(row[ranked], row[p], cfg)
-            out.append(Mined(float(row[p]), 1 + int((row[pool] > row[p]).sum()),
-                             [Candidate(int(j), float(row[j]), k + 1, str(r)) for k, (j, r) in enumerate(zip(ranked, reasons))]))
+            out.append(
+                Mined(
+                    float(row[p]),
+                    1 + int((row[pool] > row[p]).sum()),
+                    [Candidate(int(j), float(row[j]), k + 1, str(r)) for k, (j, r) in enumerate(zip(ranked, reasons))],
+                )
+            )
     return out
 
 
@@ -112,8 +124,9 @@ class Drop:
     score: float
 
 
-def select(cands: list[Candidate], judged: dict[int, int | None], num: int, fn_max_score: int
-           ) -> tuple[list[Candidate], list[Drop]]:
+def select(
+    cands: list[Candidate], judged: dict[int, int | None], num: int, fn_max_score: int
+) -> tuple[list[Candidate], list[Drop]]:
     """The negatives (the first ``num`` candidates that pass) and the drops met on the way to them, in rank order.
 
     ``judged`` maps a candidate's passage to the false-negative judge's score (None: no parsable score); a

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+
 def _content(doc: Any) -> tuple[int, tuple[str, ...]]:
     """(number of noun phrases, the numbers written in the text, sorted) of a spaCy doc. Noun phrases, not noun
     tags: the small English model tags "runs" in "A dog runs." as a noun, yet still finds one noun phrase there."""

@@ -32,7 +32,11 @@ def _question(q: str) -> str:
 
 
 def _claim(q: str) -> str:
-    return "" if not q.endswith("?") and len(words(q)) >= 4 and not _SENTENCE_END.search(q) else "expected one statement of 4+ words"
+    return (
+        ""
+        if not q.endswith("?") and len(words(q)) >= 4 and not _SENTENCE_END.search(q)
+        else "expected one statement of 4+ words"
+    )
 
 
 # Explicit dispatch: each query type's shape check ("" when the query has it), beside the type names.
@@ -42,7 +46,9 @@ SHAPES = {QueryType.keyword.value: _keyword, QueryType.question.value: _question
 def copied_share(query: str, passage: str) -> float:
     """Share of the query's words in its longest run of words found verbatim in the passage.
 
-    >>> copied_share("Mars looks red because of iron oxide dust", "Mars looks red because its surface is dust."), copied_share("", "x")
+    >>> copied_share("Mars looks red because of iron oxide dust", "Mars looks red because its surface is dust."), (
+    ...     copied_share("", "x")
+    ... )
     (0.5, 0.0)
     """
     q, text = words(query), " " + " ".join(words(passage)) + " "

@@ -72,9 +72,14 @@ def load_template(path: Path) -> Template:
             raise TemplateError(f"{path}: examples[{i}] needs string fields 'caption' and '{key}'")
         examples.append(Example(ex["caption"].strip(), ex[key].strip()))
     return Template(
-        task=data["task"], edit_format=fmt, system_edit=data.get("system_edit"),
-        system_rewrite=data["system_rewrite"], user=data["user"], examples=tuple(examples),
-        sha256=hashlib.sha256(raw).hexdigest(), path=path,
+        task=data["task"],
+        edit_format=fmt,
+        system_edit=data.get("system_edit"),
+        system_rewrite=data["system_rewrite"],
+        user=data["user"],
+        examples=tuple(examples),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        path=path,
     )
 
 
@@ -138,5 +143,6 @@ def load_chat_template(path: Path, slots: tuple[str, ...]) -> ChatTemplate:
         if not isinstance(ex, dict) or not all(isinstance(ex.get(f), str) for f in (*slots, "answer")):
             raise TemplateError(f"{path}: examples[{i}] needs string fields {[*slots, 'answer']}")
         examples.append({f: ex[f].strip() for f in (*slots, "answer")})
-    return ChatTemplate(data["task"], data["system"], data["user"], slots, tuple(examples),
-                        hashlib.sha256(raw).hexdigest(), path)
+    return ChatTemplate(
+        data["task"], data["system"], data["user"], slots, tuple(examples), hashlib.sha256(raw).hexdigest(), path
+    )

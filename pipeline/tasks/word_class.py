@@ -22,9 +22,8 @@ rejects an attribute edit. A failing candidate gets reason ``wrong_word_class``;
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import functools
+from collections import OrderedDict
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
@@ -45,14 +44,18 @@ def load_parser() -> Any:
     try:
         import spacy
     except ImportError as e:
-        raise ConfigError(f"the word-class check and rule negatives need spaCy, which is not installed. Fix: {INSTALL}") from e
+        raise ConfigError(
+            f"the word-class check and rule negatives need spaCy, which is not installed. Fix: {INSTALL}"
+        ) from e
     for name in MODELS:
         try:
             return spacy.load(name, exclude=["ner"])
         except OSError:
             continue
-    raise ConfigError(f"the word-class check and rule negatives need a spaCy English model ({' or '.join(MODELS)}), "
-                      f"found none. Fix: {INSTALL}")
+    raise ConfigError(
+        f"the word-class check and rule negatives need a spaCy English model ({' or '.join(MODELS)}), "
+        f"found none. Fix: {INSTALL}"
+    )
 
 
 def _norm(text: str) -> str:

@@ -30,7 +30,7 @@ PAPERS = {
     LossName.ema_distill: "EMA self-distillation (DeGLA, Hu et al. 2025; Mean Teacher, Tarvainen & Valpola 2017)",
     LossName.mw_auc: "Wilcoxon-Mann-Whitney AUC surrogate (Yan et al. 2003)",
     LossName.view_local: "local contrast from the positive's side (SugarCrepe's choice, Hsieh et al. 2023; NegCLIP, "
-                         "Yuksekgonul et al. 2023)",
+    "Yuksekgonul et al. 2023)",
 }
 
 
@@ -66,15 +66,27 @@ def _base_license(base: Path) -> str | None:
 
 def _dataset_meta(d: str) -> dict[str, Any]:
     meta = load_manifest(Path(d))
-    return {"dir": d, "train_rows": meta.get("counts", {}).get("splits", {}).get("train"),
-            "pretty_name": Path(meta.get("config", {}).get("input", {}).get("path") or "").name}
+    return {
+        "dir": d,
+        "train_rows": meta.get("counts", {}).get("splits", {}).get("train"),
+        "pretty_name": Path(meta.get("config", {}).get("input", {}).get("path") or "").name,
+    }
 
 
 def _eval_rows(before, after) -> list[dict[str, Any]]:
     b = {t.neg_type: t for t in before.per_type} | {"all": before.overall}
     a = {t.neg_type: t for t in after.per_type} | {"all": after.overall}
-    return [{"neg_type": k, "rows": a[k].rows, "before": b[k].acc, "after": a[k].acc,
-             "margin_before": b[k].margin, "margin_after": a[k].margin} for k in a]
+    return [
+        {
+            "neg_type": k,
+            "rows": a[k].rows,
+            "before": b[k].acc,
+            "after": a[k].acc,
+            "margin_before": b[k].margin,
+            "margin_after": a[k].margin,
+        }
+        for k in a
+    ]
 
 
 def write_model_card(cfg: TrainConfig, s: TrainSummary) -> None:
@@ -82,23 +94,38 @@ def write_model_card(cfg: TrainConfig, s: TrainSummary) -> None:
     cfg_json = cfg.model_dump(mode="json")
     base = str(cfg.model.resolved_base())
     params = ModelCardParams(
-        name=out.name, version=__version__, base=base, out=str(out), datasets=[_dataset_meta(d) for d in s.before],
-        train_groups=len(s.data.train), val_groups=len(s.data.val), no_positive=s.data.no_positive,
+        name=out.name,
+        version=__version__,
+        base=base,
+        out=str(out),
+        datasets=[_dataset_meta(d) for d in s.before],
+        train_groups=len(s.data.train),
+        val_groups=len(s.data.val),
+        no_positive=s.data.no_positive,
         losses=[{"name": n.value, "weight": w, "paper": PAPERS[n]} for n, w in cfg.loss.weights.items() if w > 0],
-        result=s.result, evals=[{"dir": d, "before": s.before[d], "after": s.after[d], "rows": _eval_rows(s.before[d], s.after[d])}
-               for d in s.before if d in s.after],  # none when a stop skipped the evaluation after training
-        cfg=cfg, config_yaml=yaml.safe_dump(cfg_json, sort_keys=False),
+        result=s.result,
+        evals=[
+            {"dir": d, "before": s.before[d], "after": s.after[d], "rows": _eval_rows(s.before[d], s.after[d])}
+            for d in s.before
+            if d in s.after
+        ],  # none when a stop skipped the evaluation after training
+        cfg=cfg,
+        config_yaml=yaml.safe_dump(cfg_json, sort_keys=False),
     )
     front = {
-        "library_name": "sentence-transformers", "pipeline_tag": "sentence-similarity",
+        "library_name": "sentence-transformers",
+        "pipeline_tag": "sentence-similarity",
         "tags": ["sentence-transformers", "contrastgen", "hard-negatives", "compositionality"],
-        "base_model": BUNDLED_ENCODER_ID if cfg.model.base is None else Path(base).name, "datasets": [str(d) for d in s.before],
+        "base_model": BUNDLED_ENCODER_ID if cfg.model.base is None else Path(base).name,
+        "datasets": [str(d) for d in s.before],
     }
     license_ = _base_license(Path(base))
     if license_:
         front["license"] = license_
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     body = env.from_string(_TEMPLATE.read_text(encoding="utf-8")).render(p=params)
-    write_bytes_atomic(out / "README.md", ("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body).encode("utf-8"))
+    write_bytes_atomic(
+        out / "README.md", ("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body).encode("utf-8")
+    )
     record = {"format": "contrastgen.model/1", "config": cfg_json, "versions": versions(), **train_summary_dict(s)}
     write_bytes_atomic(out / "contrastgen_train.json", (json.dumps(record, indent=2) + "\n").encode("utf-8"))

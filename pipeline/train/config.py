@@ -36,15 +36,20 @@ class DataSection(Section):
     dirs: list[Path] = Field(default_factory=list, description="contrastgen dataset folders to train on (train split).")
     max_negatives: int = Field(8, ge=1, description="Typed negatives per anchor (padded; extra ones are dropped).")
     positives_per_anchor: int = Field(
-        1, ge=1, description="Positives an anchor is paired with each epoch, from its paraphrase and the other captions "
-        "of its group (input.group_column), taken in turn so that epochs go through all of them.")
+        1,
+        ge=1,
+        description="Positives an anchor is paired with each epoch, from its paraphrase and the other captions "
+        "of its group (input.group_column), taken in turn so that epochs go through all of them.",
+    )
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of train captions held back for early stopping (never the test split)."
     )
 
 
 class ModelSection(Section):
-    base: Path | None = Field(None, description="sentence-transformers model folder; default: bundled all-MiniLM-L6-v2.")
+    base: Path | None = Field(
+        None, description="sentence-transformers model folder; default: bundled all-MiniLM-L6-v2."
+    )
     out: Path | None = Field(None, description="Output model folder.")
     max_seq_length: int = Field(64, gt=0, description="Tokens per text (captions are short).")
 
@@ -91,13 +96,16 @@ class EvalSection(Section):
     )
     patience: int = Field(3, ge=1, description="Stop after this many validations without improvement.")
     max_retention_drop: float = Field(
-        1.0, ge=0, description="A checkpoint whose retention check falls more than this (points) below the base is not kept."
+        1.0,
+        ge=0,
+        description="A checkpoint whose retention check falls more than this (points) below the base is not kept.",
     )
     batch_size: int = Field(64, gt=0, description="Texts per encode call during evaluation.")
     retention: Path | None = Field(
-        None, description="STS-format file for the retention check and report (STS Benchmark's TSV, e.g. STS-B dev's "
+        None,
+        description="STS-format file for the retention check and report (STS Benchmark's TSV, e.g. STS-B dev's "
         "sts-dev.csv, or JSONL of sentence1/sentence2/score): even lines steer checkpoints, odd lines are reported. "
-        "Default: the bundled 120 pairs."
+        "Default: the bundled 120 pairs.",
     )
 
 

@@ -61,13 +61,16 @@ def read_split(root: Path, split: str) -> pa.Table:
     columns, and that the split has rows."""
     tables = []
     shards, meta = _shards(root, split)
-    adapt = kind_of_format(meta["format"], Path(root) / "manifest.json").as_negatives  # the kind's rows in the trainer's layout
+    adapt = kind_of_format(
+        meta["format"], Path(root) / "manifest.json"
+    ).as_negatives  # the kind's rows in the trainer's layout
     for shard in shards:
         table = adapt(read_shard(root, shard))
         missing = [c for c in REQUIRED if c not in table.column_names]
         if missing:
             raise DatasetError(
-                f"{Path(root) / shard['path']}: expected columns {list(REQUIRED)}, missing {missing} (found {table.column_names}). "
+                f"{Path(root) / shard['path']}: expected columns {list(REQUIRED)}, missing {missing} (found "
+                f"{table.column_names}). "
                 "Fix: train on shards written by `contrastgen generate negatives`."
             )
         tables.append(table)
@@ -115,16 +118,23 @@ def groups_from_table(table: pa.Table, max_negatives: int) -> tuple[list[Group],
             skipped += len(rows)
             continue
         rows = rows[:max_negatives]
-        groups.append(Group(
-            anchor=anchor, positive=positives[0], negatives=tuple(cols["negative"][r] for r in rows),
-            neg_types=tuple(cols["neg_type"][r] for r in rows), weights=tuple(float(weights[r]) for r in rows),
-            positives=tuple(positives), group=gid,
-        ))
+        groups.append(
+            Group(
+                anchor=anchor,
+                positive=positives[0],
+                negatives=tuple(cols["negative"][r] for r in rows),
+                neg_types=tuple(cols["neg_type"][r] for r in rows),
+                weights=tuple(float(weights[r]) for r in rows),
+                positives=tuple(positives),
+                group=gid,
+            )
+        )
     return groups, skipped
 
 
-def pair_positives(groups: list[Group], per_anchor: int, seed: int, epoch: int,
-                   made: dict[tuple[int, int], Group] | None = None) -> list[Group]:
+def pair_positives(
+    groups: list[Group], per_anchor: int, seed: int, epoch: int, made: dict[tuple[int, int], Group] | None = None
+) -> list[Group]:
     """Each group paired with ``per_anchor`` of its positives for this epoch (one copy of the group each, at most
     as many as it has): taken in turn from a start fixed by the anchor and ``seed``, so that consecutive epochs
     go through all of them. A group keeps its own object for its first positive (ungrouped data is not copied);

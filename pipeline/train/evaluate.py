@@ -65,8 +65,13 @@ class RetrievalScore:
     passages: int  # the corpus: distinct test passages
 
     def to_dict(self) -> dict:
-        return {"recall@1": self.recall_at_1, "recall@10": self.recall_at_10, "mrr@10": self.mrr_at_10,
-                "queries": self.queries, "passages": self.passages}
+        return {
+            "recall@1": self.recall_at_1,
+            "recall@10": self.recall_at_10,
+            "mrr@10": self.mrr_at_10,
+            "queries": self.queries,
+            "passages": self.passages,
+        }
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,9 @@ class EvalReport:
 
 def encode_unique(model: SentenceTransformer, texts: list[str], batch_size: int) -> dict[str, torch.Tensor]:
     uniq = list(dict.fromkeys(texts))
-    emb = model.encode(uniq, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
-                       show_progress_bar=False)
+    emb = model.encode(
+        uniq, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+    )
     return {t: e for t, e in zip(uniq, emb.cpu())}
 
 
@@ -102,8 +108,11 @@ def read_sts(path: Path) -> list[dict]:
     every pair, so a silently skipped line would change the measure."""
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(path, "expected an STS-format file (STS-B's sts-dev.csv, or JSONL of sentence1/"
-                             "sentence2/score), found no such file. Fix: pass the file's path to --retention")
+        raise InputFileError(
+            path,
+            "expected an STS-format file (STS-B's sts-dev.csv, or JSONL of sentence1/"
+            "sentence2/score), found no such file. Fix: pass the file's path to --retention",
+        )
     pairs = []
     with path.open(encoding="utf-8", newline="") as f:
         for n, line in enumerate(f, 1):
@@ -118,9 +127,13 @@ def read_sts(path: Path) -> list[dict]:
             else:
                 cols = next(csv.reader([line.rstrip("\r\n")], delimiter="\t", quoting=csv.QUOTE_NONE))
                 if len(cols) < 7:
-                    raise InputFileError(path, f"expected 7 tab-separated fields (genre, file, years, id, score, "
-                                         f"sentence1, sentence2), found {len(cols)}. Fix: pass STS-B's own file, "
-                                         "or JSONL rows of sentence1/sentence2/score", n)
+                    raise InputFileError(
+                        path,
+                        f"expected 7 tab-separated fields (genre, file, years, id, score, "
+                        f"sentence1, sentence2), found {len(cols)}. Fix: pass STS-B's own file, "
+                        "or JSONL rows of sentence1/sentence2/score",
+                        n,
+                    )
                 fields = [cols[5], cols[6], cols[4]]
             pairs.append(_sts_pair(path, n, fields))
     if len(pairs) < 3:
@@ -135,7 +148,9 @@ def _sts_pair(path: Path, n: int, fields: list) -> dict:
     try:
         score = float(fields[2])
     except (TypeError, ValueError):
-        raise InputFileError(path, f"expected a number (the graded similarity), found {fields[2]!r}", n, "score") from None
+        raise InputFileError(
+            path, f"expected a number (the graded similarity), found {fields[2]!r}", n, "score"
+        ) from None
     return {"sentence1": fields[0], "sentence2": fields[1], "score": score}
 
 
@@ -149,19 +164,31 @@ def retention_pairs(part: str = "all", path: Path | None = None) -> list[dict]:
     return {"all": rows, "check": rows[0::2], "report": rows[1::2]}[part]
 
 
-def retention(model: SentenceTransformer, pairs: list[dict], batch_size: int = 64, source: str = "bundled") -> Retention:
+def retention(
+    model: SentenceTransformer, pairs: list[dict], batch_size: int = 64, source: str = "bundled"
+) -> Retention:
     emb = encode_unique(model, [p["sentence1"] for p in pairs] + [p["sentence2"] for p in pairs], batch_size)
     sims = np.array([float(emb[p["sentence1"]] @ emb[p["sentence2"]]) for p in pairs])
     gold = np.array([p["score"] for p in pairs])
     para = sims[gold >= 4.5]
-    return Retention(round(100 * float(spearmanr(sims, gold).statistic), 2),
-                     round(100 * float(para.mean()), 2) if len(para) else float("nan"), len(pairs), source)
+    return Retention(
+        round(100 * float(spearmanr(sims, gold).statistic), 2),
+        round(100 * float(para.mean()), 2) if len(para) else float("nan"),
+        len(pairs),
+        source,
+    )
 
 
 def _score(name: str, s_cp: np.ndarray, s_cn: np.ndarray, s_pn: np.ndarray) -> TypeScore:
     a_c, a_p = s_cp > s_cn, s_cp > s_pn
-    return TypeScore(name, int(len(s_cp)), round(100 * float(np.mean(a_c & a_p)), 2), round(100 * float(np.mean(a_c)), 2),
-                     round(100 * float(np.mean(a_p)), 2), round(float(np.mean(s_cp - s_cn)), 4))
+    return TypeScore(
+        name,
+        int(len(s_cp)),
+        round(100 * float(np.mean(a_c & a_p)), 2),
+        round(100 * float(np.mean(a_c)), 2),
+        round(100 * float(np.mean(a_p)), 2),
+        round(float(np.mean(s_cp - s_cn)), 4),
+    )
 
 
 def _align_uniform(captions: torch.Tensor, positives: torch.Tensor) -> tuple[float, float]:
@@ -170,8 +197,9 @@ def _align_uniform(captions: torch.Tensor, positives: torch.Tensor) -> tuple[flo
     return round(float(align), 4), round(float(uniform), 4)
 
 
-def typed_scores(model: SentenceTransformer, scored: list[dict], batch_size: int = 64
-                 ) -> tuple[TypeScore, list[TypeScore], torch.Tensor, torch.Tensor]:
+def typed_scores(
+    model: SentenceTransformer, scored: list[dict], batch_size: int = 64
+) -> tuple[TypeScore, list[TypeScore], torch.Tensor, torch.Tensor]:
     """Typed accuracy of ``model`` on rows {caption, positive, negative, neg_type}, every one with a positive:
     (all rows, each type, the rows' caption embeddings [R, D], their positive embeddings [R, D])."""
     emb = encode_unique(model, [t for r in scored for t in (r["caption"], r["positive"], r["negative"])], batch_size)
@@ -185,7 +213,8 @@ def typed_scores(model: SentenceTransformer, scored: list[dict], batch_size: int
 
 
 def ranks(queries: np.ndarray, corpus: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """(Q,) the rank (1 = first) of each query's relevant passage ``relevant[q]`` among ``corpus`` [P, D], by dot product
+    """(Q,) the rank (1 = first) of each query's relevant passage ``relevant[q]`` among ``corpus`` [P, D], by dot
+    product
     with ``queries`` [Q, D] (unit vectors: cosine); a tie counts against it (rank = passages scoring at least as high).
 
     >>> ranks(np.eye(2), np.array([[1.0, 0.0], [0.6, 0.8]]), np.array([0, 0])).tolist()
@@ -203,8 +232,11 @@ def retrieval_metrics(rank: np.ndarray) -> dict[str, float]:
     {'recall@1': 25.0, 'recall@10': 75.0, 'mrr@10': 43.75}
     """
     rank = np.asarray(rank)
-    return {"recall@1": round(100 * float(np.mean(rank <= 1)), 2), "recall@10": round(100 * float(np.mean(rank <= 10)), 2),
-            "mrr@10": round(100 * float(np.mean(np.where(rank <= 10, 1.0 / rank, 0.0))), 2)}
+    return {
+        "recall@1": round(100 * float(np.mean(rank <= 1)), 2),
+        "recall@10": round(100 * float(np.mean(rank <= 10)), 2),
+        "mrr@10": round(100 * float(np.mean(np.where(rank <= 10, 1.0 / rank, 0.0))), 2),
+    }
 
 
 def retrieval_scores(model: SentenceTransformer, table: pa.Table, batch_size: int = 64) -> RetrievalScore:
@@ -213,31 +245,53 @@ def retrieval_scores(model: SentenceTransformer, table: pa.Table, batch_size: in
     rows = table.select(["caption", "positive", "negative"]).to_pylist()
     pairs = list(dict.fromkeys((r["caption"], r["positive"]) for r in rows if r["positive"] is not None))
     if not pairs:
-        raise DatasetError("retrieval evaluation: expected test rows with a query and its passage, found none. "
-                           "Fix: generate from more passages (or a larger output.test_fraction)")
+        raise DatasetError(
+            "retrieval evaluation: expected test rows with a query and its passage, found none. "
+            "Fix: generate from more passages (or a larger output.test_fraction)"
+        )
     corpus = list(dict.fromkeys([p for _, p in pairs] + [r["negative"] for r in rows]))
     emb = encode_unique(model, [q for q, _ in pairs] + corpus, batch_size)
     at = {p: i for i, p in enumerate(corpus)}
-    rank = ranks(torch.stack([emb[q] for q, _ in pairs]).numpy(), torch.stack([emb[p] for p in corpus]).numpy(),  # [Q, D], [P, D]
-                 np.array([at[p] for _, p in pairs]))
+    rank = ranks(
+        torch.stack([emb[q] for q, _ in pairs]).numpy(),
+        torch.stack([emb[p] for p in corpus]).numpy(),  # [Q, D], [P, D]
+        np.array([at[p] for _, p in pairs]),
+    )
     m = retrieval_metrics(rank)
     return RetrievalScore(m["recall@1"], m["recall@10"], m["mrr@10"], len(pairs), len(corpus))
 
 
-def evaluate_table(model: SentenceTransformer, table: pa.Table, batch_size: int = 64,
-                   retention_file: Path | None = None, retrieval: bool = False) -> EvalReport:
+def evaluate_table(
+    model: SentenceTransformer,
+    table: pa.Table,
+    batch_size: int = 64,
+    retention_file: Path | None = None,
+    retrieval: bool = False,
+) -> EvalReport:
     """Score ``model`` on a negatives table (a test split); retention on the report half of ``retention_file``
     (an STS-format file) or of the bundled pairs; with ``retrieval`` (a retrieval dataset's split) retrieval too."""
     rows = table.select(["caption", "positive", "negative", "neg_type"]).to_pylist()
     scored = [r for r in rows if r["positive"] is not None]
     if not scored:
-        raise DatasetError(f"evaluation: expected rows with a paraphrase positive, found none of {len(rows)}. "
-                           "Fix: generate with paraphrases on (negatives.paraphrase) or more captions")
+        raise DatasetError(
+            f"evaluation: expected rows with a paraphrase positive, found none of {len(rows)}. "
+            "Fix: generate with paraphrases on (negatives.paraphrase) or more captions"
+        )
     overall, per_type, c, p = typed_scores(model, scored, batch_size)
     uniq = {r["caption"]: i for i, r in enumerate(scored)}
     idx = list(uniq.values())
     align, uniform = _align_uniform(c[idx], p[idx])
-    return EvalReport(overall, per_type, align, uniform,
-                      retention(model, retention_pairs("report", retention_file), batch_size,
-                                "bundled" if retention_file is None else Path(retention_file).name),
-                      len(rows) - len(scored), retrieval_scores(model, table, batch_size) if retrieval else None)
+    return EvalReport(
+        overall,
+        per_type,
+        align,
+        uniform,
+        retention(
+            model,
+            retention_pairs("report", retention_file),
+            batch_size,
+            "bundled" if retention_file is None else Path(retention_file).name,
+        ),
+        len(rows) - len(scored),
+        retrieval_scores(model, table, batch_size) if retrieval else None,
+    )

@@ -30,8 +30,11 @@ def read_paws(path: Path, limit: int | None = None) -> list[dict]:
     every pair is ranked against every other, so a silently skipped line would change the measure."""
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(path, "expected PAWS's dev.tsv (id, sentence1, sentence2, label), found no such file. "
-                             "Fix: pass its path (../shared/data/paws/dev.tsv in the project's workspace)")
+        raise InputFileError(
+            path,
+            "expected PAWS's dev.tsv (id, sentence1, sentence2, label), found no such file. "
+            "Fix: pass its path (../shared/data/paws/dev.tsv in the project's workspace)",
+        )
     pairs: list[dict] = []
     with path.open(encoding="utf-8", newline="") as f:
         for n, line in enumerate(f, 1):
@@ -53,8 +56,11 @@ def read_paws(path: Path, limit: int | None = None) -> list[dict]:
             if limit is not None and len(pairs) == limit:
                 break
     if len({p["label"] for p in pairs}) < 2:
-        raise InputFileError(path, f"expected pairs of both labels for a ROC-AUC, found {len(pairs)} pairs of "
-                             f"{sorted({p['label'] for p in pairs})}")
+        raise InputFileError(
+            path,
+            f"expected pairs of both labels for a ROC-AUC, found {len(pairs)} pairs of "
+            f"{sorted({p['label'] for p in pairs})}",
+        )
     return pairs
 
 

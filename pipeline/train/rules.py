@@ -25,11 +25,61 @@ from pipeline.tasks.word_class import load_parser
 
 RULE_TYPES = ("swap_obj", "swap_att", "replace_obj", "replace_att", "replace_rel")
 # Nouns that name a quantity, a part or the picture itself, not an object: swapping them makes no hard negative.
-NOT_OBJECTS = frozenset({"group", "couple", "pair", "lot", "bunch", "number", "variety", "kind", "type", "piece",
-                         "top", "front", "side", "middle", "back", "edge", "center", "view", "close", "picture",
-                         "photo", "image", "photograph", "shot", "lots", "one", "ones", "other", "others"})
-NOT_ATTRIBUTES = frozenset({"many", "several", "few", "other", "same", "different", "various", "more", "most",
-                            "much", "own", "such", "next", "last", "first", "only", "whole", "certain"})  # quantifiers
+NOT_OBJECTS = frozenset(
+    {
+        "group",
+        "couple",
+        "pair",
+        "lot",
+        "bunch",
+        "number",
+        "variety",
+        "kind",
+        "type",
+        "piece",
+        "top",
+        "front",
+        "side",
+        "middle",
+        "back",
+        "edge",
+        "center",
+        "view",
+        "close",
+        "picture",
+        "photo",
+        "image",
+        "photograph",
+        "shot",
+        "lots",
+        "one",
+        "ones",
+        "other",
+        "others",
+    }
+)
+NOT_ATTRIBUTES = frozenset(
+    {
+        "many",
+        "several",
+        "few",
+        "other",
+        "same",
+        "different",
+        "various",
+        "more",
+        "most",
+        "much",
+        "own",
+        "such",
+        "next",
+        "last",
+        "first",
+        "only",
+        "whole",
+        "certain",
+    }
+)  # quantifiers
 NOT_RELATIONS = frozenset({"of", "than", "as", "like"})  # partitive/comparative prepositions carry no relation
 TOP_K = 100  # replacements come from the most frequent words of their kind (no one-off typos)
 
@@ -66,9 +116,14 @@ def _relations(doc: Any) -> list[tuple[Any, str]]:
     """(token, kind) of each preposition and verb that can be replaced by another of the same kind."""
     out = []
     for t in doc:
-        if t.dep_ == "prep" and t.pos_ == "ADP" and t.is_alpha and t.lower_ not in NOT_RELATIONS \
-                and t.head.pos_ in ("NOUN", "PROPN", "VERB", "AUX", "PRON") \
-                and not any(c.dep_ == "pobj" and c.lower_ in NOT_OBJECTS for c in t.children):
+        if (
+            t.dep_ == "prep"
+            and t.pos_ == "ADP"
+            and t.is_alpha
+            and t.lower_ not in NOT_RELATIONS
+            and t.head.pos_ in ("NOUN", "PROPN", "VERB", "AUX", "PRON")
+            and not any(c.dep_ == "pobj" and c.lower_ in NOT_OBJECTS for c in t.children)
+        ):
             out.append((t, "prep"))  # skips "next to", "in front of", "on top of": no single-word swap fits them
         elif t.pos_ == "VERB" and t.dep_ not in ("amod", "compound") and t.is_alpha:
             out.append((t, t.tag_))
@@ -93,8 +148,9 @@ def build_vocab(docs: Iterable[Any]) -> Vocab:
 
 def _pick(counts: Counter | None, avoid: set[str], rng: random.Random) -> str | None:
     """A frequent word of ``counts`` not in ``avoid`` (deterministic order, then ``rng``)."""
-    choices = [w for w, _ in sorted((counts or Counter()).items(), key=lambda wc: (-wc[1], wc[0]))[:TOP_K]
-               if w not in avoid]
+    choices = [
+        w for w, _ in sorted((counts or Counter()).items(), key=lambda wc: (-wc[1], wc[0]))[:TOP_K] if w not in avoid
+    ]
     return rng.choice(choices) if choices else None
 
 
@@ -127,15 +183,20 @@ def rule_negative(doc: Any, neg_type: str, vocab: Vocab, rng: random.Random) -> 
     edits: dict[int, tuple[int, str]] = {}
     units = _noun_units(doc)
     if neg_type == "swap_obj":  # two different nouns of the same tag trade places
-        pairs = [(a, b) for k, a in enumerate(units) for b in units[k + 1:]
-                 if a[2] == b[2] and _text(doc, *a[:2]) != _text(doc, *b[:2])]
+        pairs = [
+            (a, b)
+            for k, a in enumerate(units)
+            for b in units[k + 1 :]
+            if a[2] == b[2] and _text(doc, *a[:2]) != _text(doc, *b[:2])
+        ]
         if pairs:
             a, b = rng.choice(pairs)
             edits = {a[0]: (a[1], _text(doc, *b[:2])), b[0]: (b[1], _text(doc, *a[:2]))}
     elif neg_type == "swap_att":  # adjectives of two different nouns trade places
         adjs = [t for t in _adjectives(doc) if t.head.pos_ == "NOUN"]
-        pairs = [(a, b) for k, a in enumerate(adjs) for b in adjs[k + 1:]
-                 if a.head.i != b.head.i and a.lower_ != b.lower_]
+        pairs = [
+            (a, b) for k, a in enumerate(adjs) for b in adjs[k + 1 :] if a.head.i != b.head.i and a.lower_ != b.lower_
+        ]
         if pairs:
             a, b = rng.choice(pairs)
             edits = {a.i: (a.i + 1, b.lower_), b.i: (b.i + 1, a.lower_)}
@@ -169,8 +230,9 @@ def _rng(seed: int, neg_type: str, text: str) -> random.Random:
     return random.Random(f"{seed}\x00{neg_type}\x00{text}")
 
 
-def rule_negatives(texts: list[str], vocab: Vocab | None = None, seed: int = 0,
-                   types: tuple[str, ...] = RULE_TYPES) -> list[dict]:
+def rule_negatives(
+    texts: list[str], vocab: Vocab | None = None, seed: int = 0, types: tuple[str, ...] = RULE_TYPES
+) -> list[dict]:
     """Rows ``{"caption", "negative", "neg_type", "reason"}``, one per (text, type): ``reason`` is None when the
     rule applied, ``"rule_not_applicable"`` (and ``negative`` None) when it did not. Without ``vocab``, the
     replacement words come from ``texts`` themselves."""
@@ -180,8 +242,14 @@ def rule_negatives(texts: list[str], vocab: Vocab | None = None, seed: int = 0,
     for text, doc in zip(texts, docs):
         for neg_type in types:
             negative = rule_negative(doc, neg_type, vocab, _rng(seed, neg_type, text))
-            rows.append({"caption": text, "negative": negative, "neg_type": neg_type,
-                         "reason": None if negative is not None else "rule_not_applicable"})
+            rows.append(
+                {
+                    "caption": text,
+                    "negative": negative,
+                    "neg_type": neg_type,
+                    "reason": None if negative is not None else "rule_not_applicable",
+                }
+            )
     return rows
 
 
@@ -203,8 +271,9 @@ def read_coco(path: Path) -> list[tuple[str, list[str]]]:
             caps = row.get("captions")
             caps = caps.get("object") if isinstance(caps, dict) else caps
             if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-                raise InputFileError(path, f"expected a list of strings, found {caps!r:.80}. {fix}", n,
-                                     "captions.object")
+                raise InputFileError(
+                    path, f"expected a list of strings, found {caps!r:.80}. {fix}", n, "captions.object"
+                )
             out.append((row["file_name"], [c.strip() for c in caps]))
     return out
 
@@ -225,8 +294,9 @@ def coco_grouped_rows(path: str | Path, skip_images: int = 0, images: int | None
     return rows
 
 
-def coco_transfer_set(path: str | Path, images: int = 500, exclude: frozenset[str] = frozenset(),
-                      seed: int = 0) -> list[dict]:
+def coco_transfer_set(
+    path: str | Path, images: int = 500, exclude: frozenset[str] = frozenset(), seed: int = 0
+) -> list[dict]:
     """Rows ``{"image", "anchor", "positive", "negative", "neg_type"}`` for the first ``images`` images of
     ``path`` not in ``exclude``: anchor = the first object caption, positive = the next different one, one row per
     rule type that applies to the anchor. Replacement words come from all the object captions of the file.
@@ -251,6 +321,7 @@ def coco_transfer_set(path: str | Path, images: int = 500, exclude: frozenset[st
         for neg_type in RULE_TYPES:
             negative = rule_negative(docs[anchor], neg_type, vocab, _rng(seed, neg_type, anchor))
             if negative is not None:
-                rows.append({"image": name, "anchor": anchor, "positive": positive, "negative": negative,
-                             "neg_type": neg_type})
+                rows.append(
+                    {"image": name, "anchor": anchor, "positive": positive, "negative": negative, "neg_type": neg_type}
+                )
     return rows

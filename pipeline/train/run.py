@@ -26,7 +26,10 @@ from pipeline.train.trainer import Trainer
 
 def load_data(cfg: TrainConfig) -> TrainData:
     if not cfg.data.dirs:
-        raise ConfigError("data.dirs: expected at least one contrastgen dataset folder, got none. Fix: contrastgen train DIR --out MODEL_DIR")
+        raise ConfigError(
+            "data.dirs: expected at least one contrastgen dataset folder, got none. Fix: contrastgen train DIR --out "
+            "MODEL_DIR"
+        )
     groups: list[Group] = []
     skipped, tests = 0, {}
     for d in cfg.data.dirs:
@@ -90,8 +93,14 @@ def _run_train(cfg: TrainConfig) -> TrainSummary:
             data = load_data(cfg)
             student = load_encoder(cfg.model.resolved_base(), device, cfg.model.max_seq_length)
             retrieval = {d: is_retrieval(d) for d in data.tests}
-            before = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention, retrieval[d])
-                      for d, t in data.tests.items()} if rank == 0 else {}
+            before = (
+                {
+                    d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention, retrieval[d])
+                    for d, t in data.tests.items()
+                }
+                if rank == 0
+                else {}
+            )
     except stop.Stopped as exc:
         raise stop.Stopped(exc.signum, stopped_line(stop.signal_name(exc.signum), None, cfg.model.out)) from None
     result = Trainer(cfg, student, rank).run(data.train, data.val)
@@ -99,8 +108,10 @@ def _run_train(cfg: TrainConfig) -> TrainSummary:
     if rank == 0 and not result.stopped:
         try:
             with stop.armed():  # a stop as the last step ended skips this evaluation too: the model is saved as is
-                after = {d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention, retrieval[d])
-                         for d, t in data.tests.items()}
+                after = {
+                    d: evaluate_table(student, t, cfg.eval.batch_size, cfg.eval.retention, retrieval[d])
+                    for d, t in data.tests.items()
+                }
         except stop.Stopped as exc:
             result.stopped = stop.signal_name(exc.signum)
     summary = TrainSummary(str(cfg.model.out), data, result, before, after)
@@ -113,8 +124,12 @@ def _run_train(cfg: TrainConfig) -> TrainSummary:
     return summary
 
 
-def run_evaluate(model_dir: Path, dataset_dir: Path, batch_size: int = 64, retention_file: Path | None = None) -> EvalReport:
+def run_evaluate(
+    model_dir: Path, dataset_dir: Path, batch_size: int = 64, retention_file: Path | None = None
+) -> EvalReport:
     table = read_split(Path(dataset_dir), "test")  # a missing or damaged dataset fails before the model loads
     if retention_file is not None:
         read_sts(retention_file)  # so does a bad STS file
-    return evaluate_table(load_encoder(model_dir, _device()), table, batch_size, retention_file, is_retrieval(dataset_dir))
+    return evaluate_table(
+        load_encoder(model_dir, _device()), table, batch_size, retention_file, is_retrieval(dataset_dir)
+    )

@@ -64,8 +64,11 @@ class TrainResult:
 
 def groups_rows(groups: list[Group]) -> list[dict]:
     """Groups back as negatives rows (for scoring the validation groups like a test split)."""
-    return [{"caption": g.anchor, "positive": g.positive, "negative": n, "neg_type": t}
-            for g in groups for n, t in zip(g.negatives, g.neg_types)]
+    return [
+        {"caption": g.anchor, "positive": g.positive, "negative": n, "neg_type": t}
+        for g in groups
+        for n, t in zip(g.negatives, g.neg_types)
+    ]
 
 
 class Trainer:
@@ -77,7 +80,9 @@ class Trainer:
         self.teacher = None
         self._best: dict[str, torch.Tensor] = {}
         if cfg.uses_teacher():
-            self.teacher = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(cfg.loss.ema_alpha), use_buffers=True)
+            self.teacher = AveragedModel(
+                student, multi_avg_fn=get_ema_multi_avg_fn(cfg.loss.ema_alpha), use_buffers=True
+            )
             self.teacher.module.eval().requires_grad_(False)
 
     def _loss_of_flat(self, lay, teacher_anchor, teacher_positive):
@@ -87,9 +92,19 @@ class Trainer:
         def loss_of_flat(flat: torch.Tensor):
             anchor, positive, negatives = split_embeddings(flat, lay)
             e = Embedded(
-                anchor, positive, negatives, mask, lay.neg_weight,
-                ddp.gather(positive), ddp.gather(negatives), ddp.gather_nograd(mask.float()) > 0.5,
-                ddp.gather_nograd(lay.neg_weight), self.rank * b, scale, teacher_anchor, teacher_positive,
+                anchor,
+                positive,
+                negatives,
+                mask,
+                lay.neg_weight,
+                ddp.gather(positive),
+                ddp.gather(negatives),
+                ddp.gather_nograd(mask.float()) > 0.5,
+                ddp.gather_nograd(lay.neg_weight),
+                self.rank * b,
+                scale,
+                teacher_anchor,
+                teacher_positive,
             )
             return self.loss_fn(e)
 
@@ -101,8 +116,11 @@ class Trainer:
         lay = layout(groups, cfg.data.max_negatives)
         t_a = t_p = None
         if self.teacher is not None:
-            t = embed_frozen(self.teacher.module, [g.anchor for g in groups] + [g.positive for g in groups],
-                             cfg.optim.grad_cache_chunk or cfg.eval.batch_size)
+            t = embed_frozen(
+                self.teacher.module,
+                [g.anchor for g in groups] + [g.positive for g in groups],
+                cfg.optim.grad_cache_chunk or cfg.eval.batch_size,
+            )
             t_a, t_p = t[: len(groups)], t[len(groups) :]
         loss_of_flat = self._loss_of_flat(lay, t_a, t_p)
         if cfg.optim.grad_cache_chunk:
@@ -115,8 +133,12 @@ class Trainer:
     def validate(self, step: int, val: list[Group], base_check: float | None) -> Validation:
         self.student.eval()
         with torch.no_grad():
-            overall = typed_scores(self.student, groups_rows(val), self.cfg.eval.batch_size)[0]  # no retention report here
-            check = retention(self.student, retention_pairs("check", self.cfg.eval.retention), self.cfg.eval.batch_size).spearman
+            overall = typed_scores(self.student, groups_rows(val), self.cfg.eval.batch_size)[
+                0
+            ]  # no retention report here
+            check = retention(
+                self.student, retention_pairs("check", self.cfg.eval.retention), self.cfg.eval.batch_size
+            ).spearman
         self.student.train()
         eligible = base_check is None or check >= base_check - self.cfg.eval.max_retention_drop
         return Validation(step, overall.acc, overall.margin, check, eligible)
@@ -126,11 +148,15 @@ class Trainer:
         if o.batch_size % world:
             raise ConfigError(f"optim.batch_size: expected a multiple of the {world} ranks, got {o.batch_size}")
         per, made = self.cfg.data.positives_per_anchor, {}
-        plan = [batches(pair_positives(train, per, o.seed, ep, made), o.batch_size, o.seed, ep, drop_last=world > 1)
-                for ep in range(o.epochs)]
+        plan = [
+            batches(pair_positives(train, per, o.seed, ep, made), o.batch_size, o.seed, ep, drop_last=world > 1)
+            for ep in range(o.epochs)
+        ]
         if not any(plan):
-            raise DatasetError(f"training: expected at least one batch of {o.batch_size} anchors, got {len(train)} anchors "
-                               "with a positive. Fix: a smaller --batch-size or more captions")
+            raise DatasetError(
+                f"training: expected at least one batch of {o.batch_size} anchors, got {len(train)} anchors "
+                "with a positive. Fix: a smaller --batch-size or more captions"
+            )
         return plan
 
     def _update(self, opt, sched) -> None:
@@ -149,8 +175,13 @@ class Trainer:
         base = res.validations[0]
         v = self.validate(res.steps, val, base.retention_check)
         res.validations.append(v)
-        log.info("step %d: val_acc %.2f retention_check %.2f%s", v.step, v.val_acc, v.retention_check,
-                 "" if v.eligible else " (retention dropped: not kept)")
+        log.info(
+            "step %d: val_acc %.2f retention_check %.2f%s",
+            v.step,
+            v.val_acc,
+            v.retention_check,
+            "" if v.eligible else " (retention dropped: not kept)",
+        )
         best = max((x.score for x in res.validations[:-1] if x.eligible), default=(float("-inf"),) * 2)
         if v.eligible and v.score > best:
             self._best, res.best_step = self._snapshot(), v.step
@@ -187,12 +218,27 @@ class Trainer:
                 self._update(opt, sched)
                 res.steps, res.examples = res.steps + 1, res.examples + len(batch)
                 res.seconds += time.perf_counter() - start
-                entry = {"step": res.steps, "epoch": epoch, "loss": round(ddp.all_mean(loss), 5), **terms,
-                         "lr": sched.get_last_lr()[0], "examples_per_s": round(res.examples_per_s, 2)}
+                entry = {
+                    "step": res.steps,
+                    "epoch": epoch,
+                    "loss": round(ddp.all_mean(loss), 5),
+                    **terms,
+                    "lr": sched.get_last_lr()[0],
+                    "examples_per_s": round(res.examples_per_s, 2),
+                }
                 res.losses.append(entry)
-                meter.advance(1, epoch=f"{epoch + 1}/{o.epochs}", loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}",
-                              anchors_per_s=f"{entry['examples_per_s']:.1f}")
-                due = res.steps % self.cfg.eval.every_steps == 0 if self.cfg.eval.every_steps else i == len(epoch_batches) - 1
+                meter.advance(
+                    1,
+                    epoch=f"{epoch + 1}/{o.epochs}",
+                    loss=f"{entry['loss']:.4f}",
+                    lr=f"{entry['lr']:.2e}",
+                    anchors_per_s=f"{entry['examples_per_s']:.1f}",
+                )
+                due = (
+                    res.steps % self.cfg.eval.every_steps == 0
+                    if self.cfg.eval.every_steps
+                    else i == len(epoch_batches) - 1
+                )
                 if val and due:
                     patience_out = self._check(res, val)
                     meter.advance(val_acc=f"{res.validations[-1].val_acc:.1f}", kept_step=res.best_step)
@@ -201,8 +247,14 @@ class Trainer:
                         break
             if res.stopped:
                 break
-            log.info("epoch %d: %d steps, loss %.4f, lr %.2e, %.1f anchors/s", epoch, res.steps, entry["loss"], entry["lr"],
-                     res.examples_per_s)
+            log.info(
+                "epoch %d: %d steps, loss %.4f, lr %.2e, %.1f anchors/s",
+                epoch,
+                res.steps,
+                entry["loss"],
+                entry["lr"],
+                res.examples_per_s,
+            )
             if res.stopped_early:
                 break
         if res.stopped:

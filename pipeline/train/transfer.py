@@ -28,8 +28,10 @@ def evaluate_transfer(model: SentenceTransformer, rows: list[dict], batch_size: 
     """{neg_type: score, ..., "all": score} of ``model`` on transfer rows {anchor, positive, negative, neg_type};
     the transfer accuracy is each score's ``acc_positive``."""
     if not rows:
-        raise DatasetError("transfer set: expected rows {anchor, positive, negative, neg_type}, found none. "
-                           "Fix: build it from more images (coco_transfer_set(images=...))")
+        raise DatasetError(
+            "transfer set: expected rows {anchor, positive, negative, neg_type}, found none. "
+            "Fix: build it from more images (coco_transfer_set(images=...))"
+        )
     overall, per_type, _, _ = typed_scores(model, [{**r, "caption": r["anchor"]} for r in rows], batch_size)
     return {**{s.neg_type: s for s in per_type}, "all": overall}
 
@@ -42,6 +44,13 @@ def rule_groups(groups: list[Group], seed: int = 0, types: tuple[str, ...] = RUL
     for row in rule_negatives(anchors, seed=seed, types=types):
         if row["negative"] is not None:
             made[row["caption"]].append((row["negative"], row["neg_type"]))
-    return [replace(g, negatives=tuple(n for n, _ in made[g.anchor]), neg_types=tuple(t for _, t in made[g.anchor]),
-                    weights=(1.0,) * len(made[g.anchor]))
-            for g in groups if made[g.anchor]]
+    return [
+        replace(
+            g,
+            negatives=tuple(n for n, _ in made[g.anchor]),
+            neg_types=tuple(t for _, t in made[g.anchor]),
+            weights=(1.0,) * len(made[g.anchor]),
+        )
+        for g in groups
+        if made[g.anchor]
+    ]

@@ -18,7 +18,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, HTTPException, Query as Q
+from fastapi import FastAPI, HTTPException
+from fastapi import Query as Q
 from fastapi.responses import FileResponse, HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -45,30 +46,62 @@ def build_app(root: Path) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     def overview() -> HTMLResponse:
         m = ds.manifest
-        return render("overview.html", splits=ds.splits(), counts=m.get("counts", {}), per_type=m.get("per_type", []),
-                      funnel=m.get("filters", {}).get("funnel", []), plots=m.get("filters", {}).get("plots", []),
-                      releases=m.get("publish", {}).get("releases", []))
+        return render(
+            "overview.html",
+            splits=ds.splits(),
+            counts=m.get("counts", {}),
+            per_type=m.get("per_type", []),
+            funnel=m.get("filters", {}).get("funnel", []),
+            plots=m.get("filters", {}).get("plots", []),
+            releases=m.get("publish", {}).get("releases", []),
+        )
 
     @app.get("/rows", response_class=HTMLResponse)
-    def rows(split: str = "train", type: str = "", q: str = "", page: int = Q(0, ge=0),
-             size: int = Q(25, ge=1, le=200)) -> HTMLResponse:
+    def rows(
+        split: str = "train", type: str = "", q: str = "", page: int = Q(0, ge=0), size: int = Q(25, ge=1, le=200)
+    ) -> HTMLResponse:
         if split not in ds.splits() or split == "rejected":
             raise HTTPException(404, f"split {split!r}: expected one of {[s for s in ds.splits() if s != 'rejected']}")
         query = Query(split=split, type=type, q=q, page=page, size=size)
         pg = ds.page(query)
-        shown = [{**r, "neg_diff": word_diff(r.get("caption"), r.get("negative")),
-                  "pos_diff": word_diff(r.get("caption"), r.get("positive")) if r.get("positive") else None,
-                  "scores": {s: r[s] for s in SCORES if r.get(s) is not None}} for r in pg.rows]
-        return render("rows.html", page=pg, rows=shown, types=ds.values(split, "neg_type"), link=link,
-                      splits=[s for s in ds.splits() if s != "rejected"])
+        shown = [
+            {
+                **r,
+                "neg_diff": word_diff(r.get("caption"), r.get("negative")),
+                "pos_diff": word_diff(r.get("caption"), r.get("positive")) if r.get("positive") else None,
+                "scores": {s: r[s] for s in SCORES if r.get(s) is not None},
+            }
+            for r in pg.rows
+        ]
+        return render(
+            "rows.html",
+            page=pg,
+            rows=shown,
+            types=ds.values(split, "neg_type"),
+            link=link,
+            splits=[s for s in ds.splits() if s != "rejected"],
+        )
 
     @app.get("/rejected", response_class=HTMLResponse)
-    def rejected(stage: str = "", reason: str = "", type: str = "", q: str = "", page: int = Q(0, ge=0),
-                 size: int = Q(25, ge=1, le=200)) -> HTMLResponse:
+    def rejected(
+        stage: str = "",
+        reason: str = "",
+        type: str = "",
+        q: str = "",
+        page: int = Q(0, ge=0),
+        size: int = Q(25, ge=1, le=200),
+    ) -> HTMLResponse:
         query = Query(split="rejected", type=type, stage=stage, reason=reason, q=q, page=page, size=size)
         pg = ds.page(query)
-        return render("rejected.html", page=pg, rows=pg.rows, stages=ds.values("rejected", "stage"),
-                      reasons=ds.values("rejected", "reason"), types=ds.values("rejected", "task"), link=link)
+        return render(
+            "rejected.html",
+            page=pg,
+            rows=pg.rows,
+            stages=ds.values("rejected", "stage"),
+            reasons=ds.values("rejected", "reason"),
+            types=ds.values("rejected", "task"),
+            link=link,
+        )
 
     @app.get("/plots/{name}")
     def plot(name: str) -> FileResponse:

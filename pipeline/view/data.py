@@ -71,9 +71,11 @@ class Dataset:
         if shard["path"] not in self._tables:
             path = self.root / shard["path"]
             if not path.is_file() or (shard.get("num_bytes") and path.stat().st_size != shard["num_bytes"]):
-                raise DatasetError(f"{path}: expected the shard of {shard.get('num_bytes')} bytes listed in "
-                                   f"{self.root}/manifest.json, found {'another size' if path.is_file() else 'no file'}. "
-                                   "Fix: rerun the generate command that made this folder (it republishes from raw/)")
+                raise DatasetError(
+                    f"{path}: expected the shard of {shard.get('num_bytes')} bytes listed in "
+                    f"{self.root}/manifest.json, found {'another size' if path.is_file() else 'no file'}. "
+                    "Fix: rerun the generate command that made this folder (it republishes from raw/)"
+                )
             table = read_stream(path)
             self._tables[shard["path"]] = table if shard["split"] == "rejected" else self.kind.as_negatives(table)
         return self._tables[shard["path"]]
@@ -99,12 +101,19 @@ class Dataset:
     def _mask(self, t: pa.Table, query: Query) -> pa.ChunkedArray | None:
         """One vectorised mask for the query's filters, or None for all rows."""
         parts = []
-        for column, value in ((self.type_column(query.split), query.type), ("stage", query.stage), ("reason", query.reason)):
+        for column, value in (
+            (self.type_column(query.split), query.type),
+            ("stage", query.stage),
+            ("reason", query.reason),
+        ):
             if value and column in t.column_names:
                 parts.append(pc.equal(t[column], value))
         if query.q:
-            hits = [pc.fill_null(pc.match_substring(t[c], query.q, ignore_case=True), False)
-                    for c in SEARCHED if c in t.column_names]
+            hits = [
+                pc.fill_null(pc.match_substring(t[c], query.q, ignore_case=True), False)
+                for c in SEARCHED
+                if c in t.column_names
+            ]
             parts.append(reduce(pc.or_, hits) if hits else pa.chunked_array([pa.array([False] * t.num_rows)]))
         return reduce(pc.and_, parts) if parts else None
 

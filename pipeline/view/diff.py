@@ -32,7 +32,7 @@ LCS_WORDS = 120
 
 
 def _marks(fa: list[str], fb: list[str]) -> tuple[list[str], list[str]]:
-    """"" for a word in the alignment, else "del" (anchor side) / "ins" (other side)."""
+    """ "" for a word in the alignment, else "del" (anchor side) / "ins" (other side)."""
     ma, mb = ["del"] * len(fa), ["ins"] * len(fb)
     if max(len(fa), len(fb)) > LCS_WORDS:
         for block in SequenceMatcher(None, fa, fb, autojunk=False).get_matching_blocks():

@@ -19,7 +19,9 @@ POISON, HANG = "POISON-REQUEST", "HANG-REQUEST"
 
 
 def pid_log(engine_json: str) -> Path:
-    return Path(tempfile.gettempdir()) / f"contrastgen-faulty-{hashlib.sha256(engine_json.encode()).hexdigest()[:12]}.pids"
+    return (
+        Path(tempfile.gettempdir()) / f"contrastgen-faulty-{hashlib.sha256(engine_json.encode()).hexdigest()[:12]}.pids"
+    )
 
 
 @ray.remote

@@ -3,17 +3,22 @@
 import pytest
 
 from pipeline.config import load_config
-from pipeline.records import CaptionRecord, GenerationRequest
 from pipeline.kinds import negatives as task
+from pipeline.records import CaptionRecord, GenerationRequest
 
 pytestmark = pytest.mark.integration
 
-CAPS = ["A man rides a wave on a surfboard.", "Two dogs play with a red frisbee in the grass.",
-        "A woman holding an umbrella walks down a busy street."]
+CAPS = [
+    "A man rides a wave on a surfboard.",
+    "Two dogs play with a red frisbee in the grass.",
+    "A woman holding an umbrella walks down a busy street.",
+]
 
 
 def _requests(temperature: float, types=("swap_obj", "replace_att")) -> list[GenerationRequest]:
-    cfg = load_config(None, {"negatives": {"types": list(types)}, "sampling": {"temperature": temperature, "max_tokens": 16}})
+    cfg = load_config(
+        None, {"negatives": {"types": list(types)}, "sampling": {"temperature": temperature, "max_tokens": 16}}
+    )
     tpls = task.templates_for(cfg)
     units = task.plan_units([CaptionRecord(str(i), c) for i, c in enumerate(CAPS)], cfg, tpls)
     return [task.render(u, tpls[u.task], task.mode_for(u.task, cfg), cfg) for u in units]
@@ -51,8 +56,13 @@ def test_decoding_loop_matches_transformers_generate(fp32_engine):
     for req, out in zip(reqs, outs):
         ids = eng.tokenizer(eng.prompt_text(req), return_tensors="pt", add_special_tokens=False).input_ids
         with torch.inference_mode():
-            ref = eng.model.generate(ids, do_sample=False, max_new_tokens=16, eos_token_id=eng.eos_id,
-                                     pad_token_id=eng.tokenizer.pad_token_id)[0, ids.shape[1]:]
+            ref = eng.model.generate(
+                ids,
+                do_sample=False,
+                max_new_tokens=16,
+                eos_token_id=eng.eos_id,
+                pad_token_id=eng.tokenizer.pad_token_id,
+            )[0, ids.shape[1] :]
         text = eng.tokenizer.decode(ref, skip_special_tokens=True)
         assert out.texts[0] == (text.split("\n")[0] + "\n" if "\n" in text else text)
     assert len({o.tokens_out for o in outs}) > 1  # rows ended at different steps: some left the batch early

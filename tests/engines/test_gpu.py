@@ -12,13 +12,19 @@ import torch
 from pipeline.engines.config import EngineConfig
 from pipeline.records import GenerationRequest, Sampling
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
+]
 
 
 def _requests() -> list[GenerationRequest]:
-    return [GenerationRequest(f"k{i}", (("user", f"Describe a photo of {t} in one sentence."),), Sampling(0.0, 1.0, 24, 1, i))
-            for i, t in enumerate(["a dog on a beach", "two cups on a table", "a red bus"])] + [
-            GenerationRequest("s", (("user", "Write a short caption."),), Sampling(0.8, 0.95, 16, 3, 7))]
+    return [
+        GenerationRequest(
+            f"k{i}", (("user", f"Describe a photo of {t} in one sentence."),), Sampling(0.0, 1.0, 24, 1, i)
+        )
+        for i, t in enumerate(["a dog on a beach", "two cups on a table", "a red bus"])
+    ] + [GenerationRequest("s", (("user", "Write a short caption."),), Sampling(0.8, 0.95, 16, 3, 7))]
 
 
 def test_embedded_engine_on_cuda_matches_cpu_greedy_and_samples_per_row():

@@ -23,7 +23,9 @@ def test_int8_linear_rows_do_not_depend_on_their_batch_and_stay_close_to_float32
 
 
 def test_quantize_linears_replaces_every_linear_and_keeps_shapes():
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Sequential(torch.nn.Linear(16, 4, bias=False)))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Sequential(torch.nn.Linear(16, 4, bias=False))
+    )
     x = torch.randn(3, 5, 8)
     ref = model(x)
     quantize_linears(model)

@@ -18,10 +18,17 @@ from pipeline.records import GenerationRequest, Sampling
 
 
 def _completion(n: int) -> dict:
-    return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": i, "message": {"role": "assistant", "content": f"text {i}"}, "finish_reason": "stop"}
-                        for i in range(n)],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2 * n, "total_tokens": 3 + 2 * n}}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": f"text {i}"}, "finish_reason": "stop"}
+            for i in range(n)
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2 * n, "total_tokens": 3 + 2 * n},
+    }
 
 
 class FaultServer:
@@ -61,15 +68,24 @@ class FaultServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def engine(self, **kw) -> OpenAIEngine:
-        return OpenAIEngine(EngineConfig(kind="openai", openai=OpenAIEngineConfig(base_url=self.url, model="m", structured="off", **kw)))
+        return OpenAIEngine(
+            EngineConfig(kind="openai", openai=OpenAIEngineConfig(base_url=self.url, model="m", structured="off", **kw))
+        )
 
 
 REQ = GenerationRequest("k", (("user", "hi"),), Sampling(0.7, 0.9, 8, 2, 1))
 
 
 def test_retries_429_and_5xx_then_succeeds():
-    server = FaultServer(lambda i, body: (429, {"error": "slow down"}) if i == 0 else (503, {"error": "busy"}) if i == 1
-                         else (200, _completion(body["n"])))
+    server = FaultServer(
+        lambda i, body: (
+            (429, {"error": "slow down"})
+            if i == 0
+            else (503, {"error": "busy"})
+            if i == 1
+            else (200, _completion(body["n"]))
+        )
+    )
     [c] = server.engine(max_retries=3).generate([REQ])
     assert server.calls == 3 and c.texts == ("text 0", "text 1") and (c.tokens_in, c.tokens_out) == (3, 4)
 
@@ -133,8 +149,9 @@ def test_a_hung_server_call_is_retried_once_then_rejected_as_timeout():
         return 200, _completion(body["n"])
 
     server = FaultServer(script)
-    engine = EngineConfig(kind="openai", call_timeout_s=1.0,
-                          openai=OpenAIEngineConfig(base_url=server.url, model="m", structured="off"))
+    engine = EngineConfig(
+        kind="openai", call_timeout_s=1.0, openai=OpenAIEngineConfig(base_url=server.url, model="m", structured="off")
+    )
     pool = EnginePool(engine, RayConfig())  # the openai engine runs in the driver: no Ray
     hung = GenerationRequest("h", (("user", "HANG"),), REQ.sampling)
     t0 = time.perf_counter()
@@ -165,7 +182,9 @@ def test_the_structured_outputs_probe_fails_on_a_server_that_ignores_the_field()
             payload["choices"][0]["message"]["content"] = body["structured_outputs"]["choice"][1]
         return 200, payload
 
-    engine = OpenAIEngine(EngineConfig(kind="openai", openai=OpenAIEngineConfig(base_url=FaultServer(honours).url, model="m")))
+    engine = OpenAIEngine(
+        EngineConfig(kind="openai", openai=OpenAIEngineConfig(base_url=FaultServer(honours).url, model="m"))
+    )
     engine.warmup()
     assert engine.structured is True
 
@@ -186,7 +205,9 @@ def test_a_ray_data_client_raises_the_servers_fault_as_its_own_error(ray_session
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"id": "a", "caption": "A brown dog runs on the beach."}\n', encoding="utf-8")
     engine = {"kind": "openai", "openai": {"base_url": server.url, "model": "m", "structured": "off", "max_retries": 0}}
-    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp_path / "ds"}, "engine": engine, "ray": {"clients": 1}})
+    cfg = load_config(
+        None, {"input": {"path": inp}, "output": {"dir": tmp_path / "ds"}, "engine": engine, "ray": {"clients": 1}}
+    )
     kind = kind_of("negatives")
     with store_of(cfg, "negatives") as store:
         [block] = steps.blocks(steps.start(kind, cfg, store), store)

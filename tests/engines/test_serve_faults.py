@@ -100,8 +100,11 @@ def fault_server(tmp_path_factory):
 
 def _post(url: str, content: str, max_tokens: int = 5) -> tuple[int, dict]:
     body = {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0.7, "seed": 3}
-    req = urllib.request.Request(url + "/chat/completions", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json", "Authorization": f"Bearer {os.environ['OPENAI_API_KEY']}"})
+    req = urllib.request.Request(
+        url + "/chat/completions",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json", "Authorization": f"Bearer {os.environ['OPENAI_API_KEY']}"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=300) as r:
             return r.status, json.loads(r.read())
@@ -137,8 +140,6 @@ def _engine_pids(proc) -> list[int]:
     return sorted(p.pid for p in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(p.cmdline()))
 
 
-
-
 @pytest.mark.integration
 def test_workers_2_serves_from_two_engine_processes_with_the_in_process_texts(fault_server, embedded_engine):
     url, log, proc = fault_server
@@ -147,8 +148,10 @@ def test_workers_2_serves_from_two_engine_processes_with_the_in_process_texts(fa
     started = re.search(r"2 engine process\(es\) \(pids (\d+), (\d+)\), 1 torch thread\(s\) each", log.read_text())
     assert started and sorted(map(int, started.groups())) == pids, log.read_text()[-2000:]
     served = [_text(o) for o in _together(url, [(g, 5) for g in GOOD])]
-    reqs = [GenerationRequest(str(i), (("user", g),), Sampling(0.7, 1.0, 5, 1, 3, stop_at_newline=False))
-            for i, g in enumerate(GOOD)]
+    reqs = [
+        GenerationRequest(str(i), (("user", g),), Sampling(0.7, 1.0, 5, 1, 3, stop_at_newline=False))
+        for i, g in enumerate(GOOD)
+    ]
     assert served == [c.texts[0] for c in embedded_engine.generate(reqs)]
 
 
@@ -160,9 +163,12 @@ def test_a_request_past_the_context_gets_a_400_and_the_others_their_texts(fault_
     assert [_text(o) for o in outs[:-1]] == alone
     status, body = outs[-1]
     assert status == 400, body
-    assert re.fullmatch(r"This model's maximum context length is 8192 tokens\. However, you requested 1000000\d\d tokens "
-                        r"\(\d+ in the messages, 100000000 in the completion\)\. Please reduce the length of the messages "
-                        r"or completion\.", body["detail"]), body
+    assert re.fullmatch(
+        r"This model's maximum context length is 8192 tokens\. However, you requested 1000000\d\d tokens "
+        r"\(\d+ in the messages, 100000000 in the completion\)\. Please reduce the length of the messages "
+        r"or completion\.",
+        body["detail"],
+    ), body
     assert "Traceback" not in log.read_text()
 
 
@@ -174,8 +180,12 @@ def test_an_engine_error_in_a_batch_fails_only_its_request(fault_server):
     outs = _together(url, [(g, 5) for g in GOOD] + [(f"Name a color. {ERROR_MARKER}", 5)])
     assert [_text(o) for o in outs[:-1]] == alone
     status, body = outs[-1]
-    assert status == 500 and "injected engine error" in body["detail"] and "batched with it were answered" in body["detail"]
-    new = log.read_text()[len(before):]
+    assert (
+        status == 500
+        and "injected engine error" in body["detail"]
+        and "batched with it were answered" in body["detail"]
+    )
+    new = log.read_text()[len(before) :]
     halved = [int(n) for n in re.findall(r"a batch of (\d+) requests failed", new)]
     assert halved and max(halved) >= 2, f"the marked request shared no batch: nothing was isolated\n{new}"
     assert "failed alone" in new

@@ -23,21 +23,33 @@ def test_chat_request_maps_onto_ours():
     assert to_request(_req(), 256).sampling.stop_at_newline is False
 
 
-@pytest.mark.parametrize("kw,field", [({"structured_outputs": {"choice": ["a"]}}, "structured_outputs"),
-                                      ({"response_format": {"type": "json_object"}}, "response_format"),
-                                      ({"stop": ["END"]}, "stop"), ({"stream": True}, "stream")])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        ({"structured_outputs": {"choice": ["a"]}}, "structured_outputs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"stop": ["END"]}, "stop"),
+        ({"stream": True}, "stream"),
+    ],
+)
 def test_unsupported_fields_get_a_400_naming_them(kw, field):
     with pytest.raises(HTTPException) as exc:
         to_request(_req(**kw), 256)
     assert exc.value.status_code == 400 and field in exc.value.detail
 
 
-@pytest.mark.parametrize("kw,says", [({"max_tokens": 0}, "max_tokens must be at least 1, got 0"),
-                                     ({"max_completion_tokens": -5, "max_tokens": 9}, "max_tokens must be at least 1, got -5"),
-                                     ({"temperature": -0.1}, "temperature must be a non-negative number"),
-                                     ({"temperature": float("nan")}, "temperature must be a non-negative number"),
-                                     ({"top_p": 0.0}, "top_p must be in (0, 1]"), ({"top_p": 1.5}, "top_p must be in (0, 1]"),
-                                     ({"seed": 2**64}, "seed must be a 64-bit integer")])
+@pytest.mark.parametrize(
+    "kw,says",
+    [
+        ({"max_tokens": 0}, "max_tokens must be at least 1, got 0"),
+        ({"max_completion_tokens": -5, "max_tokens": 9}, "max_tokens must be at least 1, got -5"),
+        ({"temperature": -0.1}, "temperature must be a non-negative number"),
+        ({"temperature": float("nan")}, "temperature must be a non-negative number"),
+        ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+        ({"top_p": 1.5}, "top_p must be in (0, 1]"),
+        ({"seed": 2**64}, "seed must be a 64-bit integer"),
+    ],
+)
 def test_sampling_the_engine_cannot_run_gets_a_400_as_vllm_gives(kw, says):
     """Caught before batching: such a request would otherwise fail, or skew, the batch it lands in."""
     with pytest.raises(HTTPException) as exc:

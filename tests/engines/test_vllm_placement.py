@@ -47,8 +47,14 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_replicas_follow_the_nodes_gpu_layout_with_real_placement(tmp_path):
-    res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["layout"] == [3.0, 3.0, 3.0] and out["replicas"] == 3  # not 9 // 2 = 4
@@ -101,8 +107,15 @@ def test_tp1_replicas_get_their_own_gpu_where_ray_does_not_set_it(tmp_path):
     replicas would take GPU 0); each replica sets it from ray.get_gpu_ids() before its engine is built."""
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     env.update(PYTHONPATH=str(Path(__file__).resolve().parents[2]), RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES="1")
-    res = subprocess.run([sys.executable, "-c", NOSET_SCRIPT], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path, env=env, check=False)
+    res = subprocess.run(
+        [sys.executable, "-c", NOSET_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     seen = json.loads(res.stdout.strip().splitlines()[-1])
     assert seen["ray_sets"] is None  # NOSET: Ray set nothing

@@ -33,7 +33,13 @@ def test_balance_is_per_stratum():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(20, 300), st.floats(-1.0, 2.0), st.sampled_from([0.5, 0.54, 0.6]), st.integers(1, 4), st.integers(0, 10**6))
+@given(
+    st.integers(20, 300),
+    st.floats(-1.0, 2.0),
+    st.sampled_from([0.5, 0.54, 0.6]),
+    st.integers(1, 4),
+    st.integers(0, 10**6),
+)
 def test_every_scorer_rate_is_bounded_after_balancing(n, bias, max_rate, bins, seed):
     rng = np.random.default_rng(seed)
     gaps = rng.normal(bias, 1.0, size=(n, 2)) + rng.normal(0, 0.3, size=(n, 1))  # two correlated scorers
@@ -44,7 +50,9 @@ def test_every_scorer_rate_is_bounded_after_balancing(n, bias, max_rate, bins, s
 
 
 def test_bigram_is_cross_fitted_and_prefers_seen_word_order():
-    captions = [f"a {c} dog sits on a {s} sofa" for c in ("black", "brown", "white") for s in ("red", "blue", "green", "grey")]
+    captions = [
+        f"a {c} dog sits on a {s} sofa" for c in ("black", "brown", "white") for s in ("red", "blue", "green", "grey")
+    ]
     groups = [f"g{i}" for i in range(len(captions))]
     shuffled = [" ".join(reversed(c.split())) for c in captions]
     a, c = bigram_logprob(captions, shuffled, groups, folds=3)
@@ -55,7 +63,9 @@ def test_bigram_is_cross_fitted_and_prefers_seen_word_order():
 
 
 def test_bigram_scores_a_text_that_is_also_an_anchor_with_its_anchor_fold():
-    captions = [f"a {c} dog sits on a {s} sofa" for c in ("black", "brown", "white") for s in ("red", "blue", "green", "grey")]
+    captions = [
+        f"a {c} dog sits on a {s} sofa" for c in ("black", "brown", "white") for s in ("red", "blue", "green", "grey")
+    ]
     groups = [f"g{i}" for i in range(len(captions))]
     negatives = captions[1:] + captions[:1]  # every negative is another group's anchor
     a, c = bigram_logprob(captions, negatives, groups, folds=3)
@@ -68,15 +78,23 @@ def test_bigram_matches_with_words_given_or_not():
     anchors, cands = ["a dog runs", "a cat sleeps", "a dog runs"], ["runs dog a", "a cat sleeps!", "a bird"]
     groups = ["g1", "g2", "g1"]
     plain = bigram_logprob(anchors, cands, groups, folds=2)
-    shared = bigram_logprob(anchors, cands, groups, folds=2, words=Words(["unrelated words here", *dict.fromkeys(anchors + cands)]))
-    assert [x.tolist() for x in plain] == [x.tolist() for x in shared]  # extra texts change neither counts nor vocabulary
+    shared = bigram_logprob(
+        anchors, cands, groups, folds=2, words=Words(["unrelated words here", *dict.fromkeys(anchors + cands)])
+    )
+    assert [x.tolist() for x in plain] == [
+        x.tolist() for x in shared
+    ]  # extra texts change neither counts nor vocabulary
 
 
 @pytest.mark.integration
 def test_lm_prefers_a_fluent_caption_to_its_scrambled_words(embedded_engine):
     from pipeline.filters.blind import lm_mean_logprob
 
-    texts = ["A man is riding a horse on the beach.", "Horse the beach man riding a is on a.", "A cat sleeps on a chair."]
+    texts = [
+        "A man is riding a horse on the beach.",
+        "Horse the beach man riding a is on a.",
+        "A cat sleeps on a chair.",
+    ]
     s = lm_mean_logprob(texts, embedded_engine.model, embedded_engine.tokenizer, batch_size=2)
     assert s.shape == (3,) and np.isfinite(s).all() and (s < 0).all()
     assert s[0] > s[1] and s[2] > s[1]

@@ -42,8 +42,11 @@ def test_scores_on_ray_data_workers_equal_the_drivers_and_are_cached(ray_session
     from pipeline.config import FilterConfig
     from pipeline.filters.scorers import TextScorers
 
-    texts = [f"A {c} dog runs past {n} red cars near the old harbour." for c in ("brown", "black", "white")
-             for n in ("two", "three", "four", "five")] + ["A cat."]
+    texts = [
+        f"A {c} dog runs past {n} red cars near the old harbour."
+        for c in ("brown", "black", "white")
+        for n in ("two", "three", "four", "five")
+    ] + ["A cat."]
     remote = TextScorers(FilterConfig(), text_scorers.lm_path, cache_root=tmp_path, workers=2)
     remote.embeddings.chunk = remote.loglik.chunk = 4  # 13 texts: 4 chunks, so both workers get some
     vectors, logliks = remote.embed(texts), remote.lm(texts)

@@ -28,13 +28,16 @@ from pipeline.filters.words import Words
 A = "a dog chases a cat in the park"
 
 
-@pytest.mark.parametrize(("candidate", "scorer", "expected"), [
-    ("a cat chases a dog in the park", "token_sort_ratio", 1.0),  # a swap keeps the words
-    ("a cat chases a dog in the park", "token_set_ratio", 1.0),
-    ("a dog chases a bird in the park", "word_levenshtein", 7 / 8),  # one word of eight replaced
-    (A, "ratio", 1.0),
-    ("zzz", "ratio", 0.0),
-])
+@pytest.mark.parametrize(
+    ("candidate", "scorer", "expected"),
+    [
+        ("a cat chases a dog in the park", "token_sort_ratio", 1.0),  # a swap keeps the words
+        ("a cat chases a dog in the park", "token_set_ratio", 1.0),
+        ("a dog chases a bird in the park", "word_levenshtein", 7 / 8),  # one word of eight replaced
+        (A, "ratio", 1.0),
+        ("zzz", "ratio", 0.0),
+    ],
+)
 def test_surface_scorers_on_known_pairs(candidate, scorer, expected):
     assert surface_scores([A], [candidate], scorer)[0] == pytest.approx(expected, abs=1e-3)
 
@@ -44,9 +47,12 @@ def test_every_scorer_matches_bare_rapidfuzz_pairwise():
     from rapidfuzz.distance import Levenshtein
 
     cands = ["a dog chases a bird", "the park", "A dog chases a cat in the park!"]
-    bare = {"ratio": lambda c: fuzz.ratio(A, c) / 100, "token_sort_ratio": lambda c: fuzz.token_sort_ratio(A, c) / 100,
-            "token_set_ratio": lambda c: fuzz.token_set_ratio(A, c) / 100,
-            "word_levenshtein": lambda c: Levenshtein.normalized_similarity(A.split(), c.split())}
+    bare = {
+        "ratio": lambda c: fuzz.ratio(A, c) / 100,
+        "token_sort_ratio": lambda c: fuzz.token_sort_ratio(A, c) / 100,
+        "token_set_ratio": lambda c: fuzz.token_set_ratio(A, c) / 100,
+        "word_levenshtein": lambda c: Levenshtein.normalized_similarity(A.split(), c.split()),
+    }
     assert set(bare) == set(SCORERS)
     for name, fn in bare.items():
         assert surface_scores([A] * 3, cands, name).tolist() == pytest.approx([fn(c) for c in cands], abs=1e-4), name
@@ -88,14 +94,20 @@ def test_repeated_marks_every_later_copy(keys):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from("xyz"), st.sampled_from(["a red car", "a red cars", "the blue bus", "a bus"])),
-                max_size=25))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("xyz"), st.sampled_from(["a red car", "a red cars", "the blue bus", "a bus"])),
+        max_size=25,
+    )
+)
 def test_near_duplicate_scores_equal_the_pairwise_definition(rows):
     from rapidfuzz import fuzz
 
     groups, texts = [g for g, _ in rows], [t for _, t in rows]
-    expected = [max([fuzz.ratio(texts[j], texts[i]) / 100 for j in range(i) if groups[j] == groups[i]], default=0.0)
-                for i in range(len(rows))]
+    expected = [
+        max([fuzz.ratio(texts[j], texts[i]) / 100 for j in range(i) if groups[j] == groups[i]], default=0.0)
+        for i in range(len(rows))
+    ]
     assert near_duplicate_scores(texts, groups).tolist() == pytest.approx(expected, abs=1e-6)
 
 
@@ -107,13 +119,17 @@ def test_words_split_like_str_split_and_code_one_char_per_word(texts):
     assert [[words.vocab[i] for i in words.ids[words.text_of == k] if i != 0] for k in range(len(texts))] == split
     assert [len(c) for c in words.codes] == [len(s) for s in split]
     ids, text_of, size = words.normalised()
-    lowered = [t.replace("\x00", " ").lower().translate({ord(c): " " for c in string.punctuation}).split() for t in texts]
+    lowered = [
+        t.replace("\x00", " ").lower().translate({ord(c): " " for c in string.punctuation}).split() for t in texts
+    ]
     assert [int((text_of == k).sum()) - 1 for k in range(len(texts))] == [len(x) for x in lowered]  # + the end token
     assert ids.max(initial=0) < size
 
 
 def test_word_levenshtein_counts_words_and_refuses_repeated_texts():
-    assert surface_scores(["a red car"], ["a blue car"], "word_levenshtein").tolist() == [pytest.approx(2 / 3, abs=1e-4)]
+    assert surface_scores(["a red car"], ["a blue car"], "word_levenshtein").tolist() == [
+        pytest.approx(2 / 3, abs=1e-4)
+    ]
     with pytest.raises(ValueError, match="expected distinct texts"):
         Words(["a", "a"])
 

@@ -27,13 +27,23 @@ def block(rng, b: int, n: int, pinned: int) -> Scored:
     return Scored(
         np.array([f"r{b}_{i}".encode() for i in range(n)], dtype="S"),
         np.array(rng.choice(["swap_att", "replace_obj", "add_att"], n), dtype=object),
-        np.array(rng.choice(["train", "test"], n, p=[0.8, 0.2]), dtype=object), np.arange(n) < pinned,
-        rng.random(n).astype(np.float32), rng.random(n).astype(np.float32), rng.random(n).astype(np.float32),
-        np.where(has[group], slot[group], -1), rng.integers(0, 3000, n).astype(np.uint64),
-        (rng.random(n) * 0.95).astype(np.float32), np.round(rng.normal(0.3, 1, (n, 2)), 2),
-        rng.random((n, 4)).astype(np.float32), names, rng.random(len(names)).astype(np.float32),
-        rng.random(len(names)).astype(np.float32), kept, rng.random((len(names), 4)).astype(np.float32),
-        {g: Drop("surface", "positive_out_of_band", 0.1) for g, k in zip(names, kept) if not k})
+        np.array(rng.choice(["train", "test"], n, p=[0.8, 0.2]), dtype=object),
+        np.arange(n) < pinned,
+        rng.random(n).astype(np.float32),
+        rng.random(n).astype(np.float32),
+        rng.random(n).astype(np.float32),
+        np.where(has[group], slot[group], -1),
+        rng.integers(0, 3000, n).astype(np.uint64),
+        (rng.random(n) * 0.95).astype(np.float32),
+        np.round(rng.normal(0.3, 1, (n, 2)), 2),
+        rng.random((n, 4)).astype(np.float32),
+        names,
+        rng.random(len(names)).astype(np.float32),
+        rng.random(len(names)).astype(np.float32),
+        kept,
+        rng.random((len(names), 4)).astype(np.float32),
+        {g: Drop("surface", "positive_out_of_band", 0.1) for g, k in zip(names, kept) if not k},
+    )
 
 
 def run(parts, cfg, folder):
@@ -42,12 +52,24 @@ def run(parts, cfg, folder):
         spill.add(p)
     d = stage.decide(spill, cfg)
     res = [d.block(b) for b in range(spill.blocks)]
-    return d, {k: np.concatenate([getattr(r, k) for r in res]) for k in ("keep", "drop_filter", "drop_reason", "weight", "propensity")}
+    return d, {
+        k: np.concatenate([getattr(r, k) for r in res])
+        for k in ("keep", "drop_filter", "drop_reason", "weight", "propensity")
+    }
 
 
 def config(per_type: bool):
-    return load_config(None, {"filters": {"negatives": {
-        "blind": {"splits": ["test", "train"], "per_type": per_type}, "surface": {"negative": {"low": 0.1, "high": 0.95}}}}}).filters.negatives
+    return load_config(
+        None,
+        {
+            "filters": {
+                "negatives": {
+                    "blind": {"splits": ["test", "train"], "per_type": per_type},
+                    "surface": {"negative": {"low": 0.1, "high": 0.95}},
+                }
+            }
+        },
+    ).filters.negatives
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -64,14 +86,18 @@ def test_out_of_core_decisions_equal_the_in_memory_rules(seed, tmp_path, monkeyp
     _, first = np.unique(key[order], return_index=True)
     original = np.zeros(len(key), bool)
     original[order[first]] = True
-    assert ((res["drop_filter"] == "dedup") & np.isin(res["drop_reason"], ["exact_duplicate", "duplicate_of_published"])
-            == (~original & ~pinned)).all()
+    assert (
+        (res["drop_filter"] == "dedup") & np.isin(res["drop_reason"], ["exact_duplicate", "duplicate_of_published"])
+        == (~original & ~pinned)
+    ).all()
     # blind: the rows entering balancing (not dropped before it) keep exactly what balance_mask keeps
     entering = (res["drop_filter"] == "") | (res["drop_filter"] == "blind")
     gaps, splits = np.concatenate([p.gaps for p in parts]), np.concatenate([p.splits for p in parts]).astype(str)
     types = np.concatenate([p.strata for p in parts]).astype(str)
     strata = [f"{s}/{t}" if cfg.blind.per_type else s for s, t in zip(splits[entering], types[entering])]
-    expected = balance_mask(gaps[entering], strata, [i.decode() for i in ids[entering]], cfg.blind.bins, cfg.blind.max_rate)
+    expected = balance_mask(
+        gaps[entering], strata, [i.decode() for i in ids[entering]], cfg.blind.bins, cfg.blind.max_rate
+    )
     assert (res["keep"][entering] == (expected | pinned[entering])).all()
     # propensity: the kept negatives' weights are propensity_weights' on every pair
     feats = np.concatenate([p.feats for p in parts])

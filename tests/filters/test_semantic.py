@@ -13,11 +13,18 @@ from pipeline.filters.semantic import cosine_rows, semantic_reasons
 def test_rules_in_order_with_reasons():
     s_neg = np.array([0.96, 0.85, 0.10, 0.72, 0.69, 0.50])
     s_pos = np.array([0.90, 0.90, 0.90, 0.75, 0.74, np.nan])
-    r = semantic_reasons(s_neg, s_pos, false_negative=0.95, max_score=0.8, min_score=0.2, absolute_margin=0.04,
-                         relative_margin=0.1)
+    r = semantic_reasons(
+        s_neg, s_pos, false_negative=0.95, max_score=0.8, min_score=0.2, absolute_margin=0.04, relative_margin=0.1
+    )
     # 0.72 > 0.75 - 0.04; 0.69 <= 0.74 - 0.04 but > 0.74 - 0.074; without a positive the margins pass
-    assert r.tolist() == ["false_negative", "above_max_score", "below_min_score", "absolute_margin",
-                          "relative_margin", ""]
+    assert r.tolist() == [
+        "false_negative",
+        "above_max_score",
+        "below_min_score",
+        "absolute_margin",
+        "relative_margin",
+        "",
+    ]
     assert semantic_reasons(s_neg, s_pos, false_negative=None).tolist() == [""] * 6
 
 

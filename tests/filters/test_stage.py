@@ -16,19 +16,68 @@ pytestmark = pytest.mark.integration
 DOG = "a black dog sits on a red sofa"
 ROWS = [  # (group, anchor, positive, negative, type, expected (filter, reason) or None)
     ("g1", DOG, "a dark dog is resting on a crimson couch", "a red dog sits on a black sofa", "swap_att", None),
-    ("g1", DOG, "a dark dog is resting on a crimson couch", "A red dog sits on a black sofa.", "swap_att", ("dedup", "exact_duplicate")),
+    (
+        "g1",
+        DOG,
+        "a dark dog is resting on a crimson couch",
+        "A red dog sits on a black sofa.",
+        "swap_att",
+        ("dedup", "exact_duplicate"),
+    ),
     ("g1", DOG, "a dark dog is resting on a crimson couch", "a black cat sits on a red sofa", "replace_obj", None),
-    ("g1", DOG, "a dark dog is resting on a crimson couch", "a black cat sits on a red sofas", "replace_obj", ("dedup", "near_duplicate")),
-    ("g1", DOG, "a dark dog is resting on a crimson couch", "zebras graze", "replace_att", ("surface", "negative_out_of_band")),
-    ("g1", DOG, "a dark dog is resting on a crimson couch", "a black dog is sitting on a red sofa", "replace_att", ("semantic", "false_negative")),
-    ("g2", "two men play football in a park", "Two men play football in a park.", "two women play football in a park", "replace_obj", None),
-    ("g3", "a bus drives down a busy street", "a plate of fruit on a wooden table", "a bus drives down an empty street", "replace_att", None),
+    (
+        "g1",
+        DOG,
+        "a dark dog is resting on a crimson couch",
+        "a black cat sits on a red sofas",
+        "replace_obj",
+        ("dedup", "near_duplicate"),
+    ),
+    (
+        "g1",
+        DOG,
+        "a dark dog is resting on a crimson couch",
+        "zebras graze",
+        "replace_att",
+        ("surface", "negative_out_of_band"),
+    ),
+    (
+        "g1",
+        DOG,
+        "a dark dog is resting on a crimson couch",
+        "a black dog is sitting on a red sofa",
+        "replace_att",
+        ("semantic", "false_negative"),
+    ),
+    (
+        "g2",
+        "two men play football in a park",
+        "Two men play football in a park.",
+        "two women play football in a park",
+        "replace_obj",
+        None,
+    ),
+    (
+        "g3",
+        "a bus drives down a busy street",
+        "a plate of fruit on a wooden table",
+        "a bus drives down an empty street",
+        "replace_att",
+        None,
+    ),
 ]
 
 
 def pairs(rows=ROWS, split: str = "test") -> Pairs:
-    return Pairs([f"r{i}" for i in range(len(rows))], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-                 [r[0] for r in rows], [r[4] for r in rows], [split] * len(rows))
+    return Pairs(
+        [f"r{i}" for i in range(len(rows))],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        [r[0] for r in rows],
+        [r[4] for r in rows],
+        [split] * len(rows),
+    )
 
 
 def config(**filters):
@@ -46,9 +95,15 @@ def test_each_drop_names_its_filter_reason_and_score(text_scorers):
     assert res.drop(4).score < 0.4 and res.drop(4).score == pytest.approx(res.surface_sim[4])
     assert res.semantic_sim[0] >= 0.95  # the swap embeds like its caption, but swap types are exempt from the guard
     assert {g: (d.filter, d.reason) for g, d in res.positive_drops.items()} == {
-        "g2": ("surface", "positive_out_of_band"), "g3": ("semantic", "positive_meaning_lost")}
+        "g2": ("surface", "positive_out_of_band"),
+        "g3": ("semantic", "positive_meaning_lost"),
+    }
     assert [(f.filter, f.rows_in, f.rows_out) for f in res.funnel] == [
-        ("positives", 3, 1), ("dedup", 8, 6), ("surface", 6, 5), ("semantic", 5, 4)]
+        ("positives", 3, 1),
+        ("dedup", 8, 6),
+        ("surface", 6, 5),
+        ("semantic", 5, 4),
+    ]
     assert res.funnel[1].dropped == {"exact_duplicate": 1, "near_duplicate": 1}
 
 
@@ -62,10 +117,19 @@ def test_switched_off_filters_drop_nothing_but_scores_are_still_written(text_sco
 
 def blind_rows():
     """11 captions against their reversed words: a blind LM prefers the caption for 8 rows, the other text for 3."""
-    captions = ["a man rides a horse on the beach", "a woman holds an umbrella in the rain", "two dogs run across a field",
-                "a child eats an apple at the table", "a bird sits on a wooden fence", "a bus waits at a red light",
-                "a cat sleeps on a warm chair", "a boy kicks a ball in the yard", "a girl reads a book in bed",
-                "an old man walks his dog", "a red car parked by the road"]
+    captions = [
+        "a man rides a horse on the beach",
+        "a woman holds an umbrella in the rain",
+        "two dogs run across a field",
+        "a child eats an apple at the table",
+        "a bird sits on a wooden fence",
+        "a bus waits at a red light",
+        "a cat sleeps on a warm chair",
+        "a boy kicks a ball in the yard",
+        "a girl reads a book in bed",
+        "an old man walks his dog",
+        "a red car parked by the road",
+    ]
     rows = []
     for k, c in enumerate(captions):
         w = c.split()
@@ -77,8 +141,9 @@ def blind_rows():
 
 def test_blind_balancing_and_propensity_report(text_scorers):
     rows = blind_rows()
-    res = run_stage(pairs(rows), config(surface={"negative": {"low": 0.0, "high": 1.0}}, blind={"splits": ["test"]}),
-                    text_scorers)
+    res = run_stage(
+        pairs(rows), config(surface={"negative": {"low": 0.0, "high": 1.0}}, blind={"splits": ["test"]}), text_scorers
+    )
     blind = res.report["blind"]
     assert set(blind) == {"lm_loglik", "bigram"}
     assert blind["lm_loglik"]["before"] == pytest.approx(8 / 11)
@@ -99,7 +164,9 @@ def test_blind_balancing_leaves_unlisted_splits_alone_but_reports_them(text_scor
     res = run_stage(pairs(rows, split="train"), config(surface=loose, blind={"splits": ["test"]}), text_scorers)
     assert res.keep.all()
     assert res.report["blind_by_split"]["train"]["lm_loglik"]["after"] == pytest.approx(8 / 11)
-    both = run_stage(pairs(rows, split="train"), config(surface=loose, blind={"splits": ["train", "test"]}), text_scorers)
+    both = run_stage(
+        pairs(rows, split="train"), config(surface=loose, blind={"splits": ["train", "test"]}), text_scorers
+    )
     assert not both.keep.all() and both.report["blind"]["lm_loglik"]["after"] == pytest.approx(0.5, abs=0.04)
 
 
@@ -169,12 +236,32 @@ def test_blocks_decide_as_one_and_dedup_crosses_blocks(text_scorers, tmp_path):
     assert np.allclose(res.weight, whole.weight)
 
     copy = ("g9", *ROWS[6][1:])  # another source with the same caption and negative as row 6 (group g2)
-    blocks = [pairs([ROWS[6]]), Pairs(["new", "old"], [copy[1], DOG], [copy[2], None], [copy[3], "a dog sleeps"],
-                                      ["g9", "g8"], ["replace_obj"] * 2, ["test"] * 2)]
+    blocks = [
+        pairs([ROWS[6]]),
+        Pairs(
+            ["new", "old"],
+            [copy[1], DOG],
+            [copy[2], None],
+            [copy[3], "a dog sleeps"],
+            ["g9", "g8"],
+            ["replace_obj"] * 2,
+            ["test"] * 2,
+        ),
+    ]
     res = decide_blocks([score(b, cfg, text_scorers) for b in blocks], cfg, tmp_path / "b")
     assert res.drop_reason.tolist()[:2] == ["", "exact_duplicate"]  # the first in row order is kept
-    pinned = Pairs(["old", "x"], [copy[1], DOG], [copy[2], None], [copy[3], "a dog sleeps"], ["g9", "g8"],
-                   ["replace_obj"] * 2, ["test"] * 2, pinned=1)
-    res = decide_blocks([score(pairs([ROWS[6]]), cfg, text_scorers), score(pinned, cfg, text_scorers)], cfg, tmp_path / "c")
+    pinned = Pairs(
+        ["old", "x"],
+        [copy[1], DOG],
+        [copy[2], None],
+        [copy[3], "a dog sleeps"],
+        ["g9", "g8"],
+        ["replace_obj"] * 2,
+        ["test"] * 2,
+        pinned=1,
+    )
+    res = decide_blocks(
+        [score(pairs([ROWS[6]]), cfg, text_scorers), score(pinned, cfg, text_scorers)], cfg, tmp_path / "c"
+    )
     assert (res.drop_reason[0], res.keep[1]) == ("duplicate_of_published", True)  # the published row wins, though later
     assert res.drop(0).detail == "repeats published row old"

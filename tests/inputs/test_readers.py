@@ -38,9 +38,14 @@ def test_bad_rows_rejected_with_reason_line_and_field_valid_rows_kept(tmp_path):
     ]
     got = [(r.line, r.reason, r.field) for r in bad]
     assert got == [
-        (2, "empty_caption", "caption"), (3, "caption_too_long", "caption"), (4, "invalid_utf8", None),
-        (5, "malformed_json", None), (6, "missing_field", "caption"), (7, "duplicate_id", "id"),
-        (8, "wrong_type", "caption"), (9, "malformed_json", None),
+        (2, "empty_caption", "caption"),
+        (3, "caption_too_long", "caption"),
+        (4, "invalid_utf8", None),
+        (5, "malformed_json", None),
+        (6, "missing_field", "caption"),
+        (7, "duplicate_id", "id"),
+        (8, "wrong_type", "caption"),
+        (9, "malformed_json", None),
     ]
     assert all(r.file == str(path) and r.stage == "input" for r in bad)
     assert "caf" in bad[2].raw  # raw text kept (with a replacement char) for the rejected/ shard
@@ -100,8 +105,12 @@ def test_questions_bad_rows_are_rejected_with_line_and_field_and_valid_rows_kept
     rows = [
         {"question": "Janet has 16 eggs. How many?", "answer": "She has 16.\n#### 16"},  # GSM8K: no id, a solution
         {"ID": "chal-1", "question": "How much is 76 - 25?", "answer": 51.0},
-        {"id": "c1", "question": "Where is a revolving door?", "choices": {"label": ["A", "B"], "text": ["bank", "mall"]},
-         "answer": "A"},
+        {
+            "id": "c1",
+            "question": "Where is a revolving door?",
+            "choices": {"label": ["A", "B"], "text": ["bank", "mall"]},
+            "answer": "A",
+        },
         {"id": "c2", "question": "Pick one", "choices": "A or B", "answer": "A"},  # choices not a list
         {"id": "n1", "question": "How many legs?", "answer": "many"},  # no number in the answer
         {"id": "e1", "question": "   "},
@@ -113,8 +122,12 @@ def test_questions_bad_rows_are_rejected_with_line_and_field_and_valid_rows_kept
     good, bad = read_questions(InputConfig(path=path))
     assert [(q.answer, q.choices) for q in good] == [("16", ()), ("51", ()), ("A", ("bank", "mall")), (None, ())]
     assert good[0].id.startswith("q-") and good[3].id == "m1"
-    assert [(r.line, r.reason, r.field) for r in bad] == [(4, "wrong_type", "choices"), (5, "bad_answer", "answer"),
-                                                         (6, "empty_caption", "question"), (8, "duplicate_id", "id")]
+    assert [(r.line, r.reason, r.field) for r in bad] == [
+        (4, "wrong_type", "choices"),
+        (5, "bad_answer", "answer"),
+        (6, "empty_caption", "question"),
+        (8, "duplicate_id", "id"),
+    ]
     assert all(r.file == str(path) for r in bad)
 
 
@@ -122,11 +135,23 @@ def test_sentences_need_the_sentence_field_and_take_an_optional_id(tmp_path):
     from pipeline.inputs import read_sentences
 
     path = tmp_path / "s.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in [{"sentence": "A dog runs."}, {"id": 3, "sentence": "A cat."},
-                                                          {"sentence": 5}, {"text": "wrong column"}]))
+    path.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"sentence": "A dog runs."},
+                {"id": 3, "sentence": "A cat."},
+                {"sentence": 5},
+                {"text": "wrong column"},
+            ]
+        )
+    )
     good, bad = read_sentences(InputConfig(path=path))
     assert [s.sentence for s in good] == ["A dog runs.", "A cat."] and good[1].id == "3"
-    assert [(r.line, r.reason, r.field) for r in bad] == [(3, "empty_caption", "sentence"), (4, "missing_field", "sentence")]
+    assert [(r.line, r.reason, r.field) for r in bad] == [
+        (3, "empty_caption", "sentence"),
+        (4, "missing_field", "sentence"),
+    ]
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
@@ -144,8 +169,12 @@ def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
 
 def test_a_group_column_groups_captions_and_a_row_without_one_is_rejected(tmp_path):
     path = tmp_path / "in.jsonl"
-    rows = [{"id": "a", "caption": "A dog on a couch.", "img": 7}, {"id": "b", "caption": "A dog lies on a sofa.", "img": "7"},
-            {"id": "c", "caption": "A cat in a box."}, {"id": "d", "caption": "A red bus.", "img": True}]
+    rows = [
+        {"id": "a", "caption": "A dog on a couch.", "img": 7},
+        {"id": "b", "caption": "A dog lies on a sofa.", "img": "7"},
+        {"id": "c", "caption": "A cat in a box."},
+        {"id": "d", "caption": "A red bus.", "img": True},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     good, bad = read_captions(InputConfig(path=path, group_column="img"))
     assert [(g.id, g.group) for g in good] == [("a", "7"), ("b", "7")]

@@ -11,7 +11,8 @@ from tests.conftest import SHARED, write_jsonl
 
 def mnli_passages(n: int) -> list[dict]:
     """The first ``n`` distinct MultiNLI dev premises (../shared/data/mnli) that read as passages: one or two written
-    sentences of 18-40 words (the spoken genre's "uh i know" lines are skipped), without ids (the reader hashes them)."""
+    sentences of 18-40 words (the spoken genre's "uh i know" lines are skipped), without ids (the reader hashes
+    them)."""
     seen: list[str] = []
     for line in (SHARED / "mnli" / "dev.jsonl").open():
         p = json.loads(line)["premise"].strip()
@@ -31,7 +32,13 @@ def retrieval_run(tmp_path_factory, ray_session, prefect_session):
 
     root = tmp_path_factory.mktemp("retrieval")
     inp = write_jsonl(root / "in.jsonl", mnli_passages(8) + [{"passage": 42}])
-    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": root / "ds", "units_per_part": 8, "test_fraction": 0.5},
-                             "sampling": {"n": 1, "max_tokens": 24},
-                             "retrieval": {"types": ["question", "keyword"], "fn_judge": {"enabled": True, "top": 1}}})
+    cfg = load_config(
+        None,
+        {
+            "input": {"path": inp},
+            "output": {"dir": root / "ds", "units_per_part": 8, "test_fraction": 0.5},
+            "sampling": {"n": 1, "max_tokens": 24},
+            "retrieval": {"types": ["question", "keyword"], "fn_judge": {"enabled": True, "top": 1}},
+        },
+    )
     return cfg, generate_flow("retrieval", cfg.model_dump(mode="json"))

@@ -16,12 +16,38 @@ from tests.conftest import assert_rerun_makes_no_llm_call
 from tests.kinds.conftest import mnli_passages
 
 pytestmark = pytest.mark.integration
-GOLDEN = (25, 7, 0)  # kept, rejected, filtered: seed 0, SmolLM2-135M Q4_1, torch CPU (re-pin deliberately, with the reason)
+GOLDEN = (
+    25,
+    7,
+    0,
+)  # kept, rejected, filtered: seed 0, SmolLM2-135M Q4_1, torch CPU (re-pin deliberately, with the reason)
 CLI = str(Path(sys.executable).parent / "contrastgen")
-REASONS = {"refusal", "chatter", "multi_line", "truncated", "empty", "copy_of_passage", "too_long", "type_mismatch",
-           "no_score", "unparsable_score", "not_answerable", "round_trip", "no_negative", "positive_aware",
-           "absolute_margin", "above_max_score", "false_negative", "fn_no_score", "exact_duplicate", "near_duplicate",
-           "wrong_type", "empty_caption", "engine_crash", "engine_timeout"}
+REASONS = {
+    "refusal",
+    "chatter",
+    "multi_line",
+    "truncated",
+    "empty",
+    "copy_of_passage",
+    "too_long",
+    "type_mismatch",
+    "no_score",
+    "unparsable_score",
+    "not_answerable",
+    "round_trip",
+    "no_negative",
+    "positive_aware",
+    "absolute_margin",
+    "above_max_score",
+    "false_negative",
+    "fn_no_score",
+    "exact_duplicate",
+    "near_duplicate",
+    "wrong_type",
+    "empty_caption",
+    "engine_crash",
+    "engine_timeout",
+}
 
 
 def _rows(root: Path, kept: int) -> list[dict]:
@@ -44,7 +70,9 @@ def test_every_passage_and_type_ends_as_rows_or_a_rejection(retrieval_run):
     for q in by_task["question"] + by_task["keyword"]:
         qid = task.query_id(q.source_id, q.task, cfg.output.test_fraction)
         made = any(r["source_id"] == qid for r in rows)
-        rejected_as = [r["reason"] for r in rejected if r["source_id"] in (q.source_id, qid) and r["stage"] == "generation"]
+        rejected_as = [
+            r["reason"] for r in rejected if r["source_id"] in (q.source_id, qid) and r["stage"] == "generation"
+        ]
         assert made or rejected_as, (qid, q.texts)
     assert len(by_task["judge"]) == len({r.source_id for r in by_task["judge"]})  # one judge unit per valid query
     assert s["kept"] > 0 and s["splits"]["test"] > 0 and s["splits"]["train"] > 0
@@ -58,7 +86,9 @@ def test_rows_follow_the_mining_rules_and_stay_in_their_split(retrieval_run):
         assert r["negative_id"] != r["passage_id"] and r["negative"] != r["positive"] and r["query"] != r["positive"]
         assert split_of(r["passage_id"], 0.5) == split_of(r["negative_id"], 0.5) == split_of(r["source_id"], 0.5)
         assert r["neg_sim"] <= r_cfg.mining.max_positive_ratio * r["pos_sim"] + 1e-6 and r["neg_rank"] >= 1
-        assert r["judge_score"] >= r_cfg.judge.min_score and (r["fn_score"] is None or r["fn_score"] < r_cfg.fn_judge.max_score)
+        assert r["judge_score"] >= r_cfg.judge.min_score and (
+            r["fn_score"] is None or r["fn_score"] < r_cfg.fn_judge.max_score
+        )
         assert r["prompt_sha"] == tpls[r["query_type"]].sha256 and r["mode"] == r["query_type"] and r["weight"] == 1.0
     for r in _rejected(cfg.output.dir):
         if r["filter"] in ("mining", "fn_judge"):
@@ -74,7 +104,9 @@ def test_card_and_inspect_show_the_funnel(retrieval_run):
     st = info["retrieval"]
     assert info["format"] == "contrastgen.retrieval/1" and info["counts"]["kept"] == s["kept"] <= st["rows"]
     assert st["passages"] == 8 and st["queries"] >= st["answerable"] >= st["round_trip"] > 0 and st["fn_judged"] > 0
-    assert [t["task"] for t in info["per_type"]] == ["question", "keyword"] and all(t["units"] == 8 for t in info["per_type"])
+    assert [t["task"] for t in info["per_type"]] == ["question", "keyword"] and all(
+        t["units"] == 8 for t in info["per_type"]
+    )
     assert sum(t["train"] + t["test"] for t in info["per_type"]) == s["kept"]
     card = (cfg.output.dir / "README.md").read_text()
     for text in ("## Funnel", "answerable queries", "round trip", "filters.retrieval", "| `question` | 8 |"):
@@ -90,14 +122,33 @@ def test_rerun_is_a_noop_with_zero_llm_calls(retrieval_run, monkeypatch):
 def test_train_and_evaluate_report_retrieval_before_and_after(retrieval_run, tmp_path):
     cfg, _ = retrieval_run
     out = tmp_path / "model"
-    res = subprocess.run([CLI, "train", str(cfg.output.dir), "--out", str(out), "--epochs", "1", "--batch-size", "4",
-                          "--loss", "mnrl", "--json"], capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [
+            CLI,
+            "train",
+            str(cfg.output.dir),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--loss",
+            "mnrl",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     before, after = summary["before"][str(cfg.output.dir)], summary["after"][str(cfg.output.dir)]
     for r in (before["retrieval"], after["retrieval"]):
         assert set(r) == {"recall@1", "recall@10", "mrr@10", "queries", "passages"} and r["queries"] > 0
         assert 0 <= r["recall@1"] <= r["recall@10"] <= 100 and r["recall@1"] <= r["mrr@10"] <= r["recall@10"]
-    res = subprocess.run([CLI, "evaluate", str(out), str(cfg.output.dir), "--json"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [CLI, "evaluate", str(out), str(cfg.output.dir), "--json"], capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout)["retrieval"] == after["retrieval"]

@@ -28,10 +28,13 @@ def test_the_group_enters_the_unit_key_only_where_there_is_one():
     grouped = replace(plain, group="A")
     from pipeline.kinds.base import unit_key
 
-    assert task.unit_key(plain, "swap_obj", tpl, cfg) == unit_key(["1", "A dog on a sofa.", "a.jpg"], "swap_obj", tpl.sha256,
-                                                                  cfg.sampling, cfg, mode="edit")  # as before groups
+    assert task.unit_key(plain, "swap_obj", tpl, cfg) == unit_key(
+        ["1", "A dog on a sofa.", "a.jpg"], "swap_obj", tpl.sha256, cfg.sampling, cfg, mode="edit"
+    )  # as before groups
     assert task.unit_key(grouped, "swap_obj", tpl, cfg) != task.unit_key(plain, "swap_obj", tpl, cfg)
-    assert task.unit_key(grouped, "swap_obj", tpl, cfg) != task.unit_key(replace(plain, group="B"), "swap_obj", tpl, cfg)
+    assert task.unit_key(grouped, "swap_obj", tpl, cfg) != task.unit_key(
+        replace(plain, group="B"), "swap_obj", tpl, cfg
+    )
 
 
 def test_raw_parts_carry_the_group_and_parts_of_older_runs_read_without_one():
@@ -72,9 +75,15 @@ def grouped_run(tmp_path_factory, ray_session, prefect_session):
 
     root = tmp_path_factory.mktemp("grouped")
     inp = write_jsonl(root / "in.jsonl", [r for r in coco_grouped_rows(COCO, skip_images=700, images=2)])
-    cfg = load_config(None, {"input": {"path": inp, "group_column": "group"}, "output": {"dir": root / "ds"},
-                             "negatives": {"types": ["swap_obj", "replace_obj"], "paraphrase_candidates": 3},
-                             "sampling": {"max_tokens": 24}})
+    cfg = load_config(
+        None,
+        {
+            "input": {"path": inp, "group_column": "group"},
+            "output": {"dir": root / "ds"},
+            "negatives": {"types": ["swap_obj", "replace_obj"], "paraphrase_candidates": 3},
+            "sampling": {"max_tokens": 24},
+        },
+    )
     return cfg, generate_flow("negatives", cfg.model_dump(mode="json"))
 
 
@@ -86,8 +95,13 @@ def test_a_grouped_run_writes_groups_and_the_trainer_pairs_human_views(grouped_r
     out = cfg.output.dir
     inputs = [json.loads(line) for line in cfg.input.path.read_text().splitlines()]
     group_of = {r["id"]: r["group"] for r in inputs}
-    tables = {s: pa.concat_tables(pa.ipc.open_stream(p.read_bytes()).read_all() for p in sorted((out / "data").glob(f"{s}-*.arrow")))
-              for s in ("train", "test") if list((out / "data").glob(f"{s}-*.arrow"))}
+    tables = {
+        s: pa.concat_tables(
+            pa.ipc.open_stream(p.read_bytes()).read_all() for p in sorted((out / "data").glob(f"{s}-*.arrow"))
+        )
+        for s in ("train", "test")
+        if list((out / "data").glob(f"{s}-*.arrow"))
+    }
     split_of_group = {}
     for split, t in tables.items():
         for sid, g in zip(t["source_id"].to_pylist(), t["group"].to_pylist()):
@@ -95,8 +109,12 @@ def test_a_grouped_run_writes_groups_and_the_trainer_pairs_human_views(grouped_r
             assert split_of_group.setdefault(g, split) == split  # a group's rows are all in one split
     manifest = json.loads((out / "manifest.json").read_text())
     sizes = [sum(r["group"] == g for r in inputs) for g in dict.fromkeys(group_of.values())]
-    assert manifest["groups"] == {"groups": 2, "grouped_captions": len(inputs), "largest": max(sizes),
-                                  "views_per_caption": round(sum(s * (s - 1) for s in sizes) / len(inputs), 2)}
+    assert manifest["groups"] == {
+        "groups": 2,
+        "grouped_captions": len(inputs),
+        "largest": max(sizes),
+        "views_per_caption": round(sum(s * (s - 1) for s in sizes) / len(inputs), 2),
+    }
     card = (out / "README.md").read_text()
     assert "Groups (human views)" in card and "`group`" in card
     split = next(s for s in ("train", "test") if s in tables)

@@ -28,8 +28,12 @@ def test_block_passes_on_ray_tasks_publish_what_the_driver_would(ray_session, pr
     from flows.generate import generate_flow
 
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(5) + [{"id": "bad", "caption": " "}])
-    settings = {"input": {"path": inp}, "output": {"dir": tmp_path / "workers", "block_sources": 2, "units_per_part": 4},
-                "negatives": {"types": ["swap_obj", "replace_att"]}, "sampling": {"max_tokens": 24}}
+    settings = {
+        "input": {"path": inp},
+        "output": {"dir": tmp_path / "workers", "block_sources": 2, "units_per_part": 4},
+        "negatives": {"types": ["swap_obj", "replace_att"]},
+        "sampling": {"max_tokens": 24},
+    }
     cfg = load_config(None, settings)
     summary = generate_flow("negatives", cfg.model_dump(mode="json"))  # 3 blocks: finalized on Ray tasks
     assert summary["units"] == 15 and summary["kept"] > 0
@@ -41,6 +45,9 @@ def test_block_passes_on_ray_tasks_publish_what_the_driver_would(ray_session, pr
     with store_of(cfg, "negatives") as store:
         ctx = steps.start(kind, cfg, store)
         here = steps.finalize(kind, ctx, store, Timing(), None, walk=steps.planned_blocks(kind, ctx, store))
-    assert (here.kept, here.splits, here.rejected_by_reason) == (summary["kept"], summary["splits"],
-                                                                 summary["rejected_by_reason"])
+    assert (here.kept, here.splits, here.rejected_by_reason) == (
+        summary["kept"],
+        summary["splits"],
+        summary["rejected_by_reason"],
+    )
     assert _digests(driver) == _digests(tmp_path / "workers")

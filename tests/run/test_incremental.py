@@ -16,7 +16,11 @@ from pipeline.run.store import store_of
 from pipeline.shards.card import load_manifest
 from pipeline.shards.writer import read_shard
 
-CAPTION, NEGATIVE, PARAPHRASE = "a dog sits on a red sofa", "a cat sits on a red sofa", "a dog is sitting on a red couch"
+CAPTION, NEGATIVE, PARAPHRASE = (
+    "a dog sits on a red sofa",
+    "a cat sits on a red sofa",
+    "a dog is sitting on a red couch",
+)
 OFF = {"enabled": False}
 
 
@@ -24,9 +28,15 @@ def _release(tmp_path, captions: list[dict], run_id: str) -> dict:
     """One run's finalize over ``captions``, each answered the same: its paraphrase and NEGATIVE."""
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps(c) + "\n" for c in captions), encoding="utf-8")
-    cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp_path / "ds"},
-                             "negatives": {"types": ["replace_obj"], "mode": "rewrite"},
-                             "filters": {"negatives": {"semantic": OFF, "blind": OFF, "propensity": OFF, "surface": OFF}}})
+    cfg = load_config(
+        None,
+        {
+            "input": {"path": inp},
+            "output": {"dir": tmp_path / "ds"},
+            "negatives": {"types": ["replace_obj"], "mode": "rewrite"},
+            "filters": {"negatives": {"semantic": OFF, "blind": OFF, "propensity": OFF, "surface": OFF}},
+        },
+    )
     kind = KINDS["negatives"]
     with store_of(cfg, "negatives") as store:
         ctx = steps.start(kind, cfg, store)
@@ -35,7 +45,9 @@ def _release(tmp_path, captions: list[dict], run_id: str) -> dict:
         for u in (u for chunk in stage.pending for u in chunk):
             text = PARAPHRASE if u.task == "paraphrase" else NEGATIVE
             prov = Provenance("embedded", "m", u.prompt_sha, kind.mode(u, cfg), 0.7, 0.95, 40, u.seed, 10, 5, 0.1)
-            raws.append(RawResult(u.key, u.source.id, u.source.text, None, u.task, (text,), ("stop",), prov, __version__))
+            raws.append(
+                RawResult(u.key, u.source.id, u.source.text, None, u.task, (text,), ("stop",), prov, __version__)
+            )
         if raws:
             store.write_part(raws)
         steps.finalize(kind, ctx, store, Timing(), run_id)
@@ -60,15 +72,18 @@ def test_a_new_row_that_repeats_a_published_one_is_rejected_naming_it(tmp_path):
     assert [r["id"] for r in data] == published  # the published row stays, alone
     rejected = _rows(root, second, "rejected")
     dup = [r for r in rejected if r["source_id"] == new_id and r["stage"] == "filter"]
-    assert [(r["reason"], r["detail"]) for r in dup] == [("duplicate_of_published", f"repeats published row {published[0]}")]
+    assert [(r["reason"], r["detail"]) for r in dup] == [
+        ("duplicate_of_published", f"repeats published row {published[0]}")
+    ]
     assert not [r for r in rejected if r["source_id"] == "b" and r["stage"] == "filter"]  # never published and rejected
     assert [r["mode"] for r in second["publish"]["releases"]] == ["whole", "append"]
     assert second["counts"]["filtered"] == 1 and second["counts"]["rejected_by_reason"] == {"duplicate_of_published": 1}
 
     third = _release(tmp_path, [{"id": "b", "caption": CAPTION}, {"id": new_id, "caption": CAPTION}], "run-2")
     assert third["shards"] == second["shards"]  # a rerun adds nothing, and says the same
-    assert {k: v for k, v in third["counts"].items() if k not in ("generated", "reused")} == \
-        {k: v for k, v in second["counts"].items() if k not in ("generated", "reused")}
+    assert {k: v for k, v in third["counts"].items() if k not in ("generated", "reused")} == {
+        k: v for k, v in second["counts"].items() if k not in ("generated", "reused")
+    }
 
 
 def test_a_plan_newer_than_the_manifest_is_not_taken_for_the_published_one(tmp_path):
@@ -81,8 +96,11 @@ def test_a_plan_newer_than_the_manifest_is_not_taken_for_the_published_one(tmp_p
     first = _release(tmp_path, two[:1], "run-0")
     root, sha = tmp_path / "ds", first["publish"]["settings_sha"]
     old_manifest = (root / "manifest.json").read_bytes()
+
     def outcome(m):  # each source's rows, published or rejected (a whole release names no published duplicate)
-        return sorted((r["source_id"], sp == "rejected") for sp in ("train", "test", "rejected") for r in _rows(root, m, sp))
+        return sorted(
+            (r["source_id"], sp == "rejected") for sp in ("train", "test", "rejected") for r in _rows(root, m, sp)
+        )
 
     second = _release(tmp_path, two, "run-1")  # then "killed" before its manifest: the first one is back
     expected = outcome(second)

@@ -46,17 +46,21 @@ def test_inspect_checks_zero_row_shards_like_the_others(empty_dataset, capsys):
     capsys.readouterr()
     path = ds / shard["path"]
     intact = path.read_bytes()
-    fix = (f"Fix: restore {shard['path']} from a copy, or delete it and rerun the generate command that made {ds} "
-           "(it republishes the dataset from raw/ with no LLM call)")
+    fix = (
+        f"Fix: restore {shard['path']} from a copy, or delete it and rerun the generate command that made {ds} "
+        "(it republishes the dataset from raw/ with no LLM call)"
+    )
 
     path.write_bytes(intact[: len(intact) // 2])  # truncated, as a full disk or a bad copy leaves it
     assert _inspect_error(ds, capsys) == (
         f"contrastgen: error: {path}: expected {shard['num_bytes']} bytes (as listed in {ds}/manifest.json), found "
-        f"{len(intact) // 2}: the file is truncated or changed. {fix}")
+        f"{len(intact) // 2}: the file is truncated or changed. {fix}"
+    )
 
     changed = bytearray(intact)
     changed[len(changed) // 2] ^= 0xFF  # same size, other content
     path.write_bytes(bytes(changed))
     assert _inspect_error(ds, capsys) == (
         f"contrastgen: error: {path}: expected sha256 {shard['sha256'][:12]}... (as listed in {ds}/manifest.json), "
-        f"found other content: the file is corrupt or changed. {fix}")
+        f"found other content: the file is corrupt or changed. {fix}"
+    )

@@ -12,15 +12,23 @@ from pipeline.shards.writer import read_stream, sha256_file, write_bytes_atomic
 
 def _tables(ids: list[str], rejected: list[str]) -> dict[str, pa.Table]:
     rej = {c: pa.array([None] * len(rejected), pa.string()) for c in ("stage", "source_id", "task", "unit_key", "file")}
-    rej.update(reason=pa.array(["too_short"] * len(rejected)), raw=pa.array(rejected), line=pa.array([None] * len(rejected), pa.int64()))
-    return {"train": pa.table({"id": ids, "text": [f"t{i}" for i in ids]}),
-            "test": pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}),
-            "rejected": pa.table(rej)}
+    rej.update(
+        reason=pa.array(["too_short"] * len(rejected)),
+        raw=pa.array(rejected),
+        line=pa.array([None] * len(rejected), pa.int64()),
+    )
+    return {
+        "train": pa.table({"id": ids, "text": [f"t{i}" for i in ids]}),
+        "test": pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}),
+        "rejected": pa.table(rej),
+    }
 
 
 def _commit(root, shards, published) -> None:
     """What a finalize does after publishing: the manifest is the commit point."""
-    write_bytes_atomic(root / "manifest.json", json.dumps({"shards": [s.__dict__ for s in shards], "publish": published}).encode())
+    write_bytes_atomic(
+        root / "manifest.json", json.dumps({"shards": [s.__dict__ for s in shards], "publish": published}).encode()
+    )
 
 
 def _hashes(root) -> dict[str, str]:
@@ -44,8 +52,13 @@ def test_first_publish_is_whole_then_reruns_append_only_new_rows(tmp_path):
     assert new == ["data/train-r001-00000-of-00001.arrow", "rejected/rejected-r001-00000-of-00001.arrow"]
     assert read_stream(tmp_path / new[0]).column("id").to_pylist() == ["d", "e"]
     assert read_stream(tmp_path / new[1]).column("raw").to_pylist() == ["y"]
-    assert pub3["releases"][-1] == {**pub3["releases"][-1], "release": 1, "run_id": "run-3", "mode": "append",
-                                    "added": {"train": 2, "test": 0, "rejected": 1}}
+    assert pub3["releases"][-1] == {
+        **pub3["releases"][-1],
+        "release": 1,
+        "run_id": "run-3",
+        "mode": "append",
+        "added": {"train": 2, "test": 0, "rejected": 1},
+    }
     assert published_splits(grown) == {"train": 5, "test": 0}
 
 
@@ -55,8 +68,11 @@ def test_changed_settings_publish_whole_again(tmp_path):
     publish(tmp_path, _tables(["a", "b", "c"], []), 10, "s1", "run-2")  # a crash before the manifest: unlisted shards
     shards, pub = publish(tmp_path, _tables(["b"], []), 10, "s2", "run-3")  # stricter filters: b only, whole
     assert [r["mode"] for r in pub["releases"]] == ["whole"] and published_splits(shards)["train"] == 1
-    assert sorted(_hashes(tmp_path)) == ["data/test-00000-of-00001.arrow", "data/train-00000-of-00001.arrow",
-                                         "rejected/rejected-00000-of-00001.arrow"]  # the r001 leftovers are gone
+    assert sorted(_hashes(tmp_path)) == [
+        "data/test-00000-of-00001.arrow",
+        "data/train-00000-of-00001.arrow",
+        "rejected/rejected-00000-of-00001.arrow",
+    ]  # the r001 leftovers are gone
 
 
 def test_files_contrastgen_did_not_write_are_never_deleted(tmp_path):
@@ -64,7 +80,9 @@ def test_files_contrastgen_did_not_write_are_never_deleted(tmp_path):
     (tmp_path / "data" / "mine.arrow").write_bytes(b"a user's file")
     shards, pub = publish(tmp_path, _tables(["a"], []), 10, "s1", "run-1")
     _commit(tmp_path, shards, pub)
-    assert (tmp_path / "data" / "mine.arrow").read_bytes() == b"a user's file"  # not listed, not in the ledger: not ours
+    assert (
+        tmp_path / "data" / "mine.arrow"
+    ).read_bytes() == b"a user's file"  # not listed, not in the ledger: not ours
     shards, pub = publish(tmp_path, _tables(["a", "b"], []), 1, "s2", "run-2")  # whole again, more shards
     _commit(tmp_path, shards, pub)
     publish(tmp_path, _tables(["a"], []), 10, "s3", "run-3")  # whole again: the two-shard release's files go
@@ -91,10 +109,13 @@ def test_spools_fill_shards_across_blocks_and_append_only_fresh_rows(tmp_path):
     root.mkdir()
     shards, pub = publish(root, _spools(tmp_path / "a", [["a", "b"], ["c", "d", "e"], ["f"]]), 4, "s1", "run-1")
     _commit(root, shards, pub)
-    assert [(s.path, s.rows) for s in shards] == [("data/train-00000-of-00002.arrow", 4), ("data/train-00001-of-00002.arrow", 2),
-                                                 ("data/test-00000-of-00001.arrow", 0)]
+    assert [(s.path, s.rows) for s in shards] == [
+        ("data/train-00000-of-00002.arrow", 4),
+        ("data/train-00001-of-00002.arrow", 2),
+        ("data/test-00000-of-00001.arrow", 0),
+    ]
     assert read_stream(root / shards[1].path).column("id").to_pylist() == ["e", "f"]
     grown, pub2 = publish(root, _spools(tmp_path / "b", [["a", "g"], ["c", "h"]]), 4, "s1", "run-2")
-    assert [(s.path, s.rows) for s in grown[len(shards):]] == [("data/train-r001-00000-of-00001.arrow", 2)]
+    assert [(s.path, s.rows) for s in grown[len(shards) :]] == [("data/train-r001-00000-of-00001.arrow", 2)]
     assert read_stream(root / grown[-1].path).column("id").to_pylist() == ["g", "h"]
     assert pub2["releases"][-1]["added"] == {"train": 2, "test": 0}

@@ -16,27 +16,33 @@ from pipeline.tasks.answers import (
 from tests.conftest import SHARED
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("3 + 4 = 7. The answer is 7.", "7"),
-    ("She makes 9 * 2 = $18 every day.\n#### 18", "18"),
-    ("The answer is $1,250.00", "1250"),
-    ("So the answer is: **42**", "42"),
-    ("He ends with 12 - 15 = -3 dollars. The answer is -3.", "-3"),
-    ("Total: 2.50 + 0.50 = 3.00", "3"),
-    ("It costs 5 dollars, then 6 dollars, so 11 in all", "11"),
-    ("I do not know.", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("3 + 4 = 7. The answer is 7.", "7"),
+        ("She makes 9 * 2 = $18 every day.\n#### 18", "18"),
+        ("The answer is $1,250.00", "1250"),
+        ("So the answer is: **42**", "42"),
+        ("He ends with 12 - 15 = -3 dollars. The answer is -3.", "-3"),
+        ("Total: 2.50 + 0.50 = 3.00", "3"),
+        ("It costs 5 dollars, then 6 dollars, so 11 in all", "11"),
+        ("I do not know.", None),
+    ],
+)
 def test_number_answers(text, expected):
     assert extract_answer(text, "number") == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("A bank has security. The answer is (A).", "A"),
-    ("Answer: c", "C"),
-    ("A person would go to the (D) mall.", "D"),
-    ("A revolving door is at a bank.", "A"),  # the article "A" is not a letter; the choice text is named
-    ("It could be a bank or a library.", None),  # two choices named: no answer
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("A bank has security. The answer is (A).", "A"),
+        ("Answer: c", "C"),
+        ("A person would go to the (D) mall.", "D"),
+        ("A revolving door is at a bank.", "A"),  # the article "A" is not a letter; the choice text is named
+        ("It could be a bank or a library.", None),  # two choices named: no answer
+    ],
+)
 def test_choice_answers(text, expected):
     assert extract_answer(text, "choice", ("bank", "library", "department store", "mall", "new york")) == expected
 

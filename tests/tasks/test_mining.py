@@ -38,7 +38,11 @@ def test_positive_aware_rule_drops_candidates_above_the_ratio_of_the_positive():
     cfg = MiningConfig(max_positive_ratio=0.95)
     m = mine(Q, corpus(0.8, 0.77, 0.75, 0.2), np.array([0]), np.zeros(4, int), cfg)[0]
     # 0.95 x 0.8 = 0.76: 0.77 is dropped, 0.75 kept
-    assert [(c.sim, c.reason) for c in m.candidates] == [(0.77, "positive_aware"), (0.75, ""), (0.2, "")] and m.pos_rank == 1
+    assert [(c.sim, c.reason) for c in m.candidates] == [
+        (0.77, "positive_aware"),
+        (0.75, ""),
+        (0.2, ""),
+    ] and m.pos_rank == 1
     off = mine(Q, corpus(0.8, 0.77, 0.75, 0.2), np.array([0]), np.zeros(4, int), MiningConfig(max_positive_ratio=None))
     assert [c.reason for c in off[0].candidates] == ["", "", ""]
 
@@ -46,7 +50,11 @@ def test_positive_aware_rule_drops_candidates_above_the_ratio_of_the_positive():
 def test_margin_and_max_score_rules_in_order():
     cfg = MiningConfig(max_positive_ratio=None, absolute_margin=0.1, max_score=0.85)
     assert candidate_reasons(np.array([0.9, 0.75, 0.69, 0.7]), 0.8, cfg).tolist() == [
-        "above_max_score", "absolute_margin", "", ""]  # 0.7 is not > 0.8 - 0.1 (a margin is strict, as mine_hard_negatives')
+        "above_max_score",
+        "absolute_margin",
+        "",
+        "",
+    ]  # 0.7 is not > 0.8 - 0.1 (a margin is strict, as mine_hard_negatives')
     both = MiningConfig(max_positive_ratio=0.95, absolute_margin=0.02)
     assert candidate_reasons(np.array([0.79, 0.77]), 0.8, both).tolist() == ["absolute_margin", "positive_aware"]
 
@@ -82,15 +90,27 @@ def test_chunked_mining_matches_one_chunk():
     assert [m.pos_rank for m in one] == ranks
 
 
-@pytest.mark.parametrize("judged, keep, drops", [
-    ({}, [1, 2], [(0, "positive_aware")]),  # no judge: the rules only
-    ({1: 5, 2: 0}, [2, 3], [(0, "positive_aware"), (1, "false_negative")]),
-    ({1: None, 2: 2}, [2, 3], [(0, "positive_aware"), (1, "fn_no_score")]),
-    ({1: 3, 2: 4, 3: 3}, [4], [(0, "positive_aware"), (1, "false_negative"), (2, "false_negative"), (3, "false_negative")]),
-])
+@pytest.mark.parametrize(
+    "judged, keep, drops",
+    [
+        ({}, [1, 2], [(0, "positive_aware")]),  # no judge: the rules only
+        ({1: 5, 2: 0}, [2, 3], [(0, "positive_aware"), (1, "false_negative")]),
+        ({1: None, 2: 2}, [2, 3], [(0, "positive_aware"), (1, "fn_no_score")]),
+        (
+            {1: 3, 2: 4, 3: 3},
+            [4],
+            [(0, "positive_aware"), (1, "false_negative"), (2, "false_negative"), (3, "false_negative")],
+        ),
+    ],
+)
 def test_select_keeps_the_first_that_pass_and_records_the_drops_met(judged, keep, drops):
-    cands = [Candidate(0, 0.9, 1, "positive_aware"), Candidate(1, 0.7, 2, ""), Candidate(2, 0.6, 3, ""),
-             Candidate(3, 0.5, 4, ""), Candidate(4, 0.4, 5, "")]
+    cands = [
+        Candidate(0, 0.9, 1, "positive_aware"),
+        Candidate(1, 0.7, 2, ""),
+        Candidate(2, 0.6, 3, ""),
+        Candidate(3, 0.5, 4, ""),
+        Candidate(4, 0.4, 5, ""),
+    ]
     k, d = select(cands, judged, 2, 3)
     assert [c.passage for c in k] == keep and [(x.candidate.passage, x.reason) for x in d] == drops
     assert all(x.score == x.candidate.sim for x in d if x.reason == "positive_aware")

@@ -1,6 +1,6 @@
 from pipeline.config import load_config
-from pipeline.records import CaptionRecord, Provenance, RawResult, Rejection
 from pipeline.kinds import negatives as task
+from pipeline.records import CaptionRecord, Provenance, RawResult, Rejection
 from pipeline.tasks.edits import Candidate
 
 CFG = load_config(None, {"negatives": {"types": ["swap_obj", "replace_obj"]}})
@@ -10,13 +10,21 @@ CAPS = [CaptionRecord("1", "A cat sleeps on top of a suitcase."), CaptionRecord(
 
 def _raw(unit, texts, mode="edit"):
     p = Provenance("embedded", "m", unit.prompt_sha, mode, 0.7, 0.95, 40, unit.seed, 10, 5, 0.1)
-    return RawResult(unit.key, unit.source.id, unit.source.caption, None, unit.task, tuple(texts), ("stop",) * len(texts), p, "0")
+    return RawResult(
+        unit.key, unit.source.id, unit.source.caption, None, unit.task, tuple(texts), ("stop",) * len(texts), p, "0"
+    )
 
 
 def test_one_unit_per_caption_and_task_with_stable_keys():
     units = task.plan_units(CAPS, CFG, TPLS)
     assert [(u.source.id, u.task) for u in units] == [
-        ("1", "swap_obj"), ("1", "replace_obj"), ("1", "paraphrase"), ("2", "swap_obj"), ("2", "replace_obj"), ("2", "paraphrase")]
+        ("1", "swap_obj"),
+        ("1", "replace_obj"),
+        ("1", "paraphrase"),
+        ("2", "swap_obj"),
+        ("2", "replace_obj"),
+        ("2", "paraphrase"),
+    ]
     assert len({u.key for u in units}) == 6
     assert [u.key for u in task.plan_units(CAPS, CFG, TPLS)] == [u.key for u in units]
 
@@ -24,7 +32,9 @@ def test_one_unit_per_caption_and_task_with_stable_keys():
 def test_key_changes_with_seed_sampling_caption_and_template():
     base = task.plan_units(CAPS[:1], CFG, TPLS)[0].key
     other_seed = load_config(None, {"negatives": {"types": ["swap_obj", "replace_obj"]}, "sampling": {"seed": 1}})
-    other_temp = load_config(None, {"negatives": {"types": ["swap_obj", "replace_obj"]}, "sampling": {"temperature": 0.1}})
+    other_temp = load_config(
+        None, {"negatives": {"types": ["swap_obj", "replace_obj"]}, "sampling": {"temperature": 0.1}}
+    )
     assert task.plan_units(CAPS[:1], other_seed, TPLS)[0].key != base
     assert task.plan_units(CAPS[:1], other_temp, TPLS)[0].key != base
     assert task.plan_units([CaptionRecord("1", "A cat naps.")], CFG, TPLS)[0].key != base
@@ -50,8 +60,14 @@ def test_type_mismatch_is_rejected_never_relabelled():
 
 def test_assemble_pairs_negatives_with_their_paraphrase():
     units = task.plan_units(CAPS[:1], CFG, TPLS)
-    answers = {"swap_obj": ["cat <-> suitcase"], "replace_obj": ["sandwich -> hat"], "paraphrase": ["On a suitcase, a cat is asleep."]}
-    rows, rejects = task.assemble([_raw(u, answers[u.task], "rewrite" if u.task == "paraphrase" else "edit") for u in units], TPLS)
+    answers = {
+        "swap_obj": ["cat <-> suitcase"],
+        "replace_obj": ["sandwich -> hat"],
+        "paraphrase": ["On a suitcase, a cat is asleep."],
+    }
+    rows, rejects = task.assemble(
+        [_raw(u, answers[u.task], "rewrite" if u.task == "paraphrase" else "edit") for u in units], TPLS
+    )
     assert [r.neg_type for r in rows] == ["swap_obj"]
     assert rows[0].positive == "On a suitcase, a cat is asleep."
     assert [(r.task, r.reason) for r in rejects] == [("replace_obj", "span_not_found")]
@@ -77,4 +93,6 @@ def test_the_word_class_setting_decides_rows_so_it_is_part_of_the_release_settin
     off = load_config(None, {"negatives": {"word_class": False}})
     assert settings_sha(CFG, "negatives") != settings_sha(off, "negatives")
     assert settings_sha(CFG, "pairs") == settings_sha(off, "pairs")
-    assert settings_sha(CFG, "negatives", ["caption", "group"]) != settings_sha(CFG, "negatives", ["caption"])  # a layout
+    assert settings_sha(CFG, "negatives", ["caption", "group"]) != settings_sha(
+        CFG, "negatives", ["caption"]
+    )  # a layout

@@ -4,8 +4,8 @@ import pytest
 
 from pipeline.config import REPO_PROMPTS, NegType, load_config
 from pipeline.errors import TemplateError
-from pipeline.records import CaptionRecord
 from pipeline.kinds import negatives as task
+from pipeline.records import CaptionRecord
 from pipeline.tasks.structure import check_shapes
 from pipeline.tasks.templates import load_template, load_templates
 

@@ -13,7 +13,9 @@ def test_precedence_yaml_then_env_then_flags(tmp_path, monkeypatch):
     f = tmp_path / "train.yaml"
     f.write_text("optim: {lr: 1.0e-5, epochs: 4, batch_size: 16}\nloss: {weights: {mnrl: 1.0}}\n")
     monkeypatch.setenv("CONTRASTGEN_TRAIN_OPTIM__EPOCHS", "5")
-    a = _parser().parse_args(["train", "d1", "d2", "--out", "m", "--batch-size", "8", "--loss", "degla_local", "ema_distill=30"])
+    a = _parser().parse_args(
+        ["train", "d1", "d2", "--out", "m", "--batch-size", "8", "--loss", "degla_local", "ema_distill=30"]
+    )
     cfg = load_train_config(f, _train_overrides(a))
     assert cfg.optim.lr == 1e-5  # YAML
     assert cfg.optim.epochs == 5  # env over YAML

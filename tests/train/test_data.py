@@ -45,13 +45,20 @@ def test_not_a_dataset_names_what_was_expected(tmp_path):
     with pytest.raises(DatasetError, match="expected a contrastgen dataset folder.*no manifest.json"):
         read_split(tmp_path, "train")
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "something/else"}))
-    with pytest.raises(DatasetError, match="expected format 'contrastgen.negatives/1' or 'contrastgen.rationales/1' or 'contrastgen.pairs/1' or 'contrastgen.retrieval/1', found 'something/else'"):
+    with pytest.raises(
+        DatasetError,
+        match="expected format 'contrastgen.negatives/1' or 'contrastgen.rationales/1' or 'contrastgen.pairs/1' or "
+        "'contrastgen.retrieval/1', found 'something/else'",
+    ):
         read_split(tmp_path, "train")
 
 
 def test_missing_columns_name_the_shard_and_the_columns(tmp_path):
     root = write_dataset(tmp_path / "ds", {"train": [{"caption": "a", "negative": "b"}]})
-    with pytest.raises(DatasetError, match=r"train-00000-of-00001.arrow: expected columns .* missing \['positive', 'neg_type', 'source_id'\]"):
+    with pytest.raises(
+        DatasetError,
+        match=r"train-00000-of-00001.arrow: expected columns .* missing \['positive', 'neg_type', 'source_id'\]",
+    ):
         read_split(root, "train")
 
 
@@ -65,7 +72,10 @@ def test_empty_split_is_an_error_with_a_fix(tmp_path):
 
 def test_base_that_is_not_a_sentence_transformers_model(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ConfigError, match=r"expected a sentence-transformers model folder \(with modules.json\), found files \['config.json'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"expected a sentence-transformers model folder \(with modules.json\), found files \['config.json'\]",
+    ):
         load_encoder(tmp_path, "cpu")
     with pytest.raises(ConfigError, match="no such folder"):
         load_encoder(tmp_path / "nope", "cpu")
@@ -117,7 +127,10 @@ def test_the_captions_of_a_group_are_positives_of_each_other_and_negatives_never
     groups, skipped = groups_from_table(read_split(root, "train"), max_negatives=8)
     by = {g.anchor: g for g in groups}
     assert skipped == 1 and "a red bus" not in by  # alone in its group and no paraphrase: no pair
-    assert by["a dog on a sofa"].positives == ("a dog lying on a couch", "a brown dog rests on a couch")  # paraphrase first
+    assert by["a dog on a sofa"].positives == (
+        "a dog lying on a couch",
+        "a brown dog rests on a couch",
+    )  # paraphrase first
     assert by["a brown dog rests on a couch"].positives == ("a dog on a sofa",)  # no paraphrase: its group's view
     assert by["a brown dog rests on a couch"].positive == "a dog on a sofa"
     assert by["a man with a hat"].positives == ("a man wearing a hat",) and by["a man with a hat"].group is None

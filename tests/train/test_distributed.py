@@ -24,8 +24,9 @@ def _torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def test_two_ranks_match_one_process(tiny_model, tmp_path, chunk):
     out = tmp_path / "rank0.pt"
     proc = _torchrun("-m", "tests.train.ddp_worker", str(tiny_model), str(out), str(chunk))
-    assert proc.returncode == 0, "\n".join(line for line in proc.stderr.splitlines()
-                                            if "rror" in line or "terminate" in line or "what()" in line)[-4000:]
+    assert proc.returncode == 0, "\n".join(
+        line for line in proc.stderr.splitlines() if "rror" in line or "terminate" in line or "what()" in line
+    )[-4000:]
     got = torch.load(out)
 
     model = load_encoder(tiny_model, "cpu").eval()

@@ -13,17 +13,40 @@ from pipeline.train.run import load_encoder
 from pipeline.train.trainer import Trainer
 
 GROUPS = [
-    Group("a dog chases a cat", "a dog is chasing a cat", ("a cat chases a dog", "a dog chases a bird"), ("swap_obj", "replace_obj"), (1.0, 0.5)),
+    Group(
+        "a dog chases a cat",
+        "a dog is chasing a cat",
+        ("a cat chases a dog", "a dog chases a bird"),
+        ("swap_obj", "replace_obj"),
+        (1.0, 0.5),
+    ),
     Group("a red car near a tree", "a red car parked by a tree", ("a blue car near a tree",), ("replace_att",), (1.0,)),
-    Group("two men ride horses", "two men riding horses", ("two horses ride men", "two men ride big horses", "two men ride"), ("swap_obj", "add_att", "replace_rel"), (1.0, 1.0, 2.0)),
+    Group(
+        "two men ride horses",
+        "two men riding horses",
+        ("two horses ride men", "two men ride big horses", "two men ride"),
+        ("swap_obj", "add_att", "replace_rel"),
+        (1.0, 1.0, 2.0),
+    ),
 ]
 
-GROUPS4 = GROUPS + [Group("a woman holds an umbrella", "a woman holding an umbrella", ("an umbrella holds a woman",), ("swap_obj",), (1.0,))]
+GROUPS4 = GROUPS + [
+    Group(
+        "a woman holds an umbrella",
+        "a woman holding an umbrella",
+        ("an umbrella holds a woman",),
+        ("swap_obj",),
+        (1.0,),
+    )
+]
 
 
 def parity_config(chunk: int | None) -> TrainConfig:
-    return TrainConfig(optim={"grad_cache_chunk": chunk}, data={"max_negatives": 3},
-                       loss={"weights": {"mnrl": 1.0, "degla_local": 0.5, "ema_distill": 2.0, "mw_auc": 0.3}})
+    return TrainConfig(
+        optim={"grad_cache_chunk": chunk},
+        data={"max_negatives": 3},
+        loss={"weights": {"mnrl": 1.0, "degla_local": 0.5, "ema_distill": 2.0, "mw_auc": 0.3}},
+    )
 
 
 def _grads(model) -> dict[str, torch.Tensor]:

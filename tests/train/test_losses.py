@@ -37,13 +37,20 @@ def _cos(x, y) -> float:
 
 
 def test_mnrl_is_the_written_formula():
-    e = _embedded(mask=torch.tensor([[True, False], [True, True], [True, True]]), weight=torch.tensor([[1.0, 1.0], [0.5, 2.0], [1.0, 1.0]]))
+    e = _embedded(
+        mask=torch.tensor([[True, False], [True, True], [True, True]]),
+        weight=torch.tensor([[1.0, 1.0], [0.5, 2.0], [1.0, 1.0]]),
+    )
     total = 0.0
     for i in range(B):
         num = math.exp(S * _cos(e.anchor[i], e.positive[i]))
         den = sum(math.exp(S * _cos(e.anchor[i], e.positive[j])) for j in range(B))
-        den += sum(float(e.neg_weight[j, k]) * math.exp(S * _cos(e.anchor[i], e.negatives[j, k]))
-                   for j in range(B) for k in range(K) if e.neg_mask[j, k])
+        den += sum(
+            float(e.neg_weight[j, k]) * math.exp(S * _cos(e.anchor[i], e.negatives[j, k]))
+            for j in range(B)
+            for k in range(K)
+            if e.neg_mask[j, k]
+        )
         total += -math.log(num / den)
     assert float(mnrl(e)) == pytest.approx(total / B, rel=1e-5)
 
@@ -82,7 +89,9 @@ def _view_term(e: Embedded, query) -> float:
 
 def test_view_local_asks_the_positive_to_pick_the_anchor_over_the_anchors_negatives():
     e = _embedded(weight=torch.tensor([[1.0, 0.5], [2.0, 1.0], [1.0, 1.0]]))
-    assert float(view_local(e)) == pytest.approx((_view_term(e, e.positive) + _view_term(e, e.teacher_positive)) / 2, rel=1e-5)
+    assert float(view_local(e)) == pytest.approx(
+        (_view_term(e, e.positive) + _view_term(e, e.teacher_positive)) / 2, rel=1e-5
+    )
     alone = _embedded(teacher=False)
     assert float(view_local(alone)) == pytest.approx(_view_term(alone, alone.positive), rel=1e-5)
     same = replace(alone, positive=alone.anchor)  # a positive that is the anchor picks it at once
@@ -91,11 +100,31 @@ def test_view_local_asks_the_positive_to_pick_the_anchor_over_the_anchors_negati
 
 def test_ema_distill_is_zero_at_the_teacher_and_grows_away_from_it():
     e = _embedded()
-    same = Embedded(*[getattr(e, f) for f in ("anchor", "positive", "negatives", "neg_mask", "neg_weight", "all_positive",
-                                               "all_negatives", "all_neg_mask", "all_neg_weight", "offset", "scale")],
-                    teacher_anchor=e.anchor * 3, teacher_positive=e.positive)
+    same = Embedded(
+        *[
+            getattr(e, f)
+            for f in (
+                "anchor",
+                "positive",
+                "negatives",
+                "neg_mask",
+                "neg_weight",
+                "all_positive",
+                "all_negatives",
+                "all_neg_mask",
+                "all_neg_weight",
+                "offset",
+                "scale",
+            )
+        ],
+        teacher_anchor=e.anchor * 3,
+        teacher_positive=e.positive,
+    )
     assert float(ema_distill(same)) == pytest.approx(0.0, abs=1e-6)  # scale-free: cosine
-    expected = sum((1 - _cos(e.anchor[i], e.teacher_anchor[i])) + (1 - _cos(e.positive[i], e.teacher_positive[i])) for i in range(B))
+    expected = sum(
+        (1 - _cos(e.anchor[i], e.teacher_anchor[i])) + (1 - _cos(e.positive[i], e.teacher_positive[i]))
+        for i in range(B)
+    )
     assert float(ema_distill(e)) == pytest.approx(expected / (2 * B), rel=1e-5)
 
 
@@ -107,8 +136,17 @@ def test_mw_auc_is_the_written_formula_and_falls_as_the_positive_wins():
         others = [e.positive[j] for j in range(B) if j != i] + [e.negatives[j, k] for j in range(B) for k in range(K)]
         total += sum(math.log1p(math.exp(S * (_cos(e.anchor[i], c) - pos))) for c in others) / len(others)
     assert float(mw_auc(e)) == pytest.approx(total / B, rel=1e-5)
-    closer = Embedded(*[getattr(e, f) for f in ("anchor",)], e.anchor.clone(), *[getattr(e, f) for f in (
-        "negatives", "neg_mask", "neg_weight")], e.anchor.clone(), e.all_negatives, e.all_neg_mask, e.all_neg_weight, 0, S)
+    closer = Embedded(
+        *[getattr(e, f) for f in ("anchor",)],
+        e.anchor.clone(),
+        *[getattr(e, f) for f in ("negatives", "neg_mask", "neg_weight")],
+        e.anchor.clone(),
+        e.all_negatives,
+        e.all_neg_mask,
+        e.all_neg_weight,
+        0,
+        S,
+    )
     assert float(mw_auc(closer)) < float(mw_auc(e))
 
 
@@ -121,7 +159,10 @@ def test_every_loss_name_has_a_loss_and_combined_weights_them():
 
 
 def test_layout_and_split_put_every_text_back_in_its_slot():
-    groups = [Group("a", "pa", ("n1", "n2"), ("swap_obj", "add_att"), (1.0, 0.5)), Group("b", "pb", ("n3",), ("add_obj",), (2.0,))]
+    groups = [
+        Group("a", "pa", ("n1", "n2"), ("swap_obj", "add_att"), (1.0, 0.5)),
+        Group("b", "pb", ("n3",), ("add_obj",), (2.0,)),
+    ]
     lay = layout(groups, k=3)
     assert lay.texts == ["a", "b", "pa", "pb", "n1", "n2", "n3"]
     flat = torch.arange(len(lay.texts), dtype=torch.float32)[:, None].repeat(1, 2) + 1  # row i holds i+1

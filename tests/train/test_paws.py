@@ -11,26 +11,34 @@ from pipeline.train.paws import auc, paraphrase_auc, read_paws
 from tests.conftest import SHARED
 
 PAWS = SHARED / "paws" / "dev.tsv"
-LINES = ["id\tsentence1\tsentence2\tlabel",
-         "1\tFlights from New York to Florida .\tFlights from Florida to New York .\t0",
-         "2\tThey were there to enjoy us .\tThey were there for us to enjoy .\t1",
-         "3\tThe cat sat on the mat .\tOn the mat sat the cat .\t1"]
+LINES = [
+    "id\tsentence1\tsentence2\tlabel",
+    "1\tFlights from New York to Florida .\tFlights from Florida to New York .\t0",
+    "2\tThey were there to enjoy us .\tThey were there for us to enjoy .\t1",
+    "3\tThe cat sat on the mat .\tOn the mat sat the cat .\t1",
+]
 
 
 def test_read_paws_reads_the_released_file_with_its_crlf_line_ends():
     pairs = read_paws(PAWS)
     assert len(pairs) == 8000 and sum(p["label"] for p in pairs) == 3539  # SOURCE.md: 3,539 paraphrases
     assert all(not p["sentence2"].endswith("\r") for p in pairs)
-    assert pairs[1] == {"sentence1": "They were there to enjoy us and they were there to pray for us .",
-                        "sentence2": "They were there for us to enjoy and they were there for us to pray .", "label": 1}
+    assert pairs[1] == {
+        "sentence1": "They were there to enjoy us and they were there to pray for us .",
+        "sentence2": "They were there for us to enjoy and they were there for us to pray .",
+        "label": 1,
+    }
     assert read_paws(PAWS, limit=10) == pairs[:10]
 
 
-@pytest.mark.parametrize("bad, line, field", [
-    ("4\tA dog runs .\tA dog is running .", 5, None),
-    ("4\tA dog runs .\tA dog is running .\tyes", 5, "label"),
-    ("4\t \tA dog is running .\t1", 5, "sentence1"),
-])
+@pytest.mark.parametrize(
+    "bad, line, field",
+    [
+        ("4\tA dog runs .\tA dog is running .", 5, None),
+        ("4\tA dog runs .\tA dog is running .\tyes", 5, "label"),
+        ("4\t \tA dog is running .\t1", 5, "sentence1"),
+    ],
+)
 def test_a_bad_paws_line_names_file_line_and_field(tmp_path, bad, line, field):
     f = tmp_path / "dev.tsv"
     f.write_text("\r\n".join(LINES + [bad]) + "\r\n")
@@ -55,7 +63,9 @@ def test_auc_counts_ties_half_and_matches_the_pairwise_definition():
     scores = rng.integers(0, 5, 200).astype(float)  # many ties
     labels = rng.integers(0, 2, 200)
     pos, neg = scores[labels == 1], scores[labels == 0]
-    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
     assert auc(scores, labels) == pytest.approx(pairwise)
     assert auc(np.array([0.1, 0.9]), np.array([0, 1])) == 1.0 and auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
     with pytest.raises(ValueError, match="both classes"):

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.train.evaluate import EvalReport, RetrievalScore, Retention, TypeScore, ranks, retrieval_metrics
+from pipeline.train.evaluate import EvalReport, Retention, RetrievalScore, TypeScore, ranks, retrieval_metrics
 
 
 def test_ranks_count_the_passages_at_least_as_close_as_the_relevant_one():
@@ -16,7 +16,9 @@ def test_ranks_count_the_passages_at_least_as_close_as_the_relevant_one():
     # query 0: relevant 0 (cos 1) first; query 1: relevant 2 (cos 0.6) behind passage 1 (cos 1);
     # query 2: relevant 0 (cos 0.6), behind passage 1 (0.8) and passage 2 (0.96)
     assert ranks(q, corpus, np.array([0, 2, 0])).tolist() == [1, 2, 3]
-    assert ranks(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([1])).tolist() == [2]  # a tie counts against
+    assert ranks(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([1])).tolist() == [
+        2
+    ]  # a tie counts against
 
 
 def test_recall_and_mrr_by_hand():
@@ -31,7 +33,13 @@ def test_report_json_has_retrieval_only_for_retrieval_datasets():
     plain = EvalReport(t, [t], 0.1, -1.0, Retention(80.0, 90.0, 60), 0)
     assert "retrieval" not in plain.to_dict()  # the other kinds' report is unchanged
     r = EvalReport(t, [t], 0.1, -1.0, Retention(80.0, 90.0, 60), 0, RetrievalScore(50.0, 100.0, 75.0, 4, 6))
-    assert r.to_dict()["retrieval"] == {"recall@1": 50.0, "recall@10": 100.0, "mrr@10": 75.0, "queries": 4, "passages": 6}
+    assert r.to_dict()["retrieval"] == {
+        "recall@1": 50.0,
+        "recall@10": 100.0,
+        "mrr@10": 75.0,
+        "queries": 4,
+        "passages": 6,
+    }
 
 
 @pytest.mark.integration
@@ -41,8 +49,11 @@ def test_retrieval_scores_rank_each_query_against_the_splits_passages():
     from pipeline.config import bundled_encoder
     from pipeline.train.evaluate import retrieval_scores
 
-    moon, bread, violin = ("The Moon orbits the Earth every 27 days.", "Bread rises because yeast makes gas.",
-                           "A violin has four strings tuned in fifths.")
+    moon, bread, violin = (
+        "The Moon orbits the Earth every 27 days.",
+        "Bread rises because yeast makes gas.",
+        "A violin has four strings tuned in fifths.",
+    )
     rows = [  # two queries that name their passage's words, one that names another passage's
         {"caption": "how long is the moon's orbit around the earth", "positive": moon, "negative": bread},
         {"caption": "how long is the moon's orbit around the earth", "positive": moon, "negative": violin},

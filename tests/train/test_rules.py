@@ -27,8 +27,11 @@ def test_swap_obj_swaps_two_nouns_and_keeps_the_rest():
     vocab = build_vocab([doc])
     outs = {rule_negative(doc, "swap_obj", vocab, random.Random(s)) for s in range(30)}
     assert "A cat chases a dog on the grass." in outs
-    assert outs <= {"A cat chases a dog on the grass.", "A grass chases a cat on the dog.",
-                    "A dog chases a grass on the cat."}
+    assert outs <= {
+        "A cat chases a dog on the grass.",
+        "A grass chases a cat on the dog.",
+        "A dog chases a grass on the cat.",
+    }
 
 
 def test_rows_differ_from_caption_and_every_type_applies_somewhere():
@@ -85,8 +88,9 @@ def _coco(path: Path, n: int = 6) -> Path:
     lines = []
     for i in range(n):
         caps = [CAPTIONS[i % len(CAPTIONS)], CAPTIONS[(i + 1) % len(CAPTIONS)], CAPTIONS[(i + 2) % len(CAPTIONS)]]
-        lines.append(json.dumps({"file_name": f"COCO_train2014_{i:012d}.jpg",
-                                 "captions": {"object": caps, "scene": ["x"]}}))
+        lines.append(
+            json.dumps({"file_name": f"COCO_train2014_{i:012d}.jpg", "captions": {"object": caps, "scene": ["x"]}})
+        )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -107,16 +111,24 @@ def test_coco_transfer_set_rows_and_exclude(tmp_path):
 
 def test_coco_positive_is_a_different_string(tmp_path):
     path = tmp_path / "dup.jsonl"
-    path.write_text(json.dumps({"file_name": "a.jpg", "captions": {"object": [CAPTIONS[0], CAPTIONS[0] + " ",
-                                                                              CAPTIONS[1]]}}) + "\n"
-                    + json.dumps({"file_name": "b.jpg", "captions": {"object": [CAPTIONS[2], CAPTIONS[2]]}}) + "\n")
+    path.write_text(
+        json.dumps({"file_name": "a.jpg", "captions": {"object": [CAPTIONS[0], CAPTIONS[0] + " ", CAPTIONS[1]]}})
+        + "\n"
+        + json.dumps({"file_name": "b.jpg", "captions": {"object": [CAPTIONS[2], CAPTIONS[2]]}})
+        + "\n"
+    )
     rows = coco_transfer_set(path)
     assert {r["image"] for r in rows} == {"a.jpg"} and {r["positive"] for r in rows} == {CAPTIONS[1]}
 
 
-@pytest.mark.parametrize("bad, field", [('{"file_name": 3, "captions": {"object": ["a"]}}', "file_name"),
-                                        ('{"file_name": "x.jpg", "captions": {"object": "a dog"}}', "captions.object"),
-                                        ('{"file_name": "x.jpg", ', None)])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ('{"file_name": 3, "captions": {"object": ["a"]}}', "file_name"),
+        ('{"file_name": "x.jpg", "captions": {"object": "a dog"}}', "captions.object"),
+        ('{"file_name": "x.jpg", ', None),
+    ],
+)
 def test_malformed_line_names_file_line_and_field(tmp_path, bad, field):
     path = _coco(tmp_path / "bad.jsonl", n=2)
     path.write_text(path.read_text() + bad + "\n")

@@ -33,8 +33,12 @@ def dataset(negatives_run) -> Path:
 def trained(dataset, tmp_path_factory):
     """`contrastgen train` with the real all-MiniLM-L6-v2, as a user runs it."""
     out = tmp_path_factory.mktemp("model") / "m"
-    res = subprocess.run([CLI, "train", str(dataset), "--out", str(out), "--epochs", "2", "--batch-size", "4", "--json"],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [CLI, "train", str(dataset), "--out", str(out), "--epochs", "2", "--batch-size", "4", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return out, json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -47,7 +51,10 @@ def test_train_writes_a_sentence_transformers_model_with_a_card(trained, dataset
     assert model.encode(["a dog on a skateboard"]).shape == (1, 384)
     card = (out / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
-    assert front["library_name"] == "sentence-transformers" and front["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (
+        front["library_name"] == "sentence-transformers"
+        and front["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    )
     assert front["license"] == "apache-2.0" and front["datasets"] == [str(dataset)]
     for section in ("## Training data", "## Losses", "## Training", "## Evaluation", "## Configuration"):
         assert section in card
@@ -78,10 +85,16 @@ def test_evaluate_command_reproduces_the_after_numbers(trained, dataset, capsys)
 def test_evaluate_reports_retention_on_an_sts_file(trained, dataset, tmp_path, capsys):
     out, summary = trained
     sts = tmp_path / "sts-dev.csv"
-    pairs = [("A man is playing a flute.", "A man plays the flute.", 5.0), ("A cat is eating.", "A car drives by.", 0.2),
-             ("Stocks fell on Monday.", "Shares dropped on Monday.", 4.2), ("A dog runs.", "A dog is running.", 4.8),
-             ("Two kids play soccer.", "The oven is hot.", 0.0), ("A woman cuts an onion.", "A woman slices an onion.", 4.4),
-             ("It is raining.", "A man reads a book.", 0.4), ("A bird flies.", "A plane is landing.", 1.2)]
+    pairs = [
+        ("A man is playing a flute.", "A man plays the flute.", 5.0),
+        ("A cat is eating.", "A car drives by.", 0.2),
+        ("Stocks fell on Monday.", "Shares dropped on Monday.", 4.2),
+        ("A dog runs.", "A dog is running.", 4.8),
+        ("Two kids play soccer.", "The oven is hot.", 0.0),
+        ("A woman cuts an onion.", "A woman slices an onion.", 4.4),
+        ("It is raining.", "A man reads a book.", 0.4),
+        ("A bird flies.", "A plane is landing.", 1.2),
+    ]
     sts.write_text("".join(f"main\tMSRvid\t2012\t{i:04d}\t{s}\t{a}\t{b}\n" for i, (a, b, s) in enumerate(pairs)))
     assert main(["evaluate", str(out), str(dataset), "--retention", str(sts), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -96,8 +109,11 @@ def test_evaluate_reports_retention_on_an_sts_file(trained, dataset, tmp_path, c
 def test_training_learns_its_own_negatives(dataset, tmp_path):
     """Enough steps on the train split must separate its captions from their negatives (can fail: a
     sign error in a loss, a frozen model, a broken optimizer step all leave accuracy where it was)."""
-    cfg = TrainConfig(data={"dirs": [dataset], "val_fraction": 0.0}, model={"out": tmp_path / "m"},
-                      optim={"lr": 1e-4, "epochs": 6, "batch_size": 8})
+    cfg = TrainConfig(
+        data={"dirs": [dataset], "val_fraction": 0.0},
+        model={"out": tmp_path / "m"},
+        optim={"lr": 1e-4, "epochs": 6, "batch_size": 8},
+    )
     table = read_split(dataset, "train")
     model = load_encoder(cfg.model.resolved_base(), "cpu", cfg.model.max_seq_length)
     before = evaluate_table(model, table).overall
@@ -110,8 +126,14 @@ def test_training_learns_its_own_negatives(dataset, tmp_path):
 
 def test_same_seed_same_model_other_seed_other_model(dataset, tiny_model, tmp_path):
     def train(seed: int, name: str):
-        cfg = load_train_config(None, {"data": {"dirs": [dataset]}, "model": {"out": tmp_path / name, "base": tiny_model},
-                                       "optim": {"epochs": 2, "batch_size": 4, "seed": seed}})
+        cfg = load_train_config(
+            None,
+            {
+                "data": {"dirs": [dataset]},
+                "model": {"out": tmp_path / name, "base": tiny_model},
+                "optim": {"epochs": 2, "batch_size": 4, "seed": seed},
+            },
+        )
         s = run_train(cfg)
         return [e["loss"] for e in s.result.losses], load_encoder(tmp_path / name, "cpu")
 
@@ -137,8 +159,11 @@ def test_a_trainer_called_twice_in_one_process_trains_the_same(dataset, tiny_mod
 def test_golden_losses_on_the_tiny_model(dataset, tiny_model):
     """Pinned: the first steps' losses with seed 0 on the session dataset and the tiny random model.
     A change means data order, a loss or the optimizer changed; re-pin deliberately."""
-    cfg = TrainConfig(data={"val_fraction": 0.0}, optim={"epochs": 1, "batch_size": 4},
-                      loss={"weights": {"mnrl": 1.0, "degla_local": 1.0, "ema_distill": 30.0, "mw_auc": 1.0}})
+    cfg = TrainConfig(
+        data={"val_fraction": 0.0},
+        optim={"epochs": 1, "batch_size": 4},
+        loss={"weights": {"mnrl": 1.0, "degla_local": 1.0, "ema_distill": 30.0, "mw_auc": 1.0}},
+    )
     torch.manual_seed(0)
     model = load_encoder(tiny_model, "cpu")
     groups, _ = groups_from_table(read_split(dataset, "train"), cfg.data.max_negatives)
@@ -153,8 +178,27 @@ GOLDEN = [4.77979, 3.27948]
 
 def test_two_process_training_from_the_command_line(dataset, tiny_model, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "pipeline.cli",
-           "train", str(dataset), "--out", str(out), "--base", str(tiny_model), "--batch-size", "2", "--epochs", "2", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "pipeline.cli",
+        "train",
+        str(dataset),
+        "--out",
+        str(out),
+        "--base",
+        str(tiny_model),
+        "--batch-size",
+        "2",
+        "--epochs",
+        "2",
+        "--json",
+    ]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
@@ -170,7 +214,9 @@ def test_train_cli_errors_are_clear(tmp_path, capsys):
     assert "expected NAME or NAME=WEIGHT" in capsys.readouterr().err
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "m"), "--loss", "nope"]) == 2
     assert "loss.weights.nope" in capsys.readouterr().err
-    assert main(["evaluate", str(tmp_path), str(tmp_path)]) == 2  # the dataset is read first: it fails before a model loads
+    assert (
+        main(["evaluate", str(tmp_path), str(tmp_path)]) == 2
+    )  # the dataset is read first: it fails before a model loads
     assert "expected a contrastgen dataset folder" in capsys.readouterr().err
 
 
@@ -179,8 +225,14 @@ def test_two_datasets_train_together_and_are_each_evaluated(dataset, tiny_model,
 
     second = tmp_path / "second"
     shutil.copytree(dataset, second, ignore=shutil.ignore_patterns(".lock"))
-    cfg = load_train_config(None, {"data": {"dirs": [dataset, second]}, "model": {"out": tmp_path / "m", "base": tiny_model},
-                                   "optim": {"epochs": 1, "batch_size": 4}})
+    cfg = load_train_config(
+        None,
+        {
+            "data": {"dirs": [dataset, second]},
+            "model": {"out": tmp_path / "m", "base": tiny_model},
+            "optim": {"epochs": 1, "batch_size": 4},
+        },
+    )
     s = run_train(cfg)
     assert list(s.before) == [str(dataset), str(second)] == list(s.after)
     one = groups_from_table(read_split(dataset, "train"), 8)[0]

@@ -27,7 +27,9 @@ NOUNS = ["dog", "cat", "horse", "bird", "child", "woman", "man", "boat", "bus", 
 PLACES = ["on a sofa", "in a field", "by a lake", "under a tree", "near a house", "on a street"]
 # One torch thread: a tiny model's steps are many times cheaper so on a busy machine (threads spin waiting for a core)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-EPOCHS = 15  # the tests signal once the first epoch is done: 14 are left (about 170 steps), so it is still training then
+EPOCHS = (
+    15  # the tests signal once the first epoch is done: 14 are left (about 170 steps), so it is still training then
+)
 
 
 def _rows(n: int, offset: int = 0) -> list[dict]:
@@ -37,7 +39,16 @@ def _rows(n: int, offset: int = 0) -> list[dict]:
         caption = f"a {noun} {place} number {i}"
         positive = f"number {i}: a {noun} that is {place}"
         rows.append(row(caption, positive, f"a {other} {place} number {i}", "replace_obj", str(i), weight=1.0))
-        rows.append(row(caption, positive, f"a {noun} {PLACES[(i + 1) % len(PLACES)]} number {i}", "replace_rel", str(i), weight=1.0))
+        rows.append(
+            row(
+                caption,
+                positive,
+                f"a {noun} {PLACES[(i + 1) % len(PLACES)]} number {i}",
+                "replace_rel",
+                str(i),
+                weight=1.0,
+            )
+        )
     return rows
 
 
@@ -51,8 +62,23 @@ def _train_argv(dataset: Path, tiny_model: Path, root: Path, epochs: int) -> tup
     config = root / "train.yaml"  # no early stopping: the run is still training when the test stops it
     config.write_text("eval:\n  patience: 100000\n")
     out = root / "m"
-    return [CLI, "train", str(dataset), "--out", str(out), "--base", str(tiny_model), "--loss", "mnrl",
-            "--batch-size", "2", "--epochs", str(epochs), "--config", str(config)], out
+    return [
+        CLI,
+        "train",
+        str(dataset),
+        "--out",
+        str(out),
+        "--base",
+        str(tiny_model),
+        "--loss",
+        "mnrl",
+        "--batch-size",
+        "2",
+        "--epochs",
+        str(epochs),
+        "--config",
+        str(config),
+    ], out
 
 
 class _Stderr:
@@ -85,8 +111,11 @@ def _stop_line(stderr: str, name: str, out: Path) -> tuple[int, int, int]:
     assert "Traceback" not in stderr, stderr[-3000:]
     ours = [x for x in stderr.splitlines() if x.startswith("contrastgen:")]
     assert len(ours) == 1 and ours[0] == stderr.strip().splitlines()[-1], stderr[-3000:]
-    m = re.fullmatch(rf"contrastgen: train stopped by {name} at step (\d+) of (\d+); kept the checkpoint of step (\d+) "
-                     rf"in {re.escape(str(out))}; run the same command again to train from the start", ours[0])
+    m = re.fullmatch(
+        rf"contrastgen: train stopped by {name} at step (\d+) of (\d+); kept the checkpoint of step (\d+) "
+        rf"in {re.escape(str(out))}; run the same command again to train from the start",
+        ours[0],
+    )
     assert m, ours[0]
     step, total, kept = map(int, m.groups())
     assert 1 <= step < total and 0 <= kept <= step
@@ -102,14 +131,20 @@ def _stopped_model(out: Path, name: str, step: int, total: int, kept: int) -> No
     assert f"**Stopped by {name} at step {step} of {total}**, not a finished run" in card, card
     assert f"kept the checkpoint of step {kept}" in card and "Not evaluated after training" in card
     record = json.loads((out / "contrastgen_train.json").read_text())
-    assert (record["train"]["stopped"], record["train"]["steps"], record["train"]["planned_steps"],
-            record["train"]["best_step"]) == (name, step, total, kept)
+    assert (
+        record["train"]["stopped"],
+        record["train"]["steps"],
+        record["train"]["planned_steps"],
+        record["train"]["best_step"],
+    ) == (name, step, total, kept)
     assert record["after"] == {} and record["before"]
 
 
 def test_sigint_stops_between_steps_keeps_a_model_and_the_same_command_trains_again(dataset, tiny_model, tmp_path):
     argv, out = _train_argv(dataset, tiny_model, tmp_path, epochs=EPOCHS)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=ENV)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=ENV
+    )
     try:
         err = _Stderr(proc)
         err.wait_for(r"contrastgen\.train: epoch 0: ", proc, timeout=300)  # a whole epoch is done: it is training
@@ -136,7 +171,9 @@ def test_sigint_stops_between_steps_keeps_a_model_and_the_same_command_trains_ag
 def test_sigterm_to_the_command_stops_it_the_same_way(dataset, tiny_model, tmp_path):
     """A scheduler signals the command's process alone (SIGTERM); the supervisor forwards it to the run."""
     argv, out = _train_argv(dataset, tiny_model, tmp_path, epochs=EPOCHS)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=ENV)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=ENV
+    )
     try:
         err = _Stderr(proc)
         err.wait_for(r"contrastgen\.train: epoch 0: ", proc, timeout=300)
@@ -166,7 +203,8 @@ def test_a_stop_before_the_first_step_ends_at_once_and_saves_nothing(dataset, ti
         run_train(cfg)
     assert exc.value.exit_code == 143 and str(exc.value) == (
         "train stopped by SIGTERM before its first step; no model was saved; run the same command again to train from "
-        "the start")
+        "the start"
+    )
     assert not (tmp_path / "m").exists()
 
 
@@ -191,8 +229,15 @@ def test_a_stop_during_training_keeps_the_best_checkpoint(dataset, tiny_model, t
 
     monkeypatch.setattr(stop, "asked", asked)
     out = tmp_path / "m"
-    cfg = load_train_config(None, {"data": {"dirs": [dataset]}, "model": {"out": out, "base": tiny_model},
-                                   "optim": {"batch_size": 2, "epochs": 3}, "eval": {"every_steps": 2}})
+    cfg = load_train_config(
+        None,
+        {
+            "data": {"dirs": [dataset]},
+            "model": {"out": out, "base": tiny_model},
+            "optim": {"batch_size": 2, "epochs": 3},
+            "eval": {"every_steps": 2},
+        },
+    )
     with pytest.raises(stop.Stopped) as exc:
         run_train(cfg)
     record = json.loads((out / "contrastgen_train.json").read_text())
@@ -201,6 +246,8 @@ def test_a_stop_during_training_keeps_the_best_checkpoint(dataset, tiny_model, t
     assert [v["step"] for v in train["validations"]] == [0, 2, 4]
     assert train["best_step"] in (0, 2, 4) and train["planned_steps"] == 3 * train["steps_per_epoch"]
     assert exc.value.exit_code == 130 and str(exc.value) == (
-        f"train stopped by SIGINT at step 5 of {train['planned_steps']}; kept the checkpoint of step {train['best_step']} "
-        f"in {out}; run the same command again to train from the start")
+        f"train stopped by SIGINT at step 5 of {train['planned_steps']}; kept the checkpoint of step "
+        f"{train['best_step']} "
+        f"in {out}; run the same command again to train from the start"
+    )
     _stopped_model(out, "SIGINT", 5, train["planned_steps"], train["best_step"])

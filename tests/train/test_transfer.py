@@ -34,11 +34,14 @@ def test_read_sts_reads_stsb_lines_and_jsonl(tmp_path):
     assert retention_pairs("check", tsv) == pairs[0::2] and retention_pairs("report", tsv) == pairs[1::2]
 
 
-@pytest.mark.parametrize("bad, line, field", [
-    ("main\tMSRvid\t2012\t0005\t2.0\tonly six fields", 3, None),
-    ("main\tMSRvid\t2012\t0005\tfive\tA dog.\tA cat.", 3, "score"),
-    ("main\tMSRvid\t2012\t0005\t2.0\t \tA cat.", 3, "sentence1"),
-])
+@pytest.mark.parametrize(
+    "bad, line, field",
+    [
+        ("main\tMSRvid\t2012\t0005\t2.0\tonly six fields", 3, None),
+        ("main\tMSRvid\t2012\t0005\tfive\tA dog.\tA cat.", 3, "score"),
+        ("main\tMSRvid\t2012\t0005\t2.0\t \tA cat.", 3, "sentence1"),
+    ],
+)
 def test_a_bad_sts_line_names_file_line_and_field(tmp_path, bad, line, field):
     f = tmp_path / "sts.csv"
     f.write_text("\n".join(STS_LINES[:2] + [bad] + STS_LINES[2:]) + "\n")
@@ -61,17 +64,29 @@ def test_transfer_scores_and_rule_groups():
     from pipeline.train.transfer import evaluate_transfer, rule_groups
 
     model = load_encoder(bundled_encoder(), "cpu")
-    rows = [{"anchor": "A dog chases a cat on the grass.", "positive": "A dog runs after a cat on a lawn.",
-             "negative": "The stock market closed lower today.", "neg_type": "replace_obj"},
-            {"anchor": "A red bus parked by a white house.", "positive": "A red bus is parked near a white house.",
-             "negative": "A red bus is parked near a white house.", "neg_type": "swap_att"}]  # the positive itself: a tie
+    rows = [
+        {
+            "anchor": "A dog chases a cat on the grass.",
+            "positive": "A dog runs after a cat on a lawn.",
+            "negative": "The stock market closed lower today.",
+            "neg_type": "replace_obj",
+        },
+        {
+            "anchor": "A red bus parked by a white house.",
+            "positive": "A red bus is parked near a white house.",
+            "negative": "A red bus is parked near a white house.",
+            "neg_type": "swap_att",
+        },
+    ]  # the positive itself: a tie
     scores = evaluate_transfer(model, rows)
     assert scores["replace_obj"].acc_positive == 100.0 and scores["swap_att"].acc_positive == 0.0
     assert scores["all"].rows == 2 and scores["all"].acc_positive == 50.0
 
-    groups = [Group("A dog chases a cat on the grass.", "A dog runs after a cat.", ("x",), ("swap_obj",), (0.5,)),
-              Group("A young man rides a brown horse near an old barn.", "A man on a horse.", ("y",), ("add_att",), (1.0,)),
-              Group("Hello.", "Hi.", ("z",), ("swap_obj",), (1.0,))]  # no rule applies: dropped
+    groups = [
+        Group("A dog chases a cat on the grass.", "A dog runs after a cat.", ("x",), ("swap_obj",), (0.5,)),
+        Group("A young man rides a brown horse near an old barn.", "A man on a horse.", ("y",), ("add_att",), (1.0,)),
+        Group("Hello.", "Hi.", ("z",), ("swap_obj",), (1.0,)),
+    ]  # no rule applies: dropped
     made = rule_groups(groups, seed=1)
     assert [g.anchor for g in made] == [g.anchor for g in groups[:2]]
     for g in made:

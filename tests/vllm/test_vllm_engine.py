@@ -17,8 +17,10 @@ def _req(key: str, text: str, s: Sampling) -> GenerationRequest:
 def test_identity_and_per_request_seeds(vllm_pool):
     assert (vllm_pool.engine_name, vllm_pool.model_id) == ("vllm", "SmolLM2-135M-Instruct.Q4_1.gguf")
     s = Sampling(0.8, 0.95, 20, 2, 7, stop_at_newline=False)
-    batch = [_req(f"k{i}", f"Write one sentence about a {animal}.", s)
-             for i, animal in enumerate(("dog", "cat", "horse", "fox"))]
+    batch = [
+        _req(f"k{i}", f"Write one sentence about a {animal}.", s)
+        for i, animal in enumerate(("dog", "cat", "horse", "fox"))
+    ]
     first = vllm_pool.generate(0, batch)
     again = vllm_pool.generate(1, batch[2:3])  # alone, in another call
     assert [c.key for c in first] == [r.key for r in batch]
@@ -32,7 +34,9 @@ def test_newline_stop_and_truncation_report_their_finish_reasons(vllm_pool):
     lines = Sampling(0.0, 1.0, 60, 1, 1, stop_at_newline=True)
     [c] = vllm_pool.generate(0, [_req("nl", "List three animals, one per line, and nothing else.", lines)])
     assert c.finish_reasons == ("newline",) and "\n" not in c.texts[0]
-    [c] = vllm_pool.generate(0, [_req("cut", "Tell me a long story about the sea.", Sampling(0.0, 1.0, 3, 1, 1, False))])
+    [c] = vllm_pool.generate(
+        0, [_req("cut", "Tell me a long story about the sea.", Sampling(0.0, 1.0, 3, 1, 1, False))]
+    )
     assert c.finish_reasons == ("length",) and c.tokens_out == 3
 
 
@@ -41,8 +45,10 @@ def test_structured_choice_for_the_judge(vllm_pool):
     from pipeline.kinds.pairs import SCORES
 
     s = Sampling(0.9, 1.0, 4, 1, 3, stop_at_newline=False, choices=SCORES)
-    reqs = [_req(f"j{i}", f"Here is a sentence: {t}. Write a poem about it.", s)
-            for i, t in enumerate(("a red car", "two dogs play", "the sky at night"))]
+    reqs = [
+        _req(f"j{i}", f"Here is a sentence: {t}. Write a poem about it.", s)
+        for i, t in enumerate(("a red car", "two dogs play", "the sky at night"))
+    ]
     assert all(c.texts[0] in SCORES for c in vllm_pool.generate(0, reqs))
 
 

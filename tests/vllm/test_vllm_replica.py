@@ -32,15 +32,42 @@ CPU_ENGINE = {"kind": "vllm", "vllm": {"device": "cpu"}}
 
 # key: [texts, finish reasons, tokens_in, tokens_out], from LLM.chat (see the module docstring)
 GOLDEN = {
-    "s0": [["The world of dogs is vast, and every one of them has a unique story",
-            "The friendly, energetic, and loyal dog named Max was a loyal and faithful dog"], ["length", "length"], 37, 32],
-    "s1": [["The cat, a furry feline with a playful personality and a keen sense of smell",
-            "The cat, a gentle and loyal feline, had a curious streak and often asked"], ["length", "length"], 37, 32],
-    "s2": [["The beautiful Stallion of the North, a majestic creature in the heart of the",
-            "The majestic Stallion of Eldaros, a majestic and majestic creature, standing"], ["length", "length"], 37, 32],
-    "s3": [["The majestic and fierce Fox in the lush green field of the woods was a renowned",
-            "The majestic fox, a curious and agile creature, with a proud and majestic appearance"],
-           ["length", "length"], 37, 32],
+    "s0": [
+        [
+            "The world of dogs is vast, and every one of them has a unique story",
+            "The friendly, energetic, and loyal dog named Max was a loyal and faithful dog",
+        ],
+        ["length", "length"],
+        37,
+        32,
+    ],
+    "s1": [
+        [
+            "The cat, a furry feline with a playful personality and a keen sense of smell",
+            "The cat, a gentle and loyal feline, had a curious streak and often asked",
+        ],
+        ["length", "length"],
+        37,
+        32,
+    ],
+    "s2": [
+        [
+            "The beautiful Stallion of the North, a majestic creature in the heart of the",
+            "The majestic Stallion of Eldaros, a majestic and majestic creature, standing",
+        ],
+        ["length", "length"],
+        37,
+        32,
+    ],
+    "s3": [
+        [
+            "The majestic and fierce Fox in the lush green field of the woods was a renowned",
+            "The majestic fox, a curious and agile creature, with a proud and majestic appearance",
+        ],
+        ["length", "length"],
+        37,
+        32,
+    ],
     "nl": [["1. Daphnia"], ["newline"], 42, 6],
     "cut": [["The sea is"], ["length"], 39, 3],
     "judge": [["1"], ["stop"], 52, 2],
@@ -50,17 +77,31 @@ GOLDEN = {
 
 def parity_requests() -> list[GenerationRequest]:
     """Per-request seeds with n=2, the newline stop, truncation, a structured choice, a system turn."""
-    free = [GenerationRequest(f"s{i}", (("user", f"Write one sentence about a {a}."),),
-                              Sampling(0.8, 0.95, 16, 2, 7 + i, stop_at_newline=False))
-            for i, a in enumerate(("dog", "cat", "horse", "fox"))]
+    free = [
+        GenerationRequest(
+            f"s{i}",
+            (("user", f"Write one sentence about a {a}."),),
+            Sampling(0.8, 0.95, 16, 2, 7 + i, stop_at_newline=False),
+        )
+        for i, a in enumerate(("dog", "cat", "horse", "fox"))
+    ]
     return free + [
-        GenerationRequest("nl", (("user", "List three animals, one per line, and nothing else."),),
-                          Sampling(0.7, 0.95, 30, 1, 1)),
-        GenerationRequest("cut", (("user", "Tell me a long story about the sea."),), Sampling(0.0, 1.0, 3, 1, 1, False)),
-        GenerationRequest("judge", (("user", "Rate from 0 to 5 how similar: 'a red car' and 'a crimson auto'."),),
-                          Sampling(0.9, 1.0, 4, 1, 3, False, choices=("0", "1", "2", "3", "4", "5"))),
-        GenerationRequest("sys", (("system", "You answer in one word."), ("user", "Name a colour.")),
-                          Sampling(0.7, 0.95, 8, 1, 5, False)),
+        GenerationRequest(
+            "nl", (("user", "List three animals, one per line, and nothing else."),), Sampling(0.7, 0.95, 30, 1, 1)
+        ),
+        GenerationRequest(
+            "cut", (("user", "Tell me a long story about the sea."),), Sampling(0.0, 1.0, 3, 1, 1, False)
+        ),
+        GenerationRequest(
+            "judge",
+            (("user", "Rate from 0 to 5 how similar: 'a red car' and 'a crimson auto'."),),
+            Sampling(0.9, 1.0, 4, 1, 3, False, choices=("0", "1", "2", "3", "4", "5")),
+        ),
+        GenerationRequest(
+            "sys",
+            (("system", "You answer in one word."), ("user", "Name a colour.")),
+            Sampling(0.7, 0.95, 8, 1, 5, False),
+        ),
     ]
 
 
@@ -140,8 +181,12 @@ def scenario() -> dict:
     out["calls_overlapping"] = sum(1 for a, b in spans if a < min(e for _, e in spans) and b > max(s for s, _ in spans))
 
     # a cancelled call (ray.cancel: the pool's deadline) aborts its requests in vLLM
-    long = [GenerationRequest(f"long{i}", (("user", f"Tell me a long story about ship {i}."),),
-                              Sampling(0.8, 0.95, 400, 1, i, False)) for i in range(4)]
+    long = [
+        GenerationRequest(
+            f"long{i}", (("user", f"Tell me a long story about ship {i}."),), Sampling(0.8, 0.95, 400, 1, i, False)
+        )
+        for i in range(4)
+    ]
     call = replica.generate.remote(long)
     time.sleep(3)
     out["running_before_cancel"] = ray.get(replica.unfinished.remote())
@@ -168,8 +213,12 @@ def scenario() -> dict:
             out[name] = {"raised": None}
         except ray.exceptions.RayError as exc:  # a RayTaskError that is also an instance of its cause
             cause = getattr(exc, "cause", exc)
-            out[name] = {"raised": type(cause).__name__, "replica_dead": isinstance(exc, ReplicaDeadError),
-                         "message": str(cause), "after_s": round(time.monotonic() - killed_at, 2)}
+            out[name] = {
+                "raised": type(cause).__name__,
+                "replica_dead": isinstance(exc, ReplicaDeadError),
+                "message": str(cause),
+                "after_s": round(time.monotonic() - killed_at, 2),
+            }
     out["first_left_after_dead_engine"], _ = _wait_gone(first, 15)
 
     # the pool's answer: ray.kill with restart; Ray builds a new engine in a new process
@@ -198,8 +247,15 @@ def scenario() -> dict:
 @pytest.fixture(scope="module")
 def replica_life():
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_process_group_cleanup_enabled": "0", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "tests.vllm.test_vllm_replica", "--scenario"], capture_output=True,
-                         text=True, timeout=1500, cwd=REPO, env=env, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "tests.vllm.test_vllm_replica", "--scenario"],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -253,8 +309,13 @@ def test_the_orphan_watcher_reaps_what_a_killed_replica_started():
     """No vLLM here: a process starts the watcher, then a child; SIGKILLed, its child goes within seconds."""
     import psutil
 
-    fake = subprocess.Popen([sys.executable, "-c", FAKE_REPLICA], stdout=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    fake = subprocess.Popen(
+        [sys.executable, "-c", FAKE_REPLICA],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     old, new = (psutil.Process(int(x)) for x in fake.stdout.readline().split())
     time.sleep(1.5)  # the watcher looks at the replica's children every second
     fake.kill()
@@ -275,8 +336,11 @@ def _golden() -> dict:
     cfg = EngineConfig.model_validate(CPU_ENGINE)
     llm = vllm.LLM(**llm_kwargs(cfg))
     reqs = parity_requests()
-    outs = llm.chat([[{"role": r, "content": c} for r, c in q.messages] for q in reqs],
-                    sampling_params=[sampling_params(vllm, q.sampling, True) for q in reqs], use_tqdm=False)
+    outs = llm.chat(
+        [[{"role": r, "content": c} for r, c in q.messages] for q in reqs],
+        sampling_params=[sampling_params(vllm, q.sampling, True) for q in reqs],
+        use_tqdm=False,
+    )
     llm.llm_engine.engine_core.shutdown()
     return _rows(to_completion(q, o, 0.0) for q, o in zip(reqs, outs))
 

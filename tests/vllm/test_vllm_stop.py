@@ -26,7 +26,8 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from tests.conftest import coco_captions, raw_keys as _raw_keys, stderr_lines, stop_after_parts, write_jsonl
+from tests.conftest import coco_captions, stderr_lines, stop_after_parts, write_jsonl
+from tests.conftest import raw_keys as _raw_keys
 from tests.test_resume import _session_ray, planned_negatives
 from tests.vllm.conftest import ENGINE
 
@@ -91,8 +92,11 @@ def test_ctrl_c_stops_a_vllm_run_in_one_line_and_the_rerun_resumes(vllm_pool, mo
     inp = write_jsonl(tmp_path / "in.jsonl", coco_captions(6, offset=80))
     conf = tmp_path / "run.yaml"
     # two units a part: the replica has four calls in flight, so parts are still running when the first commits
-    conf.write_text(yaml.safe_dump({"engine": ENGINE, "output": {"units_per_part": 2},
-                                    "negatives": {"types": ["swap_obj", "replace_att"]}}))
+    conf.write_text(
+        yaml.safe_dump(
+            {"engine": ENGINE, "output": {"units_per_part": 2}, "negatives": {"types": ["swap_obj", "replace_att"]}}
+        )
+    )
     out = tmp_path / "stopped"
     cmd = [CLI, "generate", "negatives", "--input", str(inp), "--out", str(out), "--config", str(conf), "--json"]
     _, planned = planned_negatives(conf, inp, tmp_path)
@@ -105,8 +109,13 @@ def test_ctrl_c_stops_a_vllm_run_in_one_line_and_the_rerun_resumes(vllm_pool, mo
     def watch() -> None:  # the run's vLLM processes as they appear, by title and mark
         while not stopped.wait(0.5):
             try:  # a process table read that fails once (a process gone mid-read) must not end the watch
-                seen.update({pid: pt for pid, pt in _vllm_processes().items()
-                             if pid not in before and pid not in seen and _of_run(pt[0], mark)})
+                seen.update(
+                    {
+                        pid: pt
+                        for pid, pt in _vllm_processes().items()
+                        if pid not in before and pid not in seen and _of_run(pt[0], mark)
+                    }
+                )
             except Exception as exc:  # noqa: BLE001 - kept for the assertion's message
                 errors.append(repr(exc))
 
@@ -122,8 +131,11 @@ def test_ctrl_c_stops_a_vllm_run_in_one_line_and_the_rerun_resumes(vllm_pool, mo
         assert rc == 130 and seconds < 30, (rc, seconds, err[-3000:])
         assert "Traceback" not in err, err[-3000:]
         lines = stderr_lines(err)
-        m = re.fullmatch(rf"contrastgen: stopped by SIGINT after (\d+) of {units} units; (\d+) parts are committed; "
-                         r"run the same command again to resume", lines[-1] if lines else "")
+        m = re.fullmatch(
+            rf"contrastgen: stopped by SIGINT after (\d+) of {units} units; (\d+) parts are committed; "
+            r"run the same command again to resume",
+            lines[-1] if lines else "",
+        )
         assert m and len(lines) == 1, err[-3000:]
 
         assert any("EngineCore" in title for _, title in seen.values()), (seen, errors[:3])  # the run's engine ran
@@ -136,7 +148,9 @@ def test_ctrl_c_stops_a_vllm_run_in_one_line_and_the_rerun_resumes(vllm_pool, mo
         keys, parts = _raw_keys(out), sorted((out / "raw").glob("part-*.arrow"))
         done = len(keys)
         assert 0 < done < units and len(keys) == len(set(keys)) and not (out / "manifest.json").exists(), (done, units)
-        failed = sum(pa.ipc.open_stream(p.read_bytes()).read_all().num_rows for p in (out / "raw").glob("failed-*.arrow"))
+        failed = sum(
+            pa.ipc.open_stream(p.read_bytes()).read_all().num_rows for p in (out / "raw").glob("failed-*.arrow")
+        )
         assert (int(m[1]), int(m[2])) == (done + failed, len(parts)), (m[0], done, failed)  # the line reads the store
 
         rejoin = [*cmd, *_session_ray()]  # the session's loaded engine
@@ -147,8 +161,10 @@ def test_ctrl_c_stops_a_vllm_run_in_one_line_and_the_rerun_resumes(vllm_pool, mo
         keys = _raw_keys(out)
         assert len(keys) == len(set(keys)) == units and set(keys) == planned  # none lost, none duplicated
         assert not _marked(mark), _describe(_marked(mark))
-        print(f"\nvllm stop: {units} units, {done} committed before the stop, stop {seconds:.1f} s after SIGINT; "
-              f"stopped run {t_stopped - t_test:.0f} s, rerun {time.monotonic() - t_stopped:.0f} s")
+        print(
+            f"\nvllm stop: {units} units, {done} committed before the stop, stop {seconds:.1f} s after SIGINT; "
+            f"stopped run {t_stopped - t_test:.0f} s, rerun {time.monotonic() - t_stopped:.0f} s"
+        )
     finally:  # a failed assertion must not leave a vLLM run eating the machine
         stopped.set()
         for p in _marked(mark):
