@@ -11,7 +11,7 @@ VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test venv venv-vllm browser bench bench-vllm clean
+.PHONY: demo test check lint venv venv-vllm browser bench bench-vllm clean
 
 $(STAMP): pyproject.toml
 	date +%s > /tmp/.contrastgen-venv-start-$$PPID
@@ -58,9 +58,21 @@ browser:
 	  { S=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$S apt-get install -y -q chromium >/dev/null || \
 	    { $$S apt-get update -q >/dev/null && $$S apt-get install -y -q chromium >/dev/null; }; }
 
-# The main suite, then the vLLM set in its own environment (tests/vllm: real vLLM on CPU, one engine load).
-test: $(STAMP) $(VLLM_STAMP) browser
-	$(BIN)/python -m pytest tests --durations=30
+# Style and types: ruff (configured in pyproject.toml) and mypy on pipeline/ and flows/.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# The fast loop: lint, then every test not marked integration and the package's doctests (no Ray cluster, no
+# Prefect server, no LLM generation).
+check: lint
+	$(BIN)/python -m pytest tests pipeline --doctest-modules -m "not integration" -q -p no:cacheprovider
+
+# The whole suite (CI's command): lint, the main suite with the doctests, then the vLLM set in its own environment
+# (tests/vllm: real vLLM on CPU, one engine load).
+test: $(STAMP) $(VLLM_STAMP) browser lint
+	$(BIN)/python -m pytest tests pipeline --doctest-modules --durations=30
 	$(VLLM_BIN)/python -m pytest tests/vllm --durations=10
 
 bench: $(STAMP)

@@ -13,10 +13,11 @@ closes the engine pool and returns a Cancelled state whose message is the one li
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, runtime, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.states import Cancelled
 from prefect.utilities.annotations import quote
 
@@ -27,7 +28,7 @@ from pipeline.engines.pool import EnginePool, ensure_ray, release_before_finaliz
 from pipeline.kinds import kind_of
 from pipeline.progress import Meter
 from pipeline.run import generate as steps
-from pipeline.run.common import Progress, Timing
+from pipeline.run.common import Progress, Summary, Timing
 from pipeline.run.store import store_of
 
 
@@ -39,18 +40,19 @@ def plan_stage(kind, ctx, store, name: str) -> tuple[int, int, int]:
     return len(st.keys), st.reused, sum(len(c) for c in st.pending)
 
 
-@task(cache_policy=NO_CACHE, **ENGINE_RETRIES)
+# ENGINE_RETRIES is a plain dict of task() options whose values mypy sees as `object`: Any lets task() check the call
+@task(cache_policy=NO_CACHE, **cast("dict[str, Any]", ENGINE_RETRIES))
 def generate_stage(kind, ctx, pool: EnginePool, store, name: str, meter: Meter) -> int:
     return steps.generate_stage(kind, ctx, pool, store, name, meter)
 
 
 @task(cache_policy=NO_CACHE)
-def finalize(kind, ctx, store, timing: Timing, progress: Progress):
+def finalize(kind, ctx, store, timing: Timing, progress: Progress) -> Summary:
     return steps.finalize(kind, ctx, store, timing, str(runtime.flow_run.id), progress)
 
 
 @flow(name="contrastgen-generate", persist_result=False)
-def generate_flow(kind: str, config: dict[str, Any]):
+def generate_flow(kind: str, config: dict[str, Any]) -> dict[str, Any] | State[Any]:
     """The run's summary; or, when the run is stopped (SIGINT, SIGTERM, a Prefect cancel), a Cancelled state whose
     message is the one line to show (:mod:`pipeline.stop`)."""
     cfg = RunConfig.model_validate(config)
@@ -63,7 +65,7 @@ def generate_flow(kind: str, config: dict[str, Any]):
             stop_ray()
 
 
-def _run(k, cfg: RunConfig):
+def _run(k, cfg: RunConfig) -> dict[str, Any] | State[Any]:
     timing, progress, pool = Timing(), Progress(), None
     meter, planned, blocks = Meter(f"generate {k.name}", unit="units"), 0, 0
     with store_of(cfg, k.name) as store, meter:
@@ -93,7 +95,8 @@ def _run(k, cfg: RunConfig):
                                 pool = EnginePool(cfg.engine, cfg.ray)
                             meter.begin()
                         with timing.measure("generation_seconds"):
-                            generate_stage(k, quote(block), pool, store, name, quote(meter))
+                            # the task gets the Meter itself: Prefect unwraps quote() (typed as quote, not as Meter)
+                            generate_stage(k, quote(block), pool, store, name, cast(Meter, quote(meter)))
                         stop.check()
                 meter.close()
                 if pool is not None and release_before_finalize(pool.engine_cfg, cfg.ray):

@@ -10,7 +10,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pipeline import stop
 from pipeline.config import load_config
@@ -18,6 +18,16 @@ from pipeline.errors import OS_FIXES, ContrastgenError
 from pipeline.kinds import KINDS
 from pipeline.progress import quiet_libraries
 from pipeline.train.config import LossName
+
+
+def _commands_taking(common: argparse.ArgumentParser) -> type[argparse.Action]:
+    """The sub-command action of a parser whose every command also takes ``common``'s flags (after the command)."""
+
+    class Commands(argparse._SubParsersAction):
+        def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+            return super().add_parser(name, parents=[common], **kwargs)
+
+    return Commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,12 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="contrastgen", description="Contrastive training data made with LLMs.", parents=[common]
     )
-    sub = p.add_subparsers(dest="command", required=True)
-    _add = sub.add_parser
-    sub.add_parser = lambda *args, **kw: _add(*args, parents=[common], **kw)  # every command takes --verbose
-    gen = sub.add_parser("generate", help="generate a dataset").add_subparsers(dest="kind", required=True)
-    _gen_add = gen.add_parser
-    gen.add_parser = lambda *args, **kw: _gen_add(*args, parents=[common], **kw)
+    commands = _commands_taking(common)  # every command takes --verbose
+    sub = p.add_subparsers(dest="command", required=True, action=commands)
+    gen = sub.add_parser("generate", help="generate a dataset").add_subparsers(
+        dest="kind", required=True, action=commands
+    )
     for kind in KINDS.values():  # one `generate <kind>` command per registered kind, with the kind's own flags
         k = gen.add_parser(kind.name, help=kind.help)
         k.add_argument("--input", type=Path, help=kind.input_help)
@@ -233,7 +242,8 @@ def _generate(a: argparse.Namespace) -> int:
     if state.is_cancelled():
         print(f"contrastgen: {state.message}", file=sys.stderr)
         return stop.exit_code(stop.asked() or signal.SIGINT)
-    summary = state.result()
+    # a completed run's result is its summary: the flow returns a State only when stopped (Cancelled, handled above)
+    summary = cast("dict[str, Any]", state.result())
     if a.json:
         print(json.dumps(summary))
     else:
@@ -411,11 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"contrastgen: stopped by SIGINT; {stop.RESUME}", file=sys.stderr)
         return 130
     except Exception as exc:
-        if stop.asked() is not None:  # failed because of the stop (a server or worker the same signal ended): the stop
+        signum = stop.asked()
+        if signum is not None:  # failed because of the stop (a server or worker the same signal ended): the stop
             if verbose:
                 traceback.print_exc()
-            print(f"contrastgen: {stop.Stopped(stop.asked())}", file=sys.stderr)
-            return stop.exit_code(stop.asked())
+            print(f"contrastgen: {stop.Stopped(signum)}", file=sys.stderr)
+            return stop.exit_code(signum)
         line = user_error(exc)
         if line is None:
             raise

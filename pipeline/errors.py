@@ -76,7 +76,7 @@ class OutputWriteError(ContrastgenError):
 
     def __init__(self, path: object, exc: OSError):
         what = os.strerror(exc.errno) if exc.errno else str(exc)
-        fix = OS_FIXES.get(exc.errno, "check the file system")
+        fix = OS_FIXES.get(exc.errno or 0, "check the file system")
         super().__init__(
             f"{path}: expected to write this file, but the file system said: {what}. Fix: {fix} "
             "(finished parts are kept and reused)"

@@ -20,7 +20,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 def _duration(seconds: float) -> str:
@@ -56,7 +59,8 @@ class Meter:
         self.kept_word = kept_word  # "valid" while generating (parsed and checked), "kept" after the filters
         self.silent = silent  # counts only (a training rank other than 0)
         live = (self.stream.isatty() if live is None else live) and not silent
-        self._bar = self._task = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
         if live:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -135,7 +139,7 @@ class Meter:
         return f"{self.label}: {self.done}{total} {self.unit}{pct}" + (f", {status}" if status else "")
 
     def _refresh(self, final: bool) -> None:
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=self.done, total=self.total or None, status=self.status())
             return
         now = self.clock()

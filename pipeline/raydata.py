@@ -36,7 +36,7 @@ def stream(
     # up to `workers` actors, never more than rows, starting work once one is up: a fixed size would wait without
     # limit (wait_for_min_actors_s = -1) for actors a busy cluster cannot place
     top = max(1, min(workers, len(rows)))
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     if tasks:
         yield from ds.map_batches(
             worker, fn_args=args, batch_size=1, num_cpus=cpus, compute=ray.data.TaskPoolStrategy(size=top)

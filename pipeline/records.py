@@ -6,6 +6,20 @@ Arrow appears only at the writers (``pipeline/shards``), against explicit schema
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+
+class SourceRecord(Protocol):
+    """What every unit's source is: an id, and the text its raw result records (``RawResult.caption``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+S = TypeVar("S", bound=SourceRecord)
 
 
 @dataclass(frozen=True)
@@ -156,11 +170,11 @@ class EngineFailure:
 
 
 @dataclass(frozen=True)
-class Unit:
-    """One unit of work: one input caption x one task (a negative type or `paraphrase`)."""
+class Unit(Generic[S]):
+    """One unit of work: one source record (a caption, question, sentence, topic, judged pair) x one task."""
 
     key: str
-    source: CaptionRecord
+    source: S
     task: str
     prompt_sha: str
     seed: int

@@ -83,7 +83,8 @@ class ChatRequest(BaseModel):
 
 def to_request(body: ChatRequest, default_max_tokens: int) -> GenerationRequest:
     """Map a chat request onto ours, or raise a 400 that names the field and the fix."""
-    extra = sorted(k for k in (body.model_extra or {}) if k in UNSUPPORTED and body.model_extra[k])
+    given = body.model_extra or {}
+    extra = sorted(k for k in given if k in UNSUPPORTED and given[k])
     if extra:
         raise HTTPException(
             400, f"unsupported field(s) {extra}: the embedded engine has no structured outputs; parse the text"
@@ -130,12 +131,13 @@ class ContextLimit:
 
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         config = AutoConfig.from_pretrained(folder)
-        self.max_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        if not self.max_len:
+        max_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if not max_len:
             raise ConfigError(
                 f"serve: expected the model config in {folder} to give its context length "
                 "(max_position_embeddings), found none. Fix: serve a model whose config.json has it"
             )
+        self.max_len: int = max_len
 
     def prompt_tokens(self, req: GenerationRequest) -> int:
         msgs = [{"role": r, "content": c} for r, c in req.messages]

@@ -27,8 +27,11 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
 
 from pipeline.errors import EngineError
 from pipeline.records import Completion, GenerationRequest
@@ -71,6 +74,7 @@ def _engine_main(conn, engine_json: str, threads: int) -> None:
     engine.warmup()
     conn.send(("ready", os.getpid()))
     faults = os.environ.get(FAULTS_ENV) == "1"
+    answer: tuple[str, list[Completion] | str]
     while True:
         try:
             requests = conn.recv()
@@ -94,7 +98,10 @@ class EngineProcess:
     def __init__(self, index: int, engine_json: str, threads: int, start_timeout_s: float, call_timeout_s: float):
         self.index, self.engine_json, self.threads = index, engine_json, threads
         self.start_timeout_s, self.call_timeout_s = start_timeout_s, call_timeout_s
-        self.proc, self.conn, self.pid, self.closed = None, None, None, False
+        self.proc: SpawnProcess | None = None
+        self.conn: Connection | None = None
+        self.pid: int | None = None
+        self.closed = False
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools or event loop
@@ -108,8 +115,14 @@ class EngineProcess:
         self.proc.start()
         child.close()
 
+    def _started(self) -> tuple[Connection, SpawnProcess]:
+        """The pipe and the process; only called after :meth:`start`, which sets both (nothing resets them)."""
+        assert self.conn is not None and self.proc is not None, "engine process used before start()"
+        return self.conn, self.proc
+
     def wait_ready(self) -> None:
-        if not self.conn.poll(self.start_timeout_s):
+        conn, proc = self._started()
+        if not conn.poll(self.start_timeout_s):
             self.stop()
             raise EngineError(
                 f"engine process {self.index}: expected it to load the model within engine.start_timeout_s "
@@ -117,29 +130,31 @@ class EngineProcess:
                 "or raise engine.start_timeout_s"
             )
         try:
-            _, self.pid = self.conn.recv()
+            _, self.pid = conn.recv()
         except EOFError:
-            self.proc.join(5)
+            proc.join(5)
             raise EngineError(
                 f"engine process {self.index} exited while loading the model (exit code "
-                f"{self.proc.exitcode}). Fix: see its error above in the server log"
+                f"{proc.exitcode}). Fix: see its error above in the server log"
             ) from None
 
     def call(self, requests: list[GenerationRequest]) -> list[Completion]:
         """The engine's completions of ``requests``; :class:`_CallFailed` when the call fails, after replacing a
         process that died or ran past ``call_timeout_s``."""
+        conn, _ = self._started()
         try:
-            self.conn.send(requests)
-            if not self.conn.poll(self.call_timeout_s):
+            conn.send(requests)
+            if not conn.poll(self.call_timeout_s):
                 self.restart()
                 raise _CallFailed(
                     f"the engine call of {len(requests)} requests passed engine.call_timeout_s = "
                     f"{self.call_timeout_s:g} s; its process was replaced"
                 )
-            status, value = self.conn.recv()
+            status, value = conn.recv()
         except (EOFError, OSError):
-            self.proc.join(5)
-            code = self.proc.exitcode
+            _, proc = self._started()  # again: a failed restart() above may have replaced the process
+            proc.join(5)
+            code = proc.exitcode
             if not self.closed:  # not the server shutting down
                 self.restart()
             raise _CallFailed(f"the engine process ended during the call (exit code {code}); it was replaced") from None
@@ -158,9 +173,10 @@ class EngineProcess:
         on the pipe wakes (end of file) instead of waiting on a closed handle."""
         if self.proc is None:
             return
-        self.proc.kill()
-        self.proc.join(5)
-        self.conn.close()
+        conn, proc = self._started()
+        proc.kill()
+        proc.join(5)
+        conn.close()
 
 
 def start_engines(
@@ -200,6 +216,7 @@ class Batcher:
     async def _feed(self, engine: EngineProcess) -> None:
         while True:
             batch = [(r, f) for r, f in await self._take() if not f.cancelled()]  # a client that gave up
+            outs: Sequence[Completion | Failed | Exception]
             try:
                 outs = await self._run(engine, [r for r, _ in batch]) if batch else []
             except Exception as exc:  # a bug here: its requests get a 500 with it, the others go on
@@ -228,7 +245,7 @@ class Batcher:
                 break
         return batch
 
-    async def _run(self, engine: EngineProcess, requests: list[GenerationRequest]) -> list[Completion | Failed]:
+    async def _run(self, engine: EngineProcess, requests: list[GenerationRequest]) -> Sequence[Completion | Failed]:
         """One outcome per request; a failed call is run again in halves, so only the request that fails alone
         fails (a batch-invariant engine gives the others the same texts)."""
         try:
@@ -246,7 +263,7 @@ class Batcher:
                 exc,
             )
             mid = len(requests) // 2
-            return await self._run(engine, requests[:mid]) + await self._run(engine, requests[mid:])
+            return [*await self._run(engine, requests[:mid]), *await self._run(engine, requests[mid:])]
 
     def close(self) -> None:
         for e in self.engines:

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
@@ -35,6 +36,9 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from pipeline.engines.config import EngineConfig
 from pipeline.errors import ContrastgenError, EngineError, ReplicaDeadError, TransientEngineError
 from pipeline.records import Completion, EngineFailure, GenerationRequest
+
+if TYPE_CHECKING:
+    from ray.actor import ActorClass, ActorHandle
 
 NAMESPACE = "contrastgen"
 _log = logging.getLogger("contrastgen.dispatch")
@@ -139,7 +143,8 @@ class Dispatcher:
         deadline = time.monotonic() + self.cfg.start_timeout_s
         while True:
             try:
-                self.nodes[k] = ray.get(self.actors[k].node.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                node = cast(str, ray.get(self.actors[k].node.remote(), timeout=max(1.0, deadline - time.monotonic())))
+                self.nodes[k] = node
                 if old_pid is not None and ray.get(self.actors[k].pid.remote(), timeout=30) == old_pid:
                     raise _Restarting  # the killed process still answers: not back yet
                 self.ident = self.ident or tuple(ray.get(self.actors[k].identity.remote()))
@@ -256,7 +261,7 @@ class Dispatcher:
 
     def _call(
         self, prefer: int, requests: list[GenerationRequest], exclusive: bool = False, avoid: int | None = None
-    ) -> list[Completion]:
+    ) -> list[Completion | EngineFailure]:
         """``requests`` on a replica with room under the call deadline (see :meth:`Slots.acquire`)."""
         k = self.slots.acquire(prefer, exclusive=exclusive, only=exclusive, avoid=avoid)
         try:
@@ -270,13 +275,12 @@ class Dispatcher:
             ) from None
         except RayActorError as exc:
             self._restart(k)
-            if self.nodes[k] is not None and not _alive(self.nodes[k]):
-                raise _Lost(f"replica {k} died with its node {self.nodes[k]}") from exc
+            node = self.nodes[k]
+            if node is not None and not _alive(node):
+                raise _Lost(f"replica {k} died with its node {node}") from exc
             raise _Crash(k, f"replica {k} died: {type(exc).__name__}") from exc
         except RayTaskError as exc:
-            if isinstance(
-                exc, ReplicaDeadError
-            ):  # the engine inside died: replace the replica, not the requests' fault
+            if isinstance(exc, ReplicaDeadError):  # the engine died: replace the replica (not the requests' fault)
                 self._restart(k, kill=True)
                 raise _Lost(f"replica {k}'s engine died ({str(exc).splitlines()[-1][:300]}); replacing it") from exc
             if isinstance(exc, ContrastgenError):  # our own engine errors say what to do; transient ones retry
@@ -291,10 +295,10 @@ class Dispatcher:
             if self.slots.state[k] != "ready":
                 return  # another call saw it fail already; its probe runs
             self.slots.state[k] = "starting"
-        old_pid = None
+        old_pid: int | None = None
         if kill:
             try:
-                old_pid = ray.get(self.actors[k].pid.remote(), timeout=5)
+                old_pid = cast(int, ray.get(self.actors[k].pid.remote(), timeout=5))
             except Exception:  # noqa: BLE001 (already gone: any answer will be a new process)
                 pass
             ray.kill(self.actors[k], no_restart=False)
@@ -310,9 +314,18 @@ def start_dispatcher(engine: EngineConfig, names: list[str], name: str):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    handle = Dispatcher.options(
-        name=name, namespace=NAMESPACE, get_if_exists=True, max_concurrency=256, num_cpus=0, scheduling_strategy=here
-    ).remote(engine.model_dump_json(), names)
+    handle = (
+        cast("ActorClass[Dispatcher]", Dispatcher)
+        .options(  # ray.remote on a class: mypy keeps the class
+            name=name,
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            max_concurrency=256,
+            num_cpus=0,
+            scheduling_strategy=here,
+        )
+        .remote(engine.model_dump_json(), names)
+    )
     return handle, name
 
 
@@ -320,13 +333,15 @@ class DispatcherCall:
     """A part worker's engine (:class:`pipeline.engines.pool.PartEngine`): the named dispatcher (picklable)."""
 
     def __init__(self, name: str, engine_name: str, model_id: str):
-        self.name, self.engine_name, self.model_id, self._handle = name, engine_name, model_id, None
+        self.name, self.engine_name, self.model_id = name, engine_name, model_id
+        self._handle: ActorHandle | None = None
 
     def __getstate__(self) -> dict:
         return {"name": self.name, "engine_name": self.engine_name, "model_id": self.model_id}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)
+        self.name, self.engine_name, self.model_id = state["name"], state["engine_name"], state["model_id"]
+        self._handle = None
 
     def generate(self, index: int, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
         if self._handle is None:

@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import (
@@ -49,7 +50,7 @@ class PerRowSampler:
     def __init__(self, generators: list[torch.Generator], temperatures: torch.Tensor, top_ps: torch.Tensor):
         self.generators, self.temperatures, self.top_ps = generators, temperatures, top_ps
 
-    def __call__(self, scores: torch.FloatTensor) -> torch.LongTensor:
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         """One token id per row of ``scores`` (B, V), each drawn with its row's generator."""
         scores = scores.float()
         probs = (scores / self.temperatures.clamp_min(1e-5)[:, None]).softmax(-1)
@@ -127,7 +128,9 @@ def load_causal_lm(path: Path, device: str, dtype: str = "float32"):
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return tok, model.to(device).eval()
+    # PreTrainedModel.to is wrapped in functools.wraps(nn.Module.to), whose stub (_Wrapped) does not bind self:
+    # typed as the nn.Module it is, the call is still PreTrainedModel.to
+    return tok, cast(torch.nn.Module, model).to(device).eval()
 
 
 class EmbeddedEngine:
@@ -184,8 +187,8 @@ class EmbeddedEngine:
         outs: dict[tuple[int, int], tuple[str, int, str]] = {}
         tokens_in = [0] * len(requests)
         latency = [0.0] * len(requests)
-        for prefix, group in itertools.groupby(rows, key=lambda r: r[2]):  # a batch never mixes prefixes
-            group = list(group)
+        for prefix, grouped in itertools.groupby(rows, key=lambda r: r[2]):  # a batch never mixes prefixes
+            group = list(grouped)
             for b in range(0, len(group), self.cfg.batch_size):
                 part = group[b : b + self.cfg.batch_size]
                 t0 = time.perf_counter()

@@ -62,6 +62,9 @@ class RowInt8Linear(nn.Module):
     ``passes`` = 2 quantizes each activation row and then its residual, so activations carry about 14 bits and
     only the weights' int8 rounding remains (measured: the yields of float activations, docs/engines.md)."""
 
+    w_t: torch.Tensor  # buffers, declared for the type checker
+    w_scale: torch.Tensor
+
     def __init__(self, linear: nn.Linear, passes: int = 2):
         super().__init__()
         w_q, w_scale = quantize_rows(linear.weight.detach().float())  # per output channel: (N, K), (N, 1)

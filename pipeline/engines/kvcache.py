@@ -43,6 +43,9 @@ class GrowingLayer(DynamicLayer):
     ``get_seq_length`` still reports the padded length, which transformers' forward counts cache positions by.
     """
 
+    _k: torch.Tensor  # (B, heads, room, dim) the rows' own keys and values, once allocated
+    _v: torch.Tensor
+
     def __init__(self, capacity: int, prefix: tuple[torch.Tensor, torch.Tensor] | None, pads: torch.Tensor):
         super().__init__()
         self.capacity, self.prefix, self.logical = capacity, prefix, 0
@@ -154,10 +157,16 @@ def batch_cache(config, prefix: DynamicCache | None, pads: torch.Tensor, capacit
         return cache
     cache = DynamicCache(config=config)
     cache.layers = [
-        GrowingLayer(capacity, None if prefix is None else (prefix.layers[i].keys, prefix.layers[i].values), pads)
+        GrowingLayer(capacity, None if prefix is None else _keys_values(prefix, i), pads)
         for i in range(len(cache.layers))
     ]
     return cache
+
+
+def _keys_values(cache: DynamicCache, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    layer = cache.layers[i]
+    assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None, type(layer)
+    return layer.keys, layer.values
 
 
 @contextlib.contextmanager
@@ -167,8 +176,8 @@ def use_rows(model, cache: DynamicCache | None):
     modules = _attention_modules(model)
     try:
         for i, m in modules.items():
-            m.kv_layer = None if cache is None else cache.layers[i]
+            setattr(m, "kv_layer", None if cache is None else cache.layers[i])  # our attribute, not a submodule
         yield
     finally:
         for m in modules.values():
-            m.kv_layer = None
+            setattr(m, "kv_layer", None)

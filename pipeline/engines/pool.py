@@ -26,13 +26,18 @@ import logging
 import os
 import signal
 import threading
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 
 import ray
 
 from pipeline.engines.config import EngineConfig, RayConfig
 from pipeline.errors import EngineTimeoutError
 from pipeline.records import Completion, EngineFailure, GenerationRequest
+
+if TYPE_CHECKING:
+    from ray.actor import ActorClass, ActorHandle
+
+    from pipeline.engines.base import Engine
 
 NAMESPACE = "contrastgen"
 log = logging.getLogger("contrastgen.pool")
@@ -121,7 +126,7 @@ def ensure_ray(cfg: RayConfig) -> bool:
     """Connect to ``cfg.address`` or start a local Ray; True when this call started it."""
     if ray.is_initialized():
         return False
-    kwargs = {"namespace": NAMESPACE, "include_dashboard": False, "log_to_driver": False}
+    kwargs: dict[str, Any] = {"namespace": NAMESPACE, "include_dashboard": False, "log_to_driver": False}
     main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if main else None
     try:
@@ -205,14 +210,18 @@ def _actor(
         return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         pass
-    return EngineActor.options(
-        name=name,
-        namespace=NAMESPACE,
-        get_if_exists=True,
-        max_concurrency=engine.replica_calls() + 2,
-        max_restarts=restarts,
-        **make_options(),
-    ).remote(blob, threads, index)
+    return (
+        cast("ActorClass[EngineActor]", EngineActor)
+        .options(  # ray.remote on a class: mypy keeps the class
+            name=name,
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            max_concurrency=engine.replica_calls() + 2,
+            max_restarts=restarts,
+            **make_options(),
+        )
+        .remote(blob, threads, index)
+    )
 
 
 class EnginePool:
@@ -220,7 +229,10 @@ class EnginePool:
     client (openai). :meth:`caller` is what part workers use; :meth:`generate` calls the same from here."""
 
     def __init__(self, engine: EngineConfig, ray_cfg: RayConfig):
-        self.engine_cfg, self.ray_cfg, self.local, self.actors, self.dispatcher = engine, ray_cfg, None, [], None
+        self.engine_cfg, self.ray_cfg = engine, ray_cfg
+        self.local: Engine | None = None  # the openai engine's in-process client
+        self.actors: list[ActorHandle] = []
+        self.dispatcher: ActorHandle | None = None
         if not needs_ray(engine):
             from pipeline.engines.base import build_engine
 
@@ -244,8 +256,9 @@ class EnginePool:
             _actor(name, make_options, engine, self.ray_cfg.actor_restarts, blob, threads, i)
             for i, name in enumerate(names)
         ]
-        self.dispatcher, self.dispatcher_name = start_dispatcher(engine, names, f"dispatch-{tag}-{n}")
-        self.engine_name, self.model_id = ray.get(self.dispatcher.wait_ready.remote())
+        dispatcher, self.dispatcher_name = start_dispatcher(engine, names, f"dispatch-{tag}-{n}")
+        self.dispatcher = dispatcher
+        self.engine_name, self.model_id = ray.get(dispatcher.wait_ready.remote())
 
     @property
     def slots(self) -> int:
@@ -270,7 +283,7 @@ class EnginePool:
         if self.dispatcher is None:
             return
         try:
-            notes = ray.get(self.dispatcher.drain_notes.remote(), timeout=30)
+            notes = cast(list[str], ray.get(self.dispatcher.drain_notes.remote(), timeout=30))
         except (ray.exceptions.RayError, TimeoutError) as exc:  # never masks the error a stream is raising
             log.info("could not read the dispatcher's notes: %s", exc)
             return
@@ -278,9 +291,10 @@ class EnginePool:
             log.warning(note)
 
     def _local_generate(self, requests: list[GenerationRequest]) -> list[Completion | EngineFailure]:
+        assert self.local is not None  # generate() calls this for the in-process engine only
         for attempt in (1, 2):
             try:
-                return self.local.generate(requests)
+                return list(self.local.generate(requests))
             except EngineTimeoutError as exc:
                 log.warning("engine call past its deadline (attempt %d of 2): %s", attempt, exc)
                 last = exc
@@ -295,11 +309,8 @@ class EnginePool:
         up = self.actors
         if self.dispatcher is not None:
             try:  # a replica never placed (or still loading) would never answer release: it is killed at once
-                up = [
-                    a
-                    for a, (state, _) in zip(self.actors, ray.get(self.dispatcher.states.remote(), timeout=10))
-                    if state == "ready"
-                ]
+                states = cast(list[tuple[str, int]], ray.get(self.dispatcher.states.remote(), timeout=10))
+                up = [a for a, (state, _) in zip(self.actors, states) if state == "ready"]
             except Exception as exc:  # the dispatcher lost: every replica is asked, within grace_s
                 log.info("reading the replicas' states: %s", exc)
             ray.kill(self.dispatcher, no_restart=True)

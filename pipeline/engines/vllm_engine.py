@@ -346,14 +346,17 @@ class VLLMEngine:
             raise self._dead("released by shutdown()")
 
     async def _generate(self, requests: list[GenerationRequest]) -> list[Completion]:
-        if self.llm.errored:
+        llm = self.llm  # this call's engine, even if shutdown() releases it meanwhile
+        if llm is None:
+            raise self._dead("released by shutdown()")
+        if llm.errored:
             raise self._dead("found dead before the call")
         start = time.perf_counter()
         convs = [[{"role": r, "content": c} for r, c in q.messages] for q in requests]
         try:
-            _, prompts = await self.llm.renderer.render_chat_async(convs, self._chat_params, self._tok_params)
+            _, prompts = await llm.renderer.render_chat_async(convs, self._chat_params, self._tok_params)
         except Exception as exc:
-            if self.llm.errored:
+            if llm.errored:
                 raise self._dead(exc) from None
             raise
         tasks = [asyncio.ensure_future(self._final(p, self.params(q.sampling))) for p, q in zip(prompts, requests)]
@@ -363,7 +366,7 @@ class VLLMEngine:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # their requests are aborted in vLLM
-            if isinstance(exc, Exception) and (isinstance(exc, self._dead_errors) or self.llm.errored):
+            if isinstance(exc, Exception) and (isinstance(exc, self._dead_errors) or llm.errored):
                 raise self._dead(exc) from None
             raise
         latency = time.perf_counter() - start

@@ -30,10 +30,10 @@ def save_histograms(histograms: dict[str, dict[str, list[float]]], folder: Path)
             continue
         bins = np.linspace(finite.min(), finite.max() + 1e-9, 31)
         fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-        for label, v in series.items():
-            v = np.asarray(v, dtype=float)
+        for label, raw in series.items():
+            v = np.asarray(raw, dtype=float)
             if v.size:
-                ax.hist(v[np.isfinite(v)], bins=bins, alpha=0.55, density=True, label=f"{label} ({v.size} rows)")
+                ax.hist(v[np.isfinite(v)], bins=list(bins), alpha=0.55, density=True, label=f"{label} ({v.size} rows)")
         ax.set_title(TITLES.get(name, name), fontsize=10)
         ax.set_ylabel("density (each series sums to 1)")
         ax.legend(fontsize=8)

@@ -11,6 +11,8 @@ label: its weighted AUC moves toward 0.5 (where the two labels' feature ranges o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -18,10 +20,11 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.filters.surface import surface_scores
+from pipeline.filters.surface import Scorer, surface_scores
 from pipeline.filters.words import Words
 
 FEATURES = ("ratio", "token_set_ratio", "word_levenshtein", "length_ratio")
+_SCORED: tuple[Scorer, Scorer] = ("token_set_ratio", "word_levenshtein")  # FEATURES[1:3], from rapidfuzz
 
 
 def surface_features(
@@ -36,7 +39,7 @@ def surface_features(
     lc = np.fromiter(map(len, candidates), dtype=np.float32, count=len(candidates))  # (N,)
     length_ratio = np.minimum(la, lc) / np.maximum(np.maximum(la, lc), 1)  # (N,)
     first = surface_scores(anchors, candidates, "ratio") if ratio is None else np.asarray(ratio, dtype=np.float32)
-    cols = [first, *(surface_scores(anchors, candidates, s, words) for s in FEATURES[1:3])]
+    cols = [first, *(surface_scores(anchors, candidates, s, words) for s in _SCORED)]
     return np.column_stack([*cols, length_ratio]).astype(np.float32)
 
 
@@ -64,7 +67,7 @@ def cross_fit(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: in
     return p
 
 
-def fit_all(features: np.ndarray, labels: np.ndarray):
+def fit_all(features: np.ndarray, labels: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """A model of P(label=1 | features) fitted on every row given: a callable (M, F) -> (M,), for rows it never
     saw (the rows outside a fitting sample). Constant where :func:`cross_fit` would be."""
     labels = np.asarray(labels).astype(int)

@@ -127,6 +127,8 @@ class _Texts:
         self.positive = np.full(n, -1, dtype=np.int64)  # (N,)
         self.positive[has_pos] = codes[2 * n : 2 * n + int(has_pos.sum())]
         # (M, D) embeddings and (U,) the row of each distinct text in them
+        self.matrix: np.ndarray  # (M, D)
+        self.emb_row: np.ndarray  # (U,)
         self.matrix, self.emb_row = (
             scorers.embed_rows(self.texts) if self.texts else (np.zeros((0, 1), np.float32), np.zeros(0, np.int64))
         )
@@ -173,22 +175,26 @@ def score(p: Pairs, cfg: FilterConfig, scorers: Scorers) -> Scored:
         near[idx] = near_duplicate_scores([norm[i] for i in texts.negative[idx].tolist()], [p.groups[i] for i in idx])
     pinned = np.arange(n) < p.pinned
     sc = Scored(
-        np.asarray([i.encode() for i in p.ids], dtype="S") if n else np.zeros(0, "S1"),
-        _shared(p.strata),
-        _shared(p.splits),
-        pinned,
-        surface_sim.astype(np.float32),
-        np.asarray(band, np.float32),
-        semantic_sim,
-        pos.of_row,
-        dup_key,
-        near,
-        np.zeros((n, 0)),
-        np.zeros((n, 4), np.float32),
-        *pos.columns(),
-        pos.drops,
+        ids=np.asarray([i.encode() for i in p.ids], dtype="S") if n else np.zeros(0, "S1"),
+        strata=_shared(p.strata),
+        splits=_shared(p.splits),
+        pinned=pinned,
+        surface_sim=surface_sim.astype(np.float32),
+        band=np.asarray(band, np.float32),
+        semantic_sim=semantic_sim,
+        pos_of_row=pos.of_row,
+        dup_key=dup_key,
+        near=near,
+        gaps=np.zeros((n, 0)),
+        feats=np.zeros((n, 4), np.float32),
+        pos_groups=pos.groups,
+        pos_ratio=pos.ratio.astype(np.float32),
+        pos_cos=pos.cos.astype(np.float32),
+        pos_kept=pos.kept,
+        pos_feats=np.zeros((len(pos.groups), 4), np.float32),
+        positive_drops=pos.drops,
+        pos_choice=pos.choice,
     )
-    sc.pos_choice = pos.choice
     alive = pinned | _locally_alive(sc, cfg, local_dup)
     sc.gaps = _blind_gaps(p, cfg, texts, alive)
     if cfg.propensity.enabled:
@@ -263,15 +269,6 @@ class _Positives:
     of_row: np.ndarray  # (N,)
     drops: dict
     choice: np.ndarray  # (G,) the candidate kept: 0 the row's positive, k its k-th alternative
-
-    def columns(self) -> tuple:
-        return (
-            self.groups,
-            self.ratio.astype(np.float32),
-            self.cos.astype(np.float32),
-            self.kept,
-            np.zeros((len(self.groups), 4), np.float32),
-        )
 
 
 def _positives(p: Pairs, cfg: FilterConfig, texts: _Texts) -> _Positives:

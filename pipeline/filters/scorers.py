@@ -47,7 +47,8 @@ class TextScorers:
         ``ray.scorers``) instead of here; ``device``: where the models run here (a worker passes its own)."""
         self.root = Path(cache_root or cfg.semantic.cache_dir or default_cache_root() / "scores")
         self.encoder_path = Path(cfg.semantic.model or bundled_encoder())
-        self.lm_path = Path(cfg.blind.lm_model or lm_path) if (cfg.blind.lm_model or lm_path) else None
+        lm = cfg.blind.lm_model or lm_path
+        self.lm_path = Path(lm) if lm else None
         self.cfg, self.device, self.workers = cfg, device, workers
         self.embeddings = TextCache(
             self.root, self.encode_texts, f"embed:{fingerprint(self.encoder_path)}", mapper=self._remote("encode_texts")

@@ -127,6 +127,7 @@ def _rules(sc: Scored, cfg: FilterConfig, dups: tuple | None) -> tuple[_Why, np.
     n = sc.n
     why, alive = _Why(n, sc.pinned), np.ones(n, dtype=bool)
     if cfg.dedup.enabled:
+        assert dups is not None, "dedup is on: the cross-block duplicates are given"
         rows, first_pinned, first_ids = dups
         reasons = np.full(n, "", dtype=object)
         reasons[rows] = np.where(first_pinned, "duplicate_of_published", "exact_duplicate")
@@ -160,7 +161,8 @@ class _Rates:
     """Per group of rows and blind scorer: rows, rows whose gap is > 0 and = 0, before and after balancing."""
 
     def __init__(self, names: tuple[str, ...]):
-        self.names, self.counts = names, {}
+        self.names = names
+        self.counts: dict[str, np.ndarray] = {}  # group -> (2, 3, S) counts
 
     def add(self, group: str, gaps: np.ndarray, before: np.ndarray, after: np.ndarray) -> None:
         c = self.counts.setdefault(group, np.zeros((2, 3, len(self.names)), np.int64))
@@ -281,7 +283,7 @@ def _decide(spill: ScoredSpill, cfg: FilterConfig) -> Decisions:
             cells.boundary_rows(_strata(sc, cfg)[m], rank[m], sc.gaps[m], rows[m])
     out = Spool(spill.folder / "decisions.arrow", DECISION_SCHEMA, indexed=True)
     funnel: dict[str, FunnelStep] = {}
-    groups, dropped = 0, Counter()
+    groups, dropped = 0, Counter[str]()
     rates = _Rates(names)
     plots: dict[tuple[str, str], Smallest] = {}
     fit = Smallest(FIT_SAMPLE)
@@ -401,6 +403,7 @@ def _propensity(dec: Decisions, fit: Smallest, cfg: FilterConfig) -> dict:
         p = np.empty(len(order))
         p[inside] = p_sample[at[inside]]
         if (~inside).any():
+            assert outside is not None  # pairs outside the sample exist only when fit.seen > the sample
             p[~inside] = outside(feats[~inside])
         p, w = inverse_weights(p, lab, cfg.propensity.clip)
         for k in (0, 1):
@@ -416,7 +419,7 @@ def _propensity(dec: Decisions, fit: Smallest, cfg: FilterConfig) -> dict:
     p_fit, w_fit = inverse_weights(p_sample, labels, cfg.propensity.clip)
     w_fit = w_fit / mean[labels]
     surf, sem = s["feats"][:, 0], s["feats"][:, 4]
-    report = {
+    report: dict[str, object] = {
         "pairs": int(counts.sum()),
         "positives": int(counts[1]),
         "negatives": int(counts[0]),

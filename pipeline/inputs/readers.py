@@ -13,12 +13,12 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.config import InputConfig
 from pipeline.errors import InputFileError
 from pipeline.records import CaptionRecord, QuestionRecord, Rejection, SentenceRecord
-from pipeline.tasks.answers import gold_answer
+from pipeline.tasks.answers import answer_kind_of, gold_answer
 
 RawRow = tuple[int, dict[str, Any] | None, Rejection | None]  # (line, row, problem)
 
@@ -196,7 +196,9 @@ def _rows(cfg: InputConfig, required: dict[str, str]) -> tuple[Path, Iterator[Ra
 
 def _collect(path: Path, rows: Iterator[RawRow], validate, limit: int | None, id_field: str):
     """Valid records (first ``limit``) and rejected rows; a repeated id is rejected as duplicate_id."""
-    good, bad, seen = [], [], set()
+    good: list[Any] = []
+    bad: list[Rejection] = []
+    seen: set[str] = set()
     for line, row, problem in rows:
         if limit is not None and len(good) >= limit:
             break
@@ -270,7 +272,7 @@ def _optional_id(
 
 
 def _validate_question(
-    path: Path, line: int, row: dict[str, Any], cfg: InputConfig, kind: str
+    path: Path, line: int, row: dict[str, Any], cfg: InputConfig, kind: Literal["auto", "number", "choice"]
 ) -> QuestionRecord | Rejection:
     raw = json.dumps(row, ensure_ascii=False, default=str)
     question = _text(path, line, row, cfg.question_column, "question", cfg, raw)
@@ -289,7 +291,7 @@ def _validate_question(
                 cfg.choices_column,
             )
         choices = parsed
-    answer_kind = ("choice" if choices else "number") if kind == "auto" else kind
+    answer_kind = answer_kind_of(kind, choices)
     gold = None
     if cfg.answer_column and row.get(cfg.answer_column) is not None:
         gold = gold_answer(row[cfg.answer_column], answer_kind, choices)
@@ -306,7 +308,9 @@ def _validate_question(
     return rid if isinstance(rid, Rejection) else QuestionRecord(rid, question, gold, choices, str(path), line)
 
 
-def read_questions(cfg: InputConfig, answer_kind: str = "auto") -> tuple[list[QuestionRecord], list[Rejection]]:
+def read_questions(
+    cfg: InputConfig, answer_kind: Literal["auto", "number", "choice"] = "auto"
+) -> tuple[list[QuestionRecord], list[Rejection]]:
     """All valid questions (first ``cfg.limit``) and all rejected rows, in file order. The id column is
     optional (a missing id is the hash of the question); the gold answer is optional (the vote labels)."""
     path, rows = _rows(cfg, {"question_column": cfg.question_column})

@@ -82,18 +82,33 @@ class Kind(Protocol):
     """A data kind. ``name`` is its CLI word, its config section, its filter section (``filters.<name>``) and
     its format (``contrastgen.<name>/1``)."""
 
-    name: str
-    help: str  # one line for `contrastgen generate --help`
-    input_help: str  # what --input holds
-    anchor: str  # the anchor column (caption, question, anchor): the filter stage's anchor text
-    type_column: str  # the per-row type column (the filter stage's stratum)
-    sample_key: str  # the column the card's samples are picked by
-    schema: pa.Schema  # the Arrow schema of its train and test shards
-    card_template: str  # file name of its card body beside this module (cards/<name>.md)
-    tags: tuple[str, ...]  # Hugging Face tags on the card
-    positive_task: str | None  # set when a row may lose its positive alone (negatives: the paraphrase)
-    part_assembles: bool  # a part's results assemble alone (live valid/rejected counts by type while generating)
-    flags: tuple[Flag, ...]  # its `generate <name>` flags
+    # Read-only attributes (a kind is a frozen dataclass), hence properties in this protocol.
+    @property
+    def name(self) -> str: ...
+    @property
+    def help(self) -> str: ...  # one line for `contrastgen generate --help`
+    @property
+    def input_help(self) -> str: ...  # what --input holds
+    @property
+    def anchor(self) -> str: ...  # the anchor column (caption, question, anchor): the filter stage's anchor text
+    @property
+    def type_column(self) -> str: ...  # the per-row type column (the filter stage's stratum)
+    @property
+    def sample_key(self) -> str: ...  # the column the card's samples are picked by
+    @property
+    def schema(self) -> pa.Schema: ...  # the Arrow schema of its train and test shards
+    @property
+    def card_template(self) -> str: ...  # file name of its card body beside this module (cards/<name>.md)
+    @property
+    def tags(self) -> tuple[str, ...]: ...  # Hugging Face tags on the card
+    @property
+    def positive_task(self) -> str | None: ...  # set when a row may lose its positive alone (negatives: the paraphrase)
+    @property
+    def part_assembles(
+        self,
+    ) -> bool: ...  # a part's results assemble alone (live valid/rejected counts by type while generating)
+    @property
+    def flags(self) -> tuple[Flag, ...]: ...  # its `generate <name>` flags
 
     def check(self, cfg: RunConfig) -> None: ...
     def templates(self, cfg: RunConfig) -> dict[str, Any]: ...
@@ -164,7 +179,7 @@ def merge_stats(a: Any, b: Any) -> Any:
     """
     if a is None:
         return b
-    if is_dataclass(a):
+    if is_dataclass(a) and not isinstance(a, type):
         return replace(a, **{f.name: merge_stats(getattr(a, f.name), getattr(b, f.name)) for f in fields(a)})
     if isinstance(a, dict):
         return {k: merge_stats(a.get(k), b.get(k)) if k in a and k in b else a.get(k, b.get(k)) for k in {**a, **b}}
@@ -183,7 +198,8 @@ class Flag:
 
 def pick_samples(rows: list[Any], key: str, per_value: int, limit: int | None = None) -> list[Any]:
     """The first ``per_value`` rows of each value of ``key`` (in row order), at most ``limit`` in all."""
-    out, seen = [], {}
+    out: list[Any] = []
+    seen: dict[Any, int] = {}
     for r in rows:
         v = getattr(r, key)
         if seen.get(v, 0) < per_value:

@@ -140,7 +140,8 @@ def example_answer(tpl: Template, caption: str, answer: str, mode: str) -> str:
 
 
 def render(unit: Unit, tpl: Template, mode: str, cfg: RunConfig) -> GenerationRequest:
-    system = tpl.system_edit if (mode == "edit" and tpl.edit_format != "rewrite") else tpl.system_rewrite
+    edit = mode == "edit" and tpl.edit_format != "rewrite"
+    system = tpl.system_edit if edit and tpl.system_edit is not None else tpl.system_rewrite
     msgs: list[tuple[str, str]] = [("system", system.strip())]
     for ex in tpl.examples:
         msgs += [("user", tpl.render_user(ex.caption)), ("assistant", example_answer(tpl, ex.caption, ex.answer, mode))]
@@ -277,12 +278,13 @@ def assemble(
         if isinstance(out, Rejection):
             rejects.append(out)
             continue
-        cands, pos_sha = positives.get(r.source_id, ([None], None))
+        found = positives.get(r.source_id)
+        cands, pos_sha = (tuple(found[0]), found[1]) if found else ((), None)
         rows.append(
             NegativeRow(
                 id=row_id(r.source_id, r.task, out.text),
                 caption=r.caption,
-                positive=cands[0],
+                positive=cands[0] if cands else None,
                 negative=out.text,
                 neg_type=r.task,
                 source_id=r.source_id,
@@ -292,7 +294,7 @@ def assemble(
                 positive_prompt_sha=pos_sha,
                 provenance=r.provenance,
                 group=r.group,
-                positive_alternatives=tuple(cands[1:]),
+                positive_alternatives=cands[1:],
             )
         )
     return rows, rejects

@@ -53,7 +53,7 @@ from pipeline.records import (
 )
 from pipeline.shards.card import finite
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
-from pipeline.tasks.answers import extract_answer, is_refusal, vote
+from pipeline.tasks.answers import AnswerKind, answer_kind_of, extract_answer, is_refusal, vote
 from pipeline.tasks.templates import ChatTemplate, load_chat_template
 
 SAMPLED, ADVERSARIAL = "sampled", "adversarial"
@@ -97,9 +97,8 @@ def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
     return {name: load_chat_template(folder / f"{name}.yaml", slots) for name, slots in TEMPLATES.values()}
 
 
-def answer_kind(q: QuestionRecord, cfg: RunConfig) -> str:
-    kind = cfg.rationales.answer_kind
-    return ("choice" if q.choices else "number") if kind == "auto" else kind
+def answer_kind(q: QuestionRecord, cfg: RunConfig) -> AnswerKind:
+    return answer_kind_of(cfg.rationales.answer_kind, q.choices)
 
 
 def template_of(q: QuestionRecord, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> ChatTemplate:
@@ -148,7 +147,9 @@ class Sample:
     raw: RawResult
 
 
-def parse_sample(text: str, finish: str, kind: str, choices: tuple[str, ...], min_chars: int) -> str | tuple[str, str]:
+def parse_sample(
+    text: str, finish: str, kind: AnswerKind, choices: tuple[str, ...], min_chars: int
+) -> str | tuple[str, str]:
     """The normalised answer of a valid rationale, or (reason, detail) when it is rejected.
 
     >>> parse_sample("2 + 2 = 4. The answer is 4.", "stop", "number", (), 5)
@@ -243,7 +244,9 @@ def assemble(
     by_q: dict[str, list[RawResult]] = defaultdict(list)
     for r in raws:
         by_q[r.source_id].append(r)
-    rows, rejects, st = [], [], Stats()
+    rows: list[RationaleRow] = []
+    rejects: list[Rejection] = []
+    st = Stats()
     for qid in sorted(by_q):
         q, st.questions = questions[qid], st.questions + 1
         valid = _samples(by_q[qid], q, cfg, rejects)

@@ -266,10 +266,14 @@ def _scores(ctx: Context, stage: str) -> dict[tuple[str, str], RawResult]:
 
 def queries(ctx: Context) -> tuple[list[Query], list[Rejection]]:
     passages = {p.id: p for p in ctx.inputs.records}
-    out, rejects = [], []
+    out: list[Query] = []
+    rejects: list[Rejection] = []
     for raw in ctx.raws(QUERY):
         q = parse_query(raw, passages[raw.source_id], ctx.cfg)
-        (rejects if isinstance(q, Rejection) else out).append(q)
+        if isinstance(q, Rejection):
+            rejects.append(q)
+        else:
+            out.append(q)
     return out, rejects
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pyarrow as pa
 
@@ -28,7 +29,11 @@ def blocks(ctx: Context, store: RunStore) -> Iterator[Context]:
     records, size = ctx.inputs.records, ctx.cfg.output.block_sources
     for lo in range(0, max(len(records), 1), size):
         block = replace(ctx, inputs=replace(ctx.inputs, records=records[lo : lo + size]), stages={})
-        block.raws = lambda name, b=block: finished(store, sorted(b.stages[name].keys))[0]
+
+        def raws(name: str, b: Context = block) -> list[RawResult]:
+            return finished(store, sorted(b.stages[name].keys))[0]
+
+        block.raws = raws
         yield block
 
 
@@ -66,7 +71,7 @@ def filter_rows(
         else:
             rejects.append(_rejection(kind, r, d, r.negative, kind.reject_task(r), r.provenance.prompt_sha))
     if kind.positive_task:
-        first = {}
+        first: dict[str, Any] = {}
         for r in rows:
             first.setdefault(r.source_id, r)
         for group in sorted(first):

@@ -77,13 +77,14 @@ class Parts:
         self.job, self.kind = job, kind_of(job.kind)
         self.ctx = Context(job.cfg, job.templates, Inputs([], [], 0), raws=lambda name: [])
         self.store = RunStore(Path(job.root))  # no lock: the driver holds it; a worker only adds atomic files
-        self.store.journal = []
+        self.journal: list[tuple[str, list[str]]] = []  # what this worker's commits wrote, batch by batch
+        self.store.journal = self.journal
         self.engine = job.engine or _client(job)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from pipeline.run.common import commit_part
 
-        self.store.journal.clear()
+        self.journal.clear()
         counts = []
         for index, payload in zip(batch["index"].tolist(), batch["payload"]):
             units: list[Unit] = pickle.loads(payload)  # our own records, pickled by the driver below
@@ -101,9 +102,9 @@ class Parts:
             )
             counts.append(json.dumps(seen))
         return {
-            "file": [n for n, _ in self.store.journal],
-            "keys": [k for _, k in self.store.journal],
-            "counts": counts + [""] * (len(self.store.journal) - len(counts)),
+            "file": [n for n, _ in self.journal],
+            "keys": [k for _, k in self.journal],
+            "counts": counts + [""] * (len(self.journal) - len(counts)),
         }
 
     def _counts(self, raws: list, failed: list) -> dict:
@@ -142,28 +143,31 @@ def stream_parts(
     cfg = ctx.cfg
     ensure_ray(cfg.ray)
     rows = [{"index": i, "payload": pickle.dumps(c)} for i, c in enumerate(chunks)]
-    ray_engine = pool is not None and pool.local is None
-    job = PartJob(kind.name, cfg, ctx.templates, str(store.root), pool.caller() if ray_engine else None)
+    replicas = pool if pool is not None and pool.local is None else None  # the engine runs in Ray replicas
+    ray_engine = replicas is not None
+    job = PartJob(kind.name, cfg, ctx.templates, str(store.root), replicas.caller() if replicas is not None else None)
     # a part may take two call deadlines and its replica's restart: Ray Data's watchdog must not end it first
     patience = 2 * cfg.engine.call_timeout_s + cfg.engine.start_timeout_s
-    workers = pool.slots if ray_engine else cfg.ray.clients or 2
+    workers = replicas.slots if replicas is not None else cfg.ray.clients or 2
     results = stream(rows, run_parts, (job,), workers, no_progress_s=patience, tasks=True, cpus=0 if ray_engine else 1)
     try:
         for batch in results:
             _adopt(batch, store, meter)
-            if ray_engine:
-                pool.log_notes()
+            if replicas is not None:
+                replicas.log_notes()
             stop.check()  # a stop between parts: what is committed is indexed, the stream ends here
     finally:
-        if ray_engine and stop.asked() is None:
-            pool.log_notes()
+        if replicas is not None and stop.asked() is None:
+            replicas.log_notes()
 
 
 def _adopt(batch, store: RunStore, meter: Meter | None) -> None:
     """Index a streamed batch's committed files; advance the progress line by its counts."""
     files, keys = batch.column("file").to_pylist(), batch.column("keys").to_pylist()
     store.adopt(zip(files, keys))
-    for c in batch.column("counts").to_pylist() if meter is not None else ():
+    if meter is None:
+        return
+    for c in batch.column("counts").to_pylist():
         if c:
             seen = json.loads(c)
             meter.advance(

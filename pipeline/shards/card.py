@@ -111,7 +111,9 @@ def front_matter(
     cfg, summary, shards: list[ShardInfo], schema: pa.Schema, kind: str, tags: tuple[str, ...]
 ) -> dict[str, Any]:
     splits = [s for s in summary.splits if summary.splits[s]]  # `datasets` refuses a declared split with no rows
-    configs = [{"config_name": "rejected", "data_files": [{"split": "rejected", "path": "rejected/rejected-*.arrow"}]}]
+    configs: list[dict[str, Any]] = [
+        {"config_name": "rejected", "data_files": [{"split": "rejected", "path": "rejected/rejected-*.arrow"}]}
+    ]
     infos = [
         {"config_name": "rejected", "features": _features(REJECTED_SCHEMA), "splits": [_split_info("rejected", shards)]}
     ]

@@ -175,7 +175,7 @@ class Spool:
 
     def __init__(self, path: Path, schema: pa.Schema, indexed: bool = False):
         self.path, self.schema, self.num_rows, self.indexed = Path(path), schema, 0, indexed
-        self._reader = None
+        self._reader: pa.ipc.RecordBatchFileReader | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._sink = pa.OSFile(str(self.path), "wb")

@@ -14,6 +14,14 @@ from typing import Literal
 
 AnswerKind = Literal["number", "choice"]
 
+
+def answer_kind_of(setting: Literal["auto", "number", "choice"], choices: tuple[str, ...]) -> AnswerKind:
+    """The answer kind of one question: the setting, or under ``auto`` ``choice`` where it has choices."""
+    if setting == "auto":
+        return "choice" if choices else "number"
+    return setting
+
+
 _NUMBER = r"-?\$?\s?\d[\d,]*(?:\.\d+)?"
 # Phrases that introduce the final answer, strongest first; the last match in the text wins.
 _CUES = (r"####\s*", r"answer\s*(?:is|:)\s*(?:\*\*)?", r"=\s*(?=[^=]*$)")

@@ -144,12 +144,13 @@ def select(
     for c in cands:
         if len(keep) == num:
             break
+        score = judged.get(c.passage)  # None: not judged, or no parsable score
         if c.reason:
             drops.append(Drop(c, c.reason, c.sim))
-        elif c.passage in judged and judged[c.passage] is None:
+        elif c.passage in judged and score is None:
             drops.append(Drop(c, "fn_no_score", float("nan")))
-        elif c.passage in judged and judged[c.passage] >= fn_max_score:
-            drops.append(Drop(c, "false_negative", float(judged[c.passage])))
+        elif score is not None and score >= fn_max_score:
+            drops.append(Drop(c, "false_negative", float(score)))
         else:
             keep.append(c)
     return keep, drops

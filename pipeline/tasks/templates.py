@@ -112,7 +112,8 @@ class ChatTemplate:
     path: Path
 
     def render_user(self, values: dict[str, str]) -> str:
-        pieces, rest = [], self.user
+        pieces: list[str] = []
+        rest = self.user
         while True:
             found = [(rest.find("{" + s + "}"), s) for s in self.slots if "{" + s + "}" in rest]
             if not found:

@@ -67,7 +67,7 @@ def changed_tokens(doc: Any, candidate: str) -> list[Any]:
     """The tokens of the parsed caption ``doc`` that a word alignment with ``candidate`` does not keep in place."""
     src = [_norm(t.text) for t in doc]
     dst = [_norm(t.text) for t in load_parser().tokenizer(candidate)]
-    out = []
+    out: list[Any] = []
     for op in Levenshtein.opcodes(src, dst):
         if op.tag != "equal":
             out.extend(doc[i] for i in range(op.src_start, op.src_end))

@@ -113,7 +113,9 @@ def groups_from_table(table: pa.Table, max_negatives: int) -> tuple[list[Group],
         rows = sorted(rows)
         anchor, gid = cols["caption"][rows[0]], cols["group"][rows[0]] if views else None
         own = next((cols["positive"][r] for r in rows if cols["positive"][r] is not None), None)
-        positives = ([own] if own is not None else []) + [v for v in views.get(gid, ()) if v != anchor and v != own]
+        positives = ([own] if own is not None else []) + [
+            v for v in (views.get(gid, ()) if gid is not None else ()) if v != anchor and v != own
+        ]
         if not positives:
             skipped += len(rows)
             continue

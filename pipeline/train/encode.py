@@ -79,6 +79,7 @@ def cached_step(model: SentenceTransformer, texts: list[str], loss_of_flat: Loss
     leaf = torch.cat(cached).requires_grad_()  # [N, D] in length order, a leaf
     loss, logs = loss_of_flat(leaf[inverse])
     loss.backward()
+    assert leaf.grad is not None  # a leaf that requires grad, after backward
     end_state = _rng_state(model.device)
     for part, state, grad in zip(parts, states, leaf.grad.split([len(p) for p in parts])):
         _set_rng_state(state, model.device)

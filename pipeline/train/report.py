@@ -22,9 +22,10 @@ def stopped_line(signal_name: str, res: TrainResult | None, out: object) -> str:
     where, and how to go on. ``res`` None (or no step done): stopped before training began, nothing saved.
 
     >>> from pipeline.train.trainer import TrainResult
-    >>> stopped_line("SIGINT", TrainResult(planned_steps=40, steps=12, best_step=10), "m")
-    'train stopped by SIGINT at step 12 of 40; kept the checkpoint of step 10 in m; run the same command again to train
-    from the start'
+    >>> print(stopped_line("SIGINT", TrainResult(planned_steps=40, steps=12, best_step=10), "m").replace("; ", ";\\n"))
+    train stopped by SIGINT at step 12 of 40;
+    kept the checkpoint of step 10 in m;
+    run the same command again to train from the start
     """
     if res is None or not res.steps:
         return f"train stopped by {signal_name} before its first step; no model was saved; {TRAIN_AGAIN}"

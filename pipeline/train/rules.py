@@ -194,12 +194,12 @@ def rule_negative(doc: Any, neg_type: str, vocab: Vocab, rng: random.Random) -> 
             edits = {a[0]: (a[1], _text(doc, *b[:2])), b[0]: (b[1], _text(doc, *a[:2]))}
     elif neg_type == "swap_att":  # adjectives of two different nouns trade places
         adjs = [t for t in _adjectives(doc) if t.head.pos_ == "NOUN"]
-        pairs = [
+        adj_pairs = [
             (a, b) for k, a in enumerate(adjs) for b in adjs[k + 1 :] if a.head.i != b.head.i and a.lower_ != b.lower_
         ]
-        if pairs:
-            a, b = rng.choice(pairs)
-            edits = {a.i: (a.i + 1, b.lower_), b.i: (b.i + 1, a.lower_)}
+        if adj_pairs:
+            x, y = rng.choice(adj_pairs)
+            edits = {x.i: (x.i + 1, y.lower_), y.i: (y.i + 1, x.lower_)}
     elif neg_type == "replace_obj":
         if units:
             start, end, tag = rng.choice(units)

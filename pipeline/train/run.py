@@ -44,7 +44,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
     return TrainData(train, val, skipped, tests)
 
 
-def is_retrieval(d: Path) -> bool:
+def is_retrieval(d: str | Path) -> bool:
     """A retrieval dataset (``contrastgen generate retrieval``) is also scored as retrieval on its test split."""
     return load_manifest(Path(d)).get("format") == dataset_format("retrieval")
 

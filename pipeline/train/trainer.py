@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from sentence_transformers import SentenceTransformer
@@ -117,7 +118,7 @@ class Trainer:
         t_a = t_p = None
         if self.teacher is not None:
             t = embed_frozen(
-                self.teacher.module,
+                cast(SentenceTransformer, self.teacher.module),
                 [g.anchor for g in groups] + [g.positive for g in groups],
                 cfg.optim.grad_cache_chunk or cfg.eval.batch_size,
             )
@@ -147,7 +148,8 @@ class Trainer:
         o, world = self.cfg.optim, ddp.world_size()
         if o.batch_size % world:
             raise ConfigError(f"optim.batch_size: expected a multiple of the {world} ranks, got {o.batch_size}")
-        per, made = self.cfg.data.positives_per_anchor, {}
+        per = self.cfg.data.positives_per_anchor
+        made: dict = {}  # pair_positives' memo across epochs
         plan = [
             batches(pair_positives(train, per, o.seed, ep, made), o.batch_size, o.seed, ep, drop_last=world > 1)
             for ep in range(o.epochs)

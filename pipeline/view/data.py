@@ -119,7 +119,8 @@ class Dataset:
 
     def page(self, query: Query) -> Page:
         """The rows of ``query.page`` and how many rows match, shard by shard."""
-        start, rows, total = query.page * query.size, [], 0
+        start, total = query.page * query.size, 0
+        rows: list[dict] = []
         unfiltered = not (query.type or query.stage or query.reason or query.q)
         for shard in self._shards(query.split):
             lo = max(0, start - total)

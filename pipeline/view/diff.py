@@ -55,7 +55,7 @@ def _marks(fa: list[str], fb: list[str]) -> tuple[list[str], list[str]]:
     return ma, mb
 
 
-def word_diff(anchor: str, other: str) -> tuple[Marked, Marked]:
+def word_diff(anchor: str | None, other: str | None) -> tuple[Marked, Marked]:
     """(anchor's words, other's words), each word with its mark."""
     a, b = (anchor or "").split(), (other or "").split()
     fa, fb = [_fold(w) for w in a], [_fold(w) for w in b]

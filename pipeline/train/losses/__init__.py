@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
+from functools import reduce
 
 import torch
 
@@ -29,7 +31,7 @@ def combined(weights: dict[LossName, float]) -> Callable[[Embedded], tuple[torch
 
     def loss(e: Embedded) -> tuple[torch.Tensor, dict[str, float]]:
         terms = {name: LOSSES[name](e) for name in active}
-        total = sum(active[name] * value for name, value in terms.items())
+        total = reduce(operator.add, [active[name] * value for name, value in terms.items()])  # config: >= 1 loss
         return total, {name.value: float(value.detach()) for name, value in terms.items()}
 
     return loss
