@@ -66,7 +66,7 @@ def parts_of(captions: int, tmp: Path):
     cfg = load_config(None, {"input": {"path": inp}, "output": {"dir": tmp / "out"}})
     kind = KINDS["negatives"]
     store = RunStore(tmp / "no-store")  # never entered
-    ctx = steps.start(kind, cfg, store)
+    ctx = steps.start(kind, cfg)
     parts, units = [], {}
     for name in kind.stages(cfg):
         for chunk in steps.plan_stage(kind, ctx, store, name).pending:

@@ -84,7 +84,7 @@ def bare(kind_name: str, cfg, engine) -> tuple[int, float]:
     same rendering; a later stage planned from the earlier stage's answers, held in memory)."""
     kind = KINDS[kind_name]
     store = RunStore(cfg.output.dir.parent / "no-store")  # never entered: nothing is read or written
-    ctx = steps.start(kind, cfg, store)
+    ctx = steps.start(kind, cfg)
     done: dict[str, list[RawResult]] = {}
     ctx.raws = lambda name: sorted(done[name], key=lambda r: r.unit_key)
     t0, tokens = time.perf_counter(), 0

@@ -62,7 +62,7 @@ def run_requests(cfg) -> list[list]:
     """The negatives run's requests in the pipeline's own parts (same units, same rendering), nothing written."""
     kind = KINDS["negatives"]
     store = RunStore(cfg.output.dir.parent / "no-store")  # never entered: nothing is read or written
-    ctx = steps.start(kind, cfg, store)
+    ctx = steps.start(kind, cfg)
     return [[kind.render(u, ctx) for u in chunk] for chunk in steps.plan_stage(kind, ctx, store, "generate").pending]
 
 

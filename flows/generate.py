@@ -72,7 +72,7 @@ def _run(k, cfg: RunConfig) -> dict[str, Any] | State[Any]:
         try:
             with stop.armed():
                 with timing.measure("plan_seconds"):
-                    ctx = steps.start(k, cfg, store)
+                    ctx = steps.start(k, cfg)
                 blocks = steps.block_count(ctx)
                 for i, block in enumerate(steps.blocks(ctx, store)):
                     planned = i + 1

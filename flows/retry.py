@@ -1,4 +1,4 @@
-"""The task-level retry policy of generation parts (shared by the three flows).
+"""The task-level retry policy of generation parts (the generate flow of every kind).
 
 Only :class:`TransientEngineError` is retried (an overloaded or restarting server, every engine actor dead):
 a malformed answer or a rejected request fails at once. Two retries, 10 s then 20 s, each +-50% jitter so

@@ -5,12 +5,6 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from pipeline.engines.config import EngineConfig
-from pipeline.engines.finish import (  # noqa: F401 (re-exported: they lived here before pipeline.engines.finish)
-    FINISH_REASONS,
-    check_finish_reasons,
-    finish_reason,
-    sampling_args,
-)
 from pipeline.records import Completion, GenerationRequest
 
 

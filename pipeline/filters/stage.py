@@ -222,22 +222,24 @@ class Decisions:
         weight = np.where(keep & ~np.isnan(col["propensity"]), col["weight"] / self.weight_mean, 1.0).astype(np.float32)
         notes = {i: v for i, v in enumerate(col["note"].tolist()) if v}
         return StageResult(
-            keep,
-            col["filter"],
-            col["reason"],
-            col["score"].astype(np.float32),
-            sc.positive_drops,
-            sc.surface_sim,
-            sc.semantic_sim,
-            col["propensity"].astype(np.float32),
-            weight,
-            self.funnel,
-            self.report,
-            self.histograms,
-            sc.gaps if self.blind else None,
-            self.gap_names,
-            notes,
-            {g: int(k) for g, k in zip(sc.pos_groups, sc.pos_choice) if k} if sc.pos_choice is not None else {},
+            keep=keep,
+            drop_filter=col["filter"],
+            drop_reason=col["reason"],
+            drop_score=col["score"].astype(np.float32),
+            positive_drops=sc.positive_drops,
+            surface_sim=sc.surface_sim,
+            semantic_sim=sc.semantic_sim,
+            propensity=col["propensity"].astype(np.float32),
+            weight=weight,
+            funnel=self.funnel,
+            report=self.report,
+            histograms=self.histograms,
+            gaps=sc.gaps if self.blind else None,
+            gap_names=self.gap_names,
+            notes=notes,
+            positive_choice=(
+                {g: int(k) for g, k in zip(sc.pos_groups, sc.pos_choice) if k} if sc.pos_choice is not None else {}
+            ),
         )
 
 

@@ -38,7 +38,7 @@ def blocks(ctx: Context, store: RunStore) -> Iterator[Context]:
 
 
 def filter_rows(
-    kind: Kind, rows: list, cfg: RunConfig, res: StageResult, pinned: int = 0, decided: frozenset[str] = frozenset()
+    kind: Kind, rows: list, res: StageResult, pinned: int = 0, decided: frozenset[str] = frozenset()
 ) -> tuple[list, list[Rejection]]:
     """Apply the filter stage's decisions ``res`` on one block to its rows (row ``i`` is ``res``'s row ``i``).
     Kept rows carry the score columns; dropped rows become ``filter`` rejections naming the filter, the reason
@@ -50,14 +50,13 @@ def filter_rows(
     for i, r in enumerate(rows):
         if i >= pinned and r.id in decided:
             continue
-        j = i
         pos_drop = res.positive_drops.get(r.source_id)
         row = replace(
             r,
-            surface_sim=float(res.surface_sim[j]),
-            semantic_sim=float(res.semantic_sim[j]),
-            propensity=float(res.propensity[j]),
-            weight=float(res.weight[j]),
+            surface_sim=float(res.surface_sim[i]),
+            semantic_sim=float(res.semantic_sim[i]),
+            propensity=float(res.propensity[i]),
+            weight=float(res.weight[i]),
         )
         if kind.positive_task and pos_drop:
             row = replace(row, positive=None, positive_prompt_sha=None)
@@ -65,7 +64,7 @@ def filter_rows(
             r.source_id
         ):  # a better-worded candidate was kept (negatives.paraphrase_candidates)
             row = replace(row, positive=r.positive_alternatives[k - 1])
-        d = res.drop(j) or (None if kind.positive_task else pos_drop)
+        d = res.drop(i) or (None if kind.positive_task else pos_drop)
         if d is None or i < pinned:
             kept.append(row)
         else:
@@ -200,7 +199,7 @@ def write_block(kind: Kind, c: Context, store: RunStore, release: Release | None
     """Pass 2 of one planned block: assemble it again and apply its share of the decisions."""
     cfg = c.cfg
     b = _assemble(kind, c, store, release)
-    kept, filter_rejects = filter_rows(kind, b.rows, cfg, block, b.pinned, b.decided)
+    kept, filter_rejects = filter_rows(kind, b.rows, block, b.pinned, b.decided)
     rejects = sorted(b.assembled.rejects + b.failed, key=lambda r: (r.unit_key or "", r.seed or 0)) + filter_rejects
     splits = [split_of(split_key(r), cfg.output.test_fraction) for r in kept]
     tables = {split: kind.table([r for r, sp in zip(kept, splits) if sp == split]) for split in ("train", "test")}

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pipeline import __version__
-from pipeline.engines.base import check_finish_reasons
+from pipeline.engines.finish import check_finish_reasons
 from pipeline.engines.pool import PartEngine
 from pipeline.records import EngineFailure, GenerationRequest, Provenance, RawResult, Rejection, Unit
 from pipeline.run.store import RunStore

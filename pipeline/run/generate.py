@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import kinds
-from pipeline.config import RunConfig
+from pipeline.config import FilterConfig, RunConfig
 from pipeline.engines.pool import EnginePool, ensure_ray
 from pipeline.filters.plots import save_histograms
 from pipeline.filters.score import Scored
@@ -63,7 +63,7 @@ def preflight(kind: Kind, cfg: RunConfig) -> None:
     store_of(cfg, kind.name).preflight()
 
 
-def start(kind: Kind, cfg: RunConfig, store: RunStore) -> Context:
+def start(kind: Kind, cfg: RunConfig) -> Context:
     """Templates loaded once (the text hashed into unit keys is the text rendered) and the inputs read."""
     return Context(cfg, kind.templates(cfg), kind.read(cfg), raws=lambda name: [])
 
@@ -153,7 +153,7 @@ def finalize(
         if work and not cfg.ray.scorers
         else (score_block(kind, c, store, release, fcfg, scorers) for c in walk())
     )
-    res = _decide(kind, cfg, scored, root / SPOOL / "filter", fcfg, meter)
+    res = _decide(scored, root / SPOOL / "filter", fcfg, meter)
     spools = {split: Spool(root / SPOOL / f"{split}.arrow", kind.schema) for split in ("train", "test")}
     spools["rejected"] = Spool(root / SPOOL / "rejected.arrow", REJECTED_SCHEMA)
     spools["rejected"].write(rejected_table(ctx.inputs.rejects))
@@ -214,9 +214,7 @@ def finalize(
     return summary
 
 
-def _decide(
-    kind: Kind, cfg: RunConfig, scored: Iterator[Scored], folder: Path, fcfg, meter: Meter | None = None
-) -> Decisions:
+def _decide(scored: Iterator[Scored], folder: Path, fcfg: FilterConfig, meter: Meter | None = None) -> Decisions:
     """Pass 1: spill every block's scores to Arrow in ``folder`` as they come (each block's texts and vectors are
     dropped in the pass), then make the global decisions on them out of core."""
     spill = ScoredSpill(folder, len(fcfg.blind.scorers) if fcfg.blind.enabled else 0)

@@ -93,19 +93,19 @@ class Trainer:
         def loss_of_flat(flat: torch.Tensor):
             anchor, positive, negatives = split_embeddings(flat, lay)
             e = Embedded(
-                anchor,
-                positive,
-                negatives,
-                mask,
-                lay.neg_weight,
-                ddp.gather(positive),
-                ddp.gather(negatives),
-                ddp.gather_nograd(mask.float()) > 0.5,
-                ddp.gather_nograd(lay.neg_weight),
-                self.rank * b,
-                scale,
-                teacher_anchor,
-                teacher_positive,
+                anchor=anchor,
+                positive=positive,
+                negatives=negatives,
+                neg_mask=mask,
+                neg_weight=lay.neg_weight,
+                all_positive=ddp.gather(positive),
+                all_negatives=ddp.gather(negatives),
+                all_neg_mask=ddp.gather_nograd(mask.float()) > 0.5,
+                all_neg_weight=ddp.gather_nograd(lay.neg_weight),
+                offset=self.rank * b,
+                scale=scale,
+                teacher_anchor=teacher_anchor,
+                teacher_positive=teacher_positive,
             )
             return self.loss_fn(e)
 

@@ -210,7 +210,7 @@ def test_a_ray_data_client_raises_the_servers_fault_as_its_own_error(ray_session
     )
     kind = kind_of("negatives")
     with store_of(cfg, "negatives") as store:
-        [block] = steps.blocks(steps.start(kind, cfg, store), store)
+        [block] = steps.blocks(steps.start(kind, cfg), store)
         stage = steps.plan_stage(kind, block, store, "generate")
         with pytest.raises(TransientEngineError, match="still failing after retries"):
             stream_parts(kind, block, store, stage.pending)

@@ -43,7 +43,7 @@ def test_block_passes_on_ray_tasks_publish_what_the_driver_would(ray_session, pr
     cfg = load_config(None, {**settings, "output": {**settings["output"], "dir": driver}})
     kind = kind_of("negatives")
     with store_of(cfg, "negatives") as store:
-        ctx = steps.start(kind, cfg, store)
+        ctx = steps.start(kind, cfg)
         here = steps.finalize(kind, ctx, store, Timing(), None, walk=steps.planned_blocks(kind, ctx, store))
     assert (here.kept, here.splits, here.rejected_by_reason) == (
         summary["kept"],

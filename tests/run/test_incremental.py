@@ -39,7 +39,7 @@ def _release(tmp_path, captions: list[dict], run_id: str) -> dict:
     )
     kind = KINDS["negatives"]
     with store_of(cfg, "negatives") as store:
-        ctx = steps.start(kind, cfg, store)
+        ctx = steps.start(kind, cfg)
         stage = steps.plan_stage(kind, ctx, store, "generate")
         raws = []
         for u in (u for chunk in stage.pending for u in chunk):
