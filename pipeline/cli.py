@@ -17,7 +17,7 @@ from pipeline.config import load_config
 from pipeline.errors import OS_FIXES, ContrastgenError
 from pipeline.kinds import KINDS
 from pipeline.progress import quiet_libraries
-from pipeline.train.config import LossName
+from pipeline.train.losses import NAMES as LOSS_NAMES
 
 
 def _commands_taking(common: argparse.ArgumentParser) -> type[argparse.Action]:
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         "--loss",
         nargs="+",
         metavar="NAME[=WEIGHT]",
-        help=f"losses to combine (weight 1 unless given): {', '.join(n.value for n in LossName)}",
+        help=f"losses to combine (weight 1 unless given): {', '.join(LOSS_NAMES)}",
     )
     tr.add_argument("--batch-size", type=int, help="anchors per batch (global)")
     tr.add_argument("--epochs", type=int)
@@ -162,7 +162,7 @@ def _loss_weights(specs: list[str] | None) -> dict[str, float] | None:
     mappings, so a weight from the YAML file would otherwise survive)."""
     if not specs:
         return None
-    out = {n.value: 0.0 for n in LossName}
+    out = dict.fromkeys(LOSS_NAMES, 0.0)
     for spec in specs:
         name, _, weight = spec.partition("=")
         try:

@@ -17,21 +17,14 @@ import yaml
 from pipeline import __version__
 from pipeline.shards.card import load_manifest, versions
 from pipeline.shards.writer import write_bytes_atomic
-from pipeline.train.config import BUNDLED_ENCODER_ID, LossName, TrainConfig
+from pipeline.train.config import BUNDLED_ENCODER_ID, TrainConfig
+from pipeline.train.losses import loss
 from pipeline.train.report import train_summary_dict
 
 if TYPE_CHECKING:
     from pipeline.train.summary import TrainSummary
 
 _TEMPLATE = Path(__file__).with_name("model_card_template.md")
-PAPERS = {
-    LossName.mnrl: "InfoNCE (van den Oord et al. 2018); MNRL (Henderson et al. 2017) with hard negatives",
-    LossName.degla_local: "DeGLA local text losses (Hu et al. 2025)",
-    LossName.ema_distill: "EMA self-distillation (DeGLA, Hu et al. 2025; Mean Teacher, Tarvainen & Valpola 2017)",
-    LossName.mw_auc: "Wilcoxon-Mann-Whitney AUC surrogate (Yan et al. 2003)",
-    LossName.view_local: "local contrast from the positive's side (SugarCrepe's choice, Hsieh et al. 2023; NegCLIP, "
-    "Yuksekgonul et al. 2023)",
-}
 
 
 @dataclass(frozen=True)
@@ -102,7 +95,7 @@ def write_model_card(cfg: TrainConfig, s: TrainSummary) -> None:
         train_groups=len(s.data.train),
         val_groups=len(s.data.val),
         no_positive=s.data.no_positive,
-        losses=[{"name": n.value, "weight": w, "paper": PAPERS[n]} for n, w in cfg.loss.weights.items() if w > 0],
+        losses=[{"name": n, "weight": w, "paper": loss(n).paper} for n, w in cfg.loss.weights.items() if w > 0],
         result=s.result,
         evals=[
             {"dir": d, "before": s.before[d], "after": s.after[d], "rows": _eval_rows(s.before[d], s.after[d])}

@@ -6,7 +6,6 @@ e.g. ``CONTRASTGEN_TRAIN_OPTIM__LR=1e-5``) < command-line flags.
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,9 @@ from pipeline.config import (  # noqa: F401 (re-exported)
     bundled_encoder,
     resolve,
 )
+from pipeline.train.losses import NAMES, loss
 
-
-class LossName(str, Enum):
-    """Losses the trainer can combine; each lives in its own module under ``pipeline/train/losses``."""
-
-    mnrl = "mnrl"
-    degla_local = "degla_local"
-    ema_distill = "ema_distill"
-    mw_auc = "mw_auc"
-    view_local = "view_local"
+LossName = str  # a module of pipeline/train/losses (:data:`pipeline.train.losses.NAMES`), which declares the loss
 
 
 class DataSection(Section):
@@ -72,7 +64,7 @@ class OptimSection(Section):
 
 class LossSection(Section):
     weights: dict[LossName, float] = Field(
-        default_factory=lambda: {LossName.view_local: 1.0, LossName.ema_distill: 30.0},
+        default_factory=lambda: {"view_local": 1.0, "ema_distill": 30.0},
         description="Loss name -> weight; the training loss is the weighted sum. The default was chosen by transfer "
         "to human-written COCO captions and STS-B dev (docs/training.md): view_local at lr 1e-4 gained most there; "
         "in-batch MNRL cost retention.",
@@ -83,6 +75,9 @@ class LossSection(Section):
     @field_validator("weights")
     @classmethod
     def _some(cls, v: dict[LossName, float]) -> dict[LossName, float]:
+        unknown = sorted(set(v) - set(NAMES))
+        if unknown:
+            raise ValueError(f"unknown loss {unknown}: expected names from {list(NAMES)}")
         if not any(w > 0 for w in v.values()):
             raise ValueError("expected at least one loss with a positive weight, e.g. {mnrl: 1.0}")
         if any(w < 0 for w in v.values()):
@@ -121,8 +116,8 @@ class TrainConfig(Settings):
     eval: EvalSection = Field(default_factory=EvalSection)
 
     def uses_teacher(self) -> bool:
-        w = self.loss.weights
-        return w.get(LossName.degla_local, 0) > 0 or w.get(LossName.ema_distill, 0) > 0
+        """A loss with a weight needs the EMA teacher (its module says so)."""
+        return any(loss(name).needs_teacher for name, w in self.loss.weights.items() if w > 0)
 
 
 def load_train_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -1,37 +1,49 @@
-"""The training losses, one module each, dispatched by :class:`~pipeline.train.config.LossName`."""
+"""The training losses, one module each, named as the loss. A loss module declares ``LOSS``: a :class:`Loss` with
+its function (the formula and the paper in the module's docstring), the paper the model card cites, and whether it
+needs the EMA teacher. Adding a loss is adding its module: :data:`NAMES` lists the modules of this package
+(without importing them, so reading a config imports no torch) and :func:`loss` loads one when it is used."""
 
 from __future__ import annotations
 
+import importlib
 import operator
+import pkgutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import reduce
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from pipeline.train.batch import Embedded
-from pipeline.train.config import LossName
-from pipeline.train.losses.degla_local import degla_local
-from pipeline.train.losses.ema_distill import ema_distill
-from pipeline.train.losses.mnrl import mnrl
-from pipeline.train.losses.mw_auc import mw_auc
-from pipeline.train.losses.view_local import view_local
+    from pipeline.train.batch import Embedded
 
-LOSSES: dict[LossName, Callable[[Embedded], torch.Tensor]] = {
-    LossName.mnrl: mnrl,
-    LossName.degla_local: degla_local,
-    LossName.ema_distill: ema_distill,
-    LossName.mw_auc: mw_auc,
-    LossName.view_local: view_local,
-}
+NAMES: tuple[str, ...] = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
-def combined(weights: dict[LossName, float]) -> Callable[[Embedded], tuple[torch.Tensor, dict[str, float]]]:
+@dataclass(frozen=True)
+class Loss:
+    fn: Callable[[Embedded], torch.Tensor]  # the batch's loss, a scalar
+    paper: str  # what the model card cites
+    needs_teacher: bool = False  # reads Embedded.teacher_anchor / teacher_positive (the trainer keeps an EMA copy)
+
+
+def loss(name: str) -> Loss:
+    """The loss called ``name`` (its module's ``LOSS``)."""
+    if name not in NAMES:
+        raise KeyError(f"loss {name!r}: expected one of {list(NAMES)}")
+    declared = importlib.import_module(f"{__name__}.{name}").LOSS
+    assert isinstance(declared, Loss), f"{__name__}.{name}.LOSS: expected a Loss, got {type(declared).__name__}"
+    return declared
+
+
+def combined(weights: dict[str, float]) -> Callable[[Embedded], tuple[torch.Tensor, dict[str, float]]]:
     """The weighted sum of the configured losses; also returns each term's value for the log."""
-    active = {name: w for name, w in weights.items() if w > 0}
+    active = {name: (w, loss(name).fn) for name, w in weights.items() if w > 0}
 
-    def loss(e: Embedded) -> tuple[torch.Tensor, dict[str, float]]:
-        terms = {name: LOSSES[name](e) for name in active}
-        total = reduce(operator.add, [active[name] * value for name, value in terms.items()])  # config: >= 1 loss
-        return total, {name.value: float(value.detach()) for name, value in terms.items()}
+    def total(e: Embedded) -> tuple[torch.Tensor, dict[str, float]]:
+        terms = {name: fn(e) for name, (_, fn) in active.items()}
+        value = reduce(operator.add, [active[name][0] * t for name, t in terms.items()])  # config: >= 1 loss
+        return value, {name: float(t.detach()) for name, t in terms.items()}
 
-    return loss
+    return total

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.batch import Embedded
+from pipeline.train.losses import Loss
 from pipeline.train.losses.mnrl import masked_log_weight
 
 
@@ -54,3 +55,6 @@ def degla_local(e: Embedded) -> torch.Tensor:
     a = F.normalize(e.anchor, dim=-1)  # [B, D]
     t = F.normalize(e.teacher_anchor, dim=-1)  # [B, D]
     return (local_ce(a, cand, log_w, e.scale) + local_ce(t, cand, log_w, e.scale)) / 2
+
+
+LOSS = Loss(degla_local, paper="DeGLA local text losses (Hu et al. 2025)", needs_teacher=True)

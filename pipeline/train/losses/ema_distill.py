@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.batch import Embedded
+from pipeline.train.losses import Loss
 
 
 def ema_distill(e: Embedded) -> torch.Tensor:
@@ -33,3 +34,10 @@ def ema_distill(e: Embedded) -> torch.Tensor:
     cos_a = F.cosine_similarity(e.anchor, e.teacher_anchor, dim=-1)  # [B]
     cos_p = F.cosine_similarity(e.positive, e.teacher_positive, dim=-1)  # [B]
     return ((1 - cos_a) + (1 - cos_p)).mean() / 2
+
+
+LOSS = Loss(
+    ema_distill,
+    paper="EMA self-distillation (DeGLA, Hu et al. 2025; Mean Teacher, Tarvainen & Valpola 2017)",
+    needs_teacher=True,
+)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.batch import Embedded
+from pipeline.train.losses import Loss
 
 
 def masked_log_weight(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -47,3 +48,6 @@ def mnrl(e: Embedded) -> torch.Tensor:
     to_neg = e.scale * a @ n.T + masked_log_weight(e.all_neg_weight, e.all_neg_mask).flatten()  # [B, G*K]
     labels = torch.arange(a.shape[0], device=a.device) + e.offset  # [B]
     return F.cross_entropy(torch.cat([to_pos, to_neg], dim=1), labels)
+
+
+LOSS = Loss(mnrl, paper="InfoNCE (van den Oord et al. 2018); MNRL (Henderson et al. 2017) with hard negatives")

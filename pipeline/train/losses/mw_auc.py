@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.batch import Embedded
+from pipeline.train.losses import Loss
 
 
 def mw_auc(e: Embedded) -> torch.Tensor:
@@ -42,3 +43,6 @@ def mw_auc(e: Embedded) -> torch.Tensor:
     weights = torch.cat([pos_w, neg_w], 1)  # [B, G + G*K]
     per_anchor = (weights * F.softplus(e.scale * (scores - own))).sum(1) / weights.sum(1).clamp_min(1e-12)
     return per_anchor.mean()
+
+
+LOSS = Loss(mw_auc, paper="Wilcoxon-Mann-Whitney AUC surrogate (Yan et al. 2003)")

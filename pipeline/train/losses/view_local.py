@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.batch import Embedded
+from pipeline.train.losses import Loss
 from pipeline.train.losses.degla_local import local_ce, own_candidates
 
 
@@ -39,3 +40,12 @@ def view_local(e: Embedded) -> torch.Tensor:
     if e.teacher_positive is None:
         return student
     return (student + local_ce(F.normalize(e.teacher_positive, dim=-1), cand, log_w, e.scale)) / 2
+
+
+LOSS = Loss(
+    view_local,
+    paper=(
+        "local contrast from the positive's side (SugarCrepe's choice, Hsieh et al. 2023; NegCLIP, "
+        "Yuksekgonul et al. 2023)"
+    ),
+)
