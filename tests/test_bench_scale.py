@@ -52,6 +52,7 @@ def test_instant_engine_answers_as_the_load_generator(monkeypatch):
     reqs, expected = _requests()
     out = eng.generate(reqs)
     assert [c.key for c in out] == [r.key for r in reqs]
+    assert out, "expected a completion per rendered request (12 captions x every template's system text)"
     for c, (tpl, mode, cap, seed) in zip(out, expected):
         texts = tuple(loadserver.answer(tpl, mode, cap, seed, i, 0.1) for i in range(2))
         # a second line is cut at the one-line stop, as a server does; an over-long text at max_tokens

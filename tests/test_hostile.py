@@ -154,6 +154,9 @@ def test_empty_input_finishes_with_a_valid_empty_dataset(tmp_path, ray_session, 
     rc, s = _generate(capsys, "--input", str(empty), "--out", str(out))
     assert rc == 2 and s["kept"] == 0 and "no row" in s["empty"]
     manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(x["split"] for x in manifest["shards"] if x["split"] in ("train", "test")) == ["test", "train"], (
+        "expected an empty split to be one empty shard, for train and for test"
+    )
     for shard in manifest["shards"]:
         if shard["split"] in ("train", "test"):
             ds = datasets.Dataset.from_file(str(out / shard["path"]))  # what load_dataset would map

@@ -38,6 +38,7 @@ def test_prefix_cache_matches_uncached_generation(fp32_engine):
     # forward or inside the row's) can flip a rounding and then a greedy token.
     reqs = _requests(0.0)[:3]
     cached = fp32_engine.generate(reqs)
+    assert len(cached) == len(reqs) == 3, "expected one output per request (3 of the 9 planned units)"
     for req, out in zip(reqs, cached):
         full = fp32_engine.prompt_text(req)
         (plain,) = fp32_engine._run([req], [0], "", [full])  # no prefix: the whole prompt as suffix
@@ -53,6 +54,7 @@ def test_decoding_loop_matches_transformers_generate(fp32_engine):
     eng = fp32_engine
     reqs = _requests(0.0)[:4]
     outs = eng.generate(reqs)
+    assert len(outs) == len(reqs) == 4, "expected one output per request (4 of the 9 planned units)"
     for req, out in zip(reqs, outs):
         ids = eng.tokenizer(eng.prompt_text(req), return_tensors="pt", add_special_tokens=False).input_ids
         with torch.inference_mode():
@@ -81,6 +83,7 @@ def test_token_accounting_and_order(embedded_engine):
     reqs = _requests(0.7)
     outs = embedded_engine.generate(reqs)
     assert [o.key for o in outs] == [r.key for r in reqs]
+    assert len(outs) == 9, "expected one output per unit: 3 captions x (2 types + the paraphrase)"
     for o in outs:
         assert 0 < o.tokens_out <= 2 * 16 + 2 and o.tokens_in > 20
         assert set(o.finish_reasons) <= {"stop", "newline", "length"}

@@ -157,6 +157,7 @@ def test_a_hung_server_call_is_retried_once_then_rejected_as_timeout():
     t0 = time.perf_counter()
     out = pool.generate(0, [REQ, hung])
     assert time.perf_counter() - t0 < 3.5  # two deadlines, not two hangs
+    assert len(out) == 2, "expected one failure per request (REQ and the hung one)"
     assert all(isinstance(o, EngineFailure) and o.reason == "engine_timeout" and "twice" in o.detail for o in out)
     assert [c.texts for c in pool.generate(1, [REQ])] == [("text 0", "text 1")]  # the engine still serves after
 

@@ -128,6 +128,9 @@ def test_samples_smaller_than_the_data_still_balance_and_normalise(tmp_path, mon
     rng = np.random.default_rng(7)
     parts = [block(rng, b, 1500, 0) for b in range(4)]
     d, res = run(parts, config(per_type=False), tmp_path)
+    assert [(s, len(r)) for s, r in d.report["blind_by_split"].items()] == [("test", 2), ("train", 2)], (
+        "expected both splits' rates, for the two blind scorers (lm_loglik, bigram)"
+    )
     for split, rates in d.report["blind_by_split"].items():
         for name, r in rates.items():
             assert r["before"] > 0.55 and abs(r["after"] - 0.5) < 0.06, (split, name, r)

@@ -59,10 +59,13 @@ def test_normalise_and_gold_layouts():
 def test_every_shared_gold_answer_parses():
     """GSM8K's '#### x' lines, SVAMP's floats and CommonsenseQA's letters all give a gold answer."""
     gsm = [json.loads(line) for line in (SHARED / "gsm8k" / "train.jsonl").open()][:500]
+    assert len(gsm) == 500, "expected the first 500 GSM8K train rows"
     assert all(gold_answer(r["answer"], "number") is not None for r in gsm)
     svamp = json.loads((SHARED / "svamp" / "SVAMP.json").read_text())
+    assert svamp, "expected SVAMP's problems"
     assert all(gold_answer(r["Answer"], "number") is not None for r in svamp)
     csqa = [json.loads(line) for line in (SHARED / "commonsenseqa" / "dev_rand_split.jsonl").open()][:300]
+    assert len(csqa) == 300, "expected the first 300 CommonsenseQA dev rows"
     assert all(gold_answer(r["answerKey"], "choice", tuple(r["choices"]["text"])) == r["answerKey"] for r in csqa)
 
 

@@ -14,6 +14,7 @@ ALL = [t.value for t in NegType] + ["paraphrase"]
 
 def test_every_template_loads_and_hash_is_file_sha256():
     tpls = load_templates(REPO_PROMPTS, ALL)
+    assert sorted(tpls) == sorted(ALL), "expected one template per negative type and the paraphrase"
     for name, tpl in tpls.items():
         assert tpl.sha256 == hashlib.sha256(tpl.path.read_bytes()).hexdigest()
         assert len(tpl.examples) >= 3, name
@@ -23,6 +24,7 @@ def test_every_template_loads_and_hash_is_file_sha256():
 def test_few_shot_examples_have_their_declared_shape(name):
     """Each example edit applies to its caption and passes the structural check of its type."""
     tpl = load_templates(REPO_PROMPTS, [name])[name]
+    assert tpl.examples, f"expected the few-shot examples of {name}"
     for ex in tpl.examples:
         out = task.example_answer(tpl, ex.caption, ex.answer, "rewrite")
         assert check_shapes(task.SHAPES[name], [ex.caption], [out]) == [True], (ex, out)
@@ -30,6 +32,7 @@ def test_few_shot_examples_have_their_declared_shape(name):
 
 def test_paraphrase_examples_are_paraphrases():
     tpl = load_templates(REPO_PROMPTS, ["paraphrase"])["paraphrase"]
+    assert tpl.examples, "expected the paraphrase template's few-shot examples"
     assert all(check_shapes("paraphrase", [e.caption], [e.answer])[0] for e in tpl.examples)
 
 

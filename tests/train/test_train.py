@@ -58,6 +58,7 @@ def test_train_writes_a_sentence_transformers_model_with_a_card(trained, dataset
     assert front["license"] == "apache-2.0" and front["datasets"] == [str(dataset)]
     for section in ("## Training data", "## Losses", "## Training", "## Evaluation", "## Configuration"):
         assert section in card
+    assert summary["after"][str(dataset)]["per_type"], "expected the test split's scores per negative type"
     for t in summary["after"][str(dataset)]["per_type"]:
         assert f"| {t['neg_type']} |" in card
     assert "view_local" in card and "ema_distill" in card and "SugarCrepe" in card and "DeGLA" in card

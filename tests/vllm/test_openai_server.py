@@ -67,6 +67,7 @@ def test_the_structured_outputs_probe_succeeds_on_vllm(vllm_server):
             for i, t in enumerate(("rain", "a red car"))
         ]
     )
+    assert len(out) == 2, "expected one completion per request"
     assert all(t in SCORES for c in out for t in c.texts) and all(len(c.texts) == 2 for c in out)
 
 

@@ -49,7 +49,9 @@ def test_structured_choice_for_the_judge(vllm_pool):
         _req(f"j{i}", f"Here is a sentence: {t}. Write a poem about it.", s)
         for i, t in enumerate(("a red car", "two dogs play", "the sky at night"))
     ]
-    assert all(c.texts[0] in SCORES for c in vllm_pool.generate(0, reqs))
+    out = vllm_pool.generate(0, reqs)
+    assert len(out) == 3, "expected one completion per request"
+    assert all(c.texts[0] in SCORES for c in out)
 
 
 def test_latency_is_per_request(vllm_pool):
