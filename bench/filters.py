@@ -42,7 +42,7 @@ from pipeline.shards.publish import split_of  # noqa: E402
 
 
 def base_pairs(data: Path) -> tuple[Pairs, object]:
-    cfg = refilter_config(data, data / "unused", None)
+    cfg = refilter_config(data, data / "unused", None, "negatives")
     rows, _ = task.assemble(RunStore(data).read_raw(), task.templates_for(cfg))
     rows.sort(key=lambda r: r.id)
     return Pairs(

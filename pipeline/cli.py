@@ -278,7 +278,7 @@ def _filter(a: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(
-            f"wrote {summary['kept']} negatives ({summary['splits']}) to {summary['out']}; "
+            f"wrote {summary['kept']} rows ({summary['splits']}) to {summary['out']}; "
             f"filters dropped {summary['filtered']} rows; no LLM call"
         )
     return _empty_is_an_error(summary, a.dir)

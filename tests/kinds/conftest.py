@@ -1,12 +1,42 @@
-"""Session fixture of the retrieval kind: one real generation through Ray and Prefect (kept here, beside its tests)."""
+"""Session fixture of the retrieval kind: one real generation through Ray and Prefect (kept here, beside its tests),
+and what every kind's flow test checks of `contrastgen filter`."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import SHARED, write_jsonl
+
+
+def assert_filter_reproduces(run, out: Path, capsys) -> dict:
+    """`contrastgen filter DIR --out OUT` with DIR's own filters on a finished session run of any kind: no LLM call,
+    every unit reused, DIR untouched, and the same rows: the train and test shards byte-identical to DIR's."""
+    from pipeline.cli import main
+    from pipeline.shards.writer import sha256_file
+
+    cfg, s = run
+    src = cfg.output.dir
+
+    def tree(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+    before = tree(src)
+    assert main(["filter", str(src), "--out", str(out), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert tree(src) == before  # DIR untouched
+    assert (got["generated"], got["reused"], got["units"]) == (0, s["units"], s["units"])
+    assert (got["kept"], got["splits"], got["rejected"]) == (s["kept"], s["splits"], s["rejected"])
+    shards = sorted(str(p.relative_to(src)) for p in (src / "data").glob("*.arrow"))
+    assert shards, f"{src}: expected data shards"
+    assert [sha256_file(out / p) for p in shards] == [sha256_file(src / p) for p in shards]
+    assert (
+        json.loads((out / "manifest.json").read_text())["format"]
+        == json.loads((src / "manifest.json").read_text())["format"]
+    )
+    return got
 
 
 def mnli_passages(n: int) -> list[dict]:

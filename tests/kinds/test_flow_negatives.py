@@ -48,6 +48,7 @@ def test_loads_with_datasets_both_ways_and_rows_are_valid(run):
     assert plain.num_rows == ds["train"].num_rows
     tpls = task.templates_for(cfg)
     rows = list(ds["train"]) + list(ds["test"])
+    assert rows, "expected the kept rows of the session's negatives run (20 in its golden counts)"
     for r in rows:
         assert r["prompt_sha"] == tpls[r["neg_type"]].sha256
         assert r["engine"] == "embedded" and r["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -61,6 +62,7 @@ def test_loads_with_datasets_both_ways_and_rows_are_valid(run):
         assert r["weight"] > 0 and 0.0 < r["propensity"] < 1.0
         assert check_shapes(task.SHAPES[r["neg_type"]], [r["caption"]], [r["negative"]]) == [True]
     ids = {r["source_id"]: split for split in ("train", "test") for r in ds[split]}
+    assert ds["train"].num_rows and ds["test"].num_rows, "expected rows in both splits (17 and 3 in the golden counts)"
     for split in ("train", "test"):
         assert all(ids[r["source_id"]] == split for r in ds[split])  # one caption, one split
     assert len({r["id"] for r in rows}) == len(rows)
@@ -78,6 +80,7 @@ def test_rejected_config_card_and_manifest_agree(run):
     splits = {x["name"]: x["num_examples"] for x in front["dataset_info"][0]["splits"]}
     assert splits == s["splits"]
     manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["shards"] and manifest["raw_parts"], "expected the run's data shards and its raw parts listed"
     for shard in manifest["shards"] + manifest["raw_parts"]:
         assert sha256_file(root / shard["path"]) == shard["sha256"]
     assert manifest["config"]["sampling"]["seed"] == 0 and manifest["versions"]["torch"]
@@ -85,6 +88,7 @@ def test_rejected_config_card_and_manifest_agree(run):
     body = (root / "README.md").read_text()
     assert "## Per type" in body and "swap_obj" in body
     filtered = [r for r in rej if r["stage"] == "filter"]
+    assert filtered, "expected rows dropped by the default filters (3 in the golden counts)"
     assert len(filtered) == s["filtered"] and all(r["filter"] and r["score"] is not None and r["raw"] for r in filtered)
     funnel = manifest["filters"]["funnel"]
     negative_steps = [f for f in funnel if f["filter"] != "positives"]

@@ -12,6 +12,7 @@ import pytest
 from pipeline.kinds import pairs as task
 from pipeline.run.store import RunStore
 from tests.conftest import assert_rerun_makes_no_llm_call, snli_premises
+from tests.kinds.conftest import assert_filter_reproduces
 
 pytestmark = pytest.mark.integration
 GOLDEN = (1, 3, 0)  # kept, rejected, filtered (re-pinned for the int8 engine, issue 17)
@@ -41,7 +42,9 @@ def test_every_sentence_ends_as_a_row_or_a_rejection(pairs_run):
 def test_rows_follow_the_keep_rule_and_record_their_instructions(pairs_run):
     cfg, s = pairs_run
     j, tpls = cfg.pairs.judge, task.templates_for(cfg)
-    for r in _rows(cfg.output.dir, s["kept"]):
+    rows = _rows(cfg.output.dir, s["kept"])
+    assert rows, f"expected the kept pairs of the session's run ({GOLDEN[0]} in GOLDEN)"
+    for r in rows:
         assert r["pos_score"] >= j.positive_min and r["neg_score"] <= j.negative_max and r["pos_score"] > r["neg_score"]
         variants = (cfg.pairs.entail, cfg.pairs.contradict)
         assert (r["pos_instruction"], r["neg_instruction"]) in [
@@ -67,6 +70,7 @@ def test_inspect_card_and_trainer_understand_pairs(pairs_run):
     card = (cfg.output.dir / "README.md").read_text()
     assert "filters.pairs" in card and "judged" in card
     split = "train" if s["splits"]["train"] else "test"
+    assert s["kept"], f"expected kept pairs for the trainer to read ({GOLDEN[0]} in GOLDEN)"
     if s["kept"]:
         groups, _ = groups_from_table(read_split(cfg.output.dir, split), 8)
         assert groups and all(g.neg_types == ("contradiction",) * len(g.negatives) for g in groups)
@@ -91,3 +95,7 @@ def test_from_scratch_mode_generates_its_own_anchors(tmp_path, ray_session, pref
 
 def test_rerun_is_a_noop_with_zero_llm_calls(pairs_run, monkeypatch):
     assert_rerun_makes_no_llm_call("pairs", pairs_run, monkeypatch)  # every stage finds its units done
+
+
+def test_filter_reruns_its_filters_without_llm_calls(tmp_path, pairs_run, capsys):
+    assert_filter_reproduces(pairs_run, tmp_path / "same", capsys)

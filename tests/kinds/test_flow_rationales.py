@@ -15,6 +15,7 @@ from pipeline.inputs import read_questions
 from pipeline.kinds import rationales as task
 from pipeline.run.store import RunStore
 from tests.conftest import assert_rerun_makes_no_llm_call
+from tests.kinds.conftest import assert_filter_reproduces
 
 pytestmark = pytest.mark.integration
 INVALID = {"truncated", "refusal", "too_short", "no_answer"}
@@ -47,6 +48,7 @@ def test_rows_are_labelled_and_traceable_to_their_raw_samples(rationales_run):
     raws = {(r.source_id, r.task): r for r in RunStore(cfg.output.dir).read_raw()}
     questions = {q.question for q in read_questions(cfg.input)[0]}
     tpls = task.templates_for(cfg)
+    assert rows, f"expected the kept rationale rows of the session's run ({GOLDEN[0]} in GOLDEN)"
     for r in rows:
         assert r["pos_answer"] == r["answer"] != r["neg_answer"] and r["label_source"] == "gold"
         assert r["question"] in questions
@@ -89,3 +91,7 @@ def test_the_trainer_reads_rationales_with_the_question_as_anchor(rationales_run
 
 def test_rerun_is_a_noop_with_zero_llm_calls(rationales_run, monkeypatch):
     assert_rerun_makes_no_llm_call("rationales", rationales_run, monkeypatch)
+
+
+def test_filter_reruns_its_filters_without_llm_calls(tmp_path, rationales_run, capsys):
+    assert_filter_reproduces(rationales_run, tmp_path / "same", capsys)
