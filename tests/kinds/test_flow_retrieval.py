@@ -13,7 +13,7 @@ from pipeline.kinds import retrieval as task
 from pipeline.run.store import RunStore
 from pipeline.shards.publish import split_of
 from tests.conftest import assert_rerun_makes_no_llm_call
-from tests.kinds.conftest import mnli_passages
+from tests.kinds.conftest import assert_filter_reproduces, mnli_passages
 
 pytestmark = pytest.mark.integration
 GOLDEN = (
@@ -82,7 +82,9 @@ def test_every_passage_and_type_ends_as_rows_or_a_rejection(retrieval_run):
 def test_rows_follow_the_mining_rules_and_stay_in_their_split(retrieval_run):
     cfg, s = retrieval_run
     r_cfg, tpls = cfg.retrieval, task.templates_for(cfg)
-    for r in _rows(cfg.output.dir, s["kept"]):
+    rows = _rows(cfg.output.dir, s["kept"])
+    assert rows, f"expected the kept rows of the session's retrieval run ({GOLDEN[0]} in GOLDEN)"
+    for r in rows:
         assert r["negative_id"] != r["passage_id"] and r["negative"] != r["positive"] and r["query"] != r["positive"]
         assert split_of(r["passage_id"], 0.5) == split_of(r["negative_id"], 0.5) == split_of(r["source_id"], 0.5)
         assert r["neg_sim"] <= r_cfg.mining.max_positive_ratio * r["pos_sim"] + 1e-6 and r["neg_rank"] >= 1
@@ -152,3 +154,9 @@ def test_train_and_evaluate_report_retrieval_before_and_after(retrieval_run, tmp
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout)["retrieval"] == after["retrieval"]
+    card = (out / "README.md").read_text()  # the model card reports retrieval too
+    assert f"| recall@10 | {before['retrieval']['recall@10']} | {after['retrieval']['recall@10']} |" in card
+
+
+def test_filter_reruns_its_filters_without_llm_calls(tmp_path, retrieval_run, capsys):
+    assert_filter_reproduces(retrieval_run, tmp_path / "same", capsys)
