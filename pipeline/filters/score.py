@@ -32,7 +32,7 @@ from pipeline.filters.surface import in_band, surface_scores, surface_similarity
 from pipeline.filters.words import Words
 
 if TYPE_CHECKING:
-    from pipeline.config import FilterConfig
+    from pipeline.filters.config import FilterConfig
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant: pair key = hash(anchor) * _MIX ^ hash(negative)
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import FilterConfig, bundled_encoder
+from pipeline.engines.config import bundled_encoder
 from pipeline.errors import ConfigError
 from pipeline.filters.blind import lm_mean_logprob
 from pipeline.filters.cache import TextCache, default_cache_root
+from pipeline.filters.config import FilterConfig
 from pipeline.raydata import stream
 
 

@@ -25,7 +25,7 @@ from pipeline.filters.score import Drop, Scored, _shared
 from pipeline.shards.writer import Spool
 
 if TYPE_CHECKING:
-    from pipeline.config import FilterConfig
+    from pipeline.filters.config import FilterConfig
 
 FEATS = 4  # surface features per pair (pipeline.filters.propensity.FEATURES)
 BUCKET_BITS = 10  # blind selection: 2**10 buckets of id hash per cell

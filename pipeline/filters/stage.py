@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import FilterConfig
 from pipeline.filters.blind import key_rank
+from pipeline.filters.config import FilterConfig
 from pipeline.filters.propensity import cross_fit, fit_all, inverse_weights, weighted_auc
 from pipeline.filters.score import Drop, Pairs, Scored, Scorers, positive_funnel, score, semantic_reasons_of
 from pipeline.filters.spill import Cells, Duplicates, ScoredSpill, Smallest
