@@ -9,7 +9,7 @@ from pipeline.kinds import negatives as task
 from pipeline.records import CaptionRecord
 from pipeline.tasks.paraphrase import by_wording, content_failure
 from pipeline.tasks.word_class import parse_captions
-from tests.tasks.test_negatives import _raw
+from tests.kinds.test_negatives import _raw
 
 CAPTION = "A dog runs on the beach."
 
