@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from pipeline import __version__
+from pipeline.records import Rejection
 from pipeline.shards.card import CardFacts
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from pipeline.config import RunConfig
-    from pipeline.records import GenerationRequest, RawResult, Rejection, Unit
+    from pipeline.records import GenerationRequest, RawResult, Unit
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,26 @@ def unit_seed(run_seed: int, *parts: str) -> int:
 
 def row_id(*parts: str) -> str:
     return sha(list(parts))[:20]
+
+
+def raw_rejection(
+    raw: RawResult, reason: str, detail: str, text: str, *, seed: int | None = None, stage: str = "generation"
+) -> Rejection:
+    """A rejected answer of ``raw`` (``text``: the sample, or every sample joined), traceable to its unit, prompt,
+    model and seed (``seed``: the sample's own, where a unit's samples have one each)."""
+    p = raw.provenance
+    return Rejection(
+        stage=stage,
+        reason=reason,
+        detail=detail,
+        raw=text,
+        source_id=raw.source_id,
+        task=raw.task,
+        unit_key=raw.unit_key,
+        prompt_sha=p.prompt_sha,
+        model=p.model,
+        seed=p.seed if seed is None else seed,
+    )
 
 
 def check_input_output(cfg: RunConfig, input_required: bool = True) -> None:

@@ -26,6 +26,7 @@ from pipeline.kinds.base import (
     Tally,
     check_input_output,
     pick_samples,
+    raw_rejection,
     row_id,
 )
 from pipeline.kinds.base import unit_key as _unit_key
@@ -170,19 +171,7 @@ def parse_sample(raw: RawResult, tpl: Template, text: str, finish: str, doc: Any
 
 
 def _rejection(raw: RawResult, failure: Failure, text: str, stage: str = "generation") -> Rejection:
-    p = raw.provenance
-    return Rejection(
-        stage=stage,
-        reason=failure.reason,
-        detail=failure.detail,
-        raw=text,
-        source_id=raw.source_id,
-        task=raw.task,
-        unit_key=raw.unit_key,
-        prompt_sha=p.prompt_sha,
-        model=p.model,
-        seed=p.seed,
-    )
+    return raw_rejection(raw, failure.reason, failure.detail, text, stage=stage)
 
 
 def parse_unit(raw: RawResult, tpl: Template, doc: Any = None) -> Candidate | Rejection:

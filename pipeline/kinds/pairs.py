@@ -33,6 +33,7 @@ from pipeline.kinds.base import (
     Tally,
     check_input_output,
     pick_samples,
+    raw_rejection,
     row_id,
     sha,
     unit_seed,
@@ -180,19 +181,7 @@ def instruction_of(raw: RawResult, templates: dict[str, ChatTemplate]) -> str:
 
 
 def _rejection(raw: RawResult, reason: str, detail: str, text: str, seed: int | None = None) -> Rejection:
-    p = raw.provenance
-    return Rejection(
-        stage="generation",
-        reason=reason,
-        detail=detail,
-        raw=text,
-        source_id=raw.source_id,
-        task=raw.task,
-        unit_key=raw.unit_key,
-        prompt_sha=p.prompt_sha,
-        model=p.model,
-        seed=p.seed if seed is None else seed,
-    )
+    return raw_rejection(raw, reason, detail, text, seed=seed)
 
 
 def parse_candidate(raw: RawResult) -> Candidate | Rejection:

@@ -38,6 +38,7 @@ from pipeline.kinds.base import (
     Tally,
     check_input_output,
     pick_samples,
+    raw_rejection,
     row_id,
     unit_key,
     unit_seed,
@@ -207,19 +208,7 @@ def _label(q: QuestionRecord, majority: str | None, counts: dict[str, int]) -> t
 
 
 def _reject(raw: RawResult, text: str, seed: int, reason: str, detail: str) -> Rejection:
-    p = raw.provenance
-    return Rejection(
-        stage="generation",
-        reason=reason,
-        detail=detail,
-        raw=text,
-        source_id=raw.source_id,
-        task=raw.task,
-        unit_key=raw.unit_key,
-        prompt_sha=p.prompt_sha,
-        model=p.model,
-        seed=seed,
-    )
+    return raw_rejection(raw, reason, detail, text, seed=seed)
 
 
 def _samples(
