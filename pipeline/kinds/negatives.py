@@ -407,6 +407,9 @@ class Negatives:
         )  # candidates rejected beside a valid one: not units
         return Assembled(rows, rejects, valid_positives)
 
+    def assembly_settings(self, cfg: RunConfig) -> dict[str, Any]:
+        return {"word_class": cfg.negatives.word_class}  # the word-class check decides rows at assembly
+
     def reject_task(self, row: NegativeRow) -> str:
         return row.neg_type
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -469,6 +470,9 @@ class Pairs:
         rows, judge_rejects, stats = assemble(sentences, cands, scores, ctx.cfg)
         stats.seeds = len(sentences) if SEED in ctx.stages else 0
         return Assembled(rows, seed_rejects + cand_rejects + judge_rejects, stats)
+
+    def assembly_settings(self, cfg: RunConfig) -> dict[str, Any]:
+        return {}
 
     def reject_task(self, row: PairRow) -> str:
         return CONTRADICT

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -358,6 +359,9 @@ class Rationales:
 
     def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled:
         return Assembled(*assemble(raws, {q.id: q for q in ctx.inputs.records}, ctx.cfg))
+
+    def assembly_settings(self, cfg: RunConfig) -> dict[str, Any]:
+        return {}
 
     def reject_task(self, row: RationaleRow) -> str:
         return row.neg_source

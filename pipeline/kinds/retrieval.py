@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -565,6 +566,9 @@ class Retrieval:
 
     def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled:
         return assemble(ctx)
+
+    def assembly_settings(self, cfg: RunConfig) -> dict[str, Any]:
+        return {}
 
     def reject_task(self, row: RetrievalRow) -> str:
         return row.query_type

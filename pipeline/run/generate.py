@@ -140,7 +140,7 @@ def finalize(
     cfg, root = ctx.cfg, store.root
     remote = walk is None and block_count(ctx) > 1 and ray_up()
     walk = walk or planned_blocks(kind, ctx, store)
-    sha = settings_sha(cfg, kind.name, kind.schema.names)
+    sha = settings_sha(cfg, kind.name, kind.schema.names, kind.assembly_settings(cfg))
     release = previous_release(root, sha)
     shutil.rmtree(root / SPOOL, ignore_errors=True)
     meter = Meter("filter", 2 * block_count(ctx), "block passes (score, then write)", kept_word="kept")
@@ -193,6 +193,7 @@ def finalize(
         Card(
             kind=kind.name,
             anchor=kind.anchor,
+            positive_task=kind.positive_task,
             schema=kind.schema,
             tags=kind.tags,
             template=CARDS / kind.card_template,

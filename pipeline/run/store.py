@@ -74,7 +74,8 @@ class RunStore:
 
     def preflight(self) -> None:
         """Before any slow start-up: the folder is not locked by another run, and may be written by this one."""
-        check_output(self.root, self.kind or "negatives", self.overwrite)
+        if self.kind is not None:  # a store opened by a part worker checks nothing: the driver's run did
+            check_output(self.root, self.kind, self.overwrite)
         if self.root.is_dir():
             self.ensure_free()
 

@@ -45,6 +45,7 @@ class Card:
 
     kind: str  # its filter section is filters.<kind>, its format contrastgen.<kind>/1
     anchor: str  # what the anchor of a row is called
+    positive_task: str | None  # where set, a dropped positive leaves its anchor's rows (with no positive)
     schema: pa.Schema  # of the train and test shards
     tags: tuple[str, ...]
     template: Path  # the kind's card body (Jinja; includes card_filters.md and card_releases.md from here)
@@ -89,6 +90,7 @@ class CardParams:
     releases: list[dict]
     kind: str
     anchor: str
+    positive_task: str | None
 
 
 def _size_category(n: int) -> str:
@@ -227,6 +229,7 @@ def write_card(root: Path, card: Card) -> None:
         releases=card.published["releases"],
         kind=card.kind,
         anchor=card.anchor,
+        positive_task=card.positive_task,
     )
     text = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + _render(card.template, params)
     write_bytes_atomic(root / "README.md", text.encode("utf-8"))

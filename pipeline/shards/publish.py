@@ -26,6 +26,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -46,8 +47,11 @@ LEDGER = ".publish-ledger.json"  # shard paths a publish writes, recorded before
 REJECTION_KEY = ("stage", "reason", "source_id", "task", "unit_key", "file", "line", "raw")
 
 
-def settings_sha(cfg, kind: str, columns: list[str] | tuple[str, ...] = ()) -> str:
-    """Hash of what decides a kind's rows once its units are generated, and of the rows' ``columns``: an append
+def settings_sha(
+    cfg, kind: str, columns: list[str] | tuple[str, ...] = (), assembly: dict[str, Any] | None = None
+) -> str:
+    """Hash of what decides a kind's rows once its units are generated (its filters, the split, and ``assembly``:
+    the kind's settings that decide rows when its results are assembled), and of the rows' ``columns``: an append
     never adds shards of another layout beside published ones (a new column republishes the dataset whole)."""
     blob = {
         "kind": kind,
@@ -57,8 +61,7 @@ def settings_sha(cfg, kind: str, columns: list[str] | tuple[str, ...] = ()) -> s
         "block_sources": cfg.output.block_sources,
         "columns": list(columns),
     }
-    if kind == "negatives":  # the word-class check decides rows at assembly, after generation
-        blob["word_class"] = cfg.negatives.word_class
+    blob.update(assembly or {})
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -88,11 +88,13 @@ def test_wrong_word_class_is_rejected_and_the_next_sample_can_win():
 
 
 def test_the_word_class_setting_decides_rows_so_it_is_part_of_the_release_settings():
+    from pipeline.kinds import KINDS
     from pipeline.shards.publish import settings_sha
 
+    def sha(cfg, name: str, columns=()) -> str:
+        return settings_sha(cfg, name, columns, KINDS[name].assembly_settings(cfg))
+
     off = load_config(None, {"negatives": {"word_class": False}})
-    assert settings_sha(CFG, "negatives") != settings_sha(off, "negatives")
-    assert settings_sha(CFG, "pairs") == settings_sha(off, "pairs")
-    assert settings_sha(CFG, "negatives", ["caption", "group"]) != settings_sha(
-        CFG, "negatives", ["caption"]
-    )  # a layout
+    assert sha(CFG, "negatives") != sha(off, "negatives")
+    assert sha(CFG, "pairs") == sha(off, "pairs")
+    assert sha(CFG, "negatives", ["caption", "group"]) != sha(CFG, "negatives", ["caption"])  # a layout
