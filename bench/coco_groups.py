@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None)
     a = ap.parse_args()
 
-    from pipeline.train.rules import coco_grouped_rows
+    from bench.outside.rules import coco_grouped_rows
 
     rows = coco_grouped_rows(a.coco, a.skip_images, a.images)
     a.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

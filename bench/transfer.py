@@ -5,12 +5,12 @@ scored on data the generator never touched.
                              [--config TRAIN_YAML] [--variants YAML] [--no-rules]
 
 - transfer: COCO images whose captions are not in DIR; anchor and positive are two human captions of one image,
-  negatives are rule-made from a dependency parse (pipeline.train.rules; swap/replace of objects, attributes,
+  negatives are rule-made from a dependency parse (bench.outside.rules; swap/replace of objects, attributes,
   relations). Accuracy in percent: the positive (the other human caption, standing in for the image) is closer
   to the anchor than to the anchor's perturbation (SugarCrepe's choice, text only).
 - stsb_dev: Spearman x 100 of cosine against the human score on STS-B dev (all 1,500 pairs).
 - paws_dev: ROC-AUC x 100 of cosine as a paraphrase score on PAWS-Wiki dev (all 8,000 pairs; word-scrambled
-  paraphrases against scrambles that change the meaning; pipeline.train.paws). Evaluation only.
+  paraphrases against scrambles that change the meaning; bench.outside.paws). Evaluation only.
 - rules: the same trainer, config and anchors/positives as DIR's train split, with NegCLIP-style rule negatives
   of each anchor instead of DIR's (the baseline LLM-made negatives must beat). Its validation groups get rule
   negatives too. The rule negatives for training are made with a different seed and a vocabulary from the
@@ -61,14 +61,14 @@ def main() -> None:
             "'k4: {data: {positives_per_anchor: 4}}'"
         )
 
+    from bench.outside.paws import paraphrase_auc, read_paws
+    from bench.outside.rules import coco_transfer_set, read_coco
+    from bench.outside.transfer import evaluate_transfer, rule_groups
     from pipeline.train.config import load_train_config
     from pipeline.train.data import read_split
     from pipeline.train.evaluate import read_sts, retention
-    from pipeline.train.paws import paraphrase_auc, read_paws
-    from pipeline.train.rules import coco_transfer_set, read_coco
     from pipeline.train.run import _device, load_data, load_encoder
     from pipeline.train.trainer import Trainer
-    from pipeline.train.transfer import evaluate_transfer, rule_groups
 
     used = {c for split in ("train", "test") for c in read_split(a.data, split)["caption"].to_pylist()}
     exclude = frozenset(name for name, caps in read_coco(a.coco) if used & set(caps))

@@ -10,12 +10,12 @@ from dataclasses import replace
 import pyarrow as pa
 import pytest
 
+from bench.outside.rules import coco_grouped_rows
 from pipeline.config import load_config
 from pipeline.kinds import negatives as task
 from pipeline.records import CaptionRecord, Provenance, RawResult
 from pipeline.shards.publish import split_key, split_of
 from pipeline.shards.schema import raw_results, raw_table
-from pipeline.train.rules import coco_grouped_rows
 from tests.conftest import SHARED, write_jsonl
 
 COCO = SHARED / "coco_captions" / "test.jsonl"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.outside.paws import auc, paraphrase_auc, read_paws
 from pipeline.errors import InputFileError
-from pipeline.train.paws import auc, paraphrase_auc, read_paws
 from tests.conftest import SHARED
 
 PAWS = SHARED / "paws" / "dev.tsv"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.outside.rules import RULE_TYPES, build_vocab, coco_transfer_set, load_parser, rule_negative, rule_negatives
 from pipeline.errors import InputFileError
-from pipeline.train.rules import RULE_TYPES, build_vocab, coco_transfer_set, load_parser, rule_negative, rule_negatives
 
 CAPTIONS = [
     "A dog chases a cat on the grass.",

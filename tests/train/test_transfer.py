@@ -7,12 +7,12 @@ import json
 
 import pytest
 
+from bench.outside.rules import RULE_TYPES
 from pipeline.cli import _parser, _train_overrides
 from pipeline.errors import InputFileError
 from pipeline.train.config import load_train_config
 from pipeline.train.data import Group
 from pipeline.train.evaluate import read_sts, retention_pairs
-from pipeline.train.rules import RULE_TYPES
 
 STS_LINES = [
     "main-captions\tMSRvid\t2012test\t0001\t5.000\tA man is playing a flute.\tA man plays the flute.",
@@ -59,9 +59,9 @@ def test_retention_flag_reaches_the_train_config():
 
 @pytest.mark.integration
 def test_transfer_scores_and_rule_groups():
+    from bench.outside.transfer import evaluate_transfer, rule_groups
     from pipeline.train.config import bundled_encoder
     from pipeline.train.run import load_encoder
-    from pipeline.train.transfer import evaluate_transfer, rule_groups
 
     model = load_encoder(bundled_encoder(), "cpu")
     rows = [

@@ -2,7 +2,7 @@
 
 - :func:`evaluate_transfer`: typed accuracy on a transfer set whose anchors and positives are human-written
   (two COCO captions of one image) and whose negatives are made by rules from a dependency parse
-  (:func:`pipeline.train.rules.coco_transfer_set`). The transfer accuracy is ``acc_positive``: the other human
+  (:func:`bench.outside.rules.coco_transfer_set`). The transfer accuracy is ``acc_positive``: the other human
   caption, standing in for the image, is closer to the true caption than to its perturbation (SugarCrepe's
   image-to-text choice with the image replaced by a caption of it; Hsieh et al. 2023, arXiv:2306.14610). The
   other direction (the anchor closer to a different human caption than to a one-word edit of itself) is
@@ -18,10 +18,10 @@ from dataclasses import replace
 
 from sentence_transformers import SentenceTransformer
 
+from bench.outside.rules import RULE_TYPES, rule_negatives
 from pipeline.errors import DatasetError
 from pipeline.train.data import Group
 from pipeline.train.evaluate import TypeScore, typed_scores
-from pipeline.train.rules import RULE_TYPES, rule_negatives
 
 
 def evaluate_transfer(model: SentenceTransformer, rows: list[dict], batch_size: int = 64) -> dict[str, TypeScore]:
