@@ -20,7 +20,7 @@
 # contrastgen installed (default: python3), e.g. `pip install 'contrastgen[vllm]'`. GPU_CHECK_BUDGET_S (default
 # 300) bounds the whole script: each step gets a share and is stopped past it. GPU_CHECK_KEEP=1 keeps the work
 # folder (logs of the runs); GPU_CHECK_SKIP_SATURATION=1 runs the recovery step only.
-# Exit status 0 only when both steps pass. Record the figures in docs/engines.md ("The async vLLM engine").
+# Exit status 0 only when both steps pass. Record the figures in docs/results/engines.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${GPU_CHECK_DEVICE:-cuda}

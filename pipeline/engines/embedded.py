@@ -42,7 +42,7 @@ class PerRowSampler:
     likely tokens, found with ``topk``; a row whose top ``TOP_K`` hold less than ``top_p`` of the mass is
     sorted in full. Each row then draws one uniform number from its own generator and picks by inverse CDF
     over its kept tokens. (Sorting 49k logits a row and ``multinomial`` over them took half the engine's
-    time; see docs/engines.md.) Temperature 0 is greedy.
+    time; see docs/results/engines.md.) Temperature 0 is greedy.
     """
 
     TOP_K = 128

