@@ -7,9 +7,9 @@ e.g. ``CONTRASTGEN_TRAIN_OPTIM__LR=1e-5``) < command-line flags.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from pipeline.config import (  # noqa: F401 (re-exported)
@@ -21,7 +21,16 @@ from pipeline.config import (  # noqa: F401 (re-exported)
 )
 from pipeline.train.losses import NAMES, loss
 
-LossName = str  # a module of pipeline/train/losses (:data:`pipeline.train.losses.NAMES`), which declares the loss
+
+def _known_loss(name: str) -> str:
+    if name not in NAMES:
+        raise ValueError(f"unknown loss {name!r}: expected one of {list(NAMES)}")
+    return name
+
+
+# a module of pipeline/train/losses (:data:`pipeline.train.losses.NAMES`), which declares the loss; checked per key,
+# so an error names the field (loss.weights.<name>)
+LossName = Annotated[str, AfterValidator(_known_loss)]
 
 
 class DataSection(Section):
@@ -75,9 +84,6 @@ class LossSection(Section):
     @field_validator("weights")
     @classmethod
     def _some(cls, v: dict[LossName, float]) -> dict[LossName, float]:
-        unknown = sorted(set(v) - set(NAMES))
-        if unknown:
-            raise ValueError(f"unknown loss {unknown}: expected names from {list(NAMES)}")
         if not any(w > 0 for w in v.values()):
             raise ValueError("expected at least one loss with a positive weight, e.g. {mnrl: 1.0}")
         if any(w < 0 for w in v.values()):

@@ -34,4 +34,5 @@ def test_all_problems_reported_together(tmp_path):
 def test_an_unknown_loss_is_named_with_the_known_ones():
     with pytest.raises(ConfigError) as exc:
         load_train_config(None, {"loss": {"weights": {"infonce": 1.0}}})
-    assert "unknown loss ['infonce']" in str(exc.value) and "view_local" in str(exc.value)
+    assert "loss.weights.infonce" in str(exc.value) and "unknown loss 'infonce'" in str(exc.value)
+    assert "view_local" in str(exc.value)
