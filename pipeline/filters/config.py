@@ -117,8 +117,8 @@ class BlindSection(Section):
     splits: list[Literal["train", "test"]] = Field(
         default_factory=list,
         description="Splits to balance; default none: the rates are measured and reported, no row is dropped. "
-        "With SmolLM2's negatives, balancing keeps about a quarter of a split and 1 in 10 swap negatives "
-        "(docs/filters.md); [test] makes evaluation immune to fluency cues on large runs.",
+        "With SmolLM2's negatives, balancing keeps about a quarter of a split and 1 in 6 swap negatives "
+        "(docs/results/filters.md); [test] makes evaluation immune to fluency cues on large runs.",
     )
     bins: int = Field(
         2, ge=1, le=20, description="Bins of |score gap| per scorer (quantiles); cells are balanced jointly."
