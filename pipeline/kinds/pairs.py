@@ -181,10 +181,6 @@ def instruction_of(raw: RawResult, templates: dict[str, ChatTemplate]) -> str:
     return next(name for name, t in templates.items() if t.sha256 == raw.provenance.prompt_sha)
 
 
-def _rejection(raw: RawResult, reason: str, detail: str, text: str, seed: int | None = None) -> Rejection:
-    return raw_rejection(raw, reason, detail, text, seed=seed)
-
-
 def parse_candidate(raw: RawResult) -> Candidate | Rejection:
     """First valid one-line sentence among the samples; else a rejection with the first sample's reason."""
     first: Failure | None = None
@@ -196,7 +192,7 @@ def parse_candidate(raw: RawResult) -> Candidate | Rejection:
             return cand
         first = first or cand
     first = first or Failure("empty")
-    return _rejection(raw, first.reason, first.detail, " ||| ".join(raw.texts))
+    return raw_rejection(raw, first.reason, first.detail, " ||| ".join(raw.texts))
 
 
 def parse_score(text: str) -> int | None:
@@ -243,11 +239,15 @@ def seed_sentences(raws: list[RawResult]) -> tuple[list[SentenceRecord], list[Re
         for i, (text, finish) in enumerate(zip(raw.texts, raw.finish_reasons, strict=True)):
             cand = parse_answer(raw.caption, text, "rewrite", finish)
             if isinstance(cand, Failure):
-                rejects.append(_rejection(raw, cand.reason, cand.detail, text, raw.provenance.seed + i))
+                rejects.append(raw_rejection(raw, cand.reason, cand.detail, text, seed=raw.provenance.seed + i))
             elif cand.text.lower() in seen:
                 rejects.append(
-                    _rejection(
-                        raw, "duplicate_seed", "an earlier seed sample said the same", text, raw.provenance.seed + i
+                    raw_rejection(
+                        raw,
+                        "duplicate_seed",
+                        "an earlier seed sample said the same",
+                        text,
+                        seed=raw.provenance.seed + i,
                     )
                 )
             else:
@@ -318,14 +318,14 @@ def assemble(
         e, c = cands.get((s.id, ENTAIL)), cands.get((s.id, CONTRADICT))
         if e is None or c is None:
             rejects += [
-                _rejection(g.raw, "no_partner", "the other candidate of this sentence was rejected", g.text)
+                raw_rejection(g.raw, "no_partner", "the other candidate of this sentence was rejected", g.text)
                 for g in (e, c)
                 if g is not None
             ]
             continue
         if (s.id, ENTAIL) not in scores or (s.id, CONTRADICT) not in scores:  # the engine gave up on a judge unit
             rejects += [
-                _rejection(
+                raw_rejection(
                     g.raw, "no_score", "the judge of this pair failed (see its engine_crash/engine_timeout row)", g.text
                 )
                 for g in (e, c)
@@ -335,14 +335,14 @@ def assemble(
         e_score, c_score = parse_score(e_text), parse_score(c_text)
         if e_score is None or c_score is None:
             bad = e_raw if e_score is None else c_raw
-            rejects.append(_rejection(bad, "unparsable_score", "expected one digit 0-5", bad.texts[0]))
+            rejects.append(raw_rejection(bad, "unparsable_score", "expected one digit 0-5", bad.texts[0]))
             continue
         st.judged += 1
         kept, swapped, reason = keep_rule(e_score, c_score, j.positive_min, j.negative_max)
         pos, neg = (c, e) if swapped else (e, c)
         if not kept:
             rejects.append(
-                _rejection(
+                raw_rejection(
                     neg.raw,
                     reason,
                     f"positive {max(e_score, c_score)}, negative {min(e_score, c_score)}: {pos.text}",

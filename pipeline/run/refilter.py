@@ -118,7 +118,7 @@ def _copy_raw(src: Path, manifest: dict, root: Path) -> None:
 
 def _stale_templates(ctx: Context, store: RunStore) -> list[str]:
     """The tasks of the dataset's planned units whose raw answers were rendered from a template other than today's
-    (read part by part, two columns of each: bounded by a part, not by the dataset)."""
+    (read part by part: bounded by a part, not by the dataset)."""
     current = pa.array(sorted({t.sha256 for t in ctx.templates.values()}), pa.string())
     planned = read_stream(store.root / "plan.arrow").column("unit_key").combine_chunks()
     stale: set[str] = set()
