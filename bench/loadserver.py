@@ -20,8 +20,8 @@ message holds the caption (the template's user text with the ``{caption}`` slot 
 an edit of the kind the task asks for (``A <-> B`` swaps, ``OLD -> NEW`` replaces and adds, the whole
 sentence in rewrite mode), chosen deterministically from (caption, task, seed, sample index) and preferring
 words of the synthetic captions' lexicon (:data:`LEXICON`) by their part of speech. Every answer is checked
-with the pipeline's own parser and structural check (:func:`pipeline.tasks.edits.parse_answer`,
-:func:`pipeline.tasks.structure.check_shapes`) before it is sent, so any caption (COCO's too) gets an answer
+with the pipeline's own parser and structural check (:func:`pipeline.text.edits.parse_answer`,
+:func:`pipeline.text.structure.check_shapes`) before it is sent, so any caption (COCO's too) gets an answer
 the pipeline accepts. ``--invalid-rate`` makes that fraction of units (by hash) answer only invalid samples
 (chatter, a refusal, an empty text, a span not in the caption, a second line, a text cut at max_tokens) so the
 rejection path is exercised at scale. Requests that match no template (the engine's structured-outputs probe
@@ -56,9 +56,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pipeline.tasks.edits import Candidate, apply_replace, apply_swap, parse_answer
-from pipeline.tasks.structure import check_shapes
-from pipeline.tasks.templates import SLOT, Template, load_templates
+from pipeline.text.edits import Candidate, apply_replace, apply_swap, parse_answer
+from pipeline.text.structure import check_shapes
+from pipeline.text.templates import SLOT, Template, load_templates
 
 LABEL = "LOAD GENERATOR (benchmarks only; not an engine)"
 DEFAULT_MODEL = "contrastgen-loadgen"

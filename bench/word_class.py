@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.config import load_config  # noqa: E402
 from pipeline.kinds import negatives as task  # noqa: E402
 from pipeline.shards.schema import raw_results  # noqa: E402
-from pipeline.tasks.word_class import load_parser  # noqa: E402
+from pipeline.text.word_class import load_parser  # noqa: E402
 
 
 def read_raws(root: Path) -> list:
@@ -42,12 +42,12 @@ def blocks(raws: list, copies: int, block: int):
     """The raws of ``copies`` copies, a block of ``block`` captions at a time (a caption's units stay together)."""
     by_caption: dict[str, list] = {}
     for r in raws:
-        by_caption.setdefault(r.caption, []).append(r)
+        by_caption.setdefault(r.source_text, []).append(r)
     groups = list(by_caption.values())
     for c in range(copies):
         for i in range(0, len(groups), block):
             yield [
-                dataclasses.replace(r, caption=f"{r.caption} ({c})" if c else r.caption)
+                dataclasses.replace(r, source_text=f"{r.source_text} ({c})" if c else r.source_text)
                 for g in groups[i : i + block]
                 for r in g
             ]
@@ -65,7 +65,7 @@ def main() -> None:
     t = time.perf_counter()
     load_parser()
     print(
-        f"{len(raws)} raw units, {len({r.caption for r in raws})} captions; parser loaded in "
+        f"{len(raws)} raw units, {len({r.source_text for r in raws})} captions; parser loaded in "
         f"{time.perf_counter() - t:.1f} s"
     )
     results = []
@@ -75,7 +75,7 @@ def main() -> None:
             t = time.perf_counter()
             kept = sum(len(task.assemble(b, tpls, word_class=on)[0]) for b in blocks(raws, copies, a.block))
             row["on" if on else "off"] = {"s": round(time.perf_counter() - t, 2), "kept": kept}
-        captions = len({r.caption for r in raws}) * copies
+        captions = len({r.source_text for r in raws}) * copies
         row["ratio"] = round(row["on"]["s"] / row["off"]["s"], 2)
         row["captions_per_s"] = round(captions / max(row["on"]["s"] - row["off"]["s"], 1e-9))
         row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

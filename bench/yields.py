@@ -23,7 +23,7 @@ from pipeline.config import NegType, load_config  # noqa: E402
 from pipeline.inputs import read_captions  # noqa: E402
 from pipeline.kinds import negatives as task  # noqa: E402
 from pipeline.records import Provenance, RawResult, Rejection  # noqa: E402
-from pipeline.tasks.word_class import CHECKED, parse_captions  # noqa: E402
+from pipeline.text.word_class import CHECKED, parse_captions  # noqa: E402
 
 
 def yields(engine, inp: Path, mode: str) -> tuple[dict[str, float], Counter]:

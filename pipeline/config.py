@@ -115,7 +115,7 @@ class NegativesConfig(Section):
         description="Paraphrase samples per caption, chosen among (unset: sampling.n samples, the "
         "first valid one kept). The valid ones that keep the caption's noun phrases and numbers are ordered least "
         "surface-similar first and the filter stage "
-        "keeps the first inside the positive's band and embedding floor (pipeline/tasks/paraphrase.py); the others' "
+        "keeps the first inside the positive's band and embedding floor (pipeline/text/paraphrase.py); the others' "
         "failures go to rejected/ as stage `candidate`.",
     )
     mode: Literal["edit", "rewrite"] = Field(
@@ -129,7 +129,7 @@ class NegativesConfig(Section):
     word_class: bool = Field(
         True,
         description="Reject an edit that changes the wrong kind of word for its type (a swap_att that swaps nouns), "
-        "by a spaCy parse of the caption (pipeline/tasks/word_class.py); reason wrong_word_class.",
+        "by a spaCy parse of the caption (pipeline/text/word_class.py); reason wrong_word_class.",
     )
 
     @field_validator("types")

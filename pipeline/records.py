@@ -10,7 +10,7 @@ from typing import Generic, Protocol, TypeVar
 
 
 class SourceRecord(Protocol):
-    """What every unit's source is: an id, and the text its raw result records (``RawResult.caption``)."""
+    """What every unit's source is: an id, and the text its raw result records (``RawResult.source_text``)."""
 
     @property
     def id(self) -> str: ...
@@ -35,7 +35,7 @@ class CaptionRecord:
 
     @property
     def text(self) -> str:
-        """The source text a unit's raw result records (``RawResult.caption``)."""
+        """The source text a unit's raw result records (``RawResult.source_text``)."""
         return self.caption
 
 
@@ -52,7 +52,7 @@ class QuestionRecord:
 
     @property
     def text(self) -> str:
-        """The source text a unit's raw result records (``RawResult.caption``)."""
+        """The source text a unit's raw result records (``RawResult.source_text``)."""
         return self.question
 
 
@@ -67,8 +67,24 @@ class SentenceRecord:
 
     @property
     def text(self) -> str:
-        """The source text a unit's raw result records (``RawResult.caption``)."""
+        """The source text a unit's raw result records (``RawResult.source_text``)."""
         return self.sentence
+
+
+@dataclass(frozen=True)
+class PassageRecord:
+    """One passage of a retrieval corpus: the positive its synthetic queries are written for, and a candidate
+    hard negative of the other queries."""
+
+    id: str
+    passage: str
+    file: str = ""
+    line: int = 0
+
+    @property
+    def text(self) -> str:
+        """The source text a unit's raw result records (``RawResult.source_text``)."""
+        return self.passage
 
 
 @dataclass(frozen=True)
@@ -82,7 +98,7 @@ class JudgeItem:
 
     @property
     def text(self) -> str:
-        """The source text a unit's raw result records (``RawResult.caption``)."""
+        """The source text a unit's raw result records (``RawResult.source_text``)."""
         return self.sentence
 
 
@@ -95,7 +111,7 @@ class TopicRecord:
 
     @property
     def text(self) -> str:
-        """The source text a unit's raw result records (``RawResult.caption``)."""
+        """The source text a unit's raw result records (``RawResult.source_text``)."""
         return self.topic
 
 
@@ -201,7 +217,7 @@ class RawResult:
 
     unit_key: str
     source_id: str
-    caption: str  # the unit's source text (``source.text``): caption, question, sentence or topic
+    source_text: str  # the unit's source text (``source.text``): a caption, question, sentence, topic or passage
     image_ref: str | None
     task: str
     texts: tuple[str, ...]

@@ -24,7 +24,7 @@ sys.path[:] = [
 ]  # bench/ has filters.py, engines.py, view.py: keep them out of later imports
 from pipeline.engines.config import EngineConfig  # noqa: E402
 from pipeline.records import GenerationRequest, Sampling  # noqa: E402
-from pipeline.tasks.templates import SLOT  # noqa: E402
+from pipeline.text.templates import SLOT  # noqa: E402
 
 
 def _requests(n_captions: int = 12) -> tuple[list[GenerationRequest], list[tuple]]:

@@ -25,7 +25,7 @@ LAYERS = (
     Layer("pipeline.run", "pipeline.train", "pipeline.view", "pipeline.report", "pipeline.serve"),
     "pipeline.kinds",  # the data kinds and their registry
     "pipeline.inputs",
-    "pipeline.tasks",  # what kinds share: templates, edits, answers, mining
+    "pipeline.text",  # what kinds share: templates, edits, answers, mining
     "pipeline.config",  # the one run config (its filter and engine sections live beside what they configure)
     "pipeline.filters",
     Layer("pipeline.shards", "pipeline.serve_workers"),  # the output contract; the server's engine processes
@@ -76,7 +76,7 @@ def test_every_top_level_module_has_a_layer(graph):
 def test_imports_follow_the_layers(graph):
     """No module imports a higher layer, or a sibling of its layer; e.g. ``pipeline.shards`` (the output contract:
     what a dataset on disk is must not depend on how it was made) imports nothing from the run, the filters, the
-    tasks, the kinds or the flows."""
+    text tools, the kinds or the flows."""
     illegal = graph.find_illegal_dependencies_for_layers(layers=LAYERS)
     report = []
     for dep in sorted(illegal, key=lambda d: (d.importer, d.imported)):

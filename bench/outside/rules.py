@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.errors import ConfigError, InputFileError
-from pipeline.tasks.word_class import load_parser
+from pipeline.text.word_class import load_parser
 
 RULE_TYPES = ("swap_obj", "swap_att", "replace_obj", "replace_att", "replace_rel")
 # Nouns that name a quantity, a part or the picture itself, not an object: swapping them makes no hard negative.

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pipeline.config import InputConfig
 from pipeline.errors import InputFileError
-from pipeline.records import CaptionRecord, QuestionRecord, Rejection, SentenceRecord
-from pipeline.tasks.answers import answer_kind_of, gold_answer
+from pipeline.records import CaptionRecord, PassageRecord, QuestionRecord, Rejection, SentenceRecord
+from pipeline.text.answers import answer_kind_of, gold_answer
 
 RawRow = tuple[int, dict[str, Any] | None, Rejection | None]  # (line, row, problem)
 
@@ -319,29 +320,43 @@ def read_questions(
     )
 
 
+TextRecord = TypeVar("TextRecord", SentenceRecord, PassageRecord)
+
+
 def _validate_text_row(
-    path: Path, line: int, row: dict[str, Any], cfg: InputConfig, column: str, what: str, prefix: str
-) -> SentenceRecord | Rejection:
+    path: Path,
+    line: int,
+    row: dict[str, Any],
+    cfg: InputConfig,
+    column: str,
+    what: str,
+    prefix: str,
+    record: type[TextRecord],
+) -> TextRecord | Rejection:
     """One text with an optional id (a missing id is ``prefix`` + the text's hash): a sentence or a passage."""
     raw = json.dumps(row, ensure_ascii=False, default=str)
     text = _text(path, line, row, column, what, cfg, raw)
     if isinstance(text, Rejection):
         return text
     rid = _optional_id(path, line, row, cfg, text, prefix, raw)
-    return rid if isinstance(rid, Rejection) else SentenceRecord(rid, text, str(path), line)
+    return rid if isinstance(rid, Rejection) else record(rid, text, str(path), line)
 
 
 def read_sentences(cfg: InputConfig) -> tuple[list[SentenceRecord], list[Rejection]]:
     """All valid sentences (first ``cfg.limit``) and all rejected rows, in file order; the id column is optional
     (a missing id is the sentence's hash, so a repeated sentence is a duplicate_id)."""
     path, rows = _rows(cfg, {"sentence_column": cfg.sentence_column})
-    check = lambda p, line, row: _validate_text_row(p, line, row, cfg, cfg.sentence_column, "sentence", "s-")  # noqa: E731
+    check = functools.partial(
+        _validate_text_row, cfg=cfg, column=cfg.sentence_column, what="sentence", prefix="s-", record=SentenceRecord
+    )
     return _collect(path, rows, check, cfg.limit, cfg.id_column)
 
 
-def read_passages(cfg: InputConfig) -> tuple[list[SentenceRecord], list[Rejection]]:
-    """Retrieval: all valid passages (first ``cfg.limit``; the text in ``sentence``) and all rejected rows, in file
+def read_passages(cfg: InputConfig) -> tuple[list[PassageRecord], list[Rejection]]:
+    """Retrieval: all valid passages (first ``cfg.limit``) and all rejected rows, in file
     order; the id column is optional (a missing id is the passage's hash, so a repeated passage is a duplicate_id)."""
     path, rows = _rows(cfg, {"passage_column": cfg.passage_column})
-    check = lambda p, line, row: _validate_text_row(p, line, row, cfg, cfg.passage_column, "passage", "p-")  # noqa: E731
+    check = functools.partial(
+        _validate_text_row, cfg=cfg, column=cfg.passage_column, what="passage", prefix="p-", record=PassageRecord
+    )
     return _collect(path, rows, check, cfg.limit, cfg.id_column)

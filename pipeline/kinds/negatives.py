@@ -41,17 +41,17 @@ from pipeline.records import (
     Unit,
 )
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
-from pipeline.tasks.edits import (
+from pipeline.text.edits import (
     Candidate,
     Failure,
     apply_replace,
     apply_swap,
     parse_answer,
 )
-from pipeline.tasks.paraphrase import by_wording, content_failure
-from pipeline.tasks.structure import Shape, check_shapes
-from pipeline.tasks.templates import Template, load_templates
-from pipeline.tasks.word_class import CHECKED, load_parser, parse_captions, word_class_failure
+from pipeline.text.paraphrase import by_wording, content_failure
+from pipeline.text.structure import Shape, check_shapes
+from pipeline.text.templates import Template, load_templates
+from pipeline.text.word_class import CHECKED, load_parser, parse_captions, word_class_failure
 
 PARAPHRASE = "paraphrase"
 
@@ -157,13 +157,13 @@ def parse_sample(raw: RawResult, tpl: Template, text: str, finish: str, doc: Any
     caption's spaCy parse; None: not checked)."""
     fmt = "rewrite" if raw.provenance.mode == "rewrite" else tpl.edit_format
     shape = SHAPES[raw.task]
-    cand = parse_answer(raw.caption, text, fmt, finish)
+    cand = parse_answer(raw.source_text, text, fmt, finish)
     if isinstance(cand, Candidate):
-        if cand.text.strip().lower() == raw.caption.strip().lower():
+        if cand.text.strip().lower() == raw.source_text.strip().lower():
             cand = Failure("copy_of_input")
-        elif len(cand.text) > 3 * len(raw.caption) + 40:
+        elif len(cand.text) > 3 * len(raw.source_text) + 40:
             cand = Failure("too_long", f"{len(cand.text)} chars")
-        elif not check_shapes(shape, [raw.caption], [cand.text])[0]:
+        elif not check_shapes(shape, [raw.source_text], [cand.text])[0]:
             cand = Failure("type_mismatch", f"expected a {shape} of the caption")
         elif doc is not None and (why := word_class_failure(raw.task, doc, cand.text)):
             cand = Failure("wrong_word_class", why)
@@ -199,7 +199,7 @@ def paraphrase_candidates(
         if (
             isinstance(cand, Candidate)
             and docs is not None
-            and (why := content_failure(docs[raw.caption], docs[cand.text]))
+            and (why := content_failure(docs[raw.source_text], docs[cand.text]))
         ):
             cand = Failure("content_changed", why)
         if isinstance(cand, Candidate):
@@ -216,7 +216,7 @@ def paraphrase_candidates(
     if not valid:
         return [], [_rejection(raw, Failure(failed[0].reason, failed[0].detail), " ||| ".join(raw.texts))]
     uniq = list(dict.fromkeys(valid))
-    return [uniq[j] for j in by_wording(raw.caption, uniq)], failed
+    return [uniq[j] for j in by_wording(raw.source_text, uniq)], failed
 
 
 def _paraphrases(
@@ -233,7 +233,8 @@ def _paraphrases(
     docs = None
     if several and word_class:  # the captions and every candidate text, parsed in one batch
         docs = parse_captions(
-            [r.caption for r in several] + [c.text for cs in samples.values() for c in cs if isinstance(c, Candidate)]
+            [r.source_text for r in several]
+            + [c.text for cs in samples.values() for c in cs if isinstance(c, Candidate)]
         )
     out, rejects = {}, []
     for r in raws:
@@ -257,13 +258,13 @@ def assemble(
     surface-similar valid candidate; the others, in order, are its alternatives for the filter stage).
     ``word_class``: check the word class of each edit (its caption parsed once), and a paraphrase candidate's
     content; ``candidates``: the paraphrase units' samples are candidates (``negatives.paraphrase_candidates``)."""
-    docs = parse_captions([r.caption for r in raws if r.task in CHECKED]) if word_class else {}
+    docs = parse_captions([r.source_text for r in raws if r.task in CHECKED]) if word_class else {}
     positives, rejects = _paraphrases(raws, templates, word_class, candidates)
     rows = []
     for r in raws:
         if r.task == PARAPHRASE:
             continue
-        out = parse_unit(r, templates[r.task], docs.get(r.caption))
+        out = parse_unit(r, templates[r.task], docs.get(r.source_text))
         if isinstance(out, Rejection):
             rejects.append(out)
             continue
@@ -272,7 +273,7 @@ def assemble(
         rows.append(
             NegativeRow(
                 id=row_id(r.source_id, r.task, out.text),
-                caption=r.caption,
+                caption=r.source_text,
                 positive=cands[0] if cands else None,
                 negative=out.text,
                 neg_type=r.task,

@@ -53,8 +53,8 @@ from pipeline.records import (
 )
 from pipeline.shards.card import finite
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
-from pipeline.tasks.edits import Candidate, Failure, parse_answer
-from pipeline.tasks.templates import ChatTemplate, load_chat_template
+from pipeline.text.edits import Candidate, Failure, parse_answer
+from pipeline.text.templates import ChatTemplate, load_chat_template
 
 SEED, ENTAIL, CONTRADICT, JUDGE = "seed", "entail", "contradict", "judge"
 SCORES = tuple(str(i) for i in range(6))  # the judge's answers (a structured-output choice where the engine has one)
@@ -185,8 +185,8 @@ def parse_candidate(raw: RawResult) -> Candidate | Rejection:
     """First valid one-line sentence among the samples; else a rejection with the first sample's reason."""
     first: Failure | None = None
     for text, finish in zip(raw.texts, raw.finish_reasons, strict=True):
-        cand = parse_answer(raw.caption, text, "rewrite", finish)
-        if isinstance(cand, Candidate) and cand.text.strip(" .").lower() == raw.caption.strip(" .").lower():
+        cand = parse_answer(raw.source_text, text, "rewrite", finish)
+        if isinstance(cand, Candidate) and cand.text.strip(" .").lower() == raw.source_text.strip(" .").lower():
             cand = Failure("copy_of_input")
         if isinstance(cand, Candidate):
             return cand
@@ -237,7 +237,7 @@ def seed_sentences(raws: list[RawResult]) -> tuple[list[SentenceRecord], list[Re
     sentences, rejects, seen = [], [], set()
     for raw in sorted(raws, key=lambda r: r.source_id):
         for i, (text, finish) in enumerate(zip(raw.texts, raw.finish_reasons, strict=True)):
-            cand = parse_answer(raw.caption, text, "rewrite", finish)
+            cand = parse_answer(raw.source_text, text, "rewrite", finish)
             if isinstance(cand, Failure):
                 rejects.append(raw_rejection(raw, cand.reason, cand.detail, text, seed=raw.provenance.seed + i))
             elif cand.text.lower() in seen:

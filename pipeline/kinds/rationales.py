@@ -55,8 +55,8 @@ from pipeline.records import (
 )
 from pipeline.shards.card import finite
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
-from pipeline.tasks.answers import AnswerKind, answer_kind_of, extract_answer, is_refusal, vote
-from pipeline.tasks.templates import ChatTemplate, load_chat_template
+from pipeline.text.answers import AnswerKind, answer_kind_of, extract_answer, is_refusal, vote
+from pipeline.text.templates import ChatTemplate, load_chat_template
 
 SAMPLED, ADVERSARIAL = "sampled", "adversarial"
 TEMPLATES = {"number": ("solve", ("question",)), "choice": ("solve_choice", ("question", "choices"))}

@@ -3,12 +3,12 @@ Promptagator: Dai et al. 2022, arXiv:2209.11755) with hard negatives mined from 
 really negative (NV-Retriever: Moreira et al. 2024, arXiv:2407.15831; sentence-transformers' ``mine_hard_negatives``).
 
 Task contract, two or three stages, each a set of units in the same resumable store:
-- ``query``: inputs the passages (:class:`SentenceRecord`, the passage in ``sentence``); one unit per passage and
+- ``query``: inputs the passages (:class:`PassageRecord`); one unit per passage and
   query type (``prompts/retrieval/<type>.yaml``), the first valid sample wins (:func:`parse_query`: refusals,
   chatter, multi-line, truncated, too long, a copy of the passage, the wrong shape for the type are rejected).
 - ``judge``: inputs :class:`Judged` (a query and its passage); the model rates 0-5 how well the passage answers
   the query, greedy; a query is kept at >= ``judge.min_score`` (else ``not_answerable``).
-- mining, no LLM (:mod:`pipeline.tasks.mining`): the kept queries and the block's passages embedded (cached per
+- mining, no LLM (:mod:`pipeline.text.mining`): the kept queries and the block's passages embedded (cached per
   text), candidates by cosine among the passages of the query's split, the positive-aware rules; a training query
   whose own passage ranks below ``mining.round_trip`` in that pool is rejected (``round_trip``, Promptagator's
   filter). Test queries are exempt: a filter by the encoder that is then evaluated would keep exactly the queries it
@@ -52,14 +52,14 @@ from pipeline.kinds.base import (
 )
 from pipeline.kinds.negatives import TypeStats
 from pipeline.kinds.pairs import SCORES, parse_score
-from pipeline.records import GenerationRequest, Provenance, RawResult, Rejection, Sampling, SentenceRecord, Unit
+from pipeline.records import GenerationRequest, PassageRecord, Provenance, RawResult, Rejection, Sampling, Unit
 from pipeline.shards.card import finite
 from pipeline.shards.publish import split_of
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
-from pipeline.tasks.edits import Failure
-from pipeline.tasks.mining import Mined, mine, select
-from pipeline.tasks.queries import check_query
-from pipeline.tasks.templates import ChatTemplate, load_chat_template
+from pipeline.text.edits import Failure
+from pipeline.text.mining import Mined, mine, select
+from pipeline.text.queries import check_query
+from pipeline.text.templates import ChatTemplate, load_chat_template
 
 QUERY, JUDGE, FN_JUDGE, MINE = "query", "judge", "fn_judge", "mine"  # stages (query: one task per type), reject tasks
 
@@ -112,7 +112,7 @@ class Judged:
 
     @property
     def text(self) -> str:
-        """The source text a unit's raw result records (``RawResult.caption``)."""
+        """The source text a unit's raw result records (``RawResult.source_text``)."""
         return self.query
 
 
@@ -121,7 +121,7 @@ class Query:
     id: str
     text: str
     type: str
-    passage: SentenceRecord
+    passage: PassageRecord
     raw: RawResult
 
 
@@ -169,14 +169,14 @@ def sampling_of(task: str, seed: int, cfg: RunConfig) -> Sampling:
     return Sampling(s.temperature, s.top_p, s.max_tokens, s.n, seed)
 
 
-def query_units(passages: list[SentenceRecord], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
+def query_units(passages: list[PassageRecord], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
     units = []
     for p in passages:
         for t in (t.value for t in cfg.retrieval.types):
             tpl = templates[t]
             units.append(
                 Unit(
-                    unit_key([p.id, p.sentence], t, tpl.sha256, sampling_of(t, 0, cfg), cfg),
+                    unit_key([p.id, p.passage], t, tpl.sha256, sampling_of(t, 0, cfg), cfg),
                     p,
                     t,
                     tpl.sha256,
@@ -219,11 +219,11 @@ def _rejection(
     )
 
 
-def parse_query(raw: RawResult, passage: SentenceRecord, cfg: RunConfig) -> Query | Rejection:
+def parse_query(raw: RawResult, passage: PassageRecord, cfg: RunConfig) -> Query | Rejection:
     """The first valid sample as the query (:func:`check_query`); else a rejection with the first sample's reason."""
     first: Failure | None = None
     for text, finish in zip(raw.texts, raw.finish_reasons, strict=True):
-        q = check_query(text, finish, passage.sentence, raw.task, cfg.retrieval.max_query_words)
+        q = check_query(text, finish, passage.passage, raw.task, cfg.retrieval.max_query_words)
         if isinstance(q, str):
             return Query(query_id(passage.id, raw.task, cfg.output.test_fraction), q, raw.task, passage, raw)
         first = first or q
@@ -297,7 +297,7 @@ def answerable(ctx: Context, qs: list[Query]) -> tuple[list[tuple[Query, int, Ra
                 _rejection(
                     raw,
                     "not_answerable",
-                    f"judge {score} < {j.min_score}: {q.passage.sentence}",
+                    f"judge {score} < {j.min_score}: {q.passage.passage}",
                     q.text,
                     q.id,
                     q.type,
@@ -322,7 +322,7 @@ def mined(ctx: Context, qs: list[Query]) -> list[Mined]:
     if not qs:
         return []
     row = {p.id: i for i, p in enumerate(passages)}
-    emb = encoder(ctx.cfg).embed([p.sentence for p in passages] + [q.text for q in qs])  # [P + Q, D]
+    emb = encoder(ctx.cfg).embed([p.passage for p in passages] + [q.text for q in qs])  # [P + Q, D]
     pools = np.array([split_of(p.id, ctx.cfg.output.test_fraction) == "test" for p in passages])
     return mine(
         emb[len(passages) :],
@@ -376,7 +376,7 @@ def fn_items(ctx: Context, kept: list[Kept]) -> list[Judged]:
     """The candidates the false-negative judge rates: each query's closest ``fn_judge.top`` that passed the rules."""
     p, top = ctx.inputs.records, ctx.cfg.retrieval.fn_judge.top
     return [
-        Judged(k.query.id, k.query.text, k.query.type, p[c.passage].id, p[c.passage].sentence)
+        Judged(k.query.id, k.query.text, k.query.type, p[c.passage].id, p[c.passage].passage)
         for k in kept
         for c in [c for c in k.mined.candidates if not c.reason][:top]
     ]
@@ -409,7 +409,7 @@ def assemble(ctx: Context) -> Assembled:
                     d.reason,
                     f"candidate {neg.id} rank {d.candidate.rank}, cosine {d.candidate.sim:.4f}, positive "
                     f"{m.pos_sim:.4f}; query: {q.text}",
-                    neg.sentence,
+                    neg.passage,
                     q.id,
                     FN_JUDGE if by_llm else MINE,
                     stage="filter",
@@ -437,8 +437,8 @@ def assemble(ctx: Context) -> Assembled:
                 RetrievalRow(
                     id=row_id(q.id, q.text, neg.id),
                     query=q.text,
-                    positive=q.passage.sentence,
-                    negative=neg.sentence,
+                    positive=q.passage.passage,
+                    negative=neg.passage,
                     query_type=q.type,
                     pos_sim=m.pos_sim,
                     neg_sim=c.sim,
@@ -545,7 +545,7 @@ class Retrieval:
             return query_units(ctx.inputs.records, cfg, ctx.templates)
         if stage == JUDGE:
             return judge_units(
-                [Judged(q.id, q.text, q.type, q.passage.id, q.passage.sentence) for q in queries(ctx)[0]],
+                [Judged(q.id, q.text, q.type, q.passage.id, q.passage.passage) for q in queries(ctx)[0]],
                 JUDGE,
                 cfg,
                 ctx.templates,
@@ -555,9 +555,7 @@ class Retrieval:
     def render(self, unit: Unit, ctx: Context) -> GenerationRequest:
         src, tpl = unit.source, ctx.templates[JUDGE if unit.task in (JUDGE, FN_JUDGE) else unit.task]
         values = (
-            {"query": src.query, "passage": src.passage}
-            if unit.task in (JUDGE, FN_JUDGE)
-            else {"passage": src.sentence}
+            {"query": src.query, "passage": src.passage} if unit.task in (JUDGE, FN_JUDGE) else {"passage": src.passage}
         )
         return GenerationRequest(unit.key, tpl.messages(values), sampling_of(unit.task, unit.seed, ctx.cfg))
 

@@ -27,8 +27,8 @@ from pipeline.shards.folder import check_output, claim_output
 from pipeline.shards.keys import FileIndex
 from pipeline.shards.schema import (
     RAW_SCHEMA,
-    RAW_SCHEMA_BEFORE_GROUPS,
     REJECTED_SCHEMA,
+    raw_part_of_earlier_version,
     raw_results,
     raw_table,
     rejected_table,
@@ -116,9 +116,7 @@ class RunStore:
             ) from exc
 
     def _read(self, path: Path) -> pa.Table:
-        table = self._checked(path)
-        if table.schema == RAW_SCHEMA_BEFORE_GROUPS:  # an earlier version's part: no group column, read as ungrouped
-            table = table.append_column(RAW_SCHEMA.field("group"), pa.nulls(table.num_rows, pa.string()))
+        table = raw_part_of_earlier_version(self._checked(path))
         if table.schema != RAW_SCHEMA:
             raise DatasetError(
                 f"{path}: expected the raw-part schema of this contrastgen version, found {table.schema}. "

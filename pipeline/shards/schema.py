@@ -47,7 +47,7 @@ RAW_SCHEMA = pa.schema(
     [
         pa.field("unit_key", pa.string()),
         pa.field("source_id", pa.string()),
-        pa.field("caption", pa.string()),
+        pa.field("source_text", pa.string()),
         pa.field("image_ref", pa.string()),
         pa.field("task", pa.string()),
         pa.field("texts", pa.list_(pa.string())),
@@ -57,9 +57,17 @@ RAW_SCHEMA = pa.schema(
         pa.field("group", pa.string()),
     ]
 )
-# Raw parts written before input groups (issue 32) lack the last column; they are read with a null group, so a run
-# made then resumes now (its ungrouped unit keys did not change).
-RAW_SCHEMA_BEFORE_GROUPS = pa.schema(list(RAW_SCHEMA)[:-1])
+
+
+def raw_part_of_earlier_version(table: pa.Table) -> pa.Table:
+    """A raw part as this version reads it, so a run made by an earlier version resumes now (its unit keys did not
+    change): the source text's column was called ``caption`` before issue 34, and parts written before input groups
+    (issue 32) lack the ``group`` column (read as null: ungrouped). Any other schema is returned as it came."""
+    if "caption" in table.column_names and "source_text" not in table.column_names:
+        table = table.rename_columns(["source_text" if c == "caption" else c for c in table.column_names])
+    if "group" not in table.column_names:
+        table = table.append_column(RAW_SCHEMA.field("group"), pa.nulls(table.num_rows, pa.string()))
+    return table
 
 
 def _flat(records) -> list[dict]:

@@ -12,7 +12,7 @@ from pipeline.errors import RunLockedError
 from pipeline.kinds import negatives as task
 from pipeline.run.store import RunStore
 from pipeline.shards.writer import sha256_file
-from pipeline.tasks.structure import check_shapes
+from pipeline.text.structure import check_shapes
 from tests.conftest import assert_rerun_makes_no_llm_call
 
 pytestmark = pytest.mark.integration

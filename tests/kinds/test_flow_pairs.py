@@ -29,7 +29,9 @@ def test_every_sentence_ends_as_a_row_or_a_rejection(pairs_run):
     judged = {r.source_id for r in raws if r.task == task.JUDGE}
     assert s["units"] == len(raws) == 2 * 4 + 2 * len(judged)  # entail + contradict per sentence, judge per pair
     sentences = {x["sentence"] for x in snli_premises(4)}
-    assert {r.caption for r in raws} == sentences  # each raw result records its source text (the copy check needs it)
+    assert {
+        r.source_text for r in raws
+    } == sentences  # each raw result records its source text (the copy check needs it)
     rejected = datasets.load_dataset(str(cfg.output.dir), "rejected")["rejected"].to_list()
     ids = {r["source_id"] for r in _rows(cfg.output.dir, s["kept"])} | {
         r["source_id"] for r in rejected if r["stage"] != "input"

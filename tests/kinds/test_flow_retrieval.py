@@ -64,7 +64,7 @@ def test_every_passage_and_type_ends_as_rows_or_a_rejection(retrieval_run):
     raws = RunStore(cfg.output.dir).read_raw()
     by_task = {t: [r for r in raws if r.task == t] for t in ("question", "keyword", "judge", "fn_judge")}
     assert len(by_task["question"]) == len(by_task["keyword"]) == 8 and s["units"] == len(raws)
-    assert {r.caption for r in by_task["question"]} == {p["passage"] for p in mnli_passages(8)}
+    assert {r.source_text for r in by_task["question"]} == {p["passage"] for p in mnli_passages(8)}
     rows, rejected = _rows(cfg.output.dir, s["kept"]), _rejected(cfg.output.dir)
     assert {r["reason"] for r in rejected} <= REASONS, rejected
     for q in by_task["question"] + by_task["keyword"]:

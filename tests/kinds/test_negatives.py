@@ -1,7 +1,7 @@
 from pipeline.config import load_config
 from pipeline.kinds import negatives as task
 from pipeline.records import CaptionRecord, Provenance, RawResult, Rejection
-from pipeline.tasks.edits import Candidate
+from pipeline.text.edits import Candidate
 
 CFG = load_config(None, {"negatives": {"types": ["swap_obj", "replace_obj"]}})
 TPLS = task.templates_for(CFG)

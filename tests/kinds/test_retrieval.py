@@ -11,10 +11,10 @@ from pipeline.errors import ConfigError, TemplateError
 from pipeline.kinds import KINDS
 from pipeline.kinds import retrieval as task
 from pipeline.kinds.base import Context, Inputs, Stage, merge_stats
-from pipeline.records import Provenance, RawResult, Rejection, SentenceRecord
+from pipeline.records import PassageRecord, Provenance, RawResult, Rejection
 from pipeline.shards.publish import split_of
-from pipeline.tasks.edits import Failure
-from pipeline.tasks.queries import check_query, copied_share
+from pipeline.text.edits import Failure
+from pipeline.text.queries import check_query, copied_share
 
 KIND = KINDS["retrieval"]
 PASSAGE = (
@@ -74,7 +74,7 @@ def raw(
 
 
 def test_first_valid_sample_wins_and_a_rejection_names_the_first_failure():
-    p = SentenceRecord("p1", PASSAGE)
+    p = PassageRecord("p1", PASSAGE)
     q = task.parse_query(raw("p1", "question", ["Sure! Why is Mars red?", "Why is Mars red?"]), p, RunConfig())
     assert isinstance(q, task.Query) and (q.text, q.type, q.passage) == ("Why is Mars red?", "question", p)
     bad = task.parse_query(raw("p1", "question", ["Sure! Why is Mars red?", "Mars."]), p, RunConfig())
@@ -129,7 +129,7 @@ def test_templates_config_and_flags(tmp_path):
 def test_units_render_their_template_and_the_judge_is_greedy_with_score_choices():
     cfg = load_config(None, {"retrieval": {"types": ["keyword", "question"]}})
     tpls = task.templates_for(cfg)
-    passages = [SentenceRecord("p1", PASSAGE), SentenceRecord("p2", "Bread rises because yeast makes gas.")]
+    passages = [PassageRecord("p1", PASSAGE), PassageRecord("p2", "Bread rises because yeast makes gas.")]
     units = task.query_units(passages, cfg, tpls)
     assert [(u.source.id, u.task) for u in units] == [
         ("p1", "keyword"),
@@ -222,7 +222,7 @@ def run_assemble(tmp_path, fn_answer, test_fraction: float = 0.0) -> tuple[RunCo
             "filters": {"retrieval": {"semantic": {"cache_dir": tmp_path / "cache"}}},
         },
     )
-    passages = [SentenceRecord(i, t) for i, t in PASSAGES]
+    passages = [PassageRecord(i, t) for i, t in PASSAGES]
     store: dict[str, list[RawResult]] = {}
     ctx = Context(cfg, KIND.templates(cfg), Inputs(passages, [], len(passages)), raws=lambda name: store[name])
 

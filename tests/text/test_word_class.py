@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.tasks.word_class import parse_captions, word_class_failure
+from pipeline.text.word_class import parse_captions, word_class_failure
 
 BOY = "A boy in a blue shirt holds a red kite."
 CAR = "A red car parked by a tree."

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import MiningConfig
-from pipeline.tasks.mining import Candidate, candidate_reasons, mine, select
+from pipeline.text.mining import Candidate, candidate_reasons, mine, select
 
 
 def unit(cos: float) -> list[float]:

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.tasks.edits import Candidate, Failure, parse_answer
+from pipeline.text.edits import Candidate, Failure, parse_answer
 
 CAP = "A cat sleeps on top of a suitcase."
 

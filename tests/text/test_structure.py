@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.tasks.structure import (
+from pipeline.text.structure import (
     check_shapes,
     is_insertion,
     is_permutation,

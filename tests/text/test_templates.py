@@ -6,8 +6,8 @@ from pipeline.config import REPO_PROMPTS, NegType, load_config
 from pipeline.errors import TemplateError
 from pipeline.kinds import negatives as task
 from pipeline.records import CaptionRecord
-from pipeline.tasks.structure import check_shapes
-from pipeline.tasks.templates import load_template, load_templates
+from pipeline.text.structure import check_shapes
+from pipeline.text.templates import load_template, load_templates
 
 ALL = [t.value for t in NegType] + ["paraphrase"]
 

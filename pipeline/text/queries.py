@@ -1,7 +1,7 @@
 """Validate one synthetic retrieval query against its passage: a strict check, never a repair.
 
 A query is rejected when it is empty, a refusal, chatter ("Question: ...", "Here is ..."), more than one line,
-cut at max_tokens (:func:`pipeline.tasks.edits.screen`), a copy of its passage (``copy_of_passage``: the passage
+cut at max_tokens (:func:`pipeline.text.edits.screen`), a copy of its passage (``copy_of_passage``: the passage
 itself, or 6+ words of which 80% are one verbatim run of the passage), longer than ``max_words`` (``too_long``),
 or not of its type's shape (``type_mismatch``, :data:`SHAPES`).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from pipeline.config import QueryType
-from pipeline.tasks.edits import Failure, screen
+from pipeline.text.edits import Failure, screen
 
 _LABEL = re.compile(r"^\W*(search query|query|question|claim|keywords?|statement)\s*:", re.I)
 _WORD = re.compile(r"\w+")

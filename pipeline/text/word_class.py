@@ -1,6 +1,6 @@
 """Word-class check: does an edit change the kind of word its declared negative type names?
 
-The structural check (:mod:`pipeline.tasks.structure`) proves a swap_att row is a permutation of its caption; it
+The structural check (:mod:`pipeline.text.structure`) proves a swap_att row is a permutation of its caption; it
 cannot tell an attribute swap from a noun swap. A small generator often answers "swap two attributes" by
 swapping two nouns ("A boy in a blue shirt" -> "A blue in a boy shirt"): a swap_obj row (or nonsense) labelled
 swap_att, so the card's type counts and any per-type training or evaluation lie. This check reads a spaCy parse

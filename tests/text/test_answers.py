@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.tasks.answers import (
+from pipeline.text.answers import (
     extract_answer,
     gold_answer,
     is_refusal,

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pipeline.config import load_config
 from pipeline.kinds import negatives as task
 from pipeline.records import CaptionRecord
-from pipeline.tasks.paraphrase import by_wording, content_failure
-from pipeline.tasks.word_class import parse_captions
+from pipeline.text.paraphrase import by_wording, content_failure
+from pipeline.text.word_class import parse_captions
 from tests.kinds.test_negatives import _raw
 
 CAPTION = "A dog runs on the beach."
