@@ -19,9 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.generation import captions_file  # noqa: E402
-from pipeline.config import NegType, load_config  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.inputs import read_captions  # noqa: E402
 from pipeline.kinds import negatives as task  # noqa: E402
+from pipeline.kinds.negatives_config import NegType  # noqa: E402
 from pipeline.records import Provenance, RawResult, Rejection  # noqa: E402
 from pipeline.text.word_class import CHECKED, parse_captions  # noqa: E402
 

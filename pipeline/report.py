@@ -90,7 +90,7 @@ def print_filters(info: dict[str, Any], console: Console) -> None:
     balanced = info["blind_splits"]
     for split, rates in report.get("blind_by_split", {}).items():
         for name, r in rates.items():
-            label = f"blind {name} picks the caption ({split}{', balanced' if split in balanced else ''})"
+            label = f"blind {name} picks the anchor ({split}{', balanced' if split in balanced else ''})"
             checks.add_row(label, _pct(r["before"]), _pct(r["after"]))
     prop = report.get("propensity", {})
     for key, label in (("surface", "AUC surface_sim pos vs neg"), ("semantic", "AUC semantic_sim pos vs neg")):

@@ -1,7 +1,8 @@
 import pytest
 
-from pipeline.config import NegType, load_config
+from pipeline.config import load_config
 from pipeline.errors import ConfigError
+from pipeline.kinds.negatives_config import NegType
 
 
 def test_precedence_file_then_env_then_cli(tmp_path, monkeypatch):

@@ -23,10 +23,11 @@ LAYERS = (
     "pipeline.deploy",
     "flows",  # thin Prefect flows
     Layer("pipeline.run", "pipeline.train", "pipeline.view", "pipeline.report", "pipeline.serve"),
+    "pipeline.config",  # the one run config: the shared sections and each registered kind's own
     "pipeline.kinds",  # the data kinds and their registry
     "pipeline.inputs",
     "pipeline.text",  # what kinds share: templates, edits, answers, mining
-    "pipeline.config",  # the one run config (its filter and engine sections live beside what they configure)
+    "pipeline.settings",  # the settings mechanism and the shared sections (filter and engine sections beside them)
     "pipeline.filters",
     Layer("pipeline.shards", "pipeline.serve_workers"),  # the output contract; the server's engine processes
     "pipeline.engines",

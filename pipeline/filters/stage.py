@@ -215,6 +215,11 @@ class Decisions:
     blind: bool
     weight_mean: float = 1.0  # the negatives' mean inverse-propensity weight (they are normalised to mean 1)
 
+    @property
+    def blocks(self) -> int:
+        """How many blocks were decided (as many as were scored)."""
+        return self.spill.blocks
+
     def block(self, b: int) -> StageResult:
         sc, d = self.spill.block(b), self.file.batch(b)
         col = {name: d.column(name).to_numpy(zero_copy_only=False) for name in DECISION_SCHEMA.names}
@@ -423,8 +428,8 @@ def _propensity(dec: Decisions, fit: Smallest, cfg: FilterConfig) -> dict:
     surf, sem = s["feats"][:, 0], s["feats"][:, 4]
     report: dict[str, object] = {
         "pairs": int(counts.sum()),
-        "positives": int(counts[1]),
-        "negatives": int(counts[0]),
+        "positive_pairs": int(counts[1]),
+        "negative_pairs": int(counts[0]),
         "auc_surface_before": weighted_auc(surf, labels),
         "auc_surface_after": weighted_auc(surf, labels, w_fit),
         "auc_semantic_before": weighted_auc(sem, labels),

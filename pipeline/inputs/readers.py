@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pipeline.config import InputConfig
 from pipeline.errors import InputFileError
 from pipeline.records import CaptionRecord, PassageRecord, QuestionRecord, Rejection, SentenceRecord
+from pipeline.settings import InputConfig
 from pipeline.text.answers import answer_kind_of, gold_answer
 
 RawRow = tuple[int, dict[str, Any] | None, Rejection | None]  # (line, row, problem)

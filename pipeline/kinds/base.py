@@ -32,8 +32,10 @@ from pipeline.shards.card import CardFacts
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from pipeline.config import RunConfig
+    from pipeline.filters.config import FilterConfig
     from pipeline.records import GenerationRequest, RawResult, Unit
+    from pipeline.settings import BaseRunConfig as RunConfig
+    from pipeline.settings import Section
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,8 @@ class Assembled:
 
 
 class Kind(Protocol):
-    """A data kind. ``name`` is its CLI word, its config section, its filter section (``filters.<name>``) and
-    its format (``contrastgen.<name>/1``)."""
+    """A data kind. ``name`` is its CLI word, the name of its config section (of type ``section``) and of its filter
+    section (``filters.<name>``, defaults ``filters``), and its format (``contrastgen.<name>/1``)."""
 
     # Read-only attributes (a kind is a frozen dataclass), hence properties in this protocol.
     @property
@@ -110,6 +112,12 @@ class Kind(Protocol):
     ) -> bool: ...  # a part's results assemble alone (live valid/rejected counts by type while generating)
     @property
     def flags(self) -> tuple[Flag, ...]: ...  # its `generate <name>` flags
+    @property
+    def section(self) -> type[Section]: ...  # its settings class: the run config's `<name>:` section
+    @property
+    def filters(self) -> FilterConfig: ...  # its filter defaults: the run config's `filters.<name>` section
+
+    def settings_problems(self, cfg: RunConfig) -> list[str]: ...  # checks across its sections when a config loads
 
     def check(self, cfg: RunConfig) -> None: ...
     def templates(self, cfg: RunConfig) -> dict[str, Any]: ...

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.config import NegType, RunConfig
+from pipeline.filters.config import FilterConfig
 from pipeline.inputs import read_captions
 from pipeline.kinds.base import (
     Assembled,
@@ -31,6 +31,7 @@ from pipeline.kinds.base import (
 )
 from pipeline.kinds.base import unit_key as _unit_key
 from pipeline.kinds.base import unit_seed as _unit_seed
+from pipeline.kinds.negatives_config import FILTERS, NegativesConfig, NegType
 from pipeline.records import (
     CaptionRecord,
     GenerationRequest,
@@ -40,6 +41,7 @@ from pipeline.records import (
     Sampling,
     Unit,
 )
+from pipeline.settings import BaseRunConfig as RunConfig
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
 from pipeline.text.edits import (
     Candidate,
@@ -52,6 +54,12 @@ from pipeline.text.paraphrase import by_wording, content_failure
 from pipeline.text.structure import Shape, check_shapes
 from pipeline.text.templates import Template, load_templates
 from pipeline.text.word_class import CHECKED, load_parser, parse_captions, word_class_failure
+
+
+def settings(cfg: RunConfig) -> NegativesConfig:
+    """This kind's section of the run config (``negatives:``)."""
+    return cfg.section(NegativesConfig)
+
 
 PARAPHRASE = "paraphrase"
 
@@ -91,15 +99,15 @@ SHAPES: dict[str, Shape] = {
 
 
 def task_names(cfg: RunConfig) -> list[str]:
-    return [t.value for t in cfg.negatives.types] + ([PARAPHRASE] if cfg.negatives.paraphrase else [])
+    return [t.value for t in settings(cfg).types] + ([PARAPHRASE] if settings(cfg).paraphrase else [])
 
 
 def templates_for(cfg: RunConfig) -> dict[str, Template]:
-    return load_templates(cfg.negatives.prompts_dir, task_names(cfg))
+    return load_templates(settings(cfg).prompts_dir, task_names(cfg))
 
 
 def mode_for(task: str, cfg: RunConfig) -> str:
-    return "rewrite" if task == PARAPHRASE else cfg.negatives.mode
+    return "rewrite" if task == PARAPHRASE else settings(cfg).mode
 
 
 def unit_key(src: CaptionRecord, task: str, tpl: Template, cfg: RunConfig) -> str:
@@ -112,7 +120,7 @@ def unit_key(src: CaptionRecord, task: str, tpl: Template, cfg: RunConfig) -> st
 
 def candidates_for(task: str, cfg: RunConfig) -> int | None:
     """The paraphrase unit's own sample count (``negatives.paraphrase_candidates``), None for the rest."""
-    return cfg.negatives.paraphrase_candidates if task == PARAPHRASE else None
+    return settings(cfg).paraphrase_candidates if task == PARAPHRASE else None
 
 
 def unit_seed(run_seed: int, source_id: str, task: str) -> int:
@@ -350,6 +358,8 @@ class Negatives:
     tags: tuple[str, ...] = ("hard-negatives", "compositionality")
     positive_task: str | None = PARAPHRASE
     part_assembles: bool = True
+    section: type[NegativesConfig] = NegativesConfig
+    filters: FilterConfig = FILTERS
     flags: tuple[Flag, ...] = (
         Flag(
             "--types",
@@ -370,9 +380,21 @@ class Negatives:
         ),
     )
 
+    def settings_problems(self, cfg: RunConfig) -> list[str]:
+        exempt = cfg.filters_for(self.name).semantic.false_negative_exempt
+        unknown = sorted(set(exempt) - {t.value for t in NegType})
+        return (
+            [
+                f"filters.{self.name}.semantic.false_negative_exempt: expected negative types from "
+                f"{[t.value for t in NegType]}, got unknown {unknown}"
+            ]
+            if unknown
+            else []
+        )
+
     def check(self, cfg: RunConfig) -> None:
         check_input_output(cfg)
-        if cfg.negatives.word_class and any(t.value in CHECKED for t in cfg.negatives.types):
+        if settings(cfg).word_class and any(t.value in CHECKED for t in settings(cfg).types):
             # Preflight: a missing spaCy model is one clear error before any LLM call, and its load (about 2 s) is
             # not paid inside the first part's commit, where it would hold the driver while the engines wait.
             load_parser()
@@ -401,7 +423,7 @@ class Negatives:
 
     def assemble(self, ctx: Context, raws: list[RawResult]) -> Assembled:
         rows, rejects = assemble(
-            raws, ctx.templates, ctx.cfg.negatives.word_class, ctx.cfg.negatives.paraphrase_candidates is not None
+            raws, ctx.templates, settings(ctx.cfg).word_class, settings(ctx.cfg).paraphrase_candidates is not None
         )
         valid_positives = sum(r.task == PARAPHRASE for r in raws) - sum(
             r.task == PARAPHRASE and r.stage == "generation" for r in rejects
@@ -409,7 +431,7 @@ class Negatives:
         return Assembled(rows, rejects, valid_positives)
 
     def assembly_settings(self, cfg: RunConfig) -> dict[str, Any]:
-        return {"word_class": cfg.negatives.word_class}  # the word-class check decides rows at assembly
+        return {"word_class": settings(cfg).word_class}  # the word-class check decides rows at assembly
 
     def reject_task(self, row: NegativeRow) -> str:
         return row.neg_type
@@ -429,7 +451,7 @@ class Negatives:
             per_type=per_type,
             stats=groups,
             no_positive=tally.no_positive,
-            mode=ctx.cfg.negatives.mode,
+            mode=settings(ctx.cfg).mode,
             manifest={"per_type": [asdict(s) for s in per_type], **({"groups": asdict(groups)} if groups else {})},
         )
 

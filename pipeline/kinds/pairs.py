@@ -22,8 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.config import RunConfig
 from pipeline.errors import ContrastgenError, TemplateError
+from pipeline.filters.config import FilterConfig
 from pipeline.inputs import read_sentences
 from pipeline.kinds.base import (
     Assembled,
@@ -40,6 +40,7 @@ from pipeline.kinds.base import (
     unit_seed,
 )
 from pipeline.kinds.base import unit_key as _unit_key
+from pipeline.kinds.pairs_config import FILTERS, PairsConfig
 from pipeline.records import (
     GenerationRequest,
     JudgeItem,
@@ -51,10 +52,17 @@ from pipeline.records import (
     TopicRecord,
     Unit,
 )
+from pipeline.settings import BaseRunConfig as RunConfig
 from pipeline.shards.card import finite
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
 from pipeline.text.edits import Candidate, Failure, parse_answer
 from pipeline.text.templates import ChatTemplate, load_chat_template
+
+
+def settings(cfg: RunConfig) -> PairsConfig:
+    """This kind's section of the run config (``pairs:``)."""
+    return cfg.section(PairsConfig)
+
 
 SEED, ENTAIL, CONTRADICT, JUDGE = "seed", "entail", "contradict", "judge"
 SCORES = tuple(str(i) for i in range(6))  # the judge's answers (a structured-output choice where the engine has one)
@@ -87,7 +95,7 @@ SCHEMA = pa.schema(
 
 def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
     """Every configured variant plus the judge and seed templates, by file stem; each checked for its task."""
-    p = cfg.pairs
+    p = settings(cfg)
     names = {**{n: ENTAIL for n in p.entail}, **{n: CONTRADICT for n in p.contradict}, JUDGE: JUDGE, SEED: SEED}
     out = {}
     for name, task in names.items():
@@ -102,7 +110,7 @@ def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
 
 def variant_of(sentence_id: str, task: str, cfg: RunConfig) -> str:
     """The instruction variant of one row and task: a hash of the run seed, row id and task picks it."""
-    names = cfg.pairs.entail if task == ENTAIL else cfg.pairs.contradict
+    names = settings(cfg).entail if task == ENTAIL else settings(cfg).contradict
     return names[unit_seed(cfg.sampling.seed, sentence_id, task) % len(names)]
 
 
@@ -115,18 +123,18 @@ def _unit_seed(cfg: RunConfig, *parts: str) -> int:
 
 
 def sampling_of(task: str, seed: int, cfg: RunConfig) -> Sampling:
-    s, j = cfg.sampling, cfg.pairs.judge
+    s, j = cfg.sampling, settings(cfg).judge
     if task == JUDGE:
         return Sampling(j.temperature, 1.0, j.max_tokens, 1, seed, choices=SCORES)
     if task == SEED:
-        return Sampling(max(s.temperature, 0.9), s.top_p, s.max_tokens, cfg.pairs.seeds_per_topic, seed)
+        return Sampling(max(s.temperature, 0.9), s.top_p, s.max_tokens, settings(cfg).seeds_per_topic, seed)
     return Sampling(s.temperature, s.top_p, s.max_tokens, s.n, seed)
 
 
 def seed_units(cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
     tpl = templates[SEED]
     units = []
-    for topic in dict.fromkeys(cfg.pairs.topics):
+    for topic in dict.fromkeys(settings(cfg).topics):
         rec = TopicRecord("t-" + sha(topic)[:12], topic)
         units.append(
             Unit(
@@ -308,7 +316,7 @@ def assemble(
     cfg: RunConfig,
 ) -> tuple[list[PairRow], list[Rejection], Stats]:
     """Apply the keep rule to every sentence with two judged candidates; a lone candidate is rejected (no_partner)."""
-    j, rows, rejects = cfg.pairs.judge, [], []
+    j, rows, rejects = settings(cfg).judge, [], []
     st = Stats(
         sentences=len(sentences),
         valid_entail=sum(k[1] == ENTAIL for k in cands),
@@ -400,6 +408,8 @@ class Pairs:
     tags: tuple[str, ...] = ("sentence-pairs", "nli", "sentence-embeddings")
     positive_task: str | None = None
     part_assembles: bool = False  # the judge stage reads the generate stage
+    section: type[PairsConfig] = PairsConfig
+    filters: FilterConfig = FILTERS
     flags: tuple[Flag, ...] = (
         Flag(
             "--topics",
@@ -409,10 +419,13 @@ class Pairs:
         ),
     )
 
+    def settings_problems(self, cfg: RunConfig) -> list[str]:
+        return []
+
     def check(self, cfg: RunConfig) -> None:
         if cfg.output.dir is None:
             raise ContrastgenError("expected output.dir (--out), got none. Fix: pass --out DIR or set it in --config")
-        if cfg.input.path is None and not cfg.pairs.topics:
+        if cfg.input.path is None and not settings(cfg).topics:
             raise ContrastgenError(
                 "expected --input (sentences) or pairs.topics (from-scratch mode), got neither. "
                 "Fix: pass --input FILE, or --topics T1 T2 ..."
@@ -424,7 +437,7 @@ class Pairs:
 
     def read(self, cfg: RunConfig) -> Inputs:
         if cfg.input.path is None:
-            return Inputs([], [], len(cfg.pairs.topics))
+            return Inputs([], [], len(settings(cfg).topics))
         sentences, rejects = read_sentences(cfg.input)
         return Inputs(sentences, rejects, len(sentences) + len(rejects))
 

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import RunConfig
+from pipeline.filters.config import FilterConfig
 from pipeline.inputs import read_questions
 from pipeline.kinds.base import (
     Assembled,
@@ -44,6 +44,7 @@ from pipeline.kinds.base import (
     unit_key,
     unit_seed,
 )
+from pipeline.kinds.rationales_config import FILTERS, RationalesConfig
 from pipeline.records import (
     GenerationRequest,
     QuestionRecord,
@@ -53,10 +54,17 @@ from pipeline.records import (
     Sampling,
     Unit,
 )
+from pipeline.settings import BaseRunConfig as RunConfig
 from pipeline.shards.card import finite
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
 from pipeline.text.answers import AnswerKind, answer_kind_of, extract_answer, is_refusal, vote
 from pipeline.text.templates import ChatTemplate, load_chat_template
+
+
+def settings(cfg: RunConfig) -> RationalesConfig:
+    """This kind's section of the run config (``rationales:``)."""
+    return cfg.section(RationalesConfig)
+
 
 SAMPLED, ADVERSARIAL = "sampled", "adversarial"
 TEMPLATES = {"number": ("solve", ("question",)), "choice": ("solve_choice", ("question", "choices"))}
@@ -90,17 +98,17 @@ SCHEMA = pa.schema(
 
 
 def task_names(cfg: RunConfig) -> list[str]:
-    return [SAMPLED] + ([ADVERSARIAL] if cfg.rationales.adversarial.enabled else [])
+    return [SAMPLED] + ([ADVERSARIAL] if settings(cfg).adversarial.enabled else [])
 
 
 def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
     """Both answer kinds' templates, by template name (a run may mix numeric and multiple-choice rows)."""
-    folder = cfg.rationales.prompts_dir
+    folder = settings(cfg).prompts_dir
     return {name: load_chat_template(folder / f"{name}.yaml", slots) for name, slots in TEMPLATES.values()}
 
 
 def answer_kind(q: QuestionRecord, cfg: RunConfig) -> AnswerKind:
-    return answer_kind_of(cfg.rationales.answer_kind, q.choices)
+    return answer_kind_of(settings(cfg).answer_kind, q.choices)
 
 
 def template_of(q: QuestionRecord, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> ChatTemplate:
@@ -108,7 +116,7 @@ def template_of(q: QuestionRecord, cfg: RunConfig, templates: dict[str, ChatTemp
 
 
 def sampling_of(task: str, unit_seed: int, cfg: RunConfig) -> Sampling:
-    r = cfg.rationales
+    r = settings(cfg)
     if task == ADVERSARIAL:
         a = r.adversarial
         return Sampling(a.temperature, a.top_p, r.max_tokens, a.n, unit_seed, stop_at_newline=False)
@@ -218,7 +226,7 @@ def _samples(
     valid: dict[str, list[Sample]] = {SAMPLED: [], ADVERSARIAL: []}
     for raw in raws:
         for i, (text, finish) in enumerate(zip(raw.texts, raw.finish_reasons, strict=True)):
-            out = parse_sample(text, finish, answer_kind(q, cfg), q.choices, cfg.rationales.min_chars)
+            out = parse_sample(text, finish, answer_kind(q, cfg), q.choices, settings(cfg).min_chars)
             if isinstance(out, tuple):
                 rejects.append(_reject(raw, text, raw.provenance.seed + i, *out))
             else:
@@ -259,7 +267,7 @@ def assemble(
         st.label_majority += source == "majority"
         st.adversarial_correct += sum(s.answer == label for s in valid[ADVERSARIAL])
         scored = {
-            id(s): quality(s, label, counts, cfg.rationales.min_chars) for s in valid[SAMPLED] + valid[ADVERSARIAL]
+            id(s): quality(s, label, counts, settings(cfg).min_chars) for s in valid[SAMPLED] + valid[ADVERSARIAL]
         }
         pos = sorted((s for s in valid[SAMPLED] if s.answer == label), key=lambda s: (-scored[id(s)], s.seed))
         negs = [(s, "sampled_wrong") for s in valid[SAMPLED] if s.answer != label]
@@ -328,9 +336,14 @@ class Rationales:
     tags: tuple[str, ...] = ("rationales", "chain-of-thought", "reasoning")
     positive_task: str | None = None
     part_assembles: bool = False  # a question's samples may span parts
+    section: type[RationalesConfig] = RationalesConfig
+    filters: FilterConfig = FILTERS
     flags: tuple[Flag, ...] = (
         Flag("--k", "rationales", "k", {"type": int, "help": "rationales sampled per question (default 5)"}),
     )
+
+    def settings_problems(self, cfg: RunConfig) -> list[str]:
+        return []
 
     def check(self, cfg: RunConfig) -> None:
         check_input_output(cfg)
@@ -339,7 +352,7 @@ class Rationales:
         return templates_for(cfg)
 
     def read(self, cfg: RunConfig) -> Inputs:
-        questions, rejects = read_questions(cfg.input, cfg.rationales.answer_kind)
+        questions, rejects = read_questions(cfg.input, settings(cfg).answer_kind)
         return Inputs(questions, rejects, len(questions) + len(rejects))
 
     def stages(self, cfg: RunConfig) -> tuple[str, ...]:

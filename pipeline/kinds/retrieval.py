@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import FilterConfig, QueryType, RunConfig, SemanticSection
 from pipeline.errors import TemplateError
+from pipeline.filters.config import FilterConfig, SemanticSection
 from pipeline.filters.scorers import TextScorers
 from pipeline.inputs import read_passages
 from pipeline.kinds.base import (
@@ -52,14 +52,22 @@ from pipeline.kinds.base import (
 )
 from pipeline.kinds.negatives import TypeStats
 from pipeline.kinds.pairs import SCORES, parse_score
+from pipeline.kinds.retrieval_config import FILTERS, RetrievalConfig
 from pipeline.records import GenerationRequest, PassageRecord, Provenance, RawResult, Rejection, Sampling, Unit
+from pipeline.settings import BaseRunConfig as RunConfig
 from pipeline.shards.card import finite
 from pipeline.shards.publish import split_of
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
 from pipeline.text.edits import Failure
 from pipeline.text.mining import Mined, mine, select
-from pipeline.text.queries import check_query
+from pipeline.text.queries import QueryType, check_query
 from pipeline.text.templates import ChatTemplate, load_chat_template
+
+
+def settings(cfg: RunConfig) -> RetrievalConfig:
+    """This kind's section of the run config (``retrieval:``)."""
+    return cfg.section(RetrievalConfig)
+
 
 QUERY, JUDGE, FN_JUDGE, MINE = "query", "judge", "fn_judge", "mine"  # stages (query: one task per type), reject tasks
 
@@ -152,7 +160,7 @@ class RetrievalRow:
 
 def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
     """One template per configured query type, plus the judge, by name; each checked for its task."""
-    r = cfg.retrieval
+    r = settings(cfg)
     out = {}
     for name, task, slots in [(t.value, QUERY, ("passage",)) for t in r.types] + [(JUDGE, JUDGE, ("query", "passage"))]:
         tpl = load_chat_template(r.prompts_dir / f"{name}.yaml", slots)
@@ -163,7 +171,7 @@ def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
 
 
 def sampling_of(task: str, seed: int, cfg: RunConfig) -> Sampling:
-    s, j = cfg.sampling, cfg.retrieval.judge
+    s, j = cfg.sampling, settings(cfg).judge
     if task in (JUDGE, FN_JUDGE):
         return Sampling(j.temperature, 1.0, j.max_tokens, 1, seed, choices=SCORES)
     return Sampling(s.temperature, s.top_p, s.max_tokens, s.n, seed)
@@ -172,7 +180,7 @@ def sampling_of(task: str, seed: int, cfg: RunConfig) -> Sampling:
 def query_units(passages: list[PassageRecord], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
     units = []
     for p in passages:
-        for t in (t.value for t in cfg.retrieval.types):
+        for t in (t.value for t in settings(cfg).types):
             tpl = templates[t]
             units.append(
                 Unit(
@@ -223,7 +231,7 @@ def parse_query(raw: RawResult, passage: PassageRecord, cfg: RunConfig) -> Query
     """The first valid sample as the query (:func:`check_query`); else a rejection with the first sample's reason."""
     first: Failure | None = None
     for text, finish in zip(raw.texts, raw.finish_reasons, strict=True):
-        q = check_query(text, finish, passage.passage, raw.task, cfg.retrieval.max_query_words)
+        q = check_query(text, finish, passage.passage, raw.task, settings(cfg).max_query_words)
         if isinstance(q, str):
             return Query(query_id(passage.id, raw.task, cfg.output.test_fraction), q, raw.task, passage, raw)
         first = first or q
@@ -280,7 +288,7 @@ def queries(ctx: Context) -> tuple[list[Query], list[Rejection]]:
 
 def answerable(ctx: Context, qs: list[Query]) -> tuple[list[tuple[Query, int, RawResult]], list[Rejection]]:
     """The queries the judge kept, with their score and its raw result; the others as rejections."""
-    scores, kept, rejects, j = _scores(ctx, JUDGE), [], [], ctx.cfg.retrieval.judge
+    scores, kept, rejects, j = _scores(ctx, JUDGE), [], [], settings(ctx.cfg).judge
     for q in qs:
         raw = scores.get((q.id, q.passage.id))
         score = parse_score(raw.texts[0]) if raw else None
@@ -312,7 +320,9 @@ def answerable(ctx: Context, qs: list[Query]) -> tuple[list[tuple[Query, int, Ra
 def encoder(cfg: RunConfig) -> TextScorers:
     """The mining encoder, its vectors cached per text where the filter stage caches them (shared when the same
     model)."""
-    semantic = SemanticSection(model=cfg.retrieval.mining.model, cache_dir=cfg.filters.retrieval.semantic.cache_dir)
+    semantic = SemanticSection(
+        model=settings(cfg).mining.model, cache_dir=cfg.filters_for("retrieval").semantic.cache_dir
+    )
     return TextScorers(FilterConfig(semantic=semantic), None)
 
 
@@ -329,7 +339,7 @@ def mined(ctx: Context, qs: list[Query]) -> list[Mined]:
         emb[: len(passages)],
         np.array([row[q.passage.id] for q in qs]),
         pools,
-        ctx.cfg.retrieval.mining,
+        settings(ctx.cfg).mining,
     )
 
 
@@ -348,7 +358,7 @@ def kept_queries(ctx: Context) -> tuple[list[Kept], list[Rejection], Stats]:
     rejections."""
     qs, rejects = queries(ctx)
     judged, judge_rejects = answerable(ctx, qs)
-    k, tf = ctx.cfg.retrieval.mining.round_trip, ctx.cfg.output.test_fraction
+    k, tf = settings(ctx.cfg).mining.round_trip, ctx.cfg.output.test_fraction
     kept = []
     for (q, score, raw), m in zip(judged, mined(ctx, [q for q, _, _ in judged])):
         if k is not None and m.pos_rank > k and split_of(q.id, tf) == "train":
@@ -374,7 +384,7 @@ def kept_queries(ctx: Context) -> tuple[list[Kept], list[Rejection], Stats]:
 
 def fn_items(ctx: Context, kept: list[Kept]) -> list[Judged]:
     """The candidates the false-negative judge rates: each query's closest ``fn_judge.top`` that passed the rules."""
-    p, top = ctx.inputs.records, ctx.cfg.retrieval.fn_judge.top
+    p, top = ctx.inputs.records, settings(ctx.cfg).fn_judge.top
     return [
         Judged(k.query.id, k.query.text, k.query.type, p[c.passage].id, p[c.passage].passage)
         for k in kept
@@ -385,7 +395,7 @@ def fn_items(ctx: Context, kept: list[Kept]) -> list[Judged]:
 def assemble(ctx: Context) -> Assembled:
     cfg, passages = ctx.cfg, ctx.inputs.records
     kept, rejects, st = kept_queries(ctx)
-    fn_on, fn = cfg.retrieval.fn_judge.enabled, _scores(ctx, FN_JUDGE)
+    fn_on, fn = settings(cfg).fn_judge.enabled, _scores(ctx, FN_JUDGE)
     planned = {(it.id, it.passage_id) for it in fn_items(ctx, kept)} if fn_on else set()
     rows = []
     for k in kept:
@@ -396,7 +406,7 @@ def assemble(ctx: Context) -> Assembled:
             if (key := (q.id, passages[c.passage].id)) in planned
         }
         keep, drops = select(
-            m.candidates, fn_scores, cfg.retrieval.mining.num_negatives, cfg.retrieval.fn_judge.max_score
+            m.candidates, fn_scores, settings(cfg).mining.num_negatives, settings(cfg).fn_judge.max_score
         )
         st.candidates, st.fn_judged = st.candidates + len(keep) + len(drops), st.fn_judged + len(fn_scores)
         for d in drops:
@@ -465,7 +475,7 @@ def per_type_stats(tally: Tally, stats: Stats, cfg: RunConfig) -> list[TypeStats
     for (task, reason), n in tally.reasons.items():
         reasons[task][reason] += n
     out = []
-    for t in (t.value for t in cfg.retrieval.types):
+    for t in (t.value for t in settings(cfg).types):
         units, kept = tally.units[t], stats.with_rows.get(t, 0)
         top = ", ".join(f"{r} {n}" for r, n in sorted(reasons[t].items(), key=lambda x: (-x[1], x[0]))[:3])
         out.append(
@@ -498,6 +508,8 @@ class Retrieval:
     tags: tuple[str, ...] = ("retrieval", "hard-negatives", "synthetic-queries", "sentence-embeddings")
     positive_task: str | None = None
     part_assembles: bool = False  # the judge stage reads the query stage
+    section: type[RetrievalConfig] = RetrievalConfig
+    filters: FilterConfig = FILTERS
     flags: tuple[Flag, ...] = (
         Flag(
             "--types",
@@ -523,6 +535,9 @@ class Retrieval:
         ),
     )
 
+    def settings_problems(self, cfg: RunConfig) -> list[str]:
+        return []
+
     def check(self, cfg: RunConfig) -> None:
         check_input_output(cfg)
 
@@ -534,10 +549,10 @@ class Retrieval:
         return Inputs(passages, rejects, len(passages) + len(rejects))
 
     def stages(self, cfg: RunConfig) -> tuple[str, ...]:
-        return (QUERY, JUDGE, FN_JUDGE) if cfg.retrieval.fn_judge.enabled else (QUERY, JUDGE)
+        return (QUERY, JUDGE, FN_JUDGE) if settings(cfg).fn_judge.enabled else (QUERY, JUDGE)
 
     def task_order(self, cfg: RunConfig) -> list[str]:
-        return [*(t.value for t in cfg.retrieval.types), JUDGE, FN_JUDGE]
+        return [*(t.value for t in settings(cfg).types), JUDGE, FN_JUDGE]
 
     def units(self, stage: str, ctx: Context) -> list[Unit]:
         cfg = ctx.cfg

@@ -1,13 +1,17 @@
 """A block's passes: what finalize does to one block of sources, in the driver or in a Ray task
 (:mod:`pipeline.run.blockwork`). A block's units are a pure function of its input records, the templates and its
-earlier stages' results, so a block is planned again wherever it is finalized; its rows are assembled from its raw
-parts (pass 1: scored, pass 2: decided and turned into tables)."""
+earlier stages' results, so a block is planned again wherever it is finalized. Pass 1 assembles its rows from its
+raw parts once, scores them, and spills the assembled block to the run's spool (:func:`spill_path`); pass 2 reads
+that back, applies the decisions and turns the rows into tables: a block is parsed, checked and (retrieval) mined
+once per finalize, not once per pass."""
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -123,7 +127,6 @@ def _over(ctx: Context, raws: list) -> Context:
 class _Block:
     """One block's assembled rows (published ones first, then by id) and what finalize needs beside them."""
 
-    ctx: Context
     keys: list[str]
     raws: list[RawResult]
     failed: list[Rejection]
@@ -148,8 +151,8 @@ def _assemble(kind: Kind, ctx: Context, store: RunStore, release: Release | None
     if release is not None:
         published = release.ids.has([r.id for r in rows]).tolist()
         rows = [r for r, p in zip(rows, published) if p] + [r for r, p in zip(rows, published) if not p]
-        return _Block(ctx, keys, raws, failed, assembled, rows, sum(published), decided)
-    return _Block(ctx, keys, raws, failed, assembled, rows, 0, decided)
+        return _Block(keys, raws, failed, assembled, rows, sum(published), decided)
+    return _Block(keys, raws, failed, assembled, rows, 0, decided)
 
 
 def planned_blocks(kind: Kind, ctx: Context, store: RunStore) -> Callable[[], Iterator[Context]]:
@@ -173,11 +176,22 @@ def block_count(ctx: Context) -> int:
     return max(1, -(-len(ctx.inputs.records) // ctx.cfg.output.block_sources))
 
 
-def score_block(kind: Kind, c: Context, store: RunStore, release: Release | None, fcfg, scorers) -> Scored:
-    """Pass 1 of one planned block: its rows assembled and scored (the numbers the global decisions need)."""
+def spill_path(folder: Path, index: int) -> Path:
+    """Where pass 1 leaves block ``index``'s assembled rows for pass 2 (in the run's spool, which finalize empties
+    when it starts and when it ends: only this finalize's own pickles are ever read back)."""
+    return Path(folder) / f"block-{index:06d}.pickle"
+
+
+def score_block(kind: Kind, c: Context, store: RunStore, release: Release | None, fcfg, scorers, spill: Path) -> Scored:
+    """Pass 1 of one planned block: its rows assembled and scored (the numbers the global decisions need); the
+    assembled block is written to ``spill`` (:func:`spill_path`) for pass 2."""
     b = _assemble(kind, c, store, release)
     sc = score(_pairs(kind, b.rows, c.cfg, b.pinned), fcfg, scorers)
     scorers.forget()
+    spill.parent.mkdir(parents=True, exist_ok=True)
+    tmp = spill.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL))
+    tmp.replace(spill)
     return sc
 
 
@@ -195,10 +209,11 @@ class BlockOut:
     rejected: Counter
 
 
-def write_block(kind: Kind, c: Context, store: RunStore, release: Release | None, block: StageResult) -> BlockOut:
-    """Pass 2 of one planned block: assemble it again and apply its share of the decisions."""
-    cfg = c.cfg
-    b = _assemble(kind, c, store, release)
+def write_block(kind: Kind, cfg: RunConfig, spill: Path, block: StageResult) -> BlockOut:
+    """Pass 2 of one block: its rows as pass 1 assembled them (read from ``spill``, then deleted) with its share
+    of the decisions applied."""
+    b: _Block = pickle.loads(spill.read_bytes())
+    spill.unlink()
     kept, filter_rejects = filter_rows(kind, b.rows, block, b.pinned, b.decided)
     rejects = sorted(b.assembled.rejects + b.failed, key=lambda r: (r.unit_key or "", r.seed or 0)) + filter_rejects
     splits = [split_of(split_key(r), cfg.output.test_fraction) for r in kept]

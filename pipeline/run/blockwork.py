@@ -1,12 +1,14 @@
 """Finalize's per-block passes on Ray tasks, so the driver of a large run does no per-row work.
 
 Finalize walks a run's blocks twice (:func:`pipeline.run.generate.finalize`): pass 1 assembles and scores each
-block's rows, the global decisions are made on the spilled numbers, pass 2 assembles each block again, applies
-its share of the decisions and writes its rows. In the driver both passes are Python work a row (about 460 us a
-unit at 10k units, docs/results/throughput.md). Here each block's pass is a Ray task: it plans the block from its input
-records (the unit keys are a pure function of them), reads its raw results through the driver's index of
-``raw/`` (shipped once through the object store: 20 bytes a unit), assembles, and returns numbers (pass 1: the
-block's :class:`~pipeline.filters.score.Scored`) or tables (pass 2: :class:`~pipeline.run.blocks.BlockOut`).
+block's rows and spills the assembled block, the global decisions are made on the spilled numbers, pass 2 reads
+each assembled block back, applies its share of the decisions and writes its rows. In the driver both passes are
+Python work a row (about 460 us a unit at 10k units, docs/results/throughput.md). Here each block's pass is a Ray
+task: pass 1 plans the block from its input records (the unit keys are a pure function of them), reads its raw
+results through the driver's index of ``raw/`` (shipped once through the object store: 20 bytes a unit),
+assembles, spills the block to the run's spool (the output folder, which every node of a cluster already shares
+for ``raw/``) and returns its numbers (:class:`~pipeline.filters.score.Scored`); pass 2 reads the spilled block
+and returns tables (:class:`~pipeline.run.blocks.BlockOut`).
 The driver consumes them in block order, so the spools, and so the shards, are byte-identical to a finalize in
 the driver; a window of tasks in flight bounds its memory to a few blocks.
 
@@ -30,6 +32,7 @@ import ray
 
 from pipeline.config import RunConfig
 from pipeline.kinds.base import Context, Inputs, Kind
+from pipeline.run.blocks import spill_path
 from pipeline.shards.keys import FileIndex
 from pipeline.shards.publish import Release
 
@@ -74,20 +77,20 @@ def _scorers(fcfg_json: str, engine_json: str):
 
 
 @ray.remote(num_cpus=0)
-def _score(job: BlockJob, records: list):
+def _score(job: BlockJob, records: list, spill: Path):
     from pipeline.run.blocks import score_block
 
     kind, block, store = _planned(job, records)
-    fcfg, scorers = _scorers(getattr(job.cfg.filters, kind.name).model_dump_json(), job.cfg.engine.model_dump_json())
-    return score_block(kind, block, store, job.release, fcfg, scorers)
+    fcfg, scorers = _scorers(job.cfg.filters_for(kind.name).model_dump_json(), job.cfg.engine.model_dump_json())
+    return score_block(kind, block, store, job.release, fcfg, scorers, spill)
 
 
 @ray.remote(num_cpus=0)
-def _write(job: BlockJob, records: list, decisions):
+def _write(job: BlockJob, spill: Path, decisions):
+    from pipeline.kinds import kind_of
     from pipeline.run.blocks import write_block
 
-    kind, block, store = _planned(job, records)
-    return write_block(kind, block, store, job.release, decisions)
+    return write_block(kind_of(job.kind), job.cfg, spill, decisions)
 
 
 @dataclass
@@ -117,10 +120,10 @@ class BlockWork:
         while pending:
             yield ray.get(pending.pop(0))
 
-    def scores(self) -> Iterator:
-        """Pass 1: each block's scores."""
-        return self._ordered(lambda i: _score.remote(self.job, self.blocks[i]))
+    def scores(self, folder: Path) -> Iterator:
+        """Pass 1: each block's scores (its assembled rows left in ``folder``)."""
+        return self._ordered(lambda i: _score.remote(self.job, self.blocks[i], spill_path(folder, i)))
 
-    def writes(self, res) -> Iterator:
-        """Pass 2: each block's tables and counts, given the decisions ``res``."""
-        return self._ordered(lambda i: _write.remote(self.job, self.blocks[i], res.block(i)))
+    def writes(self, res, folder: Path) -> Iterator:
+        """Pass 2: each block's tables and counts, given the decisions ``res`` and pass 1's rows in ``folder``."""
+        return self._ordered(lambda i: _write.remote(self.job, spill_path(folder, i), res.block(i)))

@@ -38,7 +38,15 @@ from pipeline.filters.stage import Decisions, decide
 from pipeline.kinds.base import Context, Kind, Stage, Tally
 from pipeline.progress import Meter
 from pipeline.records import Unit
-from pipeline.run.blocks import BlockOut, block_count, blocks, planned_blocks, score_block, write_block  # noqa: F401 (blocks: the flow walks them here)
+from pipeline.run.blocks import (  # noqa: F401 (blocks: the flow walks them here)
+    BlockOut,
+    block_count,
+    blocks,
+    planned_blocks,
+    score_block,
+    spill_path,
+    write_block,
+)
 from pipeline.run.blockwork import BlockWork, ray_up
 from pipeline.run.common import Progress, Summary, Timing, part_size
 from pipeline.run.store import RunStore, store_of
@@ -146,12 +154,15 @@ def finalize(
     meter = Meter("filter", 2 * block_count(ctx), "block passes (score, then write)", kept_word="kept")
     if cfg.ray.scorers:
         ensure_ray(cfg.ray)
-    fcfg, scorers = stage_scorers(getattr(cfg.filters, kind.name), cfg.engine, cfg.ray.scorers)
+    fcfg, scorers = stage_scorers(cfg.filters_for(kind.name), cfg.engine, cfg.ray.scorers)
     work = BlockWork.of(kind, ctx, store, release) if remote else None
+    assembled = root / SPOOL / "blocks"  # each block's assembled rows, from pass 1 to pass 2
     scored = (
-        work.scores()
+        work.scores(assembled)
         if work and not cfg.ray.scorers
-        else (score_block(kind, c, store, release, fcfg, scorers) for c in walk())
+        else (
+            score_block(kind, c, store, release, fcfg, scorers, spill_path(assembled, i)) for i, c in enumerate(walk())
+        )
     )
     res = _decide(scored, root / SPOOL / "filter", fcfg, meter)
     spools = {split: Spool(root / SPOOL / f"{split}.arrow", kind.schema) for split in ("train", "test")}
@@ -159,7 +170,9 @@ def finalize(
     spools["rejected"].write(rejected_table(ctx.inputs.rejects))
     plan_keys = Spool(root / SPOOL / "plan.arrow", PLAN_SCHEMA)
     outs = (
-        work.writes(res) if work else (write_block(kind, c, store, release, res.block(i)) for i, c in enumerate(walk()))
+        work.writes(res, assembled)
+        if work
+        else (write_block(kind, cfg, spill_path(assembled, i), res.block(i)) for i in range(res.blocks))
     )
     w = _write_blocks(outs, spools, plan_keys, meter)
     meter.close()

@@ -55,7 +55,7 @@ def settings_sha(
     never adds shards of another layout beside published ones (a new column republishes the dataset whole)."""
     blob = {
         "kind": kind,
-        "filters": getattr(cfg.filters, kind).model_dump(mode="json"),
+        "filters": cfg.filters_for(kind).model_dump(mode="json"),
         "test_fraction": cfg.output.test_fraction,
         "version": __version__,
         "block_sources": cfg.output.block_sources,

@@ -32,10 +32,56 @@ embeddings give the same candidates, and a resumed run plans the same false-nega
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
-from pipeline.config import MiningConfig
+from pipeline.settings import Section
+
+
+class MiningConfig(Section):
+    """Hard negatives from the corpus (sentence-transformers' ``mine_hard_negatives``; NV-Retriever's positive-aware
+    mining, Moreira et al. 2024): the passages closest to the query by cosine, skipping its own passage."""
+
+    model: Path | None = Field(
+        None, description="A sentence-transformers folder; default: the bundled all-MiniLM-L6-v2."
+    )
+    num_negatives: int = Field(3, ge=1, le=32, description="Negatives per query (one row each).")
+    candidates: int = Field(
+        10,
+        ge=1,
+        description="The closest this many passages are considered (mine_hard_negatives' "
+        "range_max); fewer negatives are kept when the rules drop more.",
+    )
+    max_positive_ratio: float | None = Field(
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="NV-Retriever's TopK-PercPos: drop a candidate whose cosine to the query is above this fraction of "
+        "the positive's (0.95 was the paper's best); none: off.",
+    )
+    absolute_margin: float | None = Field(
+        None,
+        description="mine_hard_negatives' absolute_margin: drop a candidate "
+        "with cosine > cos(query, positive) - margin; none: off.",
+    )
+    max_score: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="mine_hard_negatives' max_score: drop a candidate with cosine above this; none: off.",
+    )
+    round_trip: int | None = Field(
+        1,
+        ge=1,
+        description="Promptagator's round-trip consistency: keep a training query only when its own passage ranks in "
+        "the top this many of its pool by cosine (1, the paper's K; a query that finds another passage first is vague "
+        "or about something else, docs/retrieval.md); raise it for corpora with many near-duplicate passages; none: "
+        "off. Test queries are exempt: filtered by the encoder that is then evaluated, the test split would hold only "
+        "the queries that encoder already answers.",
+    )
+
 
 ROUND = 4  # decimals of the cosines candidates are ranked by
 

@@ -9,9 +9,19 @@ or not of its type's shape (``type_mismatch``, :data:`SHAPES`).
 from __future__ import annotations
 
 import re
+from enum import Enum
 
-from pipeline.config import QueryType
 from pipeline.text.edits import Failure, screen
+
+
+class QueryType(str, Enum):
+    """Retrieval query types, each with its template ``prompts/retrieval/<type>.yaml`` and its own shape check
+    (:data:`pipeline.kinds.retrieval.SHAPES`): InPars' and Promptagator's queries, in three styles."""
+
+    keyword = "keyword"  # a web-search style query of a few words
+    question = "question"  # a natural question the passage answers
+    claim = "claim"  # a statement the passage supports, in other words (fact-checking style retrieval)
+
 
 _LABEL = re.compile(r"^\W*(search query|query|question|claim|keywords?|statement)\s*:", re.I)
 _WORD = re.compile(r"\w+")

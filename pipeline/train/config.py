@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from pipeline.config import (  # noqa: F401 (re-exported)
+from pipeline.settings import (  # noqa: F401 (re-exported)
     BUNDLED_ENCODER_ID,
     Section,
     Settings,

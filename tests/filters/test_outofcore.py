@@ -137,4 +137,4 @@ def test_samples_smaller_than_the_data_still_balance_and_normalise(tmp_path, mon
     kept = res["keep"]
     assert res["weight"][kept].mean() == pytest.approx(1.0, rel=1e-6) and np.isfinite(res["propensity"][kept]).all()
     assert d.report["propensity"]["fitted_on"].startswith("a sample of 300 pairs")
-    assert d.report["propensity"]["negatives"] == kept.sum()
+    assert d.report["propensity"]["negative_pairs"] == kept.sum()

@@ -152,7 +152,7 @@ def test_blind_balancing_and_propensity_report(text_scorers):
     drops = [res.drop(i) for i in range(len(rows)) if not res.keep[i]]
     assert drops and all(d.reason == "blind_balance" and "lm_loglik gap" in d.detail for d in drops)
     prop = res.report["propensity"]
-    assert prop["negatives"] == res.keep.sum() and 0.0 <= prop["auc_surface_before"] <= 1.0
+    assert prop["negative_pairs"] == res.keep.sum() and 0.0 <= prop["auc_surface_before"] <= 1.0
     kept = res.keep
     assert (res.weight[kept] > 0).all() and np.isfinite(res.weight[kept]).all()
     assert np.isfinite(res.propensity[kept]).all() and np.isnan(res.propensity[~kept]).all()

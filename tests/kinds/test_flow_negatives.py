@@ -167,7 +167,7 @@ def test_filter_reruns_filters_on_raw_generations_without_llm(run, tmp_path, cap
     ]
     assert [f["filter"] for f in manifest["filters"]["funnel"]] == ["positives", "surface"]
     assert (out["kept"], out["filtered"], out["positives"]) == (23, 0, 9)  # nothing dropped: every valid row back
-    assert manifest["filters"]["report"]["propensity"]["negatives"] == 23
+    assert manifest["filters"]["report"]["propensity"]["negative_pairs"] == 23
     # the same filters as the source reproduce the source's rows exactly
     assert main(["filter", str(src), "--out", str(tmp_path / "same"), "--json"]) == 0
     same = json.loads(capsys.readouterr().out)

@@ -24,7 +24,7 @@ CAPTION, NEGATIVE, PARAPHRASE = (
 OFF = {"enabled": False}
 
 
-def _release(tmp_path, captions: list[dict], run_id: str) -> dict:
+def _release(tmp_path, captions: list[dict], run_id: str, kind=None, block_sources: int = 4096) -> dict:
     """One run's finalize over ``captions``, each answered the same: its paraphrase and NEGATIVE."""
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps(c) + "\n" for c in captions), encoding="utf-8")
@@ -32,12 +32,12 @@ def _release(tmp_path, captions: list[dict], run_id: str) -> dict:
         None,
         {
             "input": {"path": inp},
-            "output": {"dir": tmp_path / "ds"},
+            "output": {"dir": tmp_path / "ds", "block_sources": block_sources},
             "negatives": {"types": ["replace_obj"], "mode": "rewrite"},
             "filters": {"negatives": {"semantic": OFF, "blind": OFF, "propensity": OFF, "surface": OFF}},
         },
     )
-    kind = KINDS["negatives"]
+    kind = kind or KINDS["negatives"]
     with store_of(cfg, "negatives") as store:
         ctx = steps.start(kind, cfg)
         stage = steps.plan_stage(kind, ctx, store, "generate")
@@ -109,3 +109,22 @@ def test_a_plan_newer_than_the_manifest_is_not_taken_for_the_published_one(tmp_p
     third = _release(tmp_path, two, "run-2")
     assert third["publish"]["releases"][-1]["mode"] == "whole"
     assert outcome(third) == expected and any(src == "c" for src, _ in expected)
+
+
+def test_finalize_assembles_each_block_once(tmp_path):
+    """Pass 2 reads the rows pass 1 assembled (spilled to the spool) instead of assembling the block again: parsing,
+    the word-class check and mining run once per block. The spool is gone afterwards."""
+    base = type(KINDS["negatives"])
+    calls: list[int] = []
+
+    class Counting(base):  # type: ignore[misc, valid-type]
+        def assemble(self, ctx, raws):
+            calls.append(len(raws))
+            return super().assemble(ctx, raws)
+
+    captions = [{"id": f"c{i}", "caption": CAPTION} for i in range(3)]
+    manifest = _release(tmp_path, captions, "run-0", kind=Counting(), block_sources=1)
+    assert calls == [2, 2, 2]  # three blocks of one caption (its paraphrase and its negative), each assembled once
+    counts = manifest["counts"]  # pass 2 applied the decisions made across blocks: one row, two duplicates of it
+    assert (counts["kept"], counts["filtered"]) == (1, 2), counts
+    assert not (tmp_path / "ds" / steps.SPOOL).exists()

@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import MiningConfig
-from pipeline.text.mining import Candidate, candidate_reasons, mine, select
+from pipeline.text.mining import Candidate, MiningConfig, candidate_reasons, mine, select
 
 
 def unit(cos: float) -> list[float]:

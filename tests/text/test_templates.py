@@ -2,9 +2,11 @@ import hashlib
 
 import pytest
 
-from pipeline.config import REPO_PROMPTS, NegType, load_config
+from pipeline.config import load_config
 from pipeline.errors import TemplateError
 from pipeline.kinds import negatives as task
+from pipeline.kinds.negatives_config import PROMPTS as REPO_PROMPTS
+from pipeline.kinds.negatives_config import NegType
 from pipeline.records import CaptionRecord
 from pipeline.text.structure import check_shapes
 from pipeline.text.templates import load_template, load_templates

@@ -1,0 +1,66 @@
+"""The negatives kind's settings (``negatives:``) and its filter defaults (``filters.negatives``)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from pipeline.filters.config import FilterConfig
+from pipeline.settings import Section
+
+PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "negatives"
+
+
+class NegType(str, Enum):
+    """Negative caption types: DeGLA's five plus SugarCrepe's replace_rel, add_obj, add_att."""
+
+    reshuffle_order = "reshuffle_order"
+    swap_obj = "swap_obj"
+    swap_att = "swap_att"
+    replace_att = "replace_att"
+    replace_obj = "replace_obj"
+    replace_rel = "replace_rel"
+    add_obj = "add_obj"
+    add_att = "add_att"
+
+
+class NegativesConfig(Section):
+    types: list[NegType] = Field(default_factory=lambda: list(NegType), description="Negative types to make.")
+    paraphrase: bool = Field(True, description="Also make one paraphrase positive per caption.")
+    paraphrase_candidates: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="Paraphrase samples per caption, chosen among (unset: sampling.n samples, the "
+        "first valid one kept). The valid ones that keep the caption's noun phrases and numbers are ordered least "
+        "surface-similar first and the filter stage "
+        "keeps the first inside the positive's band and embedding floor (pipeline/text/paraphrase.py); the others' "
+        "failures go to rejected/ as stage `candidate`.",
+    )
+    mode: Literal["edit", "rewrite"] = Field(
+        "edit",
+        description="edit: the model names the edit (spans) and code applies it; rewrite: the model "
+        "writes the whole negative. bench/yields.py measures both; edit wins on SmolLM2.",
+    )
+    prompts_dir: Path = Field(
+        PROMPTS, description="Folder of negative-caption templates (prompts/ is the only home of prompt text)."
+    )
+    word_class: bool = Field(
+        True,
+        description="Reject an edit that changes the wrong kind of word for its type (a swap_att that swaps nouns), "
+        "by a spaCy parse of the caption (pipeline/text/word_class.py); reason wrong_word_class.",
+    )
+
+    @field_validator("types")
+    @classmethod
+    def _unique(cls, v: list[NegType]) -> list[NegType]:
+        if not v:
+            raise ValueError("expected at least one negative type")
+        return list(dict.fromkeys(v))
+
+
+# Negatives keep every filter at its default: the surface bands and the semantic guard were chosen on them.
+FILTERS = FilterConfig()
