@@ -272,8 +272,8 @@ class Rejection:
     names the filter (:class:`pipeline.filters.config.FilterName`) and ``score`` the score that dropped it.
     """
 
-    stage: str
-    reason: str
+    stage: RejectStage
+    reason: Reason
     detail: str = ""
     raw: str = ""
     source_id: str | None = None
@@ -330,7 +330,7 @@ class EngineFailure:
     past the deadline on two attempts (``engine_timeout``). Its unit becomes a rejected row."""
 
     key: str
-    reason: str  # engine_crash | engine_timeout
+    reason: Reason  # engine_crash | engine_timeout
     detail: str  # the error, and the attempts made
 
 
