@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from pipeline import stop
 from pipeline.config import load_config
+from pipeline.engines.config import ENGINE_KINDS
 from pipeline.errors import OS_FIXES, ContrastgenError
 from pipeline.kinds import KINDS
 from pipeline.progress import quiet_libraries
@@ -138,7 +139,11 @@ def _parser() -> argparse.ArgumentParser:
 def _run_flags(p: argparse.ArgumentParser) -> None:
     """The flags every generate command shares."""
     p.add_argument("--out", type=Path, help="output dataset directory")
-    p.add_argument("--engine", choices=["embedded", "openai", "vllm"], help="generation engine (default: embedded)")
+    p.add_argument(
+        "--engine",
+        choices=[k for k in ENGINE_KINDS if k != "plugin"],  # a plugin also needs engine.plugin: set it in the file
+        help="generation engine (default: embedded)",
+    )
     p.add_argument("--base-url", help="openai engine: the server's /v1 root (default http://127.0.0.1:8000/v1)")
     p.add_argument("--limit", type=int, help="use only the first N valid input rows")
     p.add_argument("--seed", type=int, help="run seed")

@@ -6,6 +6,7 @@ Arrow appears only at the writers (``pipeline/shards``), against explicit schema
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
 
@@ -115,16 +116,164 @@ class TopicRecord:
         return self.topic
 
 
+class StrCode(str, Enum):
+    """A code the data holds as a plain string. Each member's value is its name (``Reason.too_short ==
+    "too_short"``), and str(), format(), Arrow, JSON and numpy all write the code, never ``Reason.too_short``."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
+
+
+class RejectStage(StrCode):
+    """Where a rejected row was rejected: its ``stage`` column (meanings in :data:`REJECT_STAGES`)."""
+
+    input = "input"
+    generation = "generation"
+    candidate = "candidate"
+    filter = "filter"
+
+
+REJECT_STAGES: dict[RejectStage, str] = {
+    RejectStage.input: "a bad input row (pipeline/inputs): the file, line and field say where",
+    RejectStage.generation: "a unit's output failed validation, assembly or a judge, or the engine gave up on it",
+    RejectStage.candidate: "one paraphrase candidate of a unit that has a valid one (negatives.paraphrase_candidates)",
+    RejectStage.filter: "a valid row the filter stage dropped: its filter and score say which rule and by how much",
+}
+
+
+class Reason(StrCode):
+    """Why a row is in ``rejected/``: its ``reason`` column, one code per cause (meanings in :data:`REASONS`).
+    Every producer names a member; ``tests/test_vocabulary.py`` fails on a reason written as a literal."""
+
+    # input rows (pipeline/inputs)
+    invalid_utf8 = "invalid_utf8"
+    malformed_json = "malformed_json"
+    missing_field = "missing_field"
+    wrong_type = "wrong_type"
+    empty_caption = "empty_caption"
+    caption_too_long = "caption_too_long"
+    bad_answer = "bad_answer"
+    duplicate_id = "duplicate_id"
+    # the engine (pipeline/engines)
+    engine_crash = "engine_crash"
+    engine_timeout = "engine_timeout"
+    # an answer's text (pipeline/text)
+    empty = "empty"
+    refusal = "refusal"
+    multi_line = "multi_line"
+    truncated = "truncated"
+    chatter = "chatter"
+    unparsable = "unparsable"
+    span_not_found = "span_not_found"
+    no_change = "no_change"
+    copy_of_input = "copy_of_input"
+    copy_of_passage = "copy_of_passage"
+    too_long = "too_long"
+    too_short = "too_short"
+    type_mismatch = "type_mismatch"
+    wrong_word_class = "wrong_word_class"
+    content_changed = "content_changed"
+    no_answer = "no_answer"
+    # assembly and judges (pipeline/kinds)
+    no_label = "no_label"
+    no_positive = "no_positive"
+    duplicate_seed = "duplicate_seed"
+    no_partner = "no_partner"
+    no_score = "no_score"
+    unparsable_score = "unparsable_score"
+    judge_tie = "judge_tie"
+    judge_positive_low = "judge_positive_low"
+    judge_negative_high = "judge_negative_high"
+    not_answerable = "not_answerable"
+    round_trip = "round_trip"
+    no_negative = "no_negative"
+    fn_no_score = "fn_no_score"
+    positive_aware = "positive_aware"
+    # the filter stage (pipeline/filters) and the retrieval kind's mining rules
+    positive_out_of_band = "positive_out_of_band"
+    positive_meaning_lost = "positive_meaning_lost"
+    duplicate_of_published = "duplicate_of_published"
+    exact_duplicate = "exact_duplicate"
+    near_duplicate = "near_duplicate"
+    negative_out_of_band = "negative_out_of_band"
+    false_negative = "false_negative"
+    above_max_score = "above_max_score"
+    below_min_score = "below_min_score"
+    absolute_margin = "absolute_margin"
+    relative_margin = "relative_margin"
+    blind_balance = "blind_balance"
+
+
+REASONS: dict[Reason, str] = {
+    Reason.invalid_utf8: "the input line or cell is not valid UTF-8",
+    Reason.malformed_json: "the input line is not a JSON object",
+    Reason.missing_field: "the input row lacks a column the input.*_column settings name",
+    Reason.wrong_type: "an input field has the wrong type (an id, caption, group or choices)",
+    Reason.empty_caption: "the input text (caption, question, sentence, passage) is empty or whitespace",
+    Reason.caption_too_long: "the input text is longer than input.max_caption_chars",
+    Reason.bad_answer: "the gold answer of an input question cannot be read as its answer kind",
+    Reason.duplicate_id: "an earlier input row has the same id",
+    Reason.engine_crash: "the unit's request crashed the engine each time it was run alone",
+    Reason.engine_timeout: "the unit's part ran past engine.call_timeout_s twice",
+    Reason.empty: "the answer is empty",
+    Reason.refusal: "the model refused or apologised instead of answering",
+    Reason.multi_line: "the answer runs over more than one line",
+    Reason.truncated: "the answer was cut at max_tokens",
+    Reason.chatter: "the answer is wrapped in chatter (Sure, Here is, a label) instead of being the answer",
+    Reason.unparsable: "the answer is not in the edit format asked for (A <-> B, OLD -> NEW)",
+    Reason.span_not_found: "a span the edit names is not in the caption",
+    Reason.no_change: "the edit changes nothing (the same spans, OLD equal to NEW, overlapping spans)",
+    Reason.copy_of_input: "the answer repeats its input",
+    Reason.copy_of_passage: "the query copies its passage (the passage, or a verbatim run of 80% of its words)",
+    Reason.too_long: "the answer is too long (a negative: 3x its caption + 40 chars; a query: max_query_words)",
+    Reason.too_short: "the rationale is shorter than rationales.min_chars",
+    Reason.type_mismatch: "the answer does not have its type's shape (an edit of another type, a query of another)",
+    Reason.wrong_word_class: "the edit changes a word of another class than its type's (spaCy parse)",
+    Reason.content_changed: "the paraphrase lost or added a noun phrase, or changed a number",
+    Reason.no_answer: "the rationale reaches no answer of its kind",
+    Reason.no_label: "the question has no gold answer and its samples no clear majority",
+    Reason.no_positive: "no rationale of the question reached its label",
+    Reason.duplicate_seed: "an earlier seed sample gave the same sentence",
+    Reason.no_partner: "the other candidate of the sentence was rejected",
+    Reason.no_score: "the judge unit of this pair or query failed (see its engine_crash or engine_timeout row)",
+    Reason.unparsable_score: "the judge did not answer with one digit 0-5",
+    Reason.judge_tie: "the judge scored both candidates the same",
+    Reason.judge_positive_low: "the judge scored the positive below pairs.judge.positive_min",
+    Reason.judge_negative_high: "the judge scored the negative above pairs.judge.negative_max",
+    Reason.not_answerable: "the judge scored the query below retrieval.judge.min_score: its passage does not answer it",
+    Reason.round_trip: "a training query whose own passage ranks below retrieval.mining.round_trip in its pool",
+    Reason.no_negative: "every mined candidate of the query was dropped",
+    Reason.fn_no_score: "the false-negative judge gave the candidate no parsable score",
+    Reason.positive_aware: "the candidate is nearly as close to the query as its passage (mining.max_positive_ratio)",
+    Reason.positive_out_of_band: "the positive is outside the surface band filters.<kind>.surface.positive",
+    Reason.positive_meaning_lost: "the positive's cosine to its anchor is below semantic.positive_min",
+    Reason.duplicate_of_published: "the row repeats a row an earlier release published",
+    Reason.exact_duplicate: "the row repeats an earlier row of the dataset",
+    Reason.near_duplicate: "the negative is a near copy of another negative of its anchor (dedup.near_threshold)",
+    Reason.negative_out_of_band: "the negative is outside the surface band filters.<kind>.surface.negative",
+    Reason.false_negative: "the negative means the same: cosine at or above semantic.false_negative, or fn_judge says "
+    "it answers the query",
+    Reason.above_max_score: "the negative's cosine to its anchor or query is above max_score (semantic, mining)",
+    Reason.below_min_score: "the negative's cosine to its anchor is below semantic.min_score",
+    Reason.absolute_margin: "the negative's cosine is within absolute_margin of the positive's (semantic, mining)",
+    Reason.relative_margin: "the negative's cosine is within relative_margin x the positive's of it (semantic)",
+    Reason.blind_balance: "dropped to balance the blind text-only scorers (filters.<kind>.blind)",
+}
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A row that did not make it, with a reason code; written to ``rejected/``.
 
-    ``stage`` is ``input`` (bad input row), ``generation`` (output failed validation) or ``filter`` (a valid
-    row the filter stage dropped: ``filter`` names the filter, ``score`` the score that dropped it).
+    ``stage`` (:class:`RejectStage`) says where it was rejected and ``reason`` (:class:`Reason`) why; a ``filter`` row
+    names the filter (:class:`pipeline.filters.config.FilterName`) and ``score`` the score that dropped it.
     """
 
-    stage: str
-    reason: str
+    stage: RejectStage
+    reason: Reason
     detail: str = ""
     raw: str = ""
     source_id: str | None = None
@@ -181,7 +330,7 @@ class EngineFailure:
     past the deadline on two attempts (``engine_timeout``). Its unit becomes a rejected row."""
 
     key: str
-    reason: str  # engine_crash | engine_timeout
+    reason: Reason  # engine_crash | engine_timeout
     detail: str  # the error, and the attempts made
 
 

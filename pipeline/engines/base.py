@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from pipeline.engines.config import EngineConfig
+from pipeline.engines.config import EngineConfig, EngineKind
 from pipeline.records import Completion, GenerationRequest
 
 
@@ -57,7 +57,7 @@ def _plugin(cfg: EngineConfig) -> Engine:
         ) from None
 
 
-ENGINES: dict[str, Callable[[EngineConfig], Engine]] = {
+ENGINES: dict[EngineKind, Callable[[EngineConfig], Engine]] = {
     "embedded": _embedded,
     "openai": _openai,
     "vllm": _vllm,

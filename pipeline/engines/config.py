@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,6 +57,9 @@ def bundled_gguf() -> Path:
 
 
 Structured = Literal["auto", "off"]
+
+EngineKind = Literal["embedded", "openai", "vllm", "plugin"]  # engine.kind: the engines pipeline.engines.base builds
+ENGINE_KINDS: tuple[EngineKind, ...] = get_args(EngineKind)
 
 
 class OpenAIEngineConfig(Section):
@@ -147,9 +150,7 @@ class VLLMEngineConfig(Section):
 
 
 class EngineConfig(Section):
-    kind: Literal["embedded", "openai", "vllm", "plugin"] = Field(
-        "embedded", description="Generation engine; plugin: the class named by engine.plugin."
-    )
+    kind: EngineKind = Field("embedded", description="Generation engine; plugin: the class named by engine.plugin.")
     plugin: str | None = Field(
         None,
         description="engine.kind plugin: 'module:Class' of an Engine (pipeline/engines/base.py) "

@@ -35,7 +35,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 
 from pipeline.engines.config import EngineConfig
 from pipeline.errors import ContrastgenError, EngineError, ReplicaDeadError, TransientEngineError
-from pipeline.records import Completion, EngineFailure, GenerationRequest
+from pipeline.records import Completion, EngineFailure, GenerationRequest, Reason
 
 if TYPE_CHECKING:
     from ray.actor import ActorClass, ActorHandle
@@ -213,7 +213,7 @@ class Dispatcher:
             return self._call(first, requests, avoid=first)
         except _Timeout as t:
             return [
-                EngineFailure(r.key, "engine_timeout", f"{t} (twice: on replicas {first} and {t.replica})")
+                EngineFailure(r.key, Reason.engine_timeout, f"{t} (twice: on replicas {first} and {t.replica})")
                 for r in requests
             ]
         except _Crash as crash:
@@ -238,7 +238,9 @@ class Dispatcher:
                     break
                 except _Timeout as t:
                     out.append(
-                        EngineFailure(r.key, "engine_timeout", f"{t} (run alone after its part crashed the engine)")
+                        EngineFailure(
+                            r.key, Reason.engine_timeout, f"{t} (run alone after its part crashed the engine)"
+                        )
                     )
                     break
                 except _Crash as crash:
@@ -253,7 +255,7 @@ class Dispatcher:
                         out.append(
                             EngineFailure(
                                 r.key,
-                                "engine_crash",
+                                Reason.engine_crash,
                                 f"crashed the engine when run alone ({attempt}x, after its part crashed it): {crash}",
                             )
                         )

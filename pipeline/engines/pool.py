@@ -32,7 +32,7 @@ import ray
 
 from pipeline.engines.config import EngineConfig, RayConfig
 from pipeline.errors import EngineTimeoutError
-from pipeline.records import Completion, EngineFailure, GenerationRequest
+from pipeline.records import Completion, EngineFailure, GenerationRequest, Reason
 
 if TYPE_CHECKING:
     from ray.actor import ActorClass, ActorHandle
@@ -298,7 +298,7 @@ class EnginePool:
             except EngineTimeoutError as exc:
                 log.warning("engine call past its deadline (attempt %d of 2): %s", attempt, exc)
                 last = exc
-        return [EngineFailure(r.key, "engine_timeout", f"{last} (twice)") for r in requests]
+        return [EngineFailure(r.key, Reason.engine_timeout, f"{last} (twice)") for r in requests]
 
     def close(self, grace_s: float = 60.0) -> None:
         """Shut the dispatcher down (no part goes out, none is retried or isolated from now), then the replicas,

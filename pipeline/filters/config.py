@@ -11,6 +11,33 @@ from pydantic import Field, model_validator
 
 from pipeline.engines.config import Section
 from pipeline.filters.surface import Scorer
+from pipeline.records import StrCode
+
+
+class FilterName(StrCode):
+    """What dropped a valid row: the ``filter`` column of a rejected ``filter`` row and the steps of the filter
+    funnel (meanings in :data:`FILTERS`). dedup to propensity are the sections of :class:`FilterConfig`."""
+
+    positives = "positives"
+    dedup = "dedup"
+    surface = "surface"
+    semantic = "semantic"
+    blind = "blind"
+    propensity = "propensity"
+    mining = "mining"
+    fn_judge = "fn_judge"
+
+
+FILTERS: dict[FilterName, str] = {
+    FilterName.positives: "the funnel's first step, each anchor's positive: a dropped one names surface or semantic",
+    FilterName.dedup: "exact duplicates across the dataset and near duplicates within a group",
+    FilterName.surface: "the surface band: a negative stays lexically close to its anchor, a positive moves away",
+    FilterName.semantic: "embedding rules: the false-negative guard, the score bounds and margins, a positive's floor",
+    FilterName.blind: "balancing against blind text-only scorers (on the configured splits)",
+    FilterName.propensity: "inverse-propensity weights of the kept rows (it drops no row)",
+    FilterName.mining: "retrieval: the mining rules a candidate hard negative must pass (retrieval.mining)",
+    FilterName.fn_judge: "retrieval: the false-negative judge of the closest candidates (retrieval.fn_judge)",
+}
 
 
 class BlindScorer(str, Enum):

@@ -25,11 +25,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline.filters.blind import bigram_logprob
+from pipeline.filters.config import FilterName
 from pipeline.filters.dedup import near_duplicate_scores, normalise_all, repeated
 from pipeline.filters.propensity import surface_features
 from pipeline.filters.semantic import cosine_rows, semantic_reasons
 from pipeline.filters.surface import in_band, surface_scores, surface_similarity
 from pipeline.filters.words import Words
+from pipeline.records import Reason
 
 if TYPE_CHECKING:
     from pipeline.filters.config import FilterConfig
@@ -62,8 +64,8 @@ class Pairs:
 
 @dataclass(frozen=True)
 class Drop:
-    filter: str
-    reason: str
+    filter: FilterName
+    reason: Reason
     score: float
     detail: str = ""
 
@@ -291,16 +293,16 @@ def _positives(p: Pairs, cfg: FilterConfig, texts: _Texts) -> _Positives:
     sem = texts.cos(texts.anchor[rows], pos_codes)  # (G,)
     reasons = np.full(len(groups), "", dtype=object)
     if cfg.surface.enabled:
-        reasons[~in_band(surf, cfg.surface.positive.low, cfg.surface.positive.high)] = "positive_out_of_band"
+        reasons[~in_band(surf, cfg.surface.positive.low, cfg.surface.positive.high)] = Reason.positive_out_of_band
     if cfg.semantic.enabled and cfg.semantic.positive_min is not None:
-        reasons[(reasons == "") & (sem < cfg.semantic.positive_min)] = "positive_meaning_lost"
+        reasons[(reasons == "") & (sem < cfg.semantic.positive_min)] = Reason.positive_meaning_lost
     drops = {}
     for j in np.flatnonzero(reasons != ""):
         r = reasons[j]
         drops[groups[j]] = Drop(
-            "surface" if r == "positive_out_of_band" else "semantic",
+            FilterName.surface if r == Reason.positive_out_of_band else FilterName.semantic,
             r,
-            float(surf[j] if r == "positive_out_of_band" else sem[j]),
+            float(surf[j] if r == Reason.positive_out_of_band else sem[j]),
         )
     ratio = surf if cfg.surface.scorer == "ratio" else surface_similarity(anchors, positives)  # (G,) as the column
     slot = np.full(len(names), -1, dtype=np.int64)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.records import Reason
+
 
 def cosine_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Row-wise cosine of x [N, D] and y [N, D]; shape (N,).
@@ -41,19 +43,19 @@ def semantic_reasons(
     ``s_pos`` may hold NaN (no positive): margin rules then keep the row. ``false_negative`` may be one
     threshold per row (``inf`` exempts a row from the guard; it still faces the other rules).
 
-    >>> semantic_reasons(np.array([0.97, 0.5, 0.2]), None, min_score=0.3).tolist()
+    >>> semantic_reasons(np.array([0.97, 0.5, 0.2]), None, min_score=0.3).astype(str).tolist()
     ['false_negative', '', 'below_min_score']
-    >>> semantic_reasons(np.array([0.97, 0.97]), None, false_negative=np.array([0.95, np.inf])).tolist()
+    >>> semantic_reasons(np.array([0.97, 0.97]), None, false_negative=np.array([0.95, np.inf])).astype(str).tolist()
     ['false_negative', '']
     """
     out = np.full(len(s_neg), "", dtype=object)
     pos = np.full(len(s_neg), np.nan) if s_pos is None else np.asarray(s_pos, dtype=np.float64)
     rules = [
-        ("false_negative", None if false_negative is None else s_neg >= false_negative),
-        ("above_max_score", None if max_score is None else s_neg > max_score),
-        ("below_min_score", None if min_score is None else s_neg < min_score),
-        ("absolute_margin", None if absolute_margin is None else s_neg > pos - absolute_margin),
-        ("relative_margin", None if relative_margin is None else s_neg > pos - np.abs(pos) * relative_margin),
+        (Reason.false_negative, None if false_negative is None else s_neg >= false_negative),
+        (Reason.above_max_score, None if max_score is None else s_neg > max_score),
+        (Reason.below_min_score, None if min_score is None else s_neg < min_score),
+        (Reason.absolute_margin, None if absolute_margin is None else s_neg > pos - absolute_margin),
+        (Reason.relative_margin, None if relative_margin is None else s_neg > pos - np.abs(pos) * relative_margin),
     ]
     for reason, failed in rules:  # NaN comparisons are False: a row without positive passes the margins
         if failed is not None:

@@ -21,7 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.filters.blind import cell_codes, cell_quotas, gap_edges, key_rank
+from pipeline.filters.config import FilterName
 from pipeline.filters.score import Drop, Scored, _shared
+from pipeline.records import Reason
 from pipeline.shards.writer import Spool
 
 if TYPE_CHECKING:
@@ -159,7 +161,7 @@ def scored_of(rows: pa.RecordBatch, groups: pa.RecordBatch, scorers: int) -> Sco
         *(groups.column(c).to_pylist() for c in ("group", "drop_filter", "drop_reason", "drop_score", "drop_detail"))
     ):
         if r is not None:
-            drops[name] = Drop(f, r, s, d)
+            drops[name] = Drop(FilterName(f), Reason(r), s, d)
     ids = np.asarray(rows.column("id").to_pylist(), dtype="S") if n else np.zeros(0, "S1")
     return Scored(
         ids,

@@ -33,11 +33,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.filters.blind import key_rank
-from pipeline.filters.config import FilterConfig
+from pipeline.filters.config import FilterConfig, FilterName
 from pipeline.filters.propensity import cross_fit, fit_all, inverse_weights, weighted_auc
 from pipeline.filters.score import Drop, Pairs, Scored, Scorers, positive_funnel, score, semantic_reasons_of
 from pipeline.filters.spill import Cells, Duplicates, ScoredSpill, Smallest
 from pipeline.filters.surface import in_band
+from pipeline.records import Reason
 from pipeline.shards.writer import Spool
 
 __all__ = ["Decisions", "Drop", "FunnelStep", "Pairs", "Scorers", "StageResult", "decide", "run_stage"]
@@ -50,7 +51,7 @@ PLOT_SAMPLE = 50_000  # rows per plotted series
 
 @dataclass(frozen=True)
 class FunnelStep:
-    filter: str
+    filter: FilterName
     rows_in: int
     dropped: dict[str, int]
     rows_out: int
@@ -80,9 +81,9 @@ class StageResult:
         if self.keep[i]:
             return None
         detail = self.notes.get(i, "")
-        if self.drop_filter[i] == "blind" and self.gaps is not None:
+        if self.drop_filter[i] == FilterName.blind and self.gaps is not None:
             detail = ", ".join(f"{nm} gap {g:+.3f}" for nm, g in zip(self.gap_names, self.gaps[i]))
-        return Drop(str(self.drop_filter[i]), str(self.drop_reason[i]), float(self.drop_score[i]), detail)
+        return Drop(FilterName(self.drop_filter[i]), Reason(self.drop_reason[i]), float(self.drop_score[i]), detail)
 
 
 class _Why:
@@ -96,7 +97,7 @@ class _Why:
         self.notes: dict[int, str] = {}
         self.funnel: list[FunnelStep] = []
 
-    def step(self, name: str, reasons: np.ndarray, scores: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    def step(self, name: FilterName, reasons: np.ndarray, scores: np.ndarray, alive: np.ndarray) -> np.ndarray:
         """Drop alive rows whose ``reasons`` entry is non-empty (never a published one); record them; return the
         new alive mask."""
         hit = alive & self.free & (reasons != "")
@@ -130,7 +131,7 @@ def _rules(sc: Scored, cfg: FilterConfig, dups: tuple | None) -> tuple[_Why, np.
         assert dups is not None, "dedup is on: the cross-block duplicates are given"
         rows, first_pinned, first_ids = dups
         reasons = np.full(n, "", dtype=object)
-        reasons[rows] = np.where(first_pinned, "duplicate_of_published", "exact_duplicate")
+        reasons[rows] = np.where(first_pinned, Reason.duplicate_of_published, Reason.exact_duplicate)
         scores = np.zeros(n)
         scores[rows] = 1.0  # an exact duplicate scores 1; a near one its ratio
         why.notes = {
@@ -138,13 +139,15 @@ def _rules(sc: Scored, cfg: FilterConfig, dups: tuple | None) -> tuple[_Why, np.
         }
         if cfg.dedup.near_threshold is not None:
             hit = (reasons == "") & (sc.near >= cfg.dedup.near_threshold)
-            reasons[hit], scores[hit] = "near_duplicate", sc.near[hit]
-        alive = why.step("dedup", reasons, scores, alive)
+            reasons[hit], scores[hit] = Reason.near_duplicate, sc.near[hit]
+        alive = why.step(FilterName.dedup, reasons, scores, alive)
     if cfg.surface.enabled:
         bad = ~in_band(sc.band, cfg.surface.negative.low, cfg.surface.negative.high)
-        alive = why.step("surface", np.where(bad, "negative_out_of_band", "").astype(object), sc.band, alive)
+        alive = why.step(
+            FilterName.surface, np.where(bad, Reason.negative_out_of_band, "").astype(object), sc.band, alive
+        )
     if cfg.semantic.enabled:
-        alive = why.step("semantic", semantic_reasons_of(sc, cfg), sc.semantic_sim, alive)
+        alive = why.step(FilterName.semantic, semantic_reasons_of(sc, cfg), sc.semantic_sim, alive)
     return why, alive
 
 
@@ -301,7 +304,9 @@ def _decide(spill: ScoredSpill, cfg: FilterConfig) -> Decisions:
             keep = alive.copy()
             keep[balanced] = cells.keep(_strata(sc, cfg)[balanced], rank[balanced], sc.gaps[balanced])
             before = alive.copy()
-            alive = why.step("blind", np.where(alive & ~keep, "blind_balance", "").astype(object), sc.gaps[:, 0], alive)
+            alive = why.step(
+                FilterName.blind, np.where(alive & ~keep, Reason.blind_balance, "").astype(object), sc.gaps[:, 0], alive
+            )
             split, kind = sc.splits.astype(str), sc.strata.astype(str)
             rates.add("", sc.gaps, before & np.isin(split, cfg.blind.splits), alive & np.isin(split, cfg.blind.splits))
             for sp in np.unique(split).tolist():
@@ -331,7 +336,7 @@ def _decide(spill: ScoredSpill, cfg: FilterConfig) -> Decisions:
             )
         )
     steps = [
-        FunnelStep("positives", groups, dict(sorted(dropped.items())), groups - sum(dropped.values())),
+        FunnelStep(FilterName.positives, groups, dict(sorted(dropped.items())), groups - sum(dropped.values())),
         *funnel.values(),
     ]
     report: dict = {}

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pipeline.errors import InputFileError
-from pipeline.records import CaptionRecord, PassageRecord, QuestionRecord, Rejection, SentenceRecord
+from pipeline.records import (
+    CaptionRecord,
+    PassageRecord,
+    QuestionRecord,
+    Reason,
+    Rejection,
+    RejectStage,
+    SentenceRecord,
+)
 from pipeline.settings import InputConfig
 from pipeline.text.answers import answer_kind_of, gold_answer
 
@@ -40,9 +48,9 @@ def _detect(path: Path, fmt: str) -> str:
     )
 
 
-def _reject(path: Path, line: int, reason: str, detail: str, raw: str = "", field: str | None = None) -> Rejection:
+def _reject(path: Path, line: int, reason: Reason, detail: str, raw: str = "", field: str | None = None) -> Rejection:
     return Rejection(
-        stage="input", reason=reason, detail=detail, raw=raw[:2000], file=str(path), line=line, field=field
+        stage=RejectStage.input, reason=reason, detail=detail, raw=raw[:2000], file=str(path), line=line, field=field
     )
 
 
@@ -54,17 +62,21 @@ def _jsonl_rows(path: Path) -> Iterator[RawRow]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield line_no, None, _reject(path, line_no, "invalid_utf8", str(exc), raw.decode("utf-8", "replace"))
+                yield (
+                    line_no,
+                    None,
+                    _reject(path, line_no, Reason.invalid_utf8, str(exc), raw.decode("utf-8", "replace")),
+                )
                 continue
             if not text.strip():
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield line_no, None, _reject(path, line_no, "malformed_json", exc.msg, text)
+                yield line_no, None, _reject(path, line_no, Reason.malformed_json, exc.msg, text)
                 continue
             if not isinstance(obj, dict):
-                yield line_no, None, _reject(path, line_no, "malformed_json", "expected a JSON object", text)
+                yield line_no, None, _reject(path, line_no, Reason.malformed_json, "expected a JSON object", text)
                 continue
             yield line_no, obj, None
 
@@ -91,7 +103,7 @@ def _csv_rows(path: Path, required: dict[str, str]) -> Iterator[RawRow]:
                     for v in row.values()
                     if isinstance(v, str)
                 )
-                yield line_no, None, _reject(path, line_no, "invalid_utf8", "undecodable bytes", raw, bad[0])
+                yield line_no, None, _reject(path, line_no, Reason.invalid_utf8, "undecodable bytes", raw, bad[0])
                 continue
             yield line_no, row, None
 
@@ -136,25 +148,30 @@ def _validate(path: Path, line: int, row: dict[str, Any], cfg: InputConfig) -> C
     raw = json.dumps(row, ensure_ascii=False, default=str)
     for col in (cfg.id_column, cfg.caption_column):
         if row.get(col) is None:
-            return _reject(path, line, "missing_field", f"expected field '{col}'", raw, col)
+            return _reject(path, line, Reason.missing_field, f"expected field '{col}'", raw, col)
     rid, caption = row[cfg.id_column], row[cfg.caption_column]
     if not isinstance(caption, str):
         return _reject(
             path,
             line,
-            "wrong_type",
+            Reason.wrong_type,
             f"expected a string caption, got {type(caption).__name__}",
             raw,
             cfg.caption_column,
         )
     if not isinstance(rid, (str, int)) or isinstance(rid, bool) or not str(rid).strip():
-        return _reject(path, line, "wrong_type", "expected a non-empty string or integer id", raw, cfg.id_column)
+        return _reject(path, line, Reason.wrong_type, "expected a non-empty string or integer id", raw, cfg.id_column)
     caption = " ".join(caption.split())
     if not caption:
-        return _reject(path, line, "empty_caption", "caption is empty or whitespace", raw, cfg.caption_column)
+        return _reject(path, line, Reason.empty_caption, "caption is empty or whitespace", raw, cfg.caption_column)
     if len(caption) > cfg.max_caption_chars:
         return _reject(
-            path, line, "caption_too_long", f"{len(caption)} > {cfg.max_caption_chars} chars", raw, cfg.caption_column
+            path,
+            line,
+            Reason.caption_too_long,
+            f"{len(caption)} > {cfg.max_caption_chars} chars",
+            raw,
+            cfg.caption_column,
         )
     image = row.get(cfg.image_column) if cfg.image_column else None
     group = None
@@ -164,14 +181,14 @@ def _validate(path: Path, line: int, row: dict[str, Any], cfg: InputConfig) -> C
             return _reject(
                 path,
                 line,
-                "missing_field",
+                Reason.missing_field,
                 f"expected field '{cfg.group_column}' (input.group_column)",
                 raw,
                 cfg.group_column,
             )
         if not isinstance(group, (str, int)) or isinstance(group, bool) or not str(group).strip():
             return _reject(
-                path, line, "wrong_type", "expected a non-empty string or integer group", raw, cfg.group_column
+                path, line, Reason.wrong_type, "expected a non-empty string or integer group", raw, cfg.group_column
             )
         group = str(group).strip()
     return CaptionRecord(str(rid).strip(), caption, None if image is None else str(image), str(path), line, group)
@@ -208,7 +225,7 @@ def _collect(path: Path, rows: Iterator[RawRow], validate, limit: int | None, id
             rec = _reject(
                 path,
                 line,
-                "duplicate_id",
+                Reason.duplicate_id,
                 f"id {rec.id!r} seen before",
                 json.dumps(row, ensure_ascii=False, default=str),
                 id_field,
@@ -218,7 +235,7 @@ def _collect(path: Path, rows: Iterator[RawRow], validate, limit: int | None, id
             good.append(rec)
         else:
             bad.append(rec)
-    if not good and bad and all(r.reason == "missing_field" for r in bad):
+    if not good and bad and all(r.reason == Reason.missing_field for r in bad):
         field = bad[0].field
         raise InputFileError(
             path, f"no row has the field '{field}'. Fix: set the input.*_column setting that names it", field=field
@@ -251,12 +268,12 @@ def _text(
     """The whitespace-normalised text of ``column``, or the rejection naming file, line and field."""
     value = row.get(column)
     if value is None:
-        return _reject(path, line, "missing_field", f"expected field '{column}'", raw, column)
+        return _reject(path, line, Reason.missing_field, f"expected field '{column}'", raw, column)
     if not isinstance(value, str) or not " ".join(value.split()):
-        return _reject(path, line, "empty_caption", f"expected a non-empty {what} string", raw, column)
+        return _reject(path, line, Reason.empty_caption, f"expected a non-empty {what} string", raw, column)
     text = " ".join(value.split())
     if len(text) > cfg.max_caption_chars:
-        return _reject(path, line, "caption_too_long", f"{len(text)} > {cfg.max_caption_chars} chars", raw, column)
+        return _reject(path, line, Reason.caption_too_long, f"{len(text)} > {cfg.max_caption_chars} chars", raw, column)
     return text
 
 
@@ -268,7 +285,7 @@ def _optional_id(
     if rid is None:
         return prefix + hashlib.sha256(text.encode()).hexdigest()[:12]
     if not isinstance(rid, (str, int)) or isinstance(rid, bool) or not str(rid).strip():
-        return _reject(path, line, "wrong_type", "expected a non-empty string or integer id", raw, cfg.id_column)
+        return _reject(path, line, Reason.wrong_type, "expected a non-empty string or integer id", raw, cfg.id_column)
     return str(rid).strip()
 
 
@@ -286,7 +303,7 @@ def _validate_question(
             return _reject(
                 path,
                 line,
-                "wrong_type",
+                Reason.wrong_type,
                 "expected 1-5 choice strings (a list, or {label, text})",
                 raw,
                 cfg.choices_column,
@@ -300,7 +317,7 @@ def _validate_question(
             return _reject(
                 path,
                 line,
-                "bad_answer",
+                Reason.bad_answer,
                 f"expected a {answer_kind} answer (or a solution ending in '#### x')",
                 raw,
                 cfg.answer_column,

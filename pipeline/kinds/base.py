@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from pipeline import __version__
-from pipeline.records import Rejection
+from pipeline.records import Reason, Rejection, RejectStage
 from pipeline.shards.card import CardFacts
 
 if TYPE_CHECKING:
@@ -168,7 +168,9 @@ class Tally:
         self.stats = merge_stats(self.stats, stats)
         self.units.update([r.task for r in raws] + [r.task for r in failed])
         self.kept.update(zip((getattr(r, type_column) for r in rows), splits))
-        self.reasons.update((r.task, r.reason) for r in rejects if r.stage in ("generation", "filter"))
+        self.reasons.update(
+            (r.task, r.reason) for r in rejects if r.stage in (RejectStage.generation, RejectStage.filter)
+        )
         self.no_positive += sum(1 for r in rows if getattr(r, "positive", "") is None)
 
     def merge(self, other: Tally) -> None:
@@ -252,7 +254,13 @@ def row_id(*parts: str) -> str:
 
 
 def raw_rejection(
-    raw: RawResult, reason: str, detail: str, text: str, *, seed: int | None = None, stage: str = "generation"
+    raw: RawResult,
+    reason: Reason,
+    detail: str,
+    text: str,
+    *,
+    seed: int | None = None,
+    stage: RejectStage = RejectStage.generation,
 ) -> Rejection:
     """A rejected answer of ``raw`` (``text``: the sample, or every sample joined), traceable to its unit, prompt,
     model and seed (``seed``: the sample's own, where a unit's samples have one each)."""

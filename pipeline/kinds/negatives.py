@@ -37,7 +37,9 @@ from pipeline.records import (
     GenerationRequest,
     NegativeRow,
     RawResult,
+    Reason,
     Rejection,
+    RejectStage,
     Sampling,
     Unit,
 )
@@ -168,17 +170,17 @@ def parse_sample(raw: RawResult, tpl: Template, text: str, finish: str, doc: Any
     cand = parse_answer(raw.source_text, text, fmt, finish)
     if isinstance(cand, Candidate):
         if cand.text.strip().lower() == raw.source_text.strip().lower():
-            cand = Failure("copy_of_input")
+            cand = Failure(Reason.copy_of_input)
         elif len(cand.text) > 3 * len(raw.source_text) + 40:
-            cand = Failure("too_long", f"{len(cand.text)} chars")
+            cand = Failure(Reason.too_long, f"{len(cand.text)} chars")
         elif not check_shapes(shape, [raw.source_text], [cand.text])[0]:
-            cand = Failure("type_mismatch", f"expected a {shape} of the caption")
+            cand = Failure(Reason.type_mismatch, f"expected a {shape} of the caption")
         elif doc is not None and (why := word_class_failure(raw.task, doc, cand.text)):
-            cand = Failure("wrong_word_class", why)
+            cand = Failure(Reason.wrong_word_class, why)
     return cand
 
 
-def _rejection(raw: RawResult, failure: Failure, text: str, stage: str = "generation") -> Rejection:
+def _rejection(raw: RawResult, failure: Failure, text: str, stage: RejectStage = RejectStage.generation) -> Rejection:
     return raw_rejection(raw, failure.reason, failure.detail, text, stage=stage)
 
 
@@ -209,7 +211,7 @@ def paraphrase_candidates(
             and docs is not None
             and (why := content_failure(docs[raw.source_text], docs[cand.text]))
         ):
-            cand = Failure("content_changed", why)
+            cand = Failure(Reason.content_changed, why)
         if isinstance(cand, Candidate):
             valid.append(cand.text)
         else:
@@ -218,7 +220,7 @@ def paraphrase_candidates(
                     raw,
                     replace(cand, detail=f"sample {i + 1} of {len(raw.texts)}: {cand.detail}".rstrip(": ")),
                     text,
-                    "candidate",
+                    RejectStage.candidate,
                 )
             )
     if not valid:
@@ -426,7 +428,7 @@ class Negatives:
             raws, ctx.templates, settings(ctx.cfg).word_class, settings(ctx.cfg).paraphrase_candidates is not None
         )
         valid_positives = sum(r.task == PARAPHRASE for r in raws) - sum(
-            r.task == PARAPHRASE and r.stage == "generation" for r in rejects
+            r.task == PARAPHRASE and r.stage == RejectStage.generation for r in rejects
         )  # candidates rejected beside a valid one: not units
         return Assembled(rows, rejects, valid_positives)
 

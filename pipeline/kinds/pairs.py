@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -46,6 +46,7 @@ from pipeline.records import (
     JudgeItem,
     PairRow,
     RawResult,
+    Reason,
     Rejection,
     Sampling,
     SentenceRecord,
@@ -195,11 +196,11 @@ def parse_candidate(raw: RawResult) -> Candidate | Rejection:
     for text, finish in zip(raw.texts, raw.finish_reasons, strict=True):
         cand = parse_answer(raw.source_text, text, "rewrite", finish)
         if isinstance(cand, Candidate) and cand.text.strip(" .").lower() == raw.source_text.strip(" .").lower():
-            cand = Failure("copy_of_input")
+            cand = Failure(Reason.copy_of_input)
         if isinstance(cand, Candidate):
             return cand
         first = first or cand
-    first = first or Failure("empty")
+    first = first or Failure(Reason.empty)
     return raw_rejection(raw, first.reason, first.detail, " ||| ".join(raw.texts))
 
 
@@ -213,21 +214,22 @@ def parse_score(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def keep_rule(pos: int, neg: int, positive_min: int, negative_max: int) -> tuple[bool, bool, str]:
+def keep_rule(pos: int, neg: int, positive_min: int, negative_max: int) -> tuple[bool, bool, Reason | Literal[""]]:
     """(kept, swapped, reason) for the two judged scores of one sentence's candidates.
 
-    >>> keep_rule(5, 1, 3, 3), keep_rule(1, 4, 3, 3), keep_rule(2, 1, 3, 3), keep_rule(3, 3, 3, 3)
-    ((True, False, ''), (True, True, ''), (False, False, 'judge_positive_low'), (False, False, 'judge_tie'))
+    >>> rules = keep_rule(5, 1, 3, 3), keep_rule(1, 4, 3, 3), keep_rule(2, 1, 3, 3), keep_rule(3, 3, 3, 3)
+    >>> [(kept, swapped, str(reason)) for kept, swapped, reason in rules]
+    [(True, False, ''), (True, True, ''), (False, False, 'judge_positive_low'), (False, False, 'judge_tie')]
     """
     swapped = neg > pos
     if swapped:
         pos, neg = neg, pos
     if pos == neg:
-        return False, False, "judge_tie"
+        return False, False, Reason.judge_tie
     if pos < positive_min:
-        return False, swapped, "judge_positive_low"
+        return False, swapped, Reason.judge_positive_low
     if neg > negative_max:
-        return False, swapped, "judge_negative_high"
+        return False, swapped, Reason.judge_negative_high
     return True, swapped, ""
 
 
@@ -252,7 +254,7 @@ def seed_sentences(raws: list[RawResult]) -> tuple[list[SentenceRecord], list[Re
                 rejects.append(
                     raw_rejection(
                         raw,
-                        "duplicate_seed",
+                        Reason.duplicate_seed,
                         "an earlier seed sample said the same",
                         text,
                         seed=raw.provenance.seed + i,
@@ -326,7 +328,7 @@ def assemble(
         e, c = cands.get((s.id, ENTAIL)), cands.get((s.id, CONTRADICT))
         if e is None or c is None:
             rejects += [
-                raw_rejection(g.raw, "no_partner", "the other candidate of this sentence was rejected", g.text)
+                raw_rejection(g.raw, Reason.no_partner, "the other candidate of this sentence was rejected", g.text)
                 for g in (e, c)
                 if g is not None
             ]
@@ -334,7 +336,10 @@ def assemble(
         if (s.id, ENTAIL) not in scores or (s.id, CONTRADICT) not in scores:  # the engine gave up on a judge unit
             rejects += [
                 raw_rejection(
-                    g.raw, "no_score", "the judge of this pair failed (see its engine_crash/engine_timeout row)", g.text
+                    g.raw,
+                    Reason.no_score,
+                    "the judge of this pair failed (see its engine_crash/engine_timeout row)",
+                    g.text,
                 )
                 for g in (e, c)
             ]
@@ -343,12 +348,12 @@ def assemble(
         e_score, c_score = parse_score(e_text), parse_score(c_text)
         if e_score is None or c_score is None:
             bad = e_raw if e_score is None else c_raw
-            rejects.append(raw_rejection(bad, "unparsable_score", "expected one digit 0-5", bad.texts[0]))
+            rejects.append(raw_rejection(bad, Reason.unparsable_score, "expected one digit 0-5", bad.texts[0]))
             continue
         st.judged += 1
         kept, swapped, reason = keep_rule(e_score, c_score, j.positive_min, j.negative_max)
         pos, neg = (c, e) if swapped else (e, c)
-        if not kept:
+        if reason:  # not kept
             rejects.append(
                 raw_rejection(
                     neg.raw,

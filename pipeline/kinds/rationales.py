@@ -50,6 +50,7 @@ from pipeline.records import (
     QuestionRecord,
     RationaleRow,
     RawResult,
+    Reason,
     Rejection,
     Sampling,
     Unit,
@@ -159,23 +160,23 @@ class Sample:
 
 def parse_sample(
     text: str, finish: str, kind: AnswerKind, choices: tuple[str, ...], min_chars: int
-) -> str | tuple[str, str]:
+) -> str | tuple[Reason, str]:
     """The normalised answer of a valid rationale, or (reason, detail) when it is rejected.
 
     >>> parse_sample("2 + 2 = 4. The answer is 4.", "stop", "number", (), 5)
     '4'
     >>> parse_sample("2 + 2 = 4. The answer", "length", "number", (), 5)
-    ('truncated', 'cut at max_tokens')
+    (<Reason.truncated: 'truncated'>, 'cut at max_tokens')
     """
     text = text.strip()
     if finish == "length":
-        return "truncated", "cut at max_tokens"
+        return Reason.truncated, "cut at max_tokens"
     if is_refusal(text):
-        return "refusal", "refuses or apologises"
+        return Reason.refusal, "refuses or apologises"
     if len(text) < min_chars:
-        return "too_short", f"{len(text)} < {min_chars} chars"
+        return Reason.too_short, f"{len(text)} < {min_chars} chars"
     answer = extract_answer(text, kind, choices)
-    return ("no_answer", f"no {kind} answer found") if answer is None else answer
+    return (Reason.no_answer, f"no {kind} answer found") if answer is None else answer
 
 
 def quality(sample: Sample, label: str, counts: dict[str, int], min_chars: int) -> float:
@@ -216,7 +217,7 @@ def _label(q: QuestionRecord, majority: str | None, counts: dict[str, int]) -> t
     return None, ""
 
 
-def _reject(raw: RawResult, text: str, seed: int, reason: str, detail: str) -> Rejection:
+def _reject(raw: RawResult, text: str, seed: int, reason: Reason, detail: str) -> Rejection:
     return raw_rejection(raw, reason, detail, text, seed=seed)
 
 
@@ -259,7 +260,7 @@ def assemble(
         if label is None:
             st.no_label += 1
             rejects += [
-                _reject(s.raw, s.text, s.seed, "no_label", f"no gold answer and no clear majority in {counts}")
+                _reject(s.raw, s.text, s.seed, Reason.no_label, f"no gold answer and no clear majority in {counts}")
                 for s in valid[SAMPLED] + valid[ADVERSARIAL]
             ]
             continue
@@ -275,7 +276,7 @@ def assemble(
         if not pos:
             st.no_positive += bool(negs)
             rejects += [
-                _reject(s.raw, s.text, s.seed, "no_positive", f"no rationale reached the label {label}")
+                _reject(s.raw, s.text, s.seed, Reason.no_positive, f"no rationale reached the label {label}")
                 for s, _ in negs
             ]
             continue

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import TemplateError
-from pipeline.filters.config import FilterConfig, SemanticSection
+from pipeline.filters.config import FilterConfig, FilterName, SemanticSection
 from pipeline.filters.scorers import TextScorers
 from pipeline.inputs import read_passages
 from pipeline.kinds.base import (
@@ -53,7 +53,17 @@ from pipeline.kinds.base import (
 from pipeline.kinds.negatives import TypeStats
 from pipeline.kinds.pairs import SCORES, parse_score
 from pipeline.kinds.retrieval_config import FILTERS, RetrievalConfig
-from pipeline.records import GenerationRequest, PassageRecord, Provenance, RawResult, Rejection, Sampling, Unit
+from pipeline.records import (
+    GenerationRequest,
+    PassageRecord,
+    Provenance,
+    RawResult,
+    Reason,
+    Rejection,
+    RejectStage,
+    Sampling,
+    Unit,
+)
 from pipeline.settings import BaseRunConfig as RunConfig
 from pipeline.shards.card import finite
 from pipeline.shards.publish import split_of
@@ -209,11 +219,11 @@ def judge_units(items: list[Judged], task: str, cfg: RunConfig, templates: dict[
 
 
 def _rejection(
-    raw: RawResult | None, reason: str, detail: str, text: str, source_id: str, task: str, **kw
+    raw: RawResult | None, reason: Reason, detail: str, text: str, source_id: str, task: str, **kw
 ) -> Rejection:
     p = raw.provenance if raw is not None else None
     return Rejection(
-        stage=kw.pop("stage", "generation"),
+        stage=kw.pop("stage", RejectStage.generation),
         reason=reason,
         detail=detail,
         raw=text,
@@ -235,7 +245,7 @@ def parse_query(raw: RawResult, passage: PassageRecord, cfg: RunConfig) -> Query
         if isinstance(q, str):
             return Query(query_id(passage.id, raw.task, cfg.output.test_fraction), q, raw.task, passage, raw)
         first = first or q
-    first = first or Failure("empty")
+    first = first or Failure(Reason.empty)
     return _rejection(raw, first.reason, first.detail, " ||| ".join(raw.texts), raw.source_id, raw.task)
 
 
@@ -295,16 +305,18 @@ def answerable(ctx: Context, qs: list[Query]) -> tuple[list[tuple[Query, int, Ra
         if raw is None:
             rejects.append(
                 _rejection(
-                    q.raw, "no_score", "the judge of this query failed (see its engine row)", q.text, q.id, q.type
+                    q.raw, Reason.no_score, "the judge of this query failed (see its engine row)", q.text, q.id, q.type
                 )
             )
         elif score is None:
-            rejects.append(_rejection(raw, "unparsable_score", "expected one digit 0-5", raw.texts[0], q.id, q.type))
+            rejects.append(
+                _rejection(raw, Reason.unparsable_score, "expected one digit 0-5", raw.texts[0], q.id, q.type)
+            )
         elif score < j.min_score:
             rejects.append(
                 _rejection(
                     raw,
-                    "not_answerable",
+                    Reason.not_answerable,
                     f"judge {score} < {j.min_score}: {q.passage.passage}",
                     q.text,
                     q.id,
@@ -365,7 +377,7 @@ def kept_queries(ctx: Context) -> tuple[list[Kept], list[Rejection], Stats]:
             judge_rejects.append(
                 _rejection(
                     q.raw,
-                    "round_trip",
+                    Reason.round_trip,
                     f"its passage ranks {m.pos_rank} in its pool (> {k}); cosine {m.pos_sim:.4f}",
                     q.text,
                     q.id,
@@ -411,7 +423,7 @@ def assemble(ctx: Context) -> Assembled:
         st.candidates, st.fn_judged = st.candidates + len(keep) + len(drops), st.fn_judged + len(fn_scores)
         for d in drops:
             neg = passages[d.candidate.passage]
-            by_llm = d.reason in ("false_negative", "fn_no_score")
+            by_llm = d.reason in (Reason.false_negative, Reason.fn_no_score)
             st.mining_dropped, st.false_negatives = st.mining_dropped + (not by_llm), st.false_negatives + by_llm
             rejects.append(
                 _rejection(
@@ -422,8 +434,8 @@ def assemble(ctx: Context) -> Assembled:
                     neg.passage,
                     q.id,
                     FN_JUDGE if by_llm else MINE,
-                    stage="filter",
-                    filter=FN_JUDGE if by_llm else "mining",
+                    stage=RejectStage.filter,
+                    filter=FilterName.fn_judge if by_llm else FilterName.mining,
                     score=d.score,
                 )
             )
@@ -432,7 +444,7 @@ def assemble(ctx: Context) -> Assembled:
             rejects.append(
                 _rejection(
                     q.raw,
-                    "no_negative",
+                    Reason.no_negative,
                     f"{len(drops)} candidates dropped, none left (pool too small?)",
                     q.text,
                     q.id,

@@ -20,7 +20,7 @@ from pipeline.config import RunConfig
 from pipeline.filters.score import Scored, score
 from pipeline.filters.stage import Pairs, StageResult
 from pipeline.kinds.base import Assembled, Context, Kind, Stage, Tally
-from pipeline.records import RawResult, Rejection
+from pipeline.records import RawResult, Rejection, RejectStage
 from pipeline.run.common import finished
 from pipeline.run.store import RunStore
 from pipeline.shards.publish import Release, split_key, split_of
@@ -103,7 +103,7 @@ def _pairs(kind: Kind, rows: list, cfg: RunConfig, pinned: int) -> Pairs:
 
 def _rejection(kind: Kind, r, d, text: str, task: str, prompt_sha: str | None) -> Rejection:
     return Rejection(
-        stage="filter",
+        stage=RejectStage.filter,
         reason=d.reason,
         detail=d.detail or f"{kind.anchor}: {getattr(r, kind.anchor)}",
         raw=text,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pipeline import __version__
 from pipeline.engines.finish import check_finish_reasons
 from pipeline.engines.pool import PartEngine
-from pipeline.records import EngineFailure, GenerationRequest, Provenance, RawResult, Rejection, Unit
+from pipeline.records import EngineFailure, GenerationRequest, Provenance, RawResult, Rejection, RejectStage, Unit
 from pipeline.run.store import RunStore
 from pipeline.shards.writer import ShardInfo
 
@@ -85,7 +85,7 @@ def commit_part(
         if isinstance(c, EngineFailure):
             failures.append(
                 Rejection(
-                    stage="generation",
+                    stage=RejectStage.generation,
                     reason=c.reason,
                     detail=c.detail,
                     source_id=u.source.id,

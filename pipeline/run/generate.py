@@ -37,7 +37,7 @@ from pipeline.filters.spill import ScoredSpill
 from pipeline.filters.stage import Decisions, decide
 from pipeline.kinds.base import Context, Kind, Stage, Tally
 from pipeline.progress import Meter
-from pipeline.records import Unit
+from pipeline.records import RejectStage, Unit
 from pipeline.run.blocks import (  # noqa: F401 (blocks: the flow walks them here)
     BlockOut,
     block_count,
@@ -127,7 +127,11 @@ def _published_counts(root: Path, shards: list[ShardInfo]) -> tuple[Counter, Cou
             for out, column in ((by_stage, "stage"), (by_reason, "reason")):
                 for v in pc.value_counts(table.column(column)).to_pylist():
                     out[v["values"]] += v["counts"]
-            decided = table.filter(pc.is_in(table.column("stage"), value_set=pa.array(["generation", "filter"])))
+            decided = table.filter(
+                pc.is_in(
+                    table.column("stage"), value_set=pa.array([RejectStage.generation, RejectStage.filter], pa.string())
+                )
+            )
             for row in decided.group_by(["task", "reason"]).aggregate([([], "count_all")]).to_pylist():
                 by_task[(row["task"], row["reason"])] += row["count_all"]
     return by_stage, by_reason, by_task
@@ -188,9 +192,9 @@ def finalize(
         generated=progress.generated,
         reused=progress.reused,
         kept=sum(splits.values()),
-        rejected=by_stage["generation"],
+        rejected=by_stage[RejectStage.generation],
         positives=w.positives,
-        filtered=by_stage["filter"],
+        filtered=by_stage[RejectStage.filter],
         splits=splits,
         rejected_by_reason=dict(sorted(by_reason.items())),
         startup_seconds=timing.startup_seconds,

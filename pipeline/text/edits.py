@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pipeline.records import Reason
+
 _REFUSAL = re.compile(r"^\W*(i'?m sorry|sorry|i cannot|i can'?t|i am unable|i'?m unable|as an ai|i won'?t)\b", re.I)
 _CHATTER = re.compile(
     r"^\W*(sure|okay|ok|certainly|of course|here is|here's|here are|the (new|edited|negative|rewritten) "
@@ -29,7 +31,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Failure:
-    reason: str
+    reason: Reason
     detail: str = ""
 
 
@@ -59,18 +61,18 @@ def screen(text: str, finish_reason: str = "stop") -> str | Failure:
     """Checks shared by every format: empty, refusal, chatter, multi-line, truncated."""
     stripped = text.strip()
     if not stripped:
-        return Failure("empty")
+        return Failure(Reason.empty)
     if _REFUSAL.match(stripped):
-        return Failure("refusal", stripped[:80])
+        return Failure(Reason.refusal, stripped[:80])
     lines = [ln for ln in stripped.splitlines() if ln.strip()]
     if len(lines) > 1:
-        return Failure("multi_line", f"{len(lines)} lines")
+        return Failure(Reason.multi_line, f"{len(lines)} lines")
     if finish_reason == "newline":  # the engine stopped it as it began a second line
-        return Failure("multi_line", "continued past one line")
+        return Failure(Reason.multi_line, "continued past one line")
     if finish_reason == "length":
-        return Failure("truncated", "hit max_tokens")
+        return Failure(Reason.truncated, "hit max_tokens")
     if _CHATTER.match(stripped):
-        return Failure("chatter", stripped[:80])
+        return Failure(Reason.chatter, stripped[:80])
     return stripped
 
 
@@ -86,14 +88,14 @@ def _match_case(original: str, new_text: str) -> str:
 
 def apply_swap(caption: str, a: str, b: str) -> str | Failure:
     if a.lower() == b.lower():
-        return Failure("no_change", "both spans are the same")
+        return Failure(Reason.no_change, "both spans are the same")
     ma, mb = _find(caption, a), _find(caption, b)
     if ma is None or mb is None:
-        return Failure("span_not_found", a if ma is None else b)
+        return Failure(Reason.span_not_found, a if ma is None else b)
     if ma.start() > mb.start():
         ma, mb = mb, ma
     if ma.end() > mb.start():
-        return Failure("no_change", "spans overlap")
+        return Failure(Reason.no_change, "spans overlap")
     first, second = ma.group(0), mb.group(0)
     if ma.start() == 0 and first[:1].isupper():
         # The sentence-initial span moves inside the sentence; its capital was positional.
@@ -103,10 +105,10 @@ def apply_swap(caption: str, a: str, b: str) -> str | Failure:
 
 def apply_replace(caption: str, old: str, new: str) -> str | Failure:
     if old.lower() == new.lower():
-        return Failure("no_change", "OLD equals NEW")
+        return Failure(Reason.no_change, "OLD equals NEW")
     m = _find(caption, old)
     if m is None:
-        return Failure("span_not_found", old)
+        return Failure(Reason.span_not_found, old)
     if m.start() == 0 and m.group(0)[:1].isupper():
         new = _match_case(m.group(0), new)
     return caption[: m.start()] + new + caption[m.end() :]
@@ -120,15 +122,15 @@ def parse_answer(caption: str, text: str, edit_format: str, finish_reason: str =
     if edit_format == "rewrite":
         sentence = _clean(line) + ("." if line.rstrip().endswith(".") else "")
         if not sentence.strip("."):
-            return Failure("empty")
+            return Failure(Reason.empty)
         return Candidate(sentence, "")
     pattern = _SWAP if edit_format == "swap" else _REPLACE
     m = pattern.match(line)
     if m is None or (edit_format == "replace" and "<->" in line):
-        return Failure("unparsable", f"expected {'A <-> B' if edit_format == 'swap' else 'OLD -> NEW'}")
+        return Failure(Reason.unparsable, f"expected {'A <-> B' if edit_format == 'swap' else 'OLD -> NEW'}")
     a, b = _clean(m.group(1)), _clean(m.group(2))
     if not a or not b:
-        return Failure("unparsable", "empty span")
+        return Failure(Reason.unparsable, "empty span")
     result = apply_swap(caption, a, b) if edit_format == "swap" else apply_replace(caption, a, b)
     if isinstance(result, Failure):
         return result

@@ -25,7 +25,7 @@ embeddings give the same candidates, and a resumed run plans the same false-nega
 >>> q = np.array([[1.0, 0.0]])
 >>> corpus = np.array([[0.8, 0.6], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])  # cosines 0.8, 1.0, 0.6, 0.0
 >>> m = mine(q, corpus, np.array([0]), np.zeros(4, int), MiningConfig(candidates=3))[0]
->>> m.pos_sim, m.pos_rank, [(c.passage, c.sim, c.rank, c.reason) for c in m.candidates]
+>>> m.pos_sim, m.pos_rank, [(c.passage, c.sim, c.rank, str(c.reason)) for c in m.candidates]
 (0.8, 2, [(1, 1.0, 1, 'positive_aware'), (2, 0.6, 2, ''), (3, 0.0, 3, '')])
 """
 
@@ -33,10 +33,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
+from pipeline.records import Reason
 from pipeline.settings import Section
 
 
@@ -93,24 +95,24 @@ class Candidate:
     passage: int  # its row in the corpus
     sim: float  # its cosine to the query, rounded to ROUND decimals
     rank: int  # 1: the closest passage of the pool other than the positive
-    reason: str  # "" when it passed the rules, else the first rule it failed
+    reason: Reason | Literal[""]  # "" when it passed the rules, else the first rule it failed
 
 
 def candidate_reasons(sims: np.ndarray, pos_sim: float, cfg: MiningConfig) -> np.ndarray:
     """(K,) the first rule each candidate fails ("" when none), for candidate cosines ``sims`` (K,) and the
     positive's cosine ``pos_sim``; the rules of the module docstring, in its order.
 
-    >>> candidate_reasons(np.array([0.9, 0.78, 0.5]), 0.8, MiningConfig()).tolist()
+    >>> candidate_reasons(np.array([0.9, 0.78, 0.5]), 0.8, MiningConfig()).astype(str).tolist()
     ['positive_aware', 'positive_aware', '']
     >>> absolute = MiningConfig(max_positive_ratio=None, absolute_margin=0.05, max_score=0.85)
-    >>> candidate_reasons(np.array([0.9, 0.7]), 0.8, absolute).tolist()
+    >>> candidate_reasons(np.array([0.9, 0.7]), 0.8, absolute).astype(str).tolist()
     ['above_max_score', '']
     """
     out = np.full(len(sims), "", dtype=object)
     rules = [
-        ("above_max_score", None if cfg.max_score is None else sims > cfg.max_score),
-        ("absolute_margin", None if cfg.absolute_margin is None else sims > pos_sim - cfg.absolute_margin),
-        ("positive_aware", None if cfg.max_positive_ratio is None else sims > cfg.max_positive_ratio * pos_sim),
+        (Reason.above_max_score, None if cfg.max_score is None else sims > cfg.max_score),
+        (Reason.absolute_margin, None if cfg.absolute_margin is None else sims > pos_sim - cfg.absolute_margin),
+        (Reason.positive_aware, None if cfg.max_positive_ratio is None else sims > cfg.max_positive_ratio * pos_sim),
     ]
     for reason, failed in rules:
         if failed is not None:
@@ -155,7 +157,7 @@ def mine(
                 Mined(
                     float(row[p]),
                     1 + int((row[pool] > row[p]).sum()),
-                    [Candidate(int(j), float(row[j]), k + 1, str(r)) for k, (j, r) in enumerate(zip(ranked, reasons))],
+                    [Candidate(int(j), float(row[j]), k + 1, r) for k, (j, r) in enumerate(zip(ranked, reasons))],
                 )
             )
     return out
@@ -166,7 +168,7 @@ class Drop:
     """A candidate that did not become a negative, and why (``score``: its cosine, or the judge's score)."""
 
     candidate: Candidate
-    reason: str
+    reason: Reason
     score: float
 
 
@@ -179,10 +181,10 @@ def select(
     candidate not in it was not judged and passes on the mining rules alone. Candidates after the last negative
     picked are neither kept nor dropped: they changed nothing.
 
-    >>> cs = [Candidate(5, 0.9, 1, "positive_aware"), Candidate(6, 0.7, 2, ""), Candidate(7, 0.6, 3, ""),
+    >>> cs = [Candidate(5, 0.9, 1, Reason.positive_aware), Candidate(6, 0.7, 2, ""), Candidate(7, 0.6, 3, ""),
     ...       Candidate(8, 0.5, 4, ""), Candidate(9, 0.4, 5, "")]
     >>> keep, drops = select(cs, {6: 4, 7: None, 8: 1}, 2, 3)
-    >>> [c.passage for c in keep], [(d.candidate.passage, d.reason, d.score) for d in drops]
+    >>> [c.passage for c in keep], [(d.candidate.passage, str(d.reason), d.score) for d in drops]
     ([8, 9], [(5, 'positive_aware', 0.9), (6, 'false_negative', 4.0), (7, 'fn_no_score', nan)])
     """
     keep: list[Candidate] = []
@@ -194,9 +196,9 @@ def select(
         if c.reason:
             drops.append(Drop(c, c.reason, c.sim))
         elif c.passage in judged and score is None:
-            drops.append(Drop(c, "fn_no_score", float("nan")))
+            drops.append(Drop(c, Reason.fn_no_score, float("nan")))
         elif score is not None and score >= fn_max_score:
-            drops.append(Drop(c, "false_negative", float(score)))
+            drops.append(Drop(c, Reason.false_negative, float(score)))
         else:
             keep.append(c)
     return keep, drops

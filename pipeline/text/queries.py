@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 
+from pipeline.records import Reason
 from pipeline.text.edits import Failure, screen
 
 
@@ -77,7 +78,7 @@ def check_query(text: str, finish_reason: str, passage: str, query_type: str, ma
     >>> check_query("Why does Mars look red?", "stop", "Mars looks red because of dust.", "question", 32)
     'Why does Mars look red?'
     >>> check_query("Question: why is Mars red?", "stop", "Mars is red.", "question", 32).reason
-    'chatter'
+    <Reason.chatter: 'chatter'>
     """
     line = screen(text, finish_reason)
     if isinstance(line, Failure):
@@ -85,13 +86,13 @@ def check_query(text: str, finish_reason: str, passage: str, query_type: str, ma
     q = line.strip().strip(_QUOTES).strip()
     n, shape = len(words(q)), SHAPES[query_type](q)
     if _LABEL.match(q):
-        return Failure("chatter", q[:80])
+        return Failure(Reason.chatter, q[:80])
     if n == 0:
-        return Failure("empty")
+        return Failure(Reason.empty)
     if words(q) == words(passage) or (n >= 6 and copied_share(q, passage) >= 0.8):
-        return Failure("copy_of_passage", f"{copied_share(q, passage):.2f} of its words copied in a run")
+        return Failure(Reason.copy_of_passage, f"{copied_share(q, passage):.2f} of its words copied in a run")
     if n > max_words:
-        return Failure("too_long", f"{n} words")
+        return Failure(Reason.too_long, f"{n} words")
     if shape:
-        return Failure("type_mismatch", shape)
+        return Failure(Reason.type_mismatch, shape)
     return q

@@ -50,7 +50,8 @@ def _release(tmp_path, captions: list[dict], run_id: str, kind=None, block_sourc
             )
         if raws:
             store.write_part(raws)
-        steps.finalize(kind, ctx, store, Timing(), run_id)
+        # in the driver (its own walk): a kind made here is not the one a Ray task would look up by name
+        steps.finalize(kind, ctx, store, Timing(), run_id, walk=steps.planned_blocks(kind, ctx, store))
     return load_manifest(tmp_path / "ds")
 
 
