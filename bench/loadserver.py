@@ -15,10 +15,10 @@ older ``guided_choice`` / ``guided_json``, ``response_format: json_schema | json
 stage windows). Streaming, regex and grammar constraints get a 400 naming the field.
 
 How an answer is made: the system message names the task (it is matched against the system texts of
-``prompts/negatives/*.yaml``: ``system_edit`` means edit mode, ``system_rewrite`` rewrite mode), the last user
-message holds the caption (the template's user text with the ``{caption}`` slot inverted), and each sample is
-an edit of the kind the task asks for (``A <-> B`` swaps, ``OLD -> NEW`` replaces and adds, the whole
-sentence in rewrite mode), chosen deterministically from (caption, task, seed, sample index) and preferring
+``prompts/negatives/*.yaml``: ``systems.edit`` means edit mode, ``systems.rewrite`` or a lone ``system`` rewrite
+mode), the last user message holds the caption (the template's user text with the ``{caption}`` slot inverted), and
+each sample is an edit of the kind the task asks for (``A <-> B`` swaps, ``OLD -> NEW`` replaces and adds,
+the whole sentence in rewrite mode), chosen deterministically from (caption, task, seed, sample index) and preferring
 words of the synthetic captions' lexicon (:data:`LEXICON`) by their part of speech. Every answer is checked
 with the pipeline's own parser and structural check (:func:`pipeline.text.edits.parse_answer`,
 :func:`pipeline.text.structure.check_shapes`) before it is sent, so any caption (COCO's too) gets an answer
@@ -58,7 +58,7 @@ if str(REPO) not in sys.path:
 
 from pipeline.text.edits import Candidate, apply_replace, apply_swap, parse_answer
 from pipeline.text.structure import check_shapes
-from pipeline.text.templates import SLOT, Template, load_templates
+from pipeline.text.templates import SLOT, Template, load_template
 
 LABEL = "LOAD GENERATOR (benchmarks only; not an engine)"
 DEFAULT_MODEL = "contrastgen-loadgen"
@@ -246,12 +246,15 @@ INVALID = (
 
 def load_task_index(folder: Path = PROMPTS) -> dict[str, tuple[Template, str]]:
     """System text (stripped, as the pipeline renders it) -> (template, mode)."""
-    tasks = sorted(p.stem for p in Path(folder).glob("*.yaml"))
     index: dict[str, tuple[Template, str]] = {}
-    for tpl in load_templates(Path(folder), tasks).values():
-        index[tpl.system_rewrite.strip()] = (tpl, "rewrite")
-        if tpl.system_edit and tpl.edit_format != "rewrite":
-            index[tpl.system_edit.strip()] = (tpl, "edit")
+    for path in sorted(Path(folder).glob("*.yaml")):
+        # as pipeline.kinds.negatives loads them (not imported here: it pulls pyarrow and spaCy in)
+        tpl = load_template(
+            path, ("caption",), task=path.stem, modes=("edit", "rewrite"), edit_formats=("swap", "replace", "rewrite")
+        )
+        index[tpl.system_for("rewrite").strip()] = (tpl, "rewrite")
+        if tpl.edit_format != "rewrite":
+            index[tpl.system_for("edit").strip()] = (tpl, "edit")
     return index
 
 

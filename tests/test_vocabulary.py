@@ -88,7 +88,7 @@ def test_the_filter_sections_and_the_engine_kinds_are_the_named_ones():
 def test_the_rules_give_enum_members():
     """The producers that build their codes at run time (numpy rule tables, returned tuples) give members: a new
     rule written as a plain string fails here even before it reaches a rejected row."""
-    from pipeline.config import MiningConfig
+    from pipeline.text.mining import MiningConfig
 
     s_neg, s_pos = np.array([0.995, 0.97, 0.1, 0.8, 0.6, 0.3]), np.array([0.5, 0.5, 0.5, 0.82, 0.7, 0.9])
     rules = dict(false_negative=0.99, max_score=0.95, min_score=0.2, absolute_margin=0.05, relative_margin=0.2)

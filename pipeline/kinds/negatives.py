@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from pipeline.errors import TemplateError
 from pipeline.filters.config import FilterConfig
 from pipeline.inputs import read_captions
 from pipeline.kinds.base import (
@@ -54,7 +56,7 @@ from pipeline.text.edits import (
 )
 from pipeline.text.paraphrase import by_wording, content_failure
 from pipeline.text.structure import Shape, check_shapes
-from pipeline.text.templates import Template, load_templates
+from pipeline.text.templates import Template, load_template
 from pipeline.text.word_class import CHECKED, load_parser, parse_captions, word_class_failure
 
 
@@ -104,8 +106,27 @@ def task_names(cfg: RunConfig) -> list[str]:
     return [t.value for t in settings(cfg).types] + ([PARAPHRASE] if settings(cfg).paraphrase else [])
 
 
+# The template layout's negatives parts (pipeline.text.templates): the one slot, the two modes (an edit template
+# gives a system prompt for each: systems.edit, systems.rewrite), and how the model writes its answer.
+SLOTS = ("caption",)
+MODES = ("edit", "rewrite")
+EDIT_FORMATS = ("swap", "replace", "rewrite")
+
+
+def load_task_template(folder: Path, task: str) -> Template:
+    """``folder/<task>.yaml``: the caption slot, an ``edit_format``, and for an edit format (swap, replace) one
+    system prompt per mode (a rewrite template, the paraphrase, may have just one); errors name file and field."""
+    tpl = load_template(Path(folder) / f"{task}.yaml", SLOTS, task=task, modes=MODES, edit_formats=EDIT_FORMATS)
+    if tpl.edit_format != "rewrite" and tpl.system is not None:
+        raise TemplateError(
+            f"{tpl.path}: field 'systems' must give an edit and a rewrite system prompt for edit_format "
+            f"{tpl.edit_format}, got one 'system'; fix: write systems.edit and systems.rewrite instead"
+        )
+    return tpl
+
+
 def templates_for(cfg: RunConfig) -> dict[str, Template]:
-    return load_templates(settings(cfg).prompts_dir, task_names(cfg))
+    return {task: load_task_template(settings(cfg).prompts_dir, task) for task in task_names(cfg)}
 
 
 def mode_for(task: str, cfg: RunConfig) -> str:
@@ -151,15 +172,16 @@ def example_answer(tpl: Template, caption: str, answer: str, mode: str) -> str:
 
 
 def render(unit: Unit, tpl: Template, mode: str, cfg: RunConfig) -> GenerationRequest:
+    """The mode's system prompt (a rewrite template has one), the examples' answers as the mode asks, the caption."""
     edit = mode == "edit" and tpl.edit_format != "rewrite"
-    system = tpl.system_edit if edit and tpl.system_edit is not None else tpl.system_rewrite
-    msgs: list[tuple[str, str]] = [("system", system.strip())]
-    for ex in tpl.examples:
-        msgs += [("user", tpl.render_user(ex.caption)), ("assistant", example_answer(tpl, ex.caption, ex.answer, mode))]
-    msgs.append(("user", tpl.render_user(unit.source.caption)))
+    msgs = tpl.messages(
+        {"caption": unit.source.caption},
+        "edit" if edit else "rewrite",
+        lambda ex: example_answer(tpl, ex.values["caption"], ex.answer, mode),
+    )
     s = cfg.sampling
     n = candidates_for(unit.task, cfg) or s.n
-    return GenerationRequest(unit.key, tuple(msgs), Sampling(s.temperature, s.top_p, s.max_tokens, n, unit.seed))
+    return GenerationRequest(unit.key, msgs, Sampling(s.temperature, s.top_p, s.max_tokens, n, unit.seed))
 
 
 def parse_sample(raw: RawResult, tpl: Template, text: str, finish: str, doc: Any = None) -> Candidate | Failure:

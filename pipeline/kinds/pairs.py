@@ -57,7 +57,7 @@ from pipeline.settings import BaseRunConfig as RunConfig
 from pipeline.shards.card import finite
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
 from pipeline.text.edits import Candidate, Failure, parse_answer
-from pipeline.text.templates import ChatTemplate, load_chat_template
+from pipeline.text.templates import Template, load_template
 
 
 def settings(cfg: RunConfig) -> PairsConfig:
@@ -94,13 +94,13 @@ SCHEMA = pa.schema(
 )
 
 
-def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
+def templates_for(cfg: RunConfig) -> dict[str, Template]:
     """Every configured variant plus the judge and seed templates, by file stem; each checked for its task."""
     p = settings(cfg)
     names = {**{n: ENTAIL for n in p.entail}, **{n: CONTRADICT for n in p.contradict}, JUDGE: JUDGE, SEED: SEED}
     out = {}
     for name, task in names.items():
-        tpl = load_chat_template(p.prompts_dir / f"{name}.yaml", SLOTS[task])
+        tpl = load_template(p.prompts_dir / f"{name}.yaml", SLOTS[task])
         if tpl.task != task:
             raise TemplateError(
                 f"{tpl.path}: field 'task' says {tpl.task!r}, expected {task!r} (it is listed under pairs.{task})"
@@ -115,7 +115,7 @@ def variant_of(sentence_id: str, task: str, cfg: RunConfig) -> str:
     return names[unit_seed(cfg.sampling.seed, sentence_id, task) % len(names)]
 
 
-def _key(row: list, task: str, tpl: ChatTemplate, s: Sampling, cfg: RunConfig) -> str:
+def _key(row: list, task: str, tpl: Template, s: Sampling, cfg: RunConfig) -> str:
     return _unit_key(row, task, tpl.sha256, s, cfg)
 
 
@@ -132,7 +132,7 @@ def sampling_of(task: str, seed: int, cfg: RunConfig) -> Sampling:
     return Sampling(s.temperature, s.top_p, s.max_tokens, s.n, seed)
 
 
-def seed_units(cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
+def seed_units(cfg: RunConfig, templates: dict[str, Template]) -> list[Unit]:
     tpl = templates[SEED]
     units = []
     for topic in dict.fromkeys(settings(cfg).topics):
@@ -149,7 +149,7 @@ def seed_units(cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]
     return units
 
 
-def generation_units(sentences: list[SentenceRecord], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
+def generation_units(sentences: list[SentenceRecord], cfg: RunConfig, templates: dict[str, Template]) -> list[Unit]:
     """One ``entail`` and one ``contradict`` unit per sentence, each with its row's instruction variant."""
     units = []
     for rec in sentences:
@@ -160,7 +160,7 @@ def generation_units(sentences: list[SentenceRecord], cfg: RunConfig, templates:
     return units
 
 
-def judge_units(items: list[JudgeItem], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
+def judge_units(items: list[JudgeItem], cfg: RunConfig, templates: dict[str, Template]) -> list[Unit]:
     tpl = templates[JUDGE]
     return [
         Unit(
@@ -174,7 +174,7 @@ def judge_units(items: list[JudgeItem], cfg: RunConfig, templates: dict[str, Cha
     ]
 
 
-def render(unit: Unit, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> GenerationRequest:
+def render(unit: Unit, cfg: RunConfig, templates: dict[str, Template]) -> GenerationRequest:
     src = unit.source
     if unit.task == SEED:
         tpl, values = templates[SEED], {"topic": src.topic}
@@ -185,7 +185,7 @@ def render(unit: Unit, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> Ge
     return GenerationRequest(unit.key, tpl.messages(values), sampling_of(unit.task, unit.seed, cfg))
 
 
-def instruction_of(raw: RawResult, templates: dict[str, ChatTemplate]) -> str:
+def instruction_of(raw: RawResult, templates: dict[str, Template]) -> str:
     """The variant name of a generated candidate, from its recorded prompt sha."""
     return next(name for name, t in templates.items() if t.sha256 == raw.provenance.prompt_sha)
 
@@ -267,7 +267,7 @@ def seed_sentences(raws: list[RawResult]) -> tuple[list[SentenceRecord], list[Re
 
 
 def candidates(
-    raws: list[RawResult], templates: dict[str, ChatTemplate]
+    raws: list[RawResult], templates: dict[str, Template]
 ) -> tuple[dict[tuple[str, str], Generated], list[Rejection]]:
     """Each sentence's valid entailment and contradiction, by (sentence id, task); failures as rejections."""
     out, rejects = {}, []
@@ -437,7 +437,7 @@ class Pairs:
             )
         check_input_output(cfg, input_required=False)
 
-    def templates(self, cfg: RunConfig) -> dict[str, ChatTemplate]:
+    def templates(self, cfg: RunConfig) -> dict[str, Template]:
         return templates_for(cfg)
 
     def read(self, cfg: RunConfig) -> Inputs:

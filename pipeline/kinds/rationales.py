@@ -59,7 +59,7 @@ from pipeline.settings import BaseRunConfig as RunConfig
 from pipeline.shards.card import finite
 from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
 from pipeline.text.answers import AnswerKind, answer_kind_of, extract_answer, is_refusal, vote
-from pipeline.text.templates import ChatTemplate, load_chat_template
+from pipeline.text.templates import Template, load_template
 
 
 def settings(cfg: RunConfig) -> RationalesConfig:
@@ -102,17 +102,17 @@ def task_names(cfg: RunConfig) -> list[str]:
     return [SAMPLED] + ([ADVERSARIAL] if settings(cfg).adversarial.enabled else [])
 
 
-def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
+def templates_for(cfg: RunConfig) -> dict[str, Template]:
     """Both answer kinds' templates, by template name (a run may mix numeric and multiple-choice rows)."""
     folder = settings(cfg).prompts_dir
-    return {name: load_chat_template(folder / f"{name}.yaml", slots) for name, slots in TEMPLATES.values()}
+    return {name: load_template(folder / f"{name}.yaml", slots, task=name) for name, slots in TEMPLATES.values()}
 
 
 def answer_kind(q: QuestionRecord, cfg: RunConfig) -> AnswerKind:
     return answer_kind_of(settings(cfg).answer_kind, q.choices)
 
 
-def template_of(q: QuestionRecord, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> ChatTemplate:
+def template_of(q: QuestionRecord, cfg: RunConfig, templates: dict[str, Template]) -> Template:
     return templates[TEMPLATES[answer_kind(q, cfg)][0]]
 
 
@@ -124,7 +124,7 @@ def sampling_of(task: str, unit_seed: int, cfg: RunConfig) -> Sampling:
     return Sampling(r.temperature, r.top_p, r.max_tokens, r.k, unit_seed, stop_at_newline=False)
 
 
-def plan_units(questions: list[QuestionRecord], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
+def plan_units(questions: list[QuestionRecord], cfg: RunConfig, templates: dict[str, Template]) -> list[Unit]:
     """One unit per question x task; the key hashes row, template, model, the task's sampling, seed and code."""
     units = []
     for q in questions:
@@ -140,7 +140,7 @@ def choices_text(choices: tuple[str, ...]) -> str:
     return " ".join(f"({'ABCDE'[i]}) {c}" for i, c in enumerate(choices))
 
 
-def render(unit: Unit, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> GenerationRequest:
+def render(unit: Unit, cfg: RunConfig, templates: dict[str, Template]) -> GenerationRequest:
     q: QuestionRecord = unit.source
     values = {"question": q.question, "choices": choices_text(q.choices)}
     msgs = template_of(q, cfg, templates).messages(values)
@@ -349,7 +349,7 @@ class Rationales:
     def check(self, cfg: RunConfig) -> None:
         check_input_output(cfg)
 
-    def templates(self, cfg: RunConfig) -> dict[str, ChatTemplate]:
+    def templates(self, cfg: RunConfig) -> dict[str, Template]:
         return templates_for(cfg)
 
     def read(self, cfg: RunConfig) -> Inputs:

@@ -71,7 +71,7 @@ from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
 from pipeline.text.edits import Failure
 from pipeline.text.mining import Mined, mine, select
 from pipeline.text.queries import QueryType, check_query
-from pipeline.text.templates import ChatTemplate, load_chat_template
+from pipeline.text.templates import Template, load_template
 
 
 def settings(cfg: RunConfig) -> RetrievalConfig:
@@ -168,12 +168,12 @@ class RetrievalRow:
     weight: float = 1.0
 
 
-def templates_for(cfg: RunConfig) -> dict[str, ChatTemplate]:
+def templates_for(cfg: RunConfig) -> dict[str, Template]:
     """One template per configured query type, plus the judge, by name; each checked for its task."""
     r = settings(cfg)
     out = {}
     for name, task, slots in [(t.value, QUERY, ("passage",)) for t in r.types] + [(JUDGE, JUDGE, ("query", "passage"))]:
-        tpl = load_chat_template(r.prompts_dir / f"{name}.yaml", slots)
+        tpl = load_template(r.prompts_dir / f"{name}.yaml", slots)
         if tpl.task != task:
             raise TemplateError(f"{tpl.path}: field 'task' says {tpl.task!r}, expected {task!r}")
         out[name] = tpl
@@ -187,7 +187,7 @@ def sampling_of(task: str, seed: int, cfg: RunConfig) -> Sampling:
     return Sampling(s.temperature, s.top_p, s.max_tokens, s.n, seed)
 
 
-def query_units(passages: list[PassageRecord], cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
+def query_units(passages: list[PassageRecord], cfg: RunConfig, templates: dict[str, Template]) -> list[Unit]:
     units = []
     for p in passages:
         for t in (t.value for t in settings(cfg).types):
@@ -204,7 +204,7 @@ def query_units(passages: list[PassageRecord], cfg: RunConfig, templates: dict[s
     return units
 
 
-def judge_units(items: list[Judged], task: str, cfg: RunConfig, templates: dict[str, ChatTemplate]) -> list[Unit]:
+def judge_units(items: list[Judged], task: str, cfg: RunConfig, templates: dict[str, Template]) -> list[Unit]:
     tpl = templates[JUDGE]
     return [
         Unit(
@@ -553,7 +553,7 @@ class Retrieval:
     def check(self, cfg: RunConfig) -> None:
         check_input_output(cfg)
 
-    def templates(self, cfg: RunConfig) -> dict[str, ChatTemplate]:
+    def templates(self, cfg: RunConfig) -> dict[str, Template]:
         return templates_for(cfg)
 
     def read(self, cfg: RunConfig) -> Inputs:
