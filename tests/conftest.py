@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A `datasets` cache of this session's own: pytest reuses its tmp paths (pytest-of-root/pytest-N), and a dataset
+# loaded from a reused path could come back from an earlier session's cache instead of from the files written now.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="contrastgen-hf-datasets-")
+atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], True)
 # The key the session's `contrastgen serve` requires and the openai engine sends (set before Ray starts, so its
 # workers inherit it). A developer's own OPENAI_API_KEY is used as is (and needed for an external server).
 os.environ.setdefault("OPENAI_API_KEY", "contrastgen-test-" + os.urandom(8).hex())
