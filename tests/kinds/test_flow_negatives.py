@@ -10,6 +10,7 @@ import yaml
 
 from pipeline.errors import RunLockedError
 from pipeline.kinds import negatives as task
+from pipeline.records import REASONS, Reason
 from pipeline.run.store import RunStore
 from pipeline.shards.writer import sha256_file
 from pipeline.text.structure import check_shapes
@@ -87,6 +88,8 @@ def test_rejected_config_card_and_manifest_agree(run):
     assert set(manifest["prompts"]) == set(task.task_names(cfg))
     body = (root / "README.md").read_text()
     assert "## Per type" in body and "swap_obj" in body
+    meaning = REASONS[Reason.empty_caption]  # the card names each reason's meaning from the one registry
+    assert f"| `empty_caption` | {s['rejected_by_reason']['empty_caption']} | {meaning} |" in body
     filtered = [r for r in rej if r["stage"] == "filter"]
     assert filtered, "expected rows dropped by the default filters (3 in the golden counts)"
     assert len(filtered) == s["filtered"] and all(r["filter"] and r["score"] is not None and r["raw"] for r in filtered)
