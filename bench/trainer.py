@@ -36,7 +36,7 @@ def repeated_groups(data: Path, n: int, max_negatives: int) -> list[Group]:
     for i in range(n):
         g = groups[i % len(groups)]
         tag = "" if i < len(groups) else f" ({i // len(groups)})"
-        out.append(Group(g.anchor + tag, g.positive + tag, tuple(x + tag for x in g.negatives), g.neg_types, g.weights))
+        out.append(Group(g.anchor + tag, g.positive + tag, tuple(x + tag for x in g.negatives), g.types, g.weights))
     return out
 
 

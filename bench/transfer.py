@@ -70,7 +70,7 @@ def main() -> None:
     from pipeline.train.run import _device, load_data, load_encoder
     from pipeline.train.trainer import Trainer
 
-    used = {c for split in ("train", "test") for c in read_split(a.data, split)["caption"].to_pylist()}
+    used = {c for split in ("train", "test") for c in read_split(a.data, split)["anchor"].to_pylist()}
     exclude = frozenset(name for name, caps in read_coco(a.coco) if used & set(caps))
     t0 = time.perf_counter()
     rows = coco_transfer_set(a.coco, a.images, exclude)

@@ -3,8 +3,8 @@ rows (issue 19: "a dataset of millions of rows opens at once").
 
     python bench/view.py --data DIR [--rows 10000 100000 1000000] [--json]
 
-For each size a dataset is made from DIR's train rows repeated (each copy with its own id and a suffixed caption,
-so search and type filters see as many distinct rows), in 100k-row shards with a manifest, then a fresh
+For each size a dataset is made from DIR's train shards' rows repeated (each copy with its own id and a suffixed
+anchor, so search and type filters see as many distinct rows), in 100k-row shards with a manifest, then a fresh
 process opens it with :class:`pipeline.view.data.Dataset` and times: open, the first page, the type menu,
 a page of one type, a text search, and the last page. Peak RSS is that process's high-water mark. The ratios
 printed compare each size with the one 10x smaller in the same run: an unfiltered first page should not grow
@@ -31,11 +31,12 @@ def make(src: Path, rows: int, out: Path) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipeline.shards.writer import sha256_file
-    from pipeline.train.data import read_split
+    from pipeline.kinds import kind_of_format
+    from pipeline.shards.writer import read_shard, sha256_file
 
-    base = read_split(src, "train")
     manifest = json.loads((src / "manifest.json").read_text())
+    base = pa.concat_tables(read_shard(src, s) for s in manifest["shards"] if s["split"] == "train")
+    anchor = kind_of_format(manifest["format"], src / "manifest.json").anchor  # the kind's own anchor column
     (out / "data").mkdir(parents=True)
     shards, made, copy = [], 0, 0
     while made < rows:
@@ -45,9 +46,7 @@ def make(src: Path, rows: int, out: Path) -> None:
             t = base.slice(0, min(base.num_rows, n - sum(p.num_rows for p in parts)))
             tag = pa.scalar(f" #{copy}")
             t = t.set_column(t.column_names.index("id"), "id", pc.binary_join_element_wise(t["id"], tag, ""))
-            t = t.set_column(
-                t.column_names.index("caption"), "caption", pc.binary_join_element_wise(t["caption"], tag, "")
-            )
+            t = t.set_column(t.column_names.index(anchor), anchor, pc.binary_join_element_wise(t[anchor], tag, ""))
             parts.append(t)
             copy += 1
         path = out / "data" / f"train-{len(shards):05d}.arrow"
@@ -82,7 +81,7 @@ def measure(root: Path) -> dict:
     lap("open_ms")
     first = ds.page(Query(split="train"))
     lap("first_page_ms")
-    types = ds.values("train", "neg_type")
+    types = ds.values("train", "type")
     lap("type_menu_ms")
     ds.page(Query(split="train", type=types[0]))
     lap("type_page_ms")

@@ -29,13 +29,13 @@ def test_pages_cover_every_row_once_and_filters_hold(negatives_run):
         if page + 1 >= pg.pages:
             break
     assert len(seen) == len(set(seen)) == pg.total == summary["splits"]["train"]
-    kind = ds.values("train", "neg_type")[0]
+    kind = ds.values("train", "type")[0]
     typed = ds.page(Query(split="train", type=kind, size=200))
-    assert typed.total > 0 and {r["neg_type"] for r in typed.rows} == {kind}
-    word = typed.rows[0]["caption"].split()[1].upper()  # search ignores case
+    assert typed.total > 0 and {r["type"] for r in typed.rows} == {kind}
+    word = typed.rows[0]["anchor"].split()[1].upper()  # search ignores case
     found = ds.page(Query(split="train", q=word, size=200))
     assert found.total > 0 and all(
-        any(word.lower() in (r[c] or "").lower() for c in ("caption", "positive", "negative")) for r in found.rows
+        any(word.lower() in (r[c] or "").lower() for c in ("anchor", "positive", "negative")) for r in found.rows
     )
     rejected = ds.page(Query(split="rejected", reason="empty_caption", size=200))
     assert rejected.total >= 1 and all(r["reason"] == "empty_caption" for r in rejected.rows)
@@ -76,12 +76,12 @@ def test_a_browser_sees_moved_words_and_rejection_reasons(negatives_run, tmp_pat
         lambda port: [cli, "view", str(root), "--port", str(port)], tmp_path / "view.log", root="", probe="/"
     )
     try:
-        dom = _browser("--dump-dom", f"{base}/rows?type={swap['neg_type']}").stdout
+        dom = _browser("--dump-dom", f"{base}/rows?type={swap['type']}").stdout
         block = re.search(rf'<div class="row" id="{swap["id"]}">(.*?)</div>\s*</div>', dom, re.S)
         assert block, dom[-2000:]
         moved = re.findall(r'<span class="moved">([^<]+)</span>', block.group(1))
-        # the swapped words are marked moved on both lines, and they are words of the caption
-        assert len(moved) >= 4 and all(w.strip(".,").lower() in swap["caption"].lower() for w in moved), block.group(1)
+        # the swapped words are marked moved on both lines, and they are words of the anchor
+        assert len(moved) >= 4 and all(w.strip(".,").lower() in swap["anchor"].lower() for w in moved), block.group(1)
         dom = _browser("--dump-dom", f"{base}/rejected?reason=empty_caption").stdout
         assert '<span class="reason">empty_caption</span>' in dom and "1 rows match" in dom
         shot = tmp_path / "rows.png"

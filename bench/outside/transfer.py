@@ -32,7 +32,7 @@ def evaluate_transfer(model: SentenceTransformer, rows: list[dict], batch_size: 
             "transfer set: expected rows {anchor, positive, negative, neg_type}, found none. "
             "Fix: build it from more images (coco_transfer_set(images=...))"
         )
-    overall, per_type, _, _ = typed_scores(model, [{**r, "caption": r["anchor"]} for r in rows], batch_size)
+    overall, per_type, _, _ = typed_scores(model, [{**r, "type": r["neg_type"]} for r in rows], batch_size)
     return {**{s.neg_type: s for s in per_type}, "all": overall}
 
 
@@ -48,7 +48,7 @@ def rule_groups(groups: list[Group], seed: int = 0, types: tuple[str, ...] = RUL
         replace(
             g,
             negatives=tuple(n for n, _ in made[g.anchor]),
-            neg_types=tuple(t for _, t in made[g.anchor]),
+            types=tuple(t for _, t in made[g.anchor]),
             weights=(1.0,) * len(made[g.anchor]),
         )
         for g in groups

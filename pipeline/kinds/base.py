@@ -10,7 +10,7 @@ A kind (negatives, rationales, pairs, ...) is one object that satisfies :class:`
     finalize:   per block of sources: kind.assemble(ctx, raws) -> Assembled; the filter stage
                 (filters.<kind.name>); kind.table(rows) per split; kind.positives(...) for the summary;
                 then kind.card(ctx, tally) once, from what every block added to the :class:`Tally`
-    train:      kind.as_negatives(table): the kind's shards in the trainer's layout
+    train/view: kind.as_training(table): the kind's shards in the one training layout (:data:`TRAINING_COLUMNS`)
 
 Stages are resumable by construction: a unit's key hashes everything that decides its output, the store
 keeps finished units, and planning a stage again finds them done.
@@ -133,7 +133,31 @@ class Kind(Protocol):
     def table(self, rows: list[Any]) -> pa.Table: ...
     def positives(self, rows: list[Any], raws: list[RawResult], assembled: Assembled, positive_drops: int) -> int: ...
     def card(self, ctx: Context, tally: Tally) -> CardFacts: ...
-    def as_negatives(self, table: pa.Table) -> pa.Table: ...
+    def as_training(self, table: pa.Table) -> pa.Table: ...  # its shard's rows in the training layout
+
+
+TRAINING_REQUIRED = ("anchor", "positive", "negative", "type", "source_id")
+TRAINING_OPTIONAL = ("weight", "group")
+TRAINING_COLUMNS = TRAINING_REQUIRED + TRAINING_OPTIONAL
+"""The training layout: what ``contrastgen train`` and ``contrastgen view`` read of every kind
+(:meth:`Kind.as_training`), one row per (anchor, negative). ``anchor``: the text trained on (a caption, a question,
+a query, a sentence); ``positive``: its own positive (null: none); ``negative``; ``type``: the negative's type (the
+per-type scores, the view's type filter); ``source_id``: rows that share it are one anchor's (the trainer groups
+them by it). Where the kind has them: ``weight``, a negative's loss weight (1 when absent), and ``group``: anchors
+of one input group are positives of each other and never share a batch."""
+
+
+def training_layout(table: pa.Table, renames: dict[str, str]) -> pa.Table:
+    """``table`` (a kind's shard) in the training layout: its columns renamed by ``renames`` (the kind's name ->
+    the layout's), then only the layout's columns, in :data:`TRAINING_COLUMNS` order; a layout column the shard
+    lacks stays missing (the trainer names it).
+
+    >>> import pyarrow as pa
+    >>> training_layout(pa.table({"id": ["1"], "negative": ["n"], "query": ["q"]}), {"query": "anchor"}).column_names
+    ['anchor', 'negative']
+    """
+    table = table.rename_columns([renames.get(c, c) for c in table.column_names])
+    return table.select([c for c in TRAINING_COLUMNS if c in table.column_names])
 
 
 SAMPLE_ROWS = 2000  # kept rows a Tally holds for the card's examples

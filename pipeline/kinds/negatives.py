@@ -30,6 +30,7 @@ from pipeline.kinds.base import (
     pick_samples,
     raw_rejection,
     row_id,
+    training_layout,
 )
 from pipeline.kinds.base import unit_key as _unit_key
 from pipeline.kinds.base import unit_seed as _unit_seed
@@ -479,8 +480,8 @@ class Negatives:
             manifest={"per_type": [asdict(s) for s in per_type], **({"groups": asdict(groups)} if groups else {})},
         )
 
-    def as_negatives(self, table: pa.Table) -> pa.Table:
-        return table
+    def as_training(self, table: pa.Table) -> pa.Table:
+        return training_layout(table, {"caption": "anchor", "neg_type": "type"})
 
 
 KIND = Negatives()

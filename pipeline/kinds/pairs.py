@@ -37,6 +37,7 @@ from pipeline.kinds.base import (
     raw_rejection,
     row_id,
     sha,
+    training_layout,
     unit_seed,
 )
 from pipeline.kinds.base import unit_key as _unit_key
@@ -388,10 +389,10 @@ def assemble(
     return rows, rejects, st
 
 
-def _pairs_as_negatives(table: pa.Table) -> pa.Table:
-    """Sentence pairs in the negatives layout: the anchor sentence is the caption, every negative a contradiction."""
-    table = table.rename_columns(["caption" if c == "anchor" else c for c in table.column_names])
-    return table.append_column("neg_type", pa.array(["contradiction"] * table.num_rows, pa.string()))
+def _pairs_as_training(table: pa.Table) -> pa.Table:
+    """Sentence pairs in the training layout: the anchor sentence is the anchor, every negative a contradiction."""
+    table = table.append_column("type", pa.array(["contradiction"] * table.num_rows, pa.string()))
+    return training_layout(table, {})
 
 
 @dataclass(frozen=True)
@@ -507,8 +508,8 @@ class Pairs:
             samples=pick_samples(tally.samples, "neg_instruction", 3), stats=stats, manifest={"pairs": finite(stats)}
         )
 
-    def as_negatives(self, table: pa.Table) -> pa.Table:
-        return _pairs_as_negatives(table)
+    def as_training(self, table: pa.Table) -> pa.Table:
+        return _pairs_as_training(table)
 
 
 KIND = Pairs()

@@ -41,6 +41,7 @@ from pipeline.kinds.base import (
     pick_samples,
     raw_rejection,
     row_id,
+    training_layout,
     unit_key,
     unit_seed,
 )
@@ -308,14 +309,12 @@ def assemble(
 
 
 def _as_groups_of_positives(table: pa.Table) -> pa.Table:
-    """Rationale rows in the negatives layout: the question is the anchor, ``neg_source`` the type, and each
+    """Rationale rows in the training layout: the question is the anchor, ``neg_source`` the type, and each
     (question, positive) is its own group (a question has several positives; the batch sampler never puts
     two groups with the same anchor in one batch, so they are never each other's in-batch negatives)."""
     group = pc.binary_join_element_wise(table["source_id"], pc.cast(table["pos_seed"], pa.string()), "/")
-    table = table.rename_columns(
-        ["caption" if c == "question" else "neg_type" if c == "neg_source" else c for c in table.column_names]
-    )
-    return table.set_column(table.column_names.index("source_id"), "source_id", group)
+    table = table.set_column(table.column_names.index("source_id"), "source_id", group)
+    return training_layout(table, {"question": "anchor", "neg_source": "type"})
 
 
 @dataclass(frozen=True)
@@ -396,7 +395,7 @@ class Rationales:
             manifest={"rationales": finite(asdict(stats))},
         )
 
-    def as_negatives(self, table: pa.Table) -> pa.Table:
+    def as_training(self, table: pa.Table) -> pa.Table:
         return _as_groups_of_positives(table)
 
 

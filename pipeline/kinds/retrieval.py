@@ -47,6 +47,7 @@ from pipeline.kinds.base import (
     check_input_output,
     pick_samples,
     row_id,
+    training_layout,
     unit_key,
     unit_seed,
 )
@@ -498,10 +499,9 @@ def per_type_stats(tally: Tally, stats: Stats, cfg: RunConfig) -> list[TypeStats
     return out
 
 
-def _as_negatives(table: pa.Table) -> pa.Table:
-    """Retrieval rows in the negatives layout: the query is the caption (the anchor), its type the neg_type."""
-    table = table.rename_columns(["caption" if c == "query" else c for c in table.column_names])
-    return table.append_column("neg_type", table.column("query_type"))
+def _as_training(table: pa.Table) -> pa.Table:
+    """Retrieval rows in the training layout: the query is the anchor, its query type the type."""
+    return training_layout(table, {"query": "anchor", "query_type": "type"})
 
 
 @dataclass(frozen=True)
@@ -617,8 +617,8 @@ class Retrieval:
             manifest={"retrieval": finite(means), "per_type": [asdict(s) for s in per_type]},
         )
 
-    def as_negatives(self, table: pa.Table) -> pa.Table:
-        return _as_negatives(table)
+    def as_training(self, table: pa.Table) -> pa.Table:
+        return _as_training(table)
 
 
 KIND = Retrieval()

@@ -1,5 +1,5 @@
-"""Training data: contrastgen shards (of any kind, in the negatives layout its kind gives them) -> anchor groups ->
-batches without duplicate anchors.
+"""Training data: contrastgen shards (of any kind, in the training layout its kind gives them:
+:data:`pipeline.kinds.base.TRAINING_COLUMNS`) -> anchor groups -> batches without duplicate anchors.
 
 A *group* is one caption (the anchor) with its positives and its own typed negatives. Its positives are its
 paraphrase and, where the dataset was made with ``input.group_column``, the other captions of its group (human
@@ -23,22 +23,21 @@ import pyarrow.compute as pc
 
 from pipeline.errors import DatasetError
 from pipeline.kinds import kind_of_format
+from pipeline.kinds.base import TRAINING_REQUIRED
 from pipeline.shards.card import load_manifest
 from pipeline.shards.writer import read_shard
-
-REQUIRED = ("caption", "positive", "negative", "neg_type", "source_id")
 
 
 @dataclass(frozen=True)
 class Group:
-    """One anchor caption, its positive (the one it is paired with now) and its typed negatives (equal-length
+    """One anchor, its positive (the one it is paired with now) and its typed negatives (equal-length
     tuples); ``positives``: all of them, the paraphrase first (empty: ``positive`` is the only one); ``group``: the
     input group (captions of one image), if the dataset has one."""
 
     anchor: str
     positive: str
     negatives: tuple[str, ...]
-    neg_types: tuple[str, ...]
+    types: tuple[str, ...]
     weights: tuple[float, ...]
     positives: tuple[str, ...] = ()
     group: str | None = None
@@ -57,21 +56,20 @@ def _shards(root: Path, split: str) -> tuple[list[dict], dict]:
 
 
 def read_split(root: Path, split: str) -> pa.Table:
-    """Memory-mapped ``split`` of one dataset; checks each shard against the manifest (size, sha256), the
-    columns, and that the split has rows."""
+    """Memory-mapped ``split`` of one dataset, in the training layout; checks each shard against the manifest
+    (size, sha256), the columns, and that the split has rows."""
     tables = []
     shards, meta = _shards(root, split)
-    adapt = kind_of_format(
-        meta["format"], Path(root) / "manifest.json"
-    ).as_negatives  # the kind's rows in the trainer's layout
+    kind = kind_of_format(meta["format"], Path(root) / "manifest.json")
     for shard in shards:
-        table = adapt(read_shard(root, shard))
-        missing = [c for c in REQUIRED if c not in table.column_names]
+        raw = read_shard(root, shard)
+        table = kind.as_training(raw)
+        missing = [c for c in TRAINING_REQUIRED if c not in table.column_names]
         if missing:
             raise DatasetError(
-                f"{Path(root) / shard['path']}: expected columns {list(REQUIRED)}, missing {missing} (found "
-                f"{table.column_names}). "
-                "Fix: train on shards written by `contrastgen generate negatives`."
+                f"{Path(root) / shard['path']}: expected columns that give the training layout's "
+                f"{list(TRAINING_REQUIRED)}, missing {missing} (the shard has {raw.column_names}). "
+                f"Fix: train on shards written by `contrastgen generate {kind.name}`."
             )
         tables.append(table)
     if not tables or sum(t.num_rows for t in tables) == 0:
@@ -89,29 +87,29 @@ def _weights(table: pa.Table) -> np.ndarray:
 
 
 def _views(table: pa.Table) -> dict[str, list[str]]:
-    """group -> its distinct captions, in order of first appearance (empty where the table has no groups)."""
+    """group -> its distinct anchors, in order of first appearance (empty where the table has no groups)."""
     if "group" not in table.column_names or table["group"].null_count == table.num_rows:
         return {}
     views: dict[str, list[str]] = {}
-    for g, caption in zip(table["group"].to_pylist(), table["caption"].to_pylist()):
-        if g is not None and caption not in views.setdefault(g, []):
-            views[g].append(caption)
+    for g, anchor in zip(table["group"].to_pylist(), table["anchor"].to_pylist()):
+        if g is not None and anchor not in views.setdefault(g, []):
+            views[g].append(anchor)
     return views
 
 
 def groups_from_table(table: pa.Table, max_negatives: int) -> tuple[list[Group], int]:
-    """Group rows by caption id. An anchor's positives: its paraphrase, then the other captions of its input group;
-    rows of an anchor with none cannot form a pair and are counted, not used."""
+    """Group rows by source id (one anchor's rows). An anchor's positives: its own, then the other anchors of its
+    input group; rows of an anchor with none cannot form a pair and are counted, not used."""
     views = _views(table)
     idx = table.append_column("_row", pa.array(np.arange(table.num_rows)))
     grouped = idx.group_by("source_id").aggregate([("_row", "list")]).sort_by("source_id")
-    names = ("caption", "positive", "negative", "neg_type") + (("group",) if views else ())
+    names = ("anchor", "positive", "negative", "type") + (("group",) if views else ())
     cols = {c: table[c].to_pylist() for c in names}
     weights = _weights(table)
     groups, skipped = [], 0
     for rows in grouped["_row_list"].to_pylist():
         rows = sorted(rows)
-        anchor, gid = cols["caption"][rows[0]], cols["group"][rows[0]] if views else None
+        anchor, gid = cols["anchor"][rows[0]], cols["group"][rows[0]] if views else None
         own = next((cols["positive"][r] for r in rows if cols["positive"][r] is not None), None)
         positives = ([own] if own is not None else []) + [
             v for v in (views.get(gid, ()) if gid is not None else ()) if v != anchor and v != own
@@ -125,7 +123,7 @@ def groups_from_table(table: pa.Table, max_negatives: int) -> tuple[list[Group],
                 anchor=anchor,
                 positive=positives[0],
                 negatives=tuple(cols["negative"][r] for r in rows),
-                neg_types=tuple(cols["neg_type"][r] for r in rows),
+                types=tuple(cols["type"][r] for r in rows),
                 weights=tuple(float(weights[r]) for r in rows),
                 positives=tuple(positives),
                 group=gid,

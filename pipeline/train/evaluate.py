@@ -200,14 +200,14 @@ def _align_uniform(captions: torch.Tensor, positives: torch.Tensor) -> tuple[flo
 def typed_scores(
     model: SentenceTransformer, scored: list[dict], batch_size: int = 64
 ) -> tuple[TypeScore, list[TypeScore], torch.Tensor, torch.Tensor]:
-    """Typed accuracy of ``model`` on rows {caption, positive, negative, neg_type}, every one with a positive:
-    (all rows, each type, the rows' caption embeddings [R, D], their positive embeddings [R, D])."""
-    emb = encode_unique(model, [t for r in scored for t in (r["caption"], r["positive"], r["negative"])], batch_size)
-    c = torch.stack([emb[r["caption"]] for r in scored])  # [R, D]
+    """Typed accuracy of ``model`` on rows {anchor, positive, negative, type} (the training layout), every one with
+    a positive: (all rows, each type, the rows' anchor embeddings [R, D], their positive embeddings [R, D])."""
+    emb = encode_unique(model, [t for r in scored for t in (r["anchor"], r["positive"], r["negative"])], batch_size)
+    c = torch.stack([emb[r["anchor"]] for r in scored])  # [R, D]
     p = torch.stack([emb[r["positive"]] for r in scored])  # [R, D]
     n = torch.stack([emb[r["negative"]] for r in scored])  # [R, D]
     s_cp, s_cn, s_pn = ((c * p).sum(1).numpy(), (c * n).sum(1).numpy(), (p * n).sum(1).numpy())
-    types = np.array([r["neg_type"] for r in scored])
+    types = np.array([r["type"] for r in scored])
     per_type = [_score(t, s_cp[types == t], s_cn[types == t], s_pn[types == t]) for t in sorted(set(types))]
     return _score("all", s_cp, s_cn, s_pn), per_type, c, p
 
@@ -240,10 +240,10 @@ def retrieval_metrics(rank: np.ndarray) -> dict[str, float]:
 
 
 def retrieval_scores(model: SentenceTransformer, table: pa.Table, batch_size: int = 64) -> RetrievalScore:
-    """Retrieval on a test split in the negatives layout (caption = query): each distinct (query, passage) against the
+    """Retrieval on a test split in the training layout (anchor = query): each distinct (query, passage) against the
     corpus of the split's distinct passages (positives and negatives)."""
-    rows = table.select(["caption", "positive", "negative"]).to_pylist()
-    pairs = list(dict.fromkeys((r["caption"], r["positive"]) for r in rows if r["positive"] is not None))
+    rows = table.select(["anchor", "positive", "negative"]).to_pylist()
+    pairs = list(dict.fromkeys((r["anchor"], r["positive"]) for r in rows if r["positive"] is not None))
     if not pairs:
         raise DatasetError(
             "retrieval evaluation: expected test rows with a query and its passage, found none. "
@@ -268,9 +268,9 @@ def evaluate_table(
     retention_file: Path | None = None,
     retrieval: bool = False,
 ) -> EvalReport:
-    """Score ``model`` on a negatives table (a test split); retention on the report half of ``retention_file``
+    """Score ``model`` on a test split in the training layout; retention on the report half of ``retention_file``
     (an STS-format file) or of the bundled pairs; with ``retrieval`` (a retrieval dataset's split) retrieval too."""
-    rows = table.select(["caption", "positive", "negative", "neg_type"]).to_pylist()
+    rows = table.select(["anchor", "positive", "negative", "type"]).to_pylist()
     scored = [r for r in rows if r["positive"] is not None]
     if not scored:
         raise DatasetError(
@@ -278,7 +278,7 @@ def evaluate_table(
             "Fix: generate with paraphrases on (negatives.paraphrase) or more captions"
         )
     overall, per_type, c, p = typed_scores(model, scored, batch_size)
-    uniq = {r["caption"]: i for i, r in enumerate(scored)}
+    uniq = {r["anchor"]: i for i, r in enumerate(scored)}
     idx = list(uniq.values())
     align, uniform = _align_uniform(c[idx], p[idx])
     return EvalReport(

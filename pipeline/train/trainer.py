@@ -64,11 +64,11 @@ class TrainResult:
 
 
 def groups_rows(groups: list[Group]) -> list[dict]:
-    """Groups back as negatives rows (for scoring the validation groups like a test split)."""
+    """Groups back as rows of the training layout (for scoring the validation groups like a test split)."""
     return [
-        {"caption": g.anchor, "positive": g.positive, "negative": n, "neg_type": t}
+        {"anchor": g.anchor, "positive": g.positive, "negative": n, "type": t}
         for g in groups
-        for n, t in zip(g.negatives, g.neg_types)
+        for n, t in zip(g.negatives, g.types)
     ]
 
 

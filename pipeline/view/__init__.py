@@ -3,7 +3,7 @@ no CDN: it works offline).
 
 - ``/``: the card's facts: splits, the funnel (generation, then each filter), per-type yields, the filter plots,
   the releases.
-- ``/rows?split=train&type=swap_obj&q=dog&page=2``: rows in the negatives layout (every kind has one), each with
+- ``/rows?split=train&type=swap_obj&q=dog&page=2``: rows in the training layout (every kind has one), each with
   a word-level diff of anchor vs negative and anchor vs positive (moved words of a swap marked apart from
   changed ones), its filter scores and weight.
 - ``/rejected?stage=filter&reason=false_negative``: rejected rows by stage and reason, with their raw text.
@@ -67,8 +67,8 @@ def build_app(root: Path) -> FastAPI:
         shown = [
             {
                 **r,
-                "neg_diff": word_diff(r.get("caption"), r.get("negative")),
-                "pos_diff": word_diff(r.get("caption"), r.get("positive")) if r.get("positive") else None,
+                "neg_diff": word_diff(r.get("anchor"), r.get("negative")),
+                "pos_diff": word_diff(r.get("anchor"), r.get("positive")) if r.get("positive") else None,
                 "scores": {s: r[s] for s in SCORES if r.get(s) is not None},
             }
             for r in pg.rows
@@ -77,7 +77,7 @@ def build_app(root: Path) -> FastAPI:
             "rows.html",
             page=pg,
             rows=shown,
-            types=ds.values(split, "neg_type"),
+            types=ds.values(split, "type"),
             link=link,
             splits=[s for s in ds.splits() if s != "rejected"],
         )

@@ -24,7 +24,8 @@ from pipeline.shards.card import load_manifest
 from pipeline.shards.writer import read_stream
 
 SCORES = ("surface_sim", "semantic_sim", "propensity", "weight")
-SEARCHED = ("caption", "positive", "negative", "raw", "detail")  # in the negatives layout, and a rejection's text
+SHOWN = ("id", "model", "seed", *SCORES)  # a row's own columns shown beside its training layout
+SEARCHED = ("anchor", "positive", "negative", "raw", "detail")  # in the training layout, and a rejection's text
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,17 @@ class Dataset:
                     "Fix: rerun the generate command that made this folder (it republishes from raw/)"
                 )
             table = read_stream(path)
-            self._tables[shard["path"]] = table if shard["split"] == "rejected" else self.kind.as_negatives(table)
+            self._tables[shard["path"]] = table if shard["split"] == "rejected" else self._rows(table)
         return self._tables[shard["path"]]
+
+    def _rows(self, table: pa.Table) -> pa.Table:
+        """A shard's rows as the rows page shows them: the kind's training layout, then the row's own id,
+        provenance and scores (:data:`SHOWN`) where the layout lacks them."""
+        rows = self.kind.as_training(table)
+        for c in SHOWN:
+            if c in table.column_names and c not in rows.column_names:
+                rows = rows.append_column(table.schema.field(c), table[c])
+        return rows
 
     def values(self, split: str, column: str) -> list[str]:
         """The distinct values of ``column`` in ``split`` (for the filter menus), sorted."""
@@ -96,7 +106,7 @@ class Dataset:
         return [s for s in self.manifest.get("shards", []) if s["split"] == split]
 
     def type_column(self, split: str) -> str:
-        return "task" if split == "rejected" else "neg_type"
+        return "task" if split == "rejected" else "type"
 
     def _mask(self, t: pa.Table, query: Query) -> pa.ChunkedArray | None:
         """One vectorised mask for the query's filters, or None for all rows."""

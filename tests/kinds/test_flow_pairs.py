@@ -75,7 +75,7 @@ def test_inspect_card_and_trainer_understand_pairs(pairs_run):
     assert s["kept"], f"expected kept pairs for the trainer to read ({GOLDEN[0]} in GOLDEN)"
     if s["kept"]:
         groups, _ = groups_from_table(read_split(cfg.output.dir, split), 8)
-        assert groups and all(g.neg_types == ("contradiction",) * len(g.negatives) for g in groups)
+        assert groups and all(g.types == ("contradiction",) * len(g.negatives) for g in groups)
 
 
 def test_from_scratch_mode_generates_its_own_anchors(tmp_path, ray_session, prefect_session):

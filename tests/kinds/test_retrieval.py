@@ -1,6 +1,6 @@
 """The retrieval kind's logic on hand-made completions: query validation, split-aligned query ids, templates and
 config, units, the assembly of judge, round trip, mining and false-negative judge (with the real bundled MiniLM:
-mining needs real embeddings, so those tests are marked integration), and the trainer's layout."""
+mining needs real embeddings, so those tests are marked integration), and the training layout."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_units_render_their_template_and_the_judge_is_greedy_with_score_choices(
     assert fn.key != judge.key and fn.task == "fn_judge"  # same pair, another stage: another unit
 
 
-def test_rows_in_the_trainers_layout_and_stats_add_up():
+def test_rows_in_the_training_layout_and_stats_add_up():
     rows = [
         task.RetrievalRow(
             "r1",
@@ -170,11 +170,10 @@ def test_rows_in_the_trainers_layout_and_stats_add_up():
             Provenance("embedded", "m", "sha", "question", 0.7, 0.95, 40, 7, 10, 5, 0.1),
         )
     ]
-    table = KIND.as_negatives(KIND.table(rows))
-    assert table.column_names[:3] == ["caption", "positive", "negative"] and table["neg_type"].to_pylist() == [
-        "question"
-    ]
-    assert table["source_id"].to_pylist() == ["p1/question"] and table["fn_score"].to_pylist() == [None]
+    table = KIND.as_training(KIND.table(rows))
+    assert table.column_names == ["anchor", "positive", "negative", "type", "source_id", "weight"]
+    assert table["anchor"].to_pylist() == ["why is mars red?"] and table["type"].to_pylist() == ["question"]
+    assert table["source_id"].to_pylist() == ["p1/question"]
     a = task.Stats(rows=2, pos_sim_sum=1.2, neg_sim_sum=0.4, judge_score_sum=8, with_rows={"question": 1})
     b = task.Stats(rows=1, pos_sim_sum=0.6, neg_sim_sum=0.5, judge_score_sum=1, with_rows={"question": 1, "keyword": 1})
     m = merge_stats(a, b).means()

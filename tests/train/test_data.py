@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ConfigError, DatasetError
+from pipeline.kinds import KINDS
+from pipeline.kinds.base import TRAINING_OPTIONAL, TRAINING_REQUIRED
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import (
     Group,
@@ -35,10 +37,16 @@ def test_groups_keep_each_captions_typed_negatives_and_weights(tmp_path):
     assert skipped == 1  # no positive: cannot form a pair
     assert [g.anchor for g in groups] == ["a dog on a sofa", "a red bus"]
     assert groups[0].negatives == ("a sofa on a dog", "a cat on a sofa")
-    assert groups[0].neg_types == ("swap_obj", "replace_obj") and groups[0].weights == (1.0, 1.0)
+    assert groups[0].types == ("swap_obj", "replace_obj") and groups[0].weights == (1.0, 1.0)
     assert groups[1].weights == (0.25,)
     capped, _ = groups_from_table(read_split(root, "train"), max_negatives=1)
     assert capped[0].negatives == ("a sofa on a dog",)
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_every_kind_gives_the_one_training_layout(name):
+    table = KINDS[name].as_training(KINDS[name].schema.empty_table())
+    assert table.column_names[:5] == list(TRAINING_REQUIRED) and set(table.column_names[5:]) <= set(TRAINING_OPTIONAL)
 
 
 def test_not_a_dataset_names_what_was_expected(tmp_path):
@@ -57,7 +65,9 @@ def test_missing_columns_name_the_shard_and_the_columns(tmp_path):
     root = write_dataset(tmp_path / "ds", {"train": [{"caption": "a", "negative": "b"}]})
     with pytest.raises(
         DatasetError,
-        match=r"train-00000-of-00001.arrow: expected columns .* missing \['positive', 'neg_type', 'source_id'\]",
+        match=r"train-00000-of-00001.arrow: expected columns that give the training layout's \['anchor', 'positive', "
+        r"'negative', 'type', 'source_id'\], missing \['positive', 'type', 'source_id'\] \(the shard has \['caption', "
+        r"'negative'\]\)\. Fix: train on shards written by `contrastgen generate negatives`",
     ):
         read_split(root, "train")
 

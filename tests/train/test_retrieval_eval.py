@@ -55,10 +55,10 @@ def test_retrieval_scores_rank_each_query_against_the_splits_passages():
         "A violin has four strings tuned in fifths.",
     )
     rows = [  # two queries that name their passage's words, one that names another passage's
-        {"caption": "how long is the moon's orbit around the earth", "positive": moon, "negative": bread},
-        {"caption": "how long is the moon's orbit around the earth", "positive": moon, "negative": violin},
-        {"caption": "why does bread rise with yeast", "positive": bread, "negative": moon},
-        {"caption": "strings of a violin tuned in fifths", "positive": moon, "negative": violin},
+        {"anchor": "how long is the moon's orbit around the earth", "positive": moon, "negative": bread},
+        {"anchor": "how long is the moon's orbit around the earth", "positive": moon, "negative": violin},
+        {"anchor": "why does bread rise with yeast", "positive": bread, "negative": moon},
+        {"anchor": "strings of a violin tuned in fifths", "positive": moon, "negative": violin},
     ]
     model = SentenceTransformer(str(bundled_encoder()), device="cpu")
     s = retrieval_scores(model, pa.Table.from_pylist(rows))

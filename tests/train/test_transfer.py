@@ -90,6 +90,6 @@ def test_transfer_scores_and_rule_groups():
     made = rule_groups(groups, seed=1)
     assert [g.anchor for g in made] == [g.anchor for g in groups[:2]]
     for g in made:
-        assert g.negatives and set(g.neg_types) <= set(RULE_TYPES) and g.anchor not in g.negatives
+        assert g.negatives and set(g.types) <= set(RULE_TYPES) and g.anchor not in g.negatives
         assert g.weights == (1.0,) * len(g.negatives) and g.positive in ("A dog runs after a cat.", "A man on a horse.")
-    assert "swap_obj" in made[0].neg_types and made == rule_groups(groups, seed=1)  # deterministic
+    assert "swap_obj" in made[0].types and made == rule_groups(groups, seed=1)  # deterministic
