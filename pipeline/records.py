@@ -5,7 +5,7 @@ Arrow appears only at the writers (``pipeline/shards``), against explicit schema
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
@@ -374,74 +374,3 @@ class RawResult:
     provenance: Provenance
     code_version: str
     group: str | None = None  # the source's input.group_column value (absent in raw parts of older runs)
-
-
-@dataclass(frozen=True)
-class NegativeRow:
-    """One kept negative: anchor caption, its paraphrase positive, a typed negative."""
-
-    id: str
-    caption: str
-    positive: str | None
-    negative: str
-    neg_type: str
-    source_id: str
-    image_ref: str | None
-    surface_sim: float
-    edit: str
-    positive_prompt_sha: str | None
-    provenance: Provenance = field(repr=False)
-    semantic_sim: float = float("nan")  # cosine of caption and negative embeddings
-    propensity: float = float("nan")  # P(positive | surface and semantic features of the pair), cross-fitted
-    weight: float = 1.0  # inverse-propensity weight of the negative, self-normalised (the trainer reads it)
-    group: str | None = None  # input.group_column: the captions of a group are positives of each other
-    positive_alternatives: tuple[str, ...] = ()  # the other valid paraphrase candidates, best first (not a column:
-    # the filter stage takes the first of positive + these inside its band and floor)
-
-
-@dataclass(frozen=True)
-class RationaleRow:
-    """One contrastive pair of rationales for a question: a positive (reaches the label) and a negative."""
-
-    id: str
-    question: str
-    positive: str
-    negative: str
-    neg_source: str  # sampled_wrong | adversarial
-    answer: str  # the label the rationales were judged against
-    label_source: str  # gold | majority (no gold answer: the self-consistency vote is the label)
-    pos_answer: str
-    neg_answer: str
-    votes_for_label: int  # sampled rationales whose answer is the label
-    votes_total: int  # sampled rationales with a parsable answer
-    pos_quality: float
-    neg_quality: float
-    source_id: str
-    pos_seed: int
-    provenance: Provenance = field(repr=False)  # the negative's
-    surface_sim: float = float("nan")
-    semantic_sim: float = float("nan")
-    propensity: float = float("nan")
-    weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class PairRow:
-    """One synthetic triplet: an anchor sentence, an entailed positive and a contradicting hard negative."""
-
-    id: str
-    anchor: str
-    positive: str
-    negative: str
-    pos_score: int  # the judge's 0-5 similarity of (anchor, positive)
-    neg_score: int
-    swapped: bool  # the judge rated the "contradiction" closer: roles swapped
-    pos_instruction: str  # instruction variant that produced the positive
-    neg_instruction: str
-    source_id: str
-    judge_model: str
-    provenance: Provenance = field(repr=False)  # the negative's generation
-    surface_sim: float = float("nan")
-    semantic_sim: float = float("nan")
-    propensity: float = float("nan")
-    weight: float = 1.0

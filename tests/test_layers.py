@@ -85,3 +85,25 @@ def test_imports_follow_the_layers(graph):
             chain = [min(route.heads), *route.middle, min(route.tails)]
             report.append(f"  {dep.importer} -> {dep.imported}, for example:\n{describe_chain(graph, chain)}")
     assert not illegal, "imports against the layers:\n" + "\n".join(report)
+
+
+def test_a_kind_imports_no_other_kind(graph):
+    """Kinds are equal citizens: a kind's modules (``<name>.py``, ``<name>_schema.py``) import the shared base and
+    their own schema, never another kind (what two kinds share lives in ``kinds.base`` or ``pipeline.text``), so a
+    new kind can be added, or one removed, without touching the others."""
+    kinds = {m.split(".")[2].removesuffix("_schema") for m in graph.modules if m.count(".") == 2 and "kinds." in m}
+    kinds -= {"base"}
+    assert {"negatives", "rationales", "pairs", "retrieval"} <= kinds
+    crossing = []
+    for name in sorted(kinds):
+        for mod in (f"pipeline.kinds.{name}", f"pipeline.kinds.{name}_schema"):
+            if mod not in graph.modules:
+                continue
+            for imported in graph.find_modules_directly_imported_by(mod):
+                parts = imported.split(".")
+                if parts[:2] != ["pipeline", "kinds"] or len(parts) < 3:
+                    continue
+                other = parts[2].removesuffix("_schema")
+                if other in kinds and other != name:
+                    crossing.append(f"  {mod} -> {imported}")
+    assert not crossing, "a kind imports another kind:\n" + "\n".join(crossing)

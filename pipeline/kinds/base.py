@@ -160,6 +160,19 @@ def training_layout(table: pa.Table, renames: dict[str, str]) -> pa.Table:
     return table.select([c for c in TRAINING_COLUMNS if c in table.column_names])
 
 
+@dataclass(frozen=True)
+class TypeStats:
+    """One row of a card's per-type table: a task's units, kept rows, yield, splits and top rejection reasons."""
+
+    task: str
+    units: int
+    kept: int
+    yield_: float
+    train: int
+    test: int
+    reasons: str
+
+
 SAMPLE_ROWS = 2000  # kept rows a Tally holds for the card's examples
 
 

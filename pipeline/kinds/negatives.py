@@ -26,6 +26,7 @@ from pipeline.kinds.base import (
     Flag,
     Inputs,
     Tally,
+    TypeStats,
     check_input_output,
     pick_samples,
     raw_rejection,
@@ -34,11 +35,10 @@ from pipeline.kinds.base import (
 )
 from pipeline.kinds.base import unit_key as _unit_key
 from pipeline.kinds.base import unit_seed as _unit_seed
-from pipeline.kinds.negatives_config import FILTERS, NegativesConfig, NegType
+from pipeline.kinds.negatives_schema import FILTERS, SCHEMA, NegativeRow, NegativesConfig, NegType
 from pipeline.records import (
     CaptionRecord,
     GenerationRequest,
-    NegativeRow,
     RawResult,
     Reason,
     Rejection,
@@ -47,7 +47,7 @@ from pipeline.records import (
     Unit,
 )
 from pipeline.settings import BaseRunConfig as RunConfig
-from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
+from pipeline.shards.schema import rows_table
 from pipeline.text.edits import (
     Candidate,
     Failure,
@@ -68,26 +68,6 @@ def settings(cfg: RunConfig) -> NegativesConfig:
 
 PARAPHRASE = "paraphrase"
 
-# Ordered so that select_columns(["caption", "positive", "negative"]) feeds sentence-transformers.
-SCHEMA = pa.schema(
-    [
-        pa.field("caption", pa.string()),
-        pa.field("positive", pa.string()),
-        pa.field("negative", pa.string()),
-        pa.field("neg_type", pa.string()),
-        pa.field("id", pa.string()),
-        pa.field("source_id", pa.string()),
-        pa.field("image_ref", pa.string()),
-        pa.field("group", pa.string()),
-        pa.field("surface_sim", pa.float32()),
-        pa.field("edit", pa.string()),
-        pa.field("positive_prompt_sha", pa.string()),
-        *PROVENANCE_FIELDS,
-        pa.field("semantic_sim", pa.float32()),
-        pa.field("propensity", pa.float32()),
-        pa.field("weight", pa.float32()),
-    ]
-)
 
 # Explicit dispatch: each task's structural shape, beside the task names.
 SHAPES: dict[str, Shape] = {
@@ -321,17 +301,6 @@ def assemble(
             )
         )
     return rows, rejects
-
-
-@dataclass(frozen=True)
-class TypeStats:
-    task: str
-    units: int
-    kept: int
-    yield_: float
-    train: int
-    test: int
-    reasons: str
 
 
 def per_type_stats(tally: Tally) -> list[TypeStats]:

@@ -16,7 +16,6 @@ the two scores differ.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -41,11 +40,10 @@ from pipeline.kinds.base import (
     unit_seed,
 )
 from pipeline.kinds.base import unit_key as _unit_key
-from pipeline.kinds.pairs_config import FILTERS, PairsConfig
+from pipeline.kinds.pairs_schema import FILTERS, SCHEMA, PairRow, PairsConfig
 from pipeline.records import (
     GenerationRequest,
     JudgeItem,
-    PairRow,
     RawResult,
     Reason,
     Rejection,
@@ -56,8 +54,9 @@ from pipeline.records import (
 )
 from pipeline.settings import BaseRunConfig as RunConfig
 from pipeline.shards.card import finite
-from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
+from pipeline.shards.schema import rows_table
 from pipeline.text.edits import Candidate, Failure, parse_answer
+from pipeline.text.scores import SCORES, parse_score
 from pipeline.text.templates import Template, load_template
 
 
@@ -67,32 +66,8 @@ def settings(cfg: RunConfig) -> PairsConfig:
 
 
 SEED, ENTAIL, CONTRADICT, JUDGE = "seed", "entail", "contradict", "judge"
-SCORES = tuple(str(i) for i in range(6))  # the judge's answers (a structured-output choice where the engine has one)
 SLOTS = {SEED: ("topic",), ENTAIL: ("sentence",), CONTRADICT: ("sentence",), JUDGE: ("sentence", "candidate")}
-_SCORE = re.compile(r"^\W*([0-5])(?:\.\d+)?(?:\s*(?:/\s*5|out of 5))?\W*$")
 GENERATE = "generate"  # the stage of the entail and contradict units
-
-# Anchor first: select_columns(["anchor", "positive", "negative"]) feeds sentence-transformers.
-SCHEMA = pa.schema(
-    [
-        pa.field("anchor", pa.string()),
-        pa.field("positive", pa.string()),
-        pa.field("negative", pa.string()),
-        pa.field("pos_score", pa.int32()),
-        pa.field("neg_score", pa.int32()),
-        pa.field("swapped", pa.bool_()),
-        pa.field("pos_instruction", pa.string()),
-        pa.field("neg_instruction", pa.string()),
-        pa.field("id", pa.string()),
-        pa.field("source_id", pa.string()),
-        pa.field("judge_model", pa.string()),
-        *PROVENANCE_FIELDS,
-        pa.field("surface_sim", pa.float32()),
-        pa.field("semantic_sim", pa.float32()),
-        pa.field("propensity", pa.float32()),
-        pa.field("weight", pa.float32()),
-    ]
-)
 
 
 def templates_for(cfg: RunConfig) -> dict[str, Template]:
@@ -203,16 +178,6 @@ def parse_candidate(raw: RawResult) -> Candidate | Rejection:
         first = first or cand
     first = first or Failure(Reason.empty)
     return raw_rejection(raw, first.reason, first.detail, " ||| ".join(raw.texts))
-
-
-def parse_score(text: str) -> int | None:
-    """The judge's 0-5 score: one digit, optionally "/5", "out of 5" or a decimal part; None otherwise.
-
-    >>> parse_score(" 4"), parse_score("3/5"), parse_score("5."), parse_score("Similarity: 4"), parse_score("7")
-    (4, 3, 5, None, None)
-    """
-    m = _SCORE.match(text.strip())
-    return int(m.group(1)) if m else None
 
 
 def keep_rule(pos: int, neg: int, positive_min: int, negative_max: int) -> tuple[bool, bool, Reason | Literal[""]]:

@@ -45,11 +45,10 @@ from pipeline.kinds.base import (
     unit_key,
     unit_seed,
 )
-from pipeline.kinds.rationales_config import FILTERS, RationalesConfig
+from pipeline.kinds.rationales_schema import FILTERS, SCHEMA, RationaleRow, RationalesConfig
 from pipeline.records import (
     GenerationRequest,
     QuestionRecord,
-    RationaleRow,
     RawResult,
     Reason,
     Rejection,
@@ -58,7 +57,7 @@ from pipeline.records import (
 )
 from pipeline.settings import BaseRunConfig as RunConfig
 from pipeline.shards.card import finite
-from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
+from pipeline.shards.schema import rows_table
 from pipeline.text.answers import AnswerKind, answer_kind_of, extract_answer, is_refusal, vote
 from pipeline.text.templates import Template, load_template
 
@@ -71,32 +70,6 @@ def settings(cfg: RunConfig) -> RationalesConfig:
 SAMPLED, ADVERSARIAL = "sampled", "adversarial"
 TEMPLATES = {"number": ("solve", ("question",)), "choice": ("solve_choice", ("question", "choices"))}
 MODE = "cot"  # provenance `mode` of every rationale
-
-# Question as the anchor: select_columns(["question", "positive", "negative"]) feeds sentence-transformers.
-SCHEMA = pa.schema(
-    [
-        pa.field("question", pa.string()),
-        pa.field("positive", pa.string()),
-        pa.field("negative", pa.string()),
-        pa.field("neg_source", pa.string()),
-        pa.field("answer", pa.string()),
-        pa.field("label_source", pa.string()),
-        pa.field("pos_answer", pa.string()),
-        pa.field("neg_answer", pa.string()),
-        pa.field("votes_for_label", pa.int32()),
-        pa.field("votes_total", pa.int32()),
-        pa.field("pos_quality", pa.float32()),
-        pa.field("neg_quality", pa.float32()),
-        pa.field("id", pa.string()),
-        pa.field("source_id", pa.string()),
-        pa.field("pos_seed", pa.int64()),
-        *PROVENANCE_FIELDS,
-        pa.field("surface_sim", pa.float32()),
-        pa.field("semantic_sim", pa.float32()),
-        pa.field("propensity", pa.float32()),
-        pa.field("weight", pa.float32()),
-    ]
-)
 
 
 def task_names(cfg: RunConfig) -> list[str]:

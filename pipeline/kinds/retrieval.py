@@ -44,6 +44,7 @@ from pipeline.kinds.base import (
     Flag,
     Inputs,
     Tally,
+    TypeStats,
     check_input_output,
     pick_samples,
     row_id,
@@ -51,13 +52,10 @@ from pipeline.kinds.base import (
     unit_key,
     unit_seed,
 )
-from pipeline.kinds.negatives import TypeStats
-from pipeline.kinds.pairs import SCORES, parse_score
-from pipeline.kinds.retrieval_config import FILTERS, RetrievalConfig
+from pipeline.kinds.retrieval_schema import FILTERS, SCHEMA, RetrievalConfig, RetrievalRow
 from pipeline.records import (
     GenerationRequest,
     PassageRecord,
-    Provenance,
     RawResult,
     Reason,
     Rejection,
@@ -68,10 +66,11 @@ from pipeline.records import (
 from pipeline.settings import BaseRunConfig as RunConfig
 from pipeline.shards.card import finite
 from pipeline.shards.publish import split_of
-from pipeline.shards.schema import PROVENANCE_FIELDS, rows_table
+from pipeline.shards.schema import rows_table
 from pipeline.text.edits import Failure
 from pipeline.text.mining import Mined, mine, select
 from pipeline.text.queries import QueryType, check_query
+from pipeline.text.scores import SCORES, parse_score
 from pipeline.text.templates import Template, load_template
 
 
@@ -81,31 +80,6 @@ def settings(cfg: RunConfig) -> RetrievalConfig:
 
 
 QUERY, JUDGE, FN_JUDGE, MINE = "query", "judge", "fn_judge", "mine"  # stages (query: one task per type), reject tasks
-
-# Query first: select_columns(["query", "positive", "negative"]) feeds sentence-transformers.
-SCHEMA = pa.schema(
-    [
-        pa.field("query", pa.string()),
-        pa.field("positive", pa.string()),
-        pa.field("negative", pa.string()),
-        pa.field("query_type", pa.string()),
-        pa.field("pos_sim", pa.float32()),
-        pa.field("neg_sim", pa.float32()),
-        pa.field("neg_rank", pa.int32()),
-        pa.field("judge_score", pa.int32()),
-        pa.field("fn_score", pa.int32()),
-        pa.field("id", pa.string()),
-        pa.field("source_id", pa.string()),
-        pa.field("passage_id", pa.string()),
-        pa.field("negative_id", pa.string()),
-        pa.field("judge_model", pa.string()),
-        *PROVENANCE_FIELDS,
-        pa.field("surface_sim", pa.float32()),
-        pa.field("semantic_sim", pa.float32()),
-        pa.field("propensity", pa.float32()),
-        pa.field("weight", pa.float32()),
-    ]
-)
 
 
 def query_id(passage_id: str, query_type: str, test_fraction: float) -> str:
@@ -142,31 +116,6 @@ class Query:
     type: str
     passage: PassageRecord
     raw: RawResult
-
-
-@dataclass(frozen=True)
-class RetrievalRow:
-    """One (query, positive passage, mined negative passage) triplet."""
-
-    id: str
-    query: str
-    positive: str
-    negative: str
-    query_type: str
-    pos_sim: float  # cosine (mining encoder) of query and positive
-    neg_sim: float  # ... of query and negative
-    neg_rank: int  # 1: the closest passage of the pool other than the positive
-    judge_score: int  # the judge's 0-5 for (query, positive)
-    fn_score: int | None  # the false-negative judge's 0-5 for (query, negative); None: not judged
-    source_id: str  # the query's id (one trainer group)
-    passage_id: str
-    negative_id: str
-    judge_model: str
-    provenance: Provenance = field(repr=False)  # the query's generation
-    surface_sim: float = float("nan")
-    semantic_sim: float = float("nan")
-    propensity: float = float("nan")
-    weight: float = 1.0
 
 
 def templates_for(cfg: RunConfig) -> dict[str, Template]:

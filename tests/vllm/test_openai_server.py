@@ -56,7 +56,7 @@ def _engine(url: str):
 
 
 def test_the_structured_outputs_probe_succeeds_on_vllm(vllm_server):
-    from pipeline.kinds.pairs import SCORES
+    from pipeline.text.scores import SCORES
 
     engine = _engine(vllm_server)
     assert engine.structured is True

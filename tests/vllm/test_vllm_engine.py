@@ -42,7 +42,7 @@ def test_newline_stop_and_truncation_report_their_finish_reasons(vllm_pool):
 
 def test_structured_choice_for_the_judge(vllm_pool):
     """The pairs judge asks for one digit 0-5: vLLM's structured outputs make any other answer impossible."""
-    from pipeline.kinds.pairs import SCORES
+    from pipeline.text.scores import SCORES
 
     s = Sampling(0.9, 1.0, 4, 1, 3, stop_at_newline=False, choices=SCORES)
     reqs = [

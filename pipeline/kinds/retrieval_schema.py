@@ -1,17 +1,74 @@
-"""The retrieval kind's settings (``retrieval:``) and its filter defaults (``filters.retrieval``)."""
+"""What a retrieval dataset is and how it is configured: its row (``kind.table`` writes it with
+``SCHEMA``), its settings section (``retrieval:``) and its filter defaults (``filters.retrieval``).
+The logic is in :mod:`pipeline.kinds.retrieval`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 from pydantic import Field, field_validator
 
 from pipeline.filters.config import BlindSection, FilterConfig, PropensitySection, SemanticSection, SurfaceSection
+from pipeline.records import Provenance
 from pipeline.settings import Section
+from pipeline.shards.schema import PROVENANCE_FIELDS
 from pipeline.text.mining import MiningConfig
 from pipeline.text.queries import QueryType
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "retrieval"
+
+
+@dataclass(frozen=True)
+class RetrievalRow:
+    """One (query, positive passage, mined negative passage) triplet."""
+
+    id: str
+    query: str
+    positive: str
+    negative: str
+    query_type: str
+    pos_sim: float  # cosine (mining encoder) of query and positive
+    neg_sim: float  # ... of query and negative
+    neg_rank: int  # 1: the closest passage of the pool other than the positive
+    judge_score: int  # the judge's 0-5 for (query, positive)
+    fn_score: int | None  # the false-negative judge's 0-5 for (query, negative); None: not judged
+    source_id: str  # the query's id (one trainer group)
+    passage_id: str
+    negative_id: str
+    judge_model: str
+    provenance: Provenance = field(repr=False)  # the query's generation
+    surface_sim: float = float("nan")
+    semantic_sim: float = float("nan")
+    propensity: float = float("nan")
+    weight: float = 1.0
+
+
+# Query first: select_columns(["query", "positive", "negative"]) feeds sentence-transformers.
+SCHEMA = pa.schema(
+    [
+        pa.field("query", pa.string()),
+        pa.field("positive", pa.string()),
+        pa.field("negative", pa.string()),
+        pa.field("query_type", pa.string()),
+        pa.field("pos_sim", pa.float32()),
+        pa.field("neg_sim", pa.float32()),
+        pa.field("neg_rank", pa.int32()),
+        pa.field("judge_score", pa.int32()),
+        pa.field("fn_score", pa.int32()),
+        pa.field("id", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("passage_id", pa.string()),
+        pa.field("negative_id", pa.string()),
+        pa.field("judge_model", pa.string()),
+        *PROVENANCE_FIELDS,
+        pa.field("surface_sim", pa.float32()),
+        pa.field("semantic_sim", pa.float32()),
+        pa.field("propensity", pa.float32()),
+        pa.field("weight", pa.float32()),
+    ]
+)
 
 
 class RetrievalJudgeConfig(Section):

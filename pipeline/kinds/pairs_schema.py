@@ -1,15 +1,66 @@
-"""The pairs kind's settings (``pairs:``) and its filter defaults (``filters.pairs``)."""
+"""What a pairs dataset is and how it is configured: its row (``kind.table`` writes it with
+``SCHEMA``), its settings section (``pairs:``) and its filter defaults (``filters.pairs``).
+The logic is in :mod:`pipeline.kinds.pairs`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 from pydantic import Field, field_validator
 
 from pipeline.filters.config import Band, BlindSection, FilterConfig, SemanticSection, SurfaceSection
+from pipeline.records import Provenance
 from pipeline.settings import Section
+from pipeline.shards.schema import PROVENANCE_FIELDS
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "pairs"
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """One synthetic triplet: an anchor sentence, an entailed positive and a contradicting hard negative."""
+
+    id: str
+    anchor: str
+    positive: str
+    negative: str
+    pos_score: int  # the judge's 0-5 similarity of (anchor, positive)
+    neg_score: int
+    swapped: bool  # the judge rated the "contradiction" closer: roles swapped
+    pos_instruction: str  # instruction variant that produced the positive
+    neg_instruction: str
+    source_id: str
+    judge_model: str
+    provenance: Provenance = field(repr=False)  # the negative's generation
+    surface_sim: float = float("nan")
+    semantic_sim: float = float("nan")
+    propensity: float = float("nan")
+    weight: float = 1.0
+
+
+# Anchor first: select_columns(["anchor", "positive", "negative"]) feeds sentence-transformers.
+SCHEMA = pa.schema(
+    [
+        pa.field("anchor", pa.string()),
+        pa.field("positive", pa.string()),
+        pa.field("negative", pa.string()),
+        pa.field("pos_score", pa.int32()),
+        pa.field("neg_score", pa.int32()),
+        pa.field("swapped", pa.bool_()),
+        pa.field("pos_instruction", pa.string()),
+        pa.field("neg_instruction", pa.string()),
+        pa.field("id", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("judge_model", pa.string()),
+        *PROVENANCE_FIELDS,
+        pa.field("surface_sim", pa.float32()),
+        pa.field("semantic_sim", pa.float32()),
+        pa.field("propensity", pa.float32()),
+        pa.field("weight", pa.float32()),
+    ]
+)
 
 
 class JudgeConfig(Section):

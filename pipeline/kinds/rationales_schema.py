@@ -1,16 +1,75 @@
-"""The rationales kind's settings (``rationales:``) and its filter defaults (``filters.rationales``)."""
+"""What a rationales dataset is and how it is configured: its row (``kind.table`` writes it with
+``SCHEMA``), its settings section (``rationales:``) and its filter defaults (``filters.rationales``).
+The logic is in :mod:`pipeline.kinds.rationales`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import pyarrow as pa
 from pydantic import Field
 
 from pipeline.filters.config import BlindSection, FilterConfig, SemanticSection, SurfaceSection
+from pipeline.records import Provenance
 from pipeline.settings import Section
+from pipeline.shards.schema import PROVENANCE_FIELDS
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "rationales"
+
+
+@dataclass(frozen=True)
+class RationaleRow:
+    """One contrastive pair of rationales for a question: a positive (reaches the label) and a negative."""
+
+    id: str
+    question: str
+    positive: str
+    negative: str
+    neg_source: str  # sampled_wrong | adversarial
+    answer: str  # the label the rationales were judged against
+    label_source: str  # gold | majority (no gold answer: the self-consistency vote is the label)
+    pos_answer: str
+    neg_answer: str
+    votes_for_label: int  # sampled rationales whose answer is the label
+    votes_total: int  # sampled rationales with a parsable answer
+    pos_quality: float
+    neg_quality: float
+    source_id: str
+    pos_seed: int
+    provenance: Provenance = field(repr=False)  # the negative's
+    surface_sim: float = float("nan")
+    semantic_sim: float = float("nan")
+    propensity: float = float("nan")
+    weight: float = 1.0
+
+
+# Question as the anchor: select_columns(["question", "positive", "negative"]) feeds sentence-transformers.
+SCHEMA = pa.schema(
+    [
+        pa.field("question", pa.string()),
+        pa.field("positive", pa.string()),
+        pa.field("negative", pa.string()),
+        pa.field("neg_source", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("label_source", pa.string()),
+        pa.field("pos_answer", pa.string()),
+        pa.field("neg_answer", pa.string()),
+        pa.field("votes_for_label", pa.int32()),
+        pa.field("votes_total", pa.int32()),
+        pa.field("pos_quality", pa.float32()),
+        pa.field("neg_quality", pa.float32()),
+        pa.field("id", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("pos_seed", pa.int64()),
+        *PROVENANCE_FIELDS,
+        pa.field("surface_sim", pa.float32()),
+        pa.field("semantic_sim", pa.float32()),
+        pa.field("propensity", pa.float32()),
+        pa.field("weight", pa.float32()),
+    ]
+)
 
 
 class AdversarialConfig(Section):
