@@ -22,7 +22,9 @@ start on every Dataset execution.
 
 The pure mapping functions here are unit-tested without vLLM; what needs a GPU is listed in
 docs/engines.md ("Untested surface").
-"""
+
+Why one module of about 410 lines: the engine, its request mapping and its replica lifecycle are one adapter of
+vLLM's API; the mapping functions are pure and tested alone."""
 
 from __future__ import annotations
 

@@ -19,7 +19,9 @@ global decisions out of core, a block at a time, in passes over those files:
 
 Memory is a block plus the samples and the partition, whatever the number of rows; every sample is exact for
 a dataset below its size, so a small run decides as the in-memory rules would.
-"""
+
+Why one module of about 450 lines: the global decisions share one pass over the spilled scores and one set of
+samples; split, each step would re-read the spill."""
 
 from __future__ import annotations
 

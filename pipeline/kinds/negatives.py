@@ -5,7 +5,10 @@ Task contract
 - outputs: :class:`NegativeRow` (kept) or :class:`Rejection` (reason code, raw text)
 - render: :func:`render` (template from ``prompts/negatives/<task>.yaml``, few-shot as chat turns)
 - parse: :func:`parse_unit` (strict parse, apply edit, structural type check, word-class check)
-"""
+
+Why one module of about 460 lines: it is the kind's logic, read top to bottom (units, render, parse, paraphrase
+choice, assembly, card facts); its row, schema and settings are in :mod:`pipeline.kinds.negatives_schema`, the edit
+parsers and checks in :mod:`pipeline.text`."""
 
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ Task contract, three stages, each a set of units in the same resumable store:
 Keep rule (:func:`keep_rule`): roles swap when the "contradiction" scores higher than the "entailment"
 (recorded as ``swapped``); then keep when positive >= ``positive_min``, negative <= ``negative_max`` and
 the two scores differ.
-"""
+
+Why one module of about 480 lines: it is the kind's logic, read top to bottom (seed, generate, judge, keep rule,
+assembly); its row, schema and settings are in :mod:`pipeline.kinds.pairs_schema`."""
 
 from __future__ import annotations
 

@@ -21,7 +21,10 @@ Mining sees one block (``output.block_sources`` passages): its corpus is the blo
 block at any corpus size; with ``block_sources`` above the number of passages it is the whole corpus. A query's
 id is chosen so that it falls in its passage's split (:func:`query_id`), and it mines only passages of that
 split: no test passage is ever a training positive or negative.
-"""
+
+Why one module of about 570 lines: it is the kind's logic, read top to bottom as its pipeline (query, judge, mining,
+false-negative judge, assembly); each piece is small and reads the ones above it. Its row, schema and settings are in
+:mod:`pipeline.kinds.retrieval_schema`, the mining rules in :mod:`pipeline.text.mining`."""
 
 from __future__ import annotations
 
