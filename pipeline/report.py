@@ -39,9 +39,7 @@ def inspect_summary(root: Path) -> dict[str, Any]:
         "format": m.get("format"),
         "counts": m["counts"],
         "per_type": m.get("per_type", []),
-        "rationales": m.get("rationales"),
-        "pairs": m.get("pairs"),
-        **({kind: m[kind]} if kind in m else {}),
+        **({kind: m[kind]} if kind in m else {}),  # the kind's own manifest section (its statistics)
         "samples": sample_rows(root, m, tables),
         "run_id": m.get("run_id"),
         "releases": m.get("publish", {}).get("releases", []),

@@ -113,6 +113,8 @@ class Kind(Protocol):
     @property
     def flags(self) -> tuple[Flag, ...]: ...  # its `generate <name>` flags
     @property
+    def scores_retrieval(self) -> bool: ...  # `contrastgen train` also scores its test split as retrieval (recall@k)
+    @property
     def section(self) -> type[Section]: ...  # its settings class: the run config's `<name>:` section
     @property
     def filters(self) -> FilterConfig: ...  # its filter defaults: the run config's `filters.<name>` section

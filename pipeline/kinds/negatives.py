@@ -355,6 +355,7 @@ class Negatives:
     tags: tuple[str, ...] = ("hard-negatives", "compositionality")
     positive_task: str | None = PARAPHRASE
     part_assembles: bool = True
+    scores_retrieval: bool = False
     section: type[NegativesConfig] = NegativesConfig
     filters: FilterConfig = FILTERS
     flags: tuple[Flag, ...] = (

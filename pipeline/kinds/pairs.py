@@ -381,6 +381,7 @@ class Pairs:
     tags: tuple[str, ...] = ("sentence-pairs", "nli", "sentence-embeddings")
     positive_task: str | None = None
     part_assembles: bool = False  # the judge stage reads the generate stage
+    scores_retrieval: bool = False
     section: type[PairsConfig] = PairsConfig
     filters: FilterConfig = FILTERS
     flags: tuple[Flag, ...] = (

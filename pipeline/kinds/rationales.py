@@ -309,6 +309,7 @@ class Rationales:
     tags: tuple[str, ...] = ("rationales", "chain-of-thought", "reasoning")
     positive_task: str | None = None
     part_assembles: bool = False  # a question's samples may span parts
+    scores_retrieval: bool = False
     section: type[RationalesConfig] = RationalesConfig
     filters: FilterConfig = FILTERS
     flags: tuple[Flag, ...] = (

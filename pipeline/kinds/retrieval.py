@@ -472,6 +472,7 @@ class Retrieval:
     tags: tuple[str, ...] = ("retrieval", "hard-negatives", "synthetic-queries", "sentence-embeddings")
     positive_task: str | None = None
     part_assembles: bool = False  # the judge stage reads the query stage
+    scores_retrieval: bool = True  # its anchors are queries, its positives the passages they retrieve
     section: type[RetrievalConfig] = RetrievalConfig
     filters: FilterConfig = FILTERS
     flags: tuple[Flag, ...] = (

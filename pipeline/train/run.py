@@ -12,8 +12,8 @@ from sentence_transformers import SentenceTransformer
 
 from pipeline import stop
 from pipeline.errors import ConfigError, DatasetError
+from pipeline.kinds import kind_of_format
 from pipeline.shards.card import load_manifest
-from pipeline.shards.folder import dataset_format
 from pipeline.train import distributed as ddp
 from pipeline.train.card import write_model_card
 from pipeline.train.config import TrainConfig
@@ -45,8 +45,9 @@ def load_data(cfg: TrainConfig) -> TrainData:
 
 
 def is_retrieval(d: str | Path) -> bool:
-    """A retrieval dataset (``contrastgen generate retrieval``) is also scored as retrieval on its test split."""
-    return load_manifest(Path(d)).get("format") == dataset_format("retrieval")
+    """A dataset whose kind says so (retrieval: ``kind.scores_retrieval``) is also scored as retrieval on its test
+    split."""
+    return kind_of_format(load_manifest(Path(d)).get("format"), Path(d) / "manifest.json").scores_retrieval
 
 
 def load_encoder(path: Path, device: str, max_seq_length: int | None = None) -> SentenceTransformer:
