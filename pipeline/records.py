@@ -264,6 +264,19 @@ REASONS: dict[Reason, str] = {
 }
 
 
+def meaning(code: str) -> str:
+    """What a rejection reason code means (:data:`REASONS`); empty for a code this version does not define (a row
+    written by an earlier version).
+
+    >>> meaning("empty_caption")
+    'the input text (caption, question, sentence, passage) is empty or whitespace'
+    """
+    return _MEANINGS.get(code, "")
+
+
+_MEANINGS = {str(code.value): text for code, text in REASONS.items()}
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A row that did not make it, with a reason code; written to ``rejected/``.

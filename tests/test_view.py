@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from pipeline.records import meaning
 from pipeline.view import build_app
 from pipeline.view.data import Dataset, Query
 from tests.conftest import start_server
@@ -83,7 +84,9 @@ def test_a_browser_sees_moved_words_and_rejection_reasons(negatives_run, tmp_pat
         # the swapped words are marked moved on both lines, and they are words of the anchor
         assert len(moved) >= 4 and all(w.strip(".,").lower() in swap["anchor"].lower() for w in moved), block.group(1)
         dom = _browser("--dump-dom", f"{base}/rejected?reason=empty_caption").stdout
-        assert '<span class="reason">empty_caption</span>' in dom and "1 rows match" in dom
+        # the reason code, with its meaning (from the registry the card reads) as a tooltip
+        chip = f'<span class="reason" title="{meaning("empty_caption")}">empty_caption</span>'
+        assert chip in dom and "1 rows match" in dom
         shot = tmp_path / "rows.png"
         _browser(f"--screenshot={shot}", "--window-size=1200,900", f"{base}/rows")
         assert shot.stat().st_size > 20_000  # a rendered page, not a blank one

@@ -20,7 +20,7 @@ import yaml
 
 from pipeline import __version__
 from pipeline.errors import DatasetError
-from pipeline.records import REASONS
+from pipeline.records import meaning
 from pipeline.shards.folder import dataset_format
 from pipeline.shards.schema import REJECTED_SCHEMA
 from pipeline.shards.writer import ShardInfo, write_bytes_atomic
@@ -184,9 +184,6 @@ def finite(obj: Any) -> Any:
     return None if isinstance(obj, float) and obj != obj else obj
 
 
-MEANINGS = {str(code.value): meaning for code, meaning in REASONS.items()}
-
-
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")[:200]
 
@@ -201,7 +198,7 @@ def _render(template: Path, params: Any) -> str:
     env.filters["rate"] = lambda x: "n/a" if x is None or x != x else f"{100 * x:.1f}%"
     env.filters["num"] = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"
     env.filters["off"] = lambda x: "off" if x is None else x
-    env.filters["meaning"] = lambda code: MEANINGS.get(code, "")  # a rejection reason's meaning (records.REASONS)
+    env.filters["meaning"] = meaning  # a rejection reason's meaning (records.REASONS)
     return env.get_template(template.name).render(p=params)
 
 

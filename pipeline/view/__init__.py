@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pipeline import __version__
+from pipeline.records import meaning
 from pipeline.view.data import SCORES, Dataset, Query  # noqa: F401 (Dataset re-exported)
 from pipeline.view.diff import word_diff
 
@@ -33,6 +34,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 def build_app(root: Path) -> FastAPI:
     ds = Dataset(root)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    env.filters["meaning"] = meaning  # a rejection reason's meaning, from the registry the card reads too
     app = FastAPI(title=f"contrastgen view {ds.root.name}", docs_url=None, redoc_url=None, openapi_url=None)
 
     def render(name: str, **ctx) -> HTMLResponse:
