@@ -22,7 +22,7 @@ from bench.generation import captions_file  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.inputs import read_captions  # noqa: E402
 from pipeline.kinds import negatives as task  # noqa: E402
-from pipeline.kinds.negatives_schema import NegType  # noqa: E402
+from pipeline.kinds.negatives.schema import NegType  # noqa: E402
 from pipeline.records import Provenance, RawResult, Rejection  # noqa: E402
 from pipeline.text.word_class import CHECKED, parse_captions  # noqa: E402
 

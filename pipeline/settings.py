@@ -5,8 +5,9 @@ nested with ``__``, e.g. ``CONTRASTGEN_SAMPLING__TEMPERATURE=0.9``) < command-li
 Every problem is reported together (:class:`~pipeline.errors.ConfigError`).
 
 :class:`BaseRunConfig` holds the sections every kind shares (input, engine, sampling, output, ray). Each data kind
-owns its own section and filter defaults (``pipeline/kinds/<name>.py``); :mod:`pipeline.config` puts them together
-into the one :class:`~pipeline.config.RunConfig` from the kinds registry, so adding a kind edits no file here.
+owns its own section and filter defaults (``pipeline/kinds/<name>/schema.py``); :mod:`pipeline.config` puts them
+together into the one :class:`~pipeline.config.RunConfig` from the kinds registry, so adding a kind edits no file
+here.
 """
 
 from __future__ import annotations

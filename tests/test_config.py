@@ -2,7 +2,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.kinds.negatives_schema import NegType
+from pipeline.kinds.negatives.schema import NegType
 
 
 def test_precedence_file_then_env_then_cli(tmp_path, monkeypatch):

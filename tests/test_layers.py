@@ -88,22 +88,16 @@ def test_imports_follow_the_layers(graph):
 
 
 def test_a_kind_imports_no_other_kind(graph):
-    """Kinds are equal citizens: a kind's modules (``<name>.py``, ``<name>_schema.py``) import the shared base and
-    their own schema, never another kind (what two kinds share lives in ``kinds.base`` or ``pipeline.text``), so a
-    new kind can be added, or one removed, without touching the others."""
-    kinds = {m.split(".")[2].removesuffix("_schema") for m in graph.modules if m.count(".") == 2 and "kinds." in m}
+    """Kinds are equal citizens: a kind's package (``pipeline/kinds/<name>/``: its logic and its ``schema``) imports
+    the shared base and itself, never another kind (what two kinds share lives in ``kinds.base`` or
+    ``pipeline.text``), so a new kind can be added, or one removed, without touching the others."""
+    kinds = {m.split(".")[2] for m in graph.modules if m.startswith("pipeline.kinds.") and m.count(".") >= 2}
     kinds -= {"base"}
     assert {"negatives", "rationales", "pairs", "retrieval"} <= kinds
     crossing = []
-    for name in sorted(kinds):
-        for mod in (f"pipeline.kinds.{name}", f"pipeline.kinds.{name}_schema"):
-            if mod not in graph.modules:
-                continue
-            for imported in graph.find_modules_directly_imported_by(mod):
-                parts = imported.split(".")
-                if parts[:2] != ["pipeline", "kinds"] or len(parts) < 3:
-                    continue
-                other = parts[2].removesuffix("_schema")
-                if other in kinds and other != name:
-                    crossing.append(f"  {mod} -> {imported}")
+    for mod in sorted(m for m in graph.modules if m.startswith("pipeline.kinds.") and m.split(".")[2] in kinds):
+        for imported in graph.find_modules_directly_imported_by(mod):
+            parts = imported.split(".")
+            if parts[:2] == ["pipeline", "kinds"] and len(parts) > 2 and parts[2] in kinds - {mod.split(".")[2]}:
+                crossing.append(f"  {mod} -> {imported}")
     assert not crossing, "a kind imports another kind:\n" + "\n".join(crossing)

@@ -8,8 +8,8 @@ from pipeline.config import load_config
 from pipeline.errors import TemplateError
 from pipeline.kinds import negatives as task
 from pipeline.kinds import pairs, rationales, retrieval
-from pipeline.kinds.negatives_schema import PROMPTS as REPO_PROMPTS
-from pipeline.kinds.negatives_schema import NegType
+from pipeline.kinds.negatives.schema import PROMPTS as REPO_PROMPTS
+from pipeline.kinds.negatives.schema import NegType
 from pipeline.records import CaptionRecord
 from pipeline.text.queries import QueryType
 from pipeline.text.structure import check_shapes

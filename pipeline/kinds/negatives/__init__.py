@@ -7,7 +7,7 @@ Task contract
 - parse: :func:`parse_unit` (strict parse, apply edit, structural type check, word-class check)
 
 Why one module of about 460 lines: it is the kind's logic, read top to bottom (units, render, parse, paraphrase
-choice, assembly, card facts); its row, schema and settings are in :mod:`pipeline.kinds.negatives_schema`, the edit
+choice, assembly, card facts); its row, schema and settings are in :mod:`pipeline.kinds.negatives.schema`, the edit
 parsers and checks in :mod:`pipeline.text`."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pipeline.kinds.base import (
 )
 from pipeline.kinds.base import unit_key as _unit_key
 from pipeline.kinds.base import unit_seed as _unit_seed
-from pipeline.kinds.negatives_schema import FILTERS, SCHEMA, NegativeRow, NegativesConfig, NegType
+from pipeline.kinds.negatives.schema import FILTERS, SCHEMA, NegativeRow, NegativesConfig, NegType
 from pipeline.records import (
     CaptionRecord,
     GenerationRequest,

@@ -14,7 +14,7 @@ Keep rule (:func:`keep_rule`): roles swap when the "contradiction" scores higher
 the two scores differ.
 
 Why one module of about 480 lines: it is the kind's logic, read top to bottom (seed, generate, judge, keep rule,
-assembly); its row, schema and settings are in :mod:`pipeline.kinds.pairs_schema`."""
+assembly); its row, schema and settings are in :mod:`pipeline.kinds.pairs.schema`."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from pipeline.kinds.base import (
     unit_seed,
 )
 from pipeline.kinds.base import unit_key as _unit_key
-from pipeline.kinds.pairs_schema import FILTERS, SCHEMA, PairRow, PairsConfig
+from pipeline.kinds.pairs.schema import FILTERS, SCHEMA, PairRow, PairsConfig
 from pipeline.records import (
     GenerationRequest,
     JudgeItem,

@@ -45,7 +45,7 @@ from pipeline.kinds.base import (
     unit_key,
     unit_seed,
 )
-from pipeline.kinds.rationales_schema import FILTERS, SCHEMA, RationaleRow, RationalesConfig
+from pipeline.kinds.rationales.schema import FILTERS, SCHEMA, RationaleRow, RationalesConfig
 from pipeline.records import (
     GenerationRequest,
     QuestionRecord,

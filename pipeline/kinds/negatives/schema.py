@@ -17,7 +17,7 @@ from pipeline.records import Provenance
 from pipeline.settings import Section
 from pipeline.shards.schema import PROVENANCE_FIELDS
 
-PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "negatives"
+PROMPTS = Path(__file__).resolve().parents[3] / "prompts" / "negatives"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pipeline.shards.schema import PROVENANCE_FIELDS
 from pipeline.text.mining import MiningConfig
 from pipeline.text.queries import QueryType
 
-PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "retrieval"
+PROMPTS = Path(__file__).resolve().parents[3] / "prompts" / "retrieval"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pipeline.records import Provenance
 from pipeline.settings import Section
 from pipeline.shards.schema import PROVENANCE_FIELDS
 
-PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "pairs"
+PROMPTS = Path(__file__).resolve().parents[3] / "prompts" / "pairs"
 
 
 @dataclass(frozen=True)

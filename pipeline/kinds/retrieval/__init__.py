@@ -24,7 +24,7 @@ split: no test passage is ever a training positive or negative.
 
 Why one module of about 570 lines: it is the kind's logic, read top to bottom as its pipeline (query, judge, mining,
 false-negative judge, assembly); each piece is small and reads the ones above it. Its row, schema and settings are in
-:mod:`pipeline.kinds.retrieval_schema`, the mining rules in :mod:`pipeline.text.mining`."""
+:mod:`pipeline.kinds.retrieval.schema`, the mining rules in :mod:`pipeline.text.mining`."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ from pipeline.kinds.base import (
     unit_key,
     unit_seed,
 )
-from pipeline.kinds.retrieval_schema import FILTERS, SCHEMA, RetrievalConfig, RetrievalRow
+from pipeline.kinds.retrieval.schema import FILTERS, SCHEMA, RetrievalConfig, RetrievalRow
 from pipeline.records import (
     GenerationRequest,
     PassageRecord,
