@@ -121,6 +121,8 @@ class Kind(Protocol):
 
     def settings_problems(self, cfg: RunConfig) -> list[str]: ...  # checks across its sections when a config loads
 
+    def anchor_of(self, row: Any) -> str: ...  # a row's anchor text (its `anchor` column)
+    def type_of(self, row: Any) -> str: ...  # a row's type (its `type_column`): the filter stage's stratum
     def check(self, cfg: RunConfig) -> None: ...
     def templates(self, cfg: RunConfig) -> dict[str, Any]: ...
     def read(self, cfg: RunConfig) -> Inputs: ...
@@ -195,7 +197,7 @@ class Tally:
 
     def add(
         self,
-        type_column: str,
+        type_of: Callable[[Any], str],
         raws: list[RawResult],
         failed: list[Rejection],
         rows: list[Any],
@@ -206,7 +208,7 @@ class Tally:
         self.samples.extend(rows[: max(0, SAMPLE_ROWS - len(self.samples))])
         self.stats = merge_stats(self.stats, stats)
         self.units.update([r.task for r in raws] + [r.task for r in failed])
-        self.kept.update(zip((getattr(r, type_column) for r in rows), splits))
+        self.kept.update(zip(map(type_of, rows), splits))
         self.reasons.update(
             (r.task, r.reason) for r in rejects if r.stage in (RejectStage.generation, RejectStage.filter)
         )

@@ -90,11 +90,11 @@ def _pairs(kind: Kind, rows: list, cfg: RunConfig, pinned: int) -> Pairs:
     type column as the stratum)."""
     return Pairs(
         [r.id for r in rows],
-        [getattr(r, kind.anchor) for r in rows],
+        [kind.anchor_of(r) for r in rows],
         [r.positive for r in rows],
         [r.negative for r in rows],
         [r.source_id for r in rows],
-        [getattr(r, kind.type_column) for r in rows],
+        [kind.type_of(r) for r in rows],
         [split_of(split_key(r), cfg.output.test_fraction) for r in rows],
         pinned,
         [getattr(r, "positive_alternatives", ()) for r in rows],
@@ -105,7 +105,7 @@ def _rejection(kind: Kind, r, d, text: str, task: str, prompt_sha: str | None) -
     return Rejection(
         stage=RejectStage.filter,
         reason=d.reason,
-        detail=d.detail or f"{kind.anchor}: {getattr(r, kind.anchor)}",
+        detail=d.detail or f"{kind.anchor}: {kind.anchor_of(r)}",
         raw=text,
         source_id=r.source_id,
         task=task,
@@ -222,7 +222,7 @@ def write_block(kind: Kind, cfg: RunConfig, spill: Path, block: StageResult) -> 
     tables["plan"] = pa.table({"unit_key": pa.array(b.keys, pa.string())})
     drops = len({r.source_id for r in b.rows} & block.positive_drops.keys())
     tally = Tally()
-    tally.add(kind.type_column, b.raws, b.failed, kept, splits, rejects, b.assembled.stats)
+    tally.add(kind.type_of, b.raws, b.failed, kept, splits, rejects, b.assembled.stats)
     return BlockOut(
         tables,
         tally,

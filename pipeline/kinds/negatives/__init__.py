@@ -378,6 +378,12 @@ class Negatives:
         ),
     )
 
+    def anchor_of(self, row: NegativeRow) -> str:
+        return row.caption
+
+    def type_of(self, row: NegativeRow) -> str:
+        return row.neg_type
+
     def settings_problems(self, cfg: RunConfig) -> list[str]:
         exempt = cfg.filters_for(self.name).semantic.false_negative_exempt
         unknown = sorted(set(exempt) - {t.value for t in NegType})

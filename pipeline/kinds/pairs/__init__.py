@@ -393,6 +393,12 @@ class Pairs:
         ),
     )
 
+    def anchor_of(self, row: PairRow) -> str:
+        return row.anchor
+
+    def type_of(self, row: PairRow) -> str:
+        return row.neg_instruction
+
     def settings_problems(self, cfg: RunConfig) -> list[str]:
         return []
 

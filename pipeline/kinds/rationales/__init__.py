@@ -316,6 +316,12 @@ class Rationales:
         Flag("--k", "rationales", "k", {"type": int, "help": "rationales sampled per question (default 5)"}),
     )
 
+    def anchor_of(self, row: RationaleRow) -> str:
+        return row.question
+
+    def type_of(self, row: RationaleRow) -> str:
+        return row.neg_source
+
     def settings_problems(self, cfg: RunConfig) -> list[str]:
         return []
 

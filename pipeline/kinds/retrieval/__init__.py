@@ -500,6 +500,12 @@ class Retrieval:
         ),
     )
 
+    def anchor_of(self, row: RetrievalRow) -> str:
+        return row.query
+
+    def type_of(self, row: RetrievalRow) -> str:
+        return row.query_type
+
     def settings_problems(self, cfg: RunConfig) -> list[str]:
         return []
 
