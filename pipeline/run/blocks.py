@@ -3,7 +3,9 @@
 earlier stages' results, so a block is planned again wherever it is finalized. Pass 1 assembles its rows from its
 raw parts once, scores them, and spills the assembled block to the run's spool (:func:`spill_path`); pass 2 reads
 that back, applies the decisions and turns the rows into tables: a block is parsed, checked and (retrieval) mined
-once per finalize, not once per pass."""
+once per finalize, not once per pass. The price is disk, not memory: between the passes the spool holds every
+block's assembled rows (their texts and provenance, about the size of the raw parts again), on the output's file
+system; finalize removes them as pass 2 reads them, and the spool when it ends."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pipeline.run.common import finished
 from pipeline.run.store import RunStore
 from pipeline.shards.publish import Release, split_key, split_of
 from pipeline.shards.schema import rejected_table
+from pipeline.shards.writer import atomically
 
 
 def blocks(ctx: Context, store: RunStore) -> Iterator[Context]:
@@ -189,9 +192,8 @@ def score_block(kind: Kind, c: Context, store: RunStore, release: Release | None
     sc = score(_pairs(kind, b.rows, c.cfg, b.pinned), fcfg, scorers)
     scorers.forget()
     spill.parent.mkdir(parents=True, exist_ok=True)
-    tmp = spill.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL))
-    tmp.replace(spill)
+    data = pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL)
+    atomically(spill, lambda tmp: tmp.write_bytes(data))  # a full disk: OutputWriteError naming the file
     return sc
 
 
