@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from pipeline.errors import ContrastgenError, TemplateError
+from pipeline.errors import ContrastgenError
 from pipeline.filters.config import FilterConfig
 from pipeline.inputs import read_sentences
 from pipeline.kinds.base import (
@@ -42,7 +42,7 @@ from pipeline.kinds.base import (
     unit_seed,
 )
 from pipeline.kinds.base import unit_key as _unit_key
-from pipeline.kinds.pairs.schema import FILTERS, SCHEMA, PairRow, PairsConfig
+from pipeline.kinds.pairs.schema import FILTER_DEFAULTS, SCHEMA, PairRow, PairsConfig
 from pipeline.records import (
     GenerationRequest,
     JudgeItem,
@@ -78,12 +78,7 @@ def templates_for(cfg: RunConfig) -> dict[str, Template]:
     names = {**{n: ENTAIL for n in p.entail}, **{n: CONTRADICT for n in p.contradict}, JUDGE: JUDGE, SEED: SEED}
     out = {}
     for name, task in names.items():
-        tpl = load_template(p.prompts_dir / f"{name}.yaml", SLOTS[task])
-        if tpl.task != task:
-            raise TemplateError(
-                f"{tpl.path}: field 'task' says {tpl.task!r}, expected {task!r} (it is listed under pairs.{task})"
-            )
-        out[name] = tpl
+        out[name] = load_template(p.prompts_dir / f"{name}.yaml", SLOTS[task], task=task)
     return out
 
 
@@ -383,7 +378,7 @@ class Pairs:
     part_assembles: bool = False  # the judge stage reads the generate stage
     scores_retrieval: bool = False
     section: type[PairsConfig] = PairsConfig
-    filters: FilterConfig = FILTERS
+    filters: FilterConfig = FILTER_DEFAULTS
     flags: tuple[Flag, ...] = (
         Flag(
             "--topics",

@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import TemplateError
 from pipeline.filters.config import FilterConfig, FilterName, SemanticSection
 from pipeline.filters.scorers import TextScorers
 from pipeline.inputs import read_passages
@@ -55,7 +54,7 @@ from pipeline.kinds.base import (
     unit_key,
     unit_seed,
 )
-from pipeline.kinds.retrieval.schema import FILTERS, SCHEMA, RetrievalConfig, RetrievalRow
+from pipeline.kinds.retrieval.schema import FILTER_DEFAULTS, SCHEMA, RetrievalConfig, RetrievalRow
 from pipeline.records import (
     GenerationRequest,
     PassageRecord,
@@ -126,10 +125,7 @@ def templates_for(cfg: RunConfig) -> dict[str, Template]:
     r = settings(cfg)
     out = {}
     for name, task, slots in [(t.value, QUERY, ("passage",)) for t in r.types] + [(JUDGE, JUDGE, ("query", "passage"))]:
-        tpl = load_template(r.prompts_dir / f"{name}.yaml", slots)
-        if tpl.task != task:
-            raise TemplateError(f"{tpl.path}: field 'task' says {tpl.task!r}, expected {task!r}")
-        out[name] = tpl
+        out[name] = load_template(r.prompts_dir / f"{name}.yaml", slots, task=task)
     return out
 
 
@@ -474,7 +470,7 @@ class Retrieval:
     part_assembles: bool = False  # the judge stage reads the query stage
     scores_retrieval: bool = True  # its anchors are queries, its positives the passages they retrieve
     section: type[RetrievalConfig] = RetrievalConfig
-    filters: FilterConfig = FILTERS
+    filters: FilterConfig = FILTER_DEFAULTS
     flags: tuple[Flag, ...] = (
         Flag(
             "--types",
