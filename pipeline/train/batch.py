@@ -20,7 +20,6 @@ class Layout:
     texts: list[str]  # anchors (B), positives (B), then the real negatives (M)
     neg_index: torch.Tensor  # [B, K] int64, index into the negatives block or -1 for padding
     neg_weight: torch.Tensor  # [B, K] float32, 0 for padding
-    types: list[tuple[str, ...]]
 
 
 def layout(groups: list[Group], k: int) -> Layout:
@@ -33,7 +32,7 @@ def layout(groups: list[Group], k: int) -> Layout:
             weight[i, j] = w
             negs.append(text)
     texts = [g.anchor for g in groups] + [g.positive for g in groups] + negs
-    return Layout(texts, index, weight, [g.types for g in groups])
+    return Layout(texts, index, weight)
 
 
 @dataclass(frozen=True)
