@@ -7,8 +7,8 @@ is one pydantic model with one precedence (defaults < ``--config`` < ``CONTRASTG
 in any section is an error naming the field.
 
 Code outside a kind sees a :class:`~pipeline.settings.BaseRunConfig` (to a type checker, ``RunConfig`` is that
-class): a kind's own sections are read through the kind (``kind.filters_of(cfg)``, ``cfg.section(TheKindConfig)``),
-never by attribute name.
+class): a kind reads its own section with ``cfg.section(TheKindConfig)`` and the filter stage reads
+``cfg.filters_for(kind.name)``, never an attribute by a kind's name.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from pipeline.kinds.base import (
 )
 from pipeline.kinds.base import unit_key as _unit_key
 from pipeline.kinds.base import unit_seed as _unit_seed
-from pipeline.kinds.negatives.schema import FILTERS, SCHEMA, NegativeRow, NegativesConfig, NegType
+from pipeline.kinds.negatives.schema import FILTER_DEFAULTS, SCHEMA, NegativeRow, NegativesConfig, NegType
 from pipeline.records import (
     CaptionRecord,
     GenerationRequest,
@@ -357,7 +357,7 @@ class Negatives:
     part_assembles: bool = True
     scores_retrieval: bool = False
     section: type[NegativesConfig] = NegativesConfig
-    filters: FilterConfig = FILTERS
+    filters: FilterConfig = FILTER_DEFAULTS
     flags: tuple[Flag, ...] = (
         Flag(
             "--types",

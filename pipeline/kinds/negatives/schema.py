@@ -114,4 +114,4 @@ class NegativesConfig(Section):
 
 
 # Negatives keep every filter at its default: the surface bands and the semantic guard were chosen on them.
-FILTERS = FilterConfig()
+FILTER_DEFAULTS = FilterConfig()

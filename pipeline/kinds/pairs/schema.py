@@ -106,7 +106,7 @@ class PairsConfig(Section):
 
 # Sentence pairs: a contradiction need not stay lexically close (no negative band), a positive must still move away;
 # the semantic guard stays on for every row (a "contradiction" that means the same is a false negative).
-FILTERS = FilterConfig(
+FILTER_DEFAULTS = FilterConfig(
     surface=SurfaceSection(negative=Band(low=0.0, high=1.0)),
     semantic=SemanticSection(false_negative_exempt=[]),
     blind=BlindSection(enabled=False),

@@ -45,7 +45,7 @@ from pipeline.kinds.base import (
     unit_key,
     unit_seed,
 )
-from pipeline.kinds.rationales.schema import FILTERS, SCHEMA, RationaleRow, RationalesConfig
+from pipeline.kinds.rationales.schema import FILTER_DEFAULTS, SCHEMA, RationaleRow, RationalesConfig
 from pipeline.records import (
     GenerationRequest,
     QuestionRecord,
@@ -311,7 +311,7 @@ class Rationales:
     part_assembles: bool = False  # a question's samples may span parts
     scores_retrieval: bool = False
     section: type[RationalesConfig] = RationalesConfig
-    filters: FilterConfig = FILTERS
+    filters: FilterConfig = FILTER_DEFAULTS
     flags: tuple[Flag, ...] = (
         Flag("--k", "rationales", "k", {"type": int, "help": "rationales sampled per question (default 5)"}),
     )

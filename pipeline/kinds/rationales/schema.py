@@ -112,7 +112,7 @@ class RationalesConfig(Section):
 
 
 # Rationales are long and share little surface with their question: dedup and propensity only.
-FILTERS = FilterConfig(
+FILTER_DEFAULTS = FilterConfig(
     surface=SurfaceSection(enabled=False),
     semantic=SemanticSection(false_negative=None, positive_min=None, false_negative_exempt=[]),
     blind=BlindSection(enabled=False),

@@ -140,7 +140,7 @@ class RetrievalConfig(Section):
 # decides whether a query fits its passage; a blind scorer comparing a query with a passage measures nothing; and
 # mining picks negatives *by* their cosine below the positive's, so a propensity model of positive vs negative on that
 # cosine separates them by construction: its weights would only echo the mining threshold.
-FILTERS = FilterConfig(
+FILTER_DEFAULTS = FilterConfig(
     surface=SurfaceSection(enabled=False),
     semantic=SemanticSection(enabled=False, false_negative=None, positive_min=None, false_negative_exempt=[]),
     blind=BlindSection(enabled=False),
