@@ -335,6 +335,8 @@ class Completion:
     tokens_out: int
     latency_s: float
     finish_reasons: tuple[str, ...] = ()
+    engine_s: float | None = None  # its share of its call's seconds on the replica (pipeline.engines.metered)
+    accelerator: str | None = None  # what the replica runs on: cpu, "<GPU name> x<count>", api
 
 
 @dataclass(frozen=True)
@@ -387,3 +389,5 @@ class RawResult:
     provenance: Provenance
     code_version: str
     group: str | None = None  # the source's input.group_column value (absent in raw parts of older runs)
+    engine_s: float | None = None  # engine-seconds the unit took on its replica (None: a part of an earlier version)
+    accelerator: str | None = None  # the replica's accelerator: cpu, "<GPU name> x<count>", api

@@ -13,7 +13,7 @@ import importlib.util
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -149,6 +149,46 @@ class VLLMEngineConfig(Section):
     )
 
 
+class Price(Section):
+    """What the engine's work costs: an API's price per million tokens (``per_mtok_in``, ``per_mtok_out``), or a
+    replica's accelerator hour (``per_hour``); one of the two. The cost report turns tokens or engine-seconds
+    into money with it (:mod:`pipeline.run.cost`); the currency is the user's."""
+
+    per_mtok_in: float | None = Field(None, ge=0, description="An API's price per million prompt tokens.")
+    per_mtok_out: float | None = Field(None, ge=0, description="An API's price per million output tokens.")
+    per_hour: float | None = Field(
+        None, ge=0, description="Price of one replica's accelerator hour (a GPU, or the CPU cores of a replica)."
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Price:
+        tokens = (self.per_mtok_in, self.per_mtok_out)
+        if self.per_hour is not None and any(t is not None for t in tokens):
+            raise ValueError(
+                "expected either {per_mtok_in, per_mtok_out} (an API) or {per_hour} (an accelerator hour), got "
+                f"both ({self.model_dump(exclude_none=True)}). Fix: keep the one your engine is billed by"
+            )
+        if self.per_hour is None and None in tokens:
+            raise ValueError(
+                "expected per_mtok_in and per_mtok_out together (an API bills prompt and output tokens), or "
+                f"per_hour alone, got {self.model_dump(exclude_none=True) or 'neither'}. Fix: set the missing "
+                "price (0 where the API does not bill it)"
+            )
+        return self
+
+    def money(self, tokens_in: int, tokens_out: int, engine_s: float) -> float:
+        """What that work costs.
+
+        >>> Price(per_mtok_in=0.5, per_mtok_out=2.0).money(2_000_000, 1_000_000, 0.0)
+        3.0
+        >>> Price(per_hour=3.6).money(0, 0, 100.0)
+        0.1
+        """
+        if self.per_hour is not None:
+            return round(engine_s / 3600 * self.per_hour, 9)
+        return round(tokens_in / 1e6 * (self.per_mtok_in or 0.0) + tokens_out / 1e6 * (self.per_mtok_out or 0.0), 9)
+
+
 class EngineConfig(Section):
     kind: EngineKind = Field("embedded", description="Generation engine; plugin: the class named by engine.plugin.")
     plugin: str | None = Field(
@@ -203,6 +243,12 @@ class EngineConfig(Section):
     )
     openai: OpenAIEngineConfig = Field(default_factory=OpenAIEngineConfig)
     vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
+    price: Price | None = Field(
+        None,
+        description="What the engine's work costs, for the cost report (summary, card, --estimate): "
+        "{per_mtok_in, per_mtok_out} for an API, or {per_hour} for a replica's accelerator hour; none: tokens and "
+        "engine-seconds only.",
+    )
 
     def int8_passes(self) -> int:
         """Activation passes of the embedded engine's int8 linears (``quantize``): 0 for float linears."""

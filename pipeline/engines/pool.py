@@ -26,11 +26,13 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 
 import ray
 
 from pipeline.engines.config import EngineConfig, RayConfig
+from pipeline.engines.metered import ReplicaClock, accelerator, share
 from pipeline.errors import EngineTimeoutError
 from pipeline.records import Completion, EngineFailure, GenerationRequest, Reason
 
@@ -88,6 +90,10 @@ class EngineActor:
         self.engine.warmup()
         self.slow_s = cfg.inject_slow_replica_s if index == 0 else 0.0
         self._one = asyncio.Lock()
+        vllm = cfg.kind == "vllm"
+        gpus = cfg.vllm.tensor_parallel_size if vllm else 1
+        self.accelerator = accelerator(cfg.vllm.device if vllm else cfg.device, gpus)
+        self.clock = ReplicaClock()  # engine-seconds of each call (calls in flight share a second)
 
     async def identity(self) -> tuple[str, str]:
         return self.engine.name, self.engine.model_id
@@ -104,9 +110,19 @@ class EngineActor:
             await asyncio.sleep(self.slow_s)
         agenerate = getattr(self.engine, "agenerate", None)
         if agenerate is not None:
-            return await agenerate(requests)
-        async with self._one:
-            return await asyncio.to_thread(self.engine.generate, requests)
+            started = self.clock.start()
+            try:
+                out = await agenerate(requests)
+            finally:
+                seconds = self.clock.stop(started)
+            return share(out, seconds, self.accelerator)
+        async with self._one:  # the wait at the door is not engine time
+            started = self.clock.start()
+            try:
+                out = await asyncio.to_thread(self.engine.generate, requests)
+            finally:
+                seconds = self.clock.stop(started)
+        return share(out, seconds, self.accelerator)
 
     async def release(self, timeout_s: float | None = None) -> None:
         """Shut the engine down (its GPUs and child processes), before the actor is killed; ``timeout_s``: how long
@@ -294,7 +310,9 @@ class EnginePool:
         assert self.local is not None  # generate() calls this for the in-process engine only
         for attempt in (1, 2):
             try:
-                return list(self.local.generate(requests))
+                start = time.perf_counter()
+                out = list(self.local.generate(requests))
+                return list(share(out, time.perf_counter() - start, "api"))  # a server's: its hardware is not ours
             except EngineTimeoutError as exc:
                 log.warning("engine call past its deadline (attempt %d of 2): %s", attempt, exc)
                 last = exc

@@ -25,6 +25,7 @@ from pipeline.filters.stage import Pairs, StageResult
 from pipeline.kinds.base import Assembled, Context, Kind, Stage, Tally
 from pipeline.records import RawResult, Rejection, RejectStage
 from pipeline.run.common import finished
+from pipeline.run.cost import Cost
 from pipeline.run.store import RunStore
 from pipeline.shards.publish import Release, split_key, split_of
 from pipeline.shards.schema import rejected_table
@@ -138,6 +139,7 @@ class _Block:
     rows: list
     pinned: int
     decided: frozenset[str]
+    cost: Cost  # what its units cost, by stage and task (valid and kept rows by type added in pass 2)
 
 
 def _assemble(kind: Kind, ctx: Context, store: RunStore, release: Release | None) -> _Block:
@@ -145,6 +147,7 @@ def _assemble(kind: Kind, ctx: Context, store: RunStore, release: Release | None
     previous release decided (published: pinned first; rejected: ``decided``)."""
     keys = sorted(frozenset().union(*(st.keys for st in ctx.stages.values())))
     raws, failed = finished(store, keys)
+    cost = Cost.of_units({k: name for name, st in ctx.stages.items() for k in st.keys}, raws, failed)
     decided: frozenset[str] = frozenset()
     if release is not None:
         old = [r for r, o in zip(raws, release.plan.has([r.unit_key for r in raws]).tolist()) if o]
@@ -155,8 +158,8 @@ def _assemble(kind: Kind, ctx: Context, store: RunStore, release: Release | None
     if release is not None:
         published = release.ids.has([r.id for r in rows]).tolist()
         rows = [r for r, p in zip(rows, published) if p] + [r for r, p in zip(rows, published) if not p]
-        return _Block(keys, raws, failed, assembled, rows, sum(published), decided)
-    return _Block(keys, raws, failed, assembled, rows, 0, decided)
+        return _Block(keys, raws, failed, assembled, rows, sum(published), decided, cost)
+    return _Block(keys, raws, failed, assembled, rows, 0, decided, cost)
 
 
 def planned_blocks(kind: Kind, ctx: Context, store: RunStore) -> Callable[[], Iterator[Context]]:
@@ -210,6 +213,7 @@ class BlockOut:
     engine: str | None
     kept: Counter
     rejected: Counter
+    cost: Cost
 
 
 def write_block(kind: Kind, cfg: RunConfig, spill: Path, block: StageResult) -> BlockOut:
@@ -226,6 +230,8 @@ def write_block(kind: Kind, cfg: RunConfig, spill: Path, block: StageResult) -> 
     drops = len({r.source_id for r in b.rows} & block.positive_drops.keys())
     tally = Tally()
     tally.add(kind.type_of, b.raws, b.failed, kept, splits, rejects, b.assembled.stats)
+    b.cost.valid.update(map(kind.type_of, b.rows))
+    b.cost.kept.update(map(kind.type_of, kept))
     return BlockOut(
         tables,
         tally,
@@ -235,4 +241,5 @@ def write_block(kind: Kind, cfg: RunConfig, spill: Path, block: StageResult) -> 
         b.raws[0].provenance.engine if b.raws else None,
         Counter(kind.reject_task(r) for r in kept),
         Counter(r.task or "?" for r in rejects),
+        b.cost,
     )

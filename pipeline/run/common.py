@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline import __version__
 from pipeline.engines.finish import check_finish_reasons
@@ -53,6 +54,7 @@ class Summary:
     tokens_out: int = 0
     plan_seconds: float = 0.0
     empty: str = ""  # why the dataset has no row (empty input, every row rejected); "" when it has rows
+    cost: dict[str, Any] = field(default_factory=dict)  # tokens, engine-seconds, money: pipeline.run.cost.cost_report
 
     def __post_init__(self) -> None:
         if not self.kept and not self.empty:
@@ -124,6 +126,8 @@ def commit_part(
                 prov,
                 __version__,
                 getattr(u.source, "group", None),
+                c.engine_s,
+                c.accelerator,
             )
         )
     if failures:

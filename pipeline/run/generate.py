@@ -21,7 +21,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,6 +49,7 @@ from pipeline.run.blocks import (  # noqa: F401 (blocks: the flow walks them her
 )
 from pipeline.run.blockwork import BlockWork, ray_up
 from pipeline.run.common import Progress, Summary, Timing, part_size
+from pipeline.run.cost import Cost, cost_report, spent_in
 from pipeline.run.store import RunStore, store_of
 from pipeline.run.stream import stream_parts
 from pipeline.shards.card import Card, write_card
@@ -201,6 +202,7 @@ def finalize(
         generation_seconds=timing.generation_seconds,
         tokens_out=w.tokens_out,
         plan_seconds=timing.plan_seconds,
+        cost=cost_report(w.cost, spent_in((n, store.read_part(n)) for n in sorted(store.made)), cfg.engine.price),
     )
     plan = store.write_plan(plan_keys.tables())
     shutil.rmtree(root / SPOOL, ignore_errors=True)
@@ -252,6 +254,7 @@ class _Written:
     positives: int = 0
     tokens_out: int = 0
     engine: str | None = None
+    cost: Cost = field(default_factory=Cost)
 
 
 def _write_blocks(
@@ -267,6 +270,7 @@ def _write_blocks(
         w.positives += out.positives
         w.units += out.units
         w.tokens_out += out.tokens_out
+        w.cost.merge(out.cost)
         w.engine = w.engine or out.engine
         if meter is not None:
             meter.advance(1, kept=out.kept, rejected=out.rejected)

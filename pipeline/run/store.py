@@ -52,6 +52,7 @@ class RunStore:
         self._lock_fd: int | None = None
         self._index: FileIndex | None = None
         self.journal: list[tuple[str, list[str]]] | None = None  # (file name, unit keys) of each commit, when a list
+        self.made: set[str] = set()  # names of the raw files this store's run committed (its own cost)
 
     def _lock(self) -> int:
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -163,6 +164,7 @@ class RunStore:
     def _committed(self, name: str, keys: list[str]) -> None:
         """A file of ``raw/`` committed here (or by a worker, see :mod:`pipeline.run.stream`): index its keys, once
         the index exists (built later, it reads the file from disk), and journal them when asked to."""
+        self.made.add(name)
         if self._index is not None:
             self._index.add(self.raw_dir / name, keys)
         if self.journal is not None:
@@ -216,6 +218,11 @@ class RunStore:
         with pa.memory_map(str(path)) as source:
             rows = sum(b.num_rows for b in pa.ipc.open_stream(source))
         return ShardInfo("plan.arrow", "plan", rows, sha256_file(path), path.stat().st_size)
+
+    def read_part(self, name: str) -> pa.Table:
+        """The raw part or given-up file ``raw/<name>`` as this version reads it."""
+        path = self.raw_dir / name
+        return self._read(path) if name.startswith("part-") else self._read_failed(path)
 
     def read_plan(self) -> list[str]:
         return read_stream(self.root / "plan.arrow").column("unit_key").to_pylist()

@@ -254,7 +254,8 @@ def manifest(card: Card) -> dict[str, Any]:
         "raw_parts": [asdict(s) for s in card.raw_parts],
         "plan": asdict(card.plan),
         "publish": card.published,
-        "counts": asdict(card.summary),
+        "counts": {k: v for k, v in asdict(card.summary).items() if k != "cost"},
+        "cost": card.summary.cost,
         **card.facts.manifest,
         "filters": {
             "funnel": [asdict(f) for f in card.funnel],
