@@ -158,6 +158,14 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML run config (flags and CONTRASTGEN_* env override it)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object")
     p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="run a sample of the input (estimate.fraction, default 1%%, at most estimate.max_units units) in a "
+        "throwaway folder and print the whole input's projected tokens, engine time, money and kept rows; "
+        "nothing is written to --out",
+    )
+    p.add_argument("--estimate-fraction", type=float, help="share of input rows --estimate runs (estimate.fraction)")
+    p.add_argument(
         "--overwrite",
         action="store_true",
         default=None,
@@ -218,6 +226,7 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
         ("ray", "clients"): a.clients,
         ("ray", "address"): a.ray_address,
         ("output", "overwrite"): a.overwrite,
+        ("estimate", "fraction"): a.estimate_fraction,
     }
     out = _nest(flags)
     if a.base_url:
@@ -230,6 +239,50 @@ def _generate(a: argparse.Namespace) -> int:
 
     cfg = load_config(a.config, _overrides(a))
     preflight(KINDS[a.kind], cfg)
+    if a.estimate:
+        return _estimate(a, cfg)
+    state = _run_flow(a, cfg)
+    if state.is_cancelled():
+        print(f"contrastgen: {state.message}", file=sys.stderr)
+        return stop.exit_code(stop.asked() or signal.SIGINT)
+    # a completed run's result is its summary: the flow returns a State only when stopped (Cancelled, handled above)
+    summary = cast("dict[str, Any]", state.result())
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"wrote {summary['kept']} {a.kind} rows ({summary['splits']}) to {summary['out']}; "
+            f"generated {summary['generated']} units, reused {summary['reused']}, rejected {summary['rejected']}, "
+            f"filtered {summary['filtered']}"
+        )
+    return _empty_is_an_error(summary, a.input)
+
+
+def _estimate(a: argparse.Namespace, cfg) -> int:
+    """``generate --estimate``: the sample run (pipeline.run.estimate) in a throwaway folder, then the forecast."""
+    import shutil
+
+    from pipeline.run import estimate
+    from pipeline.run.generate import start
+
+    sample_cfg, sample = estimate.plan(KINDS[a.kind], start(KINDS[a.kind], cfg))
+    try:
+        state = _run_flow(a, sample_cfg)
+        if state.is_cancelled():
+            print(f"contrastgen: {state.message}", file=sys.stderr)
+            return stop.exit_code(stop.asked() or signal.SIGINT)
+        forecast = estimate.project(sample, cast("dict[str, Any]", state.result()), cfg.engine.price)
+    finally:
+        shutil.rmtree(sample.folder, ignore_errors=True)
+    if a.json:
+        print(json.dumps({"estimate": forecast}))
+    else:
+        print("\n".join(estimate.lines(forecast)))
+    return 0
+
+
+def _run_flow(a: argparse.Namespace, cfg):
+    """The generate flow on ``cfg``, with a local Ray started and stopped around it where none runs; its State."""
     # Ephemeral Prefect needs no server; its telemetry heartbeat only contends for the local sqlite file.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.generate import generate_flow
@@ -247,20 +300,7 @@ def _generate(a: argparse.Namespace) -> int:
         finally:
             if started:
                 stop_ray()
-    if state.is_cancelled():
-        print(f"contrastgen: {state.message}", file=sys.stderr)
-        return stop.exit_code(stop.asked() or signal.SIGINT)
-    # a completed run's result is its summary: the flow returns a State only when stopped (Cancelled, handled above)
-    summary = cast("dict[str, Any]", state.result())
-    if a.json:
-        print(json.dumps(summary))
-    else:
-        print(
-            f"wrote {summary['kept']} {a.kind} rows ({summary['splits']}) to {summary['out']}; "
-            f"generated {summary['generated']} units, reused {summary['reused']}, rejected {summary['rejected']}, "
-            f"filtered {summary['filtered']}"
-        )
-    return _empty_is_an_error(summary, a.input)
+    return state
 
 
 def _empty_is_an_error(summary: dict, source) -> int:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.kinds import kind_of_format
-from pipeline.shards.card import load_manifest
+from pipeline.shards.card import COST_COLUMNS, cost_rows, load_manifest
 from pipeline.shards.writer import read_shard
 
 
@@ -46,6 +46,7 @@ def inspect_summary(root: Path) -> dict[str, Any]:
         "filters": m.get("filters", {}),
         "scores": score_summary(m, tables),
         "blind_splits": m["config"].get("filters", {}).get(kind, {}).get("blind", {}).get("splits", []),
+        "cost": m.get("cost", {}),  # none in a dataset made before issue 35
     }
 
 
@@ -103,6 +104,26 @@ def print_filters(info: dict[str, Any], console: Console) -> None:
     console.print(scores)
 
 
+def print_cost(cost: dict[str, Any], console: Console) -> None:
+    """The cost table by type (tokens, engine-seconds and money per kept row), the dataset's and this run's totals,
+    and the notes (no price; units without engine time)."""
+    if not cost:
+        return
+    total, run = cost["total"], cost["this_run"]
+    money = f", money {total['money']:.4g}" if "money" in total else ""
+    table = Table(
+        title=f"Cost: {total['units']} units, {total['tokens_in']} prompt + {total['tokens_out']} output tokens, "
+        f"{total['engine_s']:.1f} engine-s{money} (this run: {run['units']} units, {run['engine_s']:.1f} engine-s)"
+    )
+    for col in COST_COLUMNS:
+        table.add_column(col, justify="left" if col == "type" else "right")
+    for row in cost_rows(cost):
+        table.add_row(*row)
+    console.print(table)
+    for note in cost.get("notes", []):
+        console.print(f"note: {note}")
+
+
 def print_report(root: Path, console: Console | None = None) -> None:
     console = console or Console()
     info = inspect_summary(root)
@@ -152,6 +173,7 @@ def print_report(root: Path, console: Console | None = None) -> None:
                 t["reasons"],
             )
         console.print(types)
+    print_cost(info["cost"], console)
     reasons = Table(title="Rejected by reason")
     reasons.add_column("reason")
     reasons.add_column("count", justify="right")

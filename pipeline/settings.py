@@ -81,6 +81,12 @@ class InputConfig(Section):
         "choices", description="Rationales: multiple-choice options (a list, or {label: [...], text: [...]}); optional."
     )
     limit: int | None = Field(None, gt=0, description="Use only the first N valid captions.")
+    sample_rows: int | None = Field(
+        None,
+        gt=0,
+        description="Use N valid input rows spread evenly over the input (every (rows/N)-th row), e.g. for a trial; "
+        "`generate --estimate` sets it for its sample run.",
+    )
 
 
 class SamplingConfig(Section):
@@ -114,6 +120,19 @@ class OutputConfig(Section):
         False,
         description="Write into a non-empty folder that is not a contrastgen dataset (files "
         "contrastgen did not write are still never replaced or deleted).",
+    )
+
+
+class EstimateConfig(Section):
+    """``generate --estimate``: the sample it runs before projecting the whole input's cost."""
+
+    fraction: float = Field(
+        0.01, gt=0.0, le=1.0, description="Share of the input rows the sample runs (--estimate-fraction)."
+    )
+    max_units: int = Field(
+        500,
+        gt=0,
+        description="At most this many units in the sample's first stage (fewer input rows where a row makes many).",
     )
 
 
@@ -179,6 +198,7 @@ class BaseRunConfig(Settings):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
 
     def section(self, cls: type[S]) -> S:
         """The kind section of type ``cls`` (e.g. ``cfg.section(NegativesConfig)``); each kind's section type is

@@ -48,6 +48,20 @@ class Inputs:
     count: int
 
 
+def sampled(inputs: Inputs, rows: int | None) -> Inputs:
+    """``inputs`` with ``rows`` of its records spread evenly over them (``input.sample_rows``; all of them for None
+    or more rows than there are): a trial's sample, e.g. ``generate --estimate``'s. Its count is the sample's.
+
+    >>> s = sampled(Inputs(list(range(10)), [], 10), 3)
+    >>> s.records, s.count
+    ([0, 3, 6], 3)
+    """
+    n = len(inputs.records)
+    if rows is None or rows >= n:
+        return inputs
+    return Inputs([inputs.records[i * n // rows] for i in range(rows)], inputs.rejects, rows)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage's planned units (their keys), the chunks not generated yet (one raw part each), and how

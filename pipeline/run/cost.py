@@ -172,6 +172,7 @@ def cost_report(cost: Cost, this_run: Spent, price: Price | None) -> dict[str, A
         valid=sum(cost.valid.values()),
         kept=kept,
         tokens_per_kept=round((total.tokens_in + total.tokens_out) / kept, 1) if kept else None,
+        tokens_out_per_kept=round(total.tokens_out / kept, 1) if kept else None,
         engine_s_per_kept=round(total.engine_s / kept, 4) if kept else None,
         money_per_1k_kept=round(whole["money"] / kept * 1000, 6) if kept and price is not None else None,
     )

@@ -35,7 +35,7 @@ from pipeline.filters.score import Scored
 from pipeline.filters.scorers import stage_scorers
 from pipeline.filters.spill import ScoredSpill
 from pipeline.filters.stage import Decisions, decide
-from pipeline.kinds.base import Context, Kind, Stage, Tally
+from pipeline.kinds.base import Context, Kind, Stage, Tally, sampled
 from pipeline.progress import Meter
 from pipeline.records import RejectStage, Unit
 from pipeline.run.blocks import (  # noqa: F401 (blocks: the flow walks them here)
@@ -73,8 +73,9 @@ def preflight(kind: Kind, cfg: RunConfig) -> None:
 
 
 def start(kind: Kind, cfg: RunConfig) -> Context:
-    """Templates loaded once (the text hashed into unit keys is the text rendered) and the inputs read."""
-    return Context(cfg, kind.templates(cfg), kind.read(cfg), raws=lambda name: [])
+    """Templates loaded once (the text hashed into unit keys is the text rendered) and the inputs read (a sample
+    of them where ``input.sample_rows`` is set)."""
+    return Context(cfg, kind.templates(cfg), sampled(kind.read(cfg), cfg.input.sample_rows), raws=lambda name: [])
 
 
 def chunk_units(kind: Kind, units: list[Unit], cfg: RunConfig) -> list[list[Unit]]:

@@ -149,6 +149,57 @@ def front_matter(
     }
 
 
+COST_COLUMNS = (
+    "type",
+    "units",
+    "kept",
+    "yield",
+    "output tokens / kept row",
+    "engine-s / kept row",
+    "money / 1,000 kept rows",
+)
+
+
+def cost_rows(cost: dict[str, Any]) -> list[tuple[str, ...]]:
+    """A manifest's cost section (:mod:`pipeline.run.cost`) as the rows of the cost table by type that ``inspect`` and
+    ``view`` show (:data:`COST_COLUMNS`), then one for all types; none for a dataset made before issue 35.
+
+    >>> cost_rows({"by_type": [{"type": "a", "units": 4, "kept": 2, "yield": 0.5, "tokens_out_per_kept": 30.0,
+    ...   "engine_s_per_kept": 0.25, "money_per_1k_kept": None}], "total": {"units": 6, "kept": 2}})
+    [('a', '4', '2', '50.0%', '30.0', '0.25', 'n/a'), ('all', '6', '2', '', 'n/a', 'n/a', 'n/a')]
+    """
+
+    def na(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
+
+    rows: list[tuple[str, ...]] = [
+        (
+            str(t["type"]),
+            str(t["units"]),
+            str(t["kept"]),
+            "n/a" if t["yield"] is None else f"{100 * t['yield']:.1f}%",
+            na(t["tokens_out_per_kept"]),
+            na(t["engine_s_per_kept"]),
+            na(t["money_per_1k_kept"]),
+        )
+        for t in cost.get("by_type", [])
+    ]
+    if "total" in cost:
+        c = cost["total"]
+        rows.append(
+            (
+                "all",
+                str(c["units"]),
+                str(c["kept"]),
+                "",
+                na(c.get("tokens_out_per_kept")),
+                na(c.get("engine_s_per_kept")),
+                na(c.get("money_per_1k_kept")),
+            )
+        )
+    return rows
+
+
 def load_manifest(root: Path) -> dict[str, Any]:
     """The manifest of a dataset folder, or a DatasetError that says what was found and the fix."""
     root = Path(root)
@@ -198,6 +249,8 @@ def _render(template: Path, params: Any) -> str:
     env.filters["rate"] = lambda x: "n/a" if x is None or x != x else f"{100 * x:.1f}%"
     env.filters["num"] = lambda x: "n/a" if x is None or x != x else f"{x:.3f}"
     env.filters["off"] = lambda x: "off" if x is None else x
+    env.filters["off_na"] = lambda x: "n/a" if x is None else x
+    env.filters["money"] = lambda x: "n/a" if x is None else f"{x:.4g}"
     env.filters["meaning"] = meaning  # a rejection reason's meaning (records.REASONS)
     return env.get_template(template.name).render(p=params)
 

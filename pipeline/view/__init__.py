@@ -25,6 +25,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pipeline import __version__
 from pipeline.records import meaning
+from pipeline.shards.card import COST_COLUMNS, cost_rows
 from pipeline.view.data import SCORES, Dataset, Query  # noqa: F401 (Dataset re-exported)
 from pipeline.view.diff import word_diff
 
@@ -56,6 +57,9 @@ def build_app(root: Path) -> FastAPI:
             funnel=m.get("filters", {}).get("funnel", []),
             plots=m.get("filters", {}).get("plots", []),
             releases=m.get("publish", {}).get("releases", []),
+            cost=m.get("cost", {}),
+            cost_columns=COST_COLUMNS,
+            cost_rows=cost_rows(m.get("cost", {})),
         )
 
     @app.get("/rows", response_class=HTMLResponse)

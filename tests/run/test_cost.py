@@ -46,6 +46,7 @@ def test_a_type_pays_its_own_units_and_its_kept_rows_share_of_the_shared_tasks()
         "valid": 3,
         "kept": 3,
         "tokens_per_kept": 160.0,
+        "tokens_out_per_kept": 26.7,
         "engine_s_per_kept": 2.6667,
         "money_per_1k_kept": None,
     }
