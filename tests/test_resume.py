@@ -126,6 +126,25 @@ def _same_as_clean(out: Path, summary: dict, negatives_inputs) -> None:
     assert clean["kept"] == summary["kept"]
     ids = lambda root: sorted(r["id"] for split in datasets.load_dataset(str(root)).values() for r in split)  # noqa: E731
     assert ids(out) == ids(cfg.output.dir)  # per-unit seeds: same rows whatever the batching
+    # the resumed dataset's cost is the whole dataset's (reused units at what they cost when made), this run's apart
+    whole, ref = summary["cost"]["total"], clean["cost"]["total"]
+    assert (whole["units"], whole["tokens_in"], whole["tokens_out"], whole["kept"]) == (
+        ref["units"],
+        ref["tokens_in"],
+        ref["tokens_out"],
+        ref["kept"],
+    )
+    recorded = 0.0  # what every raw part of the resumed dataset says its units took, the killed run's included
+    for part in (out / "raw").glob("part-*.arrow"):
+        with pa.memory_map(str(part)) as src:
+            recorded += sum(pa.ipc.open_stream(src).read_all().column("engine_s").to_pylist())
+    assert whole["engine_s"] == pytest.approx(recorded, abs=0.01)
+    own = summary["cost"]["this_run"]
+    assert own["units"] == summary["generated"] < whole["units"] and own["engine_s"] < whole["engine_s"]
+    # Engine-seconds are wall time on the replicas: two runs of the same units differ by the machine's load (here
+    # 2 cores shared with other work; the clean run also pays the session's first engine calls). Tokens above are
+    # exact; engine time is held to the noise of timing the same work twice.
+    assert whole["engine_s"] == pytest.approx(ref["engine_s"], rel=0.35), (whole, ref)
 
 
 def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, negatives_inputs):

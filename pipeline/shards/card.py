@@ -166,7 +166,7 @@ def cost_rows(cost: dict[str, Any]) -> list[tuple[str, ...]]:
 
     >>> cost_rows({"by_type": [{"type": "a", "units": 4, "kept": 2, "yield": 0.5, "tokens_out_per_kept": 30.0,
     ...   "engine_s_per_kept": 0.25, "money_per_1k_kept": None}], "total": {"units": 6, "kept": 2}})
-    [('a', '4', '2', '50.0%', '30.0', '0.25', 'n/a'), ('all', '6', '2', '', 'n/a', 'n/a', 'n/a')]
+    [('a', '4', '2', '50.0%', '30', '0.25', 'n/a'), ('all', '6', '2', '', 'n/a', 'n/a', 'n/a')]
     """
 
     def na(x: Any) -> str:

@@ -106,3 +106,18 @@ def test_overlapping_calls_share_a_replicas_seconds_and_a_call_splits_its_by_tok
     cs = share([Completion("x", (), 0, 0, 0.0), Completion("y", (), 0, 0, 0.0)], 3.0, "cpu")
     assert [c.engine_s for c in cs] == [1.5, 1.5]  # no token counted: equal shares
     assert Counter(c.accelerator for c in cs) == {"cpu": 2}
+
+
+def test_a_forecast_scales_the_samples_cost_to_the_whole_input_at_its_yields(tmp_path):
+    from pipeline.run.estimate import Sample, lines, project
+
+    price = Price(per_hour=3.6)
+    summary = {"cost": cost_report(_cost(), spent_in([]), price)}
+    f = project(Sample(inputs=40, rows=4, units_per_row=1.25, folder=tmp_path), summary, price)
+    assert f["projected"]["units"] == 50 and f["projected"]["kept"] == 30
+    assert f["projected"]["engine_s"] == pytest.approx(80.0)
+    assert f["projected"]["money"] == pytest.approx(80.0 / 3600 * 3.6)
+    by_type = {t["type"]: t for t in f["by_type"]}
+    assert (by_type["swap_obj"]["kept"], by_type["swap_obj"]["yield"]) == (20, 1.0)
+    text = "\n".join(lines(f))
+    assert "a sample of 4 of 40 input rows (5 units, 3 kept rows)" in text and "Nothing was written to --out" in text
