@@ -1,7 +1,8 @@
 """``contrastgen generate KIND ... --estimate``: what the whole input will cost, forecast from a sample run.
 
 :func:`plan` picks the sample: ``estimate.fraction`` of the valid input rows (at least one), fewer where the
-sample's first stage would pass ``estimate.max_units`` units, spread evenly over the input (``input.sample_rows``),
+sample's first stage would pass ``estimate.max_units`` units, and more where that is too few to fill one part (one
+engine call) of each task, spread evenly over the input (``input.sample_rows``),
 run through the real pipeline into a throwaway folder (never ``--out``). :func:`project` scales the sample's cost
 section (:mod:`pipeline.run.cost`) to the whole input: units, tokens, engine-seconds, money and each type's kept rows
 grow with the input rows, at the yields the sample measured. A sample's yield is an estimate: the warning says how
@@ -10,6 +11,7 @@ big the sample was.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 from pipeline.config import RunConfig
 from pipeline.engines.config import Price
 from pipeline.kinds.base import Context, Kind
+from pipeline.run.common import part_size
 
 PROBE_ROWS = 64  # input rows planned to measure the first stage's units per row
 
@@ -39,10 +42,14 @@ def plan(kind: Kind, ctx: Context) -> tuple[RunConfig, Sample]:
     cfg = ctx.cfg
     records = ctx.inputs.records
     probe = replace(ctx, inputs=replace(ctx.inputs, records=records[:PROBE_ROWS]), stages={})
-    first = kind.stages(cfg)[0]
-    per_row = len(kind.units(first, probe)) / max(1, len(probe.inputs.records))
+    units = kind.units(kind.stages(cfg)[0], probe)
+    per_row = len(units) / max(1, len(probe.inputs.records))
     rows = max(1, round(cfg.estimate.fraction * len(records)))
     if per_row:
+        # Engine time per unit depends on how full the engine's batches are, and a batch holds one task's units
+        # (one cached prompt prefix): a sample too small to fill one part of each task forecasts slow, half-empty
+        # calls. So at least a part's units of each task where the input and estimate.max_units allow.
+        rows = max(rows, math.ceil(part_size(cfg) * len({u.task for u in units}) / per_row))
         rows = min(rows, max(1, int(cfg.estimate.max_units // per_row)))
     rows = min(rows, max(1, len(records)))
     folder = Path(tempfile.mkdtemp(prefix="contrastgen-estimate-"))
@@ -73,9 +80,7 @@ def project(sample: Sample, summary: dict[str, Any], price: Price | None) -> dic
         "engine_s": grown(total["engine_s"]),
         "engine_hours": round(total["engine_s"] * scale / 3600, 4),
         "kept": round(total["kept"] * scale),
-        "money": None
-        if price is None
-        else grown(price.money(total["tokens_in"], total["tokens_out"], total["engine_s"])),
+        "money": None if price is None else round(total["money"] * scale, 6),
     }
     by_type = [
         {
