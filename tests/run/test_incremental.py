@@ -79,6 +79,10 @@ def test_a_new_row_that_repeats_a_published_one_is_rejected_naming_it(tmp_path):
     assert not [r for r in rejected if r["source_id"] == "b" and r["stage"] == "filter"]  # never published and rejected
     assert [r["mode"] for r in second["publish"]["releases"]] == ["whole", "append"]
     assert second["counts"]["filtered"] == 1 and second["counts"]["rejected_by_reason"] == {"duplicate_of_published": 1}
+    cost = second["cost"]  # the appended dataset's whole cost: the published release's units too; this run's apart
+    assert (cost["total"]["units"], cost["total"]["tokens_out"], cost["this_run"]["units"]) == (4, 20, 2)
+    assert cost["total"]["unmetered"] == 4  # hand-made parts have no engine time, as an earlier version's: named
+    assert any(n.startswith("4 units come from raw parts written before") for n in cost["notes"])
 
     third = _release(tmp_path, [{"id": "b", "caption": CAPTION}, {"id": new_id, "caption": CAPTION}], "run-2")
     assert third["shards"] == second["shards"]  # a rerun adds nothing, and says the same
