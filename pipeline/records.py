@@ -337,6 +337,7 @@ class Completion:
     finish_reasons: tuple[str, ...] = ()
     engine_s: float | None = None  # its share of its call's seconds on the replica (pipeline.engines.metered)
     accelerator: str | None = None  # what the replica runs on: cpu, "<GPU name> x<count>", api
+    setup_s: float | None = None  # the part of engine_s the replica spent once for many calls (a prompt prefix's KV)
 
 
 @dataclass(frozen=True)
@@ -391,3 +392,4 @@ class RawResult:
     group: str | None = None  # the source's input.group_column value (absent in raw parts of older runs)
     engine_s: float | None = None  # engine-seconds the unit took on its replica (None: a part of an earlier version)
     accelerator: str | None = None  # the replica's accelerator: cpu, "<GPU name> x<count>", api
+    setup_s: float | None = None  # of engine_s, the unit's share of one-time work (a prefix's KV, computed once)

@@ -152,6 +152,10 @@ class EmbeddedEngine:
         if self.eos_id is None or self.eos_id == self.tokenizer.unk_token_id:
             self.eos_id = self.tokenizer.eos_token_id
         self._prefixes: dict[str, tuple[torch.Tensor, DynamicCache]] = {}
+        # seconds spent computing prefixes' KV, once a prefix for many calls (pipeline.engines.metered): this process's
+        # CPU-seconds on a CPU device (as the replica times its calls there), else wall seconds
+        self.setup_s = 0.0
+        self._clock = time.process_time if str(cfg.device) == "cpu" else time.perf_counter
         # transformers 5.x renamed `past_key_values` to `cache` (the old name warns, then goes in 6.0).
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -215,9 +219,11 @@ class EmbeddedEngine:
     def _prefix_cache(self, prefix: str):
         """KV cache of a shared prefix, computed once and kept (few templates, so few prefixes)."""
         if prefix not in self._prefixes:
+            started = self._clock()
             ids = self.tokenizer(prefix, return_tensors="pt", add_special_tokens=False).input_ids.to(self.cfg.device)
             cache = DynamicCache(config=self.model.config)
             self.model(ids, use_cache=True, **{self._cache_kw: cache})
+            self.setup_s += self._clock() - started
             if len(self._prefixes) >= 32:
                 self._prefixes.pop(next(iter(self._prefixes)))
             self._prefixes[prefix] = (ids, cache)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 import ray
 
 from pipeline.engines.config import EngineConfig, RayConfig
-from pipeline.engines.metered import ReplicaClock, accelerator, share
+from pipeline.engines.metered import ReplicaClock, accelerator, cpu_timed, share
 from pipeline.errors import EngineTimeoutError
 from pipeline.records import Completion, EngineFailure, GenerationRequest, Reason
 
@@ -89,6 +89,7 @@ class EngineActor:
         self.engine = build_engine(cfg)
         self.engine.warmup()
         self.slow_s = cfg.inject_slow_replica_s if index == 0 else 0.0
+        self.threads = max(1, threads)
         self._one = asyncio.Lock()
         vllm = cfg.kind == "vllm"
         gpus = cfg.vllm.tensor_parallel_size if vllm else 1
@@ -118,11 +119,15 @@ class EngineActor:
             return share(out, seconds, self.accelerator)
         async with self._one:  # the wait at the door is not engine time
             started = self.clock.start()
+            setup_before = getattr(self.engine, "setup_s", 0.0)
             try:
-                out = await asyncio.to_thread(self.engine.generate, requests)
+                out, cpu_s = await asyncio.to_thread(cpu_timed, self.engine.generate, requests)
             finally:
                 seconds = self.clock.stop(started)
-        return share(out, seconds, self.accelerator)
+            setup = getattr(self.engine, "setup_s", 0.0) - setup_before
+        if self.accelerator == "cpu":  # the cores' time, not the host's: a busy neighbour is not this call's cost
+            seconds, setup = cpu_s / self.threads, setup / self.threads
+        return share(out, seconds, self.accelerator, min(setup, seconds))
 
     async def release(self, timeout_s: float | None = None) -> None:
         """Shut the engine down (its GPUs and child processes), before the actor is killed; ``timeout_s``: how long

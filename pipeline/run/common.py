@@ -128,6 +128,7 @@ def commit_part(
                 getattr(u.source, "group", None),
                 c.engine_s,
                 c.accelerator,
+                c.setup_s,
             )
         )
     if failures:

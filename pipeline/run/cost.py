@@ -42,6 +42,7 @@ class Spent:
     tokens_in: int = 0
     tokens_out: int = 0
     engine_s: float = 0.0
+    setup_s: float = 0.0  # of engine_s, one-time work (a prefix's KV): it does not grow with the input
     unmetered: int = 0
     failed: int = 0
 
@@ -53,6 +54,7 @@ class Spent:
             self.unmetered += 1
         else:
             self.engine_s += r.engine_s
+            self.setup_s += r.setup_s or 0.0
 
     def merge(self, other: Spent) -> None:
         for name, value in asdict(other).items():
@@ -70,6 +72,7 @@ class Spent:
             "tokens_in": round(self.tokens_in),
             "tokens_out": round(self.tokens_out),
             "engine_s": round(self.engine_s, 3),
+            "setup_s": round(self.setup_s, 3),
         }
         if self.unmetered:
             out["unmetered"] = self.unmetered
@@ -148,6 +151,7 @@ def per_type(cost: Cost, price: Price | None) -> list[dict[str, Any]]:
                 "tokens_in": round(spent.tokens_in),
                 "tokens_out": round(spent.tokens_out),
                 "engine_s": round(spent.engine_s, 3),
+                "setup_s": round(spent.setup_s, 3),
                 "money": money,
                 "tokens_per_kept": round((spent.tokens_in + spent.tokens_out) / kept, 1) if kept else None,
                 "tokens_out_per_kept": round(spent.tokens_out / kept, 1) if kept else None,
@@ -203,4 +207,5 @@ def spent_in(tables: Iterable[tuple[str, Any]]) -> Spent:
         out.tokens_out += pc.sum(t.column("tokens_out")).as_py() or 0
         out.engine_s += pc.sum(t.column("engine_s")).as_py() or 0.0
         out.unmetered += t.column("engine_s").null_count
+        out.setup_s += pc.sum(t.column("setup_s")).as_py() or 0.0
     return out

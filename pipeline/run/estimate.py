@@ -5,8 +5,9 @@ sample's first stage would pass ``estimate.max_units`` units, and more where tha
 engine call) of each task, spread evenly over the input (``input.sample_rows``),
 run through the real pipeline into a throwaway folder (never ``--out``). :func:`project` scales the sample's cost
 section (:mod:`pipeline.run.cost`) to the whole input: units, tokens, engine-seconds, money and each type's kept rows
-grow with the input rows, at the yields the sample measured. A sample's yield is an estimate: the warning says how
-big the sample was.
+grow with the input rows, at the yields the sample measured, but for the engine's one-time work (``setup_s``: a
+prompt prefix's KV, computed on a task's first call on a replica), which a small sample holds as much of as the whole
+run, so it is added once. A sample's yield is an estimate: the warning says how big the sample was.
 """
 
 from __future__ import annotations
@@ -70,17 +71,21 @@ def project(sample: Sample, summary: dict[str, Any], price: Price | None) -> dic
     cost = summary["cost"]
     total = cost["total"]
 
-    def grown(x: float) -> float:
-        return round(x * scale, 3)
+    def grown(row: dict[str, Any]) -> float:
+        # one-time work (a prompt prefix's KV on a replica: setup_s) does not grow with the input; the rest does
+        setup = row.get("setup_s") or 0.0
+        return round((row["engine_s"] - setup) * scale + setup, 3)
 
+    tokens_in, tokens_out = round(total["tokens_in"] * scale), round(total["tokens_out"] * scale)
+    engine_s = grown(total)
     whole = {
         "units": round(total["units"] * scale),
-        "tokens_in": round(total["tokens_in"] * scale),
-        "tokens_out": round(total["tokens_out"] * scale),
-        "engine_s": grown(total["engine_s"]),
-        "engine_hours": round(total["engine_s"] * scale / 3600, 4),
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "engine_s": engine_s,
+        "engine_hours": round(engine_s / 3600, 4),
         "kept": round(total["kept"] * scale),
-        "money": None if price is None else round(total["money"] * scale, 6),
+        "money": None if price is None else round(price.money(tokens_in, tokens_out, engine_s), 6),
     }
     by_type = [
         {
@@ -89,7 +94,7 @@ def project(sample: Sample, summary: dict[str, Any], price: Price | None) -> dic
             "sample_kept": t["kept"],
             "yield": t["yield"],
             "kept": round(t["kept"] * scale),
-            "engine_s": grown(t["engine_s"]),
+            "engine_s": grown(t),
             "tokens_out_per_kept": t["tokens_out_per_kept"],
             "engine_s_per_kept": t["engine_s_per_kept"],
             "money_per_1k_kept": t["money_per_1k_kept"],

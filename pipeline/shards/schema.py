@@ -57,6 +57,7 @@ RAW_SCHEMA = pa.schema(
         pa.field("group", pa.string()),
         pa.field("engine_s", pa.float64()),  # the unit's engine-seconds on its replica (pipeline.engines.metered)
         pa.field("accelerator", pa.string()),  # what the replica ran on: cpu, "<GPU name> x<count>", api
+        pa.field("setup_s", pa.float64()),  # of engine_s, the unit's share of one-time work (pipeline.engines.metered)
     ]
 )
 
@@ -64,12 +65,12 @@ RAW_SCHEMA = pa.schema(
 def raw_part_of_earlier_version(table: pa.Table) -> pa.Table:
     """A raw part as this version reads it, so a run made by an earlier version resumes now (its unit keys did not
     change): the source text's column was called ``caption`` before issue 34, and parts written before input groups
-    (issue 32) lack the ``group`` column (read as null: ungrouped), and parts written before issue 35 lack ``engine_s``
-    and ``accelerator`` (read as null: their engine time is unknown; the cost report counts those units apart). Any
-    other schema is returned as it came."""
+    (issue 32) lack the ``group`` column (read as null: ungrouped), and parts written before issue 35 lack
+    ``engine_s``, ``accelerator`` and ``setup_s`` (read as null: their engine time is unknown; the cost report counts
+    those units apart). Any other schema is returned as it came."""
     if "caption" in table.column_names and "source_text" not in table.column_names:
         table = table.rename_columns(["source_text" if c == "caption" else c for c in table.column_names])
-    for name in ("group", "engine_s", "accelerator"):
+    for name in ("group", "engine_s", "accelerator", "setup_s"):
         if name not in table.column_names:
             field = RAW_SCHEMA.field(name)
             table = table.append_column(field, pa.nulls(table.num_rows, field.type))

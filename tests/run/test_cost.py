@@ -42,6 +42,7 @@ def test_a_type_pays_its_own_units_and_its_kept_rows_share_of_the_shared_tasks()
         "tokens_in": 400,
         "tokens_out": 80,
         "engine_s": 8.0,
+        "setup_s": 0.0,
         "failed": 1,
         "valid": 3,
         "kept": 3,
@@ -121,3 +122,8 @@ def test_a_forecast_scales_the_samples_cost_to_the_whole_input_at_its_yields(tmp
     assert (by_type["swap_obj"]["kept"], by_type["swap_obj"]["yield"]) == (20, 1.0)
     text = "\n".join(lines(f))
     assert "a sample of 4 of 40 input rows (5 units, 3 kept rows)" in text and "Nothing was written to --out" in text
+    # one-time work (a prompt prefix's KV, computed once a task and replica) is added once, not grown with the input
+    summary["cost"]["total"]["setup_s"] = 2.0
+    f = project(Sample(inputs=40, rows=4, units_per_row=1.25, folder=tmp_path), summary, price)
+    assert f["projected"]["engine_s"] == pytest.approx((8.0 - 2.0) * 10 + 2.0)
+    assert f["projected"]["money"] == pytest.approx(62.0 / 3600 * 3.6)

@@ -1,7 +1,6 @@
 """`generate --estimate` (issue 35) against the real run it forecasts: a 10% sample of 80 COCO captions, run through
 the real pipeline into a throwaway folder, predicts the whole run's kept rows within 15% and its tokens within 5%,
-its engine time within a band (see below: not the 25% issue 35 asks for, on this machine), and writes nothing to
---out."""
+its engine time within 25%, and writes nothing to --out."""
 
 from __future__ import annotations
 
@@ -48,14 +47,13 @@ def test_a_ten_percent_sample_forecasts_the_whole_runs_kept_rows_and_engine_time
     assert (forecast["sample"]["rows"], forecast["sample"]["inputs"], forecast["sample"]["units"]) == (8, 80, 32)
     assert "a sample's yield is an estimate" in forecast["warning"]
     got = forecast["projected"]
-    print(f"forecast {got}\nfull {full}")
+    with capsys.disabled():  # -s shows what was forecast beside what the run took
+        print(f"\nforecast {got}\nfull {full}")
     assert got["units"] == full["units"] == 320
     assert got["kept"] == pytest.approx(full["kept"], rel=0.15), (got, full)
     assert got["tokens_in"] + got["tokens_out"] == pytest.approx(full["tokens_in"] + full["tokens_out"], rel=0.05)
-    # Engine time is wall time on the replicas. On this machine (2 cores, one replica each, shared with other work)
-    # every run's first parts share the CPU with the run's start-up, and a 32-unit sample is nearly all first parts:
-    # measured 2026-12-07, its calls took 1.6-1.9x the whole run's per unit (per part: the sample's paraphrase part
-    # 3.9 s, the whole run's 1.1-1.9 s). Issue 35 asks for 25%; what holds here is the direction and the scale.
-    assert full["engine_s"] * 0.75 <= got["engine_s"] <= full["engine_s"] * 2.5, (got, full)
+    # A sample of 4 parts is nearly all first calls, each computing its task's prompt prefix once: the forecast adds
+    # that one-time work once (setup_s) and scales the rest (docs/cost.md: 1.33x without it, 0.89x with it).
+    assert got["engine_s"] == pytest.approx(full["engine_s"], rel=0.25), (got, full)
     assert got["money"] == pytest.approx(got["engine_s"] / 3600 * 2.0, rel=1e-3)
     assert {t["type"] for t in forecast["by_type"]} == {"swap_obj", "replace_obj", "add_att"}
