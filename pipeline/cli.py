@@ -1,6 +1,6 @@
 """The `contrastgen` command line: flags map onto config fields (CLI > env > --config file > defaults).
 
-Why one module of about 450 lines: every command's flags in one place, each command a short function that builds a
+Why one module of about 490 lines: every command's flags in one place, each command a short function that builds a
 config and calls the package; the commands share their flag helpers and error handling."""
 
 from __future__ import annotations
