@@ -143,8 +143,9 @@ def _same_as_clean(out: Path, summary: dict, negatives_inputs) -> None:
     assert own["units"] == summary["generated"] < whole["units"] and own["engine_s"] < whole["engine_s"]
     # Tokens above are exact (issue 35's 5%). Engine-seconds are a measurement: two runs of the same 24 units time
     # them twice, and on this 2-core box they differed by up to a third (wall time: 15.8 vs 19.8, 18.2 vs 13.3;
-    # CPU-seconds, pipeline.engines.metered: 9.2 vs 11.3 with a training job beside them, 2026-12-07). What is
-    # asserted exactly is the accounting (the total is what every raw part recorded); the timing within a band.
+    # CPU-seconds, pipeline.engines.metered: 8.99 vs 8.80 alone, 9.2 vs 11.3 with a training job beside them,
+    # 2026-12-07). What is asserted exactly is the accounting (the total is what every raw part recorded); the
+    # timing within a band that a busy CI host does not break.
     assert 0.5 * ref["engine_s"] <= whole["engine_s"] <= 2.0 * ref["engine_s"], (whole, ref)
 
 
