@@ -231,7 +231,8 @@ def write_block(kind: Kind, cfg: RunConfig, spill: Path, block: StageResult) -> 
     tally = Tally()
     tally.add(kind.type_of, b.raws, b.failed, kept, splits, rejects, b.assembled.stats)
     b.cost.valid.update(map(kind.type_of, b.rows))
-    b.cost.kept.update(map(kind.type_of, kept))
+    for (row_type, _split), n in tally.kept.items():  # the card's kept count by type is the cost's: one count
+        b.cost.kept[row_type] += n
     return BlockOut(
         tables,
         tally,
